@@ -1,0 +1,94 @@
+//! The HTTP admin API (hyper 1), on its own listener (loopback by default).
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /healthz` | liveness: 200 while the process runs |
+//! | `GET /readyz` | 200 when every sidecar can serve (leader up, or follower serving reads), else 503 |
+//! | `GET /status` | JSON: maintenance, backends, queue, lag, in-sync, counters (no secrets) |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /maintenance` | whether writes are frozen |
+//! | `PUT /maintenance` | freeze writes; answers once in-flight writes are answered and the mirror drained (or the drain timeout passed) |
+//! | `DELETE /maintenance` | resume writes |
+//!
+//! With `admin.token_file` set, `PUT` and `DELETE` need `Authorization: Bearer <token>`.
+//! Errors are JSON `{"error": "..."}` with a 4xx status.
+
+pub mod client;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::redis::server::RedisSidecar;
+use crate::replication::freeze::Freeze;
+use crate::replication::queue::MirrorView;
+
+/// Everything the routes read.
+pub struct AdminState {
+    pub freeze: Arc<Freeze>,
+    pub redis: Option<Arc<RedisSidecar>>,
+    pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
+    pub prom: PrometheusHandle,
+    pub token: Option<String>,
+    pub drain_timeout: Duration,
+}
+
+/// Most admin connections at once; the API is for operators and scrapers, not traffic.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Binds and serves until `shutdown`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    tokio::spawn(async move {
+        loop {
+            let (sock, _) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue; // dropping the socket closes it
+            };
+            let state = state.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let svc = hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await) }
+                });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(sock), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.cancelled() => conn.as_mut().graceful_shutdown(),
+                }
+            });
+        }
+    });
+    tracing::info!(listen = %local, "admin API ready");
+    Ok(local)
+}

@@ -1,0 +1,541 @@
+//! TOML configuration: serde structs, their defaults (in one place: the `Default` impls
+//! below, which `README.md` mirrors), and `validate()`, which reports every problem at once
+//! with its key path so `statemirror check-config` can print them all.
+//!
+//! Units live in the names (`_ms`, `_bytes`). Unknown keys are rejected (`deny_unknown_fields`)
+//! so a typo fails loudly instead of silently taking a default.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// The Redis sidecar; absent means no Redis listener.
+    pub redis: Option<RedisConfig>,
+    pub replication: ReplicationConfig,
+    pub maintenance: MaintenanceConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// HTTP admin API address. Default `127.0.0.1:9480` (loopback only).
+    pub listen: String,
+    /// File holding the bearer token that `PUT`/`DELETE`/`POST` need. Default: none (open).
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9480".into(),
+            token_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` (default) or `statemirror=debug`.
+    /// The `RUST_LOG` environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// Where clients connect. Default `127.0.0.1:6379`.
+    pub listen: String,
+    /// Leader backend URL `redis://[user:pass@]host:port[/db]`. Required.
+    pub leader: String,
+    /// File whose first line is the leader password (overrides a password in the URL).
+    pub leader_password_file: Option<PathBuf>,
+    /// Follower backend URL; absent = mirroring and read failover off.
+    pub follower: Option<String>,
+    /// File whose first line is the follower password.
+    pub follower_password_file: Option<PathBuf>,
+    /// Most client connections at once; more are told `-ERR max number of clients reached`.
+    /// Default 1024.
+    pub max_connections: usize,
+    /// A client with nothing in flight, not subscribed, and silent this long is closed.
+    /// 0 = never. Default 300000 (5 min).
+    pub client_idle_timeout_ms: u64,
+    /// A client that does not read its replies for this long is closed. Default 30000.
+    pub client_write_timeout_ms: u64,
+    /// Largest request frame a client may send (bytes). Default 67108864 (64 MiB).
+    pub max_request_bytes: usize,
+    /// Most arguments in one request. Default 1048576.
+    pub max_request_args: usize,
+    /// TCP connect timeout to a backend. Default 2000.
+    pub connect_timeout_ms: u64,
+    /// Health check period per backend. Default 1000.
+    pub health_interval_ms: u64,
+    /// A health check (connect + PING) slower than this fails. Default 1000.
+    pub health_timeout_ms: u64,
+    /// Consecutive failed checks before a backend is marked down. Default 2.
+    pub health_failures_before_down: u32,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6379".into(),
+            leader: String::new(),
+            leader_password_file: None,
+            follower: None,
+            follower_password_file: None,
+            max_connections: 1024,
+            client_idle_timeout_ms: 300_000,
+            client_write_timeout_ms: 30_000,
+            max_request_bytes: 64 << 20,
+            max_request_args: 1 << 20,
+            connect_timeout_ms: 2_000,
+            health_interval_ms: 1_000,
+            health_timeout_ms: 1_000,
+            health_failures_before_down: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    /// Most writes waiting for the follower (per protocol). On overflow the queue is discarded
+    /// and the follower marked out of sync. Default 100000.
+    pub max_queue_ops: usize,
+    /// Most bytes waiting for the follower (per protocol). Default 67108864 (64 MiB).
+    pub max_queue_bytes: usize,
+    /// Most writes applied to the follower in one pipelined batch. Default 512.
+    pub batch_max_ops: usize,
+    /// First retry delay after a follower failure; doubles up to the max. Default 100.
+    pub retry_initial_backoff_ms: u64,
+    /// Longest retry delay. Default 5000.
+    pub retry_max_backoff_ms: u64,
+    /// One batch (read from the leader + apply on the follower) slower than this fails. Default 5000.
+    pub apply_timeout_ms: u64,
+    /// At most one "mirror failing" warning per this period (the rest are counted). Default 10000.
+    pub warn_interval_ms: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            max_queue_ops: 100_000,
+            max_queue_bytes: 64 << 20,
+            batch_max_ops: 512,
+            retry_initial_backoff_ms: 100,
+            retry_max_backoff_ms: 5_000,
+            apply_timeout_ms: 5_000,
+            warn_interval_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// How long `PUT /maintenance` waits for in-flight writes and the mirror to drain. Default 10000.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// One problem in a config file, with the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A parsed `redis://` backend address. `Debug` never shows the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisBackend {
+    /// `host:port`, what logs and `/status` show.
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    /// Parses `redis://[user:pass@]host:port[/db]`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+        if url.scheme() != "redis" {
+            return Err(format!(
+                "scheme must be redis:// (got {}://; TLS is not supported yet)",
+                url.scheme()
+            ));
+        }
+        let host = url.host_str().ok_or("no host")?;
+        let port = url.port().unwrap_or(6379);
+        let username = match url.username() {
+            "" => None,
+            u => Some(decode(u)?),
+        };
+        let password = url.password().map(decode).transpose()?;
+        let db = match url.path().trim_start_matches('/') {
+            "" => 0,
+            d => d
+                .parse::<u32>()
+                .map_err(|_| format!("database must be a number, got {d:?}"))?,
+        };
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        Ok(Self {
+            address: format!("{host}:{port}"),
+            username,
+            password,
+            db,
+        })
+    }
+}
+
+fn decode(s: &str) -> Result<String, String> {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| "bad percent-encoding".to_string())
+}
+
+/// Reads a secret file: first line, trimmed. The error names the key, never the content.
+pub fn read_secret(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let secret = text.lines().next().unwrap_or("").trim().to_string();
+    if secret.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+/// Config after validation: addresses parsed, secret files read.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub config: Config,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
+    pub redis: Option<ResolvedRedis>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedRedis {
+    pub listen: SocketAddr,
+    pub leader: RedisBackend,
+    pub follower: Option<RedisBackend>,
+}
+
+impl Config {
+    /// Parses TOML text. Syntax and unknown-key errors carry the key path.
+    pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigError>> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let path = e
+                .span()
+                .map(|s| key_path_at(text, s.start))
+                .unwrap_or_else(|| "(file)".into());
+            vec![ConfigError { path, message: msg }]
+        })
+    }
+
+    /// Loads and validates a file; all problems at once.
+    pub fn load(path: &Path) -> Result<Resolved, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![ConfigError {
+                path: path.display().to_string(),
+                message: format!("cannot read config: {e}"),
+            }]
+        })?;
+        Self::from_toml(&text)?.validate()
+    }
+
+    /// Checks every value; returns the resolved config or every error with its key path.
+    pub fn validate(self) -> Result<Resolved, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errs.push(ConfigError {
+                path: path.into(),
+                message,
+            })
+        };
+        let admin_listen = parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m));
+        let admin_token = self
+            .admin
+            .token_file
+            .as_deref()
+            .map(|p| read_secret(p).map_err(|m| err("admin.token_file", m)));
+        let r = &self.replication;
+        if r.max_queue_ops == 0 {
+            err("replication.max_queue_ops", "must be at least 1".into());
+        }
+        if r.max_queue_bytes < 1024 {
+            err(
+                "replication.max_queue_bytes",
+                "must be at least 1024".into(),
+            );
+        }
+        if r.batch_max_ops == 0 {
+            err("replication.batch_max_ops", "must be at least 1".into());
+        }
+        if r.retry_initial_backoff_ms == 0 || r.retry_initial_backoff_ms > r.retry_max_backoff_ms {
+            err(
+                "replication.retry_initial_backoff_ms",
+                "must be between 1 and retry_max_backoff_ms".into(),
+            );
+        }
+        if r.apply_timeout_ms == 0 {
+            err("replication.apply_timeout_ms", "must be at least 1".into());
+        }
+        let mut redis = None;
+        if let Some(rc) = &self.redis {
+            let listen = parse_addr(&rc.listen).map_err(|m| err("redis.listen", m));
+            let leader = if rc.leader.is_empty() {
+                err("redis.leader", "is required".into());
+                Err(())
+            } else {
+                RedisBackend::parse(&rc.leader).map_err(|m| err("redis.leader", m))
+            };
+            let leader = leader.and_then(|mut b| {
+                if let Some(p) = &rc.leader_password_file {
+                    b.password =
+                        Some(read_secret(p).map_err(|m| err("redis.leader_password_file", m))?);
+                }
+                Ok(b)
+            });
+            let follower = match &rc.follower {
+                None => {
+                    if rc.follower_password_file.is_some() {
+                        err(
+                            "redis.follower_password_file",
+                            "set but redis.follower is not".into(),
+                        );
+                    }
+                    Ok(None)
+                }
+                Some(f) => RedisBackend::parse(f)
+                    .map_err(|m| err("redis.follower", m))
+                    .and_then(|mut b| {
+                        if let Some(p) = &rc.follower_password_file {
+                            b.password = Some(
+                                read_secret(p)
+                                    .map_err(|m| err("redis.follower_password_file", m))?,
+                            );
+                        }
+                        Ok(Some(b))
+                    }),
+            };
+            for (key, v) in [
+                ("redis.max_connections", rc.max_connections as u64),
+                ("redis.client_write_timeout_ms", rc.client_write_timeout_ms),
+                ("redis.max_request_bytes", rc.max_request_bytes as u64),
+                ("redis.max_request_args", rc.max_request_args as u64),
+                ("redis.connect_timeout_ms", rc.connect_timeout_ms),
+                ("redis.health_interval_ms", rc.health_interval_ms),
+                ("redis.health_timeout_ms", rc.health_timeout_ms),
+                (
+                    "redis.health_failures_before_down",
+                    rc.health_failures_before_down as u64,
+                ),
+            ] {
+                if v == 0 {
+                    err(key, "must be at least 1".into());
+                }
+            }
+            if let (Ok(listen), Ok(leader), Ok(follower)) = (listen, leader, follower) {
+                if let Some(f) = &follower {
+                    if f.address == leader.address {
+                        err(
+                            "redis.follower",
+                            "is the same address as redis.leader".into(),
+                        );
+                    }
+                }
+                redis = Some(ResolvedRedis {
+                    listen,
+                    leader,
+                    follower,
+                });
+            }
+        }
+        if self.redis.is_none() {
+            err(
+                "redis",
+                "no sidecar configured: add a [redis] section".into(),
+            );
+        }
+        let admin_token = match admin_token {
+            None => Ok(None),
+            Some(Ok(t)) => Ok(Some(t)),
+            Some(Err(())) => Err(()),
+        };
+        match (admin_listen, admin_token) {
+            (Ok(admin_listen), Ok(admin_token)) if errs.is_empty() => Ok(Resolved {
+                config: self,
+                admin_listen,
+                admin_token,
+                redis,
+            }),
+            _ => Err(errs),
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn apply_timeout(&self) -> Duration {
+        Duration::from_millis(self.apply_timeout_ms)
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("must be ip:port (got {s:?})"))
+}
+
+/// Best-effort `table.key` for a byte offset into TOML text, for syntax errors.
+fn key_path_at(text: &str, offset: usize) -> String {
+    let mut table = String::new();
+    let mut key = String::new();
+    for (start, line) in line_starts(text) {
+        if start > offset {
+            break;
+        }
+        let l = line.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            key.clear();
+        } else if let Some((k, _)) = l.split_once('=') {
+            key = k.trim().to_string();
+        }
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (true, true) => "(file)".into(),
+        (true, false) => key,
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+fn line_starts(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut pos = 0;
+    text.split_inclusive('\n').map(move |l| {
+        let start = pos;
+        pos += l.len();
+        (start, l)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.admin.listen, "127.0.0.1:9480");
+        assert_eq!(c.replication.max_queue_ops, 100_000);
+        assert_eq!(c.replication.max_queue_bytes, 64 << 20);
+        assert_eq!(c.maintenance.drain_timeout_ms, 10_000);
+        let r = RedisConfig::default();
+        assert_eq!(r.max_connections, 1024);
+        assert_eq!(r.client_idle_timeout_ms, 300_000);
+    }
+
+    #[test]
+    fn backend_url_parses_and_hides_password() {
+        let b = RedisBackend::parse("redis://nifi:s%40cret@10.0.0.1:6380/2").unwrap();
+        assert_eq!(b.address, "10.0.0.1:6380");
+        assert_eq!(b.username.as_deref(), Some("nifi"));
+        assert_eq!(b.password.as_deref(), Some("s@cret"));
+        assert_eq!(b.db, 2);
+        assert!(!format!("{b:?}").contains("s@cret"));
+        let b = RedisBackend::parse("redis://:pw@localhost").unwrap();
+        assert_eq!(b.address, "localhost:6379");
+        assert_eq!(b.username, None);
+        assert!(RedisBackend::parse("rediss://x:1").is_err());
+        assert!(RedisBackend::parse("redis://x:1/abc").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let errs =
+            Config::from_toml("[redis]\nlisten = \"127.0.0.1:1\"\nleadr = \"x\"\n").unwrap_err();
+        assert_eq!(errs[0].path, "redis.leadr");
+        assert!(
+            errs[0].message.contains("unknown field"),
+            "{}",
+            errs[0].message
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let c = Config::from_toml(
+            "[admin]\nlisten = \"nope\"\n[redis]\nlisten = \"x\"\nleader = \"http://a\"\nmax_connections = 0\n[replication]\nmax_queue_ops = 0\n",
+        )
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "admin.listen",
+            "redis.listen",
+            "redis.leader",
+            "redis.max_connections",
+            "replication.max_queue_ops",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+}

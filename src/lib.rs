@@ -1,0 +1,123 @@
+//! statemirror: a sidecar that speaks a coordination store's native protocol in front of a
+//! leader backend, mirrors acknowledged writes asynchronously to a follower in another
+//! region, fails reads over to the follower, and can freeze writes for maintenance.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, its defaults, validation with key paths;
+//! - [`redis`]: the Redis sidecar (RESP framing, command classification, sessions, mirror);
+//! - [`replication`]: the protocol-independent core: mirror queue, follower writer, write
+//!   freeze, backend health;
+//! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
+//!   `/maintenance`) and its client used by the CLI;
+//! - [`metrics`]: every metric name; [`telemetry`]: logging.
+//!
+//! [`start`] runs everything in-process (the binary and the tests both use it).
+
+#![deny(clippy::print_stdout)]
+
+pub mod admin;
+pub mod config;
+pub mod metrics;
+pub mod redis;
+pub mod replication;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use config::Resolved;
+use redis::server::RedisSidecar;
+use replication::freeze::Freeze;
+use replication::queue::{wait_drained, MirrorView};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what}: cannot listen on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running statemirror.
+pub struct App {
+    pub admin_addr: SocketAddr,
+    pub redis: Option<Arc<RedisSidecar>>,
+    pub freeze: Arc<Freeze>,
+    pub shutdown: CancellationToken,
+    drain_timeout: Duration,
+}
+
+impl App {
+    pub fn redis_addr(&self) -> Option<SocketAddr> {
+        self.redis.as_ref().map(|r| r.local_addr)
+    }
+
+    pub fn mirrors(&self) -> Vec<(&'static str, Arc<dyn MirrorView>)> {
+        let mut v = Vec::new();
+        if let Some(m) = self.redis.as_ref().and_then(|r| r.mirror_view()) {
+            v.push(("redis", m));
+        }
+        v
+    }
+
+    /// Stops accepting, gives the mirror up to the drain timeout to empty, and returns.
+    pub async fn stop(&self) {
+        self.shutdown.cancel();
+        for (name, m) in self.mirrors() {
+            if !wait_drained(m.as_ref(), self.drain_timeout).await {
+                tracing::warn!(
+                    protocol = name,
+                    queue_depth = m.status().queue_depth,
+                    "stopping with writes not yet mirrored; the follower is behind"
+                );
+            }
+        }
+    }
+}
+
+/// Binds every listener and starts every task. Returns once all are listening.
+pub async fn start(resolved: Resolved) -> Result<App, StartError> {
+    let prom = metrics::install();
+    let cfg = &resolved.config;
+    let shutdown = CancellationToken::new();
+    let freeze = Freeze::new();
+    let mut redis = None;
+    if let (Some(r), Some(rc)) = (&resolved.redis, &cfg.redis) {
+        let s = redis::server::start(r, rc, &cfg.replication, freeze.clone(), shutdown.clone())
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "redis.listen",
+                addr: r.listen,
+                source,
+            })?;
+        redis = Some(Arc::new(s));
+    }
+    let mut app = App {
+        admin_addr: resolved.admin_listen,
+        redis,
+        freeze,
+        shutdown,
+        drain_timeout: Duration::from_millis(cfg.maintenance.drain_timeout_ms),
+    };
+    let state = admin::AdminState {
+        freeze: app.freeze.clone(),
+        redis: app.redis.clone(),
+        mirrors: app.mirrors(),
+        prom,
+        token: resolved.admin_token.clone(),
+        drain_timeout: app.drain_timeout,
+    };
+    app.admin_addr = admin::serve(resolved.admin_listen, Arc::new(state), app.shutdown.clone())
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "admin.listen",
+            addr: resolved.admin_listen,
+            source,
+        })?;
+    Ok(app)
+}

@@ -1,0 +1,151 @@
+//! Every metric name in one place, its help text, and per-protocol handles created once and
+//! cloned into sessions (so the hot path never looks a metric up by name).
+//!
+//! Labels are bounded enums: `protocol`, `role`, `kind`, `route`, `reason`. Never a client
+//! address.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const CLIENT_CONNECTIONS: &str = "statemirror_client_connections";
+pub const CLIENT_CONNECTIONS_TOTAL: &str = "statemirror_client_connections_total";
+pub const CLIENT_ERRORS_TOTAL: &str = "statemirror_client_errors_total";
+pub const REQUESTS_TOTAL: &str = "statemirror_requests_total";
+pub const LEADER_LATENCY: &str = "statemirror_leader_request_duration_seconds";
+pub const BACKEND_UP: &str = "statemirror_backend_up";
+pub const QUEUE_DEPTH: &str = "statemirror_mirror_queue_depth";
+pub const QUEUE_BYTES: &str = "statemirror_mirror_queue_bytes";
+pub const MIRROR_LAG: &str = "statemirror_mirror_lag_seconds";
+pub const MIRRORED_TOTAL: &str = "statemirror_mirrored_writes_total";
+pub const MIRROR_FAILURES_TOTAL: &str = "statemirror_mirror_failures_total";
+pub const DROPPED_TOTAL: &str = "statemirror_mirror_dropped_writes_total";
+pub const FOLLOWER_IN_SYNC: &str = "statemirror_follower_in_sync";
+pub const MAINTENANCE: &str = "statemirror_maintenance";
+pub const REJECTED_WRITES_TOTAL: &str = "statemirror_rejected_writes_total";
+
+/// Installs the Prometheus recorder once per process and returns its render handle.
+/// Tests start several proxies in one process, so a second call reuses the first recorder.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(LEADER_LATENCY.into()),
+                    &[
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0, 5.0,
+                    ],
+                )
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed (e.g. by an embedding program);
+            // then our metrics go there and /metrics renders what this handle has.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now.");
+    describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted.");
+    describe_counter!(
+        CLIENT_ERRORS_TOTAL,
+        "Client connections closed for bad input or misbehaviour, by reason."
+    );
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Client requests by kind (read/write/admin) and route (leader/follower/rejected)."
+    );
+    describe_histogram!(
+        LEADER_LATENCY,
+        Unit::Seconds,
+        "Round trip of a client request through the leader backend."
+    );
+    describe_gauge!(
+        BACKEND_UP,
+        "1 when the backend passes health checks, by role."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Writes waiting to be mirrored to the follower."
+    );
+    describe_gauge!(QUEUE_BYTES, Unit::Bytes, "Bytes waiting to be mirrored.");
+    describe_gauge!(
+        MIRROR_LAG,
+        Unit::Seconds,
+        "Age of the oldest acknowledged write not yet on the follower (0 when drained)."
+    );
+    describe_counter!(MIRRORED_TOTAL, "Writes applied to the follower.");
+    describe_counter!(MIRROR_FAILURES_TOTAL, "Failed mirror attempts, by reason.");
+    describe_counter!(
+        DROPPED_TOTAL,
+        "Writes discarded from the mirror queue (overflow); the follower is then out of sync."
+    );
+    describe_gauge!(
+        FOLLOWER_IN_SYNC,
+        "1 while every acknowledged write has been or will be mirrored; 0 after a loss until a full resync."
+    );
+    describe_gauge!(MAINTENANCE, "1 while writes are frozen for maintenance.");
+    describe_counter!(
+        REJECTED_WRITES_TOTAL,
+        "Writes answered with an error by statemirror itself, by reason."
+    );
+}
+
+/// Handles for one protocol's hot path.
+#[derive(Clone)]
+pub struct ProtocolMetrics {
+    pub protocol: &'static str,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub leader_latency: Histogram,
+    /// `[kind][route]`: kind 0 read, 1 write, 2 admin; route 0 leader, 1 follower, 2 rejected.
+    pub requests: [[Counter; 3]; 3],
+    pub rejected_maintenance: Counter,
+    pub rejected_leader_unavailable: Counter,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Leader = 0,
+    Follower = 1,
+    Rejected = 2,
+}
+
+impl ProtocolMetrics {
+    pub fn new(protocol: &'static str) -> Self {
+        let kinds = ["read", "write", "admin"];
+        let routes = ["leader", "follower", "rejected"];
+        let requests = kinds.map(|k| {
+            routes.map(
+                |r| counter!(REQUESTS_TOTAL, "protocol" => protocol, "kind" => k, "route" => r),
+            )
+        });
+        Self {
+            protocol,
+            connections: gauge!(CLIENT_CONNECTIONS, "protocol" => protocol),
+            connections_total: counter!(CLIENT_CONNECTIONS_TOTAL, "protocol" => protocol),
+            leader_latency: histogram!(LEADER_LATENCY, "protocol" => protocol),
+            requests,
+            rejected_maintenance: counter!(REJECTED_WRITES_TOTAL, "protocol" => protocol, "reason" => "maintenance"),
+            rejected_leader_unavailable: counter!(REJECTED_WRITES_TOTAL, "protocol" => protocol, "reason" => "leader_unavailable"),
+        }
+    }
+
+    pub fn client_error(&self, reason: &'static str) {
+        counter!(CLIENT_ERRORS_TOTAL, "protocol" => self.protocol, "reason" => reason).increment(1);
+    }
+
+    pub fn backend_up(&self, role: &'static str) -> Gauge {
+        gauge!(BACKEND_UP, "protocol" => self.protocol, "role" => role)
+    }
+}
+
+pub fn maintenance_gauge() -> Gauge {
+    gauge!(MAINTENANCE)
+}

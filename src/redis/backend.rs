@@ -1,0 +1,174 @@
+//! Connections statemirror opens for itself (health checks, the command table, the mirror's
+//! reads from the leader and writes to the follower), authenticated with the configured
+//! credentials. Client sessions never use these: they get their own pinned connection and
+//! authenticate themselves.
+
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use redis_protocol::resp2::decode::decode_bytes_mut;
+use redis_protocol::resp2::types::BytesFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::RedisBackend;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("connect to {0}: timed out")]
+    ConnectTimeout(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("bad reply: {0}")]
+    Protocol(String),
+    #[error("server refused: {0}")]
+    Refused(String),
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    /// The database currently selected on this connection.
+    pub db: u32,
+}
+
+/// Appends a command as a RESP array of bulk strings.
+pub fn encode_cmd(out: &mut BytesMut, args: &[&[u8]]) {
+    out.put_u8(b'*');
+    put_int(out, args.len());
+    for a in args {
+        out.put_u8(b'$');
+        put_int(out, a.len());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn put_int(out: &mut BytesMut, n: usize) {
+    let mut buf = itoa_buf(n);
+    out.extend_from_slice(buf.as_bytes_mut());
+    out.extend_from_slice(b"\r\n");
+}
+
+struct Digits([u8; 20], usize);
+impl Digits {
+    fn as_bytes_mut(&mut self) -> &[u8] {
+        &self.0[self.1..]
+    }
+}
+fn itoa_buf(mut n: usize) -> Digits {
+    let mut d = [0u8; 20];
+    let mut i = 20;
+    loop {
+        i -= 1;
+        d[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    Digits(d, i)
+}
+
+impl Conn {
+    /// Connects, authenticates (when the backend has credentials) and selects its database.
+    pub async fn connect(b: &RedisBackend, timeout: Duration) -> Result<Self, BackendError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&b.address)).await {
+            Err(_) => return Err(BackendError::ConnectTimeout(b.address.clone())),
+            Ok(Err(e)) => return Err(BackendError::Connect(b.address.clone(), e)),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            db: 0,
+        };
+        let mut out = BytesMut::new();
+        let mut expect = 0;
+        if let Some(pw) = &b.password {
+            match &b.username {
+                Some(u) => encode_cmd(&mut out, &[b"AUTH", u.as_bytes(), pw.as_bytes()]),
+                None => encode_cmd(&mut out, &[b"AUTH", pw.as_bytes()]),
+            }
+            expect += 1;
+        }
+        if b.db != 0 {
+            encode_cmd(&mut out, &[b"SELECT", b.db.to_string().as_bytes()]);
+            expect += 1;
+        }
+        if expect > 0 {
+            let replies = tokio::time::timeout(timeout, c.roundtrip(&out, expect))
+                .await
+                .map_err(|_| BackendError::ConnectTimeout(b.address.clone()))??;
+            for r in replies {
+                if let BytesFrame::Error(e) = r {
+                    // The server's text ("WRONGPASS …") never contains the password itself.
+                    return Err(BackendError::Refused(e.to_string()));
+                }
+            }
+            c.db = b.db;
+        }
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, buf: &[u8]) -> Result<(), BackendError> {
+        self.stream.write_all(buf).await?;
+        Ok(())
+    }
+
+    pub async fn read_frame(&mut self) -> Result<BytesFrame, BackendError> {
+        loop {
+            match decode_bytes_mut(&mut self.rbuf) {
+                Ok(Some((frame, _, _))) => return Ok(frame),
+                Ok(None) => {}
+                Err(e) => return Err(BackendError::Protocol(e.to_string())),
+            }
+            self.rbuf.reserve(16 * 1024);
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(BackendError::Closed);
+            }
+        }
+    }
+
+    /// Sends a pipeline and reads `n` replies.
+    pub async fn roundtrip(
+        &mut self,
+        buf: &[u8],
+        n: usize,
+    ) -> Result<Vec<BytesFrame>, BackendError> {
+        self.send(buf).await?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.read_frame().await?);
+        }
+        Ok(out)
+    }
+}
+
+/// Error text of a reply, if it is an error.
+pub fn error_text(f: &BytesFrame) -> Option<String> {
+    match f {
+        BytesFrame::Error(e) => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_commands() {
+        let mut b = BytesMut::new();
+        encode_cmd(&mut b, &[b"SET", b"k", b"0123456789"]);
+        assert_eq!(
+            &b[..],
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n"
+        );
+    }
+}

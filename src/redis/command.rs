@@ -1,0 +1,520 @@
+//! What each command is: read, write, admin or pub/sub, where its keys are, and whether the
+//! session must track it (MULTI, SELECT, SUBSCRIBE…).
+//!
+//! The table comes from the leader's own `COMMAND` reply at start-up (flags `write`,
+//! `may_replicate`, `admin`, `pubsub`, `blocking`, key positions, subcommands), because hand
+//! lists go stale and get things wrong (a well-known proxy classifies `APPEND` as a read).
+//! Scripts (`EVAL`, `EVALSHA`, `FCALL`) carry no write flag in Redis 7 but may write, so
+//! they count as writes; their `_RO` variants are reads. When the leader cannot be asked, a
+//! built-in fallback knows the reads, admin and pub/sub commands; everything else, and any
+//! command neither table knows, is a write whose keys the mirror asks the leader for
+//! (`COMMAND GETKEYS`).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
+use smallvec::SmallVec;
+
+use super::resp::Request;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read,
+    Write,
+    Admin,
+    PubSub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubKind {
+    Channel,
+    Pattern,
+    Shard,
+}
+
+/// Commands whose effect on the connection the session must follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    None,
+    Multi,
+    Exec,
+    Discard,
+    Select,
+    Subscribe(SubKind),
+    Unsubscribe(SubKind),
+    Reset,
+    Quit,
+    Hello,
+    ClientReply,
+    Monitor,
+    Move,
+    Copy,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandInfo {
+    pub kind: Kind,
+    pub blocking: bool,
+    /// Keys depend on the arguments (`EVAL … numkeys`): ask the leader.
+    pub movable: bool,
+    pub first_key: i32,
+    pub last_key: i32,
+    pub step: i32,
+    pub special: Special,
+    /// `CLIENT`, `CONFIG`, `XGROUP`…: the subcommand decides.
+    pub subcommands: Option<HashMap<Box<[u8]>, CommandInfo>>,
+}
+
+impl CommandInfo {
+    fn simple(kind: Kind) -> Self {
+        Self {
+            kind,
+            blocking: false,
+            movable: kind == Kind::Write,
+            first_key: 0,
+            last_key: 0,
+            step: 0,
+            special: Special::None,
+            subcommands: None,
+        }
+    }
+}
+
+/// A key a write touched; `db` is `None` for the connection's current database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRef {
+    pub db: Option<u32>,
+    pub key: Bytes,
+}
+
+/// Where a write's effects are, for the mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteTarget {
+    Keys(SmallVec<[KeyRef; 2]>),
+    /// Keys depend on arguments the proxy does not interpret: ask the leader.
+    AskLeader,
+    /// No key (`FLUSHDB`, `FUNCTION LOAD`…): replay the command itself.
+    Keyless,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Leader,
+    Fallback,
+}
+
+pub struct CommandTable {
+    map: HashMap<Box<[u8]>, CommandInfo>,
+    pub source: Source,
+    unknown: CommandInfo,
+}
+
+impl CommandTable {
+    /// Looks a request up (case-insensitively, subcommand included).
+    pub fn lookup(&self, req: &Request) -> &CommandInfo {
+        let mut args = req.args();
+        let Some(name) = args.next() else {
+            return &self.unknown;
+        };
+        let mut buf = [0u8; 48];
+        let Some(info) = lower(name, &mut buf).and_then(|n| self.map.get(n)) else {
+            return &self.unknown;
+        };
+        match (&info.subcommands, args.next()) {
+            (Some(subs), Some(sub)) => {
+                // Subcommands are keyed "container|sub".
+                let mut full = [0u8; 96];
+                let (nl, sl) = (name.len(), sub.len());
+                if nl + 1 + sl > full.len() {
+                    return info;
+                }
+                full[..nl].copy_from_slice(name);
+                full[nl] = b'|';
+                full[nl + 1..nl + 1 + sl].copy_from_slice(sub);
+                full[..nl + 1 + sl].make_ascii_lowercase();
+                subs.get(&full[..nl + 1 + sl]).unwrap_or(info)
+            }
+            _ => info,
+        }
+    }
+
+    /// Builds the table from the leader's `COMMAND` reply.
+    pub fn from_command_reply(frame: &BytesFrame) -> Option<Self> {
+        let BytesFrame::Array(cmds) = frame else {
+            return None;
+        };
+        let mut map = HashMap::with_capacity(cmds.len());
+        for c in cmds {
+            if let Some((name, info)) = parse_entry(c) {
+                map.insert(name, info);
+            }
+        }
+        if map.len() < 50 {
+            return None; // not a real COMMAND reply
+        }
+        Some(Self {
+            map,
+            source: Source::Leader,
+            unknown: CommandInfo::simple(Kind::Write),
+        })
+    }
+
+    /// The built-in table used until the leader answers `COMMAND`.
+    pub fn fallback() -> Self {
+        let mut map = HashMap::new();
+        for (names, kind) in [
+            (FALLBACK_READS, Kind::Read),
+            (FALLBACK_ADMIN, Kind::Admin),
+            (FALLBACK_PUBSUB, Kind::PubSub),
+        ] {
+            for n in names.split_ascii_whitespace() {
+                map.insert(n.as_bytes().into(), CommandInfo::simple(kind));
+            }
+        }
+        for n in [
+            "blpop",
+            "brpop",
+            "brpoplpush",
+            "blmove",
+            "blmpop",
+            "bzpopmin",
+            "bzpopmax",
+            "bzmpop",
+            "xreadgroup",
+        ] {
+            let mut i = CommandInfo::simple(Kind::Write);
+            i.blocking = true;
+            map.insert(n.as_bytes().into(), i);
+        }
+        let mut t = Self {
+            map,
+            source: Source::Fallback,
+            unknown: CommandInfo::simple(Kind::Write),
+        };
+        t.apply_specials();
+        t
+    }
+
+    fn apply_specials(&mut self) {
+        for (name, special, kind) in SPECIALS {
+            let e = self
+                .map
+                .entry(name.as_bytes().into())
+                .or_insert_with(|| CommandInfo::simple(*kind));
+            e.special = *special;
+        }
+        if let Some(client) = self.map.get_mut(&b"client"[..]) {
+            let subs = client.subcommands.get_or_insert_with(HashMap::new);
+            subs.entry((&b"client|reply"[..]).into())
+                .or_insert_with(|| CommandInfo::simple(Kind::Read))
+                .special = Special::ClientReply;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+const SPECIALS: &[(&str, Special, Kind)] = &[
+    ("multi", Special::Multi, Kind::Read),
+    ("exec", Special::Exec, Kind::Read),
+    ("discard", Special::Discard, Kind::Read),
+    ("select", Special::Select, Kind::Read),
+    (
+        "subscribe",
+        Special::Subscribe(SubKind::Channel),
+        Kind::PubSub,
+    ),
+    (
+        "psubscribe",
+        Special::Subscribe(SubKind::Pattern),
+        Kind::PubSub,
+    ),
+    (
+        "ssubscribe",
+        Special::Subscribe(SubKind::Shard),
+        Kind::PubSub,
+    ),
+    (
+        "unsubscribe",
+        Special::Unsubscribe(SubKind::Channel),
+        Kind::PubSub,
+    ),
+    (
+        "punsubscribe",
+        Special::Unsubscribe(SubKind::Pattern),
+        Kind::PubSub,
+    ),
+    (
+        "sunsubscribe",
+        Special::Unsubscribe(SubKind::Shard),
+        Kind::PubSub,
+    ),
+    ("reset", Special::Reset, Kind::Read),
+    ("quit", Special::Quit, Kind::Read),
+    ("hello", Special::Hello, Kind::Read),
+    ("monitor", Special::Monitor, Kind::Admin),
+    ("move", Special::Move, Kind::Write),
+    ("copy", Special::Copy, Kind::Write),
+    ("client", Special::None, Kind::Read),
+];
+
+fn lower<'a>(name: &[u8], buf: &'a mut [u8; 48]) -> Option<&'a [u8]> {
+    let n = name.len();
+    if n > buf.len() {
+        return None;
+    }
+    buf[..n].copy_from_slice(name);
+    buf[..n].make_ascii_lowercase();
+    Some(&buf[..n])
+}
+
+fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
+    let BytesFrame::Array(e) = f else {
+        return None;
+    };
+    let name = match e.first()? {
+        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => b.to_ascii_lowercase(),
+        _ => return None,
+    };
+    let int = |i: usize| match e.get(i) {
+        Some(BytesFrame::Integer(n)) => *n as i32,
+        _ => 0,
+    };
+    let mut flags: Vec<&[u8]> = Vec::new();
+    if let Some(BytesFrame::Array(fs)) = e.get(2) {
+        for fl in fs {
+            if let BytesFrame::SimpleString(s) | BytesFrame::BulkString(s) = fl {
+                flags.push(s);
+            }
+        }
+    }
+    let has = |f: &str| flags.iter().any(|x| x.eq_ignore_ascii_case(f.as_bytes()));
+    let script = matches!(&name[..], b"eval" | b"evalsha" | b"fcall");
+    let kind = if has("pubsub") {
+        Kind::PubSub
+    } else if has("write") || has("may_replicate") || script {
+        Kind::Write
+    } else if has("admin") {
+        Kind::Admin
+    } else {
+        Kind::Read
+    };
+    let subcommands = match e.get(9) {
+        Some(BytesFrame::Array(subs)) if !subs.is_empty() => Some(
+            subs.iter()
+                .filter_map(parse_entry)
+                .collect::<HashMap<_, _>>(),
+        ),
+        _ => None,
+    };
+    let special = SPECIALS
+        .iter()
+        .find(|(n, _, _)| n.as_bytes() == &name[..])
+        .map(|(_, s, _)| *s)
+        .unwrap_or(if &name[..] == b"client|reply" {
+            Special::ClientReply
+        } else {
+            Special::None
+        });
+    Some((
+        name.into_boxed_slice(),
+        CommandInfo {
+            kind,
+            blocking: has("blocking"),
+            movable: has("movablekeys"),
+            first_key: int(3),
+            last_key: int(4),
+            step: int(5),
+            special,
+            subcommands,
+        },
+    ))
+}
+
+/// The keys a write touches, for the mirror.
+pub fn write_target(info: &CommandInfo, req: &Request) -> WriteTarget {
+    if info.movable {
+        return WriteTarget::AskLeader;
+    }
+    if info.first_key <= 0 {
+        return WriteTarget::Keyless;
+    }
+    let argc = req.argc as i64;
+    let last = if info.last_key < 0 {
+        argc + info.last_key as i64
+    } else {
+        info.last_key as i64
+    };
+    let step = info.step.max(1) as usize;
+    let first = info.first_key as usize;
+    let mut keys: SmallVec<[KeyRef; 2]> = SmallVec::new();
+    for (i, a) in req.args().enumerate().skip(first) {
+        if i as i64 > last {
+            break;
+        }
+        if (i - first) % step == 0 {
+            keys.push(KeyRef {
+                db: None,
+                key: req.arg_bytes(a),
+            });
+        }
+    }
+    // MOVE key db / COPY src dst DB n: a key in another database changes too.
+    match info.special {
+        Special::Move => {
+            if let (Some(k), Some(db)) = (req.arg(1), req.arg(2).and_then(parse_u32)) {
+                keys.push(KeyRef {
+                    db: Some(db),
+                    key: req.arg_bytes(k),
+                });
+            }
+        }
+        Special::Copy => {
+            let args: SmallVec<[&[u8]; 6]> = req.args().collect();
+            if let Some(pos) = args.iter().position(|a| a.eq_ignore_ascii_case(b"db")) {
+                if let (Some(dst), Some(db)) =
+                    (args.get(2), args.get(pos + 1).and_then(|d| parse_u32(d)))
+                {
+                    keys.retain(|k| k.key != dst[..]);
+                    keys.push(KeyRef {
+                        db: Some(db),
+                        key: req.arg_bytes(dst),
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+    if keys.is_empty() {
+        WriteTarget::Keyless
+    } else {
+        WriteTarget::Keys(keys)
+    }
+}
+
+pub fn parse_u32(s: &[u8]) -> Option<u32> {
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+// Fallback: commands known not to change data. Anything not listed here or below is a write.
+const FALLBACK_READS: &str = "get mget strlen getrange substr exists type ttl pttl expiretime pexpiretime \
+    keys scan randomkey dbsize dump object hget hmget hgetall hkeys hvals hlen hexists hstrlen hscan hrandfield \
+    lrange lindex llen lpos smembers sismember smismember scard srandmember sscan sinter sunion sdiff sintercard \
+    zrange zrangebyscore zrevrange zrevrangebyscore zrangebylex zrevrangebylex zscore zmscore zrank zrevrank \
+    zcard zcount zlexcount zscan zrandmember zinter zunion zdiff zintercard xrange xrevrange xlen xread xinfo xpending \
+    pfcount getbit bitcount bitpos bitfield_ro geopos geodist geohash georadius_ro georadiusbymember_ro geosearch \
+    sort_ro eval_ro evalsha_ro fcall_ro lcs touch ping echo auth hello watch unwatch info time lastsave \
+    command client role memory latency slowlog readonly readwrite wait waitaof asking lolwut";
+const FALLBACK_ADMIN: &str =
+    "config debug shutdown save bgsave bgrewriteaof replicaof slaveof sync psync \
+    acl module cluster failover monitor script";
+const FALLBACK_PUBSUB: &str = "publish spublish pubsub";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn req(args: &[&str]) -> Request {
+        let mut s = format!("*{}\r\n", args.len());
+        for a in args {
+            s.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        let lim = super::super::resp::Limits {
+            max_request_bytes: 1 << 20,
+            max_args: 100,
+        };
+        super::super::resp::parse_request(&mut BytesMut::from(s.as_bytes()), &lim)
+            .unwrap()
+            .unwrap()
+    }
+
+    fn keys(t: WriteTarget) -> Vec<(Option<u32>, String)> {
+        match t {
+            WriteTarget::Keys(k) => k
+                .into_iter()
+                .map(|k| (k.db, String::from_utf8_lossy(&k.key).into_owned()))
+                .collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn fallback_classifies_unknown_as_write() {
+        let t = CommandTable::fallback();
+        assert_eq!(t.lookup(&req(&["GET", "a"])).kind, Kind::Read);
+        assert_eq!(t.lookup(&req(&["append", "a", "b"])).kind, Kind::Write);
+        assert_eq!(t.lookup(&req(&["NOSUCH"])).kind, Kind::Write);
+        assert_eq!(t.lookup(&req(&["publish", "c", "m"])).kind, Kind::PubSub);
+        assert_eq!(t.lookup(&req(&["multi"])).special, Special::Multi);
+        assert_eq!(
+            t.lookup(&req(&["CLIENT", "REPLY", "OFF"])).special,
+            Special::ClientReply
+        );
+        assert!(t.lookup(&req(&["BLPOP", "a", "0"])).blocking);
+        assert_eq!(
+            write_target(t.lookup(&req(&["SET", "a", "1"])), &req(&["SET", "a", "1"])),
+            WriteTarget::AskLeader
+        );
+    }
+
+    #[test]
+    fn key_positions_follow_first_last_step() {
+        let mset = CommandInfo {
+            first_key: 1,
+            last_key: -1,
+            step: 2,
+            ..CommandInfo::simple(Kind::Write)
+        };
+        let mset = CommandInfo {
+            movable: false,
+            ..mset
+        };
+        assert_eq!(
+            keys(write_target(&mset, &req(&["MSET", "a", "1", "b", "2"]))),
+            vec![(None, "a".into()), (None, "b".into())]
+        );
+        let blpop = CommandInfo {
+            movable: false,
+            first_key: 1,
+            last_key: -2,
+            step: 1,
+            ..CommandInfo::simple(Kind::Write)
+        };
+        assert_eq!(
+            keys(write_target(&blpop, &req(&["BLPOP", "x", "y", "0"]))),
+            vec![(None, "x".into()), (None, "y".into())]
+        );
+        let mv = CommandInfo {
+            movable: false,
+            first_key: 1,
+            last_key: 1,
+            step: 1,
+            special: Special::Move,
+            ..CommandInfo::simple(Kind::Write)
+        };
+        assert_eq!(
+            keys(write_target(&mv, &req(&["MOVE", "k", "3"]))),
+            vec![(None, "k".into()), (Some(3), "k".into())]
+        );
+        let cp = CommandInfo {
+            movable: false,
+            first_key: 1,
+            last_key: 2,
+            step: 1,
+            special: Special::Copy,
+            ..CommandInfo::simple(Kind::Write)
+        };
+        assert_eq!(
+            keys(write_target(&cp, &req(&["COPY", "s", "d", "DB", "2"]))),
+            vec![(None, "s".into()), (Some(2), "d".into())]
+        );
+    }
+}

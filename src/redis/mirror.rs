@@ -1,0 +1,516 @@
+//! How a Redis write reaches the follower: **by copying the state of the keys it touched**,
+//! not by replaying the command.
+//!
+//! Why copy instead of replay (or rewrite to effects as Redis's own replication does):
+//! - Redis runs commands from different connections in one order, but the proxy sees their
+//!   acknowledgements on different sockets and cannot know that order. Two clients racing on
+//!   one key (`APPEND k a` / `APPEND k b`) could be replayed in the other order and the
+//!   follower would silently diverge. A copy reads the key's *current* state from the leader
+//!   after the write was acknowledged, so whatever order the leader used, the last copy of a
+//!   key carries the leader's final value. Copies are idempotent and order-insensitive between
+//!   keys; that is what makes retries, coalescing and "apply again after a failure" safe.
+//! - Non-deterministic and relative commands need no special cases: `SPOP`, `XADD *`,
+//!   scripts that call `SRANDMEMBER` or `TIME`, `EXPIRE 10` applied late, blocking pops: the
+//!   copy carries the leader's result. TTLs travel as absolute times (`PEXPIRETIME` →
+//!   `RESTORE … ABSTTL`), so a write mirrored 30 s late still expires when the leader's does.
+//!
+//! Mechanics, per batch taken from the queue:
+//! 1. Ops whose keys depend on their arguments (`EVAL … numkeys`, `XREADGROUP … STREAMS`,
+//!    any command the table does not know) get their keys from the leader: `COMMAND GETKEYS`.
+//! 2. One `MULTI … EXEC` on the leader reads `DUMP` + `PEXPIRETIME` of every key in the batch:
+//!    one round trip and an atomic snapshot, so a transaction's keys are read consistently.
+//! 3. The follower gets, per key, `RESTORE key abs-ttl payload REPLACE ABSTTL` or `DEL key`
+//!    when the key is gone; an op that touched several keys (a `MULTI` block, `RENAME`) is
+//!    applied inside its own `MULTI … EXEC`. Keyless writes (`FLUSHDB`, `FUNCTION LOAD`)
+//!    are replayed as sent. Each op's database is selected first.
+//!
+//! Costs and limits (also in the README): each mirrored write costs the leader a `DUMP` of
+//! the keys it touched (pipelined and coalesced: a key written 1,000 times while waiting is
+//! read once). A write to a very large collection copies the whole collection. The follower
+//! must accept the leader's `DUMP` format (same or newer Redis); a rejected payload is
+//! counted, the follower marked out of sync, and the rest of the batch continues.
+//! `SWAPDB` and `FLUSHALL`/`FLUSHDB` are replayed; a client write that races with them on
+//! another connection may be ordered either way on the follower (`verify` shows it).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame;
+use smallvec::SmallVec;
+
+use super::backend::{encode_cmd, error_text, BackendError, Conn};
+use crate::config::RedisBackend;
+use crate::replication::queue::{MirrorOp, MirrorQueue, MirrorView};
+use crate::replication::worker::{Applier, ApplyError};
+use std::sync::Arc;
+
+/// One acknowledged write (or one `MULTI` block) to mirror.
+#[derive(Debug, Clone)]
+pub struct RedisOp {
+    pub items: SmallVec<[Item; 1]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    /// Copy this key's state.
+    Copy { db: u32, key: Bytes },
+    /// Copy the keys the leader says this command touches.
+    KeysOf { db: u32, cmd: Bytes },
+    /// Replay the command as sent (keyless writes).
+    Replay { db: u32, cmd: Bytes },
+}
+
+impl Item {
+    fn bytes(&self) -> usize {
+        match self {
+            Item::Copy { key, .. } => key.len() + 16,
+            Item::KeysOf { cmd, .. } | Item::Replay { cmd, .. } => cmd.len() + 16,
+        }
+    }
+}
+
+impl MirrorOp for RedisOp {
+    type Key = (u32, Bytes);
+    fn cost_bytes(&self) -> usize {
+        self.items.iter().map(Item::bytes).sum::<usize>() + 32
+    }
+    fn coalesce_key(&self) -> Option<(u32, Bytes)> {
+        match self.items.as_slice() {
+            [Item::Copy { db, key }] => Some((*db, key.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// What the follower gets for one op.
+enum Effect {
+    Restore {
+        db: u32,
+        key: Bytes,
+        payload: Bytes,
+        abs_ttl_ms: i64,
+    },
+    Delete {
+        db: u32,
+        key: Bytes,
+    },
+    Replay {
+        db: u32,
+        cmd: Bytes,
+    },
+}
+
+pub struct RedisApplier {
+    leader: RedisBackend,
+    follower: RedisBackend,
+    connect_timeout: Duration,
+    leader_conn: Option<Conn>,
+    follower_conn: Option<Conn>,
+    /// Redis < 7 has no PEXPIRETIME; then PTTL plus the local clock is used.
+    use_pttl: bool,
+    /// To mark the follower out of sync when it rejects a payload.
+    queue: Arc<MirrorQueue<RedisOp>>,
+}
+
+impl RedisApplier {
+    pub fn new(
+        leader: RedisBackend,
+        follower: RedisBackend,
+        connect_timeout: Duration,
+        queue: Arc<MirrorQueue<RedisOp>>,
+    ) -> Self {
+        Self {
+            leader,
+            follower,
+            connect_timeout,
+            leader_conn: None,
+            follower_conn: None,
+            use_pttl: false,
+            queue,
+        }
+    }
+
+    async fn leader(&mut self) -> Result<&mut Conn, ApplyError> {
+        if self.leader_conn.is_none() {
+            let c = Conn::connect(&self.leader, self.connect_timeout)
+                .await
+                .map_err(|e| ApplyError::new("leader_unavailable", e.to_string()))?;
+            self.leader_conn = Some(c);
+        }
+        self.leader_conn
+            .as_mut()
+            .ok_or_else(|| ApplyError::new("leader_unavailable", "no connection"))
+    }
+
+    async fn follower(&mut self) -> Result<&mut Conn, ApplyError> {
+        if self.follower_conn.is_none() {
+            let c = Conn::connect(&self.follower, self.connect_timeout)
+                .await
+                .map_err(|e| ApplyError::new("follower_unavailable", e.to_string()))?;
+            self.follower_conn = Some(c);
+        }
+        self.follower_conn
+            .as_mut()
+            .ok_or_else(|| ApplyError::new("follower_unavailable", "no connection"))
+    }
+
+    /// Step 1: keys of `KeysOf` items, in item order.
+    async fn resolve_keys(&mut self, batch: &[RedisOp]) -> Result<Vec<Vec<Bytes>>, ApplyError> {
+        let mut out = BytesMut::new();
+        let mut n = 0;
+        for op in batch {
+            for it in &op.items {
+                if let Item::KeysOf { cmd, .. } = it {
+                    out.extend_from_slice(&getkeys_frame(cmd));
+                    n += 1;
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.leader().await?;
+        let replies = conn
+            .roundtrip(&out, n)
+            .await
+            .map_err(|e| self.leader_err(e))?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r {
+                BytesFrame::Array(keys) => keys
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+                // "The command has no key arguments" and the like: nothing to copy.
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+
+    fn leader_err(&mut self, e: BackendError) -> ApplyError {
+        self.leader_conn = None;
+        ApplyError::new("leader_unavailable", e.to_string())
+    }
+
+    fn follower_err(&mut self, e: BackendError) -> ApplyError {
+        self.follower_conn = None;
+        ApplyError::new("follower_unavailable", e.to_string())
+    }
+
+    /// Steps 2 and 3 for the whole batch.
+    async fn apply_batch(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
+        let resolved = self.resolve_keys(batch).await?;
+        // Plan: per op, the list of (db, key) to read, or replays.
+        enum Plan {
+            Read { db: u32, key: Bytes },
+            Replay { db: u32, cmd: Bytes },
+        }
+        let mut plans: Vec<SmallVec<[Plan; 2]>> = Vec::with_capacity(batch.len());
+        let mut resolved = resolved.into_iter();
+        for op in batch {
+            let mut p = SmallVec::new();
+            for it in &op.items {
+                match it {
+                    Item::Copy { db, key } => p.push(Plan::Read {
+                        db: *db,
+                        key: key.clone(),
+                    }),
+                    Item::KeysOf { db, .. } => {
+                        for key in resolved.next().unwrap_or_default() {
+                            p.push(Plan::Read { db: *db, key });
+                        }
+                    }
+                    Item::Replay { db, cmd } => p.push(Plan::Replay {
+                        db: *db,
+                        cmd: cmd.clone(),
+                    }),
+                }
+            }
+            plans.push(p);
+        }
+        // Read everything in one MULTI/EXEC.
+        let ttl_cmd: &[u8] = if self.use_pttl {
+            b"PTTL"
+        } else {
+            b"PEXPIRETIME"
+        };
+        let mut out = BytesMut::new();
+        encode_cmd(&mut out, &[b"MULTI"]);
+        let mut reads = 0usize;
+        let mut db = None;
+        for p in plans.iter().flatten() {
+            if let Plan::Read { db: d, key } = p {
+                if db != Some(*d) {
+                    encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
+                    db = Some(*d);
+                    reads += 1;
+                }
+                encode_cmd(&mut out, &[b"DUMP", key]);
+                encode_cmd(&mut out, &[ttl_cmd, key]);
+                reads += 2;
+            }
+        }
+        let mut values: Vec<BytesFrame> = Vec::new();
+        if reads > 0 {
+            // Leave the connection on its configured database afterwards.
+            let home = self.leader.db;
+            encode_cmd(&mut out, &[b"EXEC"]);
+            encode_cmd(&mut out, &[b"SELECT", home.to_string().as_bytes()]);
+            let conn = self.leader().await?;
+            let replies = conn
+                .roundtrip(&out, reads + 3)
+                .await
+                .map_err(|e| self.leader_err(e))?;
+            let exec = replies.into_iter().nth(reads + 1);
+            match exec {
+                Some(BytesFrame::Array(v)) => values = v,
+                Some(other) => {
+                    let txt = error_text(&other).unwrap_or_else(|| format!("{other:?}"));
+                    if txt.contains("unknown command") && !self.use_pttl {
+                        self.use_pttl = true; // Redis < 7: retry with PTTL
+                    }
+                    return Err(ApplyError::new(
+                        "leader_error",
+                        format!("reading keys: {txt}"),
+                    ));
+                }
+                None => return Err(ApplyError::new("leader_error", "short reply")),
+            }
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        // Turn reads into effects.
+        let mut vals = values.into_iter();
+        let mut effects: Vec<SmallVec<[Effect; 2]>> = Vec::with_capacity(plans.len());
+        let mut last_db = None;
+        for p in plans {
+            let mut e = SmallVec::new();
+            for step in p {
+                match step {
+                    Plan::Replay { db, cmd } => e.push(Effect::Replay { db, cmd }),
+                    Plan::Read { db, key } => {
+                        if last_db != Some(db) {
+                            vals.next(); // SELECT's OK
+                            last_db = Some(db);
+                        }
+                        let dump = vals.next();
+                        let ttl = vals.next();
+                        let abs_ttl_ms = match ttl {
+                            Some(BytesFrame::Integer(t)) if t >= 0 => {
+                                if self.use_pttl {
+                                    now_ms + t
+                                } else {
+                                    t.max(1)
+                                }
+                            }
+                            _ => 0,
+                        };
+                        match dump {
+                            Some(BytesFrame::BulkString(payload)) => e.push(Effect::Restore {
+                                db,
+                                key,
+                                payload,
+                                abs_ttl_ms,
+                            }),
+                            Some(BytesFrame::Null) | None => e.push(Effect::Delete { db, key }),
+                            Some(other) => {
+                                return Err(ApplyError::new(
+                                    "leader_error",
+                                    format!("DUMP: {}", error_text(&other).unwrap_or_default()),
+                                ))
+                            }
+                        }
+                    }
+                }
+            }
+            effects.push(e);
+        }
+        self.write_effects(effects).await
+    }
+
+    async fn write_effects(
+        &mut self,
+        effects: Vec<SmallVec<[Effect; 2]>>,
+    ) -> Result<usize, ApplyError> {
+        let mut out = BytesMut::new();
+        // Per op: how many replies and whether they are wrapped in MULTI.
+        let mut shape: Vec<(usize, bool)> = Vec::with_capacity(effects.len());
+        let mut db = self.follower_conn.as_ref().map(|c| c.db);
+        let mut total = 0usize;
+        for op in &effects {
+            if op.is_empty() {
+                shape.push((0, false));
+                continue;
+            }
+            let wrap = op.len() > 1;
+            let mut n = 0;
+            if wrap {
+                encode_cmd(&mut out, &[b"MULTI"]);
+                n += 1;
+            }
+            for e in op {
+                let d = match e {
+                    Effect::Restore { db, .. }
+                    | Effect::Delete { db, .. }
+                    | Effect::Replay { db, .. } => *db,
+                };
+                if db != Some(d) {
+                    encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
+                    db = Some(d);
+                    n += 1;
+                }
+                match e {
+                    Effect::Restore {
+                        key,
+                        payload,
+                        abs_ttl_ms,
+                        ..
+                    } => encode_cmd(
+                        &mut out,
+                        &[
+                            b"RESTORE",
+                            key,
+                            abs_ttl_ms.to_string().as_bytes(),
+                            payload,
+                            b"REPLACE",
+                            b"ABSTTL",
+                        ],
+                    ),
+                    Effect::Delete { key, .. } => encode_cmd(&mut out, &[b"DEL", key]),
+                    Effect::Replay { cmd, .. } => out.extend_from_slice(cmd),
+                }
+                n += 1;
+            }
+            if wrap {
+                encode_cmd(&mut out, &[b"EXEC"]);
+                n += 1;
+            }
+            shape.push((n, wrap));
+            total += n;
+        }
+        if total == 0 {
+            return Ok(0);
+        }
+        let conn = self.follower().await?;
+        let sent = conn.roundtrip(&out, total).await;
+        let replies = match sent {
+            Ok(r) => r,
+            Err(e) => return Err(self.follower_err(e)),
+        };
+        if let (Some(c), Some(d)) = (self.follower_conn.as_mut(), db) {
+            c.db = d;
+        }
+        let mut given_up = 0;
+        let mut it = replies.into_iter();
+        for (n, wrap) in shape {
+            let op_replies: Vec<BytesFrame> = it.by_ref().take(n).collect();
+            let mut errors: Vec<String> = Vec::new();
+            for r in &op_replies {
+                if let Some(e) = error_text(r) {
+                    errors.push(e);
+                }
+                if let (true, BytesFrame::Array(inner)) = (wrap, r) {
+                    errors.extend(inner.iter().filter_map(error_text));
+                }
+            }
+            if errors.is_empty() {
+                continue;
+            }
+            let payload_rejected = errors.iter().all(|e| {
+                e.contains("payload version")
+                    || e.contains("EXECABORT")
+                    || e.contains("Bad data format")
+            });
+            if payload_rejected {
+                given_up += 1;
+                self.queue.sync().mark_out_of_sync(format!(
+                    "follower rejected a DUMP payload from the leader ({}); is it an older Redis?",
+                    errors[0]
+                ));
+            } else {
+                return Err(ApplyError::new("follower_error", errors.join("; ")));
+            }
+        }
+        Ok(given_up)
+    }
+}
+
+impl Applier for RedisApplier {
+    type Op = RedisOp;
+    fn apply<'a>(
+        &'a mut self,
+        batch: &'a [RedisOp],
+    ) -> impl std::future::Future<Output = Result<usize, ApplyError>> + Send + 'a {
+        async move {
+            let r = self.apply_batch(batch).await;
+            if r.is_err() {
+                // A half-read pipeline leaves replies on the wire: start both links afresh.
+                self.leader_conn = None;
+                self.follower_conn = None;
+            }
+            r
+        }
+    }
+}
+
+/// `COMMAND GETKEYS <the original arguments>` from a request's raw frame.
+fn getkeys_frame(cmd: &[u8]) -> BytesMut {
+    let mut out = BytesMut::with_capacity(cmd.len() + 32);
+    // cmd = "*<n>\r\n<args>": prepend two arguments.
+    let (n, rest) = match cmd.iter().position(|&b| b == b'\n') {
+        Some(i) => (
+            std::str::from_utf8(&cmd[1..i.saturating_sub(1)])
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok())
+                .unwrap_or(0),
+            &cmd[i + 1..],
+        ),
+        None => (0, &cmd[..0]),
+    };
+    out.extend_from_slice(format!("*{}\r\n$7\r\nCOMMAND\r\n$7\r\nGETKEYS\r\n", n + 2).as_bytes());
+    out.extend_from_slice(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn getkeys_wraps_the_original_command() {
+        let f = getkeys_frame(b"*3\r\n$4\r\nEVAL\r\n$1\r\nx\r\n$1\r\n0\r\n");
+        assert_eq!(
+            &f[..],
+            b"*5\r\n$7\r\nCOMMAND\r\n$7\r\nGETKEYS\r\n$4\r\nEVAL\r\n$1\r\nx\r\n$1\r\n0\r\n"
+        );
+    }
+
+    #[test]
+    fn only_single_key_copies_coalesce() {
+        let one = RedisOp {
+            items: smallvec::smallvec![Item::Copy {
+                db: 0,
+                key: Bytes::from_static(b"k")
+            }],
+        };
+        assert_eq!(one.coalesce_key(), Some((0, Bytes::from_static(b"k"))));
+        let tx = RedisOp {
+            items: smallvec::smallvec![
+                Item::Copy {
+                    db: 0,
+                    key: Bytes::from_static(b"a")
+                },
+                Item::Copy {
+                    db: 0,
+                    key: Bytes::from_static(b"b")
+                }
+            ],
+        };
+        assert_eq!(tx.coalesce_key(), None);
+    }
+}

@@ -1,0 +1,22 @@
+//! The Redis sidecar: RESP in front, the leader behind, the follower as mirror target and
+//! read fallback.
+//!
+//! - [`resp`]: where a RESP frame is cut and a request's arguments are read (hot path);
+//! - [`command`]: where a write is classified (read/write/admin/pub-sub, keys);
+//! - [`session`]: one client connection: ordering, transactions, pub/sub, local replies;
+//! - [`mirror`]: where a write is mirrored (key copies to the follower) — the module comment
+//!   explains the mechanism;
+//! - [`backend`]: statemirror's own connections to the backends;
+//! - [`server`]: the listener, backend choice, health checks.
+//!
+//! Supported: everything Redis accepts on a single connection (RESP2 and RESP3, `AUTH`,
+//! `HELLO`, `SELECT`, `CLIENT *`, transactions, pub/sub, blocking commands, `MONITOR`,
+//! scripts, functions). Not supported: TLS to clients or backends, Redis Cluster
+//! redirections, Sentinel discovery.
+
+pub mod backend;
+pub mod command;
+pub mod mirror;
+pub mod resp;
+pub mod server;
+pub mod session;

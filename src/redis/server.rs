@@ -1,0 +1,333 @@
+//! The Redis listener: accepts clients (bounded), picks each one's backend (the leader, or
+//! the follower while the leader is down), keeps both backends health-checked, and owns the
+//! command table and the mirror queue every session shares.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::backend::{encode_cmd, Conn};
+use super::command::{CommandTable, Source};
+use super::mirror::{RedisApplier, RedisOp};
+use super::resp::Limits;
+use super::session;
+use crate::config::{RedisBackend, RedisConfig, ReplicationConfig, ResolvedRedis};
+use crate::metrics::{ProtocolMetrics, Route};
+use crate::replication::freeze::Freeze;
+use crate::replication::health::Health;
+use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
+use crate::replication::worker;
+
+/// What every session of this sidecar shares.
+pub struct Shared {
+    pub cfg: RedisConfig,
+    pub limits: Limits,
+    pub leader: RedisBackend,
+    pub follower: Option<RedisBackend>,
+    table: RwLock<Arc<CommandTable>>,
+    pub freeze: Arc<Freeze>,
+    pub mirror: Option<Arc<MirrorQueue<RedisOp>>>,
+    pub leader_health: Health,
+    pub follower_health: Option<Health>,
+    pub metrics: ProtocolMetrics,
+    /// Open client connections served by the leader / the follower.
+    served: [AtomicUsize; 2],
+}
+
+impl Shared {
+    /// The current command table (sessions keep the one they started with).
+    pub fn table(&self) -> Arc<CommandTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_table(&self, t: CommandTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(t);
+    }
+}
+
+/// A running Redis sidecar.
+pub struct RedisSidecar {
+    pub shared: Arc<Shared>,
+    pub local_addr: SocketAddr,
+}
+
+impl RedisSidecar {
+    pub fn mirror_view(&self) -> Option<Arc<dyn MirrorView>> {
+        self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
+    }
+
+    /// Serves clients: the leader is up, or the follower can take reads.
+    pub fn ready(&self) -> bool {
+        self.shared.leader_health.is_up()
+            || self
+                .shared
+                .follower_health
+                .as_ref()
+                .is_some_and(|h| h.is_up())
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let s = &self.shared;
+        let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.address, "db": b.db, "up": h.is_up() });
+        json!({
+            "listen": self.local_addr.to_string(),
+            "leader": backend(&s.leader, &s.leader_health),
+            "follower": match (&s.follower, &s.follower_health) {
+                (Some(b), Some(h)) => backend(b, h),
+                _ => serde_json::Value::Null,
+            },
+            "serving": if s.leader_health.is_up() { "leader" } else if s.follower_health.as_ref().is_some_and(|h| h.is_up()) { "follower" } else { "none" },
+            "connections": {
+                "leader": s.served[0].load(Ordering::Relaxed),
+                "follower": s.served[1].load(Ordering::Relaxed),
+            },
+            "command_table": match s.table().source { Source::Leader => "leader", Source::Fallback => "fallback" },
+            "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
+        })
+    }
+}
+
+pub async fn start(
+    r: &ResolvedRedis,
+    cfg: &RedisConfig,
+    repl: &ReplicationConfig,
+    freeze: Arc<Freeze>,
+    shutdown: CancellationToken,
+) -> std::io::Result<RedisSidecar> {
+    let listener = TcpListener::bind(r.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let metrics = ProtocolMetrics::new("redis");
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let mirror = r.follower.as_ref().map(|_| {
+        MirrorQueue::<RedisOp>::new(
+            "redis",
+            QueueLimits {
+                max_ops: repl.max_queue_ops,
+                max_bytes: repl.max_queue_bytes,
+            },
+        )
+    });
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        limits: Limits {
+            max_request_bytes: cfg.max_request_bytes,
+            max_args: cfg.max_request_args,
+        },
+        leader: r.leader.clone(),
+        follower: r.follower.clone(),
+        table: RwLock::new(Arc::new(CommandTable::fallback())),
+        freeze,
+        mirror: mirror.clone(),
+        leader_health: Health::new(
+            "leader",
+            r.leader.address.clone(),
+            cfg.health_failures_before_down,
+            metrics.backend_up("leader"),
+        ),
+        follower_health: r.follower.as_ref().map(|f| {
+            Health::new(
+                "follower",
+                f.address.clone(),
+                cfg.health_failures_before_down,
+                metrics.backend_up("follower"),
+            )
+        }),
+        metrics,
+        served: [AtomicUsize::new(0), AtomicUsize::new(0)],
+    });
+    // The command table, from the leader when it answers now; the health loop retries.
+    match fetch_table(&r.leader, connect_timeout).await {
+        Ok(t) => {
+            tracing::info!(commands = t.len(), "command table loaded from the leader");
+            shared.set_table(t);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "leader did not answer COMMAND; using the built-in table until it does")
+        }
+    }
+    if let (Some(q), Some(f)) = (mirror, &r.follower) {
+        let applier = RedisApplier::new(r.leader.clone(), f.clone(), connect_timeout, q.clone());
+        worker::spawn(q, applier, repl.clone(), shutdown.clone());
+    }
+    tokio::spawn(health_loop(shared.clone(), true, shutdown.clone()));
+    if shared.follower.is_some() {
+        tokio::spawn(health_loop(shared.clone(), false, shutdown.clone()));
+    }
+    tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+    tracing::info!(listen = %local_addr, leader = %r.leader.address,
+        follower = r.follower.as_ref().map(|f| f.address.as_str()).unwrap_or("none"),
+        "redis sidecar ready");
+    Ok(RedisSidecar { shared, local_addr })
+}
+
+async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable, String> {
+    let mut c = Conn::connect(b, timeout).await.map_err(|e| e.to_string())?;
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"COMMAND"]);
+    let reply = tokio::time::timeout(timeout * 5, c.roundtrip(&out, 1))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    reply
+        .first()
+        .and_then(CommandTable::from_command_reply)
+        .ok_or_else(|| "COMMAND reply not understood (ACL may forbid COMMAND)".into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (sock, _peer) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.client_error("max_connections");
+            tokio::spawn(async move {
+                let mut sock = sock;
+                let _ = sock
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+            });
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            handle_client(shared, sock).await;
+        });
+    }
+}
+
+async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
+    shared.metrics.connections_total.increment(1);
+    let Some((backend, route)) = pick_backend(&shared).await else {
+        let _ = sock
+            .write_all(
+                b"-ERR statemirror: no backend available (leader and follower unreachable)\r\n",
+            )
+            .await;
+        return;
+    };
+    let idx = route as usize;
+    shared.metrics.connections.increment(1.0);
+    shared.served[idx].fetch_add(1, Ordering::Relaxed);
+    session::serve(shared.clone(), sock, backend, route).await;
+    shared.served[idx].fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.connections.decrement(1.0);
+}
+
+async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+/// The leader when it is up and takes the connection; otherwise the follower (reads only).
+async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
+    let timeout = Duration::from_millis(shared.cfg.connect_timeout_ms);
+    let follower = shared
+        .follower
+        .as_ref()
+        .zip(shared.follower_health.as_ref());
+    if shared.leader_health.is_up() || follower.is_none() {
+        match connect(&shared.leader.address, timeout).await {
+            Ok(s) => return Some((s, Route::Leader)),
+            Err(e) => shared.leader_health.mark_down(&e),
+        }
+    }
+    let (f, _) = follower?;
+    match connect(&f.address, timeout).await {
+        Ok(s) => Some((s, Route::Follower)),
+        Err(e) => {
+            if let Some(h) = &shared.follower_health {
+                h.mark_down(&e);
+            }
+            None
+        }
+    }
+}
+
+/// Pings one backend every `health_interval_ms` on a connection of its own. For the leader,
+/// also loads the command table once it answers, if start-up had to use the fallback.
+async fn health_loop(shared: Arc<Shared>, leader: bool, shutdown: CancellationToken) {
+    let (backend, health) = if leader {
+        (&shared.leader, &shared.leader_health)
+    } else {
+        match (&shared.follower, &shared.follower_health) {
+            (Some(b), Some(h)) => (b, h),
+            _ => return,
+        }
+    };
+    let interval = Duration::from_millis(shared.cfg.health_interval_ms);
+    let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
+    let mut conn: Option<Conn> = None;
+    let mut ping = BytesMut::new();
+    encode_cmd(&mut ping, &[b"PING"]);
+    loop {
+        let result = tokio::time::timeout(timeout, async {
+            if conn.is_none() {
+                conn = Some(
+                    Conn::connect(backend, timeout)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let c = conn.as_mut().ok_or("no connection")?;
+            let r = c.roundtrip(&ping, 1).await.map_err(|e| e.to_string())?;
+            match r.first().and_then(super::backend::error_text) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or_else(|_| Err("health check timed out".into()));
+        match result {
+            Ok(()) => {
+                health.record_success();
+                if leader && shared.table().source == Source::Fallback {
+                    if let Ok(t) = fetch_table(backend, timeout).await {
+                        tracing::info!(commands = t.len(), "command table loaded from the leader");
+                        shared.set_table(t);
+                    }
+                }
+            }
+            Err(e) => {
+                conn = None;
+                health.record_failure(&e);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

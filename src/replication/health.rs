@@ -1,0 +1,80 @@
+//! Backend health as seen by the periodic checker and by sessions that fail to connect.
+//! Protocol-specific probes live with their protocol; this holds the shared up/down state.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use metrics::Gauge;
+use tokio::sync::watch;
+
+pub struct Health {
+    pub role: &'static str,
+    pub address: String,
+    up: watch::Sender<bool>,
+    failures: AtomicU32,
+    failures_before_down: u32,
+    gauge: Gauge,
+}
+
+impl Health {
+    /// Starts optimistic (up) so the first client does not wait for a check.
+    pub fn new(
+        role: &'static str,
+        address: String,
+        failures_before_down: u32,
+        gauge: Gauge,
+    ) -> Self {
+        gauge.set(1.0);
+        Self {
+            role,
+            address,
+            up: watch::channel(true).0,
+            failures: AtomicU32::new(0),
+            failures_before_down,
+            gauge,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.up.subscribe()
+    }
+
+    pub fn record_success(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.set(true, None);
+    }
+
+    /// A failed health check: down after `failures_before_down` in a row.
+    pub fn record_failure(&self, why: &str) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= self.failures_before_down {
+            self.set(false, Some(why));
+        }
+    }
+
+    /// A refused connection is proof enough: down at once.
+    pub fn mark_down(&self, why: &str) {
+        self.failures
+            .store(self.failures_before_down, Ordering::Relaxed);
+        self.set(false, Some(why));
+    }
+
+    fn set(&self, up: bool, why: Option<&str>) {
+        let changed = self.up.send_if_modified(|v| {
+            let changed = *v != up;
+            *v = up;
+            changed
+        });
+        if changed {
+            self.gauge.set(if up { 1.0 } else { 0.0 });
+            if up {
+                tracing::info!(role = self.role, address = %self.address, "backend is up");
+            } else {
+                tracing::warn!(role = self.role, address = %self.address, error = why.unwrap_or(""), "backend is down");
+            }
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The bounded mirror queue between client sessions (producers) and one follower writer.
+//!
+//! Sessions push an op for every write the leader acknowledged, in the order they saw the
+//! acknowledgements; the writer takes batches from the front. The queue is bounded in ops and
+//! bytes: on overflow it discards what is waiting, counts it, and marks the follower out of
+//! sync (only a full resync can repair that), so producers never wait on the follower.
+//!
+//! Ops may name a *coalesce key*: an op whose key is already waiting (not yet taken by the
+//! writer) adds nothing, because the waiting op will read the newer state anyway (see
+//! `redis::mirror` for why that holds for Redis key copies).
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge, Counter, Gauge};
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::metrics as m;
+
+/// One unit of mirroring work.
+pub trait MirrorOp: Send + 'static {
+    type Key: Hash + Eq + Clone + Send + 'static;
+    /// Bytes this op holds while queued (counted against `max_queue_bytes`).
+    fn cost_bytes(&self) -> usize;
+    /// Ops with equal keys are interchangeable while waiting: a later one is dropped.
+    fn coalesce_key(&self) -> Option<Self::Key>;
+}
+
+/// In-sync flag with the reason it was lost. Shared by the queue, the writer and `/status`.
+pub struct SyncState {
+    in_sync: AtomicBool,
+    reason: Mutex<Option<String>>,
+    gauge: Gauge,
+}
+
+impl SyncState {
+    fn new(protocol: &'static str) -> Self {
+        let gauge = gauge!(m::FOLLOWER_IN_SYNC, "protocol" => protocol);
+        gauge.set(1.0);
+        Self {
+            in_sync: AtomicBool::new(true),
+            reason: Mutex::new(None),
+            gauge,
+        }
+    }
+
+    pub fn in_sync(&self) -> bool {
+        self.in_sync.load(Ordering::Acquire)
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        lock(&self.reason).clone()
+    }
+
+    /// Marks the follower out of sync; the first reason since the last resync is kept.
+    pub fn mark_out_of_sync(&self, reason: impl Into<String>) {
+        let mut r = lock(&self.reason);
+        if r.is_none() {
+            let reason = reason.into();
+            tracing::warn!(%reason, "follower marked out of sync; a full resync is needed");
+            *r = Some(reason);
+        }
+        self.in_sync.store(false, Ordering::Release);
+        self.gauge.set(0.0);
+    }
+
+    /// After a full resync.
+    pub fn mark_in_sync(&self) {
+        *lock(&self.reason) = None;
+        self.in_sync.store(true, Ordering::Release);
+        self.gauge.set(1.0);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_ops: usize,
+    pub max_bytes: usize,
+}
+
+struct Waiting<Op> {
+    op: Op,
+    enqueued: Instant,
+}
+
+struct Inner<Op: MirrorOp> {
+    waiting: VecDeque<Waiting<Op>>,
+    waiting_keys: HashSet<Op::Key>,
+    waiting_bytes: usize,
+    /// The batch the writer holds: count, bytes, enqueue time of its oldest op.
+    in_flight: usize,
+    in_flight_bytes: usize,
+    in_flight_oldest: Option<Instant>,
+}
+
+/// What `/status` and maintenance need from a queue, without its op type.
+pub trait MirrorView: Send + Sync {
+    fn status(&self) -> MirrorStatus;
+    fn sync(&self) -> &SyncState;
+    /// Notified whenever ops complete or are dropped.
+    fn changed(&self) -> &Notify;
+    fn is_drained(&self) -> bool;
+}
+
+/// Waits until the queue is empty or the deadline passes; true when drained.
+pub async fn wait_drained(view: &dyn MirrorView, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = view.changed().notified();
+        if view.is_drained() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return view.is_drained();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MirrorStatus {
+    pub queue_depth: usize,
+    pub queue_bytes: usize,
+    pub lag_seconds: f64,
+    pub in_sync: bool,
+    pub out_of_sync_reason: Option<String>,
+    pub mirrored_writes: u64,
+    pub dropped_writes: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+pub struct MirrorQueue<Op: MirrorOp> {
+    inner: Mutex<Inner<Op>>,
+    limits: QueueLimits,
+    wake: Notify,
+    changed: Notify,
+    sync: SyncState,
+    pub(crate) stats: QueueStats,
+}
+
+/// Counters kept next to the metrics so `/status` can show them.
+pub(crate) struct QueueStats {
+    pub protocol: &'static str,
+    mirrored: AtomicU64,
+    dropped: AtomicU64,
+    failures: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    mirrored_c: Counter,
+    dropped_c: Counter,
+    depth_g: Gauge,
+    bytes_g: Gauge,
+    lag_g: Gauge,
+}
+
+impl QueueStats {
+    pub(crate) fn failure(&self, reason: &'static str, detail: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(format!("{reason}: {detail}"));
+        counter!(m::MIRROR_FAILURES_TOTAL, "protocol" => self.protocol, "reason" => reason)
+            .increment(1);
+    }
+}
+
+impl<Op: MirrorOp> MirrorQueue<Op> {
+    pub fn new(protocol: &'static str, limits: QueueLimits) -> Arc<Self> {
+        let q = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                waiting: VecDeque::new(),
+                waiting_keys: HashSet::new(),
+                waiting_bytes: 0,
+                in_flight: 0,
+                in_flight_bytes: 0,
+                in_flight_oldest: None,
+            }),
+            limits,
+            wake: Notify::new(),
+            changed: Notify::new(),
+            sync: SyncState::new(protocol),
+            stats: QueueStats {
+                protocol,
+                mirrored: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                last_error: Mutex::new(None),
+                mirrored_c: counter!(m::MIRRORED_TOTAL, "protocol" => protocol),
+                dropped_c: counter!(m::DROPPED_TOTAL, "protocol" => protocol),
+                depth_g: gauge!(m::QUEUE_DEPTH, "protocol" => protocol),
+                bytes_g: gauge!(m::QUEUE_BYTES, "protocol" => protocol),
+                lag_g: gauge!(m::MIRROR_LAG, "protocol" => protocol),
+            },
+        });
+        q.publish_gauges();
+        q
+    }
+
+    /// Queues an acknowledged write. Never waits. On overflow everything waiting is
+    /// discarded (this op included) and the follower is marked out of sync.
+    pub fn push(&self, op: Op) {
+        let key = op.coalesce_key();
+        let cost = op.cost_bytes();
+        let mut inner = lock(&self.inner);
+        if let Some(k) = &key {
+            if inner.waiting_keys.contains(k) {
+                return;
+            }
+        }
+        let total_ops = inner.waiting.len() + inner.in_flight + 1;
+        let total_bytes = inner.waiting_bytes + inner.in_flight_bytes + cost;
+        if total_ops > self.limits.max_ops || total_bytes > self.limits.max_bytes {
+            let dropped = inner.waiting.len() as u64 + 1;
+            inner.waiting.clear();
+            inner.waiting_keys.clear();
+            inner.waiting_bytes = 0;
+            drop(inner);
+            self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            self.stats.dropped_c.increment(dropped);
+            self.sync.mark_out_of_sync(format!(
+                "mirror queue overflowed (limits: {} ops, {} bytes); {dropped} writes discarded",
+                self.limits.max_ops, self.limits.max_bytes
+            ));
+            self.changed.notify_waiters();
+            return;
+        }
+        if let Some(k) = key {
+            inner.waiting_keys.insert(k);
+        }
+        inner.waiting_bytes += cost;
+        inner.waiting.push_back(Waiting {
+            op,
+            enqueued: Instant::now(),
+        });
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// Waits for work and takes up to `max` ops; they stay counted (depth, lag) until
+    /// [`complete`](Self::complete).
+    pub async fn take_batch(&self, max: usize) -> Vec<Op> {
+        loop {
+            let notified = self.wake.notified();
+            {
+                let mut inner = lock(&self.inner);
+                if !inner.waiting.is_empty() {
+                    let n = inner.waiting.len().min(max);
+                    let mut batch = Vec::with_capacity(n);
+                    let mut bytes = 0;
+                    inner.in_flight_oldest = inner.waiting.front().map(|w| w.enqueued);
+                    for _ in 0..n {
+                        if let Some(w) = inner.waiting.pop_front() {
+                            if let Some(k) = w.op.coalesce_key() {
+                                inner.waiting_keys.remove(&k);
+                            }
+                            bytes += w.op.cost_bytes();
+                            batch.push(w.op);
+                        }
+                    }
+                    inner.waiting_bytes -= bytes;
+                    inner.in_flight = batch.len();
+                    inner.in_flight_bytes = bytes;
+                    return batch;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// The batch taken last is on the follower (or given up for good).
+    pub fn complete(&self, applied: usize) {
+        {
+            let mut inner = lock(&self.inner);
+            inner.in_flight = 0;
+            inner.in_flight_bytes = 0;
+            inner.in_flight_oldest = None;
+        }
+        self.stats
+            .mirrored
+            .fetch_add(applied as u64, Ordering::Relaxed);
+        self.stats.mirrored_c.increment(applied as u64);
+        self.publish_gauges();
+        self.changed.notify_waiters();
+    }
+
+    /// Discards everything waiting (not the batch in flight) and marks the follower out of
+    /// sync with `reason`.
+    pub fn discard_waiting(&self, reason: &str) {
+        let dropped = {
+            let mut inner = lock(&self.inner);
+            let n = inner.waiting.len() as u64;
+            inner.waiting.clear();
+            inner.waiting_keys.clear();
+            inner.waiting_bytes = 0;
+            n
+        };
+        self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+        self.stats.dropped_c.increment(dropped);
+        self.sync.mark_out_of_sync(reason);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn publish_gauges(&self) {
+        let s = self.counts();
+        self.stats.depth_g.set(s.0 as f64);
+        self.stats.bytes_g.set(s.1 as f64);
+        self.stats.lag_g.set(s.2);
+    }
+
+    /// (depth, bytes, lag seconds)
+    fn counts(&self) -> (usize, usize, f64) {
+        let inner = lock(&self.inner);
+        let oldest = inner
+            .in_flight_oldest
+            .or_else(|| inner.waiting.front().map(|w| w.enqueued));
+        (
+            inner.waiting.len() + inner.in_flight,
+            inner.waiting_bytes + inner.in_flight_bytes,
+            oldest.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+        )
+    }
+
+    pub(crate) fn stats(&self) -> &QueueStats {
+        &self.stats
+    }
+}
+
+impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
+    fn status(&self) -> MirrorStatus {
+        let (queue_depth, queue_bytes, lag_seconds) = self.counts();
+        MirrorStatus {
+            queue_depth,
+            queue_bytes,
+            lag_seconds,
+            in_sync: self.sync.in_sync(),
+            out_of_sync_reason: self.sync.reason(),
+            mirrored_writes: self.stats.mirrored.load(Ordering::Relaxed),
+            dropped_writes: self.stats.dropped.load(Ordering::Relaxed),
+            failures: self.stats.failures.load(Ordering::Relaxed),
+            last_error: lock(&self.stats.last_error).clone(),
+        }
+    }
+
+    fn sync(&self) -> &SyncState {
+        &self.sync
+    }
+
+    fn changed(&self) -> &Notify {
+        &self.changed
+    }
+
+    fn is_drained(&self) -> bool {
+        let inner = lock(&self.inner);
+        inner.waiting.is_empty() && inner.in_flight == 0
+    }
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain counters; the data
+/// is still usable, so recover it rather than cascade the panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Op(u32, Option<u32>);
+    impl MirrorOp for Op {
+        type Key = u32;
+        fn cost_bytes(&self) -> usize {
+            10
+        }
+        fn coalesce_key(&self) -> Option<u32> {
+            self.1
+        }
+    }
+
+    #[tokio::test]
+    async fn coalesces_only_while_waiting() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 10,
+                max_bytes: 1000,
+            },
+        );
+        q.push(Op(1, Some(7)));
+        q.push(Op(2, Some(7)));
+        q.push(Op(3, None));
+        let b = q.take_batch(10).await;
+        assert_eq!(b.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 3]);
+        // Taken: a new write of key 7 must be queued again (the batch may have read already).
+        q.push(Op(4, Some(7)));
+        assert_eq!(q.status().queue_depth, 3);
+        q.complete(2);
+        assert_eq!(q.status().queue_depth, 1);
+        assert!(!q.is_drained());
+    }
+
+    #[tokio::test]
+    async fn overflow_discards_and_marks_out_of_sync() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 2,
+                max_bytes: 1000,
+            },
+        );
+        q.push(Op(1, None));
+        q.push(Op(2, None));
+        assert!(q.sync().in_sync());
+        q.push(Op(3, None));
+        let s = q.status();
+        assert_eq!(s.queue_depth, 0);
+        assert_eq!(s.dropped_writes, 3);
+        assert!(!s.in_sync);
+        assert!(s.out_of_sync_reason.unwrap().contains("overflowed"));
+        // Later writes still flow.
+        q.push(Op(4, None));
+        assert_eq!(q.take_batch(5).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn byte_limit_counts_in_flight() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 100,
+                max_bytes: 25,
+            },
+        );
+        q.push(Op(1, None));
+        q.push(Op(2, None));
+        let _b = q.take_batch(10).await;
+        q.push(Op(3, None)); // 30 bytes with the in-flight batch
+        assert!(!q.sync().in_sync());
+    }
+}
