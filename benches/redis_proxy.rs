@@ -1,1 +1,855 @@
-fn main() {}
+//! Throughput of `redis-benchmark` against Redis directly, through statemirror (mirroring off
+//! and on) and through twemproxy (nutcracker) when it is installed.
+//!
+//! ```text
+//! cargo bench --bench redis_proxy
+//! BENCH_REQUESTS=20000 BENCH_REPEAT=1 cargo bench --bench redis_proxy   # quick
+//! ```
+//!
+//! Every server runs in its own process, like in production: `redis-server` on free loopback
+//! ports (`--save '' --appendonly no`), the release `statemirror` binary with a config derived
+//! from `config/redis.toml`, and `nutcracker` with a generated pool. All of them are killed when
+//! the benchmark ends, also on panic (drop guards).
+//!
+//! Environment:
+//! - `BENCH_REQUESTS`: requests per `redis-benchmark` run at pipeline 1 (default 200000);
+//! - `BENCH_REQUESTS_P16`: requests per run at pipeline 16 (default 5 x `BENCH_REQUESTS`);
+//! - `BENCH_REPEAT`: runs per cell, the median is reported (default 3);
+//! - `BENCH_CLIENTS`: `redis-benchmark -c` (default 50);
+//! - `BENCH_TARGETS`: comma-separated subset of `direct,mirror-off,mirror-on,twemproxy`;
+//! - `BENCH_TIMEOUT_SECS`: give up on one `redis-benchmark` run after this long (default 300);
+//! - `STATEMIRROR_BIN`: use this binary instead of the one cargo built.
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it does nothing.
+
+use std::collections::BTreeMap;
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// `-r` keyspace for the random-key SET run: with a single hot key the mirror coalesces
+/// writes, so this is the run that shows what mirroring every write costs.
+const RANDOM_KEYSPACE: u32 = 100_000;
+
+fn main() {
+    if !env::args().any(|a| a == "--bench") {
+        println!(
+            "redis_proxy: benchmark skipped in test mode; run `cargo bench --bench redis_proxy`"
+        );
+        return;
+    }
+    let settings = Settings::from_env();
+    let tools = Tools::find();
+    let dir = tempfile::Builder::new()
+        .prefix("statemirror-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let root = dir.path();
+
+    println!("# statemirror Redis proxy benchmark\n");
+    println!(
+        "redis-benchmark -c {} -t set,get -q --csv, then -t set -r {RANDOM_KEYSPACE}; \
+         {} requests at -P 1, {} at -P 16; median of {} run(s); {} CPU(s) shared by every process.",
+        settings.clients,
+        settings.requests_p1,
+        settings.requests_p16,
+        settings.repeat,
+        thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+    println!("{}\n", tools.versions());
+
+    let leader = Redis::start(root, "leader", &tools.redis_server);
+    let follower = Redis::start(root, "follower", &tools.redis_server);
+
+    let mut targets: Vec<Target> = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
+    if settings.wants("direct") {
+        targets.push(Target::new(
+            "direct",
+            "Redis direct",
+            leader.port,
+            None,
+            None,
+        ));
+    }
+    if settings.wants("mirror-off") || settings.wants("mirror-on") {
+        let bin = statemirror_bin();
+        println!("statemirror binary: {}", bin.display());
+        if settings.wants("mirror-off") {
+            let p = Statemirror::start(root, "mirror-off", &bin, leader.port, None);
+            targets.push(Target::new(
+                "mirror-off",
+                "statemirror, mirroring off",
+                p.port,
+                None,
+                Some(Box::new(p)),
+            ));
+        }
+        if settings.wants("mirror-on") {
+            let p = Statemirror::start(root, "mirror-on", &bin, leader.port, Some(follower.port));
+            targets.push(Target::new(
+                "mirror-on",
+                "statemirror, mirroring on",
+                p.port,
+                Some(p.admin_port),
+                Some(Box::new(p)),
+            ));
+        }
+    }
+    if settings.wants("twemproxy") {
+        match &tools.nutcracker {
+            Some(bin) => {
+                let t = Twemproxy::start(root, bin, leader.port);
+                targets.push(Target::new(
+                    "twemproxy",
+                    "twemproxy (nutcracker)",
+                    t.port,
+                    None,
+                    Some(Box::new(t)),
+                ));
+            }
+            None => skipped.push("twemproxy: nutcracker is not installed".into()),
+        }
+    }
+    println!();
+
+    let runs = [
+        Run {
+            tests: "set,get",
+            random: false,
+        },
+        Run {
+            tests: "set",
+            random: true,
+        },
+    ];
+    // (target, test label, pipeline) -> req/s of every repeat.
+    let mut results: BTreeMap<(usize, String, u32), Vec<f64>> = BTreeMap::new();
+    let mut mirror_rows: Vec<MirrorRow> = Vec::new();
+    for (ti, target) in targets.iter().enumerate() {
+        for pipeline in [1u32, 16] {
+            let requests = settings.requests(pipeline);
+            for run in &runs {
+                for rep in 1..=settings.repeat {
+                    flushall(&leader, &follower);
+                    let before = target.admin.map(mirror_status);
+                    let started = Instant::now();
+                    let rows =
+                        redis_benchmark(&tools, &settings, target.port, requests, pipeline, run);
+                    let elapsed = started.elapsed();
+                    let mut line = format!(
+                        "{:<28} {:<24} -P {:<2} run {rep}/{}:",
+                        target.label,
+                        run.label(),
+                        pipeline,
+                        settings.repeat
+                    );
+                    for (test, rps) in &rows {
+                        let _ = write!(line, " {test} {rps:.0} req/s");
+                        let label = if run.random {
+                            format!("{test} -r {RANDOM_KEYSPACE}")
+                        } else {
+                            test.clone()
+                        };
+                        results.entry((ti, label, pipeline)).or_default().push(*rps);
+                    }
+                    println!("{line} ({:.1} s)", elapsed.as_secs_f64());
+                    if let (Some(admin), Some(before)) = (target.admin, before) {
+                        let row = mirror_drain(
+                            admin, &before, &leader, &follower, run, pipeline, requests,
+                        );
+                        println!("    {}", row.describe());
+                        mirror_rows.push(row);
+                    }
+                }
+            }
+        }
+    }
+
+    println!("\n## Results (req/s, median of {})\n", settings.repeat);
+    println!("| target | test | pipeline | req/s | ratio to direct |");
+    println!("|---|---|---:|---:|---:|");
+    let direct = targets.iter().position(|t| t.key == "direct");
+    let mut keys: Vec<_> = results.keys().cloned().collect();
+    // Group by test and pipeline, then target order, so each comparison sits together.
+    keys.sort_by(|a, b| (&a.1, a.2, a.0).cmp(&(&b.1, b.2, b.0)));
+    for key in keys {
+        let (ti, test, pipeline) = &key;
+        let m = median(&results[&key]);
+        let ratio = direct
+            .and_then(|d| results.get(&(d, test.clone(), *pipeline)))
+            .map(|v| median(v))
+            .filter(|d| *d > 0.0)
+            .map_or("n/a".to_string(), |d| format!("{:.2}", m / d));
+        println!(
+            "| {} | {} | {} | {:.0} | {} |",
+            targets[*ti].label, test, pipeline, m, ratio
+        );
+    }
+
+    if !mirror_rows.is_empty() {
+        println!("\n## Mirror (statemirror, mirroring on), after each run\n");
+        println!(
+            "| run | pipeline | requests | mirrored writes | drained in | queue depth | in sync | dropped | leader keys | follower keys |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+        for r in &mirror_rows {
+            println!(
+                "| {} | {} | {} | {} | {:.2} s | {} | {} | {} | {} | {} |",
+                r.run,
+                r.pipeline,
+                r.requests,
+                r.mirrored,
+                r.drain.as_secs_f64(),
+                r.queue_depth,
+                r.in_sync,
+                r.dropped,
+                r.leader_keys,
+                r.follower_keys
+            );
+        }
+        println!(
+            "\n`mirrored writes` counts follower applies; writes to one hot key coalesce, \
+             so it can be far below the number of SETs."
+        );
+    }
+    for s in &skipped {
+        println!("\nskipped {s}");
+    }
+    // Drop order: proxies (in `targets`), then the Redis servers, then the temp dir.
+    drop(targets);
+}
+
+struct Settings {
+    requests_p1: u64,
+    requests_p16: u64,
+    repeat: usize,
+    clients: u32,
+    targets: Option<Vec<String>>,
+    timeout: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let requests_p1 = env_num("BENCH_REQUESTS", 200_000u64).max(1);
+        Settings {
+            requests_p1,
+            requests_p16: env_num("BENCH_REQUESTS_P16", requests_p1 * 5).max(1),
+            repeat: env_num("BENCH_REPEAT", 3usize).max(1),
+            clients: env_num("BENCH_CLIENTS", 50u32).max(1),
+            targets: env::var("BENCH_TARGETS").ok().map(|s| {
+                s.split(',')
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+                    .collect()
+            }),
+            timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_SECS", 300u64)),
+        }
+    }
+
+    fn wants(&self, target: &str) -> bool {
+        match &self.targets {
+            None => true,
+            Some(t) => t.iter().any(|x| x == target),
+        }
+    }
+
+    fn requests(&self, pipeline: u32) -> u64 {
+        if pipeline > 1 {
+            self.requests_p16
+        } else {
+            self.requests_p1
+        }
+    }
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+struct Run {
+    tests: &'static str,
+    random: bool,
+}
+
+impl Run {
+    fn label(&self) -> String {
+        if self.random {
+            format!("{} -r {RANDOM_KEYSPACE}", self.tests)
+        } else {
+            self.tests.to_string()
+        }
+    }
+}
+
+struct Target {
+    key: &'static str,
+    label: &'static str,
+    port: u16,
+    /// Admin port of a statemirror with mirroring on.
+    admin: Option<u16>,
+    _process: Option<Box<dyn Send>>,
+}
+
+impl Target {
+    fn new(
+        key: &'static str,
+        label: &'static str,
+        port: u16,
+        admin: Option<u16>,
+        process: Option<Box<dyn Send>>,
+    ) -> Self {
+        Target {
+            key,
+            label,
+            port,
+            admin,
+            _process: process,
+        }
+    }
+}
+
+/// External programs.
+struct Tools {
+    redis_server: PathBuf,
+    redis_benchmark: PathBuf,
+    nutcracker: Option<PathBuf>,
+}
+
+impl Tools {
+    fn find() -> Self {
+        let need = |name: &str| {
+            find_program(name).unwrap_or_else(|| {
+                panic!("{name} not found: run scripts/install-deps.sh (installs redis-server redis-tools nutcracker)")
+            })
+        };
+        Tools {
+            redis_server: need("redis-server"),
+            redis_benchmark: need("redis-benchmark"),
+            nutcracker: find_program("nutcracker"),
+        }
+    }
+
+    fn versions(&self) -> String {
+        let version = |p: &Path, arg: &str| {
+            Command::new(p)
+                .arg(arg)
+                .output()
+                .ok()
+                .map(|o| {
+                    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+                    s.push_str(&String::from_utf8_lossy(&o.stderr));
+                    s.lines().next().unwrap_or("").trim().to_string()
+                })
+                .unwrap_or_default()
+        };
+        let mut s = format!(
+            "{}; {}",
+            version(&self.redis_server, "--version"),
+            version(&self.redis_benchmark, "--version")
+        );
+        if let Some(n) = &self.nutcracker {
+            let _ = write!(s, "; {}", version(n, "--version"));
+        }
+        s
+    }
+}
+
+/// `PATH` plus the sbin directories (Debian installs nutcracker in /usr/sbin).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The release binary. Cargo builds it for the benchmark (`CARGO_BIN_EXE_statemirror`, the
+/// bench profile inherits release); if it is missing, `cargo build --release` makes it.
+fn statemirror_bin() -> PathBuf {
+    if let Some(p) = env::var_os("STATEMIRROR_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = option_env!("CARGO_BIN_EXE_statemirror").map(PathBuf::from) {
+        if p.is_file() {
+            return p;
+        }
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("target"));
+    let bin = target.join("release").join("statemirror");
+    if !bin.is_file() {
+        println!("building {} with cargo build --release", bin.display());
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--bin", "statemirror"])
+            .current_dir(manifest)
+            .status()
+            .expect("run cargo build --release");
+        assert!(status.success(), "cargo build --release failed");
+    }
+    bin
+}
+
+/// A child process killed (SIGKILL) and reaped on drop, also during a panic.
+struct Guard {
+    name: String,
+    child: Child,
+}
+
+impl Guard {
+    fn spawn(name: &str, cmd: &mut Command) -> Self {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
+        Guard {
+            name: name.to_string(),
+            child,
+        }
+    }
+
+    /// Waits until `port` accepts connections; panics (with `log` if given) if the process
+    /// exits or `timeout` passes.
+    fn wait_listening(&mut self, port: u16, timeout: Duration, log: Option<&Path>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({status}) before listening{}",
+                    self.name,
+                    log_tail(log)
+                );
+            }
+            if TcpStream::connect_timeout(
+                &([127, 0, 0, 1], port).into(),
+                Duration::from_millis(200),
+            )
+            .is_ok()
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} not listening on port {port} after {timeout:?}{}",
+                    self.name,
+                    log_tail(log)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_tail(log: Option<&Path>) -> String {
+    let Some(log) = log else {
+        return String::new();
+    };
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    format!("; {}:\n{tail}", log.display())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+struct Redis {
+    port: u16,
+    _guard: Guard,
+}
+
+impl Redis {
+    fn start(root: &Path, name: &str, bin: &Path) -> Self {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).expect("redis dir");
+        let log = dir.join("redis.log");
+        let port = free_port();
+        let mut guard = Guard::spawn(
+            &format!("redis-server ({name})"),
+            Command::new(bin)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .arg("--dir")
+                .arg(&dir)
+                .arg("--logfile")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        guard.wait_listening(port, Duration::from_secs(10), Some(&log));
+        Redis {
+            port,
+            _guard: guard,
+        }
+    }
+}
+
+struct Statemirror {
+    port: u16,
+    admin_port: u16,
+    _guard: Guard,
+}
+
+impl Statemirror {
+    /// Starts the binary with `config/redis.toml`, re-pointed at these ports.
+    fn start(root: &Path, name: &str, bin: &Path, leader: u16, follower: Option<u16>) -> Self {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/redis.toml");
+        let text = fs::read_to_string(&example).expect("read config/redis.toml");
+        let mut cfg: toml::Table = text.parse().expect("config/redis.toml is TOML");
+        let port = free_port();
+        let admin_port = free_port();
+        let table = |cfg: &mut toml::Table, name: &str| -> toml::Table {
+            match cfg.remove(name) {
+                Some(toml::Value::Table(t)) => t,
+                _ => toml::Table::new(),
+            }
+        };
+        let mut admin = table(&mut cfg, "admin");
+        admin.insert("listen".into(), format!("127.0.0.1:{admin_port}").into());
+        admin.remove("token_file");
+        let mut log = table(&mut cfg, "log");
+        log.insert("level".into(), "warn".into());
+        let mut redis = table(&mut cfg, "redis");
+        redis.insert("listen".into(), format!("127.0.0.1:{port}").into());
+        redis.insert(
+            "leader".into(),
+            format!("redis://127.0.0.1:{leader}").into(),
+        );
+        redis.remove("leader_password_file");
+        redis.remove("follower_password_file");
+        match follower {
+            Some(f) => redis.insert("follower".into(), format!("redis://127.0.0.1:{f}").into()),
+            None => redis.remove("follower"),
+        };
+        cfg.insert("admin".into(), admin.into());
+        cfg.insert("log".into(), log.into());
+        cfg.insert("redis".into(), redis.into());
+
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).expect("statemirror dir");
+        let config = dir.join("statemirror.toml");
+        fs::write(&config, toml::to_string(&cfg).expect("serialize config")).expect("write config");
+        let check = Command::new(bin)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run statemirror check-config");
+        assert!(
+            check.status.success(),
+            "statemirror check-config {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let log_path = dir.join("statemirror.log");
+        let log_file = fs::File::create(&log_path).expect("log file");
+        let mut guard = Guard::spawn(
+            &format!("statemirror ({name})"),
+            Command::new(bin)
+                .args(["run", "--config"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log_file.try_clone().expect("log file"))
+                .stderr(log_file),
+        );
+        guard.wait_listening(admin_port, Duration::from_secs(10), Some(&log_path));
+        // Ready = the leader passed a health check.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(http_get(admin_port, "/readyz"), Ok((200, _))) {
+            assert!(
+                Instant::now() < deadline,
+                "statemirror ({name}) not ready after 10 s{}",
+                log_tail(Some(&log_path))
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Statemirror {
+            port,
+            admin_port,
+            _guard: guard,
+        }
+    }
+}
+
+struct Twemproxy {
+    port: u16,
+    _guard: Guard,
+}
+
+impl Twemproxy {
+    fn start(root: &Path, bin: &Path, leader: u16) -> Self {
+        let dir = root.join("twemproxy");
+        fs::create_dir_all(&dir).expect("twemproxy dir");
+        let port = free_port();
+        let stats_port = free_port();
+        let config = dir.join("nutcracker.yml");
+        let yaml = format!(
+            "bench:\n  listen: 127.0.0.1:{port}\n  hash: fnv1a_64\n  distribution: ketama\n  \
+             redis: true\n  preconnect: true\n  auto_eject_hosts: false\n  timeout: 5000\n  \
+             server_connections: 1\n  servers:\n    - 127.0.0.1:{leader}:1\n"
+        );
+        fs::write(&config, yaml).expect("write nutcracker.yml");
+        let log = dir.join("nutcracker.log");
+        let mut guard = Guard::spawn(
+            "nutcracker",
+            Command::new(bin)
+                .arg("-c")
+                .arg(&config)
+                .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
+                .arg("-o")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        guard.wait_listening(port, Duration::from_secs(10), Some(&log));
+        Twemproxy {
+            port,
+            _guard: guard,
+        }
+    }
+}
+
+/// One `redis-benchmark` run; returns (test, req/s) per test in its CSV output.
+fn redis_benchmark(
+    tools: &Tools,
+    settings: &Settings,
+    port: u16,
+    requests: u64,
+    pipeline: u32,
+    run: &Run,
+) -> Vec<(String, f64)> {
+    let mut cmd = Command::new(&tools.redis_benchmark);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-c", &settings.clients.to_string()])
+        .args(["-n", &requests.to_string()])
+        .args(["-t", run.tests])
+        .args(["-P", &pipeline.to_string()]);
+    if run.random {
+        cmd.args(["-r", &RANDOM_KEYSPACE.to_string()]);
+    }
+    cmd.args(["-q", "--csv"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut guard = Guard::spawn("redis-benchmark", &mut cmd);
+    let out = reader(guard.child.stdout.take());
+    let err = reader(guard.child.stderr.take());
+    let deadline = Instant::now() + settings.timeout;
+    let status = loop {
+        if let Some(s) = guard.child.try_wait().expect("wait for redis-benchmark") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "redis-benchmark on port {port} did not finish within {:?}",
+            settings.timeout
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    assert!(
+        status.success(),
+        "redis-benchmark on port {port} failed ({status}):\n{out}\n{err}"
+    );
+    let rows = parse_csv(&out);
+    assert!(
+        !rows.is_empty(),
+        "no results from redis-benchmark on port {port}:\n{out}\n{err}"
+    );
+    rows
+}
+
+fn reader<R: Read + Send + 'static>(r: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut r) = r {
+            let _ = r.read_to_string(&mut s);
+        }
+        s
+    })
+}
+
+/// `"SET","123456.79",...` lines; the header and progress lines do not parse and are skipped.
+fn parse_csv(out: &str) -> Vec<(String, f64)> {
+    out.lines()
+        .filter_map(|l| {
+            let l = l.rsplit('\r').next().unwrap_or(l);
+            let mut f = l.split(',').map(|f| f.trim().trim_matches('"'));
+            let test = f.next()?.to_string();
+            let rps: f64 = f.next()?.parse().ok()?;
+            Some((test, rps))
+        })
+        .collect()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Sends one command; returns the first line of the reply (`+OK`, `:42`, ...).
+fn command(port: u16, args: &[&str]) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        let _ = write!(req, "${}\r\n{a}\r\n", a.len());
+    }
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let line = line.trim_end().to_string();
+    if line.starts_with('-') || line.is_empty() {
+        return Err(format!("{args:?}: {line}"));
+    }
+    Ok(line)
+}
+
+fn dbsize(port: u16) -> u64 {
+    command(port, &["DBSIZE"])
+        .ok()
+        .and_then(|l| l.trim_start_matches(':').parse().ok())
+        .unwrap_or(0)
+}
+
+fn flushall(leader: &Redis, follower: &Redis) {
+    for r in [leader, follower] {
+        command(r.port, &["FLUSHALL"]).expect("FLUSHALL");
+    }
+}
+
+/// GET on the admin API; returns (status, body).
+fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    let (head, body) = resp.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or("no HTTP status")?;
+    Ok((code, body.to_string()))
+}
+
+/// `.redis.mirror` of `/status`.
+#[derive(Debug, Clone, Default)]
+struct Mirror {
+    queue_depth: u64,
+    mirrored: u64,
+    dropped: u64,
+    in_sync: bool,
+}
+
+fn mirror_status(admin: u16) -> Mirror {
+    let (code, body) = http_get(admin, "/status").expect("GET /status");
+    assert_eq!(code, 200, "GET /status: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let m = &v["redis"]["mirror"];
+    Mirror {
+        queue_depth: m["queue_depth"].as_u64().unwrap_or(0),
+        mirrored: m["mirrored_writes"].as_u64().unwrap_or(0),
+        dropped: m["dropped_writes"].as_u64().unwrap_or(0),
+        in_sync: m["in_sync"].as_bool().unwrap_or(false),
+    }
+}
+
+struct MirrorRow {
+    run: String,
+    pipeline: u32,
+    requests: u64,
+    mirrored: u64,
+    dropped: u64,
+    drain: Duration,
+    queue_depth: u64,
+    in_sync: bool,
+    leader_keys: u64,
+    follower_keys: u64,
+}
+
+impl MirrorRow {
+    fn describe(&self) -> String {
+        format!(
+            "mirror: +{} mirrored writes, queue depth {} after {:.2} s, in sync {}, +{} dropped; keys leader {} follower {}",
+            self.mirrored,
+            self.queue_depth,
+            self.drain.as_secs_f64(),
+            self.in_sync,
+            self.dropped,
+            self.leader_keys,
+            self.follower_keys
+        )
+    }
+}
+
+/// Waits (at most 30 s) for the mirror queue to empty and reports what it did during the run.
+fn mirror_drain(
+    admin: u16,
+    before: &Mirror,
+    leader: &Redis,
+    follower: &Redis,
+    run: &Run,
+    pipeline: u32,
+    requests: u64,
+) -> MirrorRow {
+    let started = Instant::now();
+    let mut now = mirror_status(admin);
+    while now.queue_depth > 0 && started.elapsed() < Duration::from_secs(30) {
+        thread::sleep(Duration::from_millis(20));
+        now = mirror_status(admin);
+    }
+    MirrorRow {
+        run: run.label(),
+        pipeline,
+        requests,
+        mirrored: now.mirrored.saturating_sub(before.mirrored),
+        dropped: now.dropped.saturating_sub(before.dropped),
+        drain: started.elapsed(),
+        queue_depth: now.queue_depth,
+        in_sync: now.in_sync,
+        leader_keys: dbsize(leader.port),
+        follower_keys: dbsize(follower.port),
+    }
+}

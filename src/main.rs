@@ -69,7 +69,15 @@ enum MaintenanceAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Runtime::new() {
+    let threads = std::env::var("STATEMIRROR_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2usize);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("statemirror: cannot start the async runtime: {e}");

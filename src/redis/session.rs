@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -228,10 +228,14 @@ impl RequestSide {
     }
 
     fn handle(&mut self, req: Request, batch: &mut Vec<Pending>, out: &mut BytesMut) {
-        let table = self.table.clone();
-        let info = table.lookup(&req);
+        // Copy out what is needed so the table is not borrowed while `self` changes.
+        let (kind, blocking, special, target) = {
+            let info = self.table.lookup(&req);
+            let target = (info.kind == Kind::Write).then(|| write_target(info, &req));
+            (info.kind, info.blocking, info.special, target)
+        };
         let m = &self.shared.metrics;
-        let kind_idx = match info.kind {
+        let kind_idx = match kind {
             Kind::Read | Kind::PubSub => 0,
             Kind::Write => 1,
             Kind::Admin => 2,
@@ -242,7 +246,7 @@ impl RequestSide {
             Expect::One
         };
         let mut effect = Effect::None;
-        match info.special {
+        match special {
             Special::Multi => {
                 if !self.in_multi {
                     self.in_multi = true;
@@ -302,7 +306,7 @@ impl RequestSide {
                 }
             }
             Special::Subscribe(kind) | Special::Unsubscribe(kind) => {
-                let sub = matches!(info.special, Special::Subscribe(_));
+                let sub = matches!(special, Special::Subscribe(_));
                 let name: &'static [u8] = match (sub, kind) {
                     (true, SubKind::Channel) => b"subscribe",
                     (true, SubKind::Pattern) => b"psubscribe",
@@ -350,8 +354,7 @@ impl RequestSide {
             },
             _ => {}
         }
-        if info.kind == Kind::Write {
-            let target = write_target(info, &req);
+        if let Some(target) = target {
             if self.in_multi {
                 // Queued, not run: the freeze is checked now and again at EXEC.
                 match self.write_permission(true) {
@@ -376,7 +379,7 @@ impl RequestSide {
                     }
                 }
             } else {
-                match self.write_permission(info.blocking) {
+                match self.write_permission(blocking) {
                     Ok(ticket) => {
                         effect = Effect::Write {
                             target,
@@ -393,7 +396,7 @@ impl RequestSide {
                     }
                 }
             }
-        } else if self.in_multi && !matches!(info.special, Special::Multi | Special::Select) {
+        } else if self.in_multi && !matches!(special, Special::Multi | Special::Select) {
             effect = Effect::Queued(TxItem::Other);
         }
         m.requests[kind_idx][self.route as usize].increment(1);
@@ -662,14 +665,17 @@ impl ReplySide {
                     return;
                 }
             };
-            let frame = self.rbuf.split_to(len).freeze();
-            self.on_frame(frame);
+            // Work on the bytes in place; only the copy into `out` touches them.
+            let rbuf = std::mem::take(&mut self.rbuf);
+            self.on_frame(&rbuf[..len]);
+            self.rbuf = rbuf;
+            self.rbuf.advance(len);
         }
     }
 
-    fn on_frame(&mut self, frame: Bytes) {
+    fn on_frame(&mut self, frame: &[u8]) {
         let first_name = || {
-            resp::elements(&frame)
+            resp::elements(frame)
                 .next()
                 .and_then(resp::string_payload)
                 .map(|s| s.to_ascii_lowercase())
@@ -697,17 +703,17 @@ impl ReplySide {
                     ))
             {
                 // Out of band: a message, an invalidation, a confirmation nobody waits for.
-                self.out.extend_from_slice(&frame);
+                self.out.extend_from_slice(frame);
                 return;
             }
             if confirms {
-                self.on_confirmation(&frame);
+                self.on_confirmation(frame);
                 return;
             }
         }
         let Some(p) = self.pending.pop_front() else {
             // A reply nobody asked for (e.g. after CLIENT REPLY games): pass it on.
-            self.out.extend_from_slice(&frame);
+            self.out.extend_from_slice(frame);
             return;
         };
         self.flags.owed.fetch_sub(1, Ordering::AcqRel);
@@ -720,11 +726,11 @@ impl ReplySide {
             }
         }
         match p.action {
-            Action::Forward => self.out.extend_from_slice(&frame),
+            Action::Forward => self.out.extend_from_slice(frame),
             Action::Replace(b) => self.out.extend_from_slice(b),
             Action::Local(_) | Action::LocalThenClose(_) => {}
         }
-        self.apply_effect(p.effect, Some(&frame));
+        self.apply_effect(p.effect, Some(frame));
     }
 
     fn on_confirmation(&mut self, frame: &[u8]) {

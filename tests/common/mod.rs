@@ -371,3 +371,238 @@ async fn describe_key(
         .map_err(|e| e.to_string())?;
     Ok((format!("{t}:{v}"), ttl))
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw RESP client: exact bytes on the wire, for protocol-level tests (RESP3 type bytes,
+// pub/sub frames, malformed input, connection closes).
+// ---------------------------------------------------------------------------------------
+
+/// One decoded RESP2/RESP3 reply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1` or RESP3 `_`.
+    Nil,
+    Array(Vec<Resp>),
+    Map(Vec<(Resp, Resp)>),
+    Set(Vec<Resp>),
+    Push(Vec<Resp>),
+    Double(String),
+    Bool(bool),
+    /// Verbatim strings, big numbers, blob errors: type byte and payload.
+    Other(u8, Vec<u8>),
+}
+
+impl Resp {
+    pub fn bulk(s: impl AsRef<[u8]>) -> Resp {
+        Resp::Bulk(s.as_ref().to_vec())
+    }
+
+    /// `Resp::Array` of bulk strings.
+    pub fn bulks(items: &[&str]) -> Resp {
+        Resp::Array(items.iter().map(Resp::bulk).collect())
+    }
+
+    pub fn is_error(&self) -> bool {
+        matches!(self, Resp::Error(_))
+    }
+
+    /// The text of a simple or bulk string.
+    pub fn text(&self) -> Option<String> {
+        match self {
+            Resp::Simple(s) => Some(s.clone()),
+            Resp::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+}
+
+/// The RESP multibulk encoding of one command.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Parses one reply off the front of `buf`: `None` if incomplete. Panics on bytes that are
+/// not RESP (the proxy must never send those).
+pub fn parse_resp(buf: &[u8]) -> Option<(Resp, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = &buf[1..end];
+    let text = || String::from_utf8_lossy(line).into_owned();
+    let int = || -> i64 {
+        text()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad RESP length line {:?}", text()))
+    };
+    let mut pos = end + 2;
+    let items = |n: i64, pos: &mut usize| -> Option<Vec<Resp>> {
+        let mut v = Vec::new();
+        for _ in 0..n.max(0) {
+            let (r, used) = parse_resp(&buf[*pos..])?;
+            *pos += used;
+            v.push(r);
+        }
+        Some(v)
+    };
+    let r = match buf[0] {
+        b'+' => Resp::Simple(text()),
+        b'-' => Resp::Error(text()),
+        b':' => Resp::Int(int()),
+        b'_' => Resp::Nil,
+        b',' => Resp::Double(text()),
+        b'#' => Resp::Bool(line == b"t"),
+        b'(' => Resp::Other(b'(', line.to_vec()),
+        t @ (b'$' | b'=' | b'!') => {
+            let n = int();
+            if n < 0 {
+                Resp::Nil
+            } else {
+                let n = n as usize;
+                if buf.len() < pos + n + 2 {
+                    return None;
+                }
+                let data = buf[pos..pos + n].to_vec();
+                assert_eq!(
+                    &buf[pos + n..pos + n + 2],
+                    b"\r\n",
+                    "bulk not CRLF-terminated"
+                );
+                pos += n + 2;
+                match t {
+                    b'$' => Resp::Bulk(data),
+                    b'!' => Resp::Error(String::from_utf8_lossy(&data).into_owned()),
+                    _ => Resp::Other(t, data),
+                }
+            }
+        }
+        t @ (b'*' | b'~' | b'>') => {
+            let n = int();
+            if n < 0 {
+                Resp::Nil
+            } else {
+                let v = items(n, &mut pos)?;
+                match t {
+                    b'*' => Resp::Array(v),
+                    b'~' => Resp::Set(v),
+                    _ => Resp::Push(v),
+                }
+            }
+        }
+        b'%' => {
+            let v = items(int() * 2, &mut pos)?;
+            let mut it = v.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            Resp::Map(pairs)
+        }
+        other => panic!(
+            "not RESP: type byte {:?} in {:?}",
+            other as char,
+            String::from_utf8_lossy(&buf[..buf.len().min(200)])
+        ),
+    };
+    Some((r, pos))
+}
+
+/// How a bounded read on a raw connection ended without a reply.
+#[derive(Debug, PartialEq)]
+pub enum ReadEnd {
+    TimedOut,
+    /// EOF or a reset.
+    Closed,
+}
+
+/// A plain TCP connection speaking RESP by hand.
+pub struct Raw {
+    pub stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream =
+            tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                .await
+                .expect("connect timed out")
+                .expect("connect");
+        let _ = stream.set_nodelay(true);
+        Raw {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        tokio::time::timeout(Duration::from_secs(10), self.stream.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write");
+    }
+
+    /// Sends one command (multibulk) without reading.
+    pub async fn send(&mut self, args: &[&str]) {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.write(&encode(&args)).await;
+    }
+
+    /// Sends one command and reads its reply.
+    pub async fn cmd(&mut self, args: &[&str]) -> Resp {
+        self.send(args).await;
+        self.read().await
+    }
+
+    /// The next reply; panics after 10 s or when the connection ends.
+    pub async fn read(&mut self) -> Resp {
+        match self.read_within(Duration::from_secs(10)).await {
+            Ok(r) => r,
+            Err(e) => panic!("no reply: {e:?}"),
+        }
+    }
+
+    /// The next reply, or why none came within `t`.
+    pub async fn read_within(&mut self, t: Duration) -> Result<Resp, ReadEnd> {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            if !self.buf.is_empty() {
+                if let Some((r, used)) = parse_resp(&self.buf) {
+                    self.buf.drain(..used);
+                    return Ok(r);
+                }
+            }
+            let mut chunk = vec![0u8; 64 * 1024];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return Err(ReadEnd::TimedOut),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadEnd::Closed),
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// True if the peer closes the connection within `t` (any data before that is read and
+    /// dropped); false if it is still open then.
+    pub async fn closed_within(&mut self, t: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + t;
+        let mut chunk = vec![0u8; 256 * 1024];
+        self.buf.clear();
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,358 @@
+#!/usr/bin/env bash
+# The statemirror demo, end to end on one machine:
+#   a leader and a follower redis-server on loopback, statemirror in front of them, a NiFi-style
+#   state workload through the proxy, then /status, /metrics, both copies side by side, and a
+#   maintenance freeze (writes refused with READONLY, reads still served).
+#
+#   scripts/demo.sh              run it; everything it started is stopped at the end
+#   DEMO_KEEP=1 scripts/demo.sh  leave the servers and the proxy running to poke at
+#   scripts/demo.sh stop         stop what a DEMO_KEEP=1 run left running
+#
+# Installs redis-server/redis-tools/curl with apt-get when missing, builds the release binary,
+# and keeps its files (config, logs, pids) in .demo/ (gitignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DEMO=$ROOT/.demo
+BIN=$ROOT/target/release/statemirror
+
+if [ -t 1 ]; then
+    BOLD=$'\033[1m' DIM=$'\033[2m' RESET=$'\033[0m'
+else
+    BOLD='' DIM='' RESET=''
+fi
+section() { printf '\n%s== %s ==%s\n' "$BOLD" "$*" "$RESET"; }
+note() { printf '%s%s%s\n' "$DIM" "$*" "$RESET"; }
+die() {
+    echo "demo: $*" >&2
+    exit 1
+}
+indent() { sed 's/^/  /'; }
+# Shortens long lines (JSON values) for display.
+clip() { awk -v n="${1:-110}" '{ if (length($0) > n) print substr($0, 1, n - 3) "..."; else print }'; }
+
+# Polls "$@" every 0.1 s, at most $tries times.
+wait_for() {
+    local what=$1 tries=$2
+    shift 2
+    local i
+    for ((i = 0; i < tries; i++)); do
+        if "$@" >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$what: not ready after $((tries / 10)) s"
+}
+
+# Stops the processes listed in .demo/pids (a DEMO_KEEP=1 run), if they are still ours.
+stop_previous() {
+    [ -f "$DEMO/pids" ] || return 0
+    local pid comm left=()
+    while read -r pid; do
+        [ -n "$pid" ] || continue
+        comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+        case "$comm" in
+            redis-server | statemirror)
+                kill "$pid" 2>/dev/null && left+=("$pid")
+                ;;
+        esac
+    done <"$DEMO/pids"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        local alive=0
+        for pid in "${left[@]+"${left[@]}"}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${left[@]+"${left[@]}"}"; do
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -f "$DEMO/pids"
+    [ "${#left[@]}" -eq 0 ] || echo "stopped the previous demo (pids ${left[*]})"
+}
+
+if [ "${1:-}" = "stop" ]; then
+    stop_previous
+    exit 0
+elif [ $# -gt 0 ]; then
+    die "usage: scripts/demo.sh [stop]   (DEMO_KEEP=1 keeps everything running)"
+fi
+
+# --- processes this run started, stopped on exit -------------------------------------------
+PIDS=()
+finished=0
+cleanup() {
+    local code=$?
+    if [ "$finished" -ne 1 ] && [ -f "$DEMO/statemirror.log" ]; then
+        echo >&2
+        echo "demo: FAILED (exit $code); last lines of $DEMO/statemirror.log:" >&2
+        tail -n 20 "$DEMO/statemirror.log" >&2 || true
+    fi
+    if [ "${DEMO_KEEP:-0}" = "1" ] && [ "$finished" -eq 1 ]; then
+        return
+    fi
+    local pid i alive
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for ((i = 0; i < 50; i++)); do
+        alive=0
+        for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        [ "$alive" -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -f "$DEMO/pids"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+started() {
+    PIDS+=("$1")
+    echo "$1" >>"$DEMO/pids"
+}
+
+# Free loopback TCP ports, one per argument name.
+free_ports() {
+    local ports
+    if command -v python3 >/dev/null 2>&1; then
+        ports=$(python3 - "$#" <<'PY'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+PY
+        )
+    else
+        # No python3: random ports in 20000-59999 nobody answers on.
+        local p list=" "
+        while [ "$(wc -w <<<"$list")" -lt "$#" ]; do
+            p=$((20000 + RANDOM % 40000))
+            case "$list" in *" $p "*) continue ;; esac
+            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+                list="$list$p "
+            fi
+        done
+        ports=$list
+    fi
+    read -r "$@" <<<"$ports"
+}
+
+# ===========================================================================================
+section "1. dependencies and build"
+scripts/install-deps.sh
+echo "redis-server: $(redis-server --version | cut -d' ' -f3)"
+cargo build --release 2>&1
+[ -x "$BIN" ] || die "$BIN was not built"
+
+stop_previous
+rm -rf "$DEMO"
+mkdir -p "$DEMO/leader" "$DEMO/follower"
+
+# ===========================================================================================
+section "2. leader and follower redis-server on loopback"
+free_ports LEADER_PORT FOLLOWER_PORT PROXY_PORT ADMIN_PORT
+ADMIN=http://127.0.0.1:$ADMIN_PORT
+for role in leader follower; do
+    if [ "$role" = leader ]; then port=$LEADER_PORT; else port=$FOLLOWER_PORT; fi
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$DEMO/$role" --logfile "$DEMO/$role/redis.log" </dev/null &
+    started $!
+    wait_for "$role redis-server on port $port" 100 redis-cli -h 127.0.0.1 -p "$port" PING
+    printf '  %-8s redis-server 127.0.0.1:%s  (pid %s, log .demo/%s/redis.log)\n' \
+        "$role" "$port" "$!" "$role"
+done
+# In production the two are in different regions: the follower is the other region's Redis.
+LCLI=(redis-cli -h 127.0.0.1 -p "$LEADER_PORT")
+FCLI=(redis-cli -h 127.0.0.1 -p "$FOLLOWER_PORT")
+PCLI=(redis-cli -h 127.0.0.1 -p "$PROXY_PORT")
+
+# ===========================================================================================
+section "3. statemirror config (from config/redis.toml) and check-config"
+CONFIG=$DEMO/statemirror.toml
+TOKEN_FILE=$DEMO/admin-token
+od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"
+chmod 600 "$TOKEN_FILE"
+# The example, with the addresses of this demo and an admin token; everything else as shipped.
+awk -v admin="127.0.0.1:$ADMIN_PORT" -v token="$TOKEN_FILE" -v listen="127.0.0.1:$PROXY_PORT" \
+    -v leader="redis://127.0.0.1:$LEADER_PORT" -v follower="redis://127.0.0.1:$FOLLOWER_PORT" '
+    function flush() {
+        if (section == "admin" && !seen["token"]) { print "token_file = \"" token "\""; seen["token"] = 1 }
+        if (section == "redis" && !seen["follower"]) { print "follower = \"" follower "\""; seen["follower"] = 1 }
+    }
+    /^\[/ { flush(); section = $0; gsub(/[][ ]/, "", section) }
+    section == "admin" && /^listen[ \t]*=/ { print "listen = \"" admin "\""; next }
+    section == "admin" && /^#?[ \t]*token_file[ \t]*=/ { print "token_file = \"" token "\""; seen["token"] = 1; next }
+    section == "redis" && /^listen[ \t]*=/ { print "listen = \"" listen "\""; next }
+    section == "redis" && /^leader[ \t]*=/ { print "leader = \"" leader "\""; next }
+    section == "redis" && /^#?[ \t]*follower[ \t]*=/ { print "follower = \"" follower "\""; seen["follower"] = 1; next }
+    { print }
+    END { flush() }
+' config/redis.toml >"$CONFIG"
+grep -E '^(\[|listen|leader|follower|token_file)' "$CONFIG" | indent
+"$BIN" check-config --config "$CONFIG" 2>&1 | indent
+
+# ===========================================================================================
+section "4. statemirror run (log: .demo/statemirror.log)"
+NO_COLOR=1 "$BIN" run --config "$CONFIG" >"$DEMO/statemirror.log" 2>&1 </dev/null &
+PROXY_PID=$!
+started "$PROXY_PID"
+wait_for "statemirror admin API" 100 curl -fsS "$ADMIN/healthz"
+wait_for "statemirror /readyz" 100 curl -fsS "$ADMIN/readyz"
+echo "  statemirror pid $PROXY_PID: redis on 127.0.0.1:$PROXY_PORT, admin on $ADMIN"
+echo "  GET /readyz -> $(curl -fsS "$ADMIN/readyz" | tr -d ' \n')"
+
+# ===========================================================================================
+section "5. NiFi-style state workload through the proxy (127.0.0.1:$PROXY_PORT)"
+COMPONENTS=20
+VERSIONS=3
+ids=()
+for ((i = 0; i < COMPONENTS; i++)); do
+    ids+=("$(cat /proc/sys/kernel/random/uuid)")
+done
+now_ms=$(($(date +%s) * 1000))
+# NiFi's RedisStateProvider stores a component's state map as JSON under nifi/components/<id>.
+state_json() { # version, component index
+    printf '{"version":%d,"encodingVersion":1,"stateValues":{"listing.timestamp":"%d","processed.count":"%d"}}' \
+        "$1" "$((now_ms + $1 * 1000 + $2))" "$(($1 * 100 + $2))"
+}
+# NiFi's replace(): WATCH, GET (compare the version), MULTI, GETSET, EXEC -- on one connection.
+replace_cmds() { # key, version, component index
+    printf 'WATCH %s\nGET %s\nMULTI\nGETSET %s %s\nEXEC\n' "$1" "$1" "$1" "'$(state_json "$2" "$3")'"
+}
+
+first="nifi/components/${ids[0]}"
+echo "component ${ids[0]}, versions 1 and 2 (one redis-cli session, one connection):"
+{
+    replace_cmds "$first" 1 0
+    replace_cmds "$first" 2 0
+} >"$DEMO/replace.txt"
+"${PCLI[@]}" --no-raw <"$DEMO/replace.txt" >"$DEMO/replace.out"
+paste -d '\t' "$DEMO/replace.txt" "$DEMO/replace.out" |
+    awk -F '\t' '{ c = $1; if (length(c) > 70) c = substr(c, 1, 67) "..."; printf "  > %-72s %s\n", c, $2 }' | clip 150
+# The rest: every component goes through versions 1..VERSIONS, one session per component.
+for ((i = 0; i < COMPONENTS; i++)); do
+    key="nifi/components/${ids[$i]}"
+    for ((v = (i == 0 ? 3 : 1); v <= VERSIONS; v++)); do
+        replace_cmds "$key" "$v" "$i"
+    done | "${PCLI[@]}" >/dev/null
+done
+keys=()
+for id in "${ids[@]}"; do keys+=("nifi/components/$id"); done
+current=$("${PCLI[@]}" MGET "${keys[@]}" | grep -c "\"version\":$VERSIONS," || true)
+echo "$COMPONENTS components x $VERSIONS replace transactions: $current of $COMPONENTS keys at version $VERSIONS"
+[ "$current" -eq "$COMPONENTS" ] || die "expected every component at version $VERSIONS"
+
+echo "plain SETs with EX (cluster heartbeats, 300 s TTL):"
+for n in 1 2 3; do
+    printf '  SET nifi/heartbeat/node-%d ... EX 300 -> %s\n' "$n" \
+        "$("${PCLI[@]}" SET "nifi/heartbeat/node-$n" "{\"node\":\"nifi-$n\",\"ts\":$now_ms}" EX 300)"
+done
+echo "one component removed (NiFi deletes state with the component):"
+echo "  DEL nifi/components/${ids[$((COMPONENTS - 1))]} -> $("${PCLI[@]}" DEL "nifi/components/${ids[$((COMPONENTS - 1))]}")"
+nkeys=$("${PCLI[@]}" KEYS 'nifi/components/*' | grep -c . || true)
+echo "KEYS nifi/components/* -> $nkeys keys, e.g.:"
+"${PCLI[@]}" KEYS 'nifi/components/*' | sort | head -n 3 | indent
+
+# ===========================================================================================
+section "6. mirror status: GET /status"
+queue_depth() { curl -fsS "$ADMIN/status" | tr -d ' \n' | sed -n 's/.*"queue_depth":\([0-9]*\).*/\1/p'; }
+mirror_drained() { [ "$(queue_depth)" = "0" ]; }
+wait_for "mirror queue drained" 100 mirror_drained
+if command -v python3 >/dev/null 2>&1; then
+    curl -fsS "$ADMIN/status" | python3 -m json.tool | indent
+else
+    curl -fsS "$ADMIN/status" | indent
+fi
+
+section "7. metrics: GET /metrics (selected lines)"
+curl -fsS "$ADMIN/metrics" |
+    grep -E '^(statemirror_mirrored_writes_total|statemirror_mirror_lag_seconds|statemirror_mirror_queue_depth|statemirror_follower_in_sync|statemirror_requests_total)' |
+    grep -vE '^statemirror_requests_total.* 0$' | indent || true
+note "(statemirror_requests_total lines at 0 left out)"
+
+# ===========================================================================================
+section "8. the two copies"
+key=$first
+lv=$("${LCLI[@]}" GET "$key")
+fv=$("${FCLI[@]}" GET "$key")
+echo "key $key"
+printf '  %-28s %s\n' "leader   127.0.0.1:$LEADER_PORT" "$lv" "follower 127.0.0.1:$FOLLOWER_PORT" "$fv" | clip 150
+[ -n "$lv" ] && [ "$lv" = "$fv" ] || die "leader and follower differ for $key"
+echo "  identical: yes"
+ttl_l=$("${LCLI[@]}" TTL nifi/heartbeat/node-1)
+ttl_f=$("${FCLI[@]}" TTL nifi/heartbeat/node-1)
+echo "TTL nifi/heartbeat/node-1: leader ${ttl_l}s, follower ${ttl_f}s"
+dl=$("${LCLI[@]}" DBSIZE)
+df=$("${FCLI[@]}" DBSIZE)
+echo "DBSIZE: leader $dl, follower $df"
+[ "$dl" = "$df" ] || die "key counts differ"
+missing=0
+while read -r k; do
+    [ "$("${LCLI[@]}" --no-raw DUMP "$k")" = "$("${FCLI[@]}" --no-raw DUMP "$k")" ] || missing=$((missing + 1))
+done < <("${LCLI[@]}" --scan)
+echo "every key compared (DUMP on both): $missing differences"
+[ "$missing" -eq 0 ] || die "follower differs from leader"
+
+# ===========================================================================================
+section "9. maintenance: freeze writes, reads keep working"
+echo "\$ statemirror maintenance on --admin $ADMIN   (no token)"
+rc=0
+"$BIN" maintenance on --admin "$ADMIN" >"$DEMO/maint.out" 2>&1 || rc=$?
+indent <"$DEMO/maint.out"
+[ "$rc" -ne 0 ] || die "maintenance on without the token should be refused"
+echo "  -> refused (exit $rc): PUT/DELETE need the bearer token"
+echo
+echo "\$ statemirror maintenance on --admin $ADMIN --token-file .demo/admin-token"
+"$BIN" maintenance on --admin "$ADMIN" --token-file "$TOKEN_FILE" | indent
+echo
+out=$("${PCLI[@]}" SET "$first" overwritten)
+echo "write through the proxy: SET $first ... -> $out"
+case "$out" in READONLY*) ;; *) die "expected READONLY while frozen, got: $out" ;; esac
+echo "NiFi's replace while frozen (GETSET refused, EXEC aborted, nothing changes):"
+replace_cmds "$first" 4 0 >"$DEMO/replace-frozen.txt"
+"${PCLI[@]}" --no-raw <"$DEMO/replace-frozen.txt" >"$DEMO/replace-frozen.out"
+paste -d '\t' "$DEMO/replace-frozen.txt" "$DEMO/replace-frozen.out" |
+    awk -F '\t' '{ c = $1; if (length(c) > 70) c = substr(c, 1, 67) "..."; printf "  > %-72s %s\n", c, $2 }' | clip 150
+echo "read through the proxy: GET $first ->"
+"${PCLI[@]}" GET "$first" | clip 150 | indent
+"${PCLI[@]}" GET "$first" | grep -q "\"version\":$VERSIONS," || die "read during maintenance failed"
+echo "\$ statemirror maintenance status --admin $ADMIN"
+"$BIN" maintenance status --admin "$ADMIN" | grep -E '^  "(frozen|frozen_since_unix|follower_in_sync)"' | indent
+echo
+echo "\$ statemirror maintenance off --admin $ADMIN --token-file .demo/admin-token"
+"$BIN" maintenance off --admin "$ADMIN" --token-file "$TOKEN_FILE" | grep -E '^  "frozen"' | indent
+out=$("${PCLI[@]}" SET nifi/demo/after-maintenance ok)
+echo "write through the proxy again: SET nifi/demo/after-maintenance ok -> $out"
+[ "$out" = "OK" ] || die "write after maintenance off failed: $out"
+curl -fsS "$ADMIN/metrics" | grep -E '^statemirror_rejected_writes_total' | grep -v ' 0$' | indent || true
+
+# ===========================================================================================
+finished=1
+section "done"
+if [ "${DEMO_KEEP:-0}" = "1" ]; then
+    cat <<EOF
+Everything is still running (DEMO_KEEP=1):
+  proxy     redis-cli -p $PROXY_PORT
+  leader    redis-cli -p $LEADER_PORT
+  follower  redis-cli -p $FOLLOWER_PORT
+  admin     curl -s $ADMIN/status
+            $BIN maintenance status --admin $ADMIN
+  files     .demo/ (statemirror.toml, statemirror.log, admin-token)
+Stop it with: scripts/demo.sh stop
+EOF
+else
+    echo "Demo finished OK; stopping the proxy and both redis-servers (DEMO_KEEP=1 keeps them)."
+fi
