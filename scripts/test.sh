@@ -34,7 +34,7 @@ step() {
 
 step "format" cargo fmt --check
 step "clippy" cargo clippy --all-targets -- -D warnings
-step "tests" cargo test --all-targets
+step "tests" cargo test --all-targets --no-fail-fast
 
 echo
 echo "==> summary"

@@ -2,8 +2,9 @@
 //! below, which `README.md` mirrors), and `validate()`, which reports every problem at once
 //! with its key path so `statemirror check-config` can print them all.
 //!
-//! Units live in the names (`_ms`, `_bytes`). Unknown keys are rejected (`deny_unknown_fields`)
-//! so a typo fails loudly instead of silently taking a default.
+//! Units live in the names (`_ms`, `_bytes`). Unknown keys are errors (collected with
+//! `serde_ignored`, so they are reported together with every other problem) so a typo fails
+//! loudly instead of silently taking a default.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use serde::Deserialize;
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
@@ -25,7 +26,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AdminConfig {
     /// HTTP admin API address. Default `127.0.0.1:9480` (loopback only).
     pub listen: String,
@@ -50,7 +51,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct LogConfig {
     /// `text` (default) or `json`.
     pub format: LogFormat,
@@ -69,7 +70,7 @@ impl Default for LogConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct RedisConfig {
     /// Where clients connect. Default `127.0.0.1:6379`.
     pub listen: String,
@@ -125,7 +126,7 @@ impl Default for RedisConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ReplicationConfig {
     /// Most writes waiting for the follower (per protocol). On overflow the queue is discarded
     /// and the follower marked out of sync. Default 100000.
@@ -159,7 +160,7 @@ impl Default for ReplicationConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct MaintenanceConfig {
     /// How long `PUT /maintenance` waits for in-flight writes and the mirror to drain. Default 10000.
     pub drain_timeout_ms: u64,
@@ -279,16 +280,38 @@ pub struct ResolvedRedis {
 }
 
 impl Config {
-    /// Parses TOML text. Syntax and unknown-key errors carry the key path.
+    /// Parses TOML text; any syntax error, wrong type or unknown key is an error.
     pub fn from_toml(text: &str) -> Result<Self, Vec<ConfigError>> {
-        toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_string();
-            let path = e
-                .span()
-                .map(|s| key_path_at(text, s.start))
-                .unwrap_or_else(|| "(file)".into());
-            vec![ConfigError { path, message: msg }]
-        })
+        match Self::parse(text) {
+            (Some(c), errs) if errs.is_empty() => Ok(c),
+            (_, errs) => Err(errs),
+        }
+    }
+
+    /// Parses TOML text: the config (unless the text does not parse) and every unknown key.
+    fn parse(text: &str) -> (Option<Self>, Vec<ConfigError>) {
+        let mut errs = Vec::new();
+        let de = toml::Deserializer::new(text);
+        let parsed = serde_ignored::deserialize(de, |path| {
+            errs.push(ConfigError {
+                path: key_path(&path),
+                message: "unknown key".into(),
+            })
+        });
+        match parsed {
+            Ok(c) => (Some(c), errs),
+            Err(e) => {
+                let path = e
+                    .span()
+                    .map(|s| key_path_at(text, s.start))
+                    .unwrap_or_else(|| "(file)".into());
+                errs.push(ConfigError {
+                    path,
+                    message: e.message().to_string(),
+                });
+                (None, errs)
+            }
+        }
     }
 
     /// Loads and validates a file; all problems at once.
@@ -299,7 +322,18 @@ impl Config {
                 message: format!("cannot read config: {e}"),
             }]
         })?;
-        Self::from_toml(&text)?.validate()
+        let (config, mut errs) = Self::parse(&text);
+        let Some(config) = config else {
+            return Err(errs);
+        };
+        match config.validate() {
+            Ok(r) if errs.is_empty() => Ok(r),
+            Ok(_) => Err(errs),
+            Err(more) => {
+                errs.extend(more);
+                Err(errs)
+            }
+        }
     }
 
     /// Checks every value; returns the resolved config or every error with its key path.
@@ -444,6 +478,22 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("must be ip:port (got {s:?})"))
 }
 
+/// `table.key` for an ignored key (serde_ignored shows `Option` levels as `?`).
+fn key_path(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            s if s.is_empty() => key.to_string(),
+            s => format!("{s}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
 /// Best-effort `table.key` for a byte offset into TOML text, for syntax errors.
 fn key_path_at(text: &str, offset: usize) -> String {
     let mut table = String::new();
@@ -513,11 +563,7 @@ mod tests {
         let errs =
             Config::from_toml("[redis]\nlisten = \"127.0.0.1:1\"\nleadr = \"x\"\n").unwrap_err();
         assert_eq!(errs[0].path, "redis.leadr");
-        assert!(
-            errs[0].message.contains("unknown field"),
-            "{}",
-            errs[0].message
-        );
+        assert_eq!(errs[0].message, "unknown key");
     }
 
     #[test]

@@ -1165,3 +1165,83 @@ async fn bad_admin_requests() {
     let (code, _) = proxy.http("DELETE", "/maintenance", None).await;
     assert_eq!(code, 200);
 }
+
+/// A leader that restarts (here: empty, no persistence) while writes wait for a refusing
+/// follower must not have those writes "copied" from it: that would delete the follower's
+/// only copy. The queued writes are given up and the follower is marked out of sync instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_leader_does_not_wipe_the_follower() {
+    let _serial = SERIAL.lock().await;
+    let mut leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start(&leader, Some(&follower)).await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("nifi/components/kept", "v1").await.unwrap();
+    proxy.drained().await;
+    assert_eq!(
+        get(&follower, "nifi/components/kept").await.as_deref(),
+        Some("v1")
+    );
+
+    // The follower starts refusing statemirror (its data stays), a write queues up, then
+    // the leader dies and comes back empty.
+    let mut f = follower.conn().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("locked")
+        .query_async(&mut f)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("locked")
+        .query_async(&mut f)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut f)
+        .await
+        .unwrap();
+    let _: () = c.set("nifi/components/kept", "v2").await.unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let s = proxy.status().await;
+        let m = &s["redis"]["mirror"];
+        if m["queue_depth"].as_u64() > Some(0) && m["failures"].as_u64() > Some(0) {
+            Ok(())
+        } else {
+            Err(format!("write not stuck in the queue yet: {m}"))
+        }
+    })
+    .await;
+    leader.restart();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("")
+        .query_async(&mut f)
+        .await
+        .unwrap();
+
+    let s = eventually(Duration::from_secs(20), || async {
+        let s = proxy.status().await;
+        let m = &s["redis"]["mirror"];
+        if m["queue_depth"] == 0 && m["in_sync"] == false {
+            Ok(s)
+        } else {
+            Err(format!("not yet: {m}"))
+        }
+    })
+    .await;
+    let reason = s_str(&s["redis"]["mirror"]["out_of_sync_reason"]);
+    assert!(reason.contains("leader restarted"), "{reason}");
+    // The follower still holds its copy: nothing was deleted from it.
+    assert_eq!(
+        get(&follower, "nifi/components/kept").await.as_deref(),
+        Some("v1")
+    );
+}

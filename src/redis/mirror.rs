@@ -108,6 +108,11 @@ pub struct RedisApplier {
     follower_conn: Option<Conn>,
     /// Redis < 7 has no PEXPIRETIME; then PTTL plus the local clock is used.
     use_pttl: bool,
+    /// The leader's `run_id` when last connected: a new one means it restarted.
+    leader_run_id: Option<String>,
+    /// Set while a batch is being applied: if it is still set when the next one starts, the
+    /// worker's timeout cancelled the last one mid-pipeline and replies may be unread.
+    dirty: bool,
     /// To mark the follower out of sync when it rejects a payload.
     queue: Arc<MirrorQueue<RedisOp>>,
 }
@@ -126,16 +131,25 @@ impl RedisApplier {
             leader_conn: None,
             follower_conn: None,
             use_pttl: false,
+            leader_run_id: None,
+            dirty: false,
             queue,
         }
     }
 
     async fn leader(&mut self) -> Result<&mut Conn, ApplyError> {
         if self.leader_conn.is_none() {
-            let c = Conn::connect(&self.leader, self.connect_timeout)
+            let mut c = Conn::connect(&self.leader, self.connect_timeout)
                 .await
                 .map_err(|e| ApplyError::new("leader_unavailable", e.to_string()))?;
+            let run_id = leader_run_id(&mut c)
+                .await
+                .map_err(|e| ApplyError::new("leader_unavailable", e.to_string()))?;
+            let previous = self.leader_run_id.replace(run_id.clone());
             self.leader_conn = Some(c);
+            if previous.is_some_and(|p| p != run_id) {
+                return Err(ApplyError::new(LEADER_RESTARTED, "leader run_id changed"));
+            }
         }
         self.leader_conn
             .as_mut()
@@ -440,22 +454,54 @@ impl RedisApplier {
     }
 }
 
+const LEADER_RESTARTED: &str = "leader_restarted";
+
 impl Applier for RedisApplier {
     type Op = RedisOp;
-    fn apply<'a>(
-        &'a mut self,
-        batch: &'a [RedisOp],
-    ) -> impl std::future::Future<Output = Result<usize, ApplyError>> + Send + 'a {
-        async move {
-            let r = self.apply_batch(batch).await;
-            if r.is_err() {
+    async fn apply(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
+        if std::mem::replace(&mut self.dirty, true) {
+            self.leader_conn = None;
+            self.follower_conn = None;
+        }
+        let r = self.apply_batch(batch).await;
+        self.dirty = false;
+        match r {
+            Err(e) if e.reason == LEADER_RESTARTED => {
+                // The leader restarted (maybe empty, maybe without its last writes). Copying
+                // the queued keys from it now could turn them into deletions of the
+                // follower's only copy, so give them up and let a full resync decide.
+                self.queue.discard_waiting(
+                    "the leader restarted while writes were waiting to be mirrored; they were \
+                     not copied from the restarted leader (it may have lost data the follower \
+                     still holds)",
+                );
+                Ok(batch.len())
+            }
+            Err(e) => {
                 // A half-read pipeline leaves replies on the wire: start both links afresh.
                 self.leader_conn = None;
                 self.follower_conn = None;
+                Err(e)
             }
-            r
+            ok => ok,
         }
     }
+}
+
+/// `run_id` from `INFO server`.
+async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"INFO", b"server"]);
+    let reply = c.roundtrip(&out, 1).await?;
+    let text = match reply.first() {
+        Some(BytesFrame::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(other) => return Err(BackendError::Protocol(format!("INFO: {other:?}"))),
+        None => return Err(BackendError::Closed),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|s| s.trim().to_string())
+        .ok_or_else(|| BackendError::Protocol("INFO server has no run_id".into()))
 }
 
 /// `COMMAND GETKEYS <the original arguments>` from a request's raw frame.

@@ -134,6 +134,8 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         skip_next: false,
     };
     let leader_up = (route == Route::Follower).then(|| shared.leader_health.subscribe());
+    // The leader may have come back between choosing the follower and subscribing.
+    let close_when_safe = leader_up.as_ref().is_some_and(|w| *w.borrow());
     let replies = ReplySide {
         shared,
         route,
@@ -151,7 +153,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         raw_mode: false,
         close_after_flush: false,
         leader_up,
-        close_when_safe: false,
+        close_when_safe,
     };
     let req_task = tokio::spawn(requests.run(client_r, backend_w));
     replies.run(client_w, backend_r).await;
@@ -647,6 +649,13 @@ impl ReplySide {
     }
 
     fn on_backend_data(&mut self) {
+        // Every reply in `rbuf` answers a request whose entry was sent before the request
+        // was written, but this task may have polled the channel just before that entry
+        // arrived (preempted between the two polls). Take what is there now, so no reply is
+        // ever matched against a missing entry (which would shift every later one).
+        while let Ok(b) = self.rx.try_recv() {
+            self.pending.extend(b);
+        }
         loop {
             if self.raw_mode {
                 let all = self.rbuf.split();
@@ -712,7 +721,8 @@ impl ReplySide {
             }
         }
         let Some(p) = self.pending.pop_front() else {
-            // A reply nobody asked for (e.g. after CLIENT REPLY games): pass it on.
+            // A reply to no request we know of (a server that ignores CLIENT REPLY OFF, a
+            // MONITOR line before its +OK was seen): pass it on rather than drop it.
             self.out.extend_from_slice(frame);
             return;
         };

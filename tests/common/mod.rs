@@ -322,7 +322,11 @@ async fn describe_key(
         .map_err(|e| e.to_string())?;
     let v = match t.as_str() {
         "string" => {
-            let v: Vec<u8> = c.get(k).await.map_err(|e| e.to_string())?;
+            let mut v: Vec<u8> = c.get(k).await.map_err(|e| e.to_string())?;
+            if v.starts_with(b"HYLL") && v.len() >= 16 {
+                // HyperLogLog: bytes 8..16 cache the cardinality (derived, refreshed by PFCOUNT).
+                v[8..16].fill(0);
+            }
             format!("{v:?}")
         }
         "list" => {
