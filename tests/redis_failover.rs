@@ -1166,9 +1166,48 @@ async fn bad_admin_requests() {
     assert_eq!(code, 200);
 }
 
+/// Locks the follower against statemirror (its data stays): requirepass + kill its clients.
+async fn lock_follower(f: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("locked")
+        .query_async(f)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("AUTH")
+        .arg("locked")
+        .query_async(f)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(f)
+        .await
+        .unwrap();
+}
+
+async fn wait_stuck_in_queue(proxy: &Proxy) {
+    eventually(Duration::from_secs(10), || async {
+        let s = proxy.status().await;
+        let m = &s["redis"]["mirror"];
+        if m["queue_depth"].as_u64() > Some(0) && m["failures"].as_u64() > Some(0) {
+            Ok(())
+        } else {
+            Err(format!("write not stuck in the queue yet: {m}"))
+        }
+    })
+    .await;
+}
+
 /// A leader that restarts (here: empty, no persistence) while writes wait for a refusing
 /// follower must not have those writes "copied" from it: that would delete the follower's
-/// only copy. The queued writes are given up and the follower is marked out of sync instead.
+/// only copy. Writes mirrored by key copy (here `APPEND`) are given up and the follower is
+/// marked out of sync instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_leader_does_not_wipe_the_follower() {
     let _serial = SERIAL.lock().await;
@@ -1183,41 +1222,10 @@ async fn restarted_leader_does_not_wipe_the_follower() {
         Some("v1")
     );
 
-    // The follower starts refusing statemirror (its data stays), a write queues up, then
-    // the leader dies and comes back empty.
     let mut f = follower.conn().await;
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("requirepass")
-        .arg("locked")
-        .query_async(&mut f)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("AUTH")
-        .arg("locked")
-        .query_async(&mut f)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut f)
-        .await
-        .unwrap();
-    let _: () = c.set("nifi/components/kept", "v2").await.unwrap();
-    eventually(Duration::from_secs(10), || async {
-        let s = proxy.status().await;
-        let m = &s["redis"]["mirror"];
-        if m["queue_depth"].as_u64() > Some(0) && m["failures"].as_u64() > Some(0) {
-            Ok(())
-        } else {
-            Err(format!("write not stuck in the queue yet: {m}"))
-        }
-    })
-    .await;
+    lock_follower(&mut f).await;
+    let _: i64 = c.append("nifi/components/kept", "+more").await.unwrap();
+    wait_stuck_in_queue(&proxy).await;
     leader.restart();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -1244,4 +1252,34 @@ async fn restarted_leader_does_not_wipe_the_follower() {
         get(&follower, "nifi/components/kept").await.as_deref(),
         Some("v1")
     );
+}
+
+/// A write that carries its whole effect (`SET`) needs nothing from the leader to be
+/// mirrored: queued while the follower refused, it still reaches the follower after the
+/// leader that acknowledged it has restarted empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_set_survives_a_leader_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start(&leader, Some(&follower)).await;
+    let mut c = proxy.conn().await;
+    let mut f = follower.conn().await;
+    lock_follower(&mut f).await;
+    let _: () = c.set("nifi/components/x", "acknowledged").await.unwrap();
+    wait_stuck_in_queue(&proxy).await;
+    leader.restart();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("")
+        .query_async(&mut f)
+        .await
+        .unwrap();
+    proxy.drained().await;
+    assert_eq!(
+        get(&follower, "nifi/components/x").await.as_deref(),
+        Some("acknowledged")
+    );
+    assert_eq!(proxy.status().await["redis"]["mirror"]["in_sync"], true);
 }

@@ -64,6 +64,153 @@ pub struct CommandInfo {
     pub special: Special,
     /// `CLIENT`, `CONFIG`, `XGROUP`…: the subcommand decides.
     pub subcommands: Option<HashMap<Box<[u8]>, CommandInfo>>,
+    /// Writes whose whole effect is in the request (see [`known_effect`]).
+    pub known: Option<KnownCmd>,
+}
+
+/// Writes that overwrite whole keys with values the request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KnownCmd {
+    Set,
+    GetSet,
+    SetEx,
+    PSetEx,
+    SetNx,
+    MSet,
+    MSetNx,
+    Del,
+}
+
+/// What a [`KnownCmd`] leaves behind when it applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KnownEffect {
+    /// Every key now holds its value, with this expiry.
+    Put {
+        pairs: SmallVec<[(Bytes, Bytes); 1]>,
+        expiry: Expiry,
+        /// How to read the reply: did the write happen?
+        applied: Applied,
+    },
+    /// Every key is gone.
+    Delete(SmallVec<[Bytes; 2]>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    None,
+    /// Relative to when the leader ran it (taken as the acknowledgement time).
+    InMs(i64),
+    AtMs(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Any non-error reply.
+    Always,
+    /// `+OK` (a nil reply means NX/XX did not match).
+    IfOk,
+    /// `:1`.
+    IfOne,
+}
+
+impl Applied {
+    pub fn check(self, reply: &[u8]) -> bool {
+        match self {
+            Applied::Always => true,
+            Applied::IfOk => reply.starts_with(b"+OK"),
+            Applied::IfOne => reply.starts_with(b":1\r"),
+        }
+    }
+}
+
+/// Parses a known write. `None` when the effect is not fully in the request (`SET … KEEPTTL`,
+/// `SET … NX GET`, unparseable options): those are mirrored by key copy.
+pub fn known_effect(cmd: KnownCmd, req: &Request) -> Option<KnownEffect> {
+    let args: SmallVec<[&[u8]; 8]> = req.args().collect();
+    let b = |a: &[u8]| req.arg_bytes(a);
+    let num = |a: &&[u8]| std::str::from_utf8(a).ok()?.parse::<i64>().ok();
+    let put = |pairs, expiry, applied| {
+        Some(KnownEffect::Put {
+            pairs,
+            expiry,
+            applied,
+        })
+    };
+    match cmd {
+        KnownCmd::Set => {
+            let (k, v) = (args.get(1)?, args.get(2)?);
+            let (mut expiry, mut cond, mut get) = (Expiry::None, false, false);
+            let mut i = 3;
+            while i < args.len() {
+                let o = args[i].to_ascii_lowercase();
+                match o.as_slice() {
+                    b"nx" | b"xx" => cond = true,
+                    b"get" => get = true,
+                    b"ex" | b"px" | b"exat" | b"pxat" => {
+                        let n = num(args.get(i + 1)?)?;
+                        expiry = match o.as_slice() {
+                            b"ex" => Expiry::InMs(n.checked_mul(1000)?),
+                            b"px" => Expiry::InMs(n),
+                            b"exat" => Expiry::AtMs(n.checked_mul(1000)?),
+                            _ => Expiry::AtMs(n),
+                        };
+                        i += 1;
+                    }
+                    _ => return None, // KEEPTTL or unknown
+                }
+                i += 1;
+            }
+            let applied = match (cond, get) {
+                (true, true) => return None, // a nil reply would be ambiguous
+                (false, true) => Applied::Always,
+                _ => Applied::IfOk,
+            };
+            put(smallvec::smallvec![(b(k), b(v))], expiry, applied)
+        }
+        KnownCmd::GetSet => put(
+            smallvec::smallvec![(b(args.get(1)?), b(args.get(2)?))],
+            Expiry::None,
+            Applied::Always,
+        ),
+        KnownCmd::SetNx => put(
+            smallvec::smallvec![(b(args.get(1)?), b(args.get(2)?))],
+            Expiry::None,
+            Applied::IfOne,
+        ),
+        KnownCmd::SetEx | KnownCmd::PSetEx => {
+            let n = num(args.get(2)?)?;
+            let ms = if cmd == KnownCmd::SetEx {
+                n.checked_mul(1000)?
+            } else {
+                n
+            };
+            put(
+                smallvec::smallvec![(b(args.get(1)?), b(args.get(3)?))],
+                Expiry::InMs(ms),
+                Applied::IfOk,
+            )
+        }
+        KnownCmd::MSet | KnownCmd::MSetNx => {
+            if args.len() < 3 || args.len() % 2 == 0 {
+                return None;
+            }
+            let pairs = args[1..].chunks(2).map(|p| (b(p[0]), b(p[1]))).collect();
+            let applied = if cmd == KnownCmd::MSet {
+                Applied::IfOk
+            } else {
+                Applied::IfOne
+            };
+            put(pairs, Expiry::None, applied)
+        }
+        KnownCmd::Del => {
+            if args.len() < 2 {
+                return None;
+            }
+            Some(KnownEffect::Delete(
+                args[1..].iter().map(|k| b(k)).collect(),
+            ))
+        }
+    }
 }
 
 impl CommandInfo {
@@ -77,6 +224,7 @@ impl CommandInfo {
             step: 0,
             special: Special::None,
             subcommands: None,
+            known: None,
         }
     }
 }
@@ -153,11 +301,13 @@ impl CommandTable {
         if map.len() < 50 {
             return None; // not a real COMMAND reply
         }
-        Some(Self {
+        let mut t = Self {
             map,
             source: Source::Leader,
             unknown: CommandInfo::simple(Kind::Write),
-        })
+        };
+        t.apply_known();
+        Some(t)
     }
 
     /// The built-in table used until the leader answers `COMMAND`.
@@ -196,6 +346,14 @@ impl CommandTable {
         t
     }
 
+    fn apply_known(&mut self) {
+        for (name, known) in KNOWN {
+            if let Some(e) = self.map.get_mut(name.as_bytes()) {
+                e.known = Some(*known);
+            }
+        }
+    }
+
     fn apply_specials(&mut self) {
         for (name, special, kind) in SPECIALS {
             let e = self
@@ -204,6 +362,7 @@ impl CommandTable {
                 .or_insert_with(|| CommandInfo::simple(*kind));
             e.special = *special;
         }
+        self.apply_known();
         if let Some(client) = self.map.get_mut(&b"client"[..]) {
             let subs = client.subcommands.get_or_insert_with(HashMap::new);
             subs.entry((&b"client|reply"[..]).into())
@@ -220,6 +379,18 @@ impl CommandTable {
         self.map.is_empty()
     }
 }
+
+const KNOWN: &[(&str, KnownCmd)] = &[
+    ("set", KnownCmd::Set),
+    ("getset", KnownCmd::GetSet),
+    ("setex", KnownCmd::SetEx),
+    ("psetex", KnownCmd::PSetEx),
+    ("setnx", KnownCmd::SetNx),
+    ("mset", KnownCmd::MSet),
+    ("msetnx", KnownCmd::MSetNx),
+    ("del", KnownCmd::Del),
+    ("unlink", KnownCmd::Del),
+];
 
 const SPECIALS: &[(&str, Special, Kind)] = &[
     ("multi", Special::Multi, Kind::Read),
@@ -334,6 +505,7 @@ fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
             step: int(5),
             special,
             subcommands,
+            known: None,
         },
     ))
 }
@@ -462,6 +634,54 @@ mod tests {
         assert_eq!(
             write_target(t.lookup(&req(&["SET", "a", "1"])), &req(&["SET", "a", "1"])),
             WriteTarget::AskLeader
+        );
+    }
+
+    #[test]
+    fn known_effects_parse_only_whole_overwrites() {
+        let k = |args: &[&str], cmd| known_effect(cmd, &req(args));
+        let Some(KnownEffect::Put {
+            pairs,
+            expiry,
+            applied,
+        }) = k(&["SET", "a", "1", "EX", "10"], KnownCmd::Set)
+        else {
+            panic!()
+        };
+        assert_eq!(pairs[0].0, "a");
+        assert_eq!((expiry, applied), (Expiry::InMs(10_000), Applied::IfOk));
+        assert!(matches!(
+            k(&["set", "a", "1", "get"], KnownCmd::Set),
+            Some(KnownEffect::Put {
+                applied: Applied::Always,
+                ..
+            })
+        ));
+        assert_eq!(k(&["SET", "a", "1", "KEEPTTL"], KnownCmd::Set), None);
+        assert_eq!(k(&["SET", "a", "1", "NX", "GET"], KnownCmd::Set), None);
+        assert_eq!(k(&["SET", "a", "1", "EX", "x"], KnownCmd::Set), None);
+        assert!(matches!(
+            k(&["SET", "a", "1", "PXAT", "5"], KnownCmd::Set),
+            Some(KnownEffect::Put {
+                expiry: Expiry::AtMs(5),
+                ..
+            })
+        ));
+        assert!(matches!(
+            k(&["PSETEX", "a", "5", "v"], KnownCmd::PSetEx),
+            Some(KnownEffect::Put {
+                expiry: Expiry::InMs(5),
+                ..
+            })
+        ));
+        assert_eq!(k(&["MSET", "a", "1", "b"], KnownCmd::MSet), None);
+        assert!(
+            matches!(k(&["DEL", "a", "b"], KnownCmd::Del), Some(KnownEffect::Delete(d)) if d.len() == 2)
+        );
+        assert!(
+            Applied::IfOne.check(b":1\r\n")
+                && !Applied::IfOne.check(b":0\r\n")
+                && !Applied::IfOk.check(b"$-1\r\n")
         );
     }
 

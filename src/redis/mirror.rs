@@ -1,36 +1,47 @@
-//! How a Redis write reaches the follower: **by copying the state of the keys it touched**,
-//! not by replaying the command.
+//! How a Redis write reaches the follower: **its own effect when the request carries it and
+//! the proxy knows the order Redis ran it in; otherwise a copy of the state of the keys it
+//! touched.** Never a blind replay of the command.
 //!
-//! Why copy instead of replay (or rewrite to effects as Redis's own replication does):
-//! - Redis runs commands from different connections in one order, but the proxy sees their
-//!   acknowledgements on different sockets and cannot know that order. Two clients racing on
-//!   one key (`APPEND k a` / `APPEND k b`) could be replayed in the other order and the
-//!   follower would silently diverge. A copy reads the key's *current* state from the leader
-//!   after the write was acknowledged, so whatever order the leader used, the last copy of a
-//!   key carries the leader's final value. Copies are idempotent and order-insensitive between
-//!   keys; that is what makes retries, coalescing and "apply again after a failure" safe.
-//! - Non-deterministic and relative commands need no special cases: `SPOP`, `XADD *`,
-//!   scripts that call `SRANDMEMBER` or `TIME`, `EXPIRE 10` applied late, blocking pops: the
-//!   copy carries the leader's result. TTLs travel as absolute times (`PEXPIRETIME` →
-//!   `RESTORE … ABSTTL`), so a write mirrored 30 s late still expires when the leader's does.
+//! Why not replay commands (or rewrite them to effects as Redis's own replication does):
+//! Redis runs commands from different connections in one order, but the proxy sees their
+//! acknowledgements on different sockets and cannot know that order. Two clients racing on
+//! one key (`APPEND k a` / `APPEND k b`) could be replayed in the other order and the
+//! follower would silently diverge.
+//!
+//! The two kinds of mirror item:
+//! - **Put / Delete** (`SET`, `GETSET`, `SETEX`, `PSETEX`, `SETNX`, `MSET`, `MSETNX`, `DEL`,
+//!   `UNLINK` — all of NiFi's writes): the request holds the key's complete new state. It is
+//!   sent as is (`SET key value [PXAT abs]`, `DEL key`), costing the leader nothing, *if* no
+//!   other write to that key was in flight at the same time ([`super::inflight`]): then the
+//!   acknowledgement order is the execution order, and the mirror op is queued under the
+//!   tracker's lock so a later write is queued after it. Relative expiries become absolute
+//!   at acknowledgement time.
+//! - **Copy** (everything else, and any contended write): after the acknowledgement the
+//!   key's *current* state is read from the leader (`DUMP` + `PEXPIRETIME`) and restored on
+//!   the follower (`RESTORE … REPLACE ABSTTL`, or `DEL` when gone). A copy reads state at
+//!   least as new as the write, so whatever order the leader used, the last operation on a
+//!   key leaves the leader's final value. That makes `SPOP`, `XADD *`, scripts that call
+//!   `SRANDMEMBER` or `TIME`, `EXPIRE` applied late and blocking pops exact without special
+//!   cases. Copies and Puts mix safely: both overwrite the whole key, copies read the newest
+//!   state, and a key's copies only coalesce while no Put/Delete sits between them.
 //!
 //! Mechanics, per batch taken from the queue:
 //! 1. Ops whose keys depend on their arguments (`EVAL … numkeys`, `XREADGROUP … STREAMS`,
 //!    any command the table does not know) get their keys from the leader: `COMMAND GETKEYS`.
-//! 2. One `MULTI … EXEC` on the leader reads `DUMP` + `PEXPIRETIME` of every key in the batch:
-//!    one round trip and an atomic snapshot, so a transaction's keys are read consistently.
-//! 3. The follower gets, per key, `RESTORE key abs-ttl payload REPLACE ABSTTL` or `DEL key`
-//!    when the key is gone; an op that touched several keys (a `MULTI` block, `RENAME`) is
-//!    applied inside its own `MULTI … EXEC`. Keyless writes (`FLUSHDB`, `FUNCTION LOAD`)
-//!    are replayed as sent. Each op's database is selected first.
+//! 2. One `MULTI … EXEC` on the leader reads `DUMP` + `PEXPIRETIME` of every copied key in
+//!    the batch: one round trip and an atomic snapshot (skipped when nothing is copied).
+//! 3. The follower gets the effects in queue order; an op with several effects (a `MULTI`
+//!    block, `RENAME`) is applied inside its own `MULTI … EXEC`. Keyless writes
+//!    (`FLUSHDB`, `FUNCTION LOAD`) are replayed as sent. Each op's database is selected.
 //!
-//! Costs and limits (also in the README): each mirrored write costs the leader a `DUMP` of
-//! the keys it touched (pipelined and coalesced: a key written 1,000 times while waiting is
-//! read once). A write to a very large collection copies the whole collection. The follower
-//! must accept the leader's `DUMP` format (same or newer Redis); a rejected payload is
-//! counted, the follower marked out of sync, and the rest of the batch continues.
-//! `SWAPDB` and `FLUSHALL`/`FLUSHDB` are replayed; a client write that races with them on
-//! another connection may be ordered either way on the follower (`verify` shows it).
+//! Costs and limits (also in the README): a copied write costs the leader a `DUMP` of the
+//! keys it touched (pipelined and coalesced). A write to a very large collection copies the
+//! whole collection. The follower must accept the leader's `DUMP` format (same or newer
+//! Redis); a rejected payload is counted, the follower marked out of sync, and the rest of
+//! the batch continues. `SWAPDB` and `FLUSHALL`/`FLUSHDB` are replayed; a client write that
+//! races with them on another connection may be ordered either way on the follower. If the
+//! leader restarts (new `run_id`) while copies are queued, they are given up and the
+//! follower marked out of sync rather than copied from a leader that may have lost data.
 
 use std::time::Duration;
 
@@ -40,7 +51,7 @@ use smallvec::SmallVec;
 
 use super::backend::{encode_cmd, error_text, BackendError, Conn};
 use crate::config::RedisBackend;
-use crate::replication::queue::{MirrorOp, MirrorQueue, MirrorView};
+use crate::replication::queue::{Barrier, MirrorOp, MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
 use std::sync::Arc;
 
@@ -52,6 +63,15 @@ pub struct RedisOp {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
+    /// The key now holds this string (the write carried it and ran uncontended).
+    Put {
+        db: u32,
+        key: Bytes,
+        value: Bytes,
+        expire_at_ms: Option<i64>,
+    },
+    /// The key is gone (an uncontended `DEL`).
+    Delete { db: u32, key: Bytes },
     /// Copy this key's state.
     Copy { db: u32, key: Bytes },
     /// Copy the keys the leader says this command touches.
@@ -63,7 +83,8 @@ pub enum Item {
 impl Item {
     fn bytes(&self) -> usize {
         match self {
-            Item::Copy { key, .. } => key.len() + 16,
+            Item::Put { key, value, .. } => key.len() + value.len() + 24,
+            Item::Copy { key, .. } | Item::Delete { key, .. } => key.len() + 16,
             Item::KeysOf { cmd, .. } | Item::Replay { cmd, .. } => cmd.len() + 16,
         }
     }
@@ -80,10 +101,37 @@ impl MirrorOp for RedisOp {
             _ => None,
         }
     }
+
+    /// Copies read the latest state, so copies of a key may merge; a `Put`/`Delete` fixes
+    /// the key at a point in time and a replay (`FLUSHDB`) fixes everything, so nothing may
+    /// merge across them.
+    fn barrier(&self) -> Barrier<(u32, Bytes)> {
+        let mut keys = Vec::new();
+        for it in &self.items {
+            match it {
+                Item::Put { db, key, .. } | Item::Delete { db, key } => {
+                    keys.push((*db, key.clone()))
+                }
+                Item::Replay { .. } => return Barrier::All,
+                Item::Copy { .. } | Item::KeysOf { .. } => {}
+            }
+        }
+        if keys.is_empty() {
+            Barrier::None
+        } else {
+            Barrier::Keys(keys)
+        }
+    }
 }
 
 /// What the follower gets for one op.
 enum Effect {
+    Set {
+        db: u32,
+        key: Bytes,
+        value: Bytes,
+        expire_at_ms: Option<i64>,
+    },
     Restore {
         db: u32,
         key: Bytes,
@@ -221,6 +269,7 @@ impl RedisApplier {
         enum Plan {
             Read { db: u32, key: Bytes },
             Replay { db: u32, cmd: Bytes },
+            Known(Effect),
         }
         let mut plans: Vec<SmallVec<[Plan; 2]>> = Vec::with_capacity(batch.len());
         let mut resolved = resolved.into_iter();
@@ -228,6 +277,21 @@ impl RedisApplier {
             let mut p = SmallVec::new();
             for it in &op.items {
                 match it {
+                    Item::Put {
+                        db,
+                        key,
+                        value,
+                        expire_at_ms,
+                    } => p.push(Plan::Known(Effect::Set {
+                        db: *db,
+                        key: key.clone(),
+                        value: value.clone(),
+                        expire_at_ms: *expire_at_ms,
+                    })),
+                    Item::Delete { db, key } => p.push(Plan::Known(Effect::Delete {
+                        db: *db,
+                        key: key.clone(),
+                    })),
                     Item::Copy { db, key } => p.push(Plan::Read {
                         db: *db,
                         key: key.clone(),
@@ -306,6 +370,7 @@ impl RedisApplier {
             let mut e = SmallVec::new();
             for step in p {
                 match step {
+                    Plan::Known(effect) => e.push(effect),
                     Plan::Replay { db, cmd } => e.push(Effect::Replay { db, cmd }),
                     Plan::Read { db, key } => {
                         if last_db != Some(db) {
@@ -369,7 +434,8 @@ impl RedisApplier {
             }
             for e in op {
                 let d = match e {
-                    Effect::Restore { db, .. }
+                    Effect::Set { db, .. }
+                    | Effect::Restore { db, .. }
                     | Effect::Delete { db, .. }
                     | Effect::Replay { db, .. } => *db,
                 };
@@ -379,6 +445,27 @@ impl RedisApplier {
                     n += 1;
                 }
                 match e {
+                    Effect::Set {
+                        key,
+                        value,
+                        expire_at_ms: None,
+                        ..
+                    } => encode_cmd(&mut out, &[b"SET", key, value]),
+                    Effect::Set {
+                        key,
+                        value,
+                        expire_at_ms: Some(t),
+                        ..
+                    } => encode_cmd(
+                        &mut out,
+                        &[
+                            b"SET",
+                            key,
+                            value,
+                            b"PXAT",
+                            (*t).max(1).to_string().as_bytes(),
+                        ],
+                    ),
                     Effect::Restore {
                         key,
                         payload,

@@ -4,6 +4,8 @@
 //! - [`resp`]: where a RESP frame is cut and a request's arguments are read (hot path);
 //! - [`command`]: where a write is classified (read/write/admin/pub-sub, keys);
 //! - [`session`]: one client connection: ordering, transactions, pub/sub, local replies;
+//! - [`inflight`]: which keys have writes in flight (decides whether a write's own effect
+//!   can be mirrored or its keys must be copied);
 //! - [`mirror`]: where a write is mirrored (key copies to the follower) — the module comment
 //!   explains the mechanism;
 //! - [`backend`]: statemirror's own connections to the backends;
@@ -16,6 +18,7 @@
 
 pub mod backend;
 pub mod command;
+pub mod inflight;
 pub mod mirror;
 pub mod resp;
 pub mod server;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{encode_cmd, Conn};
 use super::command::{CommandTable, Source};
+use super::inflight::InFlight;
 use super::mirror::{RedisApplier, RedisOp};
 use super::resp::Limits;
 use super::session;
@@ -35,6 +36,8 @@ pub struct Shared {
     table: RwLock<Arc<CommandTable>>,
     pub freeze: Arc<Freeze>,
     pub mirror: Option<Arc<MirrorQueue<RedisOp>>>,
+    /// Keys with writes in flight (only when mirroring: see `inflight`).
+    pub in_flight: Option<Arc<InFlight>>,
     pub leader_health: Health,
     pub follower_health: Option<Health>,
     pub metrics: ProtocolMetrics,
@@ -125,6 +128,7 @@ pub async fn start(
         follower: r.follower.clone(),
         table: RwLock::new(Arc::new(CommandTable::fallback())),
         freeze,
+        in_flight: mirror.as_ref().map(|_| Arc::new(InFlight::default())),
         mirror: mirror.clone(),
         leader_health: Health::new(
             "leader",

@@ -32,7 +32,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::command::{parse_u32, write_target, CommandTable, Kind, Special, SubKind, WriteTarget};
+use super::command::{
+    known_effect, parse_u32, write_target, CommandTable, Expiry, Kind, KnownEffect, Special,
+    SubKind, WriteTarget,
+};
+use super::inflight::Registration;
 use super::mirror::{Item, RedisOp};
 use super::resp::{self, parse_request, Request};
 use super::server::Shared;
@@ -88,20 +92,33 @@ enum Effect {
     Write {
         target: WriteTarget,
         raw: Bytes,
+        /// The whole effect, when the request carries it (`SET k v`).
+        known: Option<KnownEffect>,
+        /// Keys registered as in flight (with the database the request side expects).
+        reg: Option<(Registration, u32)>,
         _ticket: Option<WriteTicket>,
     },
     Select(u32),
     Queued(TxItem),
     Multi,
-    Exec(Option<WriteTicket>),
+    Exec {
+        _ticket: Option<WriteTicket>,
+        reg: Option<(Registration, u32)>,
+    },
     Discard,
     Reset,
     Hello,
     Monitor,
 }
 
+// Short-lived (one per command of an open MULTI); boxing would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
 enum TxItem {
-    Write { target: WriteTarget, raw: Bytes },
+    Write {
+        target: WriteTarget,
+        raw: Bytes,
+        known: Option<KnownEffect>,
+    },
     Select(u32),
     Other,
 }
@@ -132,6 +149,10 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         tx_poisoned: None,
         reply_off: false,
         skip_next: false,
+        db: 0,
+        tx_keys: SmallVec::new(),
+        tx_wild: false,
+        tx_select: false,
     };
     let leader_up = (route == Route::Follower).then(|| shared.leader_health.subscribe());
     // The leader may have come back between choosing the follower and subscribing.
@@ -174,6 +195,13 @@ struct RequestSide {
     tx_poisoned: Option<&'static [u8]>,
     reply_off: bool,
     skip_next: bool,
+    /// The database this connection is on, as far as the requests sent so far say.
+    db: u32,
+    /// Keys of the writes queued in the open `MULTI` (registered at `EXEC`).
+    tx_keys: SmallVec<[(u32, Bytes); 2]>,
+    /// The open `MULTI` writes keys the proxy cannot see, or changes database.
+    tx_wild: bool,
+    tx_select: bool,
 }
 
 impl RequestSide {
@@ -231,12 +259,16 @@ impl RequestSide {
 
     fn handle(&mut self, req: Request, batch: &mut Vec<Pending>, out: &mut BytesMut) {
         // Copy out what is needed so the table is not borrowed while `self` changes.
-        let (kind, blocking, special, target) = {
+        let tracking = self.shared.in_flight.is_some();
+        let (kind, blocking, special, target, known) = {
             let info = self.table.lookup(&req);
             let target = (info.kind == Kind::Write).then(|| write_target(info, &req));
-            (info.kind, info.blocking, info.special, target)
+            let known = match info.known {
+                Some(k) if tracking => known_effect(k, &req),
+                _ => None,
+            };
+            (info.kind, info.blocking, info.special, target, known)
         };
-        let m = &self.shared.metrics;
         let kind_idx = match kind {
             Kind::Read | Kind::PubSub => 0,
             Kind::Write => 1,
@@ -252,8 +284,7 @@ impl RequestSide {
             Special::Multi => {
                 if !self.in_multi {
                     self.in_multi = true;
-                    self.tx_writes = false;
-                    self.tx_poisoned = None;
+                    self.reset_tx();
                 }
                 effect = Effect::Multi;
             }
@@ -279,7 +310,7 @@ impl RequestSide {
                             } else {
                                 EXECABORT_LEADER_DOWN
                             };
-                            m.requests[1][Route::Rejected as usize].increment(1);
+                            self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
                             return self.forward_replaced(
                                 b"*1\r\n$7\r\nDISCARD\r\n",
                                 why,
@@ -290,19 +321,27 @@ impl RequestSide {
                         }
                     }
                 }
-                effect = Effect::Exec(ticket);
+                let force_copies = self.tx_select;
+                let keys = std::mem::take(&mut self.tx_keys);
+                let reg = self.register(keys, self.tx_wild || self.tx_select);
+                self.reset_tx();
+                effect = Effect::Exec {
+                    _ticket: ticket,
+                    reg: reg.filter(|_| !force_copies),
+                };
             }
             Special::Discard => {
                 self.in_multi = false;
-                self.tx_writes = false;
-                self.tx_poisoned = None;
+                self.reset_tx();
                 effect = Effect::Discard;
             }
             Special::Select => {
                 if let Some(db) = req.arg(1).and_then(parse_u32) {
                     effect = if self.in_multi {
+                        self.tx_select = true;
                         Effect::Queued(TxItem::Select(db))
                     } else {
+                        self.db = db;
                         Effect::Select(db)
                     };
                 }
@@ -332,8 +371,8 @@ impl RequestSide {
             }
             Special::Reset => {
                 self.in_multi = false;
-                self.tx_writes = false;
-                self.tx_poisoned = None;
+                self.reset_tx();
+                self.db = 0;
                 self.reply_off = false;
                 effect = Effect::Reset;
             }
@@ -362,13 +401,21 @@ impl RequestSide {
                 match self.write_permission(true) {
                     Ok(_) => {
                         self.tx_writes = true;
+                        match &target {
+                            WriteTarget::Keys(keys) => self.tx_keys.extend(
+                                keys.iter()
+                                    .map(|k| (k.db.unwrap_or(self.db), k.key.clone())),
+                            ),
+                            _ => self.tx_wild = true,
+                        }
                         effect = Effect::Queued(TxItem::Write {
                             target,
                             raw: req.raw.clone(),
+                            known,
                         });
                     }
                     Err(reject) => {
-                        m.requests[1][Route::Rejected as usize].increment(1);
+                        self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
                         self.tx_poisoned = Some(if reject == FROZEN {
                             EXECABORT_FROZEN
                         } else {
@@ -383,14 +430,25 @@ impl RequestSide {
             } else {
                 match self.write_permission(blocking) {
                     Ok(ticket) => {
+                        let reg = match &target {
+                            WriteTarget::Keys(keys) => self.register(
+                                keys.iter()
+                                    .map(|k| (k.db.unwrap_or(self.db), k.key.clone()))
+                                    .collect(),
+                                false,
+                            ),
+                            _ => self.register(SmallVec::new(), true),
+                        };
                         effect = Effect::Write {
                             target,
                             raw: req.raw.clone(),
+                            known,
+                            reg,
                             _ticket: ticket,
                         };
                     }
                     Err(reject) => {
-                        m.requests[1][Route::Rejected as usize].increment(1);
+                        self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
                         if !matches!(expect, Expect::Nothing) {
                             batch.push(local(Action::Local(Bytes::from_static(reject))));
                         }
@@ -401,7 +459,7 @@ impl RequestSide {
         } else if self.in_multi && !matches!(special, Special::Multi | Special::Select) {
             effect = Effect::Queued(TxItem::Other);
         }
-        m.requests[kind_idx][self.route as usize].increment(1);
+        self.shared.metrics.requests[kind_idx][self.route as usize].increment(1);
         out.extend_from_slice(&req.raw);
         batch.push(Pending {
             expect,
@@ -409,6 +467,24 @@ impl RequestSide {
             effect,
             sent: Some(Instant::now()),
         });
+    }
+
+    fn reset_tx(&mut self) {
+        self.tx_writes = false;
+        self.tx_poisoned = None;
+        self.tx_keys.clear();
+        self.tx_wild = false;
+        self.tx_select = false;
+    }
+
+    /// Registers a write's keys as in flight (when mirroring), with the expected database.
+    fn register(
+        &self,
+        keys: SmallVec<[(u32, Bytes); 2]>,
+        wild: bool,
+    ) -> Option<(Registration, u32)> {
+        let tracker = self.shared.in_flight.as_ref()?;
+        Some((tracker.register(keys, wild), self.db))
     }
 
     /// Sends `cmd` to the backend but answers the client with `reply` in its place.
@@ -789,11 +865,30 @@ impl ReplySide {
         let ok = reply.is_none_or(|r| !resp::is_error(r));
         match effect {
             Effect::None => {}
-            Effect::Write { target, raw, .. } => {
-                if ok {
-                    let mut items = SmallVec::new();
-                    push_items(&mut items, self.db, target, raw);
-                    self.mirror(items);
+            Effect::Write {
+                target,
+                raw,
+                known,
+                reg,
+                ..
+            } => {
+                if !ok {
+                    return;
+                }
+                let db = self.db;
+                match reg {
+                    // Queue under the tracker's lock (see `Registration::finish_with`).
+                    Some((r, expected_db)) => r.finish_with(|contended| {
+                        let exact = !contended && expected_db == db;
+                        let mut items = SmallVec::new();
+                        push_write(&mut items, db, target, raw, known, exact, reply);
+                        self.mirror(items);
+                    }),
+                    None => {
+                        let mut items = SmallVec::new();
+                        push_write(&mut items, db, target, raw, known, false, reply);
+                        self.mirror(items);
+                    }
                 }
             }
             Effect::Select(db) => {
@@ -812,26 +907,23 @@ impl ReplySide {
                     self.tx.push(item);
                 }
             }
-            Effect::Exec(_ticket) => {
+            Effect::Exec { reg, .. } => {
                 self.in_multi = false;
                 let tx = std::mem::take(&mut self.tx);
                 let Some(reply) = reply else { return };
                 if resp::is_error(reply) || resp::is_null(reply) {
                     return; // WATCH fired or EXECABORT: nothing ran
                 }
-                let mut items = SmallVec::new();
-                let mut results = resp::elements(reply);
-                for item in tx {
-                    let ran = results.next().is_some_and(|r| !resp::is_error(r));
-                    match item {
-                        TxItem::Select(db) if ran => self.db = db,
-                        TxItem::Write { target, raw } if ran => {
-                            push_items(&mut items, self.db, target, raw)
-                        }
-                        _ => {}
+                match reg {
+                    // Queue under the tracker's lock (see `Registration::finish_with`).
+                    Some((r, expected_db)) => {
+                        let db = self.db;
+                        r.finish_with(|contended| {
+                            self.mirror_exec(tx, reply, !contended && expected_db == db)
+                        })
                     }
+                    None => self.mirror_exec(tx, reply, false),
                 }
-                self.mirror(items);
             }
             Effect::Discard => {
                 self.in_multi = false;
@@ -860,6 +952,24 @@ impl ReplySide {
                 }
             }
         }
+    }
+
+    /// Queues what a successful `EXEC` did, as one op.
+    fn mirror_exec(&mut self, tx: Vec<TxItem>, reply: &[u8], exact: bool) {
+        let mut items = SmallVec::new();
+        let mut results = resp::elements(reply);
+        for item in tx {
+            let result = results.next();
+            let ran = result.is_some_and(|r| !resp::is_error(r));
+            match item {
+                TxItem::Select(db) if ran => self.db = db,
+                TxItem::Write { target, raw, known } if ran => {
+                    push_write(&mut items, self.db, target, raw, known, exact, result)
+                }
+                _ => {}
+            }
+        }
+        self.mirror(items);
     }
 
     fn mirror(&self, items: SmallVec<[Item; 1]>) {
@@ -894,13 +1004,58 @@ impl ReplySide {
             // An EXEC may have run with its reply lost: copying its keys is harmless.
             let mut items = SmallVec::new();
             for item in std::mem::take(&mut self.tx) {
-                if let TxItem::Write { target, raw } = item {
+                if let TxItem::Write { target, raw, .. } = item {
                     push_items(&mut items, self.db, target, raw);
                 }
             }
             self.mirror(items);
         }
     }
+}
+
+/// The mirror items for one acknowledged write: its own effect when the request carries it
+/// and it ran uncontended (`exact`), else copies of its keys. A known write whose reply
+/// says it changed nothing (`SET … NX` that lost) needs nothing.
+fn push_write(
+    items: &mut SmallVec<[Item; 1]>,
+    db: u32,
+    target: WriteTarget,
+    raw: Bytes,
+    known: Option<KnownEffect>,
+    exact: bool,
+    reply: Option<&[u8]>,
+) {
+    match (known, reply) {
+        (Some(KnownEffect::Put { applied, .. }), Some(r)) if !applied.check(r) => {}
+        (Some(KnownEffect::Put { pairs, expiry, .. }), Some(_)) if exact => {
+            let expire_at_ms = match expiry {
+                Expiry::None => None,
+                Expiry::AtMs(t) => Some(t),
+                Expiry::InMs(ms) => Some(now_ms().saturating_add(ms)),
+            };
+            for (key, value) in pairs {
+                items.push(Item::Put {
+                    db,
+                    key,
+                    value,
+                    expire_at_ms,
+                });
+            }
+        }
+        (Some(KnownEffect::Delete(keys)), Some(_)) if exact => {
+            for key in keys {
+                items.push(Item::Delete { db, key });
+            }
+        }
+        _ => push_items(items, db, target, raw),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn push_items(items: &mut SmallVec<[Item; 1]>, db: u32, target: WriteTarget, raw: Bytes) {

@@ -28,6 +28,18 @@ pub trait MirrorOp: Send + 'static {
     fn cost_bytes(&self) -> usize;
     /// Ops with equal keys are interchangeable while waiting: a later one is dropped.
     fn coalesce_key(&self) -> Option<Self::Key>;
+    /// Keys this op fixes at a point in time: a later op on them must not coalesce into an
+    /// earlier waiting one (it would be applied before this op instead of after).
+    fn barrier(&self) -> Barrier<Self::Key> {
+        Barrier::None
+    }
+}
+
+pub enum Barrier<K> {
+    None,
+    Keys(Vec<K>),
+    /// Every key (e.g. a replayed `FLUSHDB`).
+    All,
 }
 
 /// In-sync flag with the reason it was lost. Shared by the queue, the writer and `/status`.
@@ -225,6 +237,15 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
             self.changed.notify_waiters();
             return;
         }
+        match op.barrier() {
+            Barrier::None => {}
+            Barrier::Keys(keys) => {
+                for k in &keys {
+                    inner.waiting_keys.remove(k);
+                }
+            }
+            Barrier::All => inner.waiting_keys.clear(),
+        }
         if let Some(k) = key {
             inner.waiting_keys.insert(k);
         }
@@ -397,6 +418,37 @@ mod tests {
         q.complete(2);
         assert_eq!(q.status().queue_depth, 1);
         assert!(!q.is_drained());
+    }
+
+    struct Barred(u32, Option<u32>, Vec<u32>);
+    impl MirrorOp for Barred {
+        type Key = u32;
+        fn cost_bytes(&self) -> usize {
+            1
+        }
+        fn coalesce_key(&self) -> Option<u32> {
+            self.1
+        }
+        fn barrier(&self) -> Barrier<u32> {
+            Barrier::Keys(self.2.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_barrier_stops_coalescing_across_it() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 10,
+                max_bytes: 1000,
+            },
+        );
+        q.push(Barred(1, Some(7), vec![])); // copy of key 7
+        q.push(Barred(2, None, vec![7])); // point-in-time write of key 7
+        q.push(Barred(3, Some(7), vec![])); // must be kept: it comes after op 2
+        q.push(Barred(4, Some(7), vec![])); // coalesces into op 3
+        let b = q.take_batch(10).await;
+        assert_eq!(b.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
     #[tokio::test]
