@@ -133,8 +133,11 @@ pub struct ReplicationConfig {
     pub max_queue_ops: usize,
     /// Most bytes waiting for the follower (per protocol). Default 67108864 (64 MiB).
     pub max_queue_bytes: usize,
-    /// Most writes applied to the follower in one pipelined batch. Default 512.
+    /// Most writes applied to the follower in one pipelined batch (one round trip: with a
+    /// cross-region RTT this bounds the mirror rate at about batch/RTT). Default 4096.
     pub batch_max_ops: usize,
+    /// A batch also stops growing at this many bytes (at least one op). Default 8388608.
+    pub batch_max_bytes: usize,
     /// First retry delay after a follower failure; doubles up to the max. Default 100.
     pub retry_initial_backoff_ms: u64,
     /// Longest retry delay. Default 5000.
@@ -150,7 +153,8 @@ impl Default for ReplicationConfig {
         Self {
             max_queue_ops: 100_000,
             max_queue_bytes: 64 << 20,
-            batch_max_ops: 512,
+            batch_max_ops: 4096,
+            batch_max_bytes: 8 << 20,
             retry_initial_backoff_ms: 100,
             retry_max_backoff_ms: 5_000,
             apply_timeout_ms: 5_000,
@@ -363,6 +367,9 @@ impl Config {
         }
         if r.batch_max_ops == 0 {
             err("replication.batch_max_ops", "must be at least 1".into());
+        }
+        if r.batch_max_bytes == 0 {
+            err("replication.batch_max_bytes", "must be at least 1".into());
         }
         if r.retry_initial_backoff_ms == 0 || r.retry_initial_backoff_ms > r.retry_max_backoff_ms {
             err(

@@ -258,9 +258,9 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         self.wake.notify_one();
     }
 
-    /// Waits for work and takes up to `max` ops; they stay counted (depth, lag) until
-    /// [`complete`](Self::complete).
-    pub async fn take_batch(&self, max: usize) -> Vec<Op> {
+    /// Waits for work and takes up to `max` ops / `max_bytes` bytes (always at least one op);
+    /// they stay counted (depth, lag) until [`complete`](Self::complete).
+    pub async fn take_batch(&self, max: usize, max_bytes: usize) -> Vec<Op> {
         loop {
             let notified = self.wake.notified();
             {
@@ -271,11 +271,19 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                     let mut bytes = 0;
                     inner.in_flight_oldest = inner.waiting.front().map(|w| w.enqueued);
                     for _ in 0..n {
+                        let next = inner
+                            .waiting
+                            .front()
+                            .map(|w| w.op.cost_bytes())
+                            .unwrap_or(0);
+                        if !batch.is_empty() && bytes + next > max_bytes {
+                            break;
+                        }
                         if let Some(w) = inner.waiting.pop_front() {
                             if let Some(k) = w.op.coalesce_key() {
                                 inner.waiting_keys.remove(&k);
                             }
-                            bytes += w.op.cost_bytes();
+                            bytes += next;
                             batch.push(w.op);
                         }
                     }
@@ -410,7 +418,7 @@ mod tests {
         q.push(Op(1, Some(7)));
         q.push(Op(2, Some(7)));
         q.push(Op(3, None));
-        let b = q.take_batch(10).await;
+        let b = q.take_batch(10, usize::MAX).await;
         assert_eq!(b.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 3]);
         // Taken: a new write of key 7 must be queued again (the batch may have read already).
         q.push(Op(4, Some(7)));
@@ -447,7 +455,7 @@ mod tests {
         q.push(Barred(2, None, vec![7])); // point-in-time write of key 7
         q.push(Barred(3, Some(7), vec![])); // must be kept: it comes after op 2
         q.push(Barred(4, Some(7), vec![])); // coalesces into op 3
-        let b = q.take_batch(10).await;
+        let b = q.take_batch(10, usize::MAX).await;
         assert_eq!(b.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     }
 
@@ -471,7 +479,24 @@ mod tests {
         assert!(s.out_of_sync_reason.unwrap().contains("overflowed"));
         // Later writes still flow.
         q.push(Op(4, None));
-        assert_eq!(q.take_batch(5).await.len(), 1);
+        assert_eq!(q.take_batch(5, usize::MAX).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn batches_stop_at_the_byte_limit() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 100,
+                max_bytes: 1000,
+            },
+        );
+        for i in 0..5 {
+            q.push(Op(i, None)); // 10 bytes each
+        }
+        assert_eq!(q.take_batch(100, 25).await.len(), 2);
+        q.complete(2);
+        assert_eq!(q.take_batch(100, 1).await.len(), 1, "at least one op");
     }
 
     #[tokio::test]
@@ -485,7 +510,7 @@ mod tests {
         );
         q.push(Op(1, None));
         q.push(Op(2, None));
-        let _b = q.take_batch(10).await;
+        let _b = q.take_batch(10, usize::MAX).await;
         q.push(Op(3, None)); // 30 bytes with the in-flight batch
         assert!(!q.sync().in_sync());
     }

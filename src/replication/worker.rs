@@ -66,7 +66,7 @@ pub fn spawn<A: Applier>(
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                b = queue.take_batch(cfg.batch_max_ops) => b,
+                b = queue.take_batch(cfg.batch_max_ops, cfg.batch_max_bytes) => b,
             };
             let mut backoff = Duration::from_millis(cfg.retry_initial_backoff_ms);
             let mut failing_since: Option<Instant> = None;
