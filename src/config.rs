@@ -256,6 +256,27 @@ fn decode(s: &str) -> Result<String, String> {
         .ok_or_else(|| "bad percent-encoding".to_string())
 }
 
+/// A password or token: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it (a comparison, an AUTH command).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Reads a secret file: first line, trimmed. The error names the key, never the content.
 pub fn read_secret(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
@@ -272,7 +293,7 @@ pub fn read_secret(path: &Path) -> Result<String, String> {
 pub struct Resolved {
     pub config: Config,
     pub admin_listen: SocketAddr,
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub redis: Option<ResolvedRedis>,
 }
 
@@ -350,11 +371,11 @@ impl Config {
             })
         };
         let admin_listen = parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m));
-        let admin_token = self
-            .admin
-            .token_file
-            .as_deref()
-            .map(|p| read_secret(p).map_err(|m| err("admin.token_file", m)));
+        let admin_token = self.admin.token_file.as_deref().map(|p| {
+            read_secret(p)
+                .map(Secret::new)
+                .map_err(|m| err("admin.token_file", m))
+        });
         let r = &self.replication;
         if r.max_queue_ops == 0 {
             err("replication.max_queue_ops", "must be at least 1".into());

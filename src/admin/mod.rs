@@ -37,7 +37,7 @@ pub struct AdminState {
     pub redis: Option<Arc<RedisSidecar>>,
     pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
     pub prom: PrometheusHandle,
-    pub token: Option<String>,
+    pub token: Option<crate::config::Secret>,
     pub drain_timeout: Duration,
 }
 

@@ -114,7 +114,7 @@ fn unauthorized(state: &AdminState, req: &Request<Incoming>) -> Option<Resp> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
         return None;
     }
     let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");

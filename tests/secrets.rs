@@ -1,0 +1,137 @@
+//! Passwords and the admin token never appear in statemirror's logs (text or JSON), in
+//! `/status` or in `/metrics`: the real binary runs against a password-protected leader and
+//! follower, handles traffic and an authentication failure, and its whole output is searched.
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const PASSWORD: &str = "Pa55-leader-s3cret";
+const TOKEN: &str = "T0ken-admin-s3cret";
+
+async fn run_and_collect(format: &str) {
+    let leader = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let follower = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    let pw_file = dir.path().join("pw");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+    std::fs::write(&pw_file, format!("{PASSWORD}\n")).expect("password file");
+    let (listen, admin) = (free_port(), free_port());
+    let config = dir.path().join("statemirror.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_file = \"{}\"\n\
+             [log]\nformat = \"{format}\"\nlevel = \"debug\"\n\
+             [redis]\nlisten = \"127.0.0.1:{listen}\"\n\
+             leader = \"redis://:{PASSWORD}@{}\"\n\
+             follower = \"redis://{}\"\nfollower_password_file = \"{}\"\n",
+            token_file.display(),
+            leader.addr(),
+            follower.addr(),
+            pw_file.display()
+        ),
+    )
+    .expect("config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_statemirror"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("statemirror runs");
+    let base = format!("http://127.0.0.1:{admin}");
+    let get = |path: &'static str| {
+        let base = base.clone();
+        async move {
+            statemirror::admin::client::request(
+                &base,
+                hyper::Method::GET,
+                path,
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+        }
+    };
+    eventually(Duration::from_secs(20), || async {
+        match get("/readyz").await {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Traffic: a wrong password (logged failure paths), then real writes that get mirrored.
+    let bad = redis::Client::open(format!("redis://:wrong@127.0.0.1:{listen}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await;
+    assert!(bad.is_err(), "a wrong password is refused");
+    let mut c = client(&format!("redis://:{PASSWORD}@127.0.0.1:{listen}")).await;
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    let (_, body) = statemirror::admin::client::request(
+        &base,
+        hyper::Method::PUT,
+        "/maintenance",
+        Some("wrong-token"),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin");
+    assert!(body.contains("error"));
+    let status = get("/status").await.expect("status").1;
+    let metrics = get("/metrics").await.expect("metrics").1;
+    eventually(Duration::from_secs(10), || async {
+        let s = get("/status").await.map_err(|e| e.to_string())?.1;
+        if s.contains("\"queue_depth\": 0") && s.contains("\"mirrored_writes\": 1") {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+
+    // Stop it and read everything it printed.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    assert!(out.contains("redis sidecar ready"), "logs captured: {out}");
+    for (what, text) in [("logs", &out), ("/status", &status), ("/metrics", &metrics)] {
+        assert!(!text.contains(PASSWORD), "password in {what}: {text}");
+        assert!(!text.contains(TOKEN), "token in {what}: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_text_logs_status_and_metrics() {
+    run_and_collect("text").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_json_logs() {
+    run_and_collect("json").await;
+}
