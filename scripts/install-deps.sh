@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests, the demo and the benchmark need, only if it is missing:
 #   redis-server (redis-server), redis-tools (redis-cli, redis-benchmark), nutcracker (twemproxy,
-#   benchmark only, optional), curl (demo).
+#   benchmark only, optional), curl (demo), zookeeper (ZooKeeper 3.8 server jars and zkCli.sh for
+#   the ZooKeeper tests; pulls in a Java runtime if there is none).
 # Idempotent and quiet: does nothing when everything is there; otherwise one `apt-get update`
 # and one `apt-get install`. Debian/Ubuntu only; elsewhere it says what to install.
 set -euo pipefail
@@ -14,6 +15,8 @@ required=()
 have redis-server || required+=(redis-server)
 { have redis-cli && have redis-benchmark; } || required+=(redis-tools)
 have curl || required+=(curl)
+{ [ -f /usr/share/java/zookeeper.jar ] && [ -x /usr/share/zookeeper/bin/zkCli.sh ]; } ||
+    required+=(zookeeper)
 optional=()
 have nutcracker || optional+=(nutcracker)
 

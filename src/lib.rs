@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`config`]: the TOML file, its defaults, validation with key paths;
 //! - [`redis`]: the Redis sidecar (RESP framing, command classification, sessions, mirror);
+//! - [`zookeeper`]: the ZooKeeper wire codec (framing, jute records, opcodes), no I/O yet;
 //! - [`replication`]: the protocol-independent core: mirror queue, follower writer, write
 //!   freeze, backend health;
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod redis;
 pub mod replication;
 pub mod telemetry;
+pub mod zookeeper;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

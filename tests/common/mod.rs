@@ -610,3 +610,4 @@ impl Raw {
         }
     }
 }
+pub mod zk;

@@ -1,0 +1,22 @@
+//! The ZooKeeper wire protocol, as pure data: framing, the jute encoding, and the records of
+//! a client session. No I/O happens here.
+//!
+//! Why hand-written: no Rust crate exposes a reusable ZooKeeper codec, and none has the
+//! server side (decoding requests, encoding replies) that a proxy needs. The protocol is
+//! small — five primitive types and about forty records — and a proxy must be exact about
+//! the parts generated codecs get wrong: the header-less first frame, its optional trailing
+//! `readOnly` byte, the header-tagged lists of `multi`, null buffers, and size limits on
+//! untrusted input.
+//!
+//! - [`frame`]: length-prefixed frames cut from a read buffer, and four-letter words;
+//! - [`jute`]: the binary encoding (`Reader`/`Writer`, the `Record` trait, `JuteError`);
+//! - [`proto`]: opcodes, special xids, error codes, `is_write`, and every record.
+//!
+//! Later: the proxy itself — forwarding client sessions to the leader ensemble byte for
+//! byte while tracking each pending request's xid and opcode, answering refused writes
+//! (NOTREADONLY) in reply order, and mirroring acknowledged writes to a follower ensemble.
+//! It decodes only what it must inspect; everything else is forwarded as received.
+
+pub mod frame;
+pub mod jute;
+pub mod proto;

@@ -1,0 +1,755 @@
+//! ZooKeeper test harness: real Apache ZooKeeper 3.8 servers (Debian package `zookeeper`,
+//! installed by `scripts/install-deps.sh`) as plain `java` processes on free loopback ports,
+//! each with a private `zoo.cfg`, data directory and log file in a tempdir; SIGKILLed on drop,
+//! even when a test panics. Also: four-letter words, `zkCli.sh`, and a bounded
+//! `zookeeper_client::Client` connect.
+//!
+//! Servers are started from async code (`ZkServer::standalone().await`) so that a
+//! `zookeeper_client` session on the same runtime keeps running while a test waits for a
+//! server to start or restart.
+//!
+//! Each server runs under `setpriv --pdeathsig KILL` when available, so its JVM also dies when
+//! the thread that started it exits (e.g. the test binary is killed by a timeout). Start and
+//! restart servers from the test's own task, not from `spawn_blocking` (whose threads exit
+//! when idle).
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub use zookeeper_client as zkc;
+
+pub const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
+/// slf4j binding for the server logs (Debian `libslf4j-java`, a dependency of
+/// `libzookeeper-java`). Without a binding the server logs nothing.
+pub const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
+pub const ZKCLI: &str = "/usr/share/zookeeper/bin/zkCli.sh";
+
+const STANDALONE_MAIN: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
+const QUORUM_MAIN: &str = "org.apache.zookeeper.server.quorum.QuorumPeerMain";
+/// Written to `server.log` before each start.
+const START_MARKER: &str = "===== harness: start #";
+
+/// Server options for [`ZkServer::standalone_with`] and [`ZkEnsemble::start_with`].
+#[derive(Clone, Debug)]
+pub struct ZkOptions {
+    /// `tickTime`: session timeouts are clamped to 2 ticks ..= 60 s (`maxSessionTimeout`).
+    pub tick_time_ms: u32,
+    /// `-Dzookeeper.extendedTypesEnabled=true`: TTL nodes (`CreateMode` + `with_ttl`).
+    pub extended_types: bool,
+    /// `-Dreadonlymode.enabled=true`: an ensemble member without quorum serves reads.
+    pub read_only_mode: bool,
+    /// Extra `zoo.cfg` lines, e.g. `"maxClientCnxns=10"`.
+    pub extra_cfg: Vec<String>,
+    /// Extra JVM arguments, e.g. `"-Dzookeeper.maxCnxns=5"`.
+    pub jvm_args: Vec<String>,
+    /// Bound on waiting for a server (or the whole ensemble) to serve.
+    pub ready_timeout: Duration,
+}
+
+impl Default for ZkOptions {
+    fn default() -> Self {
+        ZkOptions {
+            tick_time_ms: 500,
+            extended_types: true,
+            read_only_mode: true,
+            extra_cfg: Vec::new(),
+            jvm_args: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Panics with install instructions when the Debian package is missing.
+fn require_installed() {
+    for p in [ZK_JAR, ZKCLI] {
+        if !Path::new(p).exists() {
+            panic!("{p} missing: run scripts/install-deps.sh (installs the `zookeeper` package)");
+        }
+    }
+}
+
+/// Distinct free loopback ports.
+fn free_ports(n: usize) -> Vec<u16> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let p = super::free_port();
+        if seen.insert(p) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One ZooKeeper JVM: its directory holds `zoo.cfg`, `data/` (with `myid` in an ensemble)
+/// and `server.log` (stdout + stderr, appended across restarts).
+struct Node {
+    /// `myid` (0 for a standalone server).
+    id: u32,
+    client_port: u16,
+    dir: PathBuf,
+    main_class: &'static str,
+    opts: ZkOptions,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Node {
+    fn new(
+        id: u32,
+        client_port: u16,
+        dir: PathBuf,
+        main_class: &'static str,
+        opts: &ZkOptions,
+    ) -> Self {
+        fs::create_dir_all(dir.join("data")).expect("create data dir");
+        if id > 0 {
+            fs::write(dir.join("data").join("myid"), format!("{id}\n")).expect("write myid");
+        }
+        Node {
+            id,
+            client_port,
+            dir,
+            main_class,
+            opts: opts.clone(),
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    /// `zoo.cfg` for this node; `servers` are the `server.N=` lines of an ensemble.
+    fn write_cfg(&self, servers: &[String]) {
+        let o = &self.opts;
+        let mut cfg = vec![
+            format!("tickTime={}", o.tick_time_ms),
+            "initLimit=10".into(),
+            "syncLimit=5".into(),
+            format!("dataDir={}", self.data_dir().display()),
+            format!("clientPort={}", self.client_port),
+            "clientPortAddress=127.0.0.1".into(),
+            "admin.enableServer=false".into(),
+            "4lw.commands.whitelist=*".into(),
+            "maxSessionTimeout=60000".into(),
+            // Acknowledged writes are flushed to the kernel before the reply, so they survive
+            // SIGKILL; only a machine crash could lose them.
+            "forceSync=no".into(),
+            "autopurge.purgeInterval=0".into(),
+        ];
+        cfg.extend(servers.iter().cloned());
+        cfg.extend(o.extra_cfg.iter().cloned());
+        let mut text = cfg.join("\n");
+        text.push('\n');
+        fs::write(self.dir.join("zoo.cfg"), text).expect("write zoo.cfg");
+    }
+
+    fn java_command(&self) -> Command {
+        let setpriv = Path::new("/usr/bin/setpriv");
+        let mut cmd = if setpriv.exists() {
+            let mut c = Command::new(setpriv);
+            c.args(["--pdeathsig", "KILL", "java"]);
+            c
+        } else {
+            Command::new("java")
+        };
+        cmd.args([
+            "-Xmx256m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.net.preferIPv4Stack=true",
+            "-Dzookeeper.jmx.log4j.disable=true",
+            "-Dorg.slf4j.simpleLogger.showDateTime=true",
+            "-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS",
+        ]);
+        if self.opts.extended_types {
+            cmd.arg("-Dzookeeper.extendedTypesEnabled=true");
+        }
+        if self.opts.read_only_mode {
+            cmd.arg("-Dreadonlymode.enabled=true");
+        }
+        cmd.args(&self.opts.jvm_args)
+            .arg("-cp")
+            .arg(format!("{ZK_JAR}:{SLF4J_SIMPLE_JAR}"))
+            .arg(self.main_class)
+            .arg(self.dir.join("zoo.cfg"));
+        cmd
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "server {} already running", self.id);
+        let mut log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open server.log");
+        self.starts += 1;
+        use std::io::Write;
+        let _ = writeln!(log, "{START_MARKER}{} =====", self.starts);
+        let err = log.try_clone().expect("clone log fd");
+        let child = self
+            .java_command()
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run java: {e}; run scripts/install-deps.sh"));
+        self.child = Some(child);
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// `Some(status)` if the process was started and has exited by itself.
+    fn exited(&mut self) -> Option<String> {
+        match self.child.as_mut()?.try_wait() {
+            Ok(Some(st)) => Some(st.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The log of the latest start.
+    fn current_log(&self) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        match text.rfind(START_MARKER) {
+            Some(i) => text[i..].to_string(),
+            None => text,
+        }
+    }
+
+    /// The latest start could not bind one of its ports (another process has it).
+    fn bind_failed(&self) -> bool {
+        self.current_log().contains("Address already in use")
+    }
+
+    /// (Re)starts the process and waits for a mode accepted by `want`; while a start fails
+    /// because a port is briefly taken by another process, tries again until `deadline`.
+    async fn start_and_wait(
+        &mut self,
+        deadline: Instant,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        loop {
+            self.kill();
+            self.spawn();
+            match self.wait_mode(deadline, &want).await {
+                Err(_) if self.bind_failed() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The last `n` lines of the log.
+    fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// The server's mode (`standalone`, `leader`, `follower`, `read-only`, ...) if this
+    /// process is serving on its port: `ruok` → `imok`, `conf` names this node's data dir (so
+    /// the answer is not from some other server that grabbed the port) and `srvr` reports a
+    /// mode.
+    async fn probe(&self) -> Result<String, String> {
+        let addr = self.addr();
+        let ruok = try_four_letter(&addr, "ruok").await?;
+        if ruok != "imok" {
+            return Err(format!("ruok: {ruok:?}"));
+        }
+        let conf = try_four_letter(&addr, "conf").await?;
+        let want = format!("dataDir={}", self.data_dir().display());
+        if !conf.contains(&want) {
+            return Err(format!("conf lacks {want:?}: {conf:?}"));
+        }
+        let srvr = try_four_letter(&addr, "srvr").await?;
+        srvr.lines()
+            .find_map(|l| l.strip_prefix("Mode: "))
+            .map(|m| m.trim().to_string())
+            .ok_or_else(|| format!("srvr: {srvr:?}"))
+    }
+
+    /// Waits until `probe` reports a mode accepted by `want`.
+    async fn wait_mode(
+        &mut self,
+        deadline: Instant,
+        want: impl Fn(&str) -> bool,
+    ) -> Result<String, String> {
+        loop {
+            if let Some(st) = self.exited() {
+                return Err(format!("server {} exited ({st})", self.id));
+            }
+            let last = match self.probe().await {
+                Ok(mode) if want(&mode) => return Ok(mode),
+                Ok(mode) => format!("mode {mode}"),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                return Err(format!("server {} not ready: {last}", self.id));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Standalone server
+// ---------------------------------------------------------------------------------------
+
+/// A standalone ZooKeeper (`ZooKeeperServerMain`) on 127.0.0.1; SIGKILLed on drop.
+pub struct ZkServer {
+    node: Node,
+    // Declared after `node`: the process dies before its directory is removed.
+    _dir: tempfile::TempDir,
+}
+
+impl ZkServer {
+    pub async fn standalone() -> Self {
+        Self::standalone_with(ZkOptions::default()).await
+    }
+
+    pub async fn standalone_with(opts: ZkOptions) -> Self {
+        require_installed();
+        let mut last = String::new();
+        // A port taken between `free_port()` and the JVM's bind makes the server exit:
+        // try again with another port.
+        for _ in 0..3 {
+            let dir = tempfile::Builder::new()
+                .prefix("zk-standalone-")
+                .tempdir()
+                .expect("tempdir");
+            let node = Node::new(
+                0,
+                super::free_port(),
+                dir.path().to_path_buf(),
+                STANDALONE_MAIN,
+                &opts,
+            );
+            node.write_cfg(&[]);
+            let mut s = ZkServer { node, _dir: dir };
+            s.node.spawn();
+            let deadline = Instant::now() + opts.ready_timeout;
+            match s.node.wait_mode(deadline, |m| m == "standalone").await {
+                Ok(_) => return s,
+                Err(e) => {
+                    last = format!("{e}\n--- server.log (tail) ---\n{}", s.node.log_tail(80));
+                    if !s.node.bind_failed() {
+                        break; // slow or broken rather than a port clash: do not retry
+                    }
+                }
+            }
+        }
+        panic!("ZooKeeper standalone server did not start: {last}");
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        self.node.addr()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.node.client_port
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.node.data_dir()
+    }
+
+    /// The server log (all starts), for diagnostics.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.node.log_path()).unwrap_or_default()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.node.running()
+    }
+
+    /// SIGKILL; the data directory is kept.
+    pub fn kill(&mut self) {
+        self.node.kill();
+    }
+
+    /// Kills (if running) and starts again on the same port with the same data directory:
+    /// persistent nodes survive; sessions survive too if a client reconnects within its
+    /// session timeout.
+    pub async fn restart(&mut self) {
+        let deadline = Instant::now() + self.node.opts.ready_timeout;
+        let started = self.node.start_and_wait(deadline, |m| m == "standalone");
+        if let Err(e) = started.await {
+            panic!(
+                "ZooKeeper did not restart on {}: {e}\n--- server.log (tail) ---\n{}",
+                self.addr(),
+                self.node.log_tail(80)
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ensemble
+// ---------------------------------------------------------------------------------------
+
+/// An ensemble of `QuorumPeerMain` processes on 127.0.0.1 (free client, peer and election
+/// ports); all SIGKILLed on drop. Servers are indexed from 0; server `i` has `myid` `i + 1`.
+pub struct ZkEnsemble {
+    nodes: Vec<Node>,
+    opts: ZkOptions,
+    _dir: tempfile::TempDir,
+}
+
+impl ZkEnsemble {
+    pub async fn start(n: usize) -> Self {
+        Self::start_with(n, ZkOptions::default()).await
+    }
+
+    pub async fn start_with(n: usize, opts: ZkOptions) -> Self {
+        assert!(n >= 1);
+        require_installed();
+        let mut last = String::new();
+        // A port clash makes a server exit (or never form a quorum): retry with new ports.
+        for attempt in 1..=3 {
+            let mut e = Self::configure(n, &opts);
+            for node in &mut e.nodes {
+                node.spawn();
+            }
+            let deadline = Instant::now() + opts.ready_timeout.max(Duration::from_secs(30));
+            match e.wait_quorum(deadline).await {
+                Ok(()) => return e,
+                Err(err) => {
+                    last = format!("attempt {attempt}: {err}\n{}", e.logs(60));
+                    if !e.nodes.iter().any(Node::bind_failed) {
+                        break; // slow or broken rather than a port clash: do not retry
+                    }
+                }
+            }
+        }
+        panic!("ZooKeeper ensemble of {n} did not form: {last}");
+    }
+
+    fn configure(n: usize, opts: &ZkOptions) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("zk-ensemble-")
+            .tempdir()
+            .expect("tempdir");
+        let ports = free_ports(3 * n);
+        let servers: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "server.{}=127.0.0.1:{}:{}",
+                    i + 1,
+                    ports[3 * i + 1],
+                    ports[3 * i + 2]
+                )
+            })
+            .collect();
+        let nodes = (0..n)
+            .map(|i| {
+                let node = Node::new(
+                    i as u32 + 1,
+                    ports[3 * i],
+                    dir.path().join(format!("zk{}", i + 1)),
+                    QUORUM_MAIN,
+                    opts,
+                );
+                node.write_cfg(&servers);
+                node
+            })
+            .collect();
+        ZkEnsemble {
+            nodes,
+            opts: opts.clone(),
+            _dir: dir,
+        }
+    }
+
+    /// Waits until every running server serves, one as `leader` and the others as
+    /// `follower`.
+    async fn wait_quorum(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            let mut modes = Vec::new();
+            for node in &mut self.nodes {
+                if !node.running() {
+                    continue;
+                }
+                if let Some(st) = node.exited() {
+                    return Err(format!("server {} exited ({st})", node.id));
+                }
+                if node.bind_failed() {
+                    return Err(format!("server {}: a port is in use", node.id));
+                }
+                modes.push((node.id, node.probe().await));
+            }
+            let leaders = modes
+                .iter()
+                .filter(|(_, m)| matches!(m, Ok(m) if m == "leader"))
+                .count();
+            let followers = modes
+                .iter()
+                .filter(|(_, m)| matches!(m, Ok(m) if m == "follower"))
+                .count();
+            if leaders == 1 && leaders + followers == modes.len() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no stable leader/followers: {modes:?}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (bounded) until the running servers have one leader and the rest followers.
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        if let Err(e) = self.wait_quorum(deadline).await {
+            panic!("ensemble not ready: {e}\n{}", self.logs(60));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// `127.0.0.1:a,127.0.0.1:b,127.0.0.1:c`
+    pub fn connect_string(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::addr)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Client address of server `i` (0-based).
+    pub fn server_addr(&self, i: usize) -> String {
+        self.nodes[i].addr()
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].running()
+    }
+
+    /// `srvr` mode of server `i` (`leader`, `follower`, `read-only`, ...), or why not.
+    pub async fn mode(&self, i: usize) -> Result<String, String> {
+        self.nodes[i].probe().await
+    }
+
+    /// Index of the current leader among the running servers.
+    pub async fn leader(&self) -> Option<usize> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.running() && matches!(n.probe().await, Ok(m) if m == "leader") {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Index of the server holding a connection of session `session_id` (4LW `cons`).
+    pub async fn server_of_session(&self, session_id: i64) -> Option<usize> {
+        let needle = format!("sid={session_id:#x}");
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.running() {
+                continue;
+            }
+            if let Ok(cons) = try_four_letter(&n.addr(), "cons").await {
+                if cons.contains(&needle) {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    /// SIGKILL server `i`; its data directory is kept.
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
+    /// Kills server `i` (if running) and starts it again with the same ports and data;
+    /// waits until it serves as leader or follower.
+    pub async fn restart(&mut self, i: usize) {
+        let deadline = Instant::now() + self.opts.ready_timeout;
+        let started = self.nodes[i].start_and_wait(deadline, |m| m == "leader" || m == "follower");
+        if let Err(e) = started.await {
+            panic!("server {i} did not rejoin: {e}\n{}", self.logs(60));
+        }
+    }
+
+    /// The log of server `i` (all starts).
+    pub fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.nodes[i].log_path()).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of every server's log.
+    pub fn logs(&self, lines: usize) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "--- server {i} (myid {}) log tail ---\n{}\n",
+                    n.id,
+                    n.log_tail(lines)
+                )
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Four-letter words, zkCli.sh, zookeeper-client
+// ---------------------------------------------------------------------------------------
+
+/// Sends a four-letter word (`ruok`, `srvr`, `stat`, `cons`, `mntr`, ...) and returns the
+/// whole reply; panics on a connection error or after ~5 s.
+pub async fn four_letter(addr: &str, word: &str) -> String {
+    try_four_letter(addr, word)
+        .await
+        .unwrap_or_else(|e| panic!("4LW {word} to {addr}: {e}"))
+}
+
+/// [`four_letter`] without the panic.
+pub async fn try_four_letter(addr: &str, word: &str) -> Result<String, String> {
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(word.as_bytes()).await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        Ok::<_, std::io::Error>(out)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), io).await {
+        Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out).into_owned()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Runs `zkCli.sh -server ADDR args...` (one command, non-interactive):
+/// (exit code, stdout, stderr). Exit code 0 on success, 1 on a ZooKeeper error such as
+/// `Node does not exist` (or a connection failure), 127 for an unknown command; -1 if killed.
+/// Panics after 30 s (killing the script and its JVM). See [`zkcli_lines`] for the output.
+pub async fn zkcli(addr: &str, args: &[&str]) -> (i32, String, String) {
+    zkcli_flags(addr, &[], args).await
+}
+
+/// [`zkcli`] with options before `-server`, e.g. `["-r"]` (read-only) or
+/// `["-waitforconnection", "-timeout", "10000"]`.
+pub async fn zkcli_flags(addr: &str, flags: &[&str], args: &[&str]) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    require_installed();
+    let mut cmd = Command::new(ZKCLI);
+    cmd.args(flags)
+        .arg("-server")
+        .arg(addr)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // zkCli.sh runs java as a child (no exec): own process group, so a timeout kills both.
+        .process_group(0);
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let child = cmd.spawn().expect("run zkCli.sh");
+    let pid = child.id().expect("zkCli.sh pid");
+    match tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await {
+        Ok(Ok(out)) => (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Ok(Err(e)) => panic!("zkCli.sh {args:?}: {e}"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            panic!("zkCli.sh -server {addr} {args:?} did not finish within 30 s");
+        }
+    }
+}
+
+/// The meaningful lines of a `zkCli.sh` run: stdout without the connection banner
+/// (`Connecting to ...`, `WATCHER::`, `WatchedEvent state:SyncConnected|Closed type:None
+/// path:null` and the blank lines after them), then stderr without `SLF4J:` lines. Command
+/// results land on either stream: `get` data and `ls` on stdout; `Created /a` and errors
+/// such as `Node does not exist: /a` on stderr.
+pub fn zkcli_lines(stdout: &str, stderr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut after_banner = false;
+    for l in stdout.lines() {
+        let banner = l.starts_with("Connecting to ")
+            || l == "WATCHER::"
+            || (l.starts_with("WatchedEvent state:") && l.ends_with(" type:None path:null"));
+        if banner || (after_banner && l.is_empty()) {
+            after_banner = true;
+            continue;
+        }
+        after_banner = false;
+        out.push(l.to_string());
+    }
+    out.extend(
+        stderr
+            .lines()
+            .filter(|l| !l.starts_with("SLF4J:"))
+            .map(str::to_string),
+    );
+    out
+}
+
+/// A `zookeeper_client::Client` for `connect_string` (one address or a comma-separated
+/// list) with a 10 s session timeout; panics if no session within ~15 s.
+pub async fn zk_client(connect_string: &str) -> zkc::Client {
+    zk_client_with(
+        zkc::Client::connector().with_session_timeout(Duration::from_secs(10)),
+        connect_string,
+    )
+    .await
+}
+
+/// [`zk_client`] with a custom connector (session timeout, read-only, auth, ...).
+pub async fn zk_client_with(connector: zkc::Connector, connect_string: &str) -> zkc::Client {
+    match tokio::time::timeout(Duration::from_secs(15), connector.connect(connect_string)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => panic!("zookeeper-client connect to {connect_string}: {e}"),
+        Err(_) => panic!("zookeeper-client connect to {connect_string}: no session within 15 s"),
+    }
+}
+
+/// `Acls::anyone_all()` persistent-node options.
+pub fn persistent() -> zkc::CreateOptions<'static> {
+    zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all())
+}
+
+/// `Acls::anyone_all()` ephemeral-node options.
+pub fn ephemeral() -> zkc::CreateOptions<'static> {
+    zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all())
+}
