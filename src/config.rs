@@ -21,6 +21,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The Redis sidecar; absent means no Redis listener.
     pub redis: Option<RedisConfig>,
+    /// The ZooKeeper sidecar; absent means no ZooKeeper listener.
+    pub zookeeper: Option<ZooKeeperConfig>,
     pub replication: ReplicationConfig,
     pub maintenance: MaintenanceConfig,
 }
@@ -123,6 +125,78 @@ impl Default for RedisConfig {
             health_failures_before_down: 2,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ZooKeeperConfig {
+    /// Where clients connect. Default `127.0.0.1:2181`.
+    pub listen: String,
+    /// Leader ensemble connect string `host:port,host:port`. Required.
+    pub leader: String,
+    /// Follower ensemble connect string; absent = no mirroring.
+    pub follower: Option<String>,
+    /// File holding `user:password`: statemirror's follower session authenticates with
+    /// `digest` so that `auth` ACLs it copies bind to that identity. Default: none.
+    pub follower_auth_file: Option<PathBuf>,
+    /// Only paths under these prefixes are mirrored. Default `["/"]` (everything).
+    pub include_paths: Vec<String>,
+    /// Paths under these prefixes are not mirrored (`/zookeeper` never is). Default `[]`.
+    pub exclude_paths: Vec<String>,
+    /// Largest frame a client or server may send (bytes). Default 1049600 (ZooKeeper's
+    /// `jute.maxbuffer` plus headers).
+    pub max_frame_bytes: usize,
+    /// Most client connections at once. Default 1024.
+    pub max_connections: usize,
+    /// TCP connect timeout to a server. Default 2000.
+    pub connect_timeout_ms: u64,
+    /// Health check (`srvr`) period per server. Default 1000.
+    pub health_interval_ms: u64,
+    /// A health check slower than this fails. Default 1000.
+    pub health_timeout_ms: u64,
+    /// Session timeout asked for by statemirror's own follower session. Default 30000.
+    pub follower_session_timeout_ms: u64,
+}
+
+impl Default for ZooKeeperConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:2181".into(),
+            leader: String::new(),
+            follower: None,
+            follower_auth_file: None,
+            include_paths: vec!["/".into()],
+            exclude_paths: Vec::new(),
+            max_frame_bytes: (1 << 20) + 1024,
+            max_connections: 1024,
+            connect_timeout_ms: 2_000,
+            health_interval_ms: 1_000,
+            health_timeout_ms: 1_000,
+            follower_session_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Parses a ZooKeeper connect string (`host:port,host:port`; a chroot suffix is refused).
+pub fn parse_connect_string(s: &str) -> Result<Vec<String>, String> {
+    if s.contains('/') {
+        return Err("a chroot suffix is not supported".into());
+    }
+    let servers: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| match h.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(h.to_string())
+            }
+            _ => Err(format!("{h:?} is not host:port")),
+        })
+        .collect::<Result<_, _>>()?;
+    if servers.is_empty() {
+        return Err("no servers".into());
+    }
+    Ok(servers)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +369,16 @@ pub struct Resolved {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
     pub redis: Option<ResolvedRedis>,
+    pub zookeeper: Option<ResolvedZk>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ResolvedZk {
+    pub listen: SocketAddr,
+    pub leader: Vec<String>,
+    pub follower: Option<Vec<String>>,
+    /// `user:password` for the follower session's digest auth.
+    pub follower_auth: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -472,10 +556,85 @@ impl Config {
                 });
             }
         }
-        if self.redis.is_none() {
+        let mut zookeeper = None;
+        if let Some(z) = &self.zookeeper {
+            let listen = parse_addr(&z.listen).map_err(|m| err("zookeeper.listen", m));
+            let leader = if z.leader.is_empty() {
+                err("zookeeper.leader", "is required".into());
+                Err(())
+            } else {
+                parse_connect_string(&z.leader).map_err(|m| err("zookeeper.leader", m))
+            };
+            let follower = z
+                .follower
+                .as_deref()
+                .map(|f| parse_connect_string(f).map_err(|m| err("zookeeper.follower", m)))
+                .transpose();
+            let auth = z
+                .follower_auth_file
+                .as_deref()
+                .map(|p| {
+                    read_secret(p)
+                        .and_then(|s| {
+                            if s.contains(':') {
+                                Ok(Secret::new(s))
+                            } else {
+                                Err("must hold user:password".to_string())
+                            }
+                        })
+                        .map_err(|m| err("zookeeper.follower_auth_file", m))
+                })
+                .transpose();
+            for (key, paths) in [
+                ("zookeeper.include_paths", &z.include_paths),
+                ("zookeeper.exclude_paths", &z.exclude_paths),
+            ] {
+                for p in paths {
+                    if !p.starts_with('/') {
+                        err(key, format!("{p:?} must start with /"));
+                    }
+                }
+            }
+            for (key, v) in [
+                ("zookeeper.max_frame_bytes", z.max_frame_bytes as u64),
+                ("zookeeper.max_connections", z.max_connections as u64),
+                ("zookeeper.connect_timeout_ms", z.connect_timeout_ms),
+                ("zookeeper.health_interval_ms", z.health_interval_ms),
+                ("zookeeper.health_timeout_ms", z.health_timeout_ms),
+                (
+                    "zookeeper.follower_session_timeout_ms",
+                    z.follower_session_timeout_ms,
+                ),
+            ] {
+                if v == 0 {
+                    err(key, "must be at least 1".into());
+                }
+            }
+            if let (Ok(listen), Ok(leader), Ok(follower), Ok(follower_auth)) =
+                (listen, leader, follower, auth)
+            {
+                if listen.port() != 0
+                    && redis
+                        .as_ref()
+                        .is_some_and(|r: &ResolvedRedis| r.listen == listen)
+                {
+                    err(
+                        "zookeeper.listen",
+                        "is the same address as redis.listen".into(),
+                    );
+                }
+                zookeeper = Some(ResolvedZk {
+                    listen,
+                    leader,
+                    follower,
+                    follower_auth,
+                });
+            }
+        }
+        if self.redis.is_none() && self.zookeeper.is_none() {
             err(
                 "redis",
-                "no sidecar configured: add a [redis] section".into(),
+                "no sidecar configured: add a [redis] or [zookeeper] section".into(),
             );
         }
         let admin_token = match admin_token {
@@ -489,6 +648,7 @@ impl Config {
                 admin_listen,
                 admin_token,
                 redis,
+                zookeeper,
             }),
             _ => Err(errs),
         }

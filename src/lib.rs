@@ -34,6 +34,7 @@ use config::Resolved;
 use redis::server::RedisSidecar;
 use replication::freeze::Freeze;
 use replication::queue::{wait_drained, MirrorView};
+use zookeeper::server::ZkSidecar;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,6 +50,7 @@ pub enum StartError {
 pub struct App {
     pub admin_addr: SocketAddr,
     pub redis: Option<Arc<RedisSidecar>>,
+    pub zookeeper: Option<Arc<ZkSidecar>>,
     pub freeze: Arc<Freeze>,
     pub shutdown: CancellationToken,
     drain_timeout: Duration,
@@ -59,10 +61,17 @@ impl App {
         self.redis.as_ref().map(|r| r.local_addr)
     }
 
+    pub fn zookeeper_addr(&self) -> Option<SocketAddr> {
+        self.zookeeper.as_ref().map(|z| z.local_addr)
+    }
+
     pub fn mirrors(&self) -> Vec<(&'static str, Arc<dyn MirrorView>)> {
         let mut v = Vec::new();
         if let Some(m) = self.redis.as_ref().and_then(|r| r.mirror_view()) {
             v.push(("redis", m));
+        }
+        if let Some(m) = self.zookeeper.as_ref().and_then(|z| z.mirror_view()) {
+            v.push(("zookeeper", m));
         }
         v
     }
@@ -99,9 +108,21 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
             })?;
         redis = Some(Arc::new(s));
     }
+    let mut zookeeper = None;
+    if let (Some(z), Some(zc)) = (&resolved.zookeeper, &cfg.zookeeper) {
+        let s = zookeeper::server::start(z, zc, &cfg.replication, freeze.clone(), shutdown.clone())
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "zookeeper.listen",
+                addr: z.listen,
+                source,
+            })?;
+        zookeeper = Some(Arc::new(s));
+    }
     let mut app = App {
         admin_addr: resolved.admin_listen,
         redis,
+        zookeeper,
         freeze,
         shutdown,
         drain_timeout: Duration::from_millis(cfg.maintenance.drain_timeout_ms),
@@ -109,6 +130,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     let state = admin::AdminState {
         freeze: app.freeze.clone(),
         redis: app.redis.clone(),
+        zookeeper: app.zookeeper.clone(),
         mirrors: app.mirrors(),
         prom,
         token: resolved.admin_token.clone(),

@@ -35,6 +35,7 @@ use crate::replication::queue::MirrorView;
 pub struct AdminState {
     pub freeze: Arc<Freeze>,
     pub redis: Option<Arc<RedisSidecar>>,
+    pub zookeeper: Option<Arc<crate::zookeeper::server::ZkSidecar>>,
     pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
     pub prom: PrometheusHandle,
     pub token: Option<crate::config::Secret>,

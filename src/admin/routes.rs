@@ -18,7 +18,8 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
     match (req.method(), path) {
         (&Method::GET, "/healthz") => json_resp(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
-            let ready = state.redis.as_ref().is_none_or(|r| r.ready());
+            let ready = state.redis.as_ref().is_none_or(|r| r.ready())
+                && state.zookeeper.as_ref().is_none_or(|z| z.ready());
             let code = if ready {
                 StatusCode::OK
             } else {
@@ -72,6 +73,9 @@ fn status(state: &AdminState) -> Value {
     });
     if let Some(r) = &state.redis {
         v["redis"] = r.status();
+    }
+    if let Some(z) = &state.zookeeper {
+        v["zookeeper"] = z.status();
     }
     v
 }

@@ -227,6 +227,11 @@ impl Writer {
         v.encode(self);
     }
 
+    /// Appends bytes that are already encoded (a request body forwarded as received).
+    pub fn write_raw(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(v);
+    }
+
     pub fn write_int(&mut self, v: i32) {
         self.buf.put_i32(v);
     }

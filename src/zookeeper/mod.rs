@@ -17,6 +17,10 @@
 //! (NOTREADONLY) in reply order, and mirroring acknowledged writes to a follower ensemble.
 //! It decodes only what it must inspect; everything else is forwarded as received.
 
+pub mod client;
 pub mod frame;
 pub mod jute;
+pub mod mirror;
 pub mod proto;
+pub mod server;
+pub mod session;

@@ -1,0 +1,578 @@
+//! How a ZooKeeper write reaches the follower ensemble.
+//!
+//! A write the leader acknowledged (`err == 0`, and for a `multi` every result a success)
+//! becomes an op carrying the leader's zxid and the write's full effect: creates with the
+//! path the leader returned (so sequential nodes keep the leader's names), data, ACL and
+//! mode; deletes; `setData`; `setACL`. Versions become -1 and `check`s are dropped: the leader
+//! already decided, the follower only has to end up equal.
+//!
+//! Order: unlike Redis, ZooKeeper tells the proxy the order it used — the zxid. The writer
+//! sorts each batch by zxid and remembers, per path, the zxid it last applied; an op that
+//! arrives late (acknowledged on another connection, queued behind a newer write of the same
+//! path) is skipped instead of overwriting newer state.
+//!
+//! Idempotence, so a batch can be applied again after any failure: the batch goes out as one
+//! pipelined round trip; from the first op that fails, the rest are applied one by one with
+//! fix-ups — a create whose node exists becomes `setData` + `setACL`, a create or `setData`
+//! whose parent is missing creates the parents (empty, open ACL) first, deleting a missing
+//! node is fine, deleting a node that still has children on the follower deletes them
+//! first (the leader had none), `setACL` of a missing node is skipped. A multi is applied as
+//! a multi; if it fails on the follower its ops are applied one by one (the follower then
+//! passes through the intermediate states; the end state is the leader's).
+//!
+//! ACLs are copied as the client sent them. `digest:` ACLs mean the same on both sides;
+//! `auth:` ACLs bind to the session's identity, which is statemirror's follower session:
+//! configure `zookeeper.follower_auth_file` with the same `user:password` the clients use,
+//! or the follower refuses them (`INVALIDACL`, counted, follower marked out of sync).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::client::{Call, ZkConn};
+use super::jute::Record;
+use super::proto::multi::{MultiOp, MultiRequest, MultiResponse};
+use super::proto::records::{
+    Acl, CreateRequest, CreateTtlRequest, DeleteRequest, GetChildrenRequest, GetChildrenResponse,
+    Id, SetAclRequest, SetDataRequest,
+};
+use super::proto::{create_mode, err, op, perms};
+use crate::config::Secret;
+use crate::replication::queue::{MirrorOp, MirrorQueue, MirrorView};
+use crate::replication::worker::{Applier, ApplyError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Create {
+        path: String,
+        data: Option<Bytes>,
+        acl: Vec<Acl>,
+        /// `create_mode::PERSISTENT`, `CONTAINER` or `PERSISTENT_WITH_TTL`.
+        mode: i32,
+        ttl: i64,
+    },
+    Delete {
+        path: String,
+    },
+    SetData {
+        path: String,
+        data: Option<Bytes>,
+    },
+    SetAcl {
+        path: String,
+        acl: Vec<Acl>,
+    },
+}
+
+impl Item {
+    pub fn path(&self) -> &str {
+        match self {
+            Item::Create { path, .. }
+            | Item::Delete { path }
+            | Item::SetData { path, .. }
+            | Item::SetAcl { path, .. } => path,
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let data = match self {
+            Item::Create { data, .. } | Item::SetData { data, .. } => {
+                data.as_ref().map_or(0, |d| d.len())
+            }
+            _ => 0,
+        };
+        self.path().len() + data + 32
+    }
+
+    /// The request that applies this item unconditionally.
+    fn call(&self) -> Call {
+        match self {
+            Item::Create {
+                path,
+                data,
+                acl,
+                mode,
+                ttl,
+            } if *mode == create_mode::PERSISTENT_WITH_TTL => Call::new(
+                op::CREATE_TTL,
+                &CreateTtlRequest {
+                    path: path.clone(),
+                    data: data.clone(),
+                    acl: acl.clone(),
+                    flags: *mode,
+                    ttl: *ttl,
+                },
+            ),
+            Item::Create {
+                path,
+                data,
+                acl,
+                mode,
+                ..
+            } => Call::new(
+                if *mode == create_mode::CONTAINER {
+                    op::CREATE_CONTAINER
+                } else {
+                    op::CREATE
+                },
+                &CreateRequest {
+                    path: path.clone(),
+                    data: data.clone(),
+                    acl: acl.clone(),
+                    flags: *mode,
+                },
+            ),
+            Item::Delete { path } => Call::new(
+                op::DELETE,
+                &DeleteRequest {
+                    path: path.clone(),
+                    version: -1,
+                },
+            ),
+            Item::SetData { path, data } => Call::new(
+                op::SET_DATA,
+                &SetDataRequest {
+                    path: path.clone(),
+                    data: data.clone(),
+                    version: -1,
+                },
+            ),
+            Item::SetAcl { path, acl } => Call::new(
+                op::SET_ACL,
+                &SetAclRequest {
+                    path: path.clone(),
+                    acl: acl.clone(),
+                    version: -1,
+                },
+            ),
+        }
+    }
+
+    fn multi_op(&self) -> Option<MultiOp> {
+        Some(match self {
+            Item::Create {
+                path,
+                data,
+                acl,
+                mode,
+                ..
+            } if *mode != create_mode::PERSISTENT_WITH_TTL => MultiOp::Create(CreateRequest {
+                path: path.clone(),
+                data: data.clone(),
+                acl: acl.clone(),
+                flags: *mode,
+            }),
+            Item::Delete { path } => MultiOp::Delete(DeleteRequest {
+                path: path.clone(),
+                version: -1,
+            }),
+            Item::SetData { path, data } => MultiOp::SetData(SetDataRequest {
+                path: path.clone(),
+                data: data.clone(),
+                version: -1,
+            }),
+            _ => return None,
+        })
+    }
+}
+
+/// One acknowledged write (or multi) with the zxid the leader gave it.
+#[derive(Debug, Clone)]
+pub struct ZkOp {
+    pub zxid: i64,
+    pub items: SmallVec<[Item; 1]>,
+}
+
+impl MirrorOp for ZkOp {
+    type Key = String;
+    fn cost_bytes(&self) -> usize {
+        self.items.iter().map(Item::bytes).sum::<usize>() + 16
+    }
+    fn coalesce_key(&self) -> Option<String> {
+        None // every op is a point-in-time effect
+    }
+}
+
+/// Which paths are mirrored.
+#[derive(Debug, Clone)]
+pub struct PathFilter {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl PathFilter {
+    pub fn allows(&self, path: &str) -> bool {
+        let under = |prefix: &String| {
+            prefix == "/"
+                || path == prefix
+                || (path.starts_with(prefix.as_str())
+                    && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
+        };
+        let zk = path == "/zookeeper" || path.starts_with("/zookeeper/");
+        !zk && self.include.iter().any(under) && !self.exclude.iter().any(under)
+    }
+}
+
+/// How many per-path zxids to remember before forgetting the oldest half; a late op is
+/// only ever a few milliseconds late, so only recent paths matter.
+const MAX_TRACKED_PATHS: usize = 200_000;
+
+pub struct ZkApplier {
+    servers: Vec<String>,
+    auth: Option<Secret>,
+    connect_timeout: Duration,
+    session_timeout_ms: i32,
+    max_frame: usize,
+    conn: Option<ZkConn>,
+    next_server: usize,
+    applied: HashMap<String, i64>,
+    queue: Arc<MirrorQueue<ZkOp>>,
+}
+
+impl ZkApplier {
+    pub fn new(
+        servers: Vec<String>,
+        auth: Option<Secret>,
+        connect_timeout: Duration,
+        session_timeout_ms: i32,
+        max_frame: usize,
+        queue: Arc<MirrorQueue<ZkOp>>,
+    ) -> Self {
+        Self {
+            servers,
+            auth,
+            connect_timeout,
+            session_timeout_ms,
+            max_frame,
+            conn: None,
+            next_server: 0,
+            applied: HashMap::new(),
+            queue,
+        }
+    }
+
+    async fn conn(&mut self) -> Result<&mut ZkConn, ApplyError> {
+        if let Some(c) = self.conn.as_mut() {
+            if c.ping_if_idle().await.is_err() {
+                self.conn = None;
+            }
+        }
+        if self.conn.is_none() {
+            let c = ZkConn::connect(
+                &self.servers,
+                self.next_server,
+                self.connect_timeout,
+                self.session_timeout_ms,
+                self.auth.as_ref(),
+                self.max_frame,
+            )
+            .await
+            .map_err(|e| ApplyError::new("follower_unavailable", e.to_string()))?;
+            self.next_server += 1;
+            self.conn = Some(c);
+        }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| ApplyError::new("follower_unavailable", "no session"))
+    }
+
+    async fn apply_batch(&mut self, batch: &[ZkOp]) -> Result<usize, ApplyError> {
+        // zxid order, skipping what a newer write of the same path already superseded.
+        let mut ops: Vec<&ZkOp> = batch.iter().collect();
+        ops.sort_by_key(|o| o.zxid);
+        let mut steps: Vec<(i64, Vec<Item>)> = Vec::with_capacity(ops.len());
+        for o in ops {
+            let items: Vec<Item> = o
+                .items
+                .iter()
+                .filter(|it| self.applied.get(it.path()).is_none_or(|&z| z < o.zxid))
+                .cloned()
+                .collect();
+            if !items.is_empty() {
+                steps.push((o.zxid, items));
+            }
+        }
+        // Pipeline every step up to the first one with no single-request form.
+        let calls: Vec<Call> = steps
+            .iter()
+            .map_while(|(_, items)| step_call(items))
+            .collect();
+        let conn = self.conn().await?;
+        let replies = conn.call_many(&calls).await.map_err(follower_err)?;
+        let first_bad = replies
+            .iter()
+            .zip(&steps)
+            .position(|((e, body), (_, items))| !step_ok(items, *e, body))
+            .or((calls.len() < steps.len()).then_some(calls.len()));
+        let mut given_up = 0;
+        if let Some(i) = first_bad {
+            for (_, items) in &steps[i..] {
+                for it in items {
+                    given_up += self.apply_one(it).await?;
+                }
+            }
+        }
+        for (zxid, items) in &steps {
+            for it in items {
+                self.applied.insert(it.path().to_string(), *zxid);
+            }
+        }
+        if self.applied.len() > MAX_TRACKED_PATHS {
+            let mut zxids: Vec<i64> = self.applied.values().copied().collect();
+            zxids.sort_unstable();
+            let cut = zxids[zxids.len() / 2];
+            self.applied.retain(|_, z| *z >= cut);
+        }
+        Ok(given_up.min(batch.len()))
+    }
+
+    /// Applies one item whatever the follower's state; 1 when it had to be given up.
+    async fn apply_one(&mut self, it: &Item) -> Result<usize, ApplyError> {
+        let r = self.call(it.call()).await?;
+        let fixed = match (it, r) {
+            (_, err::OK) => err::OK,
+            (Item::Delete { .. }, err::NO_NODE) => err::OK,
+            (Item::SetAcl { .. }, err::NO_NODE) => err::OK,
+            (
+                Item::Create {
+                    path, data, acl, ..
+                },
+                err::NODE_EXISTS,
+            ) => {
+                let d = self
+                    .call(
+                        Item::SetData {
+                            path: path.clone(),
+                            data: data.clone(),
+                        }
+                        .call(),
+                    )
+                    .await?;
+                match d {
+                    err::OK => {
+                        self.call(
+                            Item::SetAcl {
+                                path: path.clone(),
+                                acl: acl.clone(),
+                            }
+                            .call(),
+                        )
+                        .await?
+                    }
+                    other => other,
+                }
+            }
+            (Item::Create { path, .. }, err::NO_NODE) => {
+                self.create_parents(path).await?;
+                self.call(it.call()).await?
+            }
+            (Item::SetData { path, data }, err::NO_NODE) => {
+                self.create_parents(path).await?;
+                let create = Item::Create {
+                    path: path.clone(),
+                    data: data.clone(),
+                    acl: open_acl(),
+                    mode: create_mode::PERSISTENT,
+                    ttl: 0,
+                };
+                self.call(create.call()).await?
+            }
+            (Item::Delete { path }, err::NOT_EMPTY) => {
+                self.delete_tree(path).await?;
+                err::OK
+            }
+            (_, other) => other,
+        };
+        if fixed == err::OK {
+            return Ok(0);
+        }
+        if fixed == err::INVALID_ACL || fixed == err::NO_AUTH {
+            self.queue.sync().mark_out_of_sync(format!(
+                "the follower refused {} on {} ({}): see zookeeper.follower_auth_file",
+                item_name(it),
+                it.path(),
+                super::proto::err_name(fixed)
+            ));
+            return Ok(1);
+        }
+        Err(ApplyError::new(
+            "follower_error",
+            format!(
+                "{} {}: {}",
+                item_name(it),
+                it.path(),
+                super::proto::err_name(fixed)
+            ),
+        ))
+    }
+
+    async fn call(&mut self, c: Call) -> Result<i32, ApplyError> {
+        let conn = self.conn().await?;
+        conn.call(c).await.map(|(e, _)| e).map_err(follower_err)
+    }
+
+    async fn create_parents(&mut self, path: &str) -> Result<(), ApplyError> {
+        let mut at = 0;
+        while let Some(i) = path[at + 1..].find('/') {
+            let parent = &path[..at + 1 + i];
+            at += 1 + i;
+            let c = Item::Create {
+                path: parent.to_string(),
+                data: None,
+                acl: open_acl(),
+                mode: create_mode::PERSISTENT,
+                ttl: 0,
+            };
+            match self.call(c.call()).await? {
+                err::OK | err::NODE_EXISTS => {}
+                e => {
+                    return Err(ApplyError::new(
+                        "follower_error",
+                        format!("creating parent {parent}: {}", super::proto::err_name(e)),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes `path` and everything under it on the follower (children first).
+    async fn delete_tree(&mut self, path: &str) -> Result<(), ApplyError> {
+        let mut stack = vec![(path.to_string(), false)];
+        let mut guard = 0usize;
+        while let Some((p, expanded)) = stack.pop() {
+            guard += 1;
+            if guard > 1_000_000 {
+                return Err(ApplyError::new(
+                    "follower_error",
+                    "subtree too large to delete",
+                ));
+            }
+            if !expanded {
+                let conn = self.conn().await?;
+                let (e, body) = conn
+                    .call(Call::new(
+                        op::GET_CHILDREN,
+                        &GetChildrenRequest {
+                            path: p.clone(),
+                            watch: false,
+                        },
+                    ))
+                    .await
+                    .map_err(follower_err)?;
+                if e == err::NO_NODE {
+                    continue;
+                }
+                let children = GetChildrenResponse::from_bytes(&body)
+                    .map(|r| r.children)
+                    .unwrap_or_default();
+                stack.push((p.clone(), true));
+                for c in children {
+                    let child = if p == "/" {
+                        format!("/{c}")
+                    } else {
+                        format!("{p}/{c}")
+                    };
+                    stack.push((child, false));
+                }
+            } else {
+                match self.call(Item::Delete { path: p.clone() }.call()).await? {
+                    err::OK | err::NO_NODE => {}
+                    e => {
+                        return Err(ApplyError::new(
+                            "follower_error",
+                            format!("delete {p}: {}", super::proto::err_name(e)),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn follower_err(e: super::client::ClientError) -> ApplyError {
+    ApplyError::new("follower_unavailable", e.to_string())
+}
+
+fn item_name(it: &Item) -> &'static str {
+    match it {
+        Item::Create { .. } => "create",
+        Item::Delete { .. } => "delete",
+        Item::SetData { .. } => "setData",
+        Item::SetAcl { .. } => "setACL",
+    }
+}
+
+/// `world:anyone` with every permission (what parents the mirror creates get).
+fn open_acl() -> Vec<Acl> {
+    vec![Acl {
+        perms: perms::ALL,
+        id: Id {
+            scheme: "world".into(),
+            id: "anyone".into(),
+        },
+    }]
+}
+
+/// The request for one step: the item itself, or a multi of several. `None` when a multi
+/// holds an item with no multi form (a TTL create): the step is applied item by item.
+fn step_call(items: &[Item]) -> Option<Call> {
+    if let [one] = items {
+        return Some(one.call());
+    }
+    let ops = items
+        .iter()
+        .map(Item::multi_op)
+        .collect::<Option<Vec<_>>>()?;
+    Some(Call::new(op::MULTI, &MultiRequest { ops }))
+}
+
+fn step_ok(items: &[Item], e: i32, body: &Bytes) -> bool {
+    if e != err::OK {
+        return false;
+    }
+    if items.len() > 1 {
+        return MultiResponse::from_bytes(body)
+            .is_ok_and(|r| r.results.iter().all(|x| x.err() == 0));
+    }
+    true
+}
+
+impl Applier for ZkApplier {
+    type Op = ZkOp;
+    async fn apply(&mut self, batch: &[ZkOp]) -> Result<usize, ApplyError> {
+        let r = self.apply_batch(batch).await;
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_never_mirrors_zookeeper_and_honours_prefixes() {
+        let f = PathFilter {
+            include: vec!["/".into()],
+            exclude: vec!["/tmp".into()],
+        };
+        assert!(f.allows("/nifi/components/x"));
+        assert!(!f.allows("/zookeeper/config"));
+        assert!(!f.allows("/zookeeper"));
+        assert!(!f.allows("/tmp/a"));
+        assert!(f.allows("/tmpfoo"));
+        let f = PathFilter {
+            include: vec!["/nifi".into()],
+            exclude: vec![],
+        };
+        assert!(f.allows("/nifi") && f.allows("/nifi/leaders/Primary Node"));
+        assert!(!f.allows("/nifix") && !f.allows("/other"));
+    }
+}

@@ -1,0 +1,269 @@
+//! The ZooKeeper listener: accepts clients (bounded), picks a server of the leader ensemble
+//! for each (round robin, skipping servers that refuse), answers four-letter words, keeps
+//! both ensembles health-checked (`srvr`), and owns the mirror queue and writer.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::next_frame;
+use super::mirror::{PathFilter, ZkApplier, ZkOp};
+use super::session;
+use crate::config::{ReplicationConfig, ResolvedZk, ZooKeeperConfig};
+use crate::metrics::ProtocolMetrics;
+use crate::replication::freeze::Freeze;
+use crate::replication::health::Health;
+use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
+use crate::replication::worker;
+
+pub struct ZkShared {
+    pub cfg: ZooKeeperConfig,
+    pub leader: Vec<String>,
+    pub follower: Option<Vec<String>>,
+    pub filter: PathFilter,
+    pub freeze: Arc<Freeze>,
+    pub mirror: Option<Arc<MirrorQueue<ZkOp>>>,
+    pub metrics: ProtocolMetrics,
+    pub leader_health: Health,
+    pub follower_health: Option<Health>,
+    next: AtomicUsize,
+}
+
+impl ZkShared {
+    /// Sends the client's `ConnectRequest` to leader servers in turn until one answers;
+    /// returns that connection and the framed `ConnectResponse`.
+    pub async fn connect_leader(&self, connect: &[u8]) -> Option<(TcpStream, Bytes)> {
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let n = self.leader.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let server = &self.leader[(start + i) % n];
+            let attempt = tokio::time::timeout(timeout * 2, async {
+                let mut s = TcpStream::connect(server).await.ok()?;
+                let _ = s.set_nodelay(true);
+                s.write_all(connect).await.ok()?;
+                let mut buf = BytesMut::with_capacity(64);
+                loop {
+                    if let Ok(Some(f)) = next_frame(&mut buf, self.cfg.max_frame_bytes) {
+                        let mut framed = BytesMut::with_capacity(f.len() + 4);
+                        framed.put_u32(f.len() as u32);
+                        framed.put_slice(&f);
+                        return Some((s, framed.freeze()));
+                    }
+                    // A server that is behind the client's zxid closes without answering.
+                    if s.read_buf(&mut buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+            })
+            .await;
+            match attempt {
+                Ok(Some(ok)) => return Some(ok),
+                _ => {
+                    tracing::debug!(server = %server, "leader server did not take the session; trying the next")
+                }
+            }
+        }
+        self.leader_health
+            .record_failure("no leader server accepted a session");
+        None
+    }
+
+    fn writes_refused(&self) -> bool {
+        self.freeze.is_frozen() || !self.leader_health.is_up()
+    }
+}
+
+pub struct ZkSidecar {
+    pub shared: Arc<ZkShared>,
+    pub local_addr: SocketAddr,
+}
+
+impl ZkSidecar {
+    pub fn mirror_view(&self) -> Option<Arc<dyn MirrorView>> {
+        self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
+    }
+
+    pub fn ready(&self) -> bool {
+        self.shared.leader_health.is_up()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let s = &self.shared;
+        json!({
+            "listen": self.local_addr.to_string(),
+            "leader": { "servers": s.leader, "up": s.leader_health.is_up() },
+            "follower": match (&s.follower, &s.follower_health) {
+                (Some(f), Some(h)) => json!({ "servers": f, "up": h.is_up() }),
+                _ => serde_json::Value::Null,
+            },
+            "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
+        })
+    }
+}
+
+pub async fn start(
+    r: &ResolvedZk,
+    cfg: &ZooKeeperConfig,
+    repl: &ReplicationConfig,
+    freeze: Arc<Freeze>,
+    shutdown: CancellationToken,
+) -> std::io::Result<ZkSidecar> {
+    let listener = TcpListener::bind(r.listen).await?;
+    let local_addr = listener.local_addr()?;
+    let metrics = ProtocolMetrics::new("zookeeper");
+    let mirror = r.follower.as_ref().map(|_| {
+        MirrorQueue::<ZkOp>::new(
+            "zookeeper",
+            QueueLimits {
+                max_ops: repl.max_queue_ops,
+                max_bytes: repl.max_queue_bytes,
+            },
+        )
+    });
+    let shared = Arc::new(ZkShared {
+        cfg: cfg.clone(),
+        leader: r.leader.clone(),
+        follower: r.follower.clone(),
+        filter: PathFilter {
+            include: cfg.include_paths.clone(),
+            exclude: cfg.exclude_paths.clone(),
+        },
+        freeze,
+        mirror: mirror.clone(),
+        leader_health: Health::new(
+            "leader",
+            r.leader.join(","),
+            2,
+            metrics.backend_up("leader"),
+        ),
+        follower_health: r
+            .follower
+            .as_ref()
+            .map(|f| Health::new("follower", f.join(","), 2, metrics.backend_up("follower"))),
+        metrics,
+        next: AtomicUsize::new(0),
+    });
+    if let (Some(q), Some(f)) = (mirror, &r.follower) {
+        let applier = ZkApplier::new(
+            f.clone(),
+            r.follower_auth.clone(),
+            Duration::from_millis(cfg.connect_timeout_ms),
+            cfg.follower_session_timeout_ms.min(i32::MAX as u64) as i32,
+            cfg.max_frame_bytes,
+            q.clone(),
+        );
+        worker::spawn(q, applier, repl.clone(), shutdown.clone());
+    }
+    tokio::spawn(health_loop(shared.clone(), true, shutdown.clone()));
+    if shared.follower.is_some() {
+        tokio::spawn(health_loop(shared.clone(), false, shutdown.clone()));
+    }
+    tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+    tracing::info!(listen = %local_addr, leader = %r.leader.join(","),
+        follower = r.follower.as_ref().map(|f| f.join(",")).unwrap_or_else(|| "none".into()),
+        "zookeeper sidecar ready");
+    Ok(ZkSidecar { shared, local_addr })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<ZkShared>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let sock = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.client_error("max_connections");
+            continue; // closing it: the client tries another server
+        };
+        shared.metrics.connections_total.increment(1);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            session::serve(shared, sock).await;
+        });
+    }
+}
+
+/// Answers a four-letter word: `ruok` and `isro` here, the rest relayed to a leader server.
+pub async fn four_letter(shared: &ZkShared, mut client: TcpStream, word: [u8; 4]) {
+    let answer: Vec<u8> = match &word {
+        b"ruok" => b"imok".to_vec(),
+        b"isro" => (if shared.writes_refused() { "ro" } else { "rw" })
+            .as_bytes()
+            .to_vec(),
+        _ => relay_four_letter(shared, &word).await.unwrap_or_default(),
+    };
+    let _ = client.write_all(&answer).await;
+    let _ = client.shutdown().await;
+}
+
+async fn relay_four_letter(shared: &ZkShared, word: &[u8; 4]) -> Option<Vec<u8>> {
+    let timeout = Duration::from_millis(shared.cfg.health_timeout_ms.max(1000));
+    for server in &shared.leader {
+        if let Ok(Some(v)) = tokio::time::timeout(timeout, ask(server, word)).await {
+            return Some(v);
+        }
+    }
+    None
+}
+
+async fn ask(server: &str, word: &[u8; 4]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(server).await.ok()?;
+    s.write_all(word).await.ok()?;
+    let mut out = Vec::new();
+    s.take(1 << 20).read_to_end(&mut out).await.ok()?;
+    Some(out)
+}
+
+/// An ensemble is up when one of its servers says it serves (`srvr` shows a `Mode:`).
+async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: CancellationToken) {
+    let (servers, health) = if leader {
+        (&shared.leader, &shared.leader_health)
+    } else {
+        match (&shared.follower, &shared.follower_health) {
+            (Some(s), Some(h)) => (s, h),
+            _ => return,
+        }
+    };
+    let interval = Duration::from_millis(shared.cfg.health_interval_ms);
+    let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
+    loop {
+        let mut ok = false;
+        for server in servers {
+            if let Ok(Some(out)) = tokio::time::timeout(timeout, ask(server, b"srvr")).await {
+                if String::from_utf8_lossy(&out).contains("Mode:") {
+                    ok = true;
+                    break;
+                }
+            }
+        }
+        if ok {
+            health.record_success();
+        } else {
+            health.record_failure("no server of the ensemble is serving");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

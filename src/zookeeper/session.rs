@@ -1,0 +1,435 @@
+//! One ZooKeeper client connection, relayed to one server of the leader ensemble.
+//!
+//! The `ConnectRequest` goes through byte for byte (session id, password, timeout, the
+//! optional trailing `readOnly` byte), so the client's session — its watches, ephemeral
+//! nodes, auth — lives on the leader ensemble exactly as without the proxy. If a server
+//! refuses the connect by closing (it is behind the zxid the client has seen) or cannot be
+//! reached, the next server of the ensemble is tried; a client reconnecting after its
+//! server died therefore resumes its session on another one.
+//!
+//! After the handshake, as for Redis, two tasks: the request side reads frames, answers
+//! some itself (a standalone `check`, which corrupts 3.8.0 servers, gets UNIMPLEMENTED; a
+//! write while frozen gets NOTREADONLY) and forwards the rest as received; the reply side
+//! matches every reply to the head of the pending queue by xid — the Java client treats an
+//! out-of-order xid as a lost connection — so made-up replies wait their turn behind
+//! replies still in flight. Watch notifications (xid −1) are out of band. A write the
+//! leader acknowledged is handed to the mirror with its zxid.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::frame::{encode_frame, next_frame};
+use super::jute::{Reader, Record};
+use super::mirror::{Item, ZkOp};
+use super::proto::connect::ConnectRequest;
+use super::proto::multi::{MultiOp, MultiRequest, MultiResponse, MultiResult};
+use super::proto::records::{
+    Create2Response, CreateRequest, CreateResponse, CreateTtlRequest, DeleteRequest, ReplyHeader,
+    RequestHeader, SetAclRequest, SetDataRequest,
+};
+use super::proto::{create_mode, err, is_write, op};
+use super::server::ZkShared;
+use crate::metrics::Route;
+use crate::replication::freeze::WriteTicket;
+
+/// How long a new connection may take to send its first frame.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Pending {
+    xid: i32,
+    /// A reply made here (already framed), or `None` to wait for the server's.
+    local: Option<Bytes>,
+    /// The request of a forwarded write (to build its mirror op from the reply).
+    write: Option<(i32, Bytes)>,
+    _ticket: Option<WriteTicket>,
+    sent: Instant,
+}
+
+pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
+    let mut first4 = [0u8; 4];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, client.read_exact(&mut first4)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    if let Some(word) = super::frame::four_letter_word(&first4) {
+        return super::server::four_letter(&shared, client, word).await;
+    }
+    let len = i32::from_be_bytes(first4);
+    if len <= 0 || len as usize > shared.cfg.max_frame_bytes {
+        shared.metrics.client_error("protocol");
+        return;
+    }
+    let mut body = vec![0u8; len as usize];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, client.read_exact(&mut body)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
+    }
+    let body = Bytes::from(body);
+    if ConnectRequest::from_bytes(&body).is_err() {
+        shared.metrics.client_error("protocol");
+        tracing::debug!("garbage instead of a ConnectRequest; closing");
+        return;
+    }
+    let mut connect = BytesMut::with_capacity(body.len() + 4);
+    connect.put_slice(&first4);
+    connect.put_slice(&body);
+    let Some((backend, response)) = shared.connect_leader(&connect).await else {
+        // Like a dead server: the client tries again (and may land on another proxy).
+        return;
+    };
+    if client.write_all(&response).await.is_err() {
+        return;
+    }
+    shared.metrics.connections.increment(1.0);
+    relay(shared.clone(), client, backend).await;
+    shared.metrics.connections.decrement(1.0);
+}
+
+async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream) {
+    let (client_r, client_w) = client.into_split();
+    let (backend_r, backend_w) = backend.into_split();
+    let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
+    let stop = CancellationToken::new();
+    let last_zxid = Arc::new(AtomicI64::new(0));
+    let req = tokio::spawn(requests(
+        shared.clone(),
+        client_r,
+        backend_w,
+        tx,
+        stop.clone(),
+        last_zxid.clone(),
+    ));
+    replies(shared, client_w, backend_r, rx, stop.clone(), last_zxid).await;
+    stop.cancel();
+    let _ = req.await;
+}
+
+async fn requests(
+    shared: Arc<ZkShared>,
+    mut client: OwnedReadHalf,
+    mut backend: OwnedWriteHalf,
+    tx: mpsc::Sender<Vec<Pending>>,
+    stop: CancellationToken,
+    last_zxid: Arc<AtomicI64>,
+) {
+    let max = shared.cfg.max_frame_bytes;
+    let mirroring = shared.mirror.is_some();
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    loop {
+        buf.reserve(16 * 1024);
+        let n = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.read_buf(&mut buf) => r,
+        };
+        if !matches!(n, Ok(n) if n > 0) {
+            return;
+        }
+        let mut batch = Vec::new();
+        let mut fatal = false;
+        loop {
+            let frame = match next_frame(&mut buf, max) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    shared.metrics.client_error("too_large");
+                    tracing::debug!(error = %e, "bad frame from client; closing");
+                    fatal = true;
+                    break;
+                }
+            };
+            let Ok(h) = RequestHeader::decode(&mut Reader::from_bytes(&frame)) else {
+                shared.metrics.client_error("protocol");
+                fatal = true;
+                break;
+            };
+            let m = &shared.metrics;
+            let now = Instant::now();
+            let local = |e: i32| {
+                let mut f = BytesMut::with_capacity(20);
+                encode_frame(&mut f, |w| {
+                    w.write(&ReplyHeader {
+                        xid: h.xid,
+                        zxid: last_zxid.load(Ordering::Acquire),
+                        err: e,
+                    })
+                });
+                Some(f.freeze())
+            };
+            if h.op == op::CHECK {
+                // Never forwarded: a standalone check corrupts ZooKeeper 3.8.0's log.
+                m.requests[1][Route::Rejected as usize].increment(1);
+                batch.push(Pending {
+                    xid: h.xid,
+                    local: local(err::UNIMPLEMENTED),
+                    write: None,
+                    _ticket: None,
+                    sent: now,
+                });
+                continue;
+            }
+            let mut ticket = None;
+            let mut write = None;
+            if is_write(h.op) {
+                match shared.freeze.begin_write() {
+                    None => {
+                        m.rejected_maintenance.increment(1);
+                        m.requests[1][Route::Rejected as usize].increment(1);
+                        batch.push(Pending {
+                            xid: h.xid,
+                            local: local(err::NOT_READ_ONLY),
+                            write: None,
+                            _ticket: None,
+                            sent: now,
+                        });
+                        continue;
+                    }
+                    Some(t) => ticket = Some(t),
+                }
+                if mirroring {
+                    write = Some((h.op, frame.slice(8..)));
+                }
+                m.requests[1][Route::Leader as usize].increment(1);
+            } else {
+                m.requests[0][Route::Leader as usize].increment(1);
+            }
+            out.put_u32(frame.len() as u32);
+            out.put_slice(&frame);
+            batch.push(Pending {
+                xid: h.xid,
+                local: None,
+                write,
+                _ticket: ticket,
+                sent: now,
+            });
+        }
+        if !batch.is_empty() && tx.send(batch).await.is_err() {
+            return;
+        }
+        if !out.is_empty() {
+            if backend.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if fatal {
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+async fn replies(
+    shared: Arc<ZkShared>,
+    mut client: OwnedWriteHalf,
+    mut backend: OwnedReadHalf,
+    mut rx: mpsc::Receiver<Vec<Pending>>,
+    stop: CancellationToken,
+    last_zxid: Arc<AtomicI64>,
+) {
+    let max = shared.cfg.max_frame_bytes;
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut out = BytesMut::with_capacity(16 * 1024);
+    let mut requests_open = true;
+    loop {
+        // Made-up replies go out as soon as everything before them has.
+        while pending.front().is_some_and(|p| p.local.is_some()) {
+            if let Some(p) = pending.pop_front() {
+                out.put_slice(&p.local.unwrap_or_default());
+            }
+        }
+        if !out.is_empty() {
+            if client.write_all(&out).await.is_err() {
+                break;
+            }
+            out.clear();
+        }
+        if !requests_open && pending.is_empty() {
+            break;
+        }
+        rbuf.reserve(16 * 1024);
+        tokio::select! {
+            biased;
+            b = rx.recv(), if requests_open => match b {
+                Some(b) => pending.extend(b),
+                None => requests_open = false,
+            },
+            _ = stop.cancelled(), if requests_open => requests_open = false,
+            r = backend.read_buf(&mut rbuf) => {
+                if !matches!(r, Ok(n) if n > 0) {
+                    break;
+                }
+                // Entries for these replies were sent before their requests (see Redis's
+                // session for the race this closes).
+                while let Ok(b) = rx.try_recv() {
+                    pending.extend(b);
+                }
+                loop {
+                    let frame = match next_frame(&mut rbuf, max) {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "bad frame from the leader; closing client");
+                            return end(&shared, pending);
+                        }
+                    };
+                    let Ok(h) = ReplyHeader::decode(&mut Reader::from_bytes(&frame)) else {
+                        return end(&shared, pending);
+                    };
+                    if h.zxid > 0 {
+                        last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
+                    }
+                    if h.xid != super::proto::xid::NOTIFICATION {
+                        while pending.front().is_some_and(|p| p.local.is_some()) {
+                            if let Some(p) = pending.pop_front() {
+                                out.put_slice(&p.local.unwrap_or_default());
+                            }
+                        }
+                        let Some(p) = pending.pop_front() else {
+                            tracing::warn!(xid = h.xid, "reply to no pending request; closing client");
+                            return end(&shared, pending);
+                        };
+                        if p.xid != h.xid {
+                            tracing::warn!(expected = p.xid, got = h.xid, "leader replied out of order; closing client");
+                            return end(&shared, pending);
+                        }
+                        shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
+                        if let (Some((op, req)), 0) = (p.write, h.err) {
+                            let body = frame.slice(16..);
+                            if let Some(o) = mirror_op(&shared, op, &req, &body, h.zxid) {
+                                if let Some(q) = &shared.mirror {
+                                    q.push(o);
+                                }
+                            }
+                        }
+                    }
+                    out.put_u32(frame.len() as u32);
+                    out.put_slice(&frame);
+                }
+            }
+        }
+    }
+    end(&shared, pending);
+}
+
+/// The connection is over; writes still in flight may or may not have run on the leader,
+/// and the mirror cannot know their effect.
+fn end(shared: &ZkShared, pending: VecDeque<Pending>) {
+    let unknown = pending.iter().filter(|p| p.write.is_some()).count();
+    if unknown > 0 {
+        if let Some(q) = &shared.mirror {
+            use crate::replication::queue::MirrorView;
+            q.sync().mark_out_of_sync(format!(
+                "a leader connection was lost with {unknown} write(s) in flight; whether they ran is unknown"
+            ));
+        }
+    }
+}
+
+/// The mirror op for an acknowledged write, or `None` when nothing is to be mirrored
+/// (ephemeral nodes, filtered paths, a failed multi).
+fn mirror_op(shared: &ZkShared, op: i32, req: &Bytes, resp: &Bytes, zxid: i64) -> Option<ZkOp> {
+    let mut items: SmallVec<[Item; 1]> = SmallVec::new();
+    match op {
+        op::CREATE | op::CREATE2 | op::CREATE_CONTAINER => {
+            let r = CreateRequest::from_bytes(req).ok()?;
+            let path = if op == op::CREATE {
+                CreateResponse::from_bytes(resp).ok()?.path
+            } else {
+                Create2Response::from_bytes(resp).ok()?.path
+            };
+            items.extend(create_item(path, r.data, r.acl, r.flags, 0));
+        }
+        op::CREATE_TTL => {
+            let r = CreateTtlRequest::from_bytes(req).ok()?;
+            let path = Create2Response::from_bytes(resp).ok()?.path;
+            items.extend(create_item(path, r.data, r.acl, r.flags, r.ttl));
+        }
+        op::DELETE => items.push(Item::Delete {
+            path: DeleteRequest::from_bytes(req).ok()?.path,
+        }),
+        op::SET_DATA => {
+            let r = SetDataRequest::from_bytes(req).ok()?;
+            items.push(Item::SetData {
+                path: r.path,
+                data: r.data,
+            });
+        }
+        op::SET_ACL => {
+            let r = SetAclRequest::from_bytes(req).ok()?;
+            items.push(Item::SetAcl {
+                path: r.path,
+                acl: r.acl,
+            });
+        }
+        op::MULTI => {
+            let r = MultiRequest::from_bytes(req).ok()?;
+            let res = MultiResponse::from_bytes(resp).ok()?;
+            if res.results.iter().any(|x| x.err() != 0) || res.results.len() != r.ops.len() {
+                return None; // the whole multi failed: nothing changed
+            }
+            for (o, result) in r.ops.into_iter().zip(res.results) {
+                let created = match &result {
+                    MultiResult::Create { path } | MultiResult::Create2 { path, .. } => {
+                        Some(path.clone())
+                    }
+                    _ => None,
+                };
+                match o {
+                    MultiOp::Create(c) | MultiOp::Create2(c) | MultiOp::CreateContainer(c) => {
+                        items.extend(create_item(created?, c.data, c.acl, c.flags, 0))
+                    }
+                    MultiOp::CreateTtl(c) => {
+                        items.extend(create_item(created?, c.data, c.acl, c.flags, c.ttl))
+                    }
+                    MultiOp::Delete(d) => items.push(Item::Delete { path: d.path }),
+                    MultiOp::SetData(s) => items.push(Item::SetData {
+                        path: s.path,
+                        data: s.data,
+                    }),
+                    MultiOp::Check(_) | MultiOp::GetData(_) | MultiOp::GetChildren(_) => {}
+                }
+            }
+        }
+        _ => return None, // reconfig, deleteContainer: not client state
+    }
+    items.retain(|it| shared.filter.allows(it.path()));
+    (!items.is_empty()).then_some(ZkOp { zxid, items })
+}
+
+/// A create as the follower should see it: sequential nodes under the leader's name,
+/// ephemeral nodes not at all (they belong to client sessions).
+fn create_item(
+    path: String,
+    data: Option<Bytes>,
+    acl: Vec<super::proto::records::Acl>,
+    flags: i32,
+    ttl: i64,
+) -> Option<Item> {
+    let mode = match flags {
+        create_mode::PERSISTENT | create_mode::PERSISTENT_SEQUENTIAL => create_mode::PERSISTENT,
+        create_mode::CONTAINER => create_mode::CONTAINER,
+        create_mode::PERSISTENT_WITH_TTL | create_mode::PERSISTENT_SEQUENTIAL_WITH_TTL => {
+            create_mode::PERSISTENT_WITH_TTL
+        }
+        _ => return None, // ephemeral
+    };
+    Some(Item::Create {
+        path,
+        data,
+        acl,
+        mode,
+        ttl,
+    })
+}
