@@ -755,6 +755,39 @@ mod tests {
     }
 
     #[test]
+    fn zookeeper_section_validates_connect_strings_and_paths() {
+        assert_eq!(
+            parse_connect_string("a:2181, b:2182").unwrap(),
+            vec!["a:2181".to_string(), "b:2182".to_string()]
+        );
+        assert!(parse_connect_string("a:2181/chroot").is_err());
+        assert!(parse_connect_string("a").is_err());
+        assert!(parse_connect_string("").is_err());
+        let errs = Config::from_toml(
+            "[zookeeper]\nleader = \"x\"\ninclude_paths = [\"nifi\"]\nmax_frame_bytes = 0\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "zookeeper.leader",
+            "zookeeper.include_paths",
+            "zookeeper.max_frame_bytes",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        // One process may run both sidecars.
+        let both = Config::from_toml(
+            "[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\n[zookeeper]\nlisten = \"127.0.0.1:0\"\nleader = \"127.0.0.1:2\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert!(both.redis.is_some() && both.zookeeper.is_some());
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let c = Config::from_toml(
             "[admin]\nlisten = \"nope\"\n[redis]\nlisten = \"x\"\nleader = \"http://a\"\nmax_connections = 0\n[replication]\nmax_queue_ops = 0\n",

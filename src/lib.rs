@@ -5,7 +5,8 @@
 //! # Layout
 //! - [`config`]: the TOML file, its defaults, validation with key paths;
 //! - [`redis`]: the Redis sidecar (RESP framing, command classification, sessions, mirror);
-//! - [`zookeeper`]: the ZooKeeper wire codec (framing, jute records, opcodes), no I/O yet;
+//! - [`zookeeper`]: the ZooKeeper sidecar (hand-written jute codec, sessions, mirror);
+//! - [`listener`]: the accept loop both sidecars share;
 //! - [`replication`]: the protocol-independent core: mirror queue, follower writer, write
 //!   freeze, backend health;
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
@@ -18,6 +19,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod listener;
 pub mod metrics;
 pub mod redis;
 pub mod replication;

@@ -17,9 +17,9 @@ const EXIT_UNAVAILABLE: u8 = 69;
 #[command(
     name = "statemirror",
     version,
-    about = "Sidecar that keeps Redis coordination state safe across two regions",
-    long_about = "statemirror sits next to a stateful engine (e.g. Apache NiFi) and speaks Redis's own \
-protocol. It forwards every request to the leader backend (this region), mirrors acknowledged writes \
+    about = "Sidecar that keeps Redis / ZooKeeper coordination state safe across two regions",
+    long_about = "statemirror sits next to a stateful engine (e.g. Apache NiFi) and speaks the backend's own \
+protocol (Redis RESP, ZooKeeper's wire protocol). It forwards every request to the leader backend (this region), mirrors acknowledged writes \
 asynchronously to a follower backend (the other region), serves reads from the follower when the leader \
 is gone, and can freeze writes for maintenance through its HTTP admin API.\n\n\
 Start with `statemirror check-config --config FILE`, then `statemirror run --config FILE`."

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{encode_cmd, Conn};
@@ -165,7 +164,15 @@ pub async fn start(
     if shared.follower.is_some() {
         tokio::spawn(health_loop(shared.clone(), false, shutdown.clone()));
     }
-    tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+    let handler = shared.clone();
+    tokio::spawn(crate::listener::accept_loop(
+        listener,
+        cfg.max_connections,
+        shared.metrics.clone(),
+        Some(b"-ERR max number of clients reached\r\n"),
+        shutdown,
+        move |sock| handle_client(handler.clone(), sock),
+    ));
     tracing::info!(listen = %local_addr, leader = %r.leader.address,
         follower = r.follower.as_ref().map(|f| f.address.as_str()).unwrap_or("none"),
         "redis sidecar ready");
@@ -186,48 +193,7 @@ async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable
         .ok_or_else(|| "COMMAND reply not understood (ACL may forbid COMMAND)".into())
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (sock, _peer) = match accepted {
-            Ok(a) => {
-                backoff = Duration::from_millis(5);
-                a
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        let _ = sock.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared.metrics.client_error("max_connections");
-            tokio::spawn(async move {
-                let mut sock = sock;
-                let _ = sock
-                    .write_all(b"-ERR max number of clients reached\r\n")
-                    .await;
-            });
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            handle_client(shared, sock).await;
-        });
-    }
-}
-
 async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
-    shared.metrics.connections_total.increment(1);
     let Some((backend, route)) = pick_backend(&shared).await else {
         let _ = sock
             .write_all(

@@ -290,7 +290,24 @@ impl RequestSide {
             }
             Special::Exec if self.in_multi => {
                 self.in_multi = false;
-                if let Some(why) = self.tx_poisoned.take() {
+                let mut ticket = None;
+                let abort = match self.tx_poisoned.take() {
+                    Some(why) => Some(why),
+                    None if std::mem::take(&mut self.tx_writes) => match self
+                        .write_permission(false)
+                    {
+                        Ok(t) => {
+                            ticket = t;
+                            None
+                        }
+                        Err(reject) => {
+                            self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
+                            Some(execabort_for(reject))
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(why) = abort {
                     // Make the server drop the queued commands; answer as Redis would.
                     return self.forward_replaced(
                         b"*1\r\n$7\r\nDISCARD\r\n",
@@ -299,27 +316,6 @@ impl RequestSide {
                         batch,
                         out,
                     );
-                }
-                let mut ticket = None;
-                if std::mem::take(&mut self.tx_writes) {
-                    match self.write_permission(false) {
-                        Ok(t) => ticket = t,
-                        Err(reject) => {
-                            let why = if reject == FROZEN {
-                                EXECABORT_FROZEN
-                            } else {
-                                EXECABORT_LEADER_DOWN
-                            };
-                            self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
-                            return self.forward_replaced(
-                                b"*1\r\n$7\r\nDISCARD\r\n",
-                                why,
-                                expect,
-                                batch,
-                                out,
-                            );
-                        }
-                    }
                 }
                 let force_copies = self.tx_select;
                 let keys = std::mem::take(&mut self.tx_keys);
@@ -416,11 +412,7 @@ impl RequestSide {
                     }
                     Err(reject) => {
                         self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
-                        self.tx_poisoned = Some(if reject == FROZEN {
-                            EXECABORT_FROZEN
-                        } else {
-                            EXECABORT_LEADER_DOWN
-                        });
+                        self.tx_poisoned = Some(execabort_for(reject));
                         if !matches!(expect, Expect::Nothing) {
                             batch.push(local(Action::Local(Bytes::from_static(reject))));
                         }
@@ -528,6 +520,15 @@ impl RequestSide {
             }
             Some(t) => Ok(Some(t)),
         }
+    }
+}
+
+/// The `EXECABORT` that ends a transaction one of whose writes got `reject`.
+fn execabort_for(reject: &[u8]) -> &'static [u8] {
+    if reject == FROZEN {
+        EXECABORT_FROZEN
+    } else {
+        EXECABORT_LEADER_DOWN
     }
 }
 

@@ -10,12 +10,11 @@
 //!
 //! - [`frame`]: length-prefixed frames cut from a read buffer, and four-letter words;
 //! - [`jute`]: the binary encoding (`Reader`/`Writer`, the `Record` trait, `JuteError`);
-//! - [`proto`]: opcodes, special xids, error codes, `is_write`, and every record.
-//!
-//! Later: the proxy itself — forwarding client sessions to the leader ensemble byte for
-//! byte while tracking each pending request's xid and opcode, answering refused writes
-//! (NOTREADONLY) in reply order, and mirroring acknowledged writes to a follower ensemble.
-//! It decodes only what it must inspect; everything else is forwarded as received.
+//! - [`proto`]: opcodes, special xids, error codes, `is_write`, and every record;
+//! - [`session`]: one client connection relayed to the leader ensemble, replies in order;
+//! - [`server`]: the listener, server rotation, four-letter words, health checks;
+//! - [`mirror`]: where an acknowledged write becomes a follower op, applied in zxid order;
+//! - [`client`]: statemirror's own session to the follower ensemble.
 
 pub mod client;
 pub mod frame;

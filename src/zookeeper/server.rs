@@ -11,7 +11,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::next_frame;
@@ -167,40 +166,20 @@ pub async fn start(
     if shared.follower.is_some() {
         tokio::spawn(health_loop(shared.clone(), false, shutdown.clone()));
     }
-    tokio::spawn(accept_loop(listener, shared.clone(), shutdown));
+    let handler = shared.clone();
+    // Over the limit the connection is just closed: a ZooKeeper client tries another server.
+    tokio::spawn(crate::listener::accept_loop(
+        listener,
+        cfg.max_connections,
+        shared.metrics.clone(),
+        None,
+        shutdown,
+        move |sock| session::serve(handler.clone(), sock),
+    ));
     tracing::info!(listen = %local_addr, leader = %r.leader.join(","),
         follower = r.follower.as_ref().map(|f| f.join(",")).unwrap_or_else(|| "none".into()),
         "zookeeper sidecar ready");
     Ok(ZkSidecar { shared, local_addr })
-}
-
-async fn accept_loop(listener: TcpListener, shared: Arc<ZkShared>, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let sock = match accepted {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = sock.set_nodelay(true);
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared.metrics.client_error("max_connections");
-            continue; // closing it: the client tries another server
-        };
-        shared.metrics.connections_total.increment(1);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            session::serve(shared, sock).await;
-        });
-    }
 }
 
 /// Answers a four-letter word: `ruok` and `isro` here, the rest relayed to a leader server.
