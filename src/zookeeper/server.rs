@@ -72,7 +72,53 @@ impl ZkShared {
             }
         }
         self.leader_health
-            .record_failure("no leader server accepted a session");
+            .mark_down("no leader server accepted a session");
+        None
+    }
+
+    /// Opens statemirror's own session on the follower ensemble for a client the leader
+    /// ensemble cannot take; returns the connection and the follower's `ConnectResponse`.
+    pub async fn connect_follower(
+        &self,
+        client: &super::proto::connect::ConnectRequest,
+    ) -> Option<(TcpStream, super::proto::connect::ConnectResponse)> {
+        use super::jute::Record;
+        let servers = self.follower.as_ref()?;
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let req = super::proto::connect::ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: 0,
+            time_out: client.time_out,
+            session_id: 0,
+            passwd: Bytes::from_static(&[0; 16]),
+            // Accept a follower server that lost its quorum and went read-only.
+            read_only: Some(true),
+        };
+        let mut frame = BytesMut::new();
+        super::frame::encode_frame(&mut frame, |w| w.write(&req));
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..servers.len() {
+            let server = &servers[(start + i) % servers.len()];
+            let attempt = tokio::time::timeout(timeout * 2, async {
+                let mut s = TcpStream::connect(server).await.ok()?;
+                let _ = s.set_nodelay(true);
+                s.write_all(&frame).await.ok()?;
+                let mut buf = BytesMut::with_capacity(64);
+                loop {
+                    if let Ok(Some(f)) = next_frame(&mut buf, self.cfg.max_frame_bytes) {
+                        let resp = super::proto::connect::ConnectResponse::from_bytes(&f).ok()?;
+                        return (resp.session_id != 0).then_some((s, resp));
+                    }
+                    if s.read_buf(&mut buf).await.ok()? == 0 {
+                        return None;
+                    }
+                }
+            })
+            .await;
+            if let Ok(Some(ok)) = attempt {
+                return Some(ok);
+            }
+        }
         None
     }
 
@@ -91,8 +137,14 @@ impl ZkSidecar {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
+    /// Serves clients: the leader ensemble is up, or the follower can take reads.
     pub fn ready(&self) -> bool {
         self.shared.leader_health.is_up()
+            || self
+                .shared
+                .follower_health
+                .as_ref()
+                .is_some_and(|h| h.is_up())
     }
 
     pub fn status(&self) -> serde_json::Value {
@@ -100,6 +152,7 @@ impl ZkSidecar {
         json!({
             "listen": self.local_addr.to_string(),
             "leader": { "servers": s.leader, "up": s.leader_health.is_up() },
+            "serving": if s.leader_health.is_up() { "leader" } else if s.follower_health.as_ref().is_some_and(|h| h.is_up()) { "follower" } else { "none" },
             "follower": match (&s.follower, &s.follower_health) {
                 (Some(f), Some(h)) => json!({ "servers": f, "up": h.is_up() }),
                 _ => serde_json::Value::Null,

@@ -14,6 +14,21 @@
 //! out-of-order xid as a lost connection — so made-up replies wait their turn behind
 //! replies still in flight. Watch notifications (xid −1) are out of band. A write the
 //! leader acknowledged is handed to the mirror with its zxid.
+//!
+//! Read failover: when no server of the leader ensemble takes the session, statemirror opens
+//! a session of its own on the follower ensemble for this client and answers the client's
+//! connect itself — with the client's own session id and password and `readOnly=true`, so a
+//! Java client enters its read-only state and polls `isro` (answered `ro` until the leader is
+//! back). Reads and watches are served by the follower; writes get NOTREADONLY. The
+//! follower's zxids mean nothing on the leader ensemble and a client that had seen a higher
+//! zxid than its server would be refused there, so every zxid in a reply header is pinned to
+//! the last leader zxid the client reported (`lastZxidSeen`): it never goes backwards and the
+//! later reconnect to the leader is accepted. `setWatches` re-registrations carry a leader
+//! zxid too; it is replaced by 0 (the follower then reports every watched node that exists
+//! as changed: spurious notifications, never missed ones). When the leader ensemble is
+//! healthy again the connection is closed at the next moment nothing is in flight; the
+//! client reconnects through the proxy to the leader and resumes its session if it has not
+//! expired meanwhile.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -32,10 +47,11 @@ use super::frame::{encode_frame, next_frame};
 use super::jute::{Reader, Record};
 use super::mirror::{Item, ZkOp};
 use super::proto::connect::ConnectRequest;
+use super::proto::connect::ConnectResponse;
 use super::proto::multi::{MultiOp, MultiRequest, MultiResponse, MultiResult};
 use super::proto::records::{
     Create2Response, CreateRequest, CreateResponse, CreateTtlRequest, DeleteRequest, ReplyHeader,
-    RequestHeader, SetAclRequest, SetDataRequest,
+    RequestHeader, SetAclRequest, SetDataRequest, SetWatches, SetWatches2,
 };
 use super::proto::{create_mode, err, is_write, op};
 use super::server::ZkShared;
@@ -75,32 +91,81 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
         _ => return,
     }
     let body = Bytes::from(body);
-    if ConnectRequest::from_bytes(&body).is_err() {
+    let Ok(request) = ConnectRequest::from_bytes(&body) else {
         shared.metrics.client_error("protocol");
         tracing::debug!("garbage instead of a ConnectRequest; closing");
         return;
-    }
+    };
     let mut connect = BytesMut::with_capacity(body.len() + 4);
     connect.put_slice(&first4);
     connect.put_slice(&body);
-    let Some((backend, response)) = shared.connect_leader(&connect).await else {
-        // Like a dead server: the client tries again (and may land on another proxy).
-        return;
+    let (backend, response, mode) = match shared.connect_leader(&connect).await {
+        Some((b, r)) => (b, r, Mode::Leader),
+        None => {
+            // No leader server: serve reads from the follower ensemble, if there is one.
+            let Some((b, theirs)) = shared.connect_follower(&request).await else {
+                return; // like a dead server: the client tries again
+            };
+            let resume = request.session_id != 0;
+            let ours = ConnectResponse {
+                protocol_version: 0,
+                time_out: theirs.time_out,
+                session_id: if resume {
+                    request.session_id
+                } else {
+                    theirs.session_id
+                },
+                passwd: if resume {
+                    request.passwd.clone()
+                } else {
+                    theirs.passwd
+                },
+                read_only: request.read_only.map(|_| true),
+            };
+            let mut f = BytesMut::new();
+            encode_frame(&mut f, |w| w.write(&ours));
+            tracing::info!(
+                session = format!("{:#x}", ours.session_id),
+                "leader ensemble unreachable; serving this session's reads from the follower"
+            );
+            (
+                b,
+                f.freeze(),
+                Mode::Follower {
+                    zxid: request.last_zxid_seen,
+                },
+            )
+        }
     };
     if client.write_all(&response).await.is_err() {
         return;
     }
     shared.metrics.connections.increment(1.0);
-    relay(shared.clone(), client, backend).await;
+    relay(shared.clone(), client, backend, mode).await;
     shared.metrics.connections.decrement(1.0);
 }
 
-async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream) {
+/// Who serves the connection.
+#[derive(Clone, Copy)]
+enum Mode {
+    Leader,
+    /// The follower ensemble, through statemirror's own session; every reply's zxid is
+    /// pinned to `zxid`, the last leader zxid the client had seen.
+    Follower {
+        zxid: i64,
+    },
+}
+
+async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream, mode: Mode) {
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
     let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
     let stop = CancellationToken::new();
-    let last_zxid = Arc::new(AtomicI64::new(0));
+    let pinned = match mode {
+        Mode::Leader => 0,
+        Mode::Follower { zxid } => zxid,
+    };
+    let last_zxid = Arc::new(AtomicI64::new(pinned));
     let req = tokio::spawn(requests(
         shared.clone(),
         client_r,
@@ -108,8 +173,18 @@ async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream) {
         tx,
         stop.clone(),
         last_zxid.clone(),
+        mode,
     ));
-    replies(shared, client_w, backend_r, rx, stop.clone(), last_zxid).await;
+    replies(
+        shared,
+        client_w,
+        backend_r,
+        rx,
+        stop.clone(),
+        last_zxid,
+        mode,
+    )
+    .await;
     stop.cancel();
     let _ = req.await;
 }
@@ -121,9 +196,14 @@ async fn requests(
     tx: mpsc::Sender<Vec<Pending>>,
     stop: CancellationToken,
     last_zxid: Arc<AtomicI64>,
+    mode: Mode,
 ) {
     let max = shared.cfg.max_frame_bytes;
-    let mirroring = shared.mirror.is_some();
+    let mirroring = shared.mirror.is_some() && matches!(mode, Mode::Leader);
+    let (route, follower) = match mode {
+        Mode::Leader => (Route::Leader, false),
+        Mode::Follower { .. } => (Route::Follower, true),
+    };
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     loop {
@@ -180,6 +260,18 @@ async fn requests(
             }
             let mut ticket = None;
             let mut write = None;
+            if is_write(h.op) && follower {
+                m.rejected_leader_unavailable.increment(1);
+                m.requests[1][Route::Rejected as usize].increment(1);
+                batch.push(Pending {
+                    xid: h.xid,
+                    local: local(err::NOT_READ_ONLY),
+                    write: None,
+                    _ticket: None,
+                    sent: now,
+                });
+                continue;
+            }
             if is_write(h.op) {
                 match shared.freeze.begin_write() {
                     None => {
@@ -199,10 +291,16 @@ async fn requests(
                 if mirroring {
                     write = Some((h.op, frame.slice(8..)));
                 }
-                m.requests[1][Route::Leader as usize].increment(1);
+                m.requests[1][route as usize].increment(1);
             } else {
-                m.requests[0][Route::Leader as usize].increment(1);
+                m.requests[0][route as usize].increment(1);
             }
+            let rewritten = if follower && matches!(h.op, op::SET_WATCHES | op::SET_WATCHES2) {
+                zero_relative_zxid(&frame, h.op)
+            } else {
+                None
+            };
+            let frame = rewritten.unwrap_or(frame);
             out.put_u32(frame.len() as u32);
             out.put_slice(&frame);
             batch.push(Pending {
@@ -236,8 +334,14 @@ async fn replies(
     mut rx: mpsc::Receiver<Vec<Pending>>,
     stop: CancellationToken,
     last_zxid: Arc<AtomicI64>,
+    mode: Mode,
 ) {
     let max = shared.cfg.max_frame_bytes;
+    let mut leader_up = match mode {
+        Mode::Follower { .. } => Some(shared.leader_health.subscribe()),
+        Mode::Leader => None,
+    };
+    let mut close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
@@ -258,6 +362,10 @@ async fn replies(
         if !requests_open && pending.is_empty() {
             break;
         }
+        if close_when_idle && pending.is_empty() {
+            tracing::debug!("leader ensemble is back; closing follower-served connection");
+            break;
+        }
         rbuf.reserve(16 * 1024);
         tokio::select! {
             biased;
@@ -266,6 +374,9 @@ async fn replies(
                 None => requests_open = false,
             },
             _ = stop.cancelled(), if requests_open => requests_open = false,
+            _ = async { match leader_up.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {
+                close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
+            }
             r = backend.read_buf(&mut rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     break;
@@ -287,9 +398,16 @@ async fn replies(
                     let Ok(h) = ReplyHeader::decode(&mut Reader::from_bytes(&frame)) else {
                         return end(&shared, pending);
                     };
-                    if h.zxid > 0 {
-                        last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
-                    }
+                    let frame = match mode {
+                        // Follower zxids never reach the client (see the module comment).
+                        Mode::Follower { zxid } => pin_zxid(&frame, zxid),
+                        Mode::Leader => {
+                            if h.zxid > 0 {
+                                last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
+                            }
+                            frame
+                        }
+                    };
                     if h.xid != super::proto::xid::NOTIFICATION {
                         while pending.front().is_some_and(|p| p.local.is_some()) {
                             if let Some(p) = pending.pop_front() {
@@ -321,6 +439,31 @@ async fn replies(
         }
     }
     end(&shared, pending);
+}
+
+/// The frame with its reply header's zxid replaced.
+fn pin_zxid(frame: &Bytes, zxid: i64) -> Bytes {
+    let mut f = BytesMut::from(&frame[..]);
+    f[4..12].copy_from_slice(&zxid.to_be_bytes());
+    f.freeze()
+}
+
+/// A `setWatches`/`setWatches2` request (header included) with `relativeZxid` 0.
+fn zero_relative_zxid(frame: &Bytes, op: i32) -> Option<Bytes> {
+    let body = frame.slice(8..);
+    let mut out = BytesMut::with_capacity(frame.len());
+    out.put_slice(&frame[..8]);
+    let mut w = super::jute::Writer::with_buf(out);
+    if op == op::SET_WATCHES {
+        let mut r = SetWatches::from_bytes(&body).ok()?;
+        r.relative_zxid = 0;
+        w.write(&r);
+    } else {
+        let mut r = SetWatches2::from_bytes(&body).ok()?;
+        r.relative_zxid = 0;
+        w.write(&r);
+    }
+    Some(w.freeze())
 }
 
 /// The connection is over; writes still in flight may or may not have run on the leader,
