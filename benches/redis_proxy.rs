@@ -22,16 +22,23 @@
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it does nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::{
+    env_list, env_num, example_config, find_program, free_port, median, mirror_status, section,
+    start_statemirror, statemirror_bin, Guard, Mirror,
+};
 
 /// `-r` keyspace for the random-key SET run: with a single hot key the mirror coalesces
 /// writes, so this is the run that shows what mirroring every write costs.
@@ -138,7 +145,7 @@ fn main() {
             for run in &runs {
                 for rep in 1..=settings.repeat {
                     flushall(&leader, &follower);
-                    let before = target.admin.map(mirror_status);
+                    let before = target.admin.map(|a| mirror_status(a, "redis"));
                     let started = Instant::now();
                     let rows =
                         redis_benchmark(&tools, &settings, target.port, requests, pipeline, run);
@@ -243,12 +250,7 @@ impl Settings {
             requests_p16: env_num("BENCH_REQUESTS_P16", requests_p1 * 5).max(1),
             repeat: env_num("BENCH_REPEAT", 3usize).max(1),
             clients: env_num("BENCH_CLIENTS", 50u32).max(1),
-            targets: env::var("BENCH_TARGETS").ok().map(|s| {
-                s.split(',')
-                    .map(|t| t.trim().to_string())
-                    .filter(|t| !t.is_empty())
-                    .collect()
-            }),
+            targets: env_list("BENCH_TARGETS"),
             timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_SECS", 300u64)),
         }
     }
@@ -266,16 +268,6 @@ impl Settings {
         } else {
             self.requests_p1
         }
-    }
-}
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
     }
 }
 
@@ -367,117 +359,6 @@ impl Tools {
     }
 }
 
-/// `PATH` plus the sbin directories (Debian installs nutcracker in /usr/sbin).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = env::var_os("PATH").unwrap_or_default();
-    env::split_paths(&path)
-        .chain(["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// The release binary. Cargo builds it for the benchmark (`CARGO_BIN_EXE_statemirror`, the
-/// bench profile inherits release); if it is missing, `cargo build --release` makes it.
-fn statemirror_bin() -> PathBuf {
-    if let Some(p) = env::var_os("STATEMIRROR_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_statemirror").map(PathBuf::from) {
-        if p.is_file() {
-            return p;
-        }
-    }
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("target"));
-    let bin = target.join("release").join("statemirror");
-    if !bin.is_file() {
-        println!("building {} with cargo build --release", bin.display());
-        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "--bin", "statemirror"])
-            .current_dir(manifest)
-            .status()
-            .expect("run cargo build --release");
-        assert!(status.success(), "cargo build --release failed");
-    }
-    bin
-}
-
-/// A child process killed (SIGKILL) and reaped on drop, also during a panic.
-struct Guard {
-    name: String,
-    child: Child,
-}
-
-impl Guard {
-    fn spawn(name: &str, cmd: &mut Command) -> Self {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
-        Guard {
-            name: name.to_string(),
-            child,
-        }
-    }
-
-    /// Waits until `port` accepts connections; panics (with `log` if given) if the process
-    /// exits or `timeout` passes.
-    fn wait_listening(&mut self, port: u16, timeout: Duration, log: Option<&Path>) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} exited ({status}) before listening{}",
-                    self.name,
-                    log_tail(log)
-                );
-            }
-            if TcpStream::connect_timeout(
-                &([127, 0, 0, 1], port).into(),
-                Duration::from_millis(200),
-            )
-            .is_ok()
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} not listening on port {port} after {timeout:?}{}",
-                    self.name,
-                    log_tail(log)
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn log_tail(log: Option<&Path>) -> String {
-    let Some(log) = log else {
-        return String::new();
-    };
-    let text = fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-    format!("; {}:\n{tail}", log.display())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
-
 struct Redis {
     port: u16,
     _guard: Guard,
@@ -519,23 +400,10 @@ struct Statemirror {
 impl Statemirror {
     /// Starts the binary with `config/redis.toml`, re-pointed at these ports.
     fn start(root: &Path, name: &str, bin: &Path, leader: u16, follower: Option<u16>) -> Self {
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/redis.toml");
-        let text = fs::read_to_string(&example).expect("read config/redis.toml");
-        let mut cfg: toml::Table = text.parse().expect("config/redis.toml is TOML");
         let port = free_port();
         let admin_port = free_port();
-        let table = |cfg: &mut toml::Table, name: &str| -> toml::Table {
-            match cfg.remove(name) {
-                Some(toml::Value::Table(t)) => t,
-                _ => toml::Table::new(),
-            }
-        };
-        let mut admin = table(&mut cfg, "admin");
-        admin.insert("listen".into(), format!("127.0.0.1:{admin_port}").into());
-        admin.remove("token_file");
-        let mut log = table(&mut cfg, "log");
-        log.insert("level".into(), "warn".into());
-        let mut redis = table(&mut cfg, "redis");
+        let mut cfg = example_config("redis.toml", admin_port);
+        let redis = section(&mut cfg, "redis");
         redis.insert("listen".into(), format!("127.0.0.1:{port}").into());
         redis.insert(
             "leader".into(),
@@ -547,47 +415,7 @@ impl Statemirror {
             Some(f) => redis.insert("follower".into(), format!("redis://127.0.0.1:{f}").into()),
             None => redis.remove("follower"),
         };
-        cfg.insert("admin".into(), admin.into());
-        cfg.insert("log".into(), log.into());
-        cfg.insert("redis".into(), redis.into());
-
-        let dir = root.join(name);
-        fs::create_dir_all(&dir).expect("statemirror dir");
-        let config = dir.join("statemirror.toml");
-        fs::write(&config, toml::to_string(&cfg).expect("serialize config")).expect("write config");
-        let check = Command::new(bin)
-            .args(["check-config", "--config"])
-            .arg(&config)
-            .output()
-            .expect("run statemirror check-config");
-        assert!(
-            check.status.success(),
-            "statemirror check-config {}: {}",
-            config.display(),
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let log_path = dir.join("statemirror.log");
-        let log_file = fs::File::create(&log_path).expect("log file");
-        let mut guard = Guard::spawn(
-            &format!("statemirror ({name})"),
-            Command::new(bin)
-                .args(["run", "--config"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log_file.try_clone().expect("log file"))
-                .stderr(log_file),
-        );
-        guard.wait_listening(admin_port, Duration::from_secs(10), Some(&log_path));
-        // Ready = the leader passed a health check.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !matches!(http_get(admin_port, "/readyz"), Ok((200, _))) {
-            assert!(
-                Instant::now() < deadline,
-                "statemirror ({name}) not ready after 10 s{}",
-                log_tail(Some(&log_path))
-            );
-            thread::sleep(Duration::from_millis(50));
-        }
+        let guard = start_statemirror(&root.join(name), name, bin, &cfg, admin_port);
         Statemirror {
             port,
             admin_port,
@@ -709,16 +537,6 @@ fn parse_csv(out: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 /// Sends one command; returns the first line of the reply (`+OK`, `:42`, ...).
 fn command(port: u16, args: &[&str]) -> Result<String, String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
@@ -750,49 +568,6 @@ fn dbsize(port: u16) -> u64 {
 fn flushall(leader: &Redis, follower: &Redis) {
     for r in [leader, follower] {
         command(r.port, &["FLUSHALL"]).expect("FLUSHALL");
-    }
-}
-
-/// GET on the admin API; returns (status, body).
-fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
-    let (head, body) = resp.split_once("\r\n\r\n").ok_or("no HTTP header end")?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no HTTP status")?;
-    Ok((code, body.to_string()))
-}
-
-/// `.redis.mirror` of `/status`.
-#[derive(Debug, Clone, Default)]
-struct Mirror {
-    queue_depth: u64,
-    mirrored: u64,
-    dropped: u64,
-    in_sync: bool,
-}
-
-fn mirror_status(admin: u16) -> Mirror {
-    let (code, body) = http_get(admin, "/status").expect("GET /status");
-    assert_eq!(code, 200, "GET /status: {body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
-    let m = &v["redis"]["mirror"];
-    Mirror {
-        queue_depth: m["queue_depth"].as_u64().unwrap_or(0),
-        mirrored: m["mirrored_writes"].as_u64().unwrap_or(0),
-        dropped: m["dropped_writes"].as_u64().unwrap_or(0),
-        in_sync: m["in_sync"].as_bool().unwrap_or(false),
     }
 }
 
@@ -835,10 +610,10 @@ fn mirror_drain(
     requests: u64,
 ) -> MirrorRow {
     let started = Instant::now();
-    let mut now = mirror_status(admin);
+    let mut now = mirror_status(admin, "redis");
     while now.queue_depth > 0 && started.elapsed() < Duration::from_secs(30) {
         thread::sleep(Duration::from_millis(20));
-        now = mirror_status(admin);
+        now = mirror_status(admin, "redis");
     }
     MirrorRow {
         run: run.label(),

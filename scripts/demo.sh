@@ -2,19 +2,26 @@
 # The statemirror demo, end to end on one machine:
 #   a leader and a follower redis-server on loopback, statemirror in front of them, a NiFi-style
 #   state workload through the proxy, then /status, /metrics, both copies side by side, and a
-#   maintenance freeze (writes refused with READONLY, reads still served).
+#   maintenance freeze (writes refused with READONLY, reads still served);
+#   then ZooKeeper: a leader and a follower standalone ZooKeeper 3.8 server on loopback, served by
+#   the same statemirror process, NiFi-style state znodes through the proxy with zkCli.sh, the
+#   mirror status and the follower's copy.
 #
 #   scripts/demo.sh              run it; everything it started is stopped at the end
 #   DEMO_KEEP=1 scripts/demo.sh  leave the servers and the proxy running to poke at
 #   scripts/demo.sh stop         stop what a DEMO_KEEP=1 run left running
 #
-# Installs redis-server/redis-tools/curl with apt-get when missing, builds the release binary,
-# and keeps its files (config, logs, pids) in .demo/ (gitignored).
+# Installs redis-server/redis-tools/curl/zookeeper with apt-get when missing (install-deps.sh),
+# builds the release binary, and keeps its files (config, logs, pids, ZooKeeper data) in .demo/
+# (gitignored).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DEMO=$ROOT/.demo
 BIN=$ROOT/target/release/statemirror
+ZK_JAR=/usr/share/java/zookeeper.jar
+SLF4J_JAR=/usr/share/java/slf4j-simple.jar
+ZKCLI=/usr/share/zookeeper/bin/zkCli.sh
 
 if [ -t 1 ]; then
     BOLD=$'\033[1m' DIM=$'\033[2m' RESET=$'\033[0m'
@@ -55,6 +62,11 @@ stop_previous() {
         case "$comm" in
             redis-server | statemirror)
                 kill "$pid" 2>/dev/null && left+=("$pid")
+                ;;
+            java) # a demo ZooKeeper server: its command line names a zoo.cfg in .demo/
+                if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$DEMO/zk-"; then
+                    kill "$pid" 2>/dev/null && left+=("$pid")
+                fi
                 ;;
         esac
     done <"$DEMO/pids"
@@ -150,10 +162,93 @@ PY
     read -r "$@" <<<"$ports"
 }
 
+# --- ZooKeeper helpers ---------------------------------------------------------------------
+# A four-letter word to 127.0.0.1:$1 with bash's /dev/tcp (no nc here); prints the reply.
+# Bounded: 5 s.
+four_letter() { # port, word
+    timeout 5 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1" && printf %s "$2" >&3 && cat <&3' \
+        _ "$1" "$2" 2>/dev/null
+}
+
+# Starts a standalone ZooKeeper (java directly, like the tests) with its zoo.cfg, data and
+# server.log in .demo/zk-<role>/.
+zk_start() { # role, port
+    local dir=$DEMO/zk-$1
+    mkdir -p "$dir/data"
+    cat >"$dir/zoo.cfg" <<EOF
+tickTime=2000
+initLimit=10
+syncLimit=5
+dataDir=$dir/data
+clientPort=$2
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=*
+maxSessionTimeout=60000
+autopurge.purgeInterval=0
+EOF
+    java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -Djava.net.preferIPv4Stack=true \
+        -Dzookeeper.jmx.log4j.disable=true -Dreadonlymode.enabled=true \
+        -cp "$ZK_JAR:$SLF4J_JAR" org.apache.zookeeper.server.ZooKeeperServerMain "$dir/zoo.cfg" \
+        >"$dir/server.log" 2>&1 </dev/null &
+    started $!
+    ZK_PID[$1]=$!
+}
+
+# Serving: `ruok` -> imok, `conf` names our data dir (not some other server on the port),
+# `srvr` says standalone.
+zk_serving() { # port, role
+    [ "$(four_letter "$1" ruok)" = imok ] &&
+        four_letter "$1" conf | grep -qF "dataDir=$DEMO/zk-$2/data" &&
+        four_letter "$1" srvr | grep -q '^Mode: standalone'
+}
+
+# Waits (at most 60 s) for zk_start's server; shows the log if it dies or never serves.
+zk_wait() { # role, port
+    local i
+    for ((i = 0; i < 600; i++)); do
+        zk_serving "$2" "$1" && return 0
+        if ! kill -0 "${ZK_PID[$1]}" 2>/dev/null; then
+            tail -n 20 "$DEMO/zk-$1/server.log" >&2 || true
+            die "ZooKeeper $1 exited (log: .demo/zk-$1/server.log)"
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$DEMO/zk-$1/server.log" >&2 || true
+    die "ZooKeeper $1 not serving on port $2 after 60 s"
+}
+
+# One zkCli.sh command against server $1 (bounded: 60 s, its JVM included: timeout signals the
+# whole process group). Prints the meaningful lines (no connection banner, no SLF4J notes);
+# returns zkCli.sh's exit code (1 for a ZooKeeper error such as "Node does not exist").
+zkcli() { # server, command...
+    local server=$1 rc=0
+    shift
+    timeout 60 "$ZKCLI" -server "$server" "$@" >"$DEMO/zkcli.out" 2>&1 </dev/null || rc=$?
+    grep -vE '^(SLF4J:|Connecting to |WATCHER::|WatchedEvent state:(SyncConnected|Closed) type:None path:null|$)' \
+        "$DEMO/zkcli.out" || true
+    return "$rc"
+}
+
+# zkcli, echoing the command first; output indented, long lines clipped; exits on failure.
+zk_show() { # label, server, command...
+    local label=$1 server=$2
+    shift 2
+    local out
+    echo "\$ zkCli.sh -server $server $*   ($label)" | clip 150
+    out=$(zkcli "$server" "$@") || {
+        printf '%s\n' "$out" | indent
+        die "zkCli.sh $* against $label failed"
+    }
+    printf '%s\n' "${out:-(ok)}" | clip 140 | indent
+}
+declare -A ZK_PID=()
+
 # ===========================================================================================
 section "1. dependencies and build"
 scripts/install-deps.sh
 echo "redis-server: $(redis-server --version | cut -d' ' -f3)"
+echo "zookeeper:    $(dpkg-query -W -f '${Version}' zookeeper 2>/dev/null || echo "$ZK_JAR"), $(java -version 2>&1 | head -n 1)"
 cargo build --release 2>&1
 [ -x "$BIN" ] || die "$BIN was not built"
 
@@ -162,9 +257,12 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO/leader" "$DEMO/follower"
 
 # ===========================================================================================
-section "2. leader and follower redis-server on loopback"
-free_ports LEADER_PORT FOLLOWER_PORT PROXY_PORT ADMIN_PORT
+section "2. leader and follower redis-server and ZooKeeper on loopback"
+free_ports LEADER_PORT FOLLOWER_PORT PROXY_PORT ADMIN_PORT ZK_LEADER_PORT ZK_FOLLOWER_PORT ZK_PROXY_PORT
 ADMIN=http://127.0.0.1:$ADMIN_PORT
+# The JVMs take a few seconds to start: launch them first, wait for them after redis.
+zk_start leader "$ZK_LEADER_PORT"
+zk_start follower "$ZK_FOLLOWER_PORT"
 for role in leader follower; do
     if [ "$role" = leader ]; then port=$LEADER_PORT; else port=$FOLLOWER_PORT; fi
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
@@ -174,13 +272,20 @@ for role in leader follower; do
     printf '  %-8s redis-server 127.0.0.1:%s  (pid %s, log .demo/%s/redis.log)\n' \
         "$role" "$port" "$!" "$role"
 done
+for role in leader follower; do
+    if [ "$role" = leader ]; then port=$ZK_LEADER_PORT; else port=$ZK_FOLLOWER_PORT; fi
+    zk_wait "$role" "$port"
+    printf '  %-8s ZooKeeper    127.0.0.1:%s  (pid %s, standalone, log .demo/zk-%s/server.log)\n' \
+        "$role" "$port" "${ZK_PID[$role]}" "$role"
+done
+echo "  $(four_letter "$ZK_LEADER_PORT" srvr | head -n 1)"
 # In production the two are in different regions: the follower is the other region's Redis.
 LCLI=(redis-cli -h 127.0.0.1 -p "$LEADER_PORT")
 FCLI=(redis-cli -h 127.0.0.1 -p "$FOLLOWER_PORT")
 PCLI=(redis-cli -h 127.0.0.1 -p "$PROXY_PORT")
 
 # ===========================================================================================
-section "3. statemirror config (from config/redis.toml) and check-config"
+section "3. statemirror config (config/redis.toml + [zookeeper] of config/zookeeper.toml) and check-config"
 CONFIG=$DEMO/statemirror.toml
 TOKEN_FILE=$DEMO/admin-token
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$TOKEN_FILE"
@@ -201,7 +306,22 @@ awk -v admin="127.0.0.1:$ADMIN_PORT" -v token="$TOKEN_FILE" -v listen="127.0.0.1
     { print }
     END { flush() }
 ' config/redis.toml >"$CONFIG"
-grep -E '^(\[|listen|leader|follower|token_file)' "$CONFIG" | indent
+# The same process also serves ZooKeeper: the [zookeeper] section of config/zookeeper.toml,
+# re-pointed at this demo's servers (the [admin]/[replication]/... above are shared).
+{
+    echo
+    echo "# ZooKeeper sidecar in the same process ([zookeeper] of config/zookeeper.toml)"
+    awk -v listen="127.0.0.1:$ZK_PROXY_PORT" -v leader="127.0.0.1:$ZK_LEADER_PORT" \
+        -v follower="127.0.0.1:$ZK_FOLLOWER_PORT" '
+        /^\[/ { section = $0; gsub(/[][ ]/, "", section) }
+        section != "zookeeper" { next }
+        /^listen[ \t]*=/ { print "listen = \"" listen "\""; next }
+        /^leader[ \t]*=/ { print "leader = \"" leader "\""; next }
+        /^#?[ \t]*follower[ \t]*=/ { print "follower = \"" follower "\""; next }
+        { print }
+    ' config/zookeeper.toml
+} >>"$CONFIG"
+grep -E '^(\[|(listen|leader|follower|token_file)[ \t]*=)' "$CONFIG" | indent
 "$BIN" check-config --config "$CONFIG" 2>&1 | indent
 
 # ===========================================================================================
@@ -211,7 +331,7 @@ PROXY_PID=$!
 started "$PROXY_PID"
 wait_for "statemirror admin API" 100 curl -fsS "$ADMIN/healthz"
 wait_for "statemirror /readyz" 100 curl -fsS "$ADMIN/readyz"
-echo "  statemirror pid $PROXY_PID: redis on 127.0.0.1:$PROXY_PORT, admin on $ADMIN"
+echo "  statemirror pid $PROXY_PID: redis on 127.0.0.1:$PROXY_PORT, zookeeper on 127.0.0.1:$ZK_PROXY_PORT, admin on $ADMIN"
 echo "  GET /readyz -> $(curl -fsS "$ADMIN/readyz" | tr -d ' \n')"
 
 # ===========================================================================================
@@ -268,14 +388,32 @@ echo "KEYS nifi/components/* -> $nkeys keys, e.g.:"
 
 # ===========================================================================================
 section "6. mirror status: GET /status"
-queue_depth() { curl -fsS "$ADMIN/status" | tr -d ' \n' | sed -n 's/.*"queue_depth":\([0-9]*\).*/\1/p'; }
-mirror_drained() { [ "$(queue_depth)" = "0" ]; }
-wait_for "mirror queue drained" 100 mirror_drained
-if command -v python3 >/dev/null 2>&1; then
-    curl -fsS "$ADMIN/status" | python3 -m json.tool | indent
-else
-    curl -fsS "$ADMIN/status" | indent
-fi
+# The mirror queue depth of protocol $1 (redis, zookeeper), from the per-protocol summary in
+# /status .maintenance.mirrors: "<protocol>":{...,"queue_depth":N} (the only "<protocol>"
+# object there without nested objects).
+queue_depth() {
+    curl -fsS "$ADMIN/status" | tr -d ' \n' |
+        sed -n "s/.*\"$1\":{[^{}]*\"queue_depth\":\([0-9]*\).*/\1/p"
+}
+mirror_drained() { [ "$(queue_depth "$1")" = "0" ]; }
+wait_for "redis mirror queue drained" 100 mirror_drained redis
+# GET /status, pretty-printed, without the top-level sections named in $@ (python3 when
+# available, else the raw JSON).
+show_status() {
+    if command -v python3 >/dev/null 2>&1; then
+        curl -fsS "$ADMIN/status" | python3 -c '
+import json, sys
+status = json.load(sys.stdin)
+for k in sys.argv[1:]:
+    status.pop(k, None)
+print(json.dumps(status, indent=4))
+' "$@" | indent
+    else
+        curl -fsS "$ADMIN/status" | indent
+    fi
+}
+show_status zookeeper
+note "(the zookeeper section is shown in section 11)"
 
 section "7. metrics: GET /metrics (selected lines)"
 curl -fsS "$ADMIN/metrics" |
@@ -340,19 +478,85 @@ echo "write through the proxy again: SET nifi/demo/after-maintenance ok -> $out"
 curl -fsS "$ADMIN/metrics" | grep -E '^statemirror_rejected_writes_total' | grep -v ' 0$' | indent || true
 
 # ===========================================================================================
+ZK_PROXY=127.0.0.1:$ZK_PROXY_PORT
+ZK_LEADER=127.0.0.1:$ZK_LEADER_PORT
+ZK_FOLLOWER=127.0.0.1:$ZK_FOLLOWER_PORT
+section "10. ZooKeeper: NiFi-style state through the proxy ($ZK_PROXY)"
+note "NiFi's ZooKeeperStateProvider keeps a component's state in /nifi/components/<component id>"
+note "(binary there; JSON here for readability). One zkCli.sh session per command."
+zk_ids=()
+for ((i = 0; i < 3; i++)); do
+    zk_ids+=("$(cat /proc/sys/kernel/random/uuid)")
+done
+zk_state() { # version, component index
+    printf '{"version":%d,"stateValues":{"listing.timestamp":"%d","processed.count":"%d"}}' \
+        "$1" "$((now_ms + $1 * 1000 + $2))" "$(($1 * 100 + $2))"
+}
+zfirst=/nifi/components/${zk_ids[0]}
+zk_show proxy "$ZK_PROXY" create /nifi
+zk_show proxy "$ZK_PROXY" create /nifi/components
+for ((i = 0; i < ${#zk_ids[@]}; i++)); do
+    zk_show proxy "$ZK_PROXY" create "/nifi/components/${zk_ids[$i]}" "$(zk_state 1 "$i")"
+done
+zk_show proxy "$ZK_PROXY" set "$zfirst" "$(zk_state 2 0)"
+echo "\$ zkCli.sh -server $ZK_PROXY get -s $zfirst   (proxy; data and the version lines of the stat)"
+zkcli "$ZK_PROXY" get -s "$zfirst" | grep -E '^(\{|dataVersion|dataLength|numChildren)' | clip 140 | indent ||
+    die "get $zfirst through the proxy failed"
+note "(a persistent sequential node: the follower gets the exact name the leader assigned)"
+zk_show proxy "$ZK_PROXY" create -s /nifi/demo-seq- primary-node-1
+zk_show proxy "$ZK_PROXY" create -s /nifi/demo-seq- primary-node-2
+note "(one component removed: NiFi deletes its state with the component)"
+zk_show proxy "$ZK_PROXY" delete "/nifi/components/${zk_ids[2]}"
+zk_show proxy "$ZK_PROXY" ls /nifi
+
+# ===========================================================================================
+section "11. ZooKeeper mirror status: GET /status (zookeeper section)"
+wait_for "zookeeper mirror queue drained" 100 mirror_drained zookeeper
+show_status maintenance redis version
+zmirrored=$(curl -fsS "$ADMIN/metrics" |
+    awk '$1 == "statemirror_mirrored_writes_total{protocol=\"zookeeper\"}" { print $2 }')
+echo "zookeeper writes mirrored to the follower: ${zmirrored:-?} (2 + ${#zk_ids[@]} creates, 1 set, 2 sequential creates, 1 delete = $((2 + ${#zk_ids[@]} + 1 + 2 + 1)))"
+
+# ===========================================================================================
+section "12. the follower's copy (zkCli.sh against the follower $ZK_FOLLOWER directly)"
+zk_show follower "$ZK_FOLLOWER" ls /nifi
+zk_show follower "$ZK_FOLLOWER" ls /nifi/components
+zk_show follower "$ZK_FOLLOWER" get "$zfirst"
+# The same answer from the leader and the follower (both directly, not through the proxy).
+zk_same() { # command...
+    local lz fz
+    lz=$(zkcli "$ZK_LEADER" "$@") || die "$* on the leader failed"
+    fz=$(zkcli "$ZK_FOLLOWER" "$@") || die "$* on the follower failed"
+    [ "$lz" = "$fz" ] || die "leader and follower differ for '$*': '$lz' vs '$fz'"
+}
+zk_same ls /nifi
+zk_same ls /nifi/components
+zk_same get "$zfirst"
+echo "leader $ZK_LEADER and follower agree on ls /nifi, ls /nifi/components and get $zfirst" | clip 150
+
+echo
+echo "\$ echo isro | bash /dev/tcp -> proxy $ZK_PROXY   (four-letter word: read-only or rw?)"
+isro=$(four_letter "$ZK_PROXY_PORT" isro || true)
+echo "  ${isro:-<no reply>}"
+[ -n "$isro" ] || die "no reply to isro from the proxy"
+
+# ===========================================================================================
 finished=1
 section "done"
 if [ "${DEMO_KEEP:-0}" = "1" ]; then
     cat <<EOF
 Everything is still running (DEMO_KEEP=1):
   proxy     redis-cli -p $PROXY_PORT
+            $ZKCLI -server $ZK_PROXY
   leader    redis-cli -p $LEADER_PORT
+            $ZKCLI -server $ZK_LEADER
   follower  redis-cli -p $FOLLOWER_PORT
+            $ZKCLI -server $ZK_FOLLOWER
   admin     curl -s $ADMIN/status
             $BIN maintenance status --admin $ADMIN
-  files     .demo/ (statemirror.toml, statemirror.log, admin-token)
+  files     .demo/ (statemirror.toml, statemirror.log, admin-token, zk-*/server.log)
 Stop it with: scripts/demo.sh stop
 EOF
 else
-    echo "Demo finished OK; stopping the proxy and both redis-servers (DEMO_KEEP=1 keeps them)."
+    echo "Demo finished OK; stopping the proxy, both redis-servers and both ZooKeeper servers (DEMO_KEEP=1 keeps them)."
 fi
