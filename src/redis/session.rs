@@ -205,7 +205,14 @@ struct RequestSide {
 }
 
 impl RequestSide {
-    async fn run(mut self, mut client: OwnedReadHalf, mut backend: OwnedWriteHalf) {
+    /// Returns the backend's write half instead of dropping it: closing it would make the
+    /// server drop the replies still owed, and their writes must still be mirrored. The
+    /// reply side decides when the connection ends.
+    async fn run(
+        mut self,
+        mut client: OwnedReadHalf,
+        mut backend: OwnedWriteHalf,
+    ) -> OwnedWriteHalf {
         let lim = self.shared.limits;
         let idle = Duration::from_millis(self.shared.cfg.client_idle_timeout_ms);
         let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -213,17 +220,17 @@ impl RequestSide {
         loop {
             buf.reserve(16 * 1024);
             let read = tokio::select! {
-                _ = self.stop.cancelled() => return,
+                _ = self.stop.cancelled() => return backend,
                 r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
             };
             match read {
                 ReadOutcome::Data => {}
-                ReadOutcome::Eof => return,
+                ReadOutcome::Eof => return backend,
                 ReadOutcome::Idle => {
                     self.shared.metrics.client_error("idle_timeout");
                     tracing::debug!("closing idle client connection");
                     self.stop.cancel();
-                    return;
+                    return backend;
                 }
             }
             let mut batch = Vec::new();
@@ -243,16 +250,16 @@ impl RequestSide {
             }
             self.flags.owed.fetch_add(batch.len(), Ordering::AcqRel);
             if !batch.is_empty() && self.tx.send(batch).await.is_err() {
-                return;
+                return backend;
             }
             if !out.is_empty() {
                 if backend.write_all(&out).await.is_err() {
-                    return; // the reply side sees the backend go and answers what is owed
+                    return backend; // the reply side sees the backend go and answers what is owed
                 }
                 out.clear();
             }
             if fatal {
-                return;
+                return backend;
             }
         }
     }

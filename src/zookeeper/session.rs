@@ -12,8 +12,11 @@
 //! write while frozen gets NOTREADONLY) and forwards the rest as received; the reply side
 //! matches every reply to the head of the pending queue by xid — the Java client treats an
 //! out-of-order xid as a lost connection — so made-up replies wait their turn behind
-//! replies still in flight. Watch notifications (xid −1) are out of band. A write the
-//! leader acknowledged is handed to the mirror with its zxid.
+//! replies still in flight. Watch notifications (xid −1) are out of band, and servers
+//! answer `auth` and SASL packets as soon as they read them, so those replies may overtake
+//! the queue. A write the leader acknowledged is handed to the mirror with its zxid. When the
+//! client leaves, the leader connection stays open (up to 10 s) for replies still owed, so
+//! the writes they acknowledge are mirrored rather than lost to a half-closed socket.
 //!
 //! Read failover: when no server of the leader ensemble takes the session, statemirror opens
 //! a session of its own on the follower ensemble for this client and answers the client's
@@ -60,9 +63,12 @@ use crate::replication::freeze::WriteTicket;
 
 /// How long a new connection may take to send its first frame.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long replies still owed are awaited after the client left.
+const LINGER: Duration = Duration::from_secs(10);
 
 struct Pending {
     xid: i32,
+    op: i32,
     /// A reply made here (already framed), or `None` to wait for the server's.
     local: Option<Bytes>,
     /// The request of a forwarded write (to build its mirror op from the reply).
@@ -197,7 +203,7 @@ async fn requests(
     stop: CancellationToken,
     last_zxid: Arc<AtomicI64>,
     mode: Mode,
-) {
+) -> OwnedWriteHalf {
     let max = shared.cfg.max_frame_bytes;
     let mirroring = shared.mirror.is_some() && matches!(mode, Mode::Leader);
     let (route, follower) = match mode {
@@ -209,11 +215,11 @@ async fn requests(
     loop {
         buf.reserve(16 * 1024);
         let n = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return backend,
             r = client.read_buf(&mut buf) => r,
         };
         if !matches!(n, Ok(n) if n > 0) {
-            return;
+            return backend;
         }
         let mut batch = Vec::new();
         let mut fatal = false;
@@ -251,6 +257,7 @@ async fn requests(
                 m.requests[1][Route::Rejected as usize].increment(1);
                 batch.push(Pending {
                     xid: h.xid,
+                    op: h.op,
                     local: local(err::UNIMPLEMENTED),
                     write: None,
                     _ticket: None,
@@ -265,6 +272,7 @@ async fn requests(
                 m.requests[1][Route::Rejected as usize].increment(1);
                 batch.push(Pending {
                     xid: h.xid,
+                    op: h.op,
                     local: local(err::NOT_READ_ONLY),
                     write: None,
                     _ticket: None,
@@ -279,6 +287,7 @@ async fn requests(
                         m.requests[1][Route::Rejected as usize].increment(1);
                         batch.push(Pending {
                             xid: h.xid,
+                            op: h.op,
                             local: local(err::NOT_READ_ONLY),
                             write: None,
                             _ticket: None,
@@ -305,6 +314,7 @@ async fn requests(
             out.put_slice(&frame);
             batch.push(Pending {
                 xid: h.xid,
+                op: h.op,
                 local: None,
                 write,
                 _ticket: ticket,
@@ -312,17 +322,17 @@ async fn requests(
             });
         }
         if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return;
+            return backend;
         }
         if !out.is_empty() {
             if backend.write_all(&out).await.is_err() {
-                return;
+                return backend;
             }
             out.clear();
         }
         if fatal {
             stop.cancel();
-            return;
+            return backend;
         }
     }
 }
@@ -343,6 +353,7 @@ async fn replies(
     };
     let mut close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
     let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut linger: Option<tokio::time::Instant> = None;
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut out = BytesMut::with_capacity(16 * 1024);
     let mut requests_open = true;
@@ -362,6 +373,11 @@ async fn replies(
         if !requests_open && pending.is_empty() {
             break;
         }
+        if !requests_open {
+            // The client is gone but the leader still owes replies (their writes must be
+            // mirrored): the leader connection stays open for them, for a while.
+            linger.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
+        }
         if close_when_idle && pending.is_empty() {
             tracing::debug!("leader ensemble is back; closing follower-served connection");
             break;
@@ -374,6 +390,7 @@ async fn replies(
                 None => requests_open = false,
             },
             _ = stop.cancelled(), if requests_open => requests_open = false,
+            _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
             _ = async { match leader_up.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {
                 close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
             }
@@ -414,14 +431,22 @@ async fn replies(
                                 out.put_slice(&p.local.unwrap_or_default());
                             }
                         }
-                        let Some(p) = pending.pop_front() else {
-                            tracing::warn!(xid = h.xid, "reply to no pending request; closing client");
+                        // Servers answer auth and SASL packets as soon as they read them,
+                        // ahead of replies still in flight: those may overtake the queue.
+                        let at = match pending.front() {
+                            Some(p) if p.xid == h.xid => Some(0),
+                            _ => pending
+                                .iter()
+                                .position(|p| p.xid == h.xid && matches!(p.op, op::AUTH | op::SASL)),
+                        };
+                        let Some(p) = at.and_then(|i| pending.remove(i)) else {
+                            tracing::warn!(
+                                expected = pending.front().map(|p| p.xid),
+                                got = h.xid,
+                                "leader replied out of order; closing client"
+                            );
                             return end(&shared, pending);
                         };
-                        if p.xid != h.xid {
-                            tracing::warn!(expected = p.xid, got = h.xid, "leader replied out of order; closing client");
-                            return end(&shared, pending);
-                        }
                         shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
                         if let (Some((op, req)), 0) = (p.write, h.err) {
                             let body = frame.slice(16..);

@@ -753,3 +753,258 @@ pub fn persistent() -> zkc::CreateOptions<'static> {
 pub fn ephemeral() -> zkc::CreateOptions<'static> {
     zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all())
 }
+
+// ---------------------------------------------------------------------------------------
+// statemirror as a ZooKeeper sidecar, and tree comparison
+// ---------------------------------------------------------------------------------------
+
+/// statemirror's ZooKeeper sidecar running in this process (stopped on drop): the
+/// ZooKeeper counterpart of [`super::Proxy`].
+pub struct ZkProxy {
+    pub app: statemirror::App,
+}
+
+impl ZkProxy {
+    /// Loads `config/zookeeper.toml` and points it at these connect strings (e.g.
+    /// [`ZkServer::addr`] or [`ZkEnsemble::connect_string`]); `follower: None` runs without
+    /// mirroring.
+    pub async fn start(leader: &str, follower: Option<&str>) -> Self {
+        Self::start_with(leader, follower, |_| {}).await
+    }
+
+    /// [`ZkProxy::start`], letting `tweak` change anything else before validation.
+    pub async fn start_with(
+        leader: &str,
+        follower: Option<&str>,
+        tweak: impl FnOnce(&mut statemirror::config::Config),
+    ) -> Self {
+        let mut cfg = super::example_config("zookeeper.toml");
+        cfg.admin.listen = "127.0.0.1:0".into();
+        cfg.admin.token_file = None;
+        cfg.log.level = "warn".into();
+        let z = cfg
+            .zookeeper
+            .as_mut()
+            .expect("[zookeeper] in config/zookeeper.toml");
+        z.listen = "127.0.0.1:0".into();
+        z.leader = leader.to_string();
+        z.follower = follower.map(str::to_string);
+        z.follower_auth_file = None;
+        z.health_interval_ms = 200;
+        z.health_timeout_ms = 1000;
+        z.connect_timeout_ms = 1000;
+        cfg.replication.retry_max_backoff_ms = 500;
+        cfg.replication.apply_timeout_ms = 3000;
+        tweak(&mut cfg);
+        let resolved = cfg.validate().unwrap_or_else(|e| panic!("config: {e:?}"));
+        statemirror::telemetry::init(&resolved.config.log);
+        let app = statemirror::start(resolved)
+            .await
+            .expect("statemirror starts");
+        ZkProxy { app }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.app.zookeeper_addr().expect("zookeeper listener")
+    }
+
+    /// The proxy as a one-server connect string, `127.0.0.1:PORT`.
+    pub fn connect_string(&self) -> String {
+        self.addr().to_string()
+    }
+
+    pub fn admin(&self) -> String {
+        format!("http://{}", self.app.admin_addr)
+    }
+
+    /// A `zookeeper_client` session through the proxy (see [`zk_client`]).
+    pub async fn client(&self) -> zkc::Client {
+        zk_client(&self.connect_string()).await
+    }
+
+    /// `GET|PUT|DELETE path` on the admin API: (status, body).
+    pub async fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        let m = hyper::Method::from_bytes(method.as_bytes()).expect("method");
+        statemirror::admin::client::request(&self.admin(), m, path, token, Duration::from_secs(30))
+            .await
+            .expect("admin API reachable")
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let (code, body) = self.http("GET", "/status", None).await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// `/status`'s `zookeeper.mirror` object.
+    pub async fn mirror_status(&self) -> serde_json::Value {
+        self.status().await["zookeeper"]["mirror"].clone()
+    }
+
+    /// Waits (up to 20 s) until `zookeeper.mirror.queue_depth` is 0. Every write a client
+    /// saw acknowledged was queued before its reply was relayed, so afterwards the follower
+    /// has all of them.
+    pub async fn drained(&self) {
+        super::eventually(Duration::from_secs(20), || async {
+            let m = self.mirror_status().await;
+            if m["queue_depth"] == 0 {
+                Ok(())
+            } else {
+                Err(format!("zookeeper mirror not drained: {m}"))
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for ZkProxy {
+    fn drop(&mut self) {
+        self.app.shutdown.cancel();
+    }
+}
+
+/// One node as [`tree_full`] sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Znode {
+    pub data: Vec<u8>,
+    /// Owned by a client session (`ephemeralOwner != 0`). Servers report
+    /// `ephemeralOwner == 0` for container and TTL nodes too, so those count as persistent
+    /// (a client cannot tell them apart from plain persistent nodes).
+    pub ephemeral: bool,
+    /// `scheme:id:PERMS`, sorted. ZooKeeper masks the hash of a `digest` id as `x` for a
+    /// session without ADMIN on the node, as the walker's is.
+    pub acl: Vec<String>,
+}
+
+/// Every node of the server at `addr` (a direct session, not through the proxy) except `/`
+/// and the `/zookeeper` subtree, by path. Nodes deleted while walking are skipped.
+pub async fn tree_full(addr: &str) -> std::collections::BTreeMap<String, Znode> {
+    let c = zk_client(addr).await;
+    c.sync("/").await.expect("sync");
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec!["/".to_string()];
+    while let Some(p) = stack.pop() {
+        let children = match c.list_children(&p).await {
+            Ok(ch) => ch,
+            Err(zkc::Error::NoNode) => continue,
+            Err(e) => panic!("list_children {p} on {addr}: {e}"),
+        };
+        for ch in children {
+            let path = if p == "/" {
+                format!("/{ch}")
+            } else {
+                format!("{p}/{ch}")
+            };
+            if path == "/zookeeper" {
+                continue;
+            }
+            let (data, stat) = match c.get_data(&path).await {
+                Ok(v) => v,
+                Err(zkc::Error::NoNode) => continue,
+                Err(e) => panic!("get_data {path} on {addr}: {e}"),
+            };
+            let mut acl: Vec<String> = match c.get_acl(&path).await {
+                Ok((acl, _)) => acl
+                    .iter()
+                    .map(|a| format!("{}:{}:{}", a.scheme(), a.id(), a.permission()))
+                    .collect(),
+                Err(zkc::Error::NoNode) => continue,
+                Err(e) => panic!("get_acl {path} on {addr}: {e}"),
+            };
+            acl.sort();
+            let ephemeral = stat.ephemeral_owner != 0;
+            out.insert(
+                path.clone(),
+                Znode {
+                    data,
+                    ephemeral,
+                    acl,
+                },
+            );
+            if stat.num_children > 0 {
+                stack.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Every node of the server at `addr` except `/` and `/zookeeper`: path → (data, whether it
+/// is an ephemeral node, i.e. `ephemeralOwner != 0`; containers and TTL nodes report 0 and
+/// count as persistent).
+pub async fn tree(addr: &str) -> std::collections::BTreeMap<String, (Vec<u8>, bool)> {
+    tree_full(addr)
+        .await
+        .into_iter()
+        .map(|(p, n)| (p, (n.data, n.ephemeral)))
+        .collect()
+}
+
+/// The persistent nodes (everything but session-owned ephemerals) of `leader` and
+/// `follower`, as path → node.
+async fn persistent_trees(
+    leader: &str,
+    follower: &str,
+) -> (
+    std::collections::BTreeMap<String, Znode>,
+    std::collections::BTreeMap<String, Znode>,
+) {
+    let keep = |t: std::collections::BTreeMap<String, Znode>| {
+        t.into_iter()
+            .filter(|(_, n)| !n.ephemeral)
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    (
+        keep(tree_full(leader).await),
+        keep(tree_full(follower).await),
+    )
+}
+
+/// The differences between two persistent trees, or `None` when equal.
+fn tree_diff(
+    a: &std::collections::BTreeMap<String, Znode>,
+    b: &std::collections::BTreeMap<String, Znode>,
+) -> Option<String> {
+    let mut diffs = Vec::new();
+    for (p, n) in a {
+        match b.get(p) {
+            None => diffs.push(format!("only on leader: {p} {n:?}")),
+            Some(m) if m != n => diffs.push(format!("{p}: leader {n:?} follower {m:?}")),
+            _ => {}
+        }
+    }
+    for (p, m) in b {
+        if !a.contains_key(p) {
+            diffs.push(format!("only on follower: {p} {m:?}"));
+        }
+    }
+    if diffs.is_empty() {
+        None
+    } else {
+        let n = diffs.len();
+        diffs.truncate(20);
+        Some(format!("{n} difference(s):\n  {}", diffs.join("\n  ")))
+    }
+}
+
+/// The follower holds exactly the leader's persistent nodes (persistent, container and TTL
+/// nodes; not session-owned ephemerals, which are never mirrored), except `/` and
+/// `/zookeeper`: same paths, data and ACL (as `scheme:id:perms`, sorted). Not compared:
+/// stats (ctime/mtime, versions, zxids, child counts) and whether a node is a container or
+/// has a TTL (servers do not show clients either). Returns the number of nodes compared.
+pub async fn assert_same_tree(leader_addr: &str, follower_addr: &str) -> usize {
+    let (a, b) = persistent_trees(leader_addr, follower_addr).await;
+    if let Some(d) = tree_diff(&a, &b) {
+        panic!("leader {leader_addr} and follower {follower_addr} differ: {d}");
+    }
+    a.len()
+}
+
+/// [`assert_same_tree`] without the panic: `Err(differences)`.
+pub async fn compare_trees(leader_addr: &str, follower_addr: &str) -> Result<usize, String> {
+    let (a, b) = persistent_trees(leader_addr, follower_addr).await;
+    match tree_diff(&a, &b) {
+        Some(d) => Err(d),
+        None => Ok(a.len()),
+    }
+}
