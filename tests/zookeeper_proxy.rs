@@ -14,19 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
+use common::eventually;
 use common::zk::{
     assert_same_tree, compare_trees, ephemeral, four_letter, persistent, tree, tree_full,
-    zk_client, zk_client_with, zkc, zkcli, zkcli_lines, ZkEnsemble, ZkOptions, ZkProxy, ZkServer,
+    zk_client, zk_client_with, zkc, zkcli, zkcli_lines, RawZk, ZkEnsemble, ZkOptions, ZkProxy,
+    ZkServer,
 };
-use common::{eventually, ReadEnd};
-use statemirror::zookeeper::frame::{next_frame, write_frame};
 use statemirror::zookeeper::proto::{
-    err, op, Acl, CheckVersionRequest, ConnectRequest, ConnectResponse, CreateRequest,
-    CreateResponse, GetDataRequest, GetDataResponse, Id, Record, ReplyHeader, RequestHeader,
-    SetDataRequest,
+    err, op, Acl, CheckVersionRequest, CreateRequest, CreateResponse, GetDataRequest,
+    GetDataResponse, Id, Record, SetDataRequest,
 };
 
 const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -74,108 +72,6 @@ fn assert_no_foreign_panics() {
     assert!(v.is_empty(), "panics outside the tests: {v:#?}");
 }
 
-// ---------------------------------------------------------------------------------------
-// Raw ZooKeeper session: exact frames on the wire
-// ---------------------------------------------------------------------------------------
-
-struct RawZk {
-    stream: TcpStream,
-    buf: BytesMut,
-    session_id: i64,
-}
-
-impl RawZk {
-    async fn tcp(addr: std::net::SocketAddr) -> TcpStream {
-        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-            .await
-            .expect("connect timed out")
-            .expect("connect");
-        let _ = s.set_nodelay(true);
-        s
-    }
-
-    /// Connects and completes a new-session handshake (Java client layout: 45 bytes with
-    /// the `readOnly` byte).
-    async fn connect(addr: std::net::SocketAddr) -> RawZk {
-        let req = ConnectRequest {
-            protocol_version: 0,
-            last_zxid_seen: 0,
-            time_out: 10_000,
-            session_id: 0,
-            passwd: Bytes::from_static(&[0; 16]),
-            read_only: Some(false),
-        };
-        let mut out = BytesMut::new();
-        write_frame(&mut out, &req.to_bytes());
-        assert_eq!(out.len(), 4 + 45);
-        let mut raw = RawZk {
-            stream: Self::tcp(addr).await,
-            buf: BytesMut::new(),
-            session_id: 0,
-        };
-        raw.write(&out).await;
-        let f = raw.frame().await.expect("ConnectResponse");
-        let resp = ConnectResponse::from_bytes(&f).expect("decodes as ConnectResponse");
-        assert_ne!(resp.session_id, 0, "session refused: {resp:?}");
-        assert_eq!(resp.read_only, Some(false));
-        raw.session_id = resp.session_id;
-        raw
-    }
-
-    /// One request frame: `RequestHeader{xid, op}` + `body`.
-    fn request(out: &mut BytesMut, xid: i32, opcode: i32, body: &impl Record) {
-        let mut f = RequestHeader { xid, op: opcode }.to_bytes().to_vec();
-        f.extend_from_slice(&body.to_bytes());
-        write_frame(out, &f);
-    }
-
-    async fn write(&mut self, bytes: &[u8]) {
-        tokio::time::timeout(Duration::from_secs(10), self.stream.write_all(bytes))
-            .await
-            .expect("write timed out")
-            .expect("write");
-    }
-
-    /// The next frame body (10 s bound).
-    async fn frame(&mut self) -> Result<Bytes, ReadEnd> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(f) = next_frame(&mut self.buf, 1 << 21).expect("a sane frame") {
-                return Ok(f);
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Err(ReadEnd::TimedOut),
-                Ok(Ok(0)) | Ok(Err(_)) => return Err(ReadEnd::Closed),
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-
-    /// The next reply that is not a watch notification: header and body.
-    async fn reply(&mut self) -> Result<(ReplyHeader, Bytes), ReadEnd> {
-        loop {
-            let f = self.frame().await?;
-            let h = ReplyHeader::from_bytes(&f).expect("ReplyHeader");
-            if h.xid != -1 {
-                return Ok((h, f.slice(16..)));
-            }
-        }
-    }
-
-    /// True if the peer closes within `t` (anything sent before is dropped).
-    async fn closed_within(&mut self, t: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + t;
-        loop {
-            self.buf.clear();
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return false,
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => {}
-            }
-        }
-    }
-}
-
 fn open_acl() -> Vec<Acl> {
     vec![Acl {
         perms: 31,
@@ -205,6 +101,7 @@ async fn closes_after(addr: std::net::SocketAddr, bytes: &[u8], shutdown_write: 
         stream: s,
         buf: BytesMut::new(),
         session_id: 0,
+        passwd: Bytes::new(),
     };
     raw.closed_within(Duration::from_secs(5)).await
 }

@@ -1008,3 +1008,143 @@ pub async fn compare_trees(leader_addr: &str, follower_addr: &str) -> Result<usi
         None => Ok(a.len()),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw ZooKeeper session: exact frames on the wire
+// ---------------------------------------------------------------------------------------
+
+/// A hand-driven ZooKeeper session (statemirror's own codec), for tests that need exact
+/// frames: ordering, zxids, session resumption.
+pub struct RawZk {
+    pub stream: tokio::net::TcpStream,
+    pub buf: bytes::BytesMut,
+    pub session_id: i64,
+    /// The session password the server gave (to resume the session elsewhere).
+    pub passwd: bytes::Bytes,
+}
+
+impl RawZk {
+    pub async fn tcp(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let _ = s.set_nodelay(true);
+        s
+    }
+
+    /// Connects and completes a new-session handshake (Java client layout: 45 bytes with
+    /// the `readOnly` byte).
+    pub async fn connect(addr: std::net::SocketAddr) -> RawZk {
+        let (raw, resp) = Self::handshake(addr, 0, bytes::Bytes::from_static(&[0; 16]), 0, false)
+            .await
+            .expect("ConnectResponse");
+        assert_ne!(resp.session_id, 0, "session refused: {resp:?}");
+        assert_eq!(resp.read_only, Some(false));
+        raw
+    }
+
+    /// Sends a `ConnectRequest` (resuming `session_id` when non-zero) and returns the
+    /// session with the server's answer, or `None` when the connection closes first.
+    pub async fn handshake(
+        addr: std::net::SocketAddr,
+        session_id: i64,
+        passwd: bytes::Bytes,
+        last_zxid_seen: i64,
+        read_only: bool,
+    ) -> Option<(
+        RawZk,
+        statemirror::zookeeper::proto::connect::ConnectResponse,
+    )> {
+        use statemirror::zookeeper::jute::Record;
+        use statemirror::zookeeper::proto::connect::{ConnectRequest, ConnectResponse};
+        let req = ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen,
+            time_out: 10_000,
+            session_id,
+            passwd,
+            read_only: Some(read_only),
+        };
+        let mut out = bytes::BytesMut::new();
+        statemirror::zookeeper::frame::write_frame(&mut out, &req.to_bytes());
+        let mut raw = RawZk {
+            stream: Self::tcp(addr).await,
+            buf: bytes::BytesMut::new(),
+            session_id: 0,
+            passwd: bytes::Bytes::new(),
+        };
+        raw.write(&out).await;
+        let f = raw.frame().await.ok()?;
+        let resp = ConnectResponse::from_bytes(&f).expect("decodes as ConnectResponse");
+        raw.session_id = resp.session_id;
+        raw.passwd = resp.passwd.clone();
+        Some((raw, resp))
+    }
+
+    /// One request frame: `RequestHeader{xid, op}` + `body`.
+    pub fn request(
+        out: &mut bytes::BytesMut,
+        xid: i32,
+        opcode: i32,
+        body: &impl statemirror::zookeeper::jute::Record,
+    ) {
+        use statemirror::zookeeper::jute::Record;
+        use statemirror::zookeeper::proto::RequestHeader;
+        let mut f = RequestHeader { xid, op: opcode }.to_bytes().to_vec();
+        f.extend_from_slice(&body.to_bytes());
+        statemirror::zookeeper::frame::write_frame(out, &f);
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(Duration::from_secs(10), self.stream.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write");
+    }
+
+    /// The next frame body (10 s bound).
+    pub async fn frame(&mut self) -> Result<bytes::Bytes, super::ReadEnd> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(f) = statemirror::zookeeper::frame::next_frame(&mut self.buf, 1 << 21)
+                .expect("a sane frame")
+            {
+                return Ok(f);
+            }
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(super::ReadEnd::TimedOut),
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(super::ReadEnd::Closed),
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next reply that is not a watch notification: header and body.
+    pub async fn reply(
+        &mut self,
+    ) -> Result<(statemirror::zookeeper::proto::ReplyHeader, bytes::Bytes), super::ReadEnd> {
+        use statemirror::zookeeper::jute::Record;
+        loop {
+            let f = self.frame().await?;
+            let h =
+                statemirror::zookeeper::proto::ReplyHeader::from_bytes(&f).expect("ReplyHeader");
+            if h.xid != -1 {
+                return Ok((h, f.slice(16..)));
+            }
+        }
+    }
+
+    /// True if the peer closes within `t` (anything sent before is dropped).
+    pub async fn closed_within(&mut self, t: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            self.buf.clear();
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+}
