@@ -8,20 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use common::eventually;
-use common::zk::{four_letter, zkcli, zkcli_lines, RawZk, ZkProxy, ZkServer};
+use common::zk::{four_letter, open_acl, zkcli, zkcli_lines, RawZk, ZkProxy, ZkServer};
 use statemirror::zookeeper::proto::{
-    err, op, Acl, CreateRequest, GetDataRequest, GetDataResponse, Id, Record, SetDataRequest,
+    err, op, CreateRequest, GetDataRequest, GetDataResponse, Record, SetDataRequest,
 };
-
-fn open_acl() -> Vec<Acl> {
-    vec![Acl {
-        perms: 31,
-        id: Id {
-            scheme: "world".into(),
-            id: "anyone".into(),
-        },
-    }]
-}
 
 async fn get(raw: &mut RawZk, xid: i32, path: &str) -> (i64, i32, Option<Bytes>) {
     let mut out = BytesMut::new();

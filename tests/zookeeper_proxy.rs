@@ -18,13 +18,13 @@ use tokio::io::AsyncWriteExt;
 
 use common::eventually;
 use common::zk::{
-    assert_same_tree, compare_trees, ephemeral, four_letter, persistent, tree, tree_full,
+    assert_same_tree, compare_trees, ephemeral, four_letter, open_acl, persistent, tree, tree_full,
     zk_client, zk_client_with, zkc, zkcli, zkcli_lines, RawZk, ZkEnsemble, ZkOptions, ZkProxy,
     ZkServer,
 };
 use statemirror::zookeeper::proto::{
-    err, op, Acl, CheckVersionRequest, CreateRequest, CreateResponse, GetDataRequest,
-    GetDataResponse, Id, Record, SetDataRequest,
+    err, op, CheckVersionRequest, CreateRequest, CreateResponse, GetDataRequest, GetDataResponse,
+    Record, SetDataRequest,
 };
 
 const WATCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -70,16 +70,6 @@ fn assert_no_foreign_panics() {
         .map(|v| v.clone())
         .unwrap_or_default();
     assert!(v.is_empty(), "panics outside the tests: {v:#?}");
-}
-
-fn open_acl() -> Vec<Acl> {
-    vec![Acl {
-        perms: 31,
-        id: Id {
-            scheme: "world".into(),
-            id: "anyone".into(),
-        },
-    }]
 }
 
 fn get_data(path: &str) -> GetDataRequest {

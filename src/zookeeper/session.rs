@@ -252,50 +252,37 @@ async fn requests(
                 });
                 Some(f.freeze())
             };
+            let answer = |e: i32| Pending {
+                xid: h.xid,
+                op: h.op,
+                local: local(e),
+                write: None,
+                _ticket: None,
+                sent: now,
+            };
             if h.op == op::CHECK {
                 // Never forwarded: a standalone check corrupts ZooKeeper 3.8.0's log.
                 m.requests[1][Route::Rejected as usize].increment(1);
-                batch.push(Pending {
-                    xid: h.xid,
-                    op: h.op,
-                    local: local(err::UNIMPLEMENTED),
-                    write: None,
-                    _ticket: None,
-                    sent: now,
-                });
+                batch.push(answer(err::UNIMPLEMENTED));
                 continue;
             }
             let mut ticket = None;
             let mut write = None;
-            if is_write(h.op) && follower {
-                m.rejected_leader_unavailable.increment(1);
-                m.requests[1][Route::Rejected as usize].increment(1);
-                batch.push(Pending {
-                    xid: h.xid,
-                    op: h.op,
-                    local: local(err::NOT_READ_ONLY),
-                    write: None,
-                    _ticket: None,
-                    sent: now,
-                });
-                continue;
-            }
             if is_write(h.op) {
-                match shared.freeze.begin_write() {
-                    None => {
+                let refused = if follower {
+                    m.rejected_leader_unavailable.increment(1);
+                    true
+                } else {
+                    ticket = shared.freeze.begin_write();
+                    if ticket.is_none() {
                         m.rejected_maintenance.increment(1);
-                        m.requests[1][Route::Rejected as usize].increment(1);
-                        batch.push(Pending {
-                            xid: h.xid,
-                            op: h.op,
-                            local: local(err::NOT_READ_ONLY),
-                            write: None,
-                            _ticket: None,
-                            sent: now,
-                        });
-                        continue;
                     }
-                    Some(t) => ticket = Some(t),
+                    ticket.is_none()
+                };
+                if refused {
+                    m.requests[1][Route::Rejected as usize].increment(1);
+                    batch.push(answer(err::NOT_READ_ONLY));
+                    continue;
                 }
                 if mirroring {
                     write = Some((h.op, frame.slice(8..)));

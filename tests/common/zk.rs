@@ -1148,3 +1148,14 @@ impl RawZk {
         }
     }
 }
+
+/// `world:anyone` with every permission.
+pub fn open_acl() -> Vec<statemirror::zookeeper::proto::Acl> {
+    vec![statemirror::zookeeper::proto::Acl {
+        perms: 31,
+        id: statemirror::zookeeper::proto::Id {
+            scheme: "world".into(),
+            id: "anyone".into(),
+        },
+    }]
+}
