@@ -34,7 +34,17 @@ step() {
 
 step "format" cargo fmt --check
 step "clippy" cargo clippy --all-targets -- -D warnings
-step "tests" cargo test --all-targets --no-fail-fast
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+run_tests() {
+    cargo test --all-targets --no-fail-fast 2>&1 | tee "$test_log"
+}
+step "tests" run_tests
+
+# One closing line over every test binary: "tests: N passed, N failed".
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$test_log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$test_log" | awk '{s+=$1} END {print s+0}')
+skipped=$(grep -Eo '[0-9]+ ignored;' "$test_log" | awk '{s+=$1} END {print s+0}')
 
 echo
 echo "==> summary"
@@ -50,4 +60,5 @@ if [ "$first_failure" -ne 0 ]; then
 else
     echo "test.sh: all passed"
 fi
+echo "tests: $passed passed, $failed failed, $skipped skipped"
 exit "$first_failure"
