@@ -11,6 +11,7 @@
 //!   freeze, backend health;
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/maintenance`) and its client used by the CLI;
+//! - [`sidecar`]: what the admin API needs from a sidecar, whatever its protocol;
 //! - [`metrics`]: every metric name; [`telemetry`]: logging.
 //!
 //! [`start`] runs everything in-process (the binary and the tests both use it).
@@ -23,6 +24,7 @@ pub mod listener;
 pub mod metrics;
 pub mod redis;
 pub mod replication;
+pub mod sidecar;
 pub mod telemetry;
 pub mod zookeeper;
 
@@ -36,6 +38,7 @@ use config::Resolved;
 use redis::server::RedisSidecar;
 use replication::freeze::Freeze;
 use replication::queue::{wait_drained, MirrorView};
+use sidecar::Sidecar;
 use zookeeper::server::ZkSidecar;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,15 +70,23 @@ impl App {
         self.zookeeper.as_ref().map(|z| z.local_addr)
     }
 
-    pub fn mirrors(&self) -> Vec<(&'static str, Arc<dyn MirrorView>)> {
-        let mut v = Vec::new();
-        if let Some(m) = self.redis.as_ref().and_then(|r| r.mirror_view()) {
-            v.push(("redis", m));
+    /// Every running sidecar.
+    pub fn sidecars(&self) -> Vec<Arc<dyn Sidecar>> {
+        let mut v: Vec<Arc<dyn Sidecar>> = Vec::new();
+        if let Some(r) = &self.redis {
+            v.push(r.clone());
         }
-        if let Some(m) = self.zookeeper.as_ref().and_then(|z| z.mirror_view()) {
-            v.push(("zookeeper", m));
+        if let Some(z) = &self.zookeeper {
+            v.push(z.clone());
         }
         v
+    }
+
+    pub fn mirrors(&self) -> Vec<(&'static str, Arc<dyn MirrorView>)> {
+        self.sidecars()
+            .iter()
+            .filter_map(|s| Some((s.protocol(), s.mirror()?)))
+            .collect()
     }
 
     /// Stops accepting, gives the mirror up to the drain timeout to empty, and returns.
@@ -131,8 +142,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     };
     let state = admin::AdminState {
         freeze: app.freeze.clone(),
-        redis: app.redis.clone(),
-        zookeeper: app.zookeeper.clone(),
+        sidecars: app.sidecars(),
         mirrors: app.mirrors(),
         prom,
         token: resolved.admin_token.clone(),

@@ -27,15 +27,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::redis::server::RedisSidecar;
 use crate::replication::freeze::Freeze;
 use crate::replication::queue::MirrorView;
+use crate::sidecar::Sidecar;
 
 /// Everything the routes read.
 pub struct AdminState {
     pub freeze: Arc<Freeze>,
-    pub redis: Option<Arc<RedisSidecar>>,
-    pub zookeeper: Option<Arc<crate::zookeeper::server::ZkSidecar>>,
+    pub sidecars: Vec<Arc<dyn Sidecar>>,
     pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
     pub prom: PrometheusHandle,
     pub token: Option<crate::config::Secret>,

@@ -18,8 +18,7 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
     match (req.method(), path) {
         (&Method::GET, "/healthz") => json_resp(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => {
-            let ready = state.redis.as_ref().is_none_or(|r| r.ready())
-                && state.zookeeper.as_ref().is_none_or(|z| z.ready());
+            let ready = state.sidecars.iter().all(|s| s.ready());
             let code = if ready {
                 StatusCode::OK
             } else {
@@ -71,11 +70,8 @@ fn status(state: &AdminState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "maintenance": maintenance(state),
     });
-    if let Some(r) = &state.redis {
-        v["redis"] = r.status();
-    }
-    if let Some(z) = &state.zookeeper {
-        v["zookeeper"] = z.status();
+    for s in &state.sidecars {
+        v[s.protocol()] = s.status();
     }
     v
 }

@@ -25,6 +25,7 @@ use crate::replication::freeze::Freeze;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::worker;
+use crate::sidecar::{can_serve, serving, Sidecar};
 
 /// What every session of this sidecar shares.
 pub struct Shared {
@@ -61,22 +62,23 @@ pub struct RedisSidecar {
     pub local_addr: SocketAddr,
 }
 
-impl RedisSidecar {
-    pub fn mirror_view(&self) -> Option<Arc<dyn MirrorView>> {
+impl Sidecar for RedisSidecar {
+    fn protocol(&self) -> &'static str {
+        "redis"
+    }
+
+    fn mirror(&self) -> Option<Arc<dyn MirrorView>> {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
-    /// Serves clients: the leader is up, or the follower can take reads.
-    pub fn ready(&self) -> bool {
-        self.shared.leader_health.is_up()
-            || self
-                .shared
-                .follower_health
-                .as_ref()
-                .is_some_and(|h| h.is_up())
+    fn ready(&self) -> bool {
+        can_serve(
+            &self.shared.leader_health,
+            self.shared.follower_health.as_ref(),
+        )
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    fn status(&self) -> serde_json::Value {
         let s = &self.shared;
         let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.address, "db": b.db, "up": h.is_up() });
         json!({
@@ -86,7 +88,7 @@ impl RedisSidecar {
                 (Some(b), Some(h)) => backend(b, h),
                 _ => serde_json::Value::Null,
             },
-            "serving": if s.leader_health.is_up() { "leader" } else if s.follower_health.as_ref().is_some_and(|h| h.is_up()) { "follower" } else { "none" },
+            "serving": serving(&s.leader_health, s.follower_health.as_ref()),
             "connections": {
                 "leader": s.served[0].load(Ordering::Relaxed),
                 "follower": s.served[1].load(Ordering::Relaxed),

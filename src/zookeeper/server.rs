@@ -22,6 +22,7 @@ use crate::replication::freeze::Freeze;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::worker;
+use crate::sidecar::{can_serve, serving, Sidecar};
 
 pub struct ZkShared {
     pub cfg: ZooKeeperConfig,
@@ -132,27 +133,28 @@ pub struct ZkSidecar {
     pub local_addr: SocketAddr,
 }
 
-impl ZkSidecar {
-    pub fn mirror_view(&self) -> Option<Arc<dyn MirrorView>> {
+impl Sidecar for ZkSidecar {
+    fn protocol(&self) -> &'static str {
+        "zookeeper"
+    }
+
+    fn mirror(&self) -> Option<Arc<dyn MirrorView>> {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
-    /// Serves clients: the leader ensemble is up, or the follower can take reads.
-    pub fn ready(&self) -> bool {
-        self.shared.leader_health.is_up()
-            || self
-                .shared
-                .follower_health
-                .as_ref()
-                .is_some_and(|h| h.is_up())
+    fn ready(&self) -> bool {
+        can_serve(
+            &self.shared.leader_health,
+            self.shared.follower_health.as_ref(),
+        )
     }
 
-    pub fn status(&self) -> serde_json::Value {
+    fn status(&self) -> serde_json::Value {
         let s = &self.shared;
         json!({
             "listen": self.local_addr.to_string(),
             "leader": { "servers": s.leader, "up": s.leader_health.is_up() },
-            "serving": if s.leader_health.is_up() { "leader" } else if s.follower_health.as_ref().is_some_and(|h| h.is_up()) { "follower" } else { "none" },
+            "serving": serving(&s.leader_health, s.follower_health.as_ref()),
             "follower": match (&s.follower, &s.follower_health) {
                 (Some(f), Some(h)) => json!({ "servers": f, "up": h.is_up() }),
                 _ => serde_json::Value::Null,
