@@ -143,6 +143,10 @@ pub struct ZooKeeperConfig {
     pub include_paths: Vec<String>,
     /// Paths under these prefixes are not mirrored (`/zookeeper` never is). Default `[]`.
     pub exclude_paths: Vec<String>,
+    /// Mirror ephemeral nodes too, as ephemerals of statemirror's follower session that are
+    /// removed when the client's session ends. Default false (they belong to client
+    /// sessions; a follower region rarely wants another region's election nodes).
+    pub mirror_ephemeral: bool,
     /// Largest frame a client or server may send (bytes). Default 1049600 (ZooKeeper's
     /// `jute.maxbuffer` plus headers).
     pub max_frame_bytes: usize,
@@ -167,6 +171,7 @@ impl Default for ZooKeeperConfig {
             follower_auth_file: None,
             include_paths: vec!["/".into()],
             exclude_paths: Vec::new(),
+            mirror_ephemeral: false,
             max_frame_bytes: (1 << 20) + 1024,
             max_connections: 1024,
             connect_timeout_ms: 2_000,

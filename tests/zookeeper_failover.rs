@@ -91,9 +91,16 @@ async fn leader_loss_serves_reads_from_follower_then_session_resumes_on_leader()
 
     // The client reconnects with its session: served by the follower, same session id,
     // read-only, the mirrored state readable, writes refused, zxids pinned to what it saw.
-    let (mut ro, resp) = RawZk::handshake(proxy.addr(), session, passwd.clone(), last_zxid, true)
-        .await
-        .expect("the proxy answers the connect while the leader is down");
+    let (mut ro, resp) = RawZk::handshake(
+        proxy.addr(),
+        session,
+        passwd.clone(),
+        last_zxid,
+        true,
+        10_000,
+    )
+    .await
+    .expect("the proxy answers the connect while the leader is down");
     assert_eq!(resp.session_id, session, "the client keeps its session id");
     assert_eq!(resp.read_only, Some(true));
     let (z, e, data) = get(&mut ro, 5, "/nifi/components/c1").await;
@@ -140,7 +147,7 @@ async fn leader_loss_serves_reads_from_follower_then_session_resumes_on_leader()
     let (mut rw, resp) = eventually(Duration::from_secs(15), || {
         let passwd = passwd.clone();
         async move {
-            match RawZk::handshake(addr, session, passwd, last_zxid, true).await {
+            match RawZk::handshake(addr, session, passwd, last_zxid, true, 10_000).await {
                 Some((raw, resp)) if resp.read_only == Some(false) => Ok((raw, resp)),
                 other => Err(format!("not on the leader yet: {:?}", other.map(|o| o.1))),
             }
@@ -177,9 +184,14 @@ async fn nothing_reachable_closes_and_is_not_ready() {
         }
     })
     .await;
-    assert!(
-        RawZk::handshake(proxy.addr(), 0, Bytes::from_static(&[0; 16]), 0, false)
-            .await
-            .is_none()
-    );
+    assert!(RawZk::handshake(
+        proxy.addr(),
+        0,
+        Bytes::from_static(&[0; 16]),
+        0,
+        false,
+        10_000
+    )
+    .await
+    .is_none());
 }

@@ -230,6 +230,10 @@ pub struct ZkApplier {
     next_server: usize,
     applied: HashMap<String, i64>,
     queue: Arc<MirrorQueue<ZkOp>>,
+    /// Mirrored ephemerals to create again when the follower session is replaced.
+    ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
+    /// The follower session is new: its ephemerals must be created first.
+    fresh_session: bool,
 }
 
 impl ZkApplier {
@@ -240,6 +244,7 @@ impl ZkApplier {
         session_timeout_ms: i32,
         max_frame: usize,
         queue: Arc<MirrorQueue<ZkOp>>,
+        ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
     ) -> Self {
         Self {
             servers,
@@ -251,6 +256,8 @@ impl ZkApplier {
             next_server: 0,
             applied: HashMap::new(),
             queue,
+            ephemerals,
+            fresh_session: false,
         }
     }
 
@@ -273,6 +280,7 @@ impl ZkApplier {
             .map_err(|e| ApplyError::new("follower_unavailable", e.to_string()))?;
             self.next_server += 1;
             self.conn = Some(c);
+            self.fresh_session = true;
         }
         self.conn
             .as_mut()
@@ -280,6 +288,21 @@ impl ZkApplier {
     }
 
     async fn apply_batch(&mut self, batch: &[ZkOp]) -> Result<usize, ApplyError> {
+        self.conn().await?;
+        if std::mem::take(&mut self.fresh_session) {
+            // The previous session's ephemerals are gone (or going) with it.
+            let live = self
+                .ephemerals
+                .as_ref()
+                .map(|e| e.live())
+                .unwrap_or_default();
+            for it in &live {
+                if let Err(e) = self.apply_one(it).await {
+                    self.fresh_session = true;
+                    return Err(e);
+                }
+            }
+        }
         // zxid order, skipping what a newer write of the same path already superseded.
         let mut ops: Vec<&ZkOp> = batch.iter().collect();
         ops.sort_by_key(|o| o.zxid);
@@ -288,7 +311,9 @@ impl ZkApplier {
             let items: Vec<Item> = o
                 .items
                 .iter()
-                .filter(|it| self.applied.get(it.path()).is_none_or(|&z| z < o.zxid))
+                // `<=`: an op at the same zxid (a session's end, ordered at the newest
+                // zxid seen) must still run; re-applying one is harmless.
+                .filter(|it| self.applied.get(it.path()).is_none_or(|&z| z <= o.zxid))
                 .cloned()
                 .collect();
             if !items.is_empty() {
@@ -336,6 +361,18 @@ impl ZkApplier {
             (_, err::OK) => err::OK,
             (Item::Delete { .. }, err::NO_NODE) => err::OK,
             (Item::SetAcl { .. }, err::NO_NODE) => err::OK,
+            // An ephemeral must be owned by this session (the old one may still hold it).
+            (Item::Create { path, mode, .. }, err::NODE_EXISTS)
+                if *mode == create_mode::EPHEMERAL =>
+            {
+                match self
+                    .call(Item::Delete { path: path.clone() }.call())
+                    .await?
+                {
+                    err::OK | err::NO_NODE => self.call(it.call()).await?,
+                    other => other,
+                }
+            }
             (
                 Item::Create {
                     path, data, acl, ..

@@ -17,6 +17,7 @@
 //! - [`client`]: statemirror's own session to the follower ensemble.
 
 pub mod client;
+pub mod ephemeral;
 pub mod frame;
 pub mod jute;
 pub mod mirror;

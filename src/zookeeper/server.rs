@@ -32,6 +32,10 @@ pub struct ZkShared {
     pub freeze: Arc<Freeze>,
     pub mirror: Option<Arc<MirrorQueue<ZkOp>>>,
     pub metrics: ProtocolMetrics,
+    /// Ephemeral nodes mirrored per client session (`mirror_ephemeral`).
+    pub ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
+    /// The newest zxid any leader reply carried (orders the end of a session's ephemerals).
+    pub max_zxid: std::sync::atomic::AtomicI64,
     pub leader_health: Health,
     pub follower_health: Option<Health>,
     next: AtomicUsize,
@@ -192,6 +196,11 @@ pub async fn start(
             exclude: cfg.exclude_paths.clone(),
         },
         freeze,
+        ephemerals: mirror
+            .as_ref()
+            .filter(|_| cfg.mirror_ephemeral)
+            .map(|q| super::ephemeral::Ephemerals::new(q.clone())),
+        max_zxid: std::sync::atomic::AtomicI64::new(0),
         mirror: mirror.clone(),
         leader_health: Health::new(
             "leader",
@@ -214,6 +223,7 @@ pub async fn start(
             cfg.follower_session_timeout_ms.min(i32::MAX as u64) as i32,
             cfg.max_frame_bytes,
             q.clone(),
+            shared.ephemerals.clone(),
         );
         worker::spawn(q, applier, repl.clone(), shutdown.clone());
     }

@@ -106,7 +106,7 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
     connect.put_slice(&first4);
     connect.put_slice(&body);
     let (backend, response, mode) = match shared.connect_leader(&connect).await {
-        Some((b, r)) => (b, r, Mode::Leader),
+        Some((b, r)) => (b, r, Mode::Leader { session: None }),
         None => {
             // No leader server: serve reads from the follower ensemble, if there is one.
             let Some((b, theirs)) = shared.connect_follower(&request).await else {
@@ -146,20 +146,46 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
     if client.write_all(&response).await.is_err() {
         return;
     }
+    // Which client session this is, for its mirrored ephemerals (leader mode only).
+    let session = match (&shared.ephemerals, mode) {
+        (Some(eph), Mode::Leader { .. }) => match ConnectResponse::from_bytes(&response.slice(4..))
+        {
+            Ok(r) if r.session_id != 0 => {
+                eph.attach(
+                    r.session_id,
+                    Duration::from_millis(r.time_out.max(0) as u64),
+                );
+                Some(r.session_id)
+            }
+            // The leader says the session expired: so are its nodes.
+            _ if request.session_id != 0 => {
+                eph.end(request.session_id, shared.max_zxid.load(Ordering::Acquire));
+                None
+            }
+            _ => None,
+        },
+        _ => None,
+    };
     shared.metrics.connections.increment(1.0);
+    let mode = match mode {
+        Mode::Leader { .. } => Mode::Leader { session },
+        follower => follower,
+    };
     relay(shared.clone(), client, backend, mode).await;
     shared.metrics.connections.decrement(1.0);
+    if let (Some(eph), Some(s)) = (&shared.ephemerals, session) {
+        eph.detach(s, shared.max_zxid.load(Ordering::Acquire));
+    }
 }
 
 /// Who serves the connection.
 #[derive(Clone, Copy)]
 enum Mode {
-    Leader,
+    /// `session`: the client's session id, when its ephemerals are mirrored.
+    Leader { session: Option<i64> },
     /// The follower ensemble, through statemirror's own session; every reply's zxid is
     /// pinned to `zxid`, the last leader zxid the client had seen.
-    Follower {
-        zxid: i64,
-    },
+    Follower { zxid: i64 },
 }
 
 async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream, mode: Mode) {
@@ -168,7 +194,7 @@ async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream, mod
     let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
     let stop = CancellationToken::new();
     let pinned = match mode {
-        Mode::Leader => 0,
+        Mode::Leader { .. } => 0,
         Mode::Follower { zxid } => zxid,
     };
     let last_zxid = Arc::new(AtomicI64::new(pinned));
@@ -205,9 +231,9 @@ async fn requests(
     mode: Mode,
 ) -> OwnedWriteHalf {
     let max = shared.cfg.max_frame_bytes;
-    let mirroring = shared.mirror.is_some() && matches!(mode, Mode::Leader);
+    let mirroring = shared.mirror.is_some() && matches!(mode, Mode::Leader { .. });
     let (route, follower) = match mode {
-        Mode::Leader => (Route::Leader, false),
+        Mode::Leader { .. } => (Route::Leader, false),
         Mode::Follower { .. } => (Route::Follower, true),
     };
     let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -334,9 +360,13 @@ async fn replies(
     mode: Mode,
 ) {
     let max = shared.cfg.max_frame_bytes;
+    let session = match mode {
+        Mode::Leader { session } => session,
+        Mode::Follower { .. } => None,
+    };
     let mut leader_up = match mode {
         Mode::Follower { .. } => Some(shared.leader_health.subscribe()),
-        Mode::Leader => None,
+        Mode::Leader { .. } => None,
     };
     let mut close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -405,9 +435,10 @@ async fn replies(
                     let frame = match mode {
                         // Follower zxids never reach the client (see the module comment).
                         Mode::Follower { zxid } => pin_zxid(&frame, zxid),
-                        Mode::Leader => {
+                        Mode::Leader { .. } => {
                             if h.zxid > 0 {
                                 last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
+                                shared.max_zxid.fetch_max(h.zxid, Ordering::AcqRel);
                             }
                             frame
                         }
@@ -435,9 +466,14 @@ async fn replies(
                             return end(&shared, pending);
                         };
                         shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
+                        if p.op == op::CLOSE_SESSION && h.err == 0 {
+                            if let (Some(eph), Some(s)) = (&shared.ephemerals, session) {
+                                eph.end(s, h.zxid.max(shared.max_zxid.load(Ordering::Acquire)));
+                            }
+                        }
                         if let (Some((op, req)), 0) = (p.write, h.err) {
                             let body = frame.slice(16..);
-                            if let Some(o) = mirror_op(&shared, op, &req, &body, h.zxid) {
+                            if let Some(o) = mirror_op(&shared, session, op, &req, &body, h.zxid) {
                                 if let Some(q) = &shared.mirror {
                                     q.push(o);
                                 }
@@ -494,7 +530,14 @@ fn end(shared: &ZkShared, pending: VecDeque<Pending>) {
 
 /// The mirror op for an acknowledged write, or `None` when nothing is to be mirrored
 /// (ephemeral nodes, filtered paths, a failed multi).
-fn mirror_op(shared: &ZkShared, op: i32, req: &Bytes, resp: &Bytes, zxid: i64) -> Option<ZkOp> {
+fn mirror_op(
+    shared: &ZkShared,
+    session: Option<i64>,
+    op: i32,
+    req: &Bytes,
+    resp: &Bytes,
+    zxid: i64,
+) -> Option<ZkOp> {
     let mut items: SmallVec<[Item; 1]> = SmallVec::new();
     match op {
         op::CREATE | op::CREATE2 | op::CREATE_CONTAINER => {
@@ -560,6 +603,28 @@ fn mirror_op(shared: &ZkShared, op: i32, req: &Bytes, resp: &Bytes, zxid: i64) -
         _ => return None, // reconfig, deleteContainer: not client state
     }
     items.retain(|it| shared.filter.allows(it.path()));
+    let tracking = shared.ephemerals.as_ref().zip(session);
+    items.retain(|it| match it {
+        Item::Create { mode, .. } if *mode == create_mode::EPHEMERAL => tracking.is_some(),
+        _ => true,
+    });
+    if let Some((eph, session)) = tracking {
+        for it in &items {
+            match it {
+                Item::Create {
+                    path,
+                    data,
+                    acl,
+                    mode,
+                    ..
+                } if *mode == create_mode::EPHEMERAL => {
+                    eph.created(session, path, data.clone(), acl.clone())
+                }
+                Item::Delete { path } => eph.deleted(path),
+                _ => {}
+            }
+        }
+    }
     (!items.is_empty()).then_some(ZkOp { zxid, items })
 }
 
@@ -578,7 +643,9 @@ fn create_item(
         create_mode::PERSISTENT_WITH_TTL | create_mode::PERSISTENT_SEQUENTIAL_WITH_TTL => {
             create_mode::PERSISTENT_WITH_TTL
         }
-        _ => return None, // ephemeral
+        // Ephemeral: only mirrored with `mirror_ephemeral` (see `ephemeral`).
+        create_mode::EPHEMERAL | create_mode::EPHEMERAL_SEQUENTIAL => create_mode::EPHEMERAL,
+        _ => return None,
     };
     Some(Item::Create {
         path,

@@ -1036,9 +1036,16 @@ impl RawZk {
     /// Connects and completes a new-session handshake (Java client layout: 45 bytes with
     /// the `readOnly` byte).
     pub async fn connect(addr: std::net::SocketAddr) -> RawZk {
-        let (raw, resp) = Self::handshake(addr, 0, bytes::Bytes::from_static(&[0; 16]), 0, false)
-            .await
-            .expect("ConnectResponse");
+        let (raw, resp) = Self::handshake(
+            addr,
+            0,
+            bytes::Bytes::from_static(&[0; 16]),
+            0,
+            false,
+            10_000,
+        )
+        .await
+        .expect("ConnectResponse");
         assert_ne!(resp.session_id, 0, "session refused: {resp:?}");
         assert_eq!(resp.read_only, Some(false));
         raw
@@ -1052,6 +1059,7 @@ impl RawZk {
         passwd: bytes::Bytes,
         last_zxid_seen: i64,
         read_only: bool,
+        time_out: i32,
     ) -> Option<(
         RawZk,
         statemirror::zookeeper::proto::connect::ConnectResponse,
@@ -1061,7 +1069,7 @@ impl RawZk {
         let req = ConnectRequest {
             protocol_version: 0,
             last_zxid_seen,
-            time_out: 10_000,
+            time_out,
             session_id,
             passwd,
             read_only: Some(read_only),
