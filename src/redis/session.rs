@@ -175,6 +175,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         close_after_flush: false,
         leader_up,
         close_when_safe,
+        read_at: Instant::now(),
     };
     let req_task = tokio::spawn(requests.run(client_r, backend_w));
     replies.run(client_w, backend_r).await;
@@ -234,10 +235,11 @@ impl RequestSide {
                 }
             }
             let mut batch = Vec::new();
+            let now = Instant::now();
             let mut fatal = false;
             loop {
                 match parse_request(&mut buf, &lim) {
-                    Ok(Some(req)) => self.handle(req, &mut batch, &mut out),
+                    Ok(Some(req)) => self.handle(req, now, &mut batch, &mut out),
                     Ok(None) => break,
                     Err(e) => {
                         self.shared.metrics.client_error(e.metric_reason());
@@ -264,7 +266,8 @@ impl RequestSide {
         }
     }
 
-    fn handle(&mut self, req: Request, batch: &mut Vec<Pending>, out: &mut BytesMut) {
+    /// `now`: when the read that carried this request completed (one clock read per batch).
+    fn handle(&mut self, req: Request, now: Instant, batch: &mut Vec<Pending>, out: &mut BytesMut) {
         // Copy out what is needed so the table is not borrowed while `self` changes.
         let tracking = self.shared.in_flight.is_some();
         let (kind, blocking, special, target, known) = {
@@ -464,7 +467,7 @@ impl RequestSide {
             expect,
             action: Action::Forward,
             effect,
-            sent: Some(Instant::now()),
+            sent: Some(now),
         });
     }
 
@@ -584,6 +587,8 @@ async fn read_with_idle(
 }
 
 struct ReplySide {
+    /// When the backend read being processed completed (one clock read per read).
+    read_at: Instant,
     shared: Arc<Shared>,
     route: Route,
     rx: mpsc::Receiver<Vec<Pending>>,
@@ -740,6 +745,7 @@ impl ReplySide {
         while let Ok(b) = self.rx.try_recv() {
             self.pending.extend(b);
         }
+        self.read_at = Instant::now();
         loop {
             if self.raw_mode {
                 let all = self.rbuf.split();
@@ -816,7 +822,7 @@ impl ReplySide {
                 self.shared
                     .metrics
                     .leader_latency
-                    .record(t.elapsed().as_secs_f64());
+                    .record(self.read_at.saturating_duration_since(t).as_secs_f64());
             }
         }
         match p.action {
