@@ -610,4 +610,5 @@ impl Raw {
         }
     }
 }
+pub mod fault;
 pub mod zk;
