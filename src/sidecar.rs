@@ -8,8 +8,13 @@ use crate::replication::queue::MirrorView;
 pub trait Sidecar: Send + Sync {
     /// `redis` or `zookeeper`: the `/status` key and the metrics label.
     fn protocol(&self) -> &'static str;
+    /// The leader's health, and the follower's when there is one.
+    fn health(&self) -> (&Health, Option<&Health>);
     /// Clients can be served: the leader is up, or the follower can take reads.
-    fn ready(&self) -> bool;
+    fn ready(&self) -> bool {
+        let (leader, follower) = self.health();
+        can_serve(leader, follower)
+    }
     fn status(&self) -> serde_json::Value;
     fn mirror(&self) -> Option<Arc<dyn MirrorView>>;
 }

@@ -25,7 +25,7 @@ use crate::replication::freeze::Freeze;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::worker;
-use crate::sidecar::{can_serve, serving, Sidecar};
+use crate::sidecar::{serving, Sidecar};
 
 /// What every session of this sidecar shares.
 pub struct Shared {
@@ -71,8 +71,8 @@ impl Sidecar for RedisSidecar {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
-    fn ready(&self) -> bool {
-        can_serve(
+    fn health(&self) -> (&Health, Option<&Health>) {
+        (
             &self.shared.leader_health,
             self.shared.follower_health.as_ref(),
         )

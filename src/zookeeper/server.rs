@@ -22,7 +22,7 @@ use crate::replication::freeze::Freeze;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::worker;
-use crate::sidecar::{can_serve, serving, Sidecar};
+use crate::sidecar::{serving, Sidecar};
 
 pub struct ZkShared {
     pub cfg: ZooKeeperConfig,
@@ -146,8 +146,8 @@ impl Sidecar for ZkSidecar {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
-    fn ready(&self) -> bool {
-        can_serve(
+    fn health(&self) -> (&Health, Option<&Health>) {
+        (
             &self.shared.leader_health,
             self.shared.follower_health.as_ref(),
         )
