@@ -25,6 +25,8 @@ pub struct Config {
     pub zookeeper: Option<ZooKeeperConfig>,
     pub replication: ReplicationConfig,
     pub maintenance: MaintenanceConfig,
+    pub resync: ResyncConfig,
+    pub verify: VerifyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +106,24 @@ pub struct RedisConfig {
     pub health_timeout_ms: u64,
     /// Consecutive failed checks before a backend is marked down. Default 2.
     pub health_failures_before_down: u32,
+    /// Keys that resync and verify cover (`SCAN MATCH` glob patterns), in every database
+    /// that holds keys. Live mirroring covers every key regardless. Default `["*"]`.
+    pub key_patterns: Vec<String>,
+    /// How keys are copied to the follower: `dump` (`DUMP`/`RESTORE`, exact and fast; needs a
+    /// follower of the same or a newer Redis) or `typed` (type-aware commands, for an older
+    /// follower). With `dump`, a key whose payload the follower rejects is copied `typed`.
+    /// Default `dump`.
+    pub copy_format: CopyFormat,
+    /// Key prefix of NiFi's RedisStateProvider: `verify` decodes these values as NiFi state and
+    /// names the entries that differ. Default `nifi/components/`.
+    pub nifi_key_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyFormat {
+    Dump,
+    Typed,
 }
 
 impl Default for RedisConfig {
@@ -123,6 +143,9 @@ impl Default for RedisConfig {
             health_interval_ms: 1_000,
             health_timeout_ms: 1_000,
             health_failures_before_down: 2,
+            key_patterns: vec!["*".into()],
+            copy_format: CopyFormat::Dump,
+            nifi_key_prefix: "nifi/components/".into(),
         }
     }
 }
@@ -247,6 +270,67 @@ impl Default for ReplicationConfig {
 pub struct MaintenanceConfig {
     /// How long `PUT /maintenance` waits for in-flight writes and the mirror to drain. Default 10000.
     pub drain_timeout_ms: u64,
+}
+
+/// Full resync: copying the leader's whole state to an out-of-sync follower while clients
+/// keep working (see `replication::resync`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ResyncConfig {
+    /// Resync on its own as soon as the follower is out of sync and reachable. Otherwise
+    /// only `POST /resync` / `statemirror resync` start one. Default true.
+    pub auto: bool,
+    /// Mark the follower out of sync when statemirror starts (writes queued before it
+    /// stopped were in memory and may be lost), so the first resync runs at start. Default true.
+    pub on_start: bool,
+    /// Most keys (Redis) or nodes (ZooKeeper) copied per second; bounds the load a resync puts
+    /// on the leader. 0 = unlimited. Default 20000.
+    pub max_keys_per_second: u64,
+    /// Keys per `SCAN` step / nodes per `multi`. Default 500.
+    pub batch_size: usize,
+    /// A resync that failed (leader unreachable…) is retried after this long. Default 5000.
+    pub retry_interval_ms: u64,
+    /// An automatic resync refuses to run when the leader holds nothing but the follower holds
+    /// data: copying would erase the follower, which may be the only copy left (a leader
+    /// restarted empty). `statemirror resync --force` overrides. Default true.
+    pub refuse_empty_leader: bool,
+}
+
+impl Default for ResyncConfig {
+    fn default() -> Self {
+        Self {
+            auto: true,
+            on_start: true,
+            max_keys_per_second: 20_000,
+            batch_size: 500,
+            retry_interval_ms: 5_000,
+            refuse_empty_leader: true,
+        }
+    }
+}
+
+/// Verification: comparing leader and follower key by key (`GET /verify`, `statemirror verify`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct VerifyConfig {
+    /// Run a verification every this many ms and publish the result in `/status` and
+    /// `statemirror_verify_differences`. 0 = off. Default 0.
+    pub interval_ms: u64,
+    /// Most differing keys/paths listed in a report (all are counted). Default 100.
+    pub max_differences: usize,
+    /// TTLs that differ by less than this count as equal (expiries travel as absolute times,
+    /// but the two clocks and the copy take time). Default 2000.
+    pub ttl_tolerance_ms: u64,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 0,
+            max_differences: 100,
+            ttl_tolerance_ms: 2_000,
+        }
+    }
 }
 
 impl Default for MaintenanceConfig {
@@ -490,8 +574,23 @@ impl Config {
         if r.apply_timeout_ms == 0 {
             err("replication.apply_timeout_ms", "must be at least 1".into());
         }
+        if self.resync.batch_size == 0 {
+            err("resync.batch_size", "must be at least 1".into());
+        }
+        if self.resync.retry_interval_ms == 0 {
+            err("resync.retry_interval_ms", "must be at least 1".into());
+        }
+        if self.verify.max_differences == 0 {
+            err("verify.max_differences", "must be at least 1".into());
+        }
         let mut redis = None;
         if let Some(rc) = &self.redis {
+            if rc.key_patterns.is_empty() || rc.key_patterns.iter().any(|p| p.is_empty()) {
+                err(
+                    "redis.key_patterns",
+                    "needs at least one non-empty pattern (\"*\" = every key)".into(),
+                );
+            }
             let listen = parse_addr(&rc.listen).map_err(|m| err("redis.listen", m));
             let leader = if rc.leader.is_empty() {
                 err("redis.leader", "is required".into());

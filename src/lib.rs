@@ -89,6 +89,21 @@ impl App {
             .collect()
     }
 
+    /// Waits until every follower is in sync (e.g. the resync at start finished); false on
+    /// timeout.
+    pub async fn wait_in_sync(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.mirrors().iter().all(|(_, m)| m.sync().in_sync()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops accepting, gives the mirror up to the drain timeout to empty, and returns.
     pub async fn stop(&self) {
         self.shutdown.cancel();
@@ -112,7 +127,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     let freeze = Freeze::new();
     let mut redis = None;
     if let (Some(r), Some(rc)) = (&resolved.redis, &cfg.redis) {
-        let s = redis::server::start(r, rc, &cfg.replication, freeze.clone(), shutdown.clone())
+        let s = redis::server::start(r, rc, cfg, freeze.clone(), shutdown.clone())
             .await
             .map_err(|source| StartError::Bind {
                 what: "redis.listen",
@@ -123,7 +138,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     }
     let mut zookeeper = None;
     if let (Some(z), Some(zc)) = (&resolved.zookeeper, &cfg.zookeeper) {
-        let s = zookeeper::server::start(z, zc, &cfg.replication, freeze.clone(), shutdown.clone())
+        let s = zookeeper::server::start(z, zc, cfg, freeze.clone(), shutdown.clone())
             .await
             .map_err(|source| StartError::Bind {
                 what: "zookeeper.listen",
@@ -147,6 +162,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         prom,
         token: resolved.admin_token.clone(),
         drain_timeout: app.drain_timeout,
+        max_differences: cfg.verify.max_differences,
     };
     app.admin_addr = admin::serve(resolved.admin_listen, Arc::new(state), app.shutdown.clone())
         .await
@@ -156,4 +172,27 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
             source,
         })?;
     Ok(app)
+}
+
+/// Verifiers for every sidecar with a follower, built from the config alone (no proxy runs):
+/// what `statemirror verify` uses.
+pub fn verifiers(resolved: &Resolved) -> Vec<Arc<dyn replication::verify::Verifier>> {
+    let cfg = &resolved.config;
+    let mut v: Vec<Arc<dyn replication::verify::Verifier>> = Vec::new();
+    if let (Some(r), Some(rc)) = (&resolved.redis, &cfg.redis) {
+        if let Some(f) = &r.follower {
+            v.push(Arc::new(redis::verify::RedisVerifier::new(
+                r.leader.clone(),
+                f.clone(),
+                rc,
+                &cfg.verify,
+            )));
+        }
+    }
+    if let (Some(z), Some(zc)) = (&resolved.zookeeper, &cfg.zookeeper) {
+        if let Some(ver) = zookeeper::verify::ZkVerifier::new(z, zc) {
+            v.push(Arc::new(ver));
+        }
+    }
+    v
 }

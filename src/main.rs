@@ -55,6 +55,31 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
     },
+
+    /// Compare leader and follower now, straight from the config's backends (no running
+    /// sidecar needed). Prints a JSON report; exit 0 when equal, 1 when they differ, 69 when a
+    /// backend cannot be read.
+    Verify {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Most differing keys/paths listed per protocol (all are counted).
+        #[arg(long)]
+        max_differences: Option<usize>,
+    },
+    /// Ask the running sidecar (admin API from the config) for a full resync of the follower.
+    Resync {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Resync even when the leader is empty and the follower is not (erases the follower).
+        #[arg(long)]
+        force: bool,
+        /// Wait until the resync finished and the follower is in sync.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 1).
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,6 +125,16 @@ fn main() -> ExitCode {
                 token_file,
                 timeout_seconds,
             } => maintenance(action, &admin, token_file, timeout_seconds).await,
+            Command::Verify {
+                config,
+                max_differences,
+            } => verify(config, max_differences).await,
+            Command::Resync {
+                config,
+                force,
+                wait,
+                timeout_seconds,
+            } => resync(config, force, wait, timeout_seconds).await,
         }
     })
 }
@@ -191,5 +226,117 @@ async fn maintenance(
             eprintln!("statemirror: {e}");
             ExitCode::from(EXIT_UNAVAILABLE)
         }
+    }
+}
+
+async fn verify(path: PathBuf, max: Option<usize>) -> ExitCode {
+    let resolved = match Config::load(&path) {
+        Ok(r) => r,
+        Err(errs) => return config_errors(&path, &errs),
+    };
+    let max = max.unwrap_or(resolved.config.verify.max_differences).max(1);
+    let verifiers = statemirror::verifiers(&resolved);
+    if verifiers.is_empty() {
+        eprintln!("statemirror: no sidecar in {} has a follower", path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut out = serde_json::Map::new();
+    let (mut differ, mut failed) = (false, false);
+    for v in verifiers {
+        let r = match v.verify(max).await {
+            Ok(rep) => {
+                differ |= rep.total_differences() > 0;
+                serde_json::to_value(&rep).unwrap_or_default()
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("statemirror: {}: {e}", v.protocol());
+                serde_json::json!({ "error": e })
+            }
+        };
+        out.insert(v.protocol().into(), r);
+    }
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        );
+    }
+    if failed {
+        ExitCode::from(EXIT_UNAVAILABLE)
+    } else if differ {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) -> ExitCode {
+    let resolved = match Config::load(&path) {
+        Ok(r) => r,
+        Err(errs) => return config_errors(&path, &errs),
+    };
+    let admin = format!("http://{}", resolved.admin_listen);
+    let token = resolved.admin_token.as_ref().map(|t| t.expose().to_string());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_seconds);
+    let call = |method, p: String| {
+        let (admin, token) = (admin.clone(), token.clone());
+        async move {
+            client::request(&admin, method, &p, token.as_deref(), Duration::from_secs(30)).await
+        }
+    };
+    let (status, body) = match call(hyper::Method::POST, format!("/resync?force={force}")).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("statemirror: {e}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    if !(200..300).contains(&status) {
+        eprintln!("statemirror: admin API answered HTTP {status}: {}", body.trim());
+        return ExitCode::FAILURE;
+    }
+    if !wait {
+        #[allow(clippy::print_stdout)]
+        {
+            print!("{body}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    // Give the controller a moment to pick the request up, then poll /status.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    loop {
+        if let Ok((200, body)) = call(hyper::Method::GET, "/status".into()).await {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                let done = ["redis", "zookeeper"].iter().all(|p| {
+                    let s = &v[*p];
+                    s.is_null()
+                        || s["mirror"].is_null()
+                        || (s["mirror"]["in_sync"] == true && s["resync"]["running"] == false)
+                });
+                if done {
+                    let mut summary = serde_json::Map::new();
+                    for p in ["redis", "zookeeper"] {
+                        if !v[p]["resync"].is_null() {
+                            summary.insert(p.into(), v[p]["resync"]["last"].clone());
+                        }
+                    }
+                    #[allow(clippy::print_stdout)]
+                    {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&summary).unwrap_or_default()
+                        );
+                    }
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!("statemirror: the follower is not in sync after {timeout_seconds} s");
+            return ExitCode::FAILURE;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

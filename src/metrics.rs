@@ -23,6 +23,14 @@ pub const DROPPED_TOTAL: &str = "statemirror_mirror_dropped_writes_total";
 pub const FOLLOWER_IN_SYNC: &str = "statemirror_follower_in_sync";
 pub const MAINTENANCE: &str = "statemirror_maintenance";
 pub const REJECTED_WRITES_TOTAL: &str = "statemirror_rejected_writes_total";
+pub const RESYNCS_TOTAL: &str = "statemirror_resyncs_total";
+pub const RESYNC_RUNNING: &str = "statemirror_resync_running";
+pub const RESYNC_DURATION: &str = "statemirror_resync_last_duration_seconds";
+pub const RESYNC_COPIED_TOTAL: &str = "statemirror_resync_copied_keys_total";
+pub const RESYNC_DELETED_TOTAL: &str = "statemirror_resync_deleted_keys_total";
+pub const VERIFY_RUNS_TOTAL: &str = "statemirror_verify_runs_total";
+pub const VERIFY_DIFFERENCES: &str = "statemirror_verify_differences";
+pub const VERIFY_LAST_UNIX: &str = "statemirror_verify_last_run_timestamp_seconds";
 
 /// Installs the Prometheus recorder once per process and returns its render handle.
 /// Tests start several proxies in one process, so a second call reuses the first recorder.
@@ -94,6 +102,34 @@ fn describe() {
     describe_counter!(
         REJECTED_WRITES_TOTAL,
         "Writes answered with an error by statemirror itself, by reason."
+    );
+    describe_counter!(
+        RESYNCS_TOTAL,
+        "Full resyncs that ended, by outcome (completed/failed/restarted)."
+    );
+    describe_gauge!(RESYNC_RUNNING, "1 while a full resync runs.");
+    describe_gauge!(
+        RESYNC_DURATION,
+        Unit::Seconds,
+        "How long the last full resync took."
+    );
+    describe_counter!(
+        RESYNC_COPIED_TOTAL,
+        "Keys (Redis) or nodes (ZooKeeper) a resync copied to the follower."
+    );
+    describe_counter!(
+        RESYNC_DELETED_TOTAL,
+        "Keys or nodes a resync removed from the follower (gone from the leader)."
+    );
+    describe_counter!(VERIFY_RUNS_TOTAL, "Verifications run, by outcome.");
+    describe_gauge!(
+        VERIFY_DIFFERENCES,
+        "Keys or nodes that differed (different + missing + extra) in the last verification."
+    );
+    describe_gauge!(
+        VERIFY_LAST_UNIX,
+        Unit::Seconds,
+        "When the last verification finished (Unix time)."
     );
 }
 

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use crate::replication::health::Health;
 use crate::replication::queue::MirrorView;
+use crate::replication::resync::Resync;
+use crate::replication::verify::VerifyState;
 
 pub trait Sidecar: Send + Sync {
     /// `redis` or `zookeeper`: the `/status` key and the metrics label.
@@ -17,6 +19,14 @@ pub trait Sidecar: Send + Sync {
     }
     fn status(&self) -> serde_json::Value;
     fn mirror(&self) -> Option<Arc<dyn MirrorView>>;
+    /// The resync controller (when there is a follower).
+    fn resync(&self) -> Option<Arc<Resync>> {
+        None
+    }
+    /// Verification and its last result (when there is a follower).
+    fn verify(&self) -> Option<Arc<VerifyState>> {
+        None
+    }
 }
 
 /// Leader up, or a follower up to serve reads.

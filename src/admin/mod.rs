@@ -9,8 +9,10 @@
 //! | `GET /maintenance` | whether writes are frozen |
 //! | `PUT /maintenance` | freeze writes; answers once in-flight writes are answered and the mirror drained (or the drain timeout passed) |
 //! | `DELETE /maintenance` | resume writes |
+//! | `GET /verify` | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
+//! | `POST /resync` | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
 //!
-//! With `admin.token_file` set, `PUT` and `DELETE` need `Authorization: Bearer <token>`.
+//! With `admin.token_file` set, `PUT`, `DELETE` and `POST` need `Authorization: Bearer <token>`.
 //! Errors are JSON `{"error": "..."}` with a 4xx status.
 
 pub mod client;
@@ -39,6 +41,8 @@ pub struct AdminState {
     pub prom: PrometheusHandle,
     pub token: Option<crate::config::Secret>,
     pub drain_timeout: Duration,
+    /// Default `?max=` of `GET /verify`.
+    pub max_differences: usize,
 }
 
 /// Most admin connections at once; the API is for operators and scrapers, not traffic.

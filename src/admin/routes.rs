@@ -59,7 +59,42 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
             state.freeze.unfreeze();
             json_resp(StatusCode::OK, maintenance(state))
         }
-        (_, "/healthz" | "/readyz" | "/status" | "/metrics") => method_not_allowed("GET"),
+        (&Method::GET, "/verify") => {
+            let max = match query_param(&req, "max").map(|v| v.parse::<usize>()) {
+                None => state.max_differences,
+                Some(Ok(n)) if n > 0 => n,
+                Some(_) => return error(StatusCode::BAD_REQUEST, "max must be a positive integer"),
+            };
+            verify(state, max).await
+        }
+        (&Method::POST, "/resync") => {
+            if let Some(r) = unauthorized(state, &req) {
+                return r;
+            }
+            let force = match query_param(&req, "force").as_deref() {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return error(StatusCode::BAD_REQUEST, "force must be true or false"),
+            };
+            let mut started = serde_json::Map::new();
+            for s in &state.sidecars {
+                if let Some(r) = s.resync() {
+                    r.request(force);
+                    started.insert(s.protocol().into(), r.status());
+                }
+            }
+            if started.is_empty() {
+                return error(StatusCode::CONFLICT, "no sidecar has a follower to resync");
+            }
+            json_resp(
+                StatusCode::ACCEPTED,
+                json!({"requested": true, "force": force, "resync": started}),
+            )
+        }
+        (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/verify") => {
+            method_not_allowed("GET")
+        }
+        (_, "/resync") => method_not_allowed("POST"),
         (_, "/maintenance") => method_not_allowed("GET, PUT, DELETE"),
         _ => error(StatusCode::NOT_FOUND, &format!("no route {path}")),
     }
@@ -71,9 +106,63 @@ fn status(state: &AdminState) -> Value {
         "maintenance": maintenance(state),
     });
     for s in &state.sidecars {
-        v[s.protocol()] = s.status();
+        let mut st = s.status();
+        if let Some(r) = s.resync() {
+            st["resync"] = r.status();
+        }
+        if let Some(vs) = s.verify() {
+            st["verify"] = vs.status();
+        }
+        v[s.protocol()] = st;
     }
     v
+}
+
+/// Runs every sidecar's verification now. 200 when all ran (whatever they found), 503 when
+/// a backend could not be read.
+async fn verify(state: &AdminState, max: usize) -> Resp {
+    let mut body = serde_json::Map::new();
+    let mut failed = false;
+    let mut any = false;
+    for s in &state.sidecars {
+        let Some(vs) = s.verify() else { continue };
+        any = true;
+        let v = match vs.run(max).await {
+            Ok(rep) => json!({
+                "equal": rep.equal,
+                "different": rep.different,
+                "missing_on_follower": rep.missing_on_follower,
+                "extra_on_follower": rep.extra_on_follower,
+                "unreadable": rep.unreadable,
+                "total_differences": rep.total_differences(),
+                "duration_seconds": rep.duration_seconds,
+                "truncated": rep.truncated,
+                "differences": rep.differences,
+            }),
+            Err(e) => {
+                failed = true;
+                json!({"error": e})
+            }
+        };
+        body.insert(s.protocol().into(), v);
+    }
+    if !any {
+        return error(StatusCode::CONFLICT, "no sidecar has a follower to verify");
+    }
+    let code = if failed {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_resp(code, Value::Object(body))
+}
+
+/// The value of `name` in the query string (no percent-decoding: values are plain words).
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| v.to_string())
+    })
 }
 
 fn maintenance(state: &AdminState) -> Value {

@@ -36,9 +36,10 @@
 //!
 //! Costs and limits (also in the README): a copied write costs the leader a `DUMP` of the
 //! keys it touched (pipelined and coalesced). A write to a very large collection copies the
-//! whole collection. The follower must accept the leader's `DUMP` format (same or newer
-//! Redis); a rejected payload is counted, the follower marked out of sync, and the rest of
-//! the batch continues. `SWAPDB` and `FLUSHALL`/`FLUSHDB` are replayed; a client write that
+//! whole collection. The follower should accept the leader's `DUMP` format (same or newer
+//! Redis); the first time it rejects a payload the writer switches to type-aware copies
+//! ([`super::typed`], slower: a few round trips per key) and retries the batch, as it does
+//! from the start with `redis.copy_format = "typed"`. `SWAPDB` and `FLUSHALL`/`FLUSHDB` are replayed; a client write that
 //! races with them on another connection may be ordered either way on the follower. If the
 //! leader restarts (new `run_id`) while copies are queued, they are given up and the
 //! follower marked out of sync rather than copied from a leader that may have lost data.
@@ -50,7 +51,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use smallvec::SmallVec;
 
 use super::backend::{encode_cmd, error_text, BackendError, Conn};
-use crate::config::RedisBackend;
+use crate::config::{CopyFormat, RedisBackend};
 use crate::replication::queue::{Barrier, MirrorOp, MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
 use std::sync::Arc;
@@ -146,6 +147,19 @@ enum Effect {
         db: u32,
         cmd: Bytes,
     },
+    /// A type-aware copy (`None`: the key is gone).
+    Typed {
+        db: u32,
+        key: Bytes,
+        snap: Option<super::typed::Snapshot>,
+    },
+}
+
+/// Per op item: a key to read from the leader, a replay, or an effect known already.
+enum Plan {
+    Read { db: u32, key: Bytes },
+    Replay { db: u32, cmd: Bytes },
+    Known(Effect),
 }
 
 pub struct RedisApplier {
@@ -161,7 +175,10 @@ pub struct RedisApplier {
     /// Set while a batch is being applied: if it is still set when the next one starts, the
     /// worker's timeout cancelled the last one mid-pipeline and replies may be unread.
     dirty: bool,
-    /// To mark the follower out of sync when it rejects a payload.
+    /// Copy keys type-aware instead of `DUMP`/`RESTORE` (configured, or after the follower
+    /// rejected a payload).
+    typed: bool,
+    /// To mark the follower out of sync when a key cannot be copied.
     queue: Arc<MirrorQueue<RedisOp>>,
 }
 
@@ -170,9 +187,11 @@ impl RedisApplier {
         leader: RedisBackend,
         follower: RedisBackend,
         connect_timeout: Duration,
+        copy_format: CopyFormat,
         queue: Arc<MirrorQueue<RedisOp>>,
     ) -> Self {
         Self {
+            typed: copy_format == CopyFormat::Typed,
             leader,
             follower,
             connect_timeout,
@@ -265,12 +284,6 @@ impl RedisApplier {
     /// Steps 2 and 3 for the whole batch.
     async fn apply_batch(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
         let resolved = self.resolve_keys(batch).await?;
-        // Plan: per op, the list of (db, key) to read, or replays.
-        enum Plan {
-            Read { db: u32, key: Bytes },
-            Replay { db: u32, cmd: Bytes },
-            Known(Effect),
-        }
         let mut plans: Vec<SmallVec<[Plan; 2]>> = Vec::with_capacity(batch.len());
         let mut resolved = resolved.into_iter();
         for op in batch {
@@ -308,6 +321,10 @@ impl RedisApplier {
                 }
             }
             plans.push(p);
+        }
+        if self.typed {
+            let effects = self.read_typed(plans).await?;
+            return self.write_effects(effects).await;
         }
         // Read everything in one MULTI/EXEC.
         let ttl_cmd: &[u8] = if self.use_pttl {
@@ -412,6 +429,37 @@ impl RedisApplier {
         self.write_effects(effects).await
     }
 
+    /// Step 2 without `DUMP`: each copied key read type-aware, one at a time.
+    async fn read_typed(
+        &mut self,
+        plans: Vec<SmallVec<[Plan; 2]>>,
+    ) -> Result<Vec<SmallVec<[Effect; 2]>>, ApplyError> {
+        let mut effects = Vec::with_capacity(plans.len());
+        for p in plans {
+            let mut e = SmallVec::new();
+            for step in p {
+                match step {
+                    Plan::Known(effect) => e.push(effect),
+                    Plan::Replay { db, cmd } => e.push(Effect::Replay { db, cmd }),
+                    Plan::Read { db, key } => {
+                        let conn = self.leader().await?;
+                        let r = async {
+                            super::resync::select(conn, db)
+                                .await
+                                .map_err(BackendError::Protocol)?;
+                            super::typed::read(conn, &key).await
+                        }
+                        .await;
+                        let snap = r.map_err(|e| self.leader_err(e))?;
+                        e.push(Effect::Typed { db, key, snap });
+                    }
+                }
+            }
+            effects.push(e);
+        }
+        Ok(effects)
+    }
+
     async fn write_effects(
         &mut self,
         effects: Vec<SmallVec<[Effect; 2]>>,
@@ -426,7 +474,7 @@ impl RedisApplier {
                 shape.push((0, false));
                 continue;
             }
-            let wrap = op.len() > 1;
+            let wrap = op.len() > 1 || op.iter().any(|e| matches!(e, Effect::Typed { .. }));
             let mut n = 0;
             if wrap {
                 encode_cmd(&mut out, &[b"MULTI"]);
@@ -437,7 +485,8 @@ impl RedisApplier {
                     Effect::Set { db, .. }
                     | Effect::Restore { db, .. }
                     | Effect::Delete { db, .. }
-                    | Effect::Replay { db, .. } => *db,
+                    | Effect::Replay { db, .. }
+                    | Effect::Typed { db, .. } => *db,
                 };
                 if db != Some(d) {
                     encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
@@ -484,6 +533,17 @@ impl RedisApplier {
                     ),
                     Effect::Delete { key, .. } => encode_cmd(&mut out, &[b"DEL", key]),
                     Effect::Replay { cmd, .. } => out.extend_from_slice(cmd),
+                    Effect::Typed { key, snap, .. } => {
+                        let k = super::typed::write_cmds(&mut out, key, snap.as_ref());
+                        if k == 0 {
+                            self.queue.sync().mark_out_of_sync(format!(
+                                "key {} has a type statemirror cannot copy without DUMP/RESTORE",
+                                String::from_utf8_lossy(key)
+                            ));
+                        }
+                        n += k;
+                        continue;
+                    }
                 }
                 n += 1;
             }
@@ -527,10 +587,20 @@ impl RedisApplier {
                     || e.contains("EXECABORT")
                     || e.contains("Bad data format")
             });
-            if payload_rejected {
+            if payload_rejected && !self.typed {
+                // Every payload from this leader will be refused alike: copy type-aware
+                // from now on and apply the batch again (it is idempotent).
+                self.typed = true;
+                tracing::warn!(
+                    error = %errors[0],
+                    "the follower rejected a DUMP payload (an older Redis?); copying keys \
+                     type-aware from now on (slower; set redis.copy_format = \"typed\")"
+                );
+                return Err(ApplyError::new("follower_rejected_payload", errors.join("; ")));
+            } else if payload_rejected {
                 given_up += 1;
                 self.queue.sync().mark_out_of_sync(format!(
-                    "follower rejected a DUMP payload from the leader ({}); is it an older Redis?",
+                    "follower rejected a copy of a key ({})",
                     errors[0]
                 ));
             } else {

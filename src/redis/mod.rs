@@ -8,6 +8,10 @@
 //!   can be mirrored or its keys must be copied);
 //! - [`mirror`]: where a write is mirrored (key copies to the follower) — the module comment
 //!   explains the mechanism;
+//! - [`resync`]: the full resync walker (`SCAN` the leader, copy; find follower-only keys);
+//! - [`verify`]: comparing leader and follower key by key, NiFi state decoded;
+//! - [`typed`]: type-aware reads and copies (for followers that reject `DUMP` payloads, and
+//!   for comparing values whose encodings differ);
 //! - [`backend`]: statemirror's own connections to the backends;
 //! - [`server`]: the listener, backend choice, health checks.
 //!
@@ -21,5 +25,8 @@ pub mod command;
 pub mod inflight;
 pub mod mirror;
 pub mod resp;
+pub mod resync;
 pub mod server;
 pub mod session;
+pub mod typed;
+pub mod verify;

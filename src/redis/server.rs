@@ -17,13 +17,17 @@ use super::backend::{encode_cmd, Conn};
 use super::command::{CommandTable, Source};
 use super::inflight::InFlight;
 use super::mirror::{RedisApplier, RedisOp};
+use super::resync::RedisWalker;
+use super::verify::RedisVerifier;
 use super::resp::Limits;
 use super::session;
-use crate::config::{RedisBackend, RedisConfig, ReplicationConfig, ResolvedRedis};
+use crate::config::{Config, RedisBackend, RedisConfig, ResolvedRedis};
 use crate::metrics::{ProtocolMetrics, Route};
 use crate::replication::freeze::Freeze;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
+use crate::replication::resync::{self, Resync};
+use crate::replication::verify::VerifyState;
 use crate::replication::worker;
 use crate::sidecar::{serving, Sidecar};
 
@@ -60,6 +64,8 @@ impl Shared {
 pub struct RedisSidecar {
     pub shared: Arc<Shared>,
     pub local_addr: SocketAddr,
+    pub resync: Option<Arc<Resync>>,
+    pub verify: Option<Arc<VerifyState>>,
 }
 
 impl Sidecar for RedisSidecar {
@@ -69,6 +75,14 @@ impl Sidecar for RedisSidecar {
 
     fn mirror(&self) -> Option<Arc<dyn MirrorView>> {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
+    }
+
+    fn resync(&self) -> Option<Arc<Resync>> {
+        self.resync.clone()
+    }
+
+    fn verify(&self) -> Option<Arc<VerifyState>> {
+        self.verify.clone()
     }
 
     fn health(&self) -> (&Health, Option<&Health>) {
@@ -102,13 +116,14 @@ impl Sidecar for RedisSidecar {
 pub async fn start(
     r: &ResolvedRedis,
     cfg: &RedisConfig,
-    repl: &ReplicationConfig,
+    top: &Config,
     freeze: Arc<Freeze>,
     shutdown: CancellationToken,
 ) -> std::io::Result<RedisSidecar> {
     let listener = TcpListener::bind(r.listen).await?;
     let local_addr = listener.local_addr()?;
     let metrics = ProtocolMetrics::new("redis");
+    let repl = &top.replication;
     let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let mirror = r.follower.as_ref().map(|_| {
         MirrorQueue::<RedisOp>::new(
@@ -116,6 +131,7 @@ pub async fn start(
             QueueLimits {
                 max_ops: repl.max_queue_ops,
                 max_bytes: repl.max_queue_bytes,
+                bulk_capacity: 2 * repl.batch_max_ops,
             },
         )
     });
@@ -158,9 +174,40 @@ pub async fn start(
             tracing::warn!(error = %e, "leader did not answer COMMAND; using the built-in table until it does")
         }
     }
+    let mut resync = None;
+    let mut verify = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
-        let applier = RedisApplier::new(r.leader.clone(), f.clone(), connect_timeout, q.clone());
-        worker::spawn(q, applier, repl.clone(), shutdown.clone());
+        let applier = RedisApplier::new(
+            r.leader.clone(),
+            f.clone(),
+            connect_timeout,
+            cfg.copy_format,
+            q.clone(),
+        );
+        worker::spawn(q.clone(), applier, repl.clone(), shutdown.clone());
+        let rs = Resync::new("redis", top.resync.clone(), q.clone());
+        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q);
+        let up = shared.clone();
+        resync::spawn(
+            rs.clone(),
+            Arc::new(walker),
+            Arc::new(move || up.follower_health.as_ref().is_some_and(Health::is_up)),
+            shutdown.clone(),
+        );
+        resync = Some(rs);
+        let vs = VerifyState::new(Arc::new(RedisVerifier::new(
+            r.leader.clone(),
+            f.clone(),
+            cfg,
+            &top.verify,
+        )));
+        crate::replication::verify::spawn_periodic(
+            vs.clone(),
+            Duration::from_millis(top.verify.interval_ms),
+            top.verify.max_differences,
+            shutdown.clone(),
+        );
+        verify = Some(vs);
     }
     tokio::spawn(health_loop(shared.clone(), true, shutdown.clone()));
     if shared.follower.is_some() {
@@ -178,7 +225,12 @@ pub async fn start(
     tracing::info!(listen = %local_addr, leader = %r.leader.address,
         follower = r.follower.as_ref().map(|f| f.address.as_str()).unwrap_or("none"),
         "redis sidecar ready");
-    Ok(RedisSidecar { shared, local_addr })
+    Ok(RedisSidecar {
+        shared,
+        local_addr,
+        resync,
+        verify,
+    })
 }
 
 async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable, String> {

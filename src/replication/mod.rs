@@ -4,9 +4,16 @@
 //! - [`worker`]: the follower writer loop (batching, retry with backoff, rate-limited
 //!   warnings) around a protocol's [`worker::Applier`];
 //! - [`freeze`]: the maintenance write freeze and its in-flight write accounting;
-//! - [`health`]: backend up/down state shared by health checks and sessions.
+//! - [`health`]: backend up/down state shared by health checks and sessions;
+//! - [`resync`]: the full-resync controller (when to run, pacing, progress) around a
+//!   protocol's walker;
+//! - [`verify`]: the comparison report, its schedule and last result; [`nifi`]: NiFi's state
+//!   formats, so a report names the component and entry that differ.
 
 pub mod freeze;
 pub mod health;
+pub mod nifi;
 pub mod queue;
+pub mod resync;
+pub mod verify;
 pub mod worker;

@@ -5,6 +5,11 @@
 //! bytes: on overflow it discards what is waiting, counts it, and marks the follower out of
 //! sync (only a full resync can repair that), so producers never wait on the follower.
 //!
+//! A second, *bulk* lane carries a resync's copies (`replication::resync`). It is not
+//! counted against the limits, the depth or the lag (a resync must not overflow live
+//! writes or look like lag); instead its producer waits for room. The writer takes live ops
+//! first and fills the rest of a batch from the bulk lane.
+//!
 //! Ops may name a *coalesce key*: an op whose key is already waiting (not yet taken by the
 //! writer) adds nothing, because the waiting op will read the newer state anyway (see
 //! `redis::mirror` for why that holds for Redis key copies).
@@ -45,6 +50,8 @@ pub enum Barrier<K> {
 /// In-sync flag with the reason it was lost. Shared by the queue, the writer and `/status`.
 pub struct SyncState {
     in_sync: AtomicBool,
+    /// Bumped by every `mark_out_of_sync`: a resync that started before a bump is not enough.
+    epoch: AtomicU64,
     reason: Mutex<Option<String>>,
     gauge: Gauge,
 }
@@ -55,9 +62,15 @@ impl SyncState {
         gauge.set(1.0);
         Self {
             in_sync: AtomicBool::new(true),
+            epoch: AtomicU64::new(0),
             reason: Mutex::new(None),
             gauge,
         }
+    }
+
+    /// Changes whenever the follower is (again) marked out of sync.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     pub fn in_sync(&self) -> bool {
@@ -71,6 +84,7 @@ impl SyncState {
     /// Marks the follower out of sync; the first reason since the last resync is kept.
     pub fn mark_out_of_sync(&self, reason: impl Into<String>) {
         let mut r = lock(&self.reason);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         if r.is_none() {
             let reason = reason.into();
             tracing::warn!(%reason, "follower marked out of sync; a full resync is needed");
@@ -80,11 +94,17 @@ impl SyncState {
         self.gauge.set(0.0);
     }
 
-    /// After a full resync.
-    pub fn mark_in_sync(&self) {
-        *lock(&self.reason) = None;
+    /// After a full resync that started at `epoch`: false (and still out of sync) when the
+    /// follower was marked out of sync again meanwhile.
+    pub fn mark_in_sync_if(&self, epoch: u64) -> bool {
+        let mut r = lock(&self.reason);
+        if self.epoch() != epoch {
+            return false;
+        }
+        *r = None;
         self.in_sync.store(true, Ordering::Release);
         self.gauge.set(1.0);
+        true
     }
 }
 
@@ -92,6 +112,8 @@ impl SyncState {
 pub struct QueueLimits {
     pub max_ops: usize,
     pub max_bytes: usize,
+    /// Most ops in the bulk lane before `push_bulk` waits.
+    pub bulk_capacity: usize,
 }
 
 struct Waiting<Op> {
@@ -107,6 +129,9 @@ struct Inner<Op: MirrorOp> {
     in_flight: usize,
     in_flight_bytes: usize,
     in_flight_oldest: Option<Instant>,
+    /// The bulk lane (resync copies) and how many of the batch in flight came from it.
+    bulk: VecDeque<Op>,
+    bulk_in_flight: usize,
 }
 
 /// What `/status` and maintenance need from a queue, without its op type.
@@ -116,6 +141,10 @@ pub trait MirrorView: Send + Sync {
     /// Notified whenever ops complete or are dropped.
     fn changed(&self) -> &Notify;
     fn is_drained(&self) -> bool;
+    /// Resync ops waiting or being applied.
+    fn bulk_pending(&self) -> usize;
+    /// Discards the bulk lane (a resync that is abandoned).
+    fn clear_bulk(&self);
 }
 
 /// Waits until the queue is empty or the deadline passes; true when drained.
@@ -148,8 +177,10 @@ pub struct MirrorStatus {
 pub struct MirrorQueue<Op: MirrorOp> {
     inner: Mutex<Inner<Op>>,
     limits: QueueLimits,
+    bulk_capacity: usize,
     wake: Notify,
     changed: Notify,
+    bulk_room: Notify,
     sync: SyncState,
     pub(crate) stats: QueueStats,
 }
@@ -187,10 +218,14 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 in_flight: 0,
                 in_flight_bytes: 0,
                 in_flight_oldest: None,
+                bulk: VecDeque::new(),
+                bulk_in_flight: 0,
             }),
             limits,
+            bulk_capacity: limits.bulk_capacity.max(1),
             wake: Notify::new(),
             changed: Notify::new(),
+            bulk_room: Notify::new(),
             sync: SyncState::new(protocol),
             stats: QueueStats {
                 protocol,
@@ -258,14 +293,15 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         self.wake.notify_one();
     }
 
-    /// Waits for work and takes up to `max` ops / `max_bytes` bytes (always at least one op);
-    /// they stay counted (depth, lag) until [`complete`](Self::complete).
+    /// Waits for work and takes up to `max` ops / `max_bytes` bytes (always at least one op),
+    /// live ops first, then bulk ones; they stay counted (depth, lag) until
+    /// [`complete`](Self::complete).
     pub async fn take_batch(&self, max: usize, max_bytes: usize) -> Vec<Op> {
         loop {
             let notified = self.wake.notified();
             {
                 let mut inner = lock(&self.inner);
-                if !inner.waiting.is_empty() {
+                if !inner.waiting.is_empty() || !inner.bulk.is_empty() {
                     let n = inner.waiting.len().min(max);
                     let mut batch = Vec::with_capacity(n);
                     let mut bytes = 0;
@@ -290,6 +326,25 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                     inner.waiting_bytes -= bytes;
                     inner.in_flight = batch.len();
                     inner.in_flight_bytes = bytes;
+                    let mut bulk_bytes = 0;
+                    let mut taken_bulk = 0;
+                    while batch.len() < max {
+                        let next = inner.bulk.front().map(|o| o.cost_bytes()).unwrap_or(0);
+                        if inner.bulk.is_empty()
+                            || (!batch.is_empty() && bytes + bulk_bytes + next > max_bytes)
+                        {
+                            break;
+                        }
+                        if let Some(op) = inner.bulk.pop_front() {
+                            bulk_bytes += next;
+                            taken_bulk += 1;
+                            batch.push(op);
+                        }
+                    }
+                    inner.bulk_in_flight = taken_bulk;
+                    if taken_bulk > 0 {
+                        self.bulk_room.notify_waiters();
+                    }
                     return batch;
                 }
             }
@@ -297,14 +352,33 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         }
     }
 
+    /// Queues a resync op in the bulk lane, waiting while the lane is full (never drops).
+    pub async fn push_bulk(&self, op: Op) {
+        loop {
+            let room = self.bulk_room.notified();
+            {
+                let mut inner = lock(&self.inner);
+                if inner.bulk.len() < self.bulk_capacity {
+                    inner.bulk.push_back(op);
+                    drop(inner);
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
     /// The batch taken last is on the follower (or given up for good).
     pub fn complete(&self, applied: usize) {
-        {
+        let applied = {
             let mut inner = lock(&self.inner);
             inner.in_flight = 0;
             inner.in_flight_bytes = 0;
             inner.in_flight_oldest = None;
-        }
+            // Resync copies are not client writes: count only the live part.
+            applied.saturating_sub(std::mem::take(&mut inner.bulk_in_flight))
+        };
         self.stats
             .mirrored
             .fetch_add(applied as u64, Ordering::Relaxed);
@@ -313,8 +387,8 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         self.changed.notify_waiters();
     }
 
-    /// Discards everything waiting (not the batch in flight) and marks the follower out of
-    /// sync with `reason`.
+    /// Discards everything waiting in both lanes (not the batch in flight) and marks the
+    /// follower out of sync with `reason`.
     pub fn discard_waiting(&self, reason: &str) {
         let dropped = {
             let mut inner = lock(&self.inner);
@@ -322,8 +396,10 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
             inner.waiting.clear();
             inner.waiting_keys.clear();
             inner.waiting_bytes = 0;
+            inner.bulk.clear();
             n
         };
+        self.bulk_room.notify_waiters();
         self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
         self.stats.dropped_c.increment(dropped);
         self.sync.mark_out_of_sync(reason);
@@ -383,6 +459,17 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
         let inner = lock(&self.inner);
         inner.waiting.is_empty() && inner.in_flight == 0
     }
+
+    fn bulk_pending(&self) -> usize {
+        let inner = lock(&self.inner);
+        inner.bulk.len() + inner.bulk_in_flight
+    }
+
+    fn clear_bulk(&self) {
+        lock(&self.inner).bulk.clear();
+        self.bulk_room.notify_waiters();
+        self.changed.notify_waiters();
+    }
 }
 
 /// A poisoned lock only means another thread panicked mid-update of plain counters; the data
@@ -413,6 +500,7 @@ mod tests {
             QueueLimits {
                 max_ops: 10,
                 max_bytes: 1000,
+                bulk_capacity: 4,
             },
         );
         q.push(Op(1, Some(7)));
@@ -449,6 +537,7 @@ mod tests {
             QueueLimits {
                 max_ops: 10,
                 max_bytes: 1000,
+                bulk_capacity: 4,
             },
         );
         q.push(Barred(1, Some(7), vec![])); // copy of key 7
@@ -460,12 +549,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bulk_ops_wait_for_room_come_after_live_ones_and_are_not_counted() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 2,
+                max_bytes: 1000,
+                bulk_capacity: 2,
+            },
+        );
+        q.push_bulk(Op(10, None)).await;
+        q.push_bulk(Op(11, None)).await;
+        // The lane is full: a third push waits until the writer takes a batch.
+        let third = tokio::time::timeout(Duration::from_millis(50), q.push_bulk(Op(12, None)));
+        assert!(third.await.is_err());
+        q.push(Op(1, None));
+        q.push(Op(2, None));
+        assert!(q.sync().in_sync(), "bulk ops do not count against the limits");
+        assert_eq!(q.status().queue_depth, 2);
+        let b = q.take_batch(3, usize::MAX).await;
+        assert_eq!(b.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 2, 10]);
+        assert_eq!(q.bulk_pending(), 2);
+        q.complete(3);
+        assert_eq!(q.status().mirrored_writes, 2, "the bulk op is not a client write");
+        q.push_bulk(Op(12, None)).await;
+        assert_eq!(q.bulk_pending(), 2);
+    }
+
+    #[test]
+    fn in_sync_only_when_nothing_was_lost_since_the_resync_began() {
+        let s = SyncState::new("test");
+        s.mark_out_of_sync("a");
+        let e = s.epoch();
+        s.mark_out_of_sync("b");
+        assert!(!s.mark_in_sync_if(e));
+        assert!(!s.in_sync());
+        assert!(s.mark_in_sync_if(s.epoch()));
+        assert!(s.in_sync() && s.reason().is_none());
+    }
+
+    #[tokio::test]
     async fn overflow_discards_and_marks_out_of_sync() {
         let q = MirrorQueue::new(
             "test",
             QueueLimits {
                 max_ops: 2,
                 max_bytes: 1000,
+                bulk_capacity: 4,
             },
         );
         q.push(Op(1, None));
@@ -489,6 +619,7 @@ mod tests {
             QueueLimits {
                 max_ops: 100,
                 max_bytes: 1000,
+                bulk_capacity: 4,
             },
         );
         for i in 0..5 {
@@ -506,6 +637,7 @@ mod tests {
             QueueLimits {
                 max_ops: 100,
                 max_bytes: 25,
+                bulk_capacity: 4,
             },
         );
         q.push(Op(1, None));

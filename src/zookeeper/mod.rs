@@ -14,7 +14,10 @@
 //! - [`session`]: one client connection relayed to the leader ensemble, replies in order;
 //! - [`server`]: the listener, server rotation, four-letter words, health checks;
 //! - [`mirror`]: where an acknowledged write becomes a follower op, applied in zxid order;
-//! - [`client`]: statemirror's own session to the follower ensemble.
+//! - [`client`]: statemirror's own sessions (the follower writer, resync and verify reads);
+//! - [`tree`]: reading a node's data, ACL, stat and children for resync and verify;
+//! - [`resync`]: the full resync walker (leader tree → follower, in `multi` batches);
+//! - [`verify`]: comparing both trees node by node, NiFi state decoded.
 
 pub mod client;
 pub mod ephemeral;
@@ -22,5 +25,8 @@ pub mod frame;
 pub mod jute;
 pub mod mirror;
 pub mod proto;
+pub mod resync;
 pub mod server;
 pub mod session;
+pub mod tree;
+pub mod verify;

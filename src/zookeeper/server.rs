@@ -15,12 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame::next_frame;
 use super::mirror::{PathFilter, ZkApplier, ZkOp};
+use super::resync::ZkWalker;
+use super::verify::ZkVerifier;
 use super::session;
-use crate::config::{ReplicationConfig, ResolvedZk, ZooKeeperConfig};
+use crate::config::{Config, ResolvedZk, ZooKeeperConfig};
 use crate::metrics::ProtocolMetrics;
 use crate::replication::freeze::Freeze;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
+use crate::replication::resync::{self, Resync};
+use crate::replication::verify::VerifyState;
 use crate::replication::worker;
 use crate::sidecar::{serving, Sidecar};
 
@@ -135,6 +139,8 @@ impl ZkShared {
 pub struct ZkSidecar {
     pub shared: Arc<ZkShared>,
     pub local_addr: SocketAddr,
+    pub resync: Option<Arc<Resync>>,
+    pub verify: Option<Arc<VerifyState>>,
 }
 
 impl Sidecar for ZkSidecar {
@@ -144,6 +150,14 @@ impl Sidecar for ZkSidecar {
 
     fn mirror(&self) -> Option<Arc<dyn MirrorView>> {
         self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
+    }
+
+    fn resync(&self) -> Option<Arc<Resync>> {
+        self.resync.clone()
+    }
+
+    fn verify(&self) -> Option<Arc<VerifyState>> {
+        self.verify.clone()
     }
 
     fn health(&self) -> (&Health, Option<&Health>) {
@@ -171,19 +185,21 @@ impl Sidecar for ZkSidecar {
 pub async fn start(
     r: &ResolvedZk,
     cfg: &ZooKeeperConfig,
-    repl: &ReplicationConfig,
+    top: &Config,
     freeze: Arc<Freeze>,
     shutdown: CancellationToken,
 ) -> std::io::Result<ZkSidecar> {
     let listener = TcpListener::bind(r.listen).await?;
     let local_addr = listener.local_addr()?;
     let metrics = ProtocolMetrics::new("zookeeper");
+    let repl = &top.replication;
     let mirror = r.follower.as_ref().map(|_| {
         MirrorQueue::<ZkOp>::new(
             "zookeeper",
             QueueLimits {
                 max_ops: repl.max_queue_ops,
                 max_bytes: repl.max_queue_bytes,
+                bulk_capacity: 2 * repl.batch_max_ops,
             },
         )
     });
@@ -215,6 +231,8 @@ pub async fn start(
         metrics,
         next: AtomicUsize::new(0),
     });
+    let mut resync = None;
+    let mut verify = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
         let applier = ZkApplier::new(
             f.clone(),
@@ -225,7 +243,26 @@ pub async fn start(
             q.clone(),
             shared.ephemerals.clone(),
         );
-        worker::spawn(q, applier, repl.clone(), shutdown.clone());
+        worker::spawn(q.clone(), applier, repl.clone(), shutdown.clone());
+        let rs = Resync::new("zookeeper", top.resync.clone(), q.clone());
+        let up = shared.clone();
+        resync::spawn(
+            rs.clone(),
+            Arc::new(ZkWalker::new(r, cfg, q)),
+            Arc::new(move || up.follower_health.as_ref().is_some_and(Health::is_up)),
+            shutdown.clone(),
+        );
+        resync = Some(rs);
+        if let Some(v) = ZkVerifier::new(r, cfg) {
+            let vs = VerifyState::new(Arc::new(v));
+            crate::replication::verify::spawn_periodic(
+                vs.clone(),
+                Duration::from_millis(top.verify.interval_ms),
+                top.verify.max_differences,
+                shutdown.clone(),
+            );
+            verify = Some(vs);
+        }
     }
     tokio::spawn(health_loop(shared.clone(), true, shutdown.clone()));
     if shared.follower.is_some() {
@@ -244,7 +281,12 @@ pub async fn start(
     tracing::info!(listen = %local_addr, leader = %r.leader.join(","),
         follower = r.follower.as_ref().map(|f| f.join(",")).unwrap_or_else(|| "none".into()),
         "zookeeper sidecar ready");
-    Ok(ZkSidecar { shared, local_addr })
+    Ok(ZkSidecar {
+        shared,
+        local_addr,
+        resync,
+        verify,
+    })
 }
 
 /// Answers a four-letter word: `ruok` and `isro` here, the rest relayed to a leader server.

@@ -185,9 +185,18 @@ impl Proxy {
         tweak(&mut cfg);
         let resolved = cfg.validate().unwrap_or_else(|e| panic!("config: {e:?}"));
         statemirror::telemetry::init(&resolved.config.log);
+        let wait = resolved.config.resync.on_start
+            && follower.is_some_and(|f| std::net::TcpStream::connect(f.addr()).is_ok());
         let app = statemirror::start(resolved)
             .await
             .expect("statemirror starts");
+        // The follower starts out of sync; let the resync at start finish first.
+        if wait {
+            assert!(
+                app.wait_in_sync(Duration::from_secs(20)).await,
+                "the resync at start did not finish"
+            );
+        }
         Proxy { app }
     }
 

@@ -798,9 +798,23 @@ impl ZkProxy {
         tweak(&mut cfg);
         let resolved = cfg.validate().unwrap_or_else(|e| panic!("config: {e:?}"));
         statemirror::telemetry::init(&resolved.config.log);
+        let wait = resolved.config.resync.on_start
+            && resolved
+                .zookeeper
+                .as_ref()
+                .and_then(|z| z.follower.as_ref())
+                .and_then(|f| f.first())
+                .is_some_and(|a| std::net::TcpStream::connect(a).is_ok());
         let app = statemirror::start(resolved)
             .await
             .expect("statemirror starts");
+        // The follower starts out of sync; let the resync at start finish first.
+        if wait {
+            assert!(
+                app.wait_in_sync(std::time::Duration::from_secs(30)).await,
+                "the resync at start did not finish"
+            );
+        }
         ZkProxy { app }
     }
 

@@ -1,0 +1,261 @@
+//! The Redis resync walker: which keys a full resync copies and deletes. The copying itself
+//! is the mirror writer's (`mirror.rs`): each key becomes a `Copy` op in the queue's bulk
+//! lane, read from the leader and written to the follower when the writer applies it — the
+//! reason a client write made during the resync is never overwritten by an older copy
+//! (`replication::resync` explains it).
+//!
+//! 1. The databases: every one that holds keys on the leader or the follower (`INFO keyspace`).
+//! 2. Leader keys: `SCAN cursor MATCH pattern COUNT batch_size` per pattern, each key queued
+//!    as a copy (a key returned twice by `SCAN` is copied twice, harmlessly).
+//! 3. Follower-only keys: the same `SCAN` on the follower, then `EXISTS` on the leader for the
+//!    batch; each key the leader lacks is queued as a copy too, which deletes it on the
+//!    follower (or copies it, if a client created it meanwhile).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame;
+use smallvec::smallvec;
+
+use super::backend::{encode_cmd, error_text, Conn};
+use super::mirror::{Item, RedisOp};
+use crate::config::{RedisBackend, RedisConfig};
+use crate::replication::queue::MirrorQueue;
+use crate::replication::resync::{BoxFuture, ResyncCtx, ResyncError, Walker};
+
+pub struct RedisWalker {
+    leader: RedisBackend,
+    follower: RedisBackend,
+    patterns: Vec<String>,
+    connect_timeout: Duration,
+    queue: Arc<MirrorQueue<RedisOp>>,
+}
+
+impl RedisWalker {
+    pub fn new(
+        leader: RedisBackend,
+        follower: RedisBackend,
+        cfg: &RedisConfig,
+        queue: Arc<MirrorQueue<RedisOp>>,
+    ) -> Self {
+        Self {
+            leader,
+            follower,
+            patterns: cfg.key_patterns.clone(),
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            queue,
+        }
+    }
+
+    async fn run(&self, ctx: &ResyncCtx) -> Result<(), ResyncError> {
+        let mut leader = connect(&self.leader, self.connect_timeout, "leader").await?;
+        let mut follower = connect(&self.follower, self.connect_timeout, "follower").await?;
+        let lk = keyspace(&mut leader).await.map_err(|e| fail("leader", e))?;
+        let fk = keyspace(&mut follower)
+            .await
+            .map_err(|e| fail("follower", e))?;
+        let leader_keys: u64 = lk.iter().map(|(_, n)| n).sum();
+        let follower_keys: u64 = fk.iter().map(|(_, n)| n).sum();
+        if leader_keys == 0 && follower_keys > 0 && ctx.refuse_empty_leader && !ctx.force {
+            return Err(ResyncError::Refused(format!(
+                "the leader holds no keys but the follower holds {follower_keys}: a resync would \
+                 erase the follower, which may be the only copy left. If the leader is right, \
+                 run `statemirror resync --force`"
+            )));
+        }
+        let dbs: BTreeSet<u32> = lk.iter().chain(&fk).map(|(db, _)| *db).collect();
+        for &db in &dbs {
+            for pattern in &self.patterns {
+                // Leader keys: copy each.
+                let mut cursor = Bytes::from_static(b"0");
+                loop {
+                    let (next, keys) = scan(&mut leader, db, &cursor, pattern, ctx.batch_size)
+                        .await
+                        .map_err(|e| fail("leader", e))?;
+                    ctx.scanned(keys.len() as u64);
+                    ctx.pace(keys.len() as u64).await?;
+                    for key in keys {
+                        self.queue
+                            .push_bulk(RedisOp {
+                                items: smallvec![Item::Copy { db, key }],
+                            })
+                            .await;
+                        ctx.copied(1);
+                    }
+                    if &next[..] == b"0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+                // Follower keys the leader does not have: copy (= delete) each.
+                let mut cursor = Bytes::from_static(b"0");
+                loop {
+                    ctx.check()?;
+                    let (next, keys) = scan(&mut follower, db, &cursor, pattern, ctx.batch_size)
+                        .await
+                        .map_err(|e| fail("follower", e))?;
+                    ctx.scanned(keys.len() as u64);
+                    let gone = missing(&mut leader, db, &keys)
+                        .await
+                        .map_err(|e| fail("leader", e))?;
+                    ctx.pace(gone.len() as u64).await?;
+                    for key in gone {
+                        self.queue
+                            .push_bulk(RedisOp {
+                                items: smallvec![Item::Copy { db, key }],
+                            })
+                            .await;
+                        ctx.deleted(1);
+                    }
+                    if &next[..] == b"0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Walker for RedisWalker {
+    fn walk<'a>(&'a self, ctx: &'a ResyncCtx) -> BoxFuture<'a, Result<(), ResyncError>> {
+        Box::pin(self.run(ctx))
+    }
+}
+
+async fn connect(b: &RedisBackend, timeout: Duration, role: &str) -> Result<Conn, ResyncError> {
+    Conn::connect(b, timeout)
+        .await
+        .map_err(|e| ResyncError::Failed(format!("{role}: {e}")))
+}
+
+fn fail(role: &str, e: impl std::fmt::Display) -> ResyncError {
+    ResyncError::Failed(format!("{role}: {e}"))
+}
+
+/// `(db, keys)` of every database holding keys, from `INFO keyspace`.
+pub async fn keyspace(c: &mut Conn) -> Result<Vec<(u32, u64)>, String> {
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"INFO", b"keyspace"]);
+    let reply = c.roundtrip(&out, 1).await.map_err(|e| e.to_string())?;
+    let text = match reply.first() {
+        Some(BytesFrame::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(other) => return Err(error_text(other).unwrap_or_else(|| format!("{other:?}"))),
+        None => return Err("no reply to INFO".into()),
+    };
+    Ok(parse_keyspace(&text))
+}
+
+fn parse_keyspace(text: &str) -> Vec<(u32, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (db, rest) = l.strip_prefix("db")?.split_once(':')?;
+            let keys = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("keys="))?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((db.parse().ok()?, keys))
+        })
+        .collect()
+}
+
+/// Selects `db` on `c` if it is not selected already.
+pub async fn select(c: &mut Conn, db: u32) -> Result<(), String> {
+    if c.db == db {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"SELECT", db.to_string().as_bytes()]);
+    match c.roundtrip(&out, 1).await.map_err(|e| e.to_string())?.first() {
+        Some(BytesFrame::SimpleString(_)) => {
+            c.db = db;
+            Ok(())
+        }
+        Some(other) => Err(error_text(other).unwrap_or_else(|| format!("{other:?}"))),
+        None => Err("no reply to SELECT".into()),
+    }
+}
+
+/// One `SCAN` step: the next cursor and the keys.
+pub async fn scan(
+    c: &mut Conn,
+    db: u32,
+    cursor: &[u8],
+    pattern: &str,
+    count: usize,
+) -> Result<(Bytes, Vec<Bytes>), String> {
+    select(c, db).await?;
+    let mut out = BytesMut::new();
+    encode_cmd(
+        &mut out,
+        &[
+            b"SCAN",
+            cursor,
+            b"MATCH",
+            pattern.as_bytes(),
+            b"COUNT",
+            count.to_string().as_bytes(),
+        ],
+    );
+    let reply = c.roundtrip(&out, 1).await.map_err(|e| e.to_string())?;
+    match reply.into_iter().next() {
+        Some(BytesFrame::Array(mut v)) if v.len() == 2 => {
+            let keys = match v.pop() {
+                Some(BytesFrame::Array(ks)) => ks
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        BytesFrame::BulkString(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let next = match v.pop() {
+                Some(BytesFrame::BulkString(b)) => b,
+                _ => return Err("SCAN: bad cursor".into()),
+            };
+            Ok((next, keys))
+        }
+        Some(other) => Err(error_text(&other).unwrap_or_else(|| format!("SCAN: {other:?}"))),
+        None => Err("no reply to SCAN".into()),
+    }
+}
+
+/// The keys of `keys` that do not exist on `c` (pipelined `EXISTS`).
+pub async fn missing(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Bytes>, String> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    select(c, db).await?;
+    let mut out = BytesMut::new();
+    for k in keys {
+        encode_cmd(&mut out, &[b"EXISTS", k]);
+    }
+    let replies = c
+        .roundtrip(&out, keys.len())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(keys
+        .iter()
+        .zip(replies)
+        .filter(|(_, r)| matches!(r, BytesFrame::Integer(0)))
+        .map(|(k, _)| k.clone())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_lists_databases_with_keys() {
+        let info = "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=5\r\ndb3:keys=4,expires=0,avg_ttl=0\r\n";
+        assert_eq!(parse_keyspace(info), vec![(0, 12), (3, 4)]);
+        assert!(parse_keyspace("# Keyspace\r\n").is_empty());
+    }
+}

@@ -1,0 +1,308 @@
+//! Comparing the leader's and the follower's keys (within `redis.key_patterns`, every
+//! database holding keys).
+//!
+//! Per `SCAN` batch of leader keys, one `MULTI` on each side reads `DUMP` and `PEXPIRETIME`
+//! of every key. Equal payloads (and expiries within `verify.ttl_tolerance_ms`) are equal; a
+//! payload mismatch is checked again type-aware ([`super::typed`]) because equal values can
+//! be encoded differently. Then the follower is scanned for keys the leader lacks. Keys under
+//! `redis.nifi_key_prefix` are decoded as NiFi state, and the report names the entries that
+//! differ.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame;
+
+use super::backend::{encode_cmd, Conn};
+use super::resync::{keyspace, missing, scan, select};
+use super::typed;
+use crate::config::{RedisBackend, RedisConfig, VerifyConfig};
+use crate::replication::nifi;
+use crate::replication::resync::{unix_now, BoxFuture};
+use crate::replication::verify::{DiffKind, Difference, Verifier, VerifyReport};
+
+pub struct RedisVerifier {
+    leader: RedisBackend,
+    follower: RedisBackend,
+    patterns: Vec<String>,
+    nifi_prefix: String,
+    ttl_tolerance_ms: i64,
+    connect_timeout: Duration,
+}
+
+/// `DUMP` payload and absolute expiry (`None`: persistent) of a key; `None`: no such key.
+type Dumped = Option<(Bytes, Option<i64>)>;
+
+const BATCH: usize = 500;
+
+impl RedisVerifier {
+    pub fn new(
+        leader: RedisBackend,
+        follower: RedisBackend,
+        cfg: &RedisConfig,
+        v: &VerifyConfig,
+    ) -> Self {
+        Self {
+            leader,
+            follower,
+            patterns: cfg.key_patterns.clone(),
+            nifi_prefix: cfg.nifi_key_prefix.clone(),
+            ttl_tolerance_ms: v.ttl_tolerance_ms.min(i64::MAX as u64) as i64,
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+        }
+    }
+
+    async fn run(&self, max: usize) -> Result<VerifyReport, String> {
+        let t0 = Instant::now();
+        let mut rep = VerifyReport::new("redis");
+        let mut leader = Conn::connect(&self.leader, self.connect_timeout)
+            .await
+            .map_err(|e| format!("leader: {e}"))?;
+        let mut follower = Conn::connect(&self.follower, self.connect_timeout)
+            .await
+            .map_err(|e| format!("follower: {e}"))?;
+        let dbs: BTreeSet<u32> = keyspace(&mut leader)
+            .await
+            .map_err(|e| format!("leader: {e}"))?
+            .into_iter()
+            .chain(
+                keyspace(&mut follower)
+                    .await
+                    .map_err(|e| format!("follower: {e}"))?,
+            )
+            .map(|(db, _)| db)
+            .collect();
+        for db in dbs {
+            // SCAN may return a key more than once, and patterns may overlap.
+            let mut seen: HashSet<Bytes> = HashSet::new();
+            for pattern in &self.patterns {
+                let mut cursor = Bytes::from_static(b"0");
+                loop {
+                    let (next, keys) = scan(&mut leader, db, &cursor, pattern, BATCH)
+                        .await
+                        .map_err(|e| format!("leader: {e}"))?;
+                    let keys: Vec<Bytes> =
+                        keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
+                    let l = dump_all(&mut leader, db, &keys)
+                        .await
+                        .map_err(|e| format!("leader: {e}"))?;
+                    let f = dump_all(&mut follower, db, &keys)
+                        .await
+                        .map_err(|e| format!("follower: {e}"))?;
+                    for ((key, l), f) in keys.iter().zip(l).zip(f) {
+                        self.compare(&mut rep, &mut leader, &mut follower, db, key, l, f, max)
+                            .await?;
+                    }
+                    if &next[..] == b"0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+            let mut seen_extra: HashSet<Bytes> = HashSet::new();
+            for pattern in &self.patterns {
+                let mut cursor = Bytes::from_static(b"0");
+                loop {
+                    let (next, keys) = scan(&mut follower, db, &cursor, pattern, BATCH)
+                        .await
+                        .map_err(|e| format!("follower: {e}"))?;
+                    // Keys the leader scan saw were compared already (a key created on the
+                    // leader after its scan is not "extra" on the follower).
+                    let keys: Vec<Bytes> = keys
+                        .into_iter()
+                        .filter(|k| !seen.contains(k) && seen_extra.insert(k.clone()))
+                        .collect();
+                    let gone = missing(&mut leader, db, &keys)
+                        .await
+                        .map_err(|e| format!("leader: {e}"))?;
+                    rep.equal += (keys.len() - gone.len()) as u64;
+                    for key in gone {
+                        let nifi = match self.component(&key) {
+                            Some(c) => {
+                                let v = get_string(&mut follower, db, &key).await?;
+                                let fs = v.as_deref().and_then(nifi::decode_json);
+                                Some(nifi::diff(&c, None, fs.as_ref()))
+                            }
+                            None => None,
+                        };
+                        rep.add(
+                            Difference {
+                                key: String::from_utf8_lossy(&key).into_owned(),
+                                db: (db != 0).then_some(db),
+                                kind: DiffKind::ExtraOnFollower,
+                                detail: None,
+                                nifi,
+                            },
+                            max,
+                        );
+                    }
+                    if &next[..] == b"0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        rep.duration_seconds = t0.elapsed().as_secs_f64();
+        rep.finished_unix = unix_now();
+        Ok(rep)
+    }
+
+    /// The NiFi component id when `key` is NiFi state.
+    fn component(&self, key: &[u8]) -> Option<String> {
+        let id = key.strip_prefix(self.nifi_prefix.as_bytes())?;
+        (!id.is_empty() && !self.nifi_prefix.is_empty())
+            .then(|| String::from_utf8_lossy(id).into_owned())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn compare(
+        &self,
+        rep: &mut VerifyReport,
+        leader: &mut Conn,
+        follower: &mut Conn,
+        db: u32,
+        key: &Bytes,
+        l: Dumped,
+        f: Dumped,
+        max: usize,
+    ) -> Result<(), String> {
+        let (kind, detail) = match (&l, &f) {
+            // Gone from the leader since the scan: nothing to compare.
+            (None, _) => return Ok(()),
+            (Some(_), None) => (DiffKind::MissingOnFollower, None),
+            (Some((lp, lt)), Some((fp, ft))) => {
+                let same_value = lp == fp || {
+                    select(leader, db).await.map_err(|e| format!("leader: {e}"))?;
+                    select(follower, db)
+                        .await
+                        .map_err(|e| format!("follower: {e}"))?;
+                    let a = typed::read(leader, key)
+                        .await
+                        .map_err(|e| format!("leader: {e}"))?;
+                    let b = typed::read(follower, key)
+                        .await
+                        .map_err(|e| format!("follower: {e}"))?;
+                    a.map(|s| s.value) == b.map(|s| s.value)
+                };
+                let same_ttl = match (lt, ft) {
+                    (None, None) => true,
+                    (Some(a), Some(b)) => (a - b).abs() <= self.ttl_tolerance_ms,
+                    _ => false,
+                };
+                match (same_value, same_ttl) {
+                    (true, true) => {
+                        rep.equal += 1;
+                        return Ok(());
+                    }
+                    (false, _) => (DiffKind::Different, Some("value".to_string())),
+                    (true, false) => (
+                        DiffKind::Different,
+                        Some(format!(
+                            "expiry: leader {}, follower {}",
+                            expiry(*lt),
+                            expiry(*ft)
+                        )),
+                    ),
+                }
+            }
+        };
+        let nifi = match self.component(key) {
+            Some(c) => {
+                let lv = get_string(leader, db, key).await?;
+                let fv = get_string(follower, db, key).await?;
+                nifi_diff(&c, lv, fv)
+            }
+            None => None,
+        };
+        rep.add(
+            Difference {
+                key: String::from_utf8_lossy(key).into_owned(),
+                db: (db != 0).then_some(db),
+                kind,
+                detail,
+                nifi,
+            },
+            max,
+        );
+        Ok(())
+    }
+}
+
+fn nifi_diff(component: &str, l: Option<Bytes>, f: Option<Bytes>) -> Option<nifi::NifiDiff> {
+    let ls = l.as_deref().and_then(nifi::decode_json);
+    let fs = f.as_deref().and_then(nifi::decode_json);
+    if ls.is_none() && fs.is_none() {
+        return None; // not NiFi's format after all
+    }
+    Some(nifi::diff(component, ls.as_ref(), fs.as_ref()))
+}
+
+fn expiry(t: Option<i64>) -> String {
+    t.map(|t| format!("at {t} ms"))
+        .unwrap_or_else(|| "none".into())
+}
+
+impl Verifier for RedisVerifier {
+    fn protocol(&self) -> &'static str {
+        "redis"
+    }
+    fn verify(&self, max: usize) -> BoxFuture<'_, Result<VerifyReport, String>> {
+        Box::pin(self.run(max))
+    }
+}
+
+/// `DUMP` + `PEXPIRETIME` of every key, in one `MULTI`.
+async fn dump_all(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Dumped>, String> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    select(c, db).await?;
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"MULTI"]);
+    for k in keys {
+        encode_cmd(&mut out, &[b"DUMP", k]);
+        encode_cmd(&mut out, &[b"PEXPIRETIME", k]);
+    }
+    encode_cmd(&mut out, &[b"EXEC"]);
+    let n = 2 * keys.len() + 2;
+    let mut replies = c.roundtrip(&out, n).await.map_err(|e| e.to_string())?;
+    let exec = match replies.pop() {
+        Some(BytesFrame::Array(v)) => v,
+        other => return Err(format!("EXEC: {other:?}")),
+    };
+    let mut it = exec.into_iter();
+    let mut res = Vec::with_capacity(keys.len());
+    for _ in keys {
+        let d = it.next();
+        let t = it.next();
+        res.push(match d {
+            Some(BytesFrame::BulkString(p)) => Some((
+                p,
+                match t {
+                    Some(BytesFrame::Integer(t)) if t >= 0 => Some(t),
+                    _ => None,
+                },
+            )),
+            _ => None,
+        });
+    }
+    Ok(res)
+}
+
+/// `GET key` when it is a string.
+async fn get_string(c: &mut Conn, db: u32, key: &[u8]) -> Result<Option<Bytes>, String> {
+    select(c, db).await?;
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"GET", key]);
+    match c
+        .roundtrip(&out, 1)
+        .await
+        .map_err(|e| e.to_string())?
+        .pop()
+    {
+        Some(BytesFrame::BulkString(b)) => Ok(Some(b)),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,400 @@
+//! Full resync: bringing an out-of-sync follower back to the leader's state while clients
+//! keep reading and writing through the proxy.
+//!
+//! # When
+//! The follower is out of sync when queued writes were discarded (overflow, a leader restart
+//! with copies queued), when statemirror starts (`resync.on_start`: the queue was in memory)
+//! and when an operator asks (`POST /resync`). The controller below starts a resync as soon
+//! as the follower is out of sync and reachable (`resync.auto`), retries a failed one, and
+//! marks the follower in sync only if nothing was lost again while it ran (the
+//! [`SyncState`](super::queue::SyncState) epoch). Live mirroring never stops meanwhile.
+//!
+//! # Why a write made during the resync is never overwritten by an older copy
+//! A resync does not write to the follower itself. The protocol's walker (`redis::resync`,
+//! `zookeeper::resync`) reads the leader and pushes *copy ops* into the mirror queue's bulk
+//! lane, so the one follower writer applies live writes and resync copies one batch at a
+//! time, and each protocol makes a copy unable to regress a key:
+//! - **Redis**: a copy op names only the key. The writer reads the key's state from the leader
+//!   when it applies the batch (`DUMP` inside the batch's `MULTI`) and writes it before taking
+//!   the next batch. Any client write acknowledged before that read is in that state; any
+//!   write acknowledged after it is queued after it and applied after the copy. The last op
+//!   applied to a key is therefore either the newest live write or a copy at least as new.
+//!   Keys that exist only on the follower are "copied" too: the writer finds them missing on
+//!   the leader at apply time and deletes them, unless a client created them meanwhile.
+//! - **ZooKeeper**: a copy op carries the zxid at which the leader was read (the reply
+//!   header's zxid). The writer applies ops in zxid order and remembers per path the zxid it
+//!   last applied; a copy older than a live write already applied to that path is skipped,
+//!   and a live write older than a copy already applied is skipped. A batch of nodes carries
+//!   the oldest zxid it was read at, which can only make it skip more, never regress.
+//!
+//! # Load
+//! `resync.max_keys_per_second` paces the walker (a token bucket; 0 = unlimited),
+//! `resync.batch_size` sets its `SCAN COUNT` / nodes per `multi`, and the bulk lane holds at
+//! most two worker batches, so a resync never piles up memory or delays live writes by more
+//! than one batch.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use metrics::{counter, gauge, Counter, Gauge};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::queue::{lock, MirrorView};
+use crate::config::ResyncConfig;
+use crate::metrics as m;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a resync run stopped early.
+#[derive(Debug)]
+pub enum ResyncError {
+    /// The follower was marked out of sync again (or the resync was abandoned): start over.
+    Restart,
+    /// A backend failed; retried after `resync.retry_interval_ms`.
+    Failed(String),
+    /// The run would erase the follower (empty leader); needs `force`.
+    Refused(String),
+}
+
+impl From<String> for ResyncError {
+    fn from(s: String) -> Self {
+        ResyncError::Failed(s)
+    }
+}
+
+/// A protocol's resync walker.
+pub trait Walker: Send + Sync + 'static {
+    /// Walks the leader (and the follower, for what only it holds) and pushes copy ops into the
+    /// queue's bulk lane through `ctx`. Returns once everything is pushed.
+    fn walk<'a>(&'a self, ctx: &'a ResyncCtx) -> BoxFuture<'a, Result<(), ResyncError>>;
+}
+
+/// What a walker uses while it runs: pacing, counters, and whether to stop.
+pub struct ResyncCtx {
+    pub batch_size: usize,
+    /// `force`: copy even when the leader is empty and the follower is not.
+    pub force: bool,
+    pub refuse_empty_leader: bool,
+    rate: u64,
+    started: Instant,
+    paced: AtomicU64,
+    epoch: u64,
+    mirror: Arc<dyn MirrorView>,
+    cancel: CancellationToken,
+    progress: Arc<Progress>,
+}
+
+impl ResyncCtx {
+    /// Waits until `n` more keys may be copied under the rate limit; fails with `Restart` when
+    /// the follower was marked out of sync again or the process is stopping.
+    pub async fn pace(&self, n: u64) -> Result<(), ResyncError> {
+        self.check()?;
+        let done = self.paced.fetch_add(n, Ordering::Relaxed) + n;
+        if self.rate > 0 {
+            let due = Duration::from_secs_f64(done as f64 / self.rate as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return Err(ResyncError::Restart),
+                    _ = tokio::time::sleep(due - elapsed) => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `Restart` when the follower was marked out of sync since the run began.
+    pub fn check(&self) -> Result<(), ResyncError> {
+        if self.cancel.is_cancelled() || self.mirror.sync().epoch() != self.epoch {
+            return Err(ResyncError::Restart);
+        }
+        Ok(())
+    }
+
+    pub fn scanned(&self, n: u64) {
+        self.progress.scanned.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn copied(&self, n: u64) {
+        self.progress.copied.fetch_add(n, Ordering::Relaxed);
+        self.progress.copied_c.increment(n);
+    }
+
+    pub fn deleted(&self, n: u64) {
+        self.progress.deleted.fetch_add(n, Ordering::Relaxed);
+        self.progress.deleted_c.increment(n);
+    }
+
+    /// Stops the run: the process is shutting down.
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+}
+
+/// Counters of the current (or last) run.
+struct Progress {
+    scanned: AtomicU64,
+    copied: AtomicU64,
+    deleted: AtomicU64,
+    copied_c: Counter,
+    deleted_c: Counter,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LastRun {
+    pub outcome: String,
+    pub finished_unix: f64,
+    pub duration_seconds: f64,
+    pub scanned: u64,
+    pub copied: u64,
+    pub deleted: u64,
+    pub error: Option<String>,
+}
+
+/// The resync controller of one sidecar: its state for `/status`, and how to ask for a run.
+pub struct Resync {
+    protocol: &'static str,
+    cfg: ResyncConfig,
+    mirror: Arc<dyn MirrorView>,
+    requested: AtomicBool,
+    force: AtomicBool,
+    wake: Notify,
+    running: AtomicBool,
+    started: Mutex<Option<(Instant, f64)>>,
+    progress: Arc<Progress>,
+    last: Mutex<Option<LastRun>>,
+    runs_total: AtomicU64,
+    running_g: Gauge,
+    duration_g: Gauge,
+    runs_c: [Counter; 3],
+}
+
+impl Resync {
+    pub fn new(protocol: &'static str, cfg: ResyncConfig, mirror: Arc<dyn MirrorView>) -> Arc<Self> {
+        let p = protocol;
+        let r = Arc::new(Self {
+            protocol,
+            mirror,
+            requested: AtomicBool::new(false),
+            force: AtomicBool::new(false),
+            wake: Notify::new(),
+            running: AtomicBool::new(false),
+            started: Mutex::new(None),
+            progress: Arc::new(Progress {
+                scanned: AtomicU64::new(0),
+                copied: AtomicU64::new(0),
+                deleted: AtomicU64::new(0),
+                copied_c: counter!(m::RESYNC_COPIED_TOTAL, "protocol" => p),
+                deleted_c: counter!(m::RESYNC_DELETED_TOTAL, "protocol" => p),
+            }),
+            last: Mutex::new(None),
+            runs_total: AtomicU64::new(0),
+            running_g: gauge!(m::RESYNC_RUNNING, "protocol" => p),
+            duration_g: gauge!(m::RESYNC_DURATION, "protocol" => p),
+            runs_c: [
+                counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "completed"),
+                counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "failed"),
+                counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "restarted"),
+            ],
+            cfg,
+        });
+        r.running_g.set(0.0);
+        if r.cfg.on_start {
+            r.mirror.sync().mark_out_of_sync(
+                "statemirror started: writes queued by a previous run (in memory) may be lost",
+            );
+        }
+        r
+    }
+
+    /// Asks for a resync now (operator). `force` overrides the empty-leader refusal.
+    pub fn request(&self, force: bool) {
+        self.force.fetch_or(force, Ordering::AcqRel);
+        self.requested.store(true, Ordering::Release);
+        self.mirror
+            .sync()
+            .mark_out_of_sync("an operator requested a full resync");
+        self.wake.notify_one();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let started = *lock(&self.started);
+        serde_json::json!({
+            "running": self.is_running(),
+            "auto": self.cfg.auto,
+            "max_keys_per_second": self.cfg.max_keys_per_second,
+            "current": started.map(|(t, unix)| serde_json::json!({
+                "started_unix": unix,
+                "elapsed_seconds": t.elapsed().as_secs_f64(),
+                "scanned": self.progress.scanned.load(Ordering::Relaxed),
+                "copied": self.progress.copied.load(Ordering::Relaxed),
+                "deleted": self.progress.deleted.load(Ordering::Relaxed),
+                "pending": self.mirror.bulk_pending(),
+            })),
+            "last": *lock(&self.last),
+            "resyncs_total": self.runs_total.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Runs the controller until `shutdown`: resyncs whenever the follower is out of sync and
+/// `follower_up()` says it is reachable (and `resync.auto` or a request allows it).
+pub fn spawn(
+    resync: Arc<Resync>,
+    walker: Arc<dyn Walker>,
+    follower_up: Arc<dyn Fn() -> bool + Send + Sync>,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let r = resync;
+        let protocol = r.protocol;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            // Poll: the out-of-sync flag and follower health change without notifying us.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = r.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            let requested = r.requested.load(Ordering::Acquire);
+            let sync = r.mirror.sync();
+            if sync.in_sync() && !requested {
+                continue;
+            }
+            if !(r.cfg.auto || requested) || !follower_up() {
+                continue;
+            }
+            if retry_at.is_some_and(|t| Instant::now() < t) && !requested {
+                continue;
+            }
+            r.requested.store(false, Ordering::Release);
+            let force = r.force.swap(false, Ordering::AcqRel);
+            let epoch = sync.epoch();
+            let outcome = run_once(&r, walker.as_ref(), epoch, force, &shutdown).await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            retry_at = None;
+            match outcome {
+                Ok(()) if sync.mark_in_sync_if(epoch) => {
+                    tracing::info!(protocol, "full resync finished; the follower is in sync");
+                }
+                Ok(()) | Err(ResyncError::Restart) => {
+                    tracing::info!(
+                        protocol,
+                        "the follower was marked out of sync again during the resync; starting over"
+                    );
+                }
+                Err(ResyncError::Failed(e)) | Err(ResyncError::Refused(e)) => {
+                    tracing::warn!(protocol, error = %e, retry_in_ms = r.cfg.retry_interval_ms, "full resync failed");
+                    retry_at = Some(Instant::now() + Duration::from_millis(r.cfg.retry_interval_ms));
+                }
+            }
+        }
+    });
+}
+
+async fn run_once(
+    r: &Arc<Resync>,
+    walker: &dyn Walker,
+    epoch: u64,
+    force: bool,
+    shutdown: &CancellationToken,
+) -> Result<(), ResyncError> {
+    let protocol = r.protocol;
+    for c in [&r.progress.scanned, &r.progress.copied, &r.progress.deleted] {
+        c.store(0, Ordering::Relaxed);
+    }
+    let t0 = Instant::now();
+    *lock(&r.started) = Some((t0, unix_now()));
+    r.running.store(true, Ordering::Release);
+    r.running_g.set(1.0);
+    tracing::info!(
+        protocol,
+        reason = r.mirror.sync().reason().unwrap_or_default(),
+        "full resync started"
+    );
+    let ctx = ResyncCtx {
+        batch_size: r.cfg.batch_size,
+        force,
+        refuse_empty_leader: r.cfg.refuse_empty_leader,
+        rate: r.cfg.max_keys_per_second,
+        started: t0,
+        paced: AtomicU64::new(0),
+        epoch,
+        mirror: r.mirror.clone(),
+        cancel: shutdown.child_token(),
+        progress: r.progress.clone(),
+    };
+    let mut result = walker.walk(&ctx).await;
+    if result.is_ok() {
+        // Done when the writer has applied every copy (it retries through follower outages).
+        result = loop {
+            let changed = r.mirror.changed().notified();
+            if r.mirror.bulk_pending() == 0 {
+                break ctx.check();
+            }
+            if let Err(e) = ctx.check() {
+                break Err(e);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break Err(ResyncError::Restart),
+                _ = changed => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        };
+    }
+    if result.is_err() {
+        r.mirror.clear_bulk();
+    }
+    let duration = t0.elapsed().as_secs_f64();
+    let (outcome, error, idx) = match &result {
+        Ok(()) => ("completed", None, 0),
+        Err(ResyncError::Failed(e)) => ("failed", Some(e.clone()), 1),
+        Err(ResyncError::Refused(e)) => ("refused", Some(e.clone()), 1),
+        Err(ResyncError::Restart) => ("restarted", None, 2),
+    };
+    let p = &r.progress;
+    let last = LastRun {
+        outcome: outcome.into(),
+        finished_unix: unix_now(),
+        duration_seconds: duration,
+        scanned: p.scanned.load(Ordering::Relaxed),
+        copied: p.copied.load(Ordering::Relaxed),
+        deleted: p.deleted.load(Ordering::Relaxed),
+        error,
+    };
+    tracing::info!(
+        protocol,
+        outcome,
+        duration_seconds = duration,
+        scanned = last.scanned,
+        copied = last.copied,
+        deleted = last.deleted,
+        "full resync ended"
+    );
+    *lock(&r.last) = Some(last);
+    *lock(&r.started) = None;
+    r.runs_total.fetch_add(1, Ordering::Relaxed);
+    r.runs_c[idx].increment(1);
+    r.duration_g.set(duration);
+    r.running.store(false, Ordering::Release);
+    r.running_g.set(0.0);
+    result
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,1 @@
+//! Reading nodes for resync and verify (TODO: being written).
