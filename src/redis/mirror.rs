@@ -172,6 +172,8 @@ pub struct RedisApplier {
     use_pttl: bool,
     /// The leader's `run_id` when last connected: a new one means it restarted.
     leader_run_id: Option<String>,
+    /// The same for the follower.
+    follower_run_id: Option<String>,
     /// Set while a batch is being applied: if it is still set when the next one starts, the
     /// worker's timeout cancelled the last one mid-pipeline and replies may be unread.
     dirty: bool,
@@ -199,6 +201,7 @@ impl RedisApplier {
             follower_conn: None,
             use_pttl: false,
             leader_run_id: None,
+            follower_run_id: None,
             dirty: false,
             queue,
         }
@@ -225,9 +228,22 @@ impl RedisApplier {
 
     async fn follower(&mut self) -> Result<&mut Conn, ApplyError> {
         if self.follower_conn.is_none() {
-            let c = Conn::connect(&self.follower, self.connect_timeout)
+            let unavailable = |e: BackendError| ApplyError::new("follower_unavailable", e.to_string());
+            let mut c = Conn::connect(&self.follower, self.connect_timeout)
                 .await
-                .map_err(|e| ApplyError::new("follower_unavailable", e.to_string()))?;
+                .map_err(unavailable)?;
+            // A follower that restarted may have come back empty or from an old backup:
+            // what was mirrored to it before is not to be trusted.
+            let run_id = leader_run_id(&mut c).await.map_err(unavailable)?;
+            if self
+                .follower_run_id
+                .replace(run_id.clone())
+                .is_some_and(|p| p != run_id)
+            {
+                self.queue.sync().mark_out_of_sync(
+                    "the follower restarted (new run_id): it may have lost what was mirrored to it",
+                );
+            }
             self.follower_conn = Some(c);
         }
         self.follower_conn
@@ -645,7 +661,7 @@ impl Applier for RedisApplier {
     }
 }
 
-/// `run_id` from `INFO server`.
+/// `run_id` from `INFO server` (of either backend).
 async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"INFO", b"server"]);

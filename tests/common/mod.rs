@@ -124,6 +124,25 @@ impl RedisServer {
     /// Starts again, empty, on the same port.
     pub fn restart(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(self.dir.path().join("dump.rdb"));
+        self.respawn();
+    }
+
+    /// An RDB snapshot of the data now (`SAVE`), to restore later with [`Self::restore`].
+    pub async fn backup(&self) -> Vec<u8> {
+        let mut c = self.conn().await;
+        let _: () = redis::cmd("SAVE").query_async(&mut c).await.expect("SAVE");
+        std::fs::read(self.dir.path().join("dump.rdb")).expect("dump.rdb")
+    }
+
+    /// SIGKILL, then start again on the same port from an old [`Self::backup`].
+    pub fn restore(&mut self, rdb: &[u8]) {
+        self.kill();
+        std::fs::write(self.dir.path().join("dump.rdb"), rdb).expect("write dump.rdb");
+        self.respawn();
+    }
+
+    fn respawn(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.spawn() {
@@ -320,7 +339,7 @@ pub async fn compare_data(a: &RedisServer, b: &RedisServer) -> Result<usize, Str
 }
 
 /// (type + canonical value, pttl)
-async fn describe_key(
+pub async fn describe_key(
     c: &mut redis::aio::MultiplexedConnection,
     k: &[u8],
 ) -> Result<(String, i64), String> {
@@ -620,4 +639,5 @@ impl Raw {
     }
 }
 pub mod fault;
+pub mod workload;
 pub mod zk;
