@@ -5,7 +5,10 @@
 #   maintenance freeze (writes refused with READONLY, reads still served);
 #   then ZooKeeper: a leader and a follower standalone ZooKeeper 3.8 server on loopback, served by
 #   the same statemirror process, NiFi-style state znodes through the proxy with zkCli.sh, the
-#   mirror status and the follower's copy.
+#   mirror status and the follower's copy;
+#   then catch-up: `statemirror verify` naming a corrupted NiFi state entry on the follower,
+#   `statemirror resync --wait` repairing it, and the follower Redis restarted empty being
+#   detected and resynced on its own.
 #
 #   scripts/demo.sh              run it; everything it started is stopped at the end
 #   DEMO_KEEP=1 scripts/demo.sh  leave the servers and the proxy running to poke at
@@ -268,6 +271,7 @@ for role in leader follower; do
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$DEMO/$role" --logfile "$DEMO/$role/redis.log" </dev/null &
     started $!
+    [ "$role" = follower ] && FOLLOWER_REDIS_PID=$!
     wait_for "$role redis-server on port $port" 100 redis-cli -h 127.0.0.1 -p "$port" PING
     printf '  %-8s redis-server 127.0.0.1:%s  (pid %s, log .demo/%s/redis.log)\n' \
         "$role" "$port" "$!" "$role"
@@ -539,6 +543,95 @@ echo "\$ echo isro | bash /dev/tcp -> proxy $ZK_PROXY   (four-letter word: read-
 isro=$(four_letter "$ZK_PROXY_PORT" isro || true)
 echo "  ${isro:-<no reply>}"
 [ -n "$isro" ] || die "no reply to isro from the proxy"
+
+# ===========================================================================================
+section "13. verification and catch-up"
+# `statemirror verify` prints a JSON report per protocol; this shows its counts and, per
+# difference, the key and (for NiFi state) the component and entries that differ.
+verify_summary() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 -c '
+import json, sys
+report = json.load(sys.stdin)
+for proto, r in report.items():
+    if "error" in r:
+        print("%s: error %s" % (proto, r["error"]))
+        continue
+    print("%s: equal %d, different %d, missing on follower %d, extra on follower %d" % (
+        proto, r["equal"], r["different"], r["missing_on_follower"], r["extra_on_follower"]))
+    for d in r["differences"][:5]:
+        detail = " (%s)" % d["detail"] if d.get("detail") else ""
+        print("  %s: %s%s" % (d["kind"], d["key"], detail))
+        nifi = d.get("nifi")
+        for e in (nifi or {}).get("entries", []):
+            print("    component %s, entry %s: leader %r, follower %r" % (
+                nifi["component"], e["entry"], e["leader"], e["follower"]))
+'
+    else
+        cat
+    fi
+}
+echo "\$ statemirror verify --config .demo/statemirror.toml"
+rc=0
+"$BIN" verify --config "$CONFIG" >"$DEMO/verify1.json" 2>"$DEMO/verify1.err" || rc=$?
+verify_summary <"$DEMO/verify1.json" | clip 160 | indent
+[ "$rc" -eq 0 ] || die "verify found differences or failed (exit $rc): $(cat "$DEMO/verify1.err")"
+echo "  -> exit 0: leader and follower agree, key by key and znode by znode"
+
+echo
+note "Someone edits the follower behind statemirror's back: one NiFi state entry changed, one key deleted."
+bad=$(printf '{"version":%d,"encodingVersion":1,"stateValues":{"listing.timestamp":"%d","processed.count":"%d"}}' \
+    "$VERSIONS" 1600000000000 "$((VERSIONS * 100 + 1))")
+echo "  follower: SET nifi/components/${ids[1]} <listing.timestamp changed> -> $("${FCLI[@]}" SET "nifi/components/${ids[1]}" "$bad")"
+echo "  follower: DEL nifi/heartbeat/node-2 -> $("${FCLI[@]}" DEL nifi/heartbeat/node-2)"
+echo "\$ statemirror verify --config .demo/statemirror.toml"
+rc=0
+"$BIN" verify --config "$CONFIG" >"$DEMO/verify2.json" 2>/dev/null || rc=$?
+verify_summary <"$DEMO/verify2.json" | clip 160 | indent
+[ "$rc" -eq 1 ] || die "verify should report the differences (exit 1), got exit $rc"
+grep -q "listing.timestamp" "$DEMO/verify2.json" || die "verify did not name the NiFi entry"
+echo "  -> exit 1, naming the component and the state entry, with both values"
+
+echo
+echo "\$ statemirror resync --config .demo/statemirror.toml --wait   (POST /resync with the admin token from the config)"
+"$BIN" resync --config "$CONFIG" --wait --timeout-seconds 120 >"$DEMO/resync.json" || die "resync failed"
+if command -v python3 >/dev/null 2>&1; then
+    python3 -c '
+import json, sys
+for proto, last in json.load(sys.stdin).items():
+    print("%s: %s in %.3f s: %d scanned, %d copied, %d deleted" % (proto, last["outcome"],
+        last["duration_seconds"], last["scanned"], last["copied"], last["deleted"]))
+' <"$DEMO/resync.json" | indent
+else
+    indent <"$DEMO/resync.json"
+fi
+"$BIN" verify --config "$CONFIG" >"$DEMO/verify3.json" 2>/dev/null || die "verify after the resync found differences: $(cat "$DEMO/verify3.json")"
+verify_summary <"$DEMO/verify3.json" | indent
+echo "  -> repaired while the proxy kept serving"
+
+echo
+note "The follower Redis is killed and comes back empty (SIGKILL, no persistence)."
+kill -9 "$FOLLOWER_REDIS_PID" 2>/dev/null || true
+wait "$FOLLOWER_REDIS_PID" 2>/dev/null || true
+redis-server --port "$FOLLOWER_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$DEMO/follower" --logfile "$DEMO/follower/redis.log" </dev/null &
+started $!
+wait_for "follower redis-server restarted" 100 redis-cli -h 127.0.0.1 -p "$FOLLOWER_PORT" PING
+echo "  follower DBSIZE right after the restart: $("${FCLI[@]}" DBSIZE)"
+echo "  a write through the proxy meanwhile: SET nifi/demo/during-outage 1 -> $("${PCLI[@]}" SET nifi/demo/during-outage 1)"
+resynced() {
+    curl -fsS "$ADMIN/status" | tr -d ' \n' | grep -q '"redis":{.*"in_sync":true' &&
+        [ "$("${FCLI[@]}" DBSIZE)" = "$("${LCLI[@]}" DBSIZE)" ]
+}
+wait_for "the follower to be resynced" 300 resynced
+grep -E 'follower restarted|full resync (started|ended)' "$DEMO/statemirror.log" | grep redis | tail -n 3 |
+    sed -E 's/^[^ ]+ +//' | clip 160 | indent
+echo "  follower DBSIZE now: $("${FCLI[@]}" DBSIZE) (leader $("${LCLI[@]}" DBSIZE))"
+"$BIN" verify --config "$CONFIG" >"$DEMO/verify4.json" 2>/dev/null || die "verify after the follower restart found differences"
+verify_summary <"$DEMO/verify4.json" | indent
+curl -fsS "$ADMIN/metrics" |
+    grep -E '^statemirror_(resyncs_total|resync_copied_keys_total|resync_deleted_keys_total|verify_differences|follower_in_sync)' |
+    grep -v ' 0$' | indent || true
 
 # ===========================================================================================
 finished=1
