@@ -28,16 +28,16 @@ use std::collections::BTreeMap;
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    env_list, env_num, example_config, find_program, free_port, median, mirror_status, section,
-    start_statemirror, statemirror_bin, Guard, Mirror,
+    command, dbsize, env_list, env_num, find_program, free_port, median, mirror_status,
+    program_version, redis_config, start_statemirror, statemirror_bin, Guard, Mirror,
+    RedisServer as Redis,
 };
 
 /// `-r` keyspace for the random-key SET run: with a single hot key the mirror coalesces
@@ -335,18 +335,7 @@ impl Tools {
     }
 
     fn versions(&self) -> String {
-        let version = |p: &Path, arg: &str| {
-            Command::new(p)
-                .arg(arg)
-                .output()
-                .ok()
-                .map(|o| {
-                    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
-                    s.push_str(&String::from_utf8_lossy(&o.stderr));
-                    s.lines().next().unwrap_or("").trim().to_string()
-                })
-                .unwrap_or_default()
-        };
+        let version = program_version;
         let mut s = format!(
             "{}; {}",
             version(&self.redis_server, "--version"),
@@ -356,38 +345,6 @@ impl Tools {
             let _ = write!(s, "; {}", version(n, "--version"));
         }
         s
-    }
-}
-
-struct Redis {
-    port: u16,
-    _guard: Guard,
-}
-
-impl Redis {
-    fn start(root: &Path, name: &str, bin: &Path) -> Self {
-        let dir = root.join(name);
-        fs::create_dir_all(&dir).expect("redis dir");
-        let log = dir.join("redis.log");
-        let port = free_port();
-        let mut guard = Guard::spawn(
-            &format!("redis-server ({name})"),
-            Command::new(bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-                .arg("--dir")
-                .arg(&dir)
-                .arg("--logfile")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        );
-        guard.wait_listening(port, Duration::from_secs(10), Some(&log));
-        Redis {
-            port,
-            _guard: guard,
-        }
     }
 }
 
@@ -402,19 +359,7 @@ impl Statemirror {
     fn start(root: &Path, name: &str, bin: &Path, leader: u16, follower: Option<u16>) -> Self {
         let port = free_port();
         let admin_port = free_port();
-        let mut cfg = example_config("redis.toml", admin_port);
-        let redis = section(&mut cfg, "redis");
-        redis.insert("listen".into(), format!("127.0.0.1:{port}").into());
-        redis.insert(
-            "leader".into(),
-            format!("redis://127.0.0.1:{leader}").into(),
-        );
-        redis.remove("leader_password_file");
-        redis.remove("follower_password_file");
-        match follower {
-            Some(f) => redis.insert("follower".into(), format!("redis://127.0.0.1:{f}").into()),
-            None => redis.remove("follower"),
-        };
+        let cfg = redis_config(port, admin_port, leader, follower);
         let guard = start_statemirror(&root.join(name), name, bin, &cfg, admin_port);
         Statemirror {
             port,
@@ -535,34 +480,6 @@ fn parse_csv(out: &str) -> Vec<(String, f64)> {
             Some((test, rps))
         })
         .collect()
-}
-
-/// Sends one command; returns the first line of the reply (`+OK`, `:42`, ...).
-fn command(port: u16, args: &[&str]) -> Result<String, String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| e.to_string())?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        let _ = write!(req, "${}\r\n{a}\r\n", a.len());
-    }
-    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    let line = line.trim_end().to_string();
-    if line.starts_with('-') || line.is_empty() {
-        return Err(format!("{args:?}: {line}"));
-    }
-    Ok(line)
-}
-
-fn dbsize(port: u16) -> u64 {
-    command(port, &["DBSIZE"])
-        .ok()
-        .and_then(|l| l.trim_start_matches(':').parse().ok())
-        .unwrap_or(0)
 }
 
 fn flushall(leader: &Redis, follower: &Redis) {

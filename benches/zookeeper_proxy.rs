@@ -57,18 +57,13 @@ use std::time::{Duration, Instant};
 use zookeeper_client as zkc;
 
 use common::{
-    command_dies_with_parent, env_list, env_num, example_config, free_port, log_tail, median,
-    mirror_status, section, start_statemirror, statemirror_bin, Guard, Mirror,
+    env_list, env_num, free_port, median, mirror_status, require_zookeeper_jars,
+    start_statemirror, statemirror_bin, zk_connect, zk_persistent, zookeeper_config, Guard,
+    Mirror, ZkServer,
 };
 
-const ZK_JAR: &str = "/usr/share/java/zookeeper.jar";
-/// slf4j binding for the server log; without one the server logs nothing.
-const SLF4J_SIMPLE_JAR: &str = "/usr/share/java/slf4j-simple.jar";
-const STANDALONE_MAIN: &str = "org.apache.zookeeper.server.ZooKeeperServerMain";
 /// Deletes per `multi` when cleaning a run's root.
 const DELETE_BATCH: usize = 1000;
-/// Session timeout of every benchmark session.
-const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
     if !env::args().any(|a| a == "--bench") {
@@ -78,12 +73,7 @@ fn main() {
         return;
     }
     let settings = Settings::from_env();
-    for p in [ZK_JAR, SLF4J_SIMPLE_JAR] {
-        assert!(
-            Path::new(p).exists(),
-            "{p} missing: run scripts/install-deps.sh (installs the `zookeeper` package)"
-        );
-    }
+    require_zookeeper_jars();
     let dir = tempfile::Builder::new()
         .prefix("statemirror-zkbench-")
         .tempdir()
@@ -112,11 +102,11 @@ fn main() {
         thread::available_parallelism().map_or(0, |n| n.get()),
     );
 
-    let leader = ZkServer::start(root, "zk-leader", &settings);
+    let leader = ZkServer::start(root, "zk-leader", settings.force_sync);
     println!("{}", leader.version());
     let follower = settings
         .wants("mirror-on")
-        .then(|| ZkServer::start(root, "zk-follower", &settings));
+        .then(|| ZkServer::start(root, "zk-follower", settings.force_sync));
     println!(
         "ZooKeeper leader 127.0.0.1:{}{}",
         leader.port,
@@ -264,150 +254,6 @@ struct Target {
 // Processes
 // ---------------------------------------------------------------------------------------
 
-/// A standalone ZooKeeper on 127.0.0.1 (SIGKILLed on drop) with its `zoo.cfg`, `data/` and
-/// `server.log` in `root/<name>`.
-struct ZkServer {
-    port: u16,
-    _guard: Guard,
-}
-
-impl ZkServer {
-    fn start(root: &Path, name: &str, settings: &Settings) -> Self {
-        let mut last = String::new();
-        // A port taken between `free_port()` and the JVM's bind makes the server exit: try
-        // again with another port.
-        for attempt in 1..=3 {
-            let dir = root.join(format!("{name}-{attempt}"));
-            let data = dir.join("data");
-            fs::create_dir_all(&data).expect("zookeeper data dir");
-            let port = free_port();
-            let cfg = [
-                "tickTime=2000".to_string(),
-                "initLimit=10".into(),
-                "syncLimit=5".into(),
-                format!("dataDir={}", data.display()),
-                format!("clientPort={port}"),
-                "clientPortAddress=127.0.0.1".into(),
-                "admin.enableServer=false".into(),
-                "4lw.commands.whitelist=*".into(),
-                "maxSessionTimeout=60000".into(),
-                "maxClientCnxns=0".into(),
-                format!(
-                    "forceSync={}",
-                    if settings.force_sync { "yes" } else { "no" }
-                ),
-                "autopurge.purgeInterval=0".into(),
-            ]
-            .join("\n")
-                + "\n";
-            let zoo_cfg = dir.join("zoo.cfg");
-            fs::write(&zoo_cfg, cfg).expect("write zoo.cfg");
-            let log = dir.join("server.log");
-            let out = fs::File::create(&log).expect("server.log");
-            let mut guard = Guard::spawn(
-                &format!("ZooKeeper ({name})"),
-                command_dies_with_parent("java")
-                    .args([
-                        "-Xms256m",
-                        "-Xmx512m",
-                        "-XX:+UseSerialGC",
-                        "-Djava.net.preferIPv4Stack=true",
-                        "-Dzookeeper.jmx.log4j.disable=true",
-                        "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-                        "-Dreadonlymode.enabled=true",
-                        "-cp",
-                    ])
-                    .arg(format!("{ZK_JAR}:{SLF4J_SIMPLE_JAR}"))
-                    .arg(STANDALONE_MAIN)
-                    .arg(&zoo_cfg)
-                    .current_dir(&dir)
-                    .stdin(Stdio::null())
-                    .stdout(out.try_clone().expect("server.log"))
-                    .stderr(out),
-            );
-            match wait_standalone(&mut guard, port, &data, Duration::from_secs(30)) {
-                Ok(()) => {
-                    return ZkServer {
-                        port,
-                        _guard: guard,
-                    }
-                }
-                Err(e) => {
-                    drop(guard);
-                    last = format!("{e}{}", log_tail(Some(&log)));
-                    let text = fs::read_to_string(&log).unwrap_or_default();
-                    if !text.contains("Address already in use") {
-                        break; // slow or broken rather than a port clash: do not retry
-                    }
-                }
-            }
-        }
-        panic!("ZooKeeper ({name}) did not start: {last}");
-    }
-
-    /// The `Zookeeper version:` line of `srvr`.
-    fn version(&self) -> String {
-        four_letter(self.port, "srvr")
-            .ok()
-            .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
-            .unwrap_or_default()
-    }
-}
-
-/// Waits until the server on `port` is ours (`conf` names `data`), answers `ruok` and serves
-/// in standalone mode (`srvr`).
-fn wait_standalone(
-    guard: &mut Guard,
-    port: u16,
-    data: &Path,
-    timeout: Duration,
-) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    let want = format!("dataDir={}", data.display());
-    loop {
-        if let Some(status) = guard.exited() {
-            return Err(format!("{} exited ({status})", guard.name));
-        }
-        let probe = (|| {
-            let ruok = four_letter(port, "ruok")?;
-            if ruok != "imok" {
-                return Err(format!("ruok: {ruok:?}"));
-            }
-            let conf = four_letter(port, "conf")?;
-            if !conf.contains(&want) {
-                return Err(format!("conf lacks {want:?}"));
-            }
-            let srvr = four_letter(port, "srvr")?;
-            match srvr.lines().find_map(|l| l.strip_prefix("Mode: ")) {
-                Some("standalone") => Ok(()),
-                _ => Err(format!("srvr: {srvr:?}")),
-            }
-        })();
-        match probe {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!(
-                    "{} not serving on port {port} after {timeout:?}: {e}",
-                    guard.name
-                ))
-            }
-            Err(_) => thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
-
-/// Sends a four-letter word and returns the whole reply (bounded: 1 s to connect, 5 s to read).
-fn four_letter(port: u16, word: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1))
-        .map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(word.as_bytes()).map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    Ok(out)
-}
-
 struct Statemirror {
     port: u16,
     admin_port: u16,
@@ -420,16 +266,7 @@ impl Statemirror {
     fn start(root: &Path, name: &str, bin: &Path, leader: u16, follower: Option<u16>) -> Self {
         let port = free_port();
         let admin_port = free_port();
-        let mut cfg = example_config("zookeeper.toml", admin_port);
-        cfg.remove("redis");
-        let zk = section(&mut cfg, "zookeeper");
-        zk.insert("listen".into(), format!("127.0.0.1:{port}").into());
-        zk.insert("leader".into(), format!("127.0.0.1:{leader}").into());
-        zk.remove("follower_auth_file");
-        match follower {
-            Some(f) => zk.insert("follower".into(), format!("127.0.0.1:{f}").into()),
-            None => zk.remove("follower"),
-        };
+        let cfg = zookeeper_config(port, admin_port, leader, follower);
         let dir: PathBuf = root.join(name);
         let guard = start_statemirror(&dir, name, bin, &cfg, admin_port);
         Statemirror {
@@ -528,9 +365,9 @@ async fn bench(
 ) -> Outcome {
     let mut out = Outcome::default();
     // Direct sessions for checks and cleanup, never through a proxy.
-    let leader_admin = connect(leader).await;
+    let leader_admin = zk_connect(leader).await;
     let follower_admin = match follower {
-        Some(p) => Some(connect(p).await),
+        Some(p) => Some(zk_connect(p).await),
         None => None,
     };
     let payload = Arc::new(vec![b'v'; settings.data_bytes]);
@@ -637,7 +474,7 @@ async fn run(
 ) -> (Vec<(Op, Sample)>, u64) {
     let mut clients = Vec::with_capacity(sessions);
     for _ in 0..sessions {
-        clients.push(connect(target.port).await);
+        clients.push(zk_connect(target.port).await);
     }
     clients[0]
         .create(root, b"", &persistent())
@@ -664,7 +501,7 @@ fn node_path(root: &str, session: usize, n: usize) -> String {
 }
 
 fn persistent() -> zkc::CreateOptions<'static> {
-    zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all())
+    zk_persistent()
 }
 
 /// Every session issues `ops` requests of kind `op`, one at a time; all sessions at once.
@@ -742,17 +579,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// A session on 127.0.0.1:`port`; panics if none within 15 s.
-async fn connect(port: u16) -> zkc::Client {
-    let addr = format!("127.0.0.1:{port}");
-    let connector = zkc::Client::connector().with_session_timeout(SESSION_TIMEOUT);
-    match tokio::time::timeout(Duration::from_secs(15), connector.connect(&addr)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => panic!("zookeeper-client connect to {addr}: {e}"),
-        Err(_) => panic!("zookeeper-client connect to {addr}: no session within 15 s"),
-    }
 }
 
 /// Children of `path` (0 when it does not exist), after a `sync`.

@@ -611,8 +611,10 @@ echo "  -> repaired while the proxy kept serving"
 
 echo
 note "The follower Redis is killed and comes back empty (SIGKILL, no persistence)."
+disown "$FOLLOWER_REDIS_PID" 2>/dev/null || true # no "Killed" job notice
 kill -9 "$FOLLOWER_REDIS_PID" 2>/dev/null || true
-wait "$FOLLOWER_REDIS_PID" 2>/dev/null || true
+follower_gone() { ! redis-cli -h 127.0.0.1 -p "$FOLLOWER_PORT" PING >/dev/null 2>&1; }
+wait_for "the follower redis-server to die" 100 follower_gone
 redis-server --port "$FOLLOWER_PORT" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$DEMO/follower" --logfile "$DEMO/follower/redis.log" </dev/null &
 started $!

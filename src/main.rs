@@ -237,7 +237,10 @@ async fn verify(path: PathBuf, max: Option<usize>) -> ExitCode {
     let max = max.unwrap_or(resolved.config.verify.max_differences).max(1);
     let verifiers = statemirror::verifiers(&resolved);
     if verifiers.is_empty() {
-        eprintln!("statemirror: no sidecar in {} has a follower", path.display());
+        eprintln!(
+            "statemirror: no sidecar in {} has a follower",
+            path.display()
+        );
         return ExitCode::from(EXIT_CONFIG);
     }
     let mut out = serde_json::Map::new();
@@ -258,10 +261,7 @@ async fn verify(path: PathBuf, max: Option<usize>) -> ExitCode {
     }
     #[allow(clippy::print_stdout)]
     {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).unwrap_or_default()
-        );
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     if failed {
         ExitCode::from(EXIT_UNAVAILABLE)
@@ -278,12 +278,22 @@ async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) ->
         Err(errs) => return config_errors(&path, &errs),
     };
     let admin = format!("http://{}", resolved.admin_listen);
-    let token = resolved.admin_token.as_ref().map(|t| t.expose().to_string());
+    let token = resolved
+        .admin_token
+        .as_ref()
+        .map(|t| t.expose().to_string());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_seconds);
     let call = |method, p: String| {
         let (admin, token) = (admin.clone(), token.clone());
         async move {
-            client::request(&admin, method, &p, token.as_deref(), Duration::from_secs(30)).await
+            client::request(
+                &admin,
+                method,
+                &p,
+                token.as_deref(),
+                Duration::from_secs(30),
+            )
+            .await
         }
     };
     let (status, body) = match call(hyper::Method::POST, format!("/resync?force={force}")).await {
@@ -294,7 +304,10 @@ async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) ->
         }
     };
     if !(200..300).contains(&status) {
-        eprintln!("statemirror: admin API answered HTTP {status}: {}", body.trim());
+        eprintln!(
+            "statemirror: admin API answered HTTP {status}: {}",
+            body.trim()
+        );
         return ExitCode::FAILURE;
     }
     if !wait {

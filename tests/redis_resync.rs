@@ -40,7 +40,10 @@ async fn settle(proxy: &Proxy) {
         {
             Ok(())
         } else {
-            Err(format!("not settled: mirror {} resync {}", r["mirror"], r["resync"]))
+            Err(format!(
+                "not settled: mirror {} resync {}",
+                r["mirror"], r["resync"]
+            ))
         }
     })
     .await
@@ -52,7 +55,10 @@ async fn verify_zero(proxy: &Proxy, leader: &RedisServer, follower: &RedisServer
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
     let r = &v["redis"];
-    assert_eq!(r["total_differences"], 0, "verify found differences: {body}");
+    assert_eq!(
+        r["total_differences"], 0,
+        "verify found differences: {body}"
+    );
     assert_same_data(leader, follower).await;
     r["equal"].as_u64().expect("equal count")
 }
@@ -85,7 +91,10 @@ fn same_snapshot(a: &BTreeMap<String, (String, i64)>, b: &BTreeMap<String, (Stri
     for (k, (va, ta)) in a {
         let (vb, tb) = &b[k];
         assert_eq!(va, vb, "{k}");
-        assert!((ta - tb).abs() <= 2000 || (*ta < 0 && *tb < 0), "{k}: ttl {ta} vs {tb}");
+        assert!(
+            (ta - tb).abs() <= 2000 || (*ta < 0 && *tb < 0),
+            "{k}: ttl {ta} vs {tb}"
+        );
     }
 }
 
@@ -107,7 +116,10 @@ async fn follower_sigkilled_and_restarted_empty_is_resynced() {
     assert_eq!(failed, 0, "a follower outage never fails a client write");
     settle(&proxy).await;
     let s = proxy.status().await;
-    assert!(s["redis"]["resync"]["resyncs_total"].as_u64() >= Some(2), "{s}");
+    assert!(
+        s["redis"]["resync"]["resyncs_total"].as_u64() >= Some(2),
+        "{s}"
+    );
     assert!(verify_zero(&proxy, &leader, &follower).await > 20);
 }
 
@@ -123,7 +135,10 @@ async fn blackholed_follower_link_catches_up_after_it_is_restored() {
     relay.set(Fault::Blackhole);
     tokio::time::sleep(Duration::from_secs(4)).await;
     let s = proxy.status().await;
-    assert!(s["redis"]["mirror"]["queue_depth"].as_u64() > Some(0), "{s}");
+    assert!(
+        s["redis"]["mirror"]["queue_depth"].as_u64() > Some(0),
+        "{s}"
+    );
     relay.set(Fault::Pass);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (_, failed) = w.stop().await;
@@ -191,8 +206,15 @@ async fn follower_restored_from_an_old_backup_is_resynced() {
     settle(&proxy).await;
     verify_zero(&proxy, &leader, &follower).await;
     let mut f = f;
-    let n: usize = f.keys::<_, Vec<String>>("gone:*").await.expect("KEYS").len();
-    assert_eq!(n, 0, "keys the leader deleted are removed from the follower");
+    let n: usize = f
+        .keys::<_, Vec<String>>("gone:*")
+        .await
+        .expect("KEYS")
+        .len();
+    assert_eq!(
+        n, 0,
+        "keys the leader deleted are removed from the follower"
+    );
 }
 
 /// The real binary, SIGKILLed on drop.
@@ -311,7 +333,11 @@ async fn sidecar_killed_with_writes_queued_resyncs_after_restart() {
         .output()
         .expect("statemirror verify");
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "verify: {report} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "verify: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_str(&report).expect("JSON report");
     assert_eq!(v["redis"]["different"], 0, "{report}");
     assert_same_data(&leader, &follower).await;
@@ -350,7 +376,11 @@ async fn disaster_recovery_cycle_loses_nothing_that_was_mirrored() {
     same_snapshot(&mirrored, &snapshot(&b2, "a:*").await);
     let mut c = p2.conn().await;
     let some_key = mirrored.keys().next().expect("a key");
-    let _: Option<Vec<u8>> = redis::cmd("DUMP").arg(some_key).query_async(&mut c).await.expect("reads through region 2");
+    let _: Option<Vec<u8>> = redis::cmd("DUMP")
+        .arg(some_key)
+        .query_async(&mut c)
+        .await
+        .expect("reads through region 2");
     let w = Workload::start(&p2.url(), "c:", 4);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let s = p2.status().await;
@@ -370,7 +400,10 @@ async fn disaster_recovery_cycle_loses_nothing_that_was_mirrored() {
     // Fail back: freeze region 2 (drains the mirror), stop it, start region 1 again.
     let (code, body) = p2.http("PUT", "/maintenance", None).await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["mirror_drained"], true);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).expect("json")["mirror_drained"],
+        true
+    );
     drop(p2);
     let p1 = Proxy::start_with(&b1, Some(&b2), |c| tune(c, &to_b2.addr())).await;
     let w = Workload::start(&p1.url(), "d:", 4);
@@ -380,7 +413,10 @@ async fn disaster_recovery_cycle_loses_nothing_that_was_mirrored() {
     verify_zero(&p1, &b1, &b2).await;
     same_snapshot(&mirrored, &snapshot(&b1, "a:*").await);
     same_snapshot(&mirrored, &snapshot(&b2, "a:*").await);
-    assert!(!snapshot(&b1, "c:*").await.is_empty(), "region 2's writes survived the fail back");
+    assert!(
+        !snapshot(&b1, "c:*").await.is_empty(),
+        "region 2's writes survived the fail back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -391,23 +427,35 @@ async fn verify_names_the_nifi_component_and_entry_that_differ() {
     let proxy = Proxy::start(&leader, Some(&follower)).await;
     let mut c = proxy.conn().await;
     let state = |ts: &str| {
-        format!(r#"{{"version":3,"encodingVersion":1,"stateValues":{{"id.0":"s3://b/a","listing.timestamp":"{ts}"}}}}"#)
+        format!(
+            r#"{{"version":3,"encodingVersion":1,"stateValues":{{"id.0":"s3://b/a","listing.timestamp":"{ts}"}}}}"#
+        )
     };
     for id in ["11111111-aaaa", "22222222-bbbb"] {
-        let _: () = c.set(format!("nifi/components/{id}"), state("1700000000000")).await.expect("SET");
+        let _: () = c
+            .set(format!("nifi/components/{id}"), state("1700000000000"))
+            .await
+            .expect("SET");
     }
     let _: () = c.set("plain", "x").await.expect("SET");
     proxy.drained().await;
     // Corrupt one entry of one component on the follower, and drop another key there.
     let mut f = follower.conn().await;
-    let _: () = f.set("nifi/components/22222222-bbbb", state("1600000000000")).await.expect("SET");
+    let _: () = f
+        .set("nifi/components/22222222-bbbb", state("1600000000000"))
+        .await
+        .expect("SET");
     let _: () = f.del("plain").await.expect("DEL");
     let _: () = f.set("extra", "1").await.expect("SET");
     let (code, body) = proxy.http("GET", "/verify", None).await;
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
     let r = &v["redis"];
-    assert_eq!((r["equal"].as_u64(), r["different"].as_u64()), (Some(1), Some(1)), "{body}");
+    assert_eq!(
+        (r["equal"].as_u64(), r["different"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
     assert_eq!(r["missing_on_follower"], 1, "{body}");
     assert_eq!(r["extra_on_follower"], 1, "{body}");
     let d = r["differences"]
@@ -420,13 +468,18 @@ async fn verify_names_the_nifi_component_and_entry_that_differ() {
     assert_eq!(d["key"], "nifi/components/22222222-bbbb");
     assert_eq!(d["nifi"]["component"], "22222222-bbbb");
     let e = &d["nifi"]["entries"];
-    assert_eq!(e.as_array().map(Vec::len), Some(1), "only the changed entry: {d}");
+    assert_eq!(
+        e.as_array().map(Vec::len),
+        Some(1),
+        "only the changed entry: {d}"
+    );
     assert_eq!(e[0]["entry"], "listing.timestamp");
     assert_eq!(e[0]["leader"], "1700000000000");
     assert_eq!(e[0]["follower"], "1600000000000");
     let m = proxy.http("GET", "/metrics", None).await.1;
     assert!(
-        m.lines().any(|l| l.starts_with("statemirror_verify_differences{protocol=\"redis\"} 3")),
+        m.lines()
+            .any(|l| l.starts_with("statemirror_verify_differences{protocol=\"redis\"} 3")),
         "{m}"
     );
     // An operator's resync repairs it.
@@ -438,5 +491,110 @@ async fn verify_names_the_nifi_component_and_entry_that_differ() {
     let s = proxy.status().await;
     assert_eq!(s["redis"]["verify"]["last"]["different"], 0, "{s}");
     assert_eq!(s["redis"]["resync"]["last"]["outcome"], "completed", "{s}");
-    assert!(s["redis"]["resync"]["last"]["deleted"].as_u64() >= Some(1), "{s}");
+    assert!(
+        s["redis"]["resync"]["last"]["deleted"].as_u64() >= Some(1),
+        "{s}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_verify_reports_and_cli_resync_repairs() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token\n").expect("token");
+    let cfg = dir.path().join("statemirror.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n[log]\nlevel = \"warn\"\n\
+             [redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{}\"\nfollower = \"{}\"\n\
+             health_interval_ms = 200\n[resync]\nmax_keys_per_second = 0\n",
+            token.display(),
+            leader.url(),
+            follower.url()
+        ),
+    )
+    .expect("config");
+    let p = BinProxy::start(
+        &cfg,
+        &format!("http://127.0.0.1:{admin_port}"),
+        &format!("redis://127.0.0.1:{port}"),
+    )
+    .await;
+    let mut c = client(&p.url).await;
+    for i in 0..50 {
+        let _: () = c
+            .set(
+                format!("nifi/components/c{i}"),
+                format!(r#"{{"version":1,"encodingVersion":1,"stateValues":{{"n":"{i}"}}}}"#),
+            )
+            .await
+            .expect("SET");
+    }
+    eventually(Duration::from_secs(20), || async {
+        let s = p.status().await?;
+        if s["redis"]["mirror"]["queue_depth"] == 0 && s["redis"]["mirror"]["in_sync"] == true {
+            Ok(())
+        } else {
+            Err(format!("{s}"))
+        }
+    })
+    .await;
+    let mut f = follower.conn().await;
+    let _: () = f
+        .set(
+            "nifi/components/c7",
+            r#"{"version":1,"encodingVersion":1,"stateValues":{"n":"700"}}"#,
+        )
+        .await
+        .expect("SET");
+    let verify = || {
+        Command::new(env!("CARGO_BIN_EXE_statemirror"))
+            .args(["verify", "--config"])
+            .arg(&cfg)
+            .output()
+            .expect("statemirror verify")
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(1), "differences → exit 1");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let d = &v["redis"]["differences"][0];
+    assert_eq!(d["nifi"]["component"], "c7", "{v}");
+    assert_eq!(d["nifi"]["entries"][0]["entry"], "n");
+    assert_eq!(d["nifi"]["entries"][0]["leader"], "7");
+    assert_eq!(d["nifi"]["entries"][0]["follower"], "700");
+    let out = Command::new(env!("CARGO_BIN_EXE_statemirror"))
+        .args(["resync", "--wait", "--timeout-seconds", "60", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("statemirror resync");
+    assert!(
+        out.status.success(),
+        "resync: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(last["redis"]["outcome"], "completed", "{last}");
+    assert!(last["redis"]["copied"].as_u64() >= Some(50), "{last}");
+    let out = verify();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Without the token the admin API refuses a resync.
+    let (code, _) = statemirror::admin::client::request(
+        &p.admin,
+        hyper::Method::POST,
+        "/resync",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("admin");
+    assert_eq!(code, 401);
 }

@@ -228,7 +228,8 @@ impl RedisApplier {
 
     async fn follower(&mut self) -> Result<&mut Conn, ApplyError> {
         if self.follower_conn.is_none() {
-            let unavailable = |e: BackendError| ApplyError::new("follower_unavailable", e.to_string());
+            let unavailable =
+                |e: BackendError| ApplyError::new("follower_unavailable", e.to_string());
             let mut c = Conn::connect(&self.follower, self.connect_timeout)
                 .await
                 .map_err(unavailable)?;
@@ -612,13 +613,15 @@ impl RedisApplier {
                     "the follower rejected a DUMP payload (an older Redis?); copying keys \
                      type-aware from now on (slower; set redis.copy_format = \"typed\")"
                 );
-                return Err(ApplyError::new("follower_rejected_payload", errors.join("; ")));
+                return Err(ApplyError::new(
+                    "follower_rejected_payload",
+                    errors.join("; "),
+                ));
             } else if payload_rejected {
                 given_up += 1;
-                self.queue.sync().mark_out_of_sync(format!(
-                    "follower rejected a copy of a key ({})",
-                    errors[0]
-                ));
+                self.queue
+                    .sync()
+                    .mark_out_of_sync(format!("follower rejected a copy of a key ({})", errors[0]));
             } else {
                 return Err(ApplyError::new("follower_error", errors.join("; ")));
             }

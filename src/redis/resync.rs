@@ -171,7 +171,12 @@ pub async fn select(c: &mut Conn, db: u32) -> Result<(), String> {
     }
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"SELECT", db.to_string().as_bytes()]);
-    match c.roundtrip(&out, 1).await.map_err(|e| e.to_string())?.first() {
+    match c
+        .roundtrip(&out, 1)
+        .await
+        .map_err(|e| e.to_string())?
+        .first()
+    {
         Some(BytesFrame::SimpleString(_)) => {
             c.db = db;
             Ok(())
@@ -254,7 +259,8 @@ mod tests {
 
     #[test]
     fn keyspace_lists_databases_with_keys() {
-        let info = "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=5\r\ndb3:keys=4,expires=0,avg_ttl=0\r\n";
+        let info =
+            "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=5\r\ndb3:keys=4,expires=0,avg_ttl=0\r\n";
         assert_eq!(parse_keyspace(info), vec![(0, 12), (3, 4)]);
         assert!(parse_keyspace("# Keyspace\r\n").is_empty());
     }

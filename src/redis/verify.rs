@@ -82,8 +82,10 @@ impl RedisVerifier {
                     let (next, keys) = scan(&mut leader, db, &cursor, pattern, BATCH)
                         .await
                         .map_err(|e| format!("leader: {e}"))?;
-                    let keys: Vec<Bytes> =
-                        keys.into_iter().filter(|k| seen.insert(k.clone())).collect();
+                    let keys: Vec<Bytes> = keys
+                        .into_iter()
+                        .filter(|k| seen.insert(k.clone()))
+                        .collect();
                     let l = dump_all(&mut leader, db, &keys)
                         .await
                         .map_err(|e| format!("leader: {e}"))?;
@@ -174,7 +176,9 @@ impl RedisVerifier {
             (Some(_), None) => (DiffKind::MissingOnFollower, None),
             (Some((lp, lt)), Some((fp, ft))) => {
                 let same_value = lp == fp || {
-                    select(leader, db).await.map_err(|e| format!("leader: {e}"))?;
+                    select(leader, db)
+                        .await
+                        .map_err(|e| format!("leader: {e}"))?;
                     select(follower, db)
                         .await
                         .map_err(|e| format!("follower: {e}"))?;
@@ -296,12 +300,7 @@ async fn get_string(c: &mut Conn, db: u32, key: &[u8]) -> Result<Option<Bytes>, 
     select(c, db).await?;
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"GET", key]);
-    match c
-        .roundtrip(&out, 1)
-        .await
-        .map_err(|e| e.to_string())?
-        .pop()
-    {
+    match c.roundtrip(&out, 1).await.map_err(|e| e.to_string())?.pop() {
         Some(BytesFrame::BulkString(b)) => Ok(Some(b)),
         _ => Ok(None),
     }

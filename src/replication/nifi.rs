@@ -148,17 +148,28 @@ mod tests {
 
     #[test]
     fn decodes_redis_json_and_names_the_differing_entry() {
-        let l = decode_json(br#"{"version":4,"encodingVersion":1,"stateValues":{"a":"1","b":"2"}}"#)
-            .unwrap();
-        let f = decode_json(br#"{"version":4,"encodingVersion":1,"stateValues":{"a":"1","b":"9","c":null}}"#)
-            .unwrap();
+        let l =
+            decode_json(br#"{"version":4,"encodingVersion":1,"stateValues":{"a":"1","b":"2"}}"#)
+                .unwrap();
+        let f = decode_json(
+            br#"{"version":4,"encodingVersion":1,"stateValues":{"a":"1","b":"9","c":null}}"#,
+        )
+        .unwrap();
         let d = diff("c1", Some(&l), Some(&f));
         assert_eq!(d.version, None);
         assert_eq!(
             d.entries,
             vec![
-                EntryDiff { entry: "b".into(), leader: Some("2".into()), follower: Some("9".into()) },
-                EntryDiff { entry: "c".into(), leader: None, follower: None },
+                EntryDiff {
+                    entry: "b".into(),
+                    leader: Some("2".into()),
+                    follower: Some("9".into())
+                },
+                EntryDiff {
+                    entry: "c".into(),
+                    leader: None,
+                    follower: None
+                },
             ]
         );
         assert!(decode_json(b"plain").is_none());
@@ -170,8 +181,14 @@ mod tests {
         let b = encode_binary(&[("listing.timestamp", "1700000000000"), ("id.0", "s3://b/k")]);
         let s = decode_binary(&b, Some(3)).unwrap();
         assert_eq!(s.version, Some(3));
-        assert_eq!(s.entries["listing.timestamp"].as_deref(), Some("1700000000000"));
-        assert_eq!(decode_binary(&[1, 0, 0, 0, 0], None).unwrap().entries.len(), 0);
+        assert_eq!(
+            s.entries["listing.timestamp"].as_deref(),
+            Some("1700000000000")
+        );
+        assert_eq!(
+            decode_binary(&[1, 0, 0, 0, 0], None).unwrap().entries.len(),
+            0
+        );
         assert!(decode_binary(b"hello", None).is_none());
         assert!(decode_binary(&[2, 0, 0, 0, 0], None).is_none());
         assert!(decode_binary(&b[..b.len() - 1], None).is_none());

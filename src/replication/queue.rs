@@ -565,13 +565,20 @@ mod tests {
         assert!(third.await.is_err());
         q.push(Op(1, None));
         q.push(Op(2, None));
-        assert!(q.sync().in_sync(), "bulk ops do not count against the limits");
+        assert!(
+            q.sync().in_sync(),
+            "bulk ops do not count against the limits"
+        );
         assert_eq!(q.status().queue_depth, 2);
         let b = q.take_batch(3, usize::MAX).await;
         assert_eq!(b.iter().map(|o| o.0).collect::<Vec<_>>(), vec![1, 2, 10]);
         assert_eq!(q.bulk_pending(), 2);
         q.complete(3);
-        assert_eq!(q.status().mirrored_writes, 2, "the bulk op is not a client write");
+        assert_eq!(
+            q.status().mirrored_writes,
+            2,
+            "the bulk op is not a client write"
+        );
         q.push_bulk(Op(12, None)).await;
         assert_eq!(q.bulk_pending(), 2);
     }

@@ -175,7 +175,11 @@ pub struct Resync {
 }
 
 impl Resync {
-    pub fn new(protocol: &'static str, cfg: ResyncConfig, mirror: Arc<dyn MirrorView>) -> Arc<Self> {
+    pub fn new(
+        protocol: &'static str,
+        cfg: ResyncConfig,
+        mirror: Arc<dyn MirrorView>,
+    ) -> Arc<Self> {
         let p = protocol;
         let r = Arc::new(Self {
             protocol,
@@ -296,7 +300,8 @@ pub fn spawn(
                 }
                 Err(ResyncError::Failed(e)) | Err(ResyncError::Refused(e)) => {
                     tracing::warn!(protocol, error = %e, retry_in_ms = r.cfg.retry_interval_ms, "full resync failed");
-                    retry_at = Some(Instant::now() + Duration::from_millis(r.cfg.retry_interval_ms));
+                    retry_at =
+                        Some(Instant::now() + Duration::from_millis(r.cfg.retry_interval_ms));
                 }
             }
         }

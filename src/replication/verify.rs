@@ -180,7 +180,9 @@ pub fn spawn_periodic(
                     "periodic verification found differences between leader and follower"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(protocol = state.verifier.protocol(), error = %e, "periodic verification failed"),
+                Err(e) => {
+                    tracing::warn!(protocol = state.verifier.protocol(), error = %e, "periodic verification failed")
+                }
             }
         }
     });

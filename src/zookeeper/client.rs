@@ -43,6 +43,14 @@ pub struct ZkConn {
     pub server: String,
 }
 
+/// One reply: error code, header zxid, body (empty unless `err == 0`).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub err: i32,
+    pub zxid: i64,
+    pub body: Bytes,
+}
+
 /// One request: opcode and encoded body.
 pub struct Call {
     pub op: i32,
@@ -183,6 +191,14 @@ impl ZkConn {
 
     /// Sends `calls` pipelined and returns each reply's error code and body, in order.
     pub async fn call_many(&mut self, calls: &[Call]) -> Result<Vec<(i32, Bytes)>, ClientError> {
+        let replies = self.call_many_z(calls).await?;
+        Ok(replies.into_iter().map(|r| (r.err, r.body)).collect())
+    }
+
+    /// [`call_many`](Self::call_many) with each reply's header zxid: the server's last
+    /// processed zxid when it answered, i.e. the point in the ensemble's history a read saw
+    /// (resync tags its copies with it).
+    pub async fn call_many_z(&mut self, calls: &[Call]) -> Result<Vec<Reply>, ClientError> {
         let first = self.next_xid;
         let mut out = BytesMut::new();
         for (i, c) in calls.iter().enumerate() {
@@ -206,7 +222,11 @@ impl ZkConn {
                     xid_at(first, i)
                 )));
             }
-            replies.push((h.err, body));
+            replies.push(Reply {
+                err: h.err,
+                zxid: h.zxid,
+                body,
+            });
         }
         self.last_used = Instant::now();
         Ok(replies)

@@ -1,1 +1,437 @@
-//! Reading nodes for resync and verify (TODO: being written).
+//! Reading znodes for resync and verify, through statemirror's own sessions.
+//!
+//! A [`Session`] reads many paths in one pipelined round trip (`getData`, `getACL`,
+//! `getChildren` per path) and tags each result with the reply header's zxid: the point in
+//! the ensemble's history the read saw. Resync needs it to order its copies against live
+//! writes (`replication::resync`). A [`Walk`] is the breadth-first order over the include
+//! prefixes: parents are read (and copied) before their children.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::client::{Call, ClientError, Reply, ZkConn};
+use super::jute::Record;
+use super::mirror::PathFilter;
+use super::proto::records::{
+    Acl, GetAclRequest, GetAclResponse, GetChildrenRequest, GetChildrenResponse, GetDataRequest,
+    GetDataResponse, Stat,
+};
+use super::proto::{err, err_name, op};
+use crate::config::{Secret, ZooKeeperConfig};
+
+/// A znode as read: data, stat, ACL and child names.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub data: Option<Bytes>,
+    pub stat: Stat,
+    pub acl: Vec<Acl>,
+    pub children: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum State {
+    Node(Box<Node>),
+    /// `NONODE`: absent when read (at the reading's zxid).
+    Missing,
+    /// `NOAUTH`: this session may not read it.
+    NoAuth,
+}
+
+/// One path's read and the oldest reply zxid among its requests.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub state: State,
+    pub zxid: i64,
+}
+
+impl Reading {
+    /// The node unless it is absent, unreadable or a session's ephemeral.
+    pub fn persistent(&self) -> Option<&Node> {
+        match &self.state {
+            State::Node(n) if mode(n.stat.ephemeral_owner) != Mode::Ephemeral => Some(n),
+            _ => None,
+        }
+    }
+
+    pub fn children(&self) -> &[String] {
+        match &self.state {
+            State::Node(n) => &n.children,
+            _ => &[],
+        }
+    }
+}
+
+/// What a node's `ephemeralOwner` says about it.
+///
+/// Servers since 3.5 show clients 0 for container and TTL nodes (`DataNode.copyStat`), so
+/// in practice those read as `Persistent`; the other cases are decoded for servers that do
+/// expose the raw owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Persistent,
+    Container,
+    /// With its TTL in ms.
+    Ttl(i64),
+    Ephemeral,
+}
+
+pub fn mode(owner: i64) -> Mode {
+    match owner {
+        0 => Mode::Persistent,
+        i64::MIN => Mode::Container,
+        o if (o as u64) >> 56 == 0xFF => Mode::Ttl(o & 0x00FF_FFFF_FFFF_FFFF),
+        _ => Mode::Ephemeral,
+    }
+}
+
+/// A `getACL` answer from a session without ADMIN on the node shows `digest` ids as
+/// `user:x` (the hash hidden): such an ACL cannot be copied.
+pub fn acl_masked(acl: &[Acl]) -> bool {
+    acl.iter()
+        .any(|a| a.id.scheme == "digest" && a.id.id.ends_with(":x"))
+}
+
+/// `acl` as a session without ADMIN sees it, sorted (for comparing a masked ACL).
+pub fn masked_acl(acl: &[Acl]) -> Vec<(String, String, i32)> {
+    let mut v: Vec<_> = acl
+        .iter()
+        .map(|a| {
+            let id = match (a.id.scheme.as_str(), a.id.id.split_once(':')) {
+                ("digest", Some((user, _))) => format!("{user}:x"),
+                _ => a.id.id.clone(),
+            };
+            (a.id.scheme.clone(), id, a.perms)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Both ACLs mean the same: equal as sets, or (when either side's hashes are hidden) equal
+/// as far as can be seen.
+pub fn same_acl(a: &[Acl], b: &[Acl]) -> bool {
+    if acl_masked(a) || acl_masked(b) {
+        return masked_acl(a) == masked_acl(b);
+    }
+    let key = |acl: &[Acl]| {
+        let mut v: Vec<_> = acl
+            .iter()
+            .map(|x| (x.id.scheme.clone(), x.id.id.clone(), x.perms))
+            .collect();
+        v.sort();
+        v
+    };
+    key(a) == key(b)
+}
+
+/// statemirror's own session on one ensemble, reopened when it breaks.
+pub struct Session {
+    pub role: &'static str,
+    servers: Vec<String>,
+    auth: Option<Secret>,
+    connect_timeout: Duration,
+    session_timeout_ms: i32,
+    io_timeout: Duration,
+    max_frame: usize,
+    conn: Option<ZkConn>,
+    next_server: usize,
+}
+
+impl Session {
+    pub fn new(
+        role: &'static str,
+        servers: Vec<String>,
+        auth: Option<Secret>,
+        cfg: &ZooKeeperConfig,
+    ) -> Self {
+        let session_timeout_ms = cfg.follower_session_timeout_ms.min(i32::MAX as u64) as i32;
+        Self {
+            role,
+            servers,
+            auth,
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            session_timeout_ms,
+            io_timeout: Duration::from_millis(cfg.follower_session_timeout_ms.clamp(5_000, 60_000)),
+            max_frame: cfg.max_frame_bytes,
+            conn: None,
+            next_server: 0,
+        }
+    }
+
+    /// Sends `calls` pipelined; a broken session is replaced and the calls (reads only) sent
+    /// once more.
+    async fn calls(&mut self, calls: &[Call]) -> Result<Vec<Reply>, String> {
+        let mut last = String::new();
+        for _ in 0..2 {
+            match self.try_calls(calls).await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    self.conn = None;
+                    last = e;
+                }
+            }
+        }
+        Err(format!("{}: {last}", self.role))
+    }
+
+    async fn try_calls(&mut self, calls: &[Call]) -> Result<Vec<Reply>, String> {
+        if let Some(c) = self.conn.as_mut() {
+            if c.ping_if_idle().await.is_err() {
+                self.conn = None;
+            }
+        }
+        if self.conn.is_none() {
+            let c = ZkConn::connect(
+                &self.servers,
+                self.next_server,
+                self.connect_timeout,
+                self.session_timeout_ms,
+                self.auth.as_ref(),
+                self.max_frame,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            self.next_server += 1;
+            self.conn = Some(c);
+        }
+        let conn = self.conn.as_mut().ok_or("no session")?;
+        match tokio::time::timeout(self.io_timeout, conn.call_many_z(calls)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(ClientError::Timeout.to_string()),
+        }
+    }
+
+    /// Reads every path (three pipelined requests each).
+    pub async fn read(&mut self, paths: &[String]) -> Result<Vec<Reading>, String> {
+        let mut calls = Vec::with_capacity(paths.len() * 3);
+        for p in paths {
+            let path = p.clone();
+            calls.push(Call::new(
+                op::GET_DATA,
+                &GetDataRequest {
+                    path: path.clone(),
+                    watch: false,
+                },
+            ));
+            calls.push(Call::new(
+                op::GET_ACL,
+                &GetAclRequest { path: path.clone() },
+            ));
+            calls.push(Call::new(
+                op::GET_CHILDREN,
+                &GetChildrenRequest { path, watch: false },
+            ));
+        }
+        let replies = self.calls(&calls).await?;
+        if replies.len() != calls.len() {
+            return Err(format!("{}: {} replies for {} requests", self.role, replies.len(), calls.len()));
+        }
+        paths
+            .iter()
+            .zip(replies.chunks(3))
+            .map(|(p, r)| self.reading(p, r))
+            .collect()
+    }
+
+    fn reading(&self, path: &str, r: &[Reply]) -> Result<Reading, String> {
+        let [d, a, c] = r else {
+            return Err(format!("{}: short reply for {path}", self.role));
+        };
+        let zxid = r.iter().map(|x| x.zxid).min().unwrap_or(0);
+        // Absent at any of the reads: absent then (a node recreated since is a live write).
+        if let Some(gone) = r.iter().find(|x| x.err == err::NO_NODE) {
+            return Ok(Reading {
+                state: State::Missing,
+                zxid: gone.zxid,
+            });
+        }
+        if r.iter().any(|x| x.err == err::NO_AUTH) {
+            return Ok(Reading {
+                state: State::NoAuth,
+                zxid,
+            });
+        }
+        if let Some(bad) = r.iter().find(|x| x.err != err::OK) {
+            return Err(format!("{}: reading {path}: {}", self.role, err_name(bad.err)));
+        }
+        let bad = |what: &str, e: super::jute::JuteError| {
+            format!("{}: bad {what} reply for {path}: {e}", self.role)
+        };
+        let data = GetDataResponse::from_bytes(&d.body).map_err(|e| bad("getData", e))?;
+        let acl = GetAclResponse::from_bytes(&a.body).map_err(|e| bad("getACL", e))?;
+        let children = GetChildrenResponse::from_bytes(&c.body).map_err(|e| bad("getChildren", e))?;
+        Ok(Reading {
+            state: State::Node(Box::new(Node {
+                data: data.data,
+                stat: data.stat,
+                acl: acl.acl,
+                children: children.children,
+            })),
+            zxid,
+        })
+    }
+
+    /// Whether the ensemble holds any node the filter allows (a cheap look at the starts
+    /// and their children: excluded prefixes exclude everything below them).
+    pub async fn has_nodes(&mut self, filter: &PathFilter) -> Result<bool, String> {
+        let starts = starts(filter);
+        let read = self.read(&starts).await?;
+        for (s, r) in starts.iter().zip(&read) {
+            if let State::Node(n) = &r.state {
+                if compared(filter, s)
+                    || n.children.iter().any(|c| filter.allows(&child_path(s, c)))
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// Whether `path` is compared / copied (the root never is: it always exists).
+pub fn compared(filter: &PathFilter, path: &str) -> bool {
+    path != "/" && filter.allows(path)
+}
+
+pub fn child_path(parent: &str, name: &str) -> String {
+    if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// Where walks start: each include prefix as a path, without those below another one.
+pub fn starts(filter: &PathFilter) -> Vec<String> {
+    let mut v: Vec<String> = filter
+        .include
+        .iter()
+        .map(|p| match p.trim_end_matches('/') {
+            "" => "/".to_string(),
+            t => t.to_string(),
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    let under = |p: &str, s: &str| s == "/" || p.strip_prefix(s).is_some_and(|r| r.starts_with('/'));
+    v.iter()
+        .filter(|p| !v.iter().any(|s| s != *p && under(p, s)))
+        .cloned()
+        .collect()
+}
+
+/// Most nodes one walk visits: a tree that keeps growing faster than it is read must not
+/// keep a walk going forever.
+const MAX_NODES: u64 = 20_000_000;
+
+/// Breadth-first order over the allowed part of the tree.
+pub struct Walk<'f> {
+    filter: &'f PathFilter,
+    queue: VecDeque<String>,
+    visited: u64,
+}
+
+impl<'f> Walk<'f> {
+    pub fn new(filter: &'f PathFilter) -> Self {
+        Self {
+            filter,
+            queue: starts(filter).into(),
+            visited: 0,
+        }
+    }
+
+    /// The next paths to read (empty when done).
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<String>, String> {
+        let n = max.max(1).min(self.queue.len());
+        self.visited += n as u64;
+        if self.visited > MAX_NODES {
+            return Err(format!("more than {MAX_NODES} nodes: walk abandoned"));
+        }
+        Ok(self.queue.drain(..n).collect())
+    }
+
+    /// Queues the allowed children of `parent`: the union of both sides' names.
+    pub fn descend(&mut self, parent: &str, a: &[String], b: &[String]) {
+        let names: BTreeSet<&str> = a.iter().chain(b).map(String::as_str).collect();
+        for name in names {
+            let p = child_path(parent, name);
+            if self.filter.allows(&p) {
+                self.queue.push_back(p);
+            }
+        }
+    }
+}
+
+/// Paths per round trip: about 8 MiB of data per side, 16..=256 paths.
+pub fn chunk_len(last_paths: usize, last_bytes: usize) -> usize {
+    let avg = last_bytes / last_paths.max(1);
+    ((8 << 20) / avg.max(1)).clamp(16, 256)
+}
+
+/// Bytes of data a chunk's readings hold.
+pub fn data_bytes(r: &[Reading]) -> usize {
+    r.iter()
+        .map(|x| match &x.state {
+            State::Node(n) => n.data.as_ref().map_or(0, |d| d.len()) + 64,
+            _ => 64,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zookeeper::proto::records::Id;
+
+    fn filter(include: &[&str], exclude: &[&str]) -> PathFilter {
+        PathFilter {
+            include: include.iter().map(|s| s.to_string()).collect(),
+            exclude: exclude.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn modes_from_ephemeral_owner() {
+        assert_eq!(mode(0), Mode::Persistent);
+        assert_eq!(mode(i64::MIN), Mode::Container);
+        assert_eq!(mode(0xFF00_0000_0000_EA60_u64 as i64), Mode::Ttl(60_000));
+        assert_eq!(mode(0x0100_00a8_9b3c_0002), Mode::Ephemeral);
+    }
+
+    #[test]
+    fn walks_start_at_includes_and_skip_excluded_and_zookeeper() {
+        assert_eq!(starts(&filter(&["/"], &[])), ["/"]);
+        assert_eq!(starts(&filter(&["/nifi", "/nifi/x", "/b/"], &[])), ["/b", "/nifi"]);
+        let f = filter(&["/"], &["/tmp"]);
+        let mut w = Walk::new(&f);
+        assert_eq!(w.next_chunk(10).unwrap(), ["/"]);
+        w.descend("/", &["zookeeper".into(), "a".into(), "tmp".into()], &["a".into(), "b".into()]);
+        assert_eq!(w.next_chunk(10).unwrap(), ["/a", "/b"]);
+        assert!(w.next_chunk(10).unwrap().is_empty());
+        assert!(!compared(&f, "/") && compared(&f, "/a"));
+        let f = filter(&["/nifi/"], &[]);
+        assert!(!compared(&f, "/nifi") && compared(&f, "/nifi/c"));
+    }
+
+    #[test]
+    fn masked_digest_acls_compare_as_seen() {
+        let acl = |id: &str, perms| Acl {
+            perms,
+            id: Id {
+                scheme: "digest".into(),
+                id: id.into(),
+            },
+        };
+        let full = vec![acl("u:hash=", 31)];
+        let masked = vec![acl("u:x", 31)];
+        assert!(acl_masked(&masked) && !acl_masked(&full));
+        assert!(same_acl(&full, &masked));
+        assert!(!same_acl(&full, &[acl("v:x", 31)]));
+        assert!(!same_acl(&full, &[acl("u:other=", 31)]));
+        assert_eq!(chunk_len(0, 0), 256);
+        assert_eq!(chunk_len(10, 10 << 20), 16);
+    }
+}

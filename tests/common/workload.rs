@@ -50,11 +50,9 @@ impl Workload {
                             }
                         }
                         let Some(c) = conn.as_mut() else { continue };
-                        let r = tokio::time::timeout(
-                            Duration::from_secs(3),
-                            one_op(c, &prefix, t, i),
-                        )
-                        .await;
+                        let r =
+                            tokio::time::timeout(Duration::from_secs(3), one_op(c, &prefix, t, i))
+                                .await;
                         match r {
                             Ok(Ok(())) => {
                                 ok.fetch_add(1, Ordering::Relaxed);
@@ -100,14 +98,24 @@ async fn one_op(
     let k = i % 40;
     match i % 11 {
         0 => c.set(format!("{p}str:{k}"), format!("v{t}-{i}")).await,
-        1 => c.hset(format!("{p}hash:{}", k % 8), format!("f{t}"), i).await,
+        1 => {
+            c.hset(format!("{p}hash:{}", k % 8), format!("f{t}"), i)
+                .await
+        }
         2 => {
             let key = format!("{p}list:{}", k % 5);
             let _: () = c.rpush(&key, i).await?;
             c.ltrim(&key, -20, -1).await
         }
         3 => c.sadd(format!("{p}set:{}", k % 6), i % 50).await,
-        4 => c.zadd(format!("{p}zset:{}", k % 4), format!("m{}", i % 30), i as f64).await,
+        4 => {
+            c.zadd(
+                format!("{p}zset:{}", k % 4),
+                format!("m{}", i % 30),
+                i as f64,
+            )
+            .await
+        }
         5 => c.incr(format!("{p}counter:{}", k % 3), 1).await,
         6 => c.set_ex(format!("{p}ttl:{k}"), i, 300).await,
         7 => c.del(format!("{p}str:{}", (k + 7) % 40)).await,
