@@ -598,3 +598,85 @@ async fn cli_verify_reports_and_cli_resync_repairs() {
     .expect("admin");
     assert_eq!(code, 401);
 }
+
+/// Every data type through `copy_format = "typed"` (what an older follower gets): live
+/// mirroring and a full resync both end equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typed_copies_cover_every_data_type() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let mut follower = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.redis.as_mut().expect("[redis]").copy_format = statemirror::config::CopyFormat::Typed;
+        c.resync.max_keys_per_second = 0;
+        c.resync.retry_interval_ms = 300;
+    })
+    .await;
+    let mut c = proxy.conn().await;
+    let _: () = c.append("s", "abc").await.expect("APPEND");
+    let _: () = c.rpush("l", &["a", "b", "c"]).await.expect("RPUSH");
+    let _: () = c.sadd("st", &["x", "y", "z"]).await.expect("SADD");
+    let _: () = c
+        .zadd_multiple("z", &[(1.5, "a"), (-2.0, "b")])
+        .await
+        .expect("ZADD");
+    let _: () = c
+        .hset_multiple("h", &[("f1", "v1"), ("f2", "v2")])
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("XADD")
+        .arg("x")
+        .arg("5-1")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .expect("XADD");
+    let _: () = redis::cmd("XADD")
+        .arg("x")
+        .arg("7-0")
+        .arg("k2")
+        .arg("v2")
+        .query_async(&mut c)
+        .await
+        .expect("XADD");
+    let _: () = c.incr("n", 5).await.expect("INCR");
+    let _: () = c.expire("l", 500).await.expect("EXPIRE");
+    proxy.drained().await;
+    verify_zero(&proxy, &leader, &follower).await;
+    // And the resync path: the follower comes back empty.
+    follower.restart();
+    let _: () = c.incr("n", 1).await.expect("INCR"); // a write makes the writer reconnect
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle(&proxy).await;
+    assert_eq!(verify_zero(&proxy, &leader, &follower).await, 7);
+}
+
+/// `resync.max_keys_per_second` bounds the copy rate (a lower bound on the duration: a slow
+/// machine can only make it longer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resync_rate_is_bounded_by_configuration() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let mut l = leader.conn().await;
+    let mut pipe = redis::pipe();
+    for i in 0..1500 {
+        pipe.set(format!("k{i}"), i).ignore();
+    }
+    let _: () = pipe.query_async(&mut l).await.expect("populate");
+    let t0 = std::time::Instant::now();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.resync.max_keys_per_second = 1000;
+        c.resync.batch_size = 100;
+    })
+    .await; // waits for the resync at start
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1300),
+        "1500 keys at 1000/s took {took:?}"
+    );
+    let s = proxy.status().await;
+    assert_eq!(s["redis"]["resync"]["last"]["copied"], 1500, "{s}");
+    verify_zero(&proxy, &leader, &follower).await;
+}

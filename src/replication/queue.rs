@@ -83,11 +83,23 @@ impl SyncState {
 
     /// Marks the follower out of sync; the first reason since the last resync is kept.
     pub fn mark_out_of_sync(&self, reason: impl Into<String>) {
+        self.mark(reason.into(), true)
+    }
+
+    /// The same, logged at info: expected events (statemirror starting, an operator's request).
+    pub fn mark_out_of_sync_expected(&self, reason: impl Into<String>) {
+        self.mark(reason.into(), false)
+    }
+
+    fn mark(&self, reason: String, warn: bool) {
         let mut r = lock(&self.reason);
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if r.is_none() {
-            let reason = reason.into();
-            tracing::warn!(%reason, "follower marked out of sync; a full resync is needed");
+            if warn {
+                tracing::warn!(%reason, "follower marked out of sync; a full resync is needed");
+            } else {
+                tracing::info!(%reason, "follower marked out of sync; a full resync will run");
+            }
             *r = Some(reason);
         }
         self.in_sync.store(false, Ordering::Release);

@@ -209,7 +209,7 @@ impl Resync {
         });
         r.running_g.set(0.0);
         if r.cfg.on_start {
-            r.mirror.sync().mark_out_of_sync(
+            r.mirror.sync().mark_out_of_sync_expected(
                 "statemirror started: writes queued by a previous run (in memory) may be lost",
             );
         }
@@ -222,7 +222,7 @@ impl Resync {
         self.requested.store(true, Ordering::Release);
         self.mirror
             .sync()
-            .mark_out_of_sync("an operator requested a full resync");
+            .mark_out_of_sync_expected("an operator requested a full resync");
         self.wake.notify_one();
     }
 
