@@ -680,3 +680,27 @@ async fn resync_rate_is_bounded_by_configuration() {
     assert_eq!(s["redis"]["resync"]["last"]["copied"], 1500, "{s}");
     verify_zero(&proxy, &leader, &follower).await;
 }
+
+/// `verify.interval_ms` runs verifications on its own; the last result is in `/status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn periodic_verification_publishes_its_last_result() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| c.verify.interval_ms = 200).await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("a", 1).await.expect("SET");
+    proxy.drained().await;
+    let mut f = follower.conn().await;
+    let _: () = f.set("only-on-follower", 1).await.expect("SET");
+    eventually(Duration::from_secs(20), || async {
+        let s = proxy.status().await;
+        let last = &s["redis"]["verify"]["last"];
+        if last["extra_on_follower"] == 1 && last["equal"] == 1 {
+            Ok(())
+        } else {
+            Err(format!("{last}"))
+        }
+    })
+    .await;
+}
