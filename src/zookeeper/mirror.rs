@@ -36,7 +36,8 @@ use super::client::{Call, ZkConn};
 use super::jute::Record;
 use super::proto::multi::{MultiOp, MultiRequest, MultiResponse};
 use super::proto::records::{
-    Acl, CreateRequest, CreateTtlRequest, DeleteRequest, GetChildrenRequest, GetChildrenResponse,
+    Acl, CreateRequest, CreateTtlRequest, DeleteRequest, ExistsRequest, GetChildrenRequest,
+    GetChildrenResponse,
     Id, SetAclRequest, SetDataRequest,
 };
 use super::proto::{create_mode, err, op, perms};
@@ -234,6 +235,10 @@ pub struct ZkApplier {
     ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
     /// The follower session is new: its ephemerals must be created first.
     fresh_session: bool,
+    /// A batch that failed part-way: its identity and how many of its steps are applied.
+    resume: Option<((usize, usize), usize)>,
+    /// The newest zxid the follower has shown us (see `check_history`).
+    follower_zxid: i64,
 }
 
 impl ZkApplier {
@@ -258,6 +263,8 @@ impl ZkApplier {
             queue,
             ephemerals,
             fresh_session: false,
+            resume: None,
+            follower_zxid: 0,
         }
     }
 
@@ -281,10 +288,41 @@ impl ZkApplier {
             self.next_server += 1;
             self.conn = Some(c);
             self.fresh_session = true;
+            self.check_history().await?;
         }
         self.conn
             .as_mut()
             .ok_or_else(|| ApplyError::new("follower_unavailable", "no session"))
+    }
+
+    /// A follower whose zxid went backwards lost history: it restarted empty or was restored
+    /// from a backup, so what was mirrored to it before cannot be trusted.
+    async fn check_history(&mut self) -> Result<(), ApplyError> {
+        let probe = Call::new(
+            op::EXISTS,
+            &ExistsRequest {
+                path: "/".into(),
+                watch: false,
+            },
+        );
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| ApplyError::new("follower_unavailable", "no session"))?;
+        let reply = conn
+            .call_many_z(std::slice::from_ref(&probe))
+            .await
+            .map_err(follower_err)?;
+        let zxid = reply.first().map_or(0, |r| r.zxid);
+        if zxid < self.follower_zxid {
+            self.queue.sync().mark_out_of_sync(format!(
+                "the follower went back in time (zxid {zxid:#x} after {:#x}): it restarted \
+                 empty or from a backup and may have lost what was mirrored to it",
+                self.follower_zxid
+            ));
+        }
+        self.follower_zxid = zxid;
+        Ok(())
     }
 
     async fn apply_batch(&mut self, batch: &[ZkOp]) -> Result<usize, ApplyError> {
@@ -320,26 +358,45 @@ impl ZkApplier {
                 steps.push((o.zxid, items));
             }
         }
+        // A retry of a batch that failed part-way (e.g. timed out during the one-by-one
+        // fix-ups) resumes after the steps already applied, so every attempt makes progress
+        // even when fix-ups are slow (a cross-region follower). The worker retries the very
+        // same batch until it succeeds, so its address and length identify it.
+        let id = (batch.as_ptr() as usize, batch.len());
+        let start = match self.resume {
+            Some((rid, done)) if rid == id => done.min(steps.len()),
+            _ => 0,
+        };
+        self.resume = Some((id, start));
+        let todo = &steps[start..];
         // Pipeline every step up to the first one with no single-request form.
-        let calls: Vec<Call> = steps
+        let calls: Vec<Call> = todo
             .iter()
             .map_while(|(_, items)| step_call(items))
             .collect();
         let conn = self.conn().await?;
-        let replies = conn.call_many(&calls).await.map_err(follower_err)?;
+        let replies = conn.call_many_z(&calls).await.map_err(follower_err)?;
+        if let Some(z) = replies.iter().map(|r| r.zxid).max() {
+            self.follower_zxid = self.follower_zxid.max(z);
+        }
         let first_bad = replies
             .iter()
-            .zip(&steps)
-            .position(|((e, body), (_, items))| !step_ok(items, *e, body))
-            .or((calls.len() < steps.len()).then_some(calls.len()));
+            .zip(todo)
+            .position(|(r, (_, items))| !step_ok(items, r.err, &r.body))
+            .or((calls.len() < todo.len()).then_some(calls.len()));
         let mut given_up = 0;
         if let Some(i) = first_bad {
-            for (_, items) in &steps[i..] {
+            self.resume = Some((id, start + i));
+            // From the first failure on, one at a time with fix-ups: later steps may depend
+            // on it (a create under a node the failed step creates, a delete after it).
+            for (k, (_, items)) in todo.iter().enumerate().skip(i) {
                 for it in items {
                     given_up += self.apply_one(it).await?;
                 }
+                self.resume = Some((id, start + k + 1));
             }
         }
+        self.resume = None;
         for (zxid, items) in &steps {
             for it in items {
                 self.applied.insert(it.path().to_string(), *zxid);

@@ -37,8 +37,9 @@ use crate::replication::resync::{BoxFuture, ResyncCtx, ResyncError, Walker};
 /// Well under `jute.maxbuffer` (1 MiB), the follower's limit for one `multi`.
 const MAX_OP_BYTES: usize = 512 * 1024;
 /// Copy ops waiting or being applied before the walker waits: bounds memory to a few MiB
-/// whatever the tree's size, and keeps the writer busy.
-const MAX_PENDING_OPS: usize = 8;
+/// whatever the tree's size and keeps the writer busy, while keeping each writer batch
+/// small (a batch whose first multi fails is applied item by item from there).
+const MAX_PENDING_OPS: usize = 4;
 
 pub struct ZkWalker {
     leader: Vec<String>,
@@ -66,9 +67,15 @@ impl ZkWalker {
 
     async fn run(&self, ctx: &ResyncCtx) -> Result<(), ResyncError> {
         let mut leader = Session::new("leader", self.leader.clone(), self.auth.clone(), &self.cfg);
-        let mut follower =
-            Session::new("follower", self.follower.clone(), self.auth.clone(), &self.cfg);
-        if ctx.refuse_empty_leader && !ctx.force && !leader.has_nodes(&self.filter).await?
+        let mut follower = Session::new(
+            "follower",
+            self.follower.clone(),
+            self.auth.clone(),
+            &self.cfg,
+        );
+        if ctx.refuse_empty_leader
+            && !ctx.force
+            && !leader.has_nodes(&self.filter).await?
             && follower.has_nodes(&self.filter).await?
         {
             return Err(ResyncError::Refused(
@@ -82,19 +89,18 @@ impl ZkWalker {
         let mut plan = Plan::new(ctx.batch_size);
         let mut len = tree::chunk_len(0, 0);
         loop {
-            let paths = walk.next_chunk(len).map_err(ResyncError::Failed)?;
-            if paths.is_empty() {
+            let chunk = walk.next_chunk(len).map_err(ResyncError::Failed)?;
+            if chunk.is_empty() {
                 break;
             }
-            ctx.pace(paths.len() as u64).await?;
-            let (l, f) = tokio::join!(leader.read(&paths), follower.read(&paths));
-            let (l, f) = (l?, f?);
-            len = tree::chunk_len(paths.len(), tree::data_bytes(&l).max(tree::data_bytes(&f)));
-            for ((path, l), f) in paths.iter().zip(&l).zip(&f) {
-                if tree::compared(&self.filter, path) {
+            ctx.pace(chunk.len() as u64).await?;
+            let (l, f) = tree::read_pair(&mut leader, &mut follower, &chunk).await?;
+            len = tree::chunk_len(chunk.len(), tree::data_bytes(&l).max(tree::data_bytes(&f)));
+            for ((e, l), f) in chunk.iter().zip(&l).zip(&f) {
+                if tree::compared(&self.filter, &e.path) {
                     ctx.scanned(1);
                 }
-                plan.node(&self.filter, &mut walk, path, l, f, ctx);
+                plan.node(&self.filter, &mut walk, &e.path, l, f, ctx);
             }
             for op in std::mem::take(&mut plan.ready) {
                 self.push(ctx, op).await?;
@@ -169,25 +175,28 @@ impl Plan {
         ctx: &ResyncCtx,
     ) {
         let compared = tree::compared(filter, path);
+        if l.persistent().is_none() && matches!(l.state, State::Node(_)) {
+            return; // a client session's ephemeral; ephemerals have no children
+        }
         match (&l.state, &f.state) {
-            // Nothing below can be listed (or copied without opening it up): skip the subtree.
-            (State::NoAuth, _) | (State::Node(_), State::NoAuth) => {
+            // Nothing below can be listed (or copied without opening it up, or deleted
+            // with certainty): skip the subtree.
+            (State::NoAuth, _) | (_, State::NoAuth) => {
                 if compared {
                     self.skip(path);
                 }
             }
             (State::Node(ln), fs) => {
                 let lmode = tree::mode(ln.stat.ephemeral_owner);
-                if lmode == Mode::Ephemeral {
-                    return; // a client session's; ephemerals have no children
-                }
                 if !compared {
-                    walk.descend(path, &ln.children, f.children());
+                    walk.descend(path, l, f);
                     return;
                 }
                 match fs {
-                    State::Node(fnode) if tree::mode(fnode.stat.ephemeral_owner) != Mode::Ephemeral => {
-                        walk.descend(path, &ln.children, &fnode.children);
+                    State::Node(fnode)
+                        if tree::mode(fnode.stat.ephemeral_owner) != Mode::Ephemeral =>
+                    {
+                        walk.descend(path, l, f);
                         self.update(path, ln, fnode, l.zxid, ctx);
                     }
                     _ => {
@@ -197,7 +206,7 @@ impl Plan {
                             self.skip(path);
                             return;
                         }
-                        walk.descend(path, &ln.children, &[]);
+                        walk.descend(path, l, f);
                         let mut items: SmallVec<[Item; 1]> = SmallVec::new();
                         if matches!(fs, State::Node(_)) {
                             items.push(Item::Delete { path: path.into() });
@@ -218,10 +227,10 @@ impl Plan {
                     self.add(l.zxid, smallvec![Item::Delete { path: path.into() }], false);
                     ctx.deleted(1);
                 } else {
-                    walk.descend(path, &[], &fnode.children);
+                    walk.descend(path, l, f);
                 }
             }
-            (State::Missing, _) => {}
+            (State::Missing, State::Missing) => {}
         }
     }
 
@@ -318,7 +327,12 @@ fn create(path: &str, n: &Node, mode: Mode) -> Item {
 
 /// An item's size inside a `multi` request (header, path, data, ACL, flags), roughly.
 fn encoded_len(it: &Item) -> usize {
-    let acl = |a: &[Acl]| -> usize { 4 + a.iter().map(|x| 12 + x.id.scheme.len() + x.id.id.len()).sum::<usize>() };
+    let acl = |a: &[Acl]| -> usize {
+        4 + a
+            .iter()
+            .map(|x| 12 + x.id.scheme.len() + x.id.id.len())
+            .sum::<usize>()
+    };
     let head = 9 + 4 + it.path().len();
     head + match it {
         Item::Create { data, acl: a, .. } => 4 + data.as_ref().map_or(0, |d| d.len()) + acl(a) + 12,
@@ -348,7 +362,14 @@ mod tests {
         p.add(12, set("/c", 1), false);
         p.add(13, set("/d", 1), false); // a 4th item: new op
         p.add(14, set("/big", MAX_OP_BYTES), false); // too big to join: new op
-        p.add(15, smallvec![Item::SetAcl { path: "/e".into(), acl: vec![] }], true);
+        p.add(
+            15,
+            smallvec![Item::SetAcl {
+                path: "/e".into(),
+                acl: vec![]
+            }],
+            true,
+        );
         p.flush();
         let shape: Vec<(i64, usize)> = p.ready.iter().map(|o| (o.zxid, o.items.len())).collect();
         assert_eq!(shape, [(7, 3), (13, 1), (14, 1), (15, 1)]);

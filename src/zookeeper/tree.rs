@@ -1,10 +1,13 @@
 //! Reading znodes for resync and verify, through statemirror's own sessions.
 //!
-//! A [`Session`] reads many paths in one pipelined round trip (`getData`, `getACL`,
-//! `getChildren` per path) and tags each result with the reply header's zxid: the point in
-//! the ensemble's history the read saw. Resync needs it to order its copies against live
-//! writes (`replication::resync`). A [`Walk`] is the breadth-first order over the include
-//! prefixes: parents are read (and copied) before their children.
+//! A [`Session`] reads many paths in two pipelined round trips (`getData` + `getACL` of
+//! each, then `getChildren` of those that have children) and tags each result with the
+//! oldest reply header zxid among its reads: the point in the ensemble's history the read
+//! saw. Servers apply no write while a read is being processed, so the state read is the
+//! state at that zxid; resync orders its copies against live writes with it
+//! (`replication::resync`). A [`Walk`] is the breadth-first order over the include
+//! prefixes: parents are read (and copied) before their children; below a node one side
+//! lacks, that side is not read at all.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::time::Duration;
@@ -203,44 +206,81 @@ impl Session {
         }
     }
 
-    /// Reads every path (three pipelined requests each).
+    /// Reads every path: `getData` + `getACL` of all in one round trip, then `getChildren`
+    /// of those whose stat shows children in a second (most nodes are leaves).
     pub async fn read(&mut self, paths: &[String]) -> Result<Vec<Reading>, String> {
-        let mut calls = Vec::with_capacity(paths.len() * 3);
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut calls = Vec::with_capacity(paths.len() * 2);
         for p in paths {
-            let path = p.clone();
-            calls.push(Call::new(
-                op::GET_DATA,
-                &GetDataRequest {
-                    path: path.clone(),
-                    watch: false,
-                },
-            ));
-            calls.push(Call::new(
-                op::GET_ACL,
-                &GetAclRequest { path: path.clone() },
-            ));
-            calls.push(Call::new(
-                op::GET_CHILDREN,
-                &GetChildrenRequest { path, watch: false },
-            ));
+            let get = GetDataRequest {
+                path: p.clone(),
+                watch: false,
+            };
+            calls.push(Call::new(op::GET_DATA, &get));
+            calls.push(Call::new(op::GET_ACL, &GetAclRequest { path: p.clone() }));
         }
         let replies = self.calls(&calls).await?;
         if replies.len() != calls.len() {
-            return Err(format!("{}: {} replies for {} requests", self.role, replies.len(), calls.len()));
+            return Err(format!(
+                "{}: {} replies for {} requests",
+                self.role,
+                replies.len(),
+                calls.len()
+            ));
         }
-        paths
+        let mut out = paths
             .iter()
-            .zip(replies.chunks(3))
+            .zip(replies.chunks(2))
             .map(|(p, r)| self.reading(p, r))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        let parents: Vec<usize> = (0..out.len())
+            .filter(|&i| matches!(&out[i].state, State::Node(n) if n.stat.num_children > 0))
+            .collect();
+        if parents.is_empty() {
+            return Ok(out);
+        }
+        let calls: Vec<Call> = parents
+            .iter()
+            .map(|&i| {
+                let req = GetChildrenRequest {
+                    path: paths[i].clone(),
+                    watch: false,
+                };
+                Call::new(op::GET_CHILDREN, &req)
+            })
+            .collect();
+        let replies = self.calls(&calls).await?;
+        for (&i, r) in parents.iter().zip(&replies) {
+            match r.err {
+                err::OK => {
+                    let c = GetChildrenResponse::from_bytes(&r.body).map_err(|e| {
+                        format!("{}: bad getChildren reply for {}: {e}", self.role, paths[i])
+                    })?;
+                    if let State::Node(n) = &mut out[i].state {
+                        n.children = c.children;
+                    }
+                }
+                // Deleted since: a live write the mirror carries.
+                err::NO_NODE => {}
+                err::NO_AUTH => out[i].state = State::NoAuth,
+                e => {
+                    let p = &paths[i];
+                    return Err(format!("{}: listing {p}: {}", self.role, err_name(e)));
+                }
+            }
+        }
+        Ok(out)
     }
 
+    /// A node from its `getData` and `getACL` replies (children are listed afterwards).
     fn reading(&self, path: &str, r: &[Reply]) -> Result<Reading, String> {
-        let [d, a, c] = r else {
+        let [d, a] = r else {
             return Err(format!("{}: short reply for {path}", self.role));
         };
-        let zxid = r.iter().map(|x| x.zxid).min().unwrap_or(0);
-        // Absent at any of the reads: absent then (a node recreated since is a live write).
+        let zxid = d.zxid.min(a.zxid);
+        // Absent at either read: absent then (a node recreated since is a live write).
         if let Some(gone) = r.iter().find(|x| x.err == err::NO_NODE) {
             return Ok(Reading {
                 state: State::Missing,
@@ -254,20 +294,23 @@ impl Session {
             });
         }
         if let Some(bad) = r.iter().find(|x| x.err != err::OK) {
-            return Err(format!("{}: reading {path}: {}", self.role, err_name(bad.err)));
+            return Err(format!(
+                "{}: reading {path}: {}",
+                self.role,
+                err_name(bad.err)
+            ));
         }
         let bad = |what: &str, e: super::jute::JuteError| {
             format!("{}: bad {what} reply for {path}: {e}", self.role)
         };
         let data = GetDataResponse::from_bytes(&d.body).map_err(|e| bad("getData", e))?;
         let acl = GetAclResponse::from_bytes(&a.body).map_err(|e| bad("getACL", e))?;
-        let children = GetChildrenResponse::from_bytes(&c.body).map_err(|e| bad("getChildren", e))?;
         Ok(Reading {
             state: State::Node(Box::new(Node {
                 data: data.data,
                 stat: data.stat,
                 acl: acl.acl,
-                children: children.children,
+                children: Vec::new(),
             })),
             zxid,
         })
@@ -316,7 +359,8 @@ pub fn starts(filter: &PathFilter) -> Vec<String> {
         .collect();
     v.sort();
     v.dedup();
-    let under = |p: &str, s: &str| s == "/" || p.strip_prefix(s).is_some_and(|r| r.starts_with('/'));
+    let under =
+        |p: &str, s: &str| s == "/" || p.strip_prefix(s).is_some_and(|r| r.starts_with('/'));
     v.iter()
         .filter(|p| !v.iter().any(|s| s != *p && under(p, s)))
         .cloned()
@@ -327,24 +371,42 @@ pub fn starts(filter: &PathFilter) -> Vec<String> {
 /// keep a walk going forever.
 const MAX_NODES: u64 = 20_000_000;
 
+/// A path to read, and what its parent's reads already say about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: String,
+    /// The leader's parent was absent at this zxid: so is this node, no need to read it.
+    pub leader_gone: Option<i64>,
+    /// The follower's parent was absent: so is this node (a fresh follower costs no reads).
+    pub follower_gone: bool,
+}
+
 /// Breadth-first order over the allowed part of the tree.
 pub struct Walk<'f> {
     filter: &'f PathFilter,
-    queue: VecDeque<String>,
+    queue: VecDeque<Entry>,
     visited: u64,
 }
 
 impl<'f> Walk<'f> {
     pub fn new(filter: &'f PathFilter) -> Self {
+        let queue = starts(filter)
+            .into_iter()
+            .map(|path| Entry {
+                path,
+                leader_gone: None,
+                follower_gone: false,
+            })
+            .collect();
         Self {
             filter,
-            queue: starts(filter).into(),
+            queue,
             visited: 0,
         }
     }
 
-    /// The next paths to read (empty when done).
-    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<String>, String> {
+    /// The next entries to read (empty when done).
+    pub fn next_chunk(&mut self, max: usize) -> Result<Vec<Entry>, String> {
         let n = max.max(1).min(self.queue.len());
         self.visited += n as u64;
         if self.visited > MAX_NODES {
@@ -353,16 +415,72 @@ impl<'f> Walk<'f> {
         Ok(self.queue.drain(..n).collect())
     }
 
-    /// Queues the allowed children of `parent`: the union of both sides' names.
-    pub fn descend(&mut self, parent: &str, a: &[String], b: &[String]) {
-        let names: BTreeSet<&str> = a.iter().chain(b).map(String::as_str).collect();
+    /// Queues the allowed children `parent` has on either side.
+    pub fn descend(&mut self, parent: &str, l: &Reading, f: &Reading) {
+        let names: BTreeSet<&str> = l
+            .children()
+            .iter()
+            .chain(f.children())
+            .map(String::as_str)
+            .collect();
+        let leader_gone = matches!(l.state, State::Missing).then_some(l.zxid);
+        let follower_gone = matches!(f.state, State::Missing);
         for name in names {
-            let p = child_path(parent, name);
-            if self.filter.allows(&p) {
-                self.queue.push_back(p);
+            let path = child_path(parent, name);
+            if self.filter.allows(&path) {
+                self.queue.push_back(Entry {
+                    path,
+                    leader_gone,
+                    follower_gone,
+                });
             }
         }
     }
+}
+
+/// Reads `chunk` on both sides at once, each only where its parent exists.
+pub async fn read_pair(
+    leader: &mut Session,
+    follower: &mut Session,
+    chunk: &[Entry],
+) -> Result<(Vec<Reading>, Vec<Reading>), String> {
+    let lp: Vec<String> = chunk
+        .iter()
+        .filter(|e| e.leader_gone.is_none())
+        .map(|e| e.path.clone())
+        .collect();
+    let fp: Vec<String> = chunk
+        .iter()
+        .filter(|e| !e.follower_gone)
+        .map(|e| e.path.clone())
+        .collect();
+    let (l, f) = tokio::join!(leader.read(&lp), follower.read(&fp));
+    let (mut l, mut f) = (l?.into_iter(), f?.into_iter());
+    let gone = |zxid| Reading {
+        state: State::Missing,
+        zxid,
+    };
+    let mut out = (
+        Vec::with_capacity(chunk.len()),
+        Vec::with_capacity(chunk.len()),
+    );
+    for e in chunk {
+        let lr = match e.leader_gone {
+            Some(z) => Some(gone(z)),
+            None => l.next(),
+        };
+        let fr = if e.follower_gone {
+            Some(gone(0))
+        } else {
+            f.next()
+        };
+        let (Some(lr), Some(fr)) = (lr, fr) else {
+            return Err("fewer readings than paths".into());
+        };
+        out.0.push(lr);
+        out.1.push(fr);
+    }
+    Ok(out)
 }
 
 /// Paths per round trip: about 8 MiB of data per side, 16..=256 paths.
@@ -404,13 +522,36 @@ mod tests {
     #[test]
     fn walks_start_at_includes_and_skip_excluded_and_zookeeper() {
         assert_eq!(starts(&filter(&["/"], &[])), ["/"]);
-        assert_eq!(starts(&filter(&["/nifi", "/nifi/x", "/b/"], &[])), ["/b", "/nifi"]);
+        assert_eq!(
+            starts(&filter(&["/nifi", "/nifi/x", "/b/"], &[])),
+            ["/b", "/nifi"]
+        );
         let f = filter(&["/"], &["/tmp"]);
         let mut w = Walk::new(&f);
-        assert_eq!(w.next_chunk(10).unwrap(), ["/"]);
-        w.descend("/", &["zookeeper".into(), "a".into(), "tmp".into()], &["a".into(), "b".into()]);
-        assert_eq!(w.next_chunk(10).unwrap(), ["/a", "/b"]);
+        let paths = |c: Vec<Entry>| c.into_iter().map(|e| e.path).collect::<Vec<_>>();
+        assert_eq!(paths(w.next_chunk(10).unwrap()), ["/"]);
+        let node = |names: &[&str]| Reading {
+            state: State::Node(Box::new(Node {
+                data: None,
+                stat: Stat::default(),
+                acl: vec![],
+                children: names.iter().map(|s| s.to_string()).collect(),
+            })),
+            zxid: 5,
+        };
+        w.descend("/", &node(&["zookeeper", "a", "tmp"]), &node(&["a", "b"]));
+        assert_eq!(paths(w.next_chunk(10).unwrap()), ["/a", "/b"]);
         assert!(w.next_chunk(10).unwrap().is_empty());
+        // Below a node one side lacks, that side is not read again.
+        let missing = Reading {
+            state: State::Missing,
+            zxid: 9,
+        };
+        w.descend("/a", &node(&["x"]), &missing);
+        w.descend("/b", &missing, &node(&["y"]));
+        let c = w.next_chunk(10).unwrap();
+        assert_eq!((c[0].leader_gone, c[0].follower_gone), (None, true));
+        assert_eq!((c[1].leader_gone, c[1].follower_gone), (Some(9), false));
         assert!(!compared(&f, "/") && compared(&f, "/a"));
         let f = filter(&["/nifi/"], &[]);
         assert!(!compared(&f, "/nifi") && compared(&f, "/nifi/c"));

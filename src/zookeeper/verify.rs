@@ -41,23 +41,26 @@ impl ZkVerifier {
         let t0 = Instant::now();
         let mut rep = VerifyReport::new("zookeeper");
         let mut leader = Session::new("leader", self.leader.clone(), self.auth.clone(), &self.cfg);
-        let mut follower =
-            Session::new("follower", self.follower.clone(), self.auth.clone(), &self.cfg);
+        let mut follower = Session::new(
+            "follower",
+            self.follower.clone(),
+            self.auth.clone(),
+            &self.cfg,
+        );
         let mut walk = Walk::new(&self.filter);
         let mut len = tree::chunk_len(0, 0);
         loop {
-            let paths = walk.next_chunk(len)?;
-            if paths.is_empty() {
+            let chunk = walk.next_chunk(len)?;
+            if chunk.is_empty() {
                 break;
             }
-            let (l, f) = tokio::join!(leader.read(&paths), follower.read(&paths));
-            let (l, f) = (l?, f?);
-            len = tree::chunk_len(paths.len(), tree::data_bytes(&l).max(tree::data_bytes(&f)));
-            for ((path, l), f) in paths.iter().zip(&l).zip(&f) {
+            let (l, f) = tree::read_pair(&mut leader, &mut follower, &chunk).await?;
+            len = tree::chunk_len(chunk.len(), tree::data_bytes(&l).max(tree::data_bytes(&f)));
+            for ((e, l), f) in chunk.iter().zip(&l).zip(&f) {
                 // Subtrees only one side has are walked too: every node in them counts.
-                walk.descend(path, l.children(), f.children());
-                if tree::compared(&self.filter, path) {
-                    compare(&mut rep, path, l, f, max);
+                walk.descend(&e.path, l, f);
+                if tree::compared(&self.filter, &e.path) {
+                    compare(&mut rep, &e.path, l, f, max);
                 }
             }
         }
@@ -166,7 +169,10 @@ mod tests {
         let mut rep = VerifyReport::new("zookeeper");
         compare(&mut rep, "/nifi/components/c1", &node(&l), &node(&f), 10);
         compare(&mut rep, "/plain", &node(b"x"), &node(b"x"), 10);
-        let missing = Reading { state: State::Missing, zxid: 1 };
+        let missing = Reading {
+            state: State::Missing,
+            zxid: 1,
+        };
         compare(&mut rep, "/gone", &missing, &node(b"x"), 10);
         assert_eq!((rep.equal, rep.different, rep.extra_on_follower), (1, 1, 1));
         let d = &rep.differences[0];
