@@ -45,11 +45,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::env;
 use std::fmt;
-use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -57,9 +53,9 @@ use std::time::{Duration, Instant};
 use zookeeper_client as zkc;
 
 use common::{
-    env_list, env_num, free_port, median, mirror_status, require_zookeeper_jars,
-    start_statemirror, statemirror_bin, zk_connect, zk_persistent, zookeeper_config, Guard,
-    Mirror, ZkServer,
+    env_list, env_num, free_port, median, mirror_status, percentile, require_zookeeper_jars,
+    start_statemirror, statemirror_bin, zk_children, zk_connect, zk_persistent, zookeeper_config,
+    Guard, Mirror, ZkServer,
 };
 
 /// Deletes per `multi` when cleaning a run's root.
@@ -418,7 +414,7 @@ async fn bench(
                 println!("{line} ({:.1} s)", started.elapsed().as_secs_f64());
 
                 let expected = sessions * ops;
-                let leader_children = children(&leader_admin, &root).await;
+                let leader_children = zk_children(&leader_admin, &root).await;
                 if leader_children != expected {
                     out.problems.push(format!(
                         "{} {sessions} session(s) run {rep}: leader has {leader_children} \
@@ -441,7 +437,7 @@ async fn bench(
                         queue_depth: now.queue_depth,
                         in_sync: now.in_sync,
                         leader_children,
-                        follower_children: children(f, &root).await,
+                        follower_children: zk_children(f, &root).await,
                     };
                     println!("    {}", row.describe());
                     if !row.matches() {
@@ -569,25 +565,6 @@ async fn phase(
         ops_per_sec: lat.len() as f64 / elapsed,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
-    }
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Children of `path` (0 when it does not exist), after a `sync`.
-async fn children(c: &zkc::Client, path: &str) -> usize {
-    let _ = c.sync(path).await;
-    match c.list_children(path).await {
-        Ok(ch) => ch.len(),
-        Err(zkc::Error::NoNode) => 0,
-        Err(e) => panic!("list_children {path}: {e}"),
     }
 }
 

@@ -6,8 +6,8 @@
 #![allow(dead_code)]
 
 use std::env;
-use std::fs;
 use std::fmt::Write as _;
+use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -179,6 +179,15 @@ pub fn median(v: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// Nearest-rank percentile of sorted values; 0 for an empty slice.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// `config/<file>` (an example config of this repository) as a TOML table, with the admin
@@ -387,19 +396,17 @@ pub fn program_version(program: &Path, arg: &str) -> String {
 /// One value of a Prometheus text exposition: the first sample of `name` whose labels contain
 /// `label` (e.g. `protocol="redis"`), or of `name` without labels when `label` is empty.
 pub fn metric_value(text: &str, name: &str, label: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let labels = match series.strip_prefix(name)? {
-                "" => "",
-                rest => rest.strip_prefix('{')?.strip_suffix('}')?,
-            };
-            if !label.is_empty() && !labels.split(',').any(|kv| kv == label) {
-                return None;
-            }
-            value.trim().parse().ok()
-        })
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let labels = match series.strip_prefix(name)? {
+            "" => "",
+            rest => rest.strip_prefix('{')?.strip_suffix('}')?,
+        };
+        if !label.is_empty() && !labels.split(',').any(|kv| kv == label) {
+            return None;
+        }
+        value.trim().parse().ok()
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -543,8 +550,7 @@ impl Resp {
         let line = self.read_line()?;
         let (kind, rest) = line.split_at(line.len().min(1));
         let num = || -> Result<i64, String> {
-            rest.parse()
-                .map_err(|_| format!("bad RESP line {line:?}"))
+            rest.parse().map_err(|_| format!("bad RESP line {line:?}"))
         };
         Ok(match kind {
             "+" => Reply::Simple(rest.to_string()),
@@ -564,7 +570,9 @@ impl Resp {
             "*" => match num()? {
                 n if n < 0 => Reply::Array(None),
                 n => Reply::Array(Some(
-                    (0..n).map(|_| self.read_reply()).collect::<Result<_, _>>()?,
+                    (0..n)
+                        .map(|_| self.read_reply())
+                        .collect::<Result<_, _>>()?,
                 )),
             },
             _ => return Err(format!("bad RESP line {line:?}")),
@@ -738,8 +746,7 @@ pub fn four_letter(port: u16, word: &str) -> Result<String, String> {
 /// A `zookeeper-client` session on 127.0.0.1:`port`; panics if none within 15 s.
 pub async fn zk_connect(port: u16) -> zookeeper_client::Client {
     let addr = format!("127.0.0.1:{port}");
-    let connector =
-        zookeeper_client::Client::connector().with_session_timeout(ZK_SESSION_TIMEOUT);
+    let connector = zookeeper_client::Client::connector().with_session_timeout(ZK_SESSION_TIMEOUT);
     match tokio::time::timeout(Duration::from_secs(15), connector.connect(&addr)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => panic!("zookeeper-client connect to {addr}: {e}"),
@@ -750,4 +757,14 @@ pub async fn zk_connect(port: u16) -> zookeeper_client::Client {
 /// Persistent, open ACL.
 pub fn zk_persistent() -> zookeeper_client::CreateOptions<'static> {
     zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all())
+}
+
+/// Children of `path` (0 when it does not exist), after a `sync`.
+pub async fn zk_children(c: &zookeeper_client::Client, path: &str) -> usize {
+    let _ = c.sync(path).await;
+    match c.list_children(path).await {
+        Ok(ch) => ch.len(),
+        Err(zookeeper_client::Error::NoNode) => 0,
+        Err(e) => panic!("list_children {path}: {e}"),
+    }
 }

@@ -5,11 +5,11 @@
 //! (`replication::resync` explains it).
 //!
 //! 1. The databases: every one that holds keys on the leader or the follower (`INFO keyspace`).
-//! 2. Leader keys: `SCAN cursor MATCH pattern COUNT batch_size` per pattern, each key queued
-//!    as a copy (a key returned twice by `SCAN` is copied twice, harmlessly).
-//! 3. Follower-only keys: the same `SCAN` on the follower, then `EXISTS` on the leader for the
-//!    batch; each key the leader lacks is queued as a copy too, which deletes it on the
-//!    follower (or copies it, if a client created it meanwhile).
+//! 2. Follower-only keys: `SCAN cursor MATCH pattern COUNT batch_size` on the follower, then
+//!    `EXISTS` on the leader for the batch; each key the leader lacks is queued as a copy,
+//!    which deletes it on the follower (or copies it, if a client created it meanwhile).
+//! 3. Leader keys: the same `SCAN` on the leader, each key queued as a copy (a key returned
+//!    twice by `SCAN` is copied twice, harmlessly).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -68,28 +68,8 @@ impl RedisWalker {
         let dbs: BTreeSet<u32> = lk.iter().chain(&fk).map(|(db, _)| *db).collect();
         for &db in &dbs {
             for pattern in &self.patterns {
-                // Leader keys: copy each.
-                let mut cursor = Bytes::from_static(b"0");
-                loop {
-                    let (next, keys) = scan(&mut leader, db, &cursor, pattern, ctx.batch_size)
-                        .await
-                        .map_err(|e| fail("leader", e))?;
-                    ctx.scanned(keys.len() as u64);
-                    ctx.pace(keys.len() as u64).await?;
-                    for key in keys {
-                        self.queue
-                            .push_bulk(RedisOp {
-                                items: smallvec![Item::Copy { db, key }],
-                            })
-                            .await;
-                        ctx.copied(1);
-                    }
-                    if &next[..] == b"0" {
-                        break;
-                    }
-                    cursor = next;
-                }
-                // Follower keys the leader does not have: copy (= delete) each.
+                // Follower keys the leader does not have: copy (= delete) each. First, so the keys
+                // copied below are not checked again.
                 let mut cursor = Bytes::from_static(b"0");
                 loop {
                     ctx.check()?;
@@ -108,6 +88,27 @@ impl RedisWalker {
                             })
                             .await;
                         ctx.deleted(1);
+                    }
+                    if &next[..] == b"0" {
+                        break;
+                    }
+                    cursor = next;
+                }
+                // Leader keys: copy each.
+                let mut cursor = Bytes::from_static(b"0");
+                loop {
+                    let (next, keys) = scan(&mut leader, db, &cursor, pattern, ctx.batch_size)
+                        .await
+                        .map_err(|e| fail("leader", e))?;
+                    ctx.scanned(keys.len() as u64);
+                    ctx.pace(keys.len() as u64).await?;
+                    for key in keys {
+                        self.queue
+                            .push_bulk(RedisOp {
+                                items: smallvec![Item::Copy { db, key }],
+                            })
+                            .await;
+                        ctx.copied(1);
                     }
                     if &next[..] == b"0" {
                         break;
