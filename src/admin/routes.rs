@@ -119,7 +119,7 @@ fn status(state: &AdminState) -> Value {
 }
 
 /// Runs every sidecar's verification now. 200 when all ran (whatever they found), 503 when
-/// a backend could not be read.
+/// a backend could not be read, 409 while another verification runs.
 async fn verify(state: &AdminState, max: usize) -> Resp {
     let mut body = serde_json::Map::new();
     let mut failed = false;
@@ -139,6 +139,9 @@ async fn verify(state: &AdminState, max: usize) -> Resp {
                 "truncated": rep.truncated,
                 "differences": rep.differences,
             }),
+            Err(e) if e == crate::replication::verify::BUSY => {
+                return error(StatusCode::CONFLICT, &format!("{}: {e}", s.protocol()));
+            }
             Err(e) => {
                 failed = true;
                 json!({"error": e})

@@ -90,6 +90,9 @@ impl VerifyReport {
     }
 }
 
+/// What [`VerifyState::run`] answers while another verification runs.
+pub const BUSY: &str = "a verification is already running";
+
 /// A protocol's comparison of leader and follower.
 pub trait Verifier: Send + Sync + 'static {
     fn protocol(&self) -> &'static str;
@@ -113,10 +116,13 @@ impl VerifyState {
         })
     }
 
-    /// Runs one verification and records it.
+    /// Runs one verification and records it. One at a time: a verification reads every key
+    /// on both sides, so a second request while one runs is refused (`Err(BUSY)`).
     pub async fn run(&self, max_differences: usize) -> Result<VerifyReport, String> {
         let protocol = self.verifier.protocol();
-        self.running.store(true, Ordering::Release);
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Err(BUSY.into());
+        }
         let t0 = Instant::now();
         let r = self.verifier.verify(max_differences).await;
         self.running.store(false, Ordering::Release);
