@@ -249,7 +249,9 @@ async fn verify(path: PathBuf, max: Option<usize>) -> ExitCode {
         let r = match v.verify(max).await {
             Ok(rep) => {
                 differ |= rep.total_differences() > 0;
-                serde_json::to_value(&rep).unwrap_or_default()
+                let mut v = serde_json::to_value(&rep).unwrap_or_default();
+                v["total_differences"] = rep.total_differences().into();
+                v
             }
             Err(e) => {
                 failed = true;

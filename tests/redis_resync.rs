@@ -10,7 +10,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::fault::{Fault, FaultRelay};
@@ -215,63 +215,6 @@ async fn follower_restored_from_an_old_backup_is_resynced() {
         n, 0,
         "keys the leader deleted are removed from the follower"
     );
-}
-
-/// The real binary, SIGKILLed on drop.
-struct BinProxy {
-    child: Child,
-    admin: String,
-    url: String,
-}
-
-impl BinProxy {
-    async fn start(config: &std::path::Path, admin: &str, url: &str) -> BinProxy {
-        let child = Command::new(env!("CARGO_BIN_EXE_statemirror"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn statemirror");
-        let p = BinProxy {
-            child,
-            admin: admin.to_string(),
-            url: url.to_string(),
-        };
-        eventually(Duration::from_secs(20), || async {
-            p.status().await.map(|_| ())
-        })
-        .await;
-        p
-    }
-
-    async fn status(&self) -> Result<Value, String> {
-        let (code, body) = statemirror::admin::client::request(
-            &self.admin,
-            hyper::Method::GET,
-            "/status",
-            None,
-            Duration::from_secs(5),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        if code != 200 {
-            return Err(body);
-        }
-        serde_json::from_str(&body).map_err(|e| e.to_string())
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for BinProxy {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -37,8 +37,7 @@ use super::jute::Record;
 use super::proto::multi::{MultiOp, MultiRequest, MultiResponse};
 use super::proto::records::{
     Acl, CreateRequest, CreateTtlRequest, DeleteRequest, ExistsRequest, GetChildrenRequest,
-    GetChildrenResponse,
-    Id, SetAclRequest, SetDataRequest,
+    GetChildrenResponse, Id, SetAclRequest, SetDataRequest, SyncRequest,
 };
 use super::proto::{create_mode, err, op, perms};
 use crate::config::Secret;
@@ -296,24 +295,25 @@ impl ZkApplier {
     }
 
     /// A follower whose zxid went backwards lost history: it restarted empty or was restored
-    /// from a backup, so what was mirrored to it before cannot be trusted.
+    /// from a backup, so what was mirrored to it before cannot be trusted. `sync` first, so a
+    /// member of the ensemble that lags the others catches up before it answers the probe.
     async fn check_history(&mut self) -> Result<(), ApplyError> {
-        let probe = Call::new(
-            op::EXISTS,
-            &ExistsRequest {
-                path: "/".into(),
-                watch: false,
-            },
-        );
+        let probe = [
+            Call::new(op::SYNC, &SyncRequest { path: "/".into() }),
+            Call::new(
+                op::EXISTS,
+                &ExistsRequest {
+                    path: "/".into(),
+                    watch: false,
+                },
+            ),
+        ];
         let conn = self
             .conn
             .as_mut()
             .ok_or_else(|| ApplyError::new("follower_unavailable", "no session"))?;
-        let reply = conn
-            .call_many_z(std::slice::from_ref(&probe))
-            .await
-            .map_err(follower_err)?;
-        let zxid = reply.first().map_or(0, |r| r.zxid);
+        let reply = conn.call_many_z(&probe).await.map_err(follower_err)?;
+        let zxid = reply.last().map_or(0, |r| r.zxid);
         if zxid < self.follower_zxid {
             self.queue.sync().mark_out_of_sync(format!(
                 "the follower went back in time (zxid {zxid:#x} after {:#x}): it restarted \

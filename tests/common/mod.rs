@@ -164,6 +164,66 @@ impl Drop for RedisServer {
     }
 }
 
+/// The real `statemirror` binary (`run --config FILE`), SIGKILLed on drop. `start` waits
+/// (bounded) until its admin API answers.
+pub struct BinProxy {
+    child: Child,
+    /// `http://127.0.0.1:PORT` of the admin API.
+    pub admin: String,
+    /// What clients connect to (a Redis URL or a ZooKeeper connect string).
+    pub url: String,
+}
+
+impl BinProxy {
+    pub async fn start(config: &std::path::Path, admin: &str, url: &str) -> BinProxy {
+        let child = Command::new(env!("CARGO_BIN_EXE_statemirror"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn statemirror");
+        let p = BinProxy {
+            child,
+            admin: admin.to_string(),
+            url: url.to_string(),
+        };
+        eventually(Duration::from_secs(20), || async {
+            p.status().await.map(|_| ())
+        })
+        .await;
+        p
+    }
+
+    pub async fn status(&self) -> Result<serde_json::Value, String> {
+        let (code, body) = statemirror::admin::client::request(
+            &self.admin,
+            hyper::Method::GET,
+            "/status",
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if code != 200 {
+            return Err(body);
+        }
+        serde_json::from_str(&body).map_err(|e| e.to_string())
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BinProxy {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 pub async fn client(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("client")
@@ -641,3 +701,4 @@ impl Raw {
 pub mod fault;
 pub mod workload;
 pub mod zk;
+pub mod zk_workload;

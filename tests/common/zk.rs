@@ -415,6 +415,65 @@ impl ZkServer {
             );
         }
     }
+
+    /// SIGKILL, wipe the data directory, start again on the same port: an empty server
+    /// (its zxid starts over, lower than before).
+    pub async fn restart_empty(&mut self) {
+        self.node.kill();
+        let data = self.node.data_dir();
+        fs::remove_dir_all(&data).expect("remove data dir");
+        fs::create_dir_all(&data).expect("create data dir");
+        self.restart().await;
+    }
+
+    /// A consistent copy of the data directory as it is now: the server is SIGKILLed
+    /// (acknowledged writes are already in the kernel, see `forceSync` in `zoo.cfg`), the
+    /// directory copied, and the server started again if it was running. Restore it later
+    /// with [`Self::restore`].
+    pub async fn backup(&mut self) -> ZkBackup {
+        let was_running = self.node.running();
+        self.node.kill();
+        let dir = tempfile::Builder::new()
+            .prefix("zk-backup-")
+            .tempdir()
+            .expect("tempdir");
+        copy_dir(&self.node.data_dir(), dir.path()).expect("copy data dir");
+        if was_running {
+            self.restart().await;
+        }
+        ZkBackup { dir }
+    }
+
+    /// SIGKILL (if running), replace the data directory with `backup`'s copy and start
+    /// again on the same port: the server as it was when the backup was taken.
+    pub async fn restore(&mut self, backup: &ZkBackup) {
+        self.node.kill();
+        let data = self.node.data_dir();
+        fs::remove_dir_all(&data).expect("remove data dir");
+        fs::create_dir_all(&data).expect("create data dir");
+        copy_dir(backup.dir.path(), &data).expect("restore data dir");
+        self.restart().await;
+    }
+}
+
+/// A copy of a [`ZkServer`]'s data directory ([`ZkServer::backup`]); removed on drop.
+pub struct ZkBackup {
+    dir: tempfile::TempDir,
+}
+
+/// Copies the contents of `from` into `to` (which exists), recursively.
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            fs::create_dir_all(&target)?;
+            copy_dir(&e.path(), &target)?;
+        } else {
+            fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -778,6 +837,25 @@ impl ZkProxy {
         follower: Option<&str>,
         tweak: impl FnOnce(&mut statemirror::config::Config),
     ) -> Self {
+        Self::start_inner(leader, follower, tweak, true).await
+    }
+
+    /// [`ZkProxy::start_with`] without waiting for the resync at start: for a follower that
+    /// is down behind something that still accepts connections (a `FaultRelay`).
+    pub async fn start_without_waiting(
+        leader: &str,
+        follower: Option<&str>,
+        tweak: impl FnOnce(&mut statemirror::config::Config),
+    ) -> Self {
+        Self::start_inner(leader, follower, tweak, false).await
+    }
+
+    async fn start_inner(
+        leader: &str,
+        follower: Option<&str>,
+        tweak: impl FnOnce(&mut statemirror::config::Config),
+        may_wait: bool,
+    ) -> Self {
         let mut cfg = super::example_config("zookeeper.toml");
         cfg.admin.listen = "127.0.0.1:0".into();
         cfg.admin.token_file = None;
@@ -798,7 +876,8 @@ impl ZkProxy {
         tweak(&mut cfg);
         let resolved = cfg.validate().unwrap_or_else(|e| panic!("config: {e:?}"));
         statemirror::telemetry::init(&resolved.config.log);
-        let wait = resolved.config.resync.on_start
+        let wait = may_wait
+            && resolved.config.resync.on_start
             && resolved
                 .zookeeper
                 .as_ref()
