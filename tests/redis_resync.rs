@@ -254,6 +254,12 @@ async fn sidecar_killed_with_writes_queued_resyncs_after_restart() {
         }
     })
     .await;
+    // Keys written once while the follower link is stalled: the workload never rewrites
+    // them, so only the resync at restart can bring them to the follower.
+    let mut c = client(&p.url).await;
+    for i in 0..50 {
+        let _: () = c.set(format!("once:{i}"), i).await.expect("SET");
+    }
     p.kill(); // SIGKILL with writes queued: they are lost with the process
     relay.set(Fault::Pass);
     let p = BinProxy::start(cfg.path(), &admin, &url).await;

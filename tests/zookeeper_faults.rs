@@ -290,6 +290,15 @@ async fn sidecar_killed_with_writes_queued_resyncs_after_restart() {
         }
     })
     .await;
+    // Nodes written once while the follower link is stalled: the workload never rewrites
+    // them, so only the resync at restart can bring them to the follower.
+    let c = zk_client(&p.url).await;
+    let _ = c.create("/once", b"", &persistent()).await;
+    for i in 0..50 {
+        c.create(&format!("/once/n{i}"), b"x", &persistent())
+            .await
+            .expect("create");
+    }
     p.kill(); // SIGKILL with writes queued: they are lost with the process
     relay.set(Fault::Pass);
     let p = BinProxy::start(cfg.path(), &admin, &connect).await;
