@@ -601,6 +601,38 @@ async fn typed_copies_cover_every_data_type() {
     assert_eq!(verify_zero(&proxy, &leader, &follower).await, 7);
 }
 
+/// A follower that cannot take `RESTORE` (here renamed away; an ACL or an older Redis
+/// rejecting the payload behave alike) makes the writer switch to type-aware copies on its
+/// own, and the copy still ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn follower_refusing_restore_gets_type_aware_copies() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start_with(&["--rename-command", "RESTORE", "RESTORE_OFF"]);
+    let mut l = leader.conn().await;
+    let _: () = l
+        .hset_multiple("h", &[("a", "1"), ("b", "2")])
+        .await
+        .expect("HSET");
+    let _: () = l.rpush("l", &["x", "y"]).await.expect("RPUSH");
+    let _: () = l.set_ex("s", "v", 300).await.expect("SET");
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.resync.max_keys_per_second = 0;
+    })
+    .await; // the resync at start copies the three keys
+    let mut c = proxy.conn().await;
+    let _: () = c.sadd("st", &["m", "n"]).await.expect("SADD"); // a live copy
+    proxy.drained().await;
+    let s = proxy.status().await;
+    assert!(
+        s["redis"]["mirror"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("follower_rejected_payload")),
+        "{s}"
+    );
+    assert_eq!(verify_zero(&proxy, &leader, &follower).await, 4);
+}
+
 /// `resync.max_keys_per_second` bounds the copy rate (a lower bound on the duration: a slow
 /// machine can only make it longer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

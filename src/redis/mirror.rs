@@ -599,11 +599,7 @@ impl RedisApplier {
             if errors.is_empty() {
                 continue;
             }
-            let payload_rejected = errors.iter().all(|e| {
-                e.contains("payload version")
-                    || e.contains("EXECABORT")
-                    || e.contains("Bad data format")
-            });
+            let payload_rejected = errors.iter().all(|e| restore_refused(e));
             if payload_rejected && !self.typed {
                 // Every payload from this leader will be refused alike: copy type-aware
                 // from now on and apply the batch again (it is idempotent).
@@ -664,6 +660,19 @@ impl Applier for RedisApplier {
     }
 }
 
+/// The follower cannot take a `RESTORE`: a payload from a newer Redis ("payload version",
+/// "Bad data format", `EXECABORT` around it), or no `RESTORE` at all for statemirror's user
+/// (renamed away, or denied by an ACL as some managed services do). Type-aware copies work
+/// in all these cases.
+fn restore_refused(e: &str) -> bool {
+    let lower = e.to_ascii_lowercase();
+    e.contains("payload version")
+        || e.contains("EXECABORT")
+        || e.contains("Bad data format")
+        || (lower.contains("restore")
+            && (lower.contains("unknown command") || e.starts_with("NOPERM")))
+}
+
 /// `run_id` from `INFO server` (of either backend).
 async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
     let mut out = BytesMut::new();
@@ -702,6 +711,21 @@ fn getkeys_frame(cmd: &[u8]) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_restores_switch_to_typed_copies() {
+        assert!(restore_refused(
+            "ERR DUMP payload version or checksum are wrong"
+        ));
+        assert!(restore_refused(
+            "ERR unknown command 'RESTORE', with args beginning with: 'k' "
+        ));
+        assert!(restore_refused(
+            "NOPERM User nifi has no permissions to run the 'restore' command"
+        ));
+        assert!(!restore_refused("ERR unknown command 'FOO'"));
+        assert!(!restore_refused("OOM command not allowed"));
+    }
 
     #[test]
     fn getkeys_wraps_the_original_command() {
