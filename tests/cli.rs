@@ -241,3 +241,30 @@ fn check_config_reports_unknown_keys_and_bad_values_together() {
         assert!(err.contains(key), "{key} not reported: {err}");
     }
 }
+
+/// The config embedded in the Kubernetes example parses, with no unknown keys (so it does
+/// not rot as the schema grows).
+#[test]
+fn the_kubernetes_example_config_is_valid() {
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/kubernetes/nifi-statemirror-sidecar.yaml"),
+    )
+    .expect("read the example");
+    let start = yaml
+        .find("statemirror.toml: |\n")
+        .expect("the config block")
+        + 20;
+    let toml: String = yaml[start..]
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    assert!(
+        toml.contains("[resync]") && toml.contains("[verify]"),
+        "{toml}"
+    );
+    let cfg = statemirror::config::Config::from_toml(&toml)
+        .unwrap_or_else(|e| panic!("deploy example: {e:?}\n{toml}"));
+    assert_eq!(cfg.verify.interval_ms, 600_000);
+}
