@@ -31,22 +31,7 @@ fn tune(cfg: &mut Config, follower: &str) {
 
 /// Waits until writes are mirrored, the follower is in sync and no resync runs.
 async fn settle(proxy: &Proxy) {
-    eventually(Duration::from_secs(60), || async {
-        let s = proxy.status().await;
-        let r = &s["redis"];
-        if r["mirror"]["queue_depth"] == 0
-            && r["mirror"]["in_sync"] == true
-            && r["resync"]["running"] == false
-        {
-            Ok(())
-        } else {
-            Err(format!(
-                "not settled: mirror {} resync {}",
-                r["mirror"], r["resync"]
-            ))
-        }
-    })
-    .await
+    settle_with("redis", || proxy.status()).await
 }
 
 /// `GET /verify` says zero differences, and so does the test's own key-by-key comparison.

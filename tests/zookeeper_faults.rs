@@ -50,22 +50,7 @@ async fn proxy_via(
 
 /// Waits until writes are mirrored, the follower is in sync and no resync runs.
 async fn settle(proxy: &ZkProxy) {
-    eventually(Duration::from_secs(60), || async {
-        let s = proxy.status().await;
-        let z = &s["zookeeper"];
-        if z["mirror"]["queue_depth"] == 0
-            && z["mirror"]["in_sync"] == true
-            && z["resync"]["running"] == false
-        {
-            Ok(())
-        } else {
-            Err(format!(
-                "not settled: mirror {} resync {}",
-                z["mirror"], z["resync"]
-            ))
-        }
-    })
-    .await
+    settle_with("zookeeper", || proxy.status()).await
 }
 
 /// Prints what a scenario did, for the test log.

@@ -11,6 +11,31 @@ use std::time::{Duration, Instant};
 use redis::AsyncCommands;
 use statemirror::config::Config;
 
+/// Waits (at most 60 s) until `protocol`'s mirror queue is empty, its follower in sync and no
+/// resync runs, reading `/status` with `status`: the end state of every catch-up scenario.
+pub async fn settle_with<F, Fut>(protocol: &str, status: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
+    eventually(Duration::from_secs(60), || async {
+        let s = status().await;
+        let p = &s[protocol];
+        if p["mirror"]["queue_depth"] == 0
+            && p["mirror"]["in_sync"] == true
+            && p["resync"]["running"] == false
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "not settled: mirror {} resync {}",
+                p["mirror"], p["resync"]
+            ))
+        }
+    })
+    .await
+}
+
 /// Bounded polling: retries `f` until it returns `Ok` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> T
 where
