@@ -229,16 +229,7 @@ async fn sidecar_killed_with_writes_queued_resyncs_after_restart() {
     let w = Workload::start(&p.url, "k:", 4);
     tokio::time::sleep(Duration::from_millis(800)).await;
     relay.set(Fault::Stall);
-    eventually(Duration::from_secs(10), || async {
-        let s = p.status().await?;
-        let d = s["redis"]["mirror"]["queue_depth"].as_u64().unwrap_or(0);
-        if d > 20 {
-            Ok(())
-        } else {
-            Err(format!("queue depth {d}"))
-        }
-    })
-    .await;
+    p.wait_queue_depth_over("redis", 20).await;
     // Keys written once while the follower link is stalled: the workload never rewrites
     // them, so only the resync at restart can bring them to the follower.
     let mut c = client(&p.url).await;

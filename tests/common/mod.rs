@@ -200,6 +200,20 @@ pub struct BinProxy {
 }
 
 impl BinProxy {
+    /// Waits (at most 10 s) until more than `n` writes of `protocol` wait in the mirror queue.
+    pub async fn wait_queue_depth_over(&self, protocol: &str, n: u64) {
+        eventually(Duration::from_secs(10), || async {
+            let s = self.status().await?;
+            let d = s[protocol]["mirror"]["queue_depth"].as_u64().unwrap_or(0);
+            if d > n {
+                Ok(())
+            } else {
+                Err(format!("queue depth {d}"))
+            }
+        })
+        .await
+    }
+
     pub async fn start(config: &std::path::Path, admin: &str, url: &str) -> BinProxy {
         let child = Command::new(env!("CARGO_BIN_EXE_statemirror"))
             .args(["run", "--config"])
