@@ -126,7 +126,7 @@ async fn ensemble_session_survives_losing_its_server() {
     let sid = c.session_id();
     c.create("/eph", b"e", &ephemeral()).await.unwrap();
     c.create("/p", b"0", &persistent()).await.unwrap();
-    let victim = eventually(Duration::from_secs(5), || async {
+    let victim = eventually(Duration::from_secs(20), || async {
         ens.server_of_session(sid.0)
             .await
             .ok_or_else(|| format!("session {sid} on no server (cons)"))

@@ -1213,7 +1213,7 @@ async fn session_resumes_on_another_ensemble_server() {
     let sid = c.session_id();
     c.create("/eph", b"e", &ephemeral()).await.unwrap();
     c.create("/p", b"0", &persistent()).await.unwrap();
-    let victim = eventually(Duration::from_secs(5), || async {
+    let victim = eventually(Duration::from_secs(20), || async {
         ens.server_of_session(sid.0)
             .await
             .ok_or_else(|| format!("session {sid} on no server (cons)"))
@@ -1484,7 +1484,7 @@ async fn client_vanishing_mid_write_keeps_follower_in_sync() {
     drop(raw);
     // The leader ran the create.
     let c = zk_client(&leader.addr()).await;
-    eventually(Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(20), || async {
         match c.check_stat("/vanished").await {
             Ok(Some(_)) => Ok(()),
             other => Err(format!("/vanished on the leader: {other:?}")),

@@ -331,12 +331,18 @@ pub fn start_statemirror_timed(
 
 /// GET on the admin API; returns (status, body).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    http_request(port, "GET", path)
+}
+
+/// A request without a body on the admin API; returns (status, body).
+pub fn http_request(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;
     let mut resp = String::new();
