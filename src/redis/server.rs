@@ -131,7 +131,9 @@ pub async fn start(
             QueueLimits {
                 max_ops: repl.max_queue_ops,
                 max_bytes: repl.max_queue_bytes,
+                // A bulk op is a key name (its value is read when applied): cheap to queue.
                 bulk_capacity: 2 * repl.batch_max_ops,
+                bulk_per_batch: repl.batch_max_ops,
             },
         )
     });

@@ -8,7 +8,8 @@
 //! A second, *bulk* lane carries a resync's copies (`replication::resync`). It is not
 //! counted against the limits, the depth or the lag (a resync must not overflow live
 //! writes or look like lag); instead its producer waits for room. The writer takes live ops
-//! first and fills the rest of a batch from the bulk lane.
+//! first and adds at most `bulk_per_batch` bulk ops, so a live write waits behind at most
+//! that much resync work.
 //!
 //! Ops may name a *coalesce key*: an op whose key is already waiting (not yet taken by the
 //! writer) adds nothing, because the waiting op will read the newer state anyway (see
@@ -126,6 +127,10 @@ pub struct QueueLimits {
     pub max_bytes: usize,
     /// Most ops in the bulk lane before `push_bulk` waits.
     pub bulk_capacity: usize,
+    /// Most bulk ops in one batch. A live write that arrives while a batch is in flight
+    /// waits for it, so this bounds the delay a resync adds to live mirroring (a
+    /// ZooKeeper bulk op is a whole multi of up to `resync.batch_size` nodes).
+    pub bulk_per_batch: usize,
 }
 
 struct Waiting<Op> {
@@ -340,7 +345,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                     inner.in_flight_bytes = bytes;
                     let mut bulk_bytes = 0;
                     let mut taken_bulk = 0;
-                    while batch.len() < max {
+                    while batch.len() < max && taken_bulk < self.limits.bulk_per_batch.max(1) {
                         let next = inner.bulk.front().map(|o| o.cost_bytes()).unwrap_or(0);
                         if inner.bulk.is_empty()
                             || (!batch.is_empty() && bytes + bulk_bytes + next > max_bytes)
@@ -513,6 +518,7 @@ mod tests {
                 max_ops: 10,
                 max_bytes: 1000,
                 bulk_capacity: 4,
+                bulk_per_batch: 100,
             },
         );
         q.push(Op(1, Some(7)));
@@ -550,6 +556,7 @@ mod tests {
                 max_ops: 10,
                 max_bytes: 1000,
                 bulk_capacity: 4,
+                bulk_per_batch: 100,
             },
         );
         q.push(Barred(1, Some(7), vec![])); // copy of key 7
@@ -568,6 +575,7 @@ mod tests {
                 max_ops: 2,
                 max_bytes: 1000,
                 bulk_capacity: 2,
+                bulk_per_batch: 100,
             },
         );
         q.push_bulk(Op(10, None)).await;
@@ -615,6 +623,7 @@ mod tests {
                 max_ops: 2,
                 max_bytes: 1000,
                 bulk_capacity: 4,
+                bulk_per_batch: 100,
             },
         );
         q.push(Op(1, None));
@@ -632,6 +641,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_batch_takes_at_most_bulk_per_batch_bulk_ops() {
+        let q = MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 100,
+                max_bytes: 1000,
+                bulk_capacity: 4,
+                bulk_per_batch: 1,
+            },
+        );
+        q.push_bulk(Op(10, None)).await;
+        q.push_bulk(Op(11, None)).await;
+        q.push(Op(1, None));
+        q.push(Op(2, None));
+        let ids = |b: Vec<Op>| b.iter().map(|o| o.0).collect::<Vec<_>>();
+        assert_eq!(ids(q.take_batch(100, usize::MAX).await), [1, 2, 10]);
+        q.complete(3);
+        assert_eq!(ids(q.take_batch(100, usize::MAX).await), [11]);
+    }
+
+    #[tokio::test]
     async fn batches_stop_at_the_byte_limit() {
         let q = MirrorQueue::new(
             "test",
@@ -639,6 +669,7 @@ mod tests {
                 max_ops: 100,
                 max_bytes: 1000,
                 bulk_capacity: 4,
+                bulk_per_batch: 100,
             },
         );
         for i in 0..5 {
@@ -657,6 +688,7 @@ mod tests {
                 max_ops: 100,
                 max_bytes: 25,
                 bulk_capacity: 4,
+                bulk_per_batch: 100,
             },
         );
         q.push(Op(1, None));

@@ -199,7 +199,10 @@ pub async fn start(
             QueueLimits {
                 max_ops: repl.max_queue_ops,
                 max_bytes: repl.max_queue_bytes,
-                bulk_capacity: 2 * repl.batch_max_ops,
+                // A bulk op is a multi of up to `resync.batch_size` nodes (≤ 512 KiB):
+                // a few queued bound the memory; one per batch bounds live writes' delay.
+                bulk_capacity: 4,
+                bulk_per_batch: 1,
             },
         )
     });
