@@ -417,6 +417,17 @@ async fn verify_names_the_nifi_component_and_entry_that_differ() {
     assert_eq!(e[0]["entry"], "listing.timestamp");
     assert_eq!(e[0]["leader"], "1700000000000");
     assert_eq!(e[0]["follower"], "1600000000000");
+    // /status (no token needed) names the component and entry but not the values.
+    let s = proxy.status().await;
+    let first = &s["redis"]["verify"]["last"]["first_differences"];
+    let named = first
+        .as_array()
+        .expect("first_differences")
+        .iter()
+        .find(|d| d["key"] == "nifi/components/22222222-bbbb")
+        .expect("the corrupted key in /status");
+    assert_eq!(named["nifi"]["entries"][0], "listing.timestamp", "{s}");
+    assert!(!s.to_string().contains("1600000000000"), "{s}");
     let m = proxy.http("GET", "/metrics", None).await.1;
     assert!(
         m.lines()
@@ -527,17 +538,33 @@ async fn cli_verify_reports_and_cli_resync_repairs() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // Without the token the admin API refuses a resync.
-    let (code, _) = statemirror::admin::client::request(
+    // Without the token the admin API refuses a resync and a verification (it loads both
+    // backends and returns NiFi state values); with it, verify answers.
+    for (method, path) in [
+        (hyper::Method::POST, "/resync"),
+        (hyper::Method::GET, "/verify"),
+    ] {
+        let (code, _) = statemirror::admin::client::request(
+            &p.admin,
+            method,
+            path,
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("admin");
+        assert_eq!(code, 401, "{path} without the token");
+    }
+    let (code, body) = statemirror::admin::client::request(
         &p.admin,
-        hyper::Method::POST,
-        "/resync",
-        None,
-        Duration::from_secs(5),
+        hyper::Method::GET,
+        "/verify",
+        Some("s3cret-token"),
+        Duration::from_secs(30),
     )
     .await
     .expect("admin");
-    assert_eq!(code, 401);
+    assert_eq!(code, 200, "{body}");
 }
 
 /// Every data type through `copy_format = "typed"` (what an older follower gets): live

@@ -12,7 +12,8 @@
 //! | `GET /verify` | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
 //! | `POST /resync` | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
 //!
-//! With `admin.token_file` set, `PUT`, `DELETE` and `POST` need `Authorization: Bearer <token>`.
+//! With `admin.token_file` set, `PUT`, `DELETE`, `POST` and `GET /verify` (it loads both
+//! backends and returns NiFi state values) need `Authorization: Bearer <token>`.
 //! Errors are JSON `{"error": "..."}` with a 4xx status.
 
 pub mod client;

@@ -60,6 +60,10 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
             json_resp(StatusCode::OK, maintenance(state))
         }
         (&Method::GET, "/verify") => {
+            // A read, but it loads both backends and returns NiFi state values.
+            if let Some(r) = unauthorized(state, &req) {
+                return r;
+            }
             let max = match query_param(&req, "max").map(|v| v.parse::<usize>()) {
                 None => state.max_differences,
                 Some(Ok(n)) if n > 0 => n,

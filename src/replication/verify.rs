@@ -46,6 +46,27 @@ pub struct Difference {
     pub nifi: Option<NifiDiff>,
 }
 
+impl Difference {
+    /// The difference without NiFi state values (component and entry names only), for
+    /// `/status`, which needs no token; the values are in `GET /verify` and the CLI.
+    pub fn without_values(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({"key": self.key, "kind": self.kind});
+        if let Some(db) = self.db {
+            v["db"] = db.into();
+        }
+        if let Some(d) = &self.detail {
+            v["detail"] = d.as_str().into();
+        }
+        if let Some(n) = &self.nifi {
+            v["nifi"] = serde_json::json!({
+                "component": n.component,
+                "entries": n.entries.iter().map(|e| e.entry.as_str()).collect::<Vec<_>>(),
+            });
+        }
+        v
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct VerifyReport {
     pub protocol: &'static str,
@@ -140,7 +161,7 @@ impl VerifyState {
                     "missing_on_follower": rep.missing_on_follower,
                     "extra_on_follower": rep.extra_on_follower,
                     "unreadable": rep.unreadable,
-                    "first_differences": rep.differences.iter().take(10).collect::<Vec<_>>(),
+                    "first_differences": rep.differences.iter().take(10).map(Difference::without_values).collect::<Vec<_>>(),
                 })
             }
             Err(e) => serde_json::json!({
