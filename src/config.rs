@@ -286,7 +286,8 @@ pub struct ResyncConfig {
     /// Most keys (Redis) or nodes (ZooKeeper) copied per second; bounds the load a resync puts
     /// on the leader. 0 = unlimited. Default 20000.
     pub max_keys_per_second: u64,
-    /// Keys per `SCAN` step / nodes per `multi`. Default 500.
+    /// Redis: keys per `SCAN` step, and most resync copies in one mirror batch (read from the
+    /// leader in one `MULTI`). ZooKeeper: nodes per `multi`. Default 500.
     pub batch_size: usize,
     /// A resync that failed (leader unreachable…) is retried after this long. Default 5000.
     pub retry_interval_ms: u64,

@@ -132,8 +132,10 @@ pub async fn start(
                 max_ops: repl.max_queue_ops,
                 max_bytes: repl.max_queue_bytes,
                 // A bulk op is a key name (its value is read when applied): cheap to queue.
+                // The writer reads a batch's copies in one MULTI on the leader, so
+                // `resync.batch_size` bounds how long that blocks it and the reply's size.
                 bulk_capacity: 2 * repl.batch_max_ops,
-                bulk_per_batch: repl.batch_max_ops,
+                bulk_per_batch: top.resync.batch_size,
             },
         )
     });
