@@ -122,8 +122,22 @@ impl RedisServer {
                     return false; // exited: port taken?
                 }
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
+            // Our process must answer, not another test's server or relay that took the
+            // port between `free_port` and our bind (our server then exits, but a plain
+            // connect would still succeed).
+            let pid = self.child.as_ref().map(Child::id);
+            let password = self
+                .extra
+                .iter()
+                .position(|a| a == "--requirepass")
+                .and_then(|i| self.extra.get(i + 1));
+            match (redis_pid(self.port, password.map(String::as_str)), pid) {
+                (Some(p), Some(ours)) if p == ours => return true,
+                (Some(_), _) => {
+                    self.kill();
+                    return false;
+                }
+                (None, _) => {}
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -181,6 +195,37 @@ impl RedisServer {
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
         client(&self.url()).await
     }
+}
+
+/// The `process_id` of the redis-server answering on `port` (`INFO server`, after `AUTH`
+/// when it has a password), if one does.
+fn redis_pid(port: u16, password: Option<&str>) -> Option<u32> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    if let Some(pw) = password {
+        s.write_all(format!("AUTH {pw}\r\n").as_bytes()).ok()?;
+    }
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 64 * 1024 {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        if let Some(pid) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .filter(|_| text.contains("run_id:"))
+        {
+            return pid.trim().parse().ok();
+        }
+    }
+    None
 }
 
 impl Drop for RedisServer {
