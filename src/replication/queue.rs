@@ -238,7 +238,10 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 bulk: VecDeque::new(),
                 bulk_in_flight: 0,
             }),
-            limits,
+            limits: QueueLimits {
+                bulk_per_batch: limits.bulk_per_batch.max(1),
+                ..limits
+            },
             bulk_capacity: limits.bulk_capacity.max(1),
             wake: Notify::new(),
             changed: Notify::new(),
@@ -345,7 +348,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                     inner.in_flight_bytes = bytes;
                     let mut bulk_bytes = 0;
                     let mut taken_bulk = 0;
-                    while batch.len() < max && taken_bulk < self.limits.bulk_per_batch.max(1) {
+                    while batch.len() < max && taken_bulk < self.limits.bulk_per_batch {
                         let next = inner.bulk.front().map(|o| o.cost_bytes()).unwrap_or(0);
                         if inner.bulk.is_empty()
                             || (!batch.is_empty() && bytes + bulk_bytes + next > max_bytes)
