@@ -96,7 +96,7 @@ pub(crate) struct DuringResync {
     /// The same, on the follower at the end.
     pub(crate) follower_items: u64,
     /// `/status`' last run, and the wall time from `POST /resync` until in sync.
-    pub(crate) result: Result<(LastRun, Duration), String>,
+    pub(crate) result: ResyncOutcome,
     /// `GET /verify` after the writes stopped and the mirror drained: differences, seconds.
     pub(crate) verify: Result<(u64, f64), String>,
 }
@@ -456,21 +456,16 @@ pub(crate) fn redis_lag(
     }
     let ports = (free_port(), free_port());
     let mut cfg = redis_config(ports.0, ports.1, leader.port, Some(follower.port));
-    resync_settings(&mut cfg, s);
-    if during_resync {
-        lag_resync_settings(&mut cfg, s);
-    }
+    let rt = current_thread();
     let dir = if during_resync {
         "redis-lag-resync"
     } else {
         "redis-lag"
     };
-    let mut p = start_proxy(root, dir, bin, &cfg, ports);
-    let rt = current_thread();
-    if let Err(e) = rt.block_on(wait_in_sync(&mut p, "redis", s.timeout)) {
-        out.problems.push(format!("{name}: {e}"));
-        return;
-    }
+    let p = match lag_proxy(s, root, bin, &mut cfg, ports, dir, during_resync, "redis") {
+        Ok(p) => p,
+        Err(e) => return out.problems.push(format!("{name}: {e}")),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..s.lag_conns)
         .map(|w| {
@@ -482,25 +477,9 @@ pub(crate) fn redis_lag(
     thread::sleep(s.lag_warmup);
     let sampler = sample_lag_gauge(p.admin, "redis", Arc::clone(&stop));
     // During a resync the probe runs until the resync ends (bounded by `BENCH_TIMEOUT_SECS`).
-    let window = Window {
-        max: if during_resync {
-            s.timeout
-        } else {
-            s.lag_duration
-        },
-        done: Arc::new(AtomicBool::new(false)),
-    };
-    let watcher = during_resync.then(|| {
+    let (window, watcher) = probe_window(s, p.admin, "redis", during_resync, || {
         // Emptied behind statemirror's back, so the resync has everything to copy.
         command(follower.port, &["FLUSHALL"]).expect("FLUSHALL follower");
-        let before = request_resync(p.admin, "redis").expect("POST /resync");
-        watch_resync(
-            p.admin,
-            "redis",
-            before,
-            Arc::clone(&window.done),
-            s.timeout,
-        )
     });
     println!(
         "{name}: {} background SET/s over {} connection(s), probing {} ...",
@@ -542,6 +521,54 @@ pub(crate) fn redis_lag(
             .push(format!("{name}: {e}: {}", row.describe()));
     }
     out.lag.push(row);
+}
+
+/// Starts statemirror for a lag run (`cfg` from `redis_config` / `zookeeper_config`) and
+/// waits until the resync at start is done.
+#[allow(clippy::too_many_arguments)]
+fn lag_proxy(
+    s: &Settings,
+    root: &Path,
+    bin: &Path,
+    cfg: &mut toml::Table,
+    ports: (u16, u16),
+    dir: &str,
+    during_resync: bool,
+    protocol: &str,
+) -> Result<Proxy, String> {
+    resync_settings(cfg, s);
+    if during_resync {
+        lag_resync_settings(cfg, s);
+    }
+    let mut p = start_proxy(root, dir, bin, cfg, ports);
+    current_thread().block_on(wait_in_sync(&mut p, protocol, s.timeout))?;
+    Ok(p)
+}
+
+/// How long the probe runs: `BENCH_LAG_SECS`, or during a resync until it ends. For the
+/// latter, `wipe` empties the follower's copy behind statemirror's back (so the resync has
+/// everything to copy), then `POST /resync`; the watcher returns the resync's outcome.
+fn probe_window(
+    s: &Settings,
+    admin: u16,
+    protocol: &'static str,
+    during_resync: bool,
+    wipe: impl FnOnce(),
+) -> (Window, Option<thread::JoinHandle<ResyncOutcome>>) {
+    let window = Window {
+        max: if during_resync {
+            s.timeout
+        } else {
+            s.lag_duration
+        },
+        done: Arc::new(AtomicBool::new(false)),
+    };
+    let watcher = during_resync.then(|| {
+        wipe();
+        let before = request_resync(admin, protocol).expect("POST /resync");
+        watch_resync(admin, protocol, before, Arc::clone(&window.done), s.timeout)
+    });
+    (window, watcher)
 }
 
 fn probe_span(s: &Settings, during_resync: bool) -> String {
@@ -727,20 +754,24 @@ pub(crate) fn zk_lag(
     });
     let ports = (free_port(), free_port());
     let mut cfg = zookeeper_config(ports.0, ports.1, leader.port, Some(follower.port));
-    resync_settings(&mut cfg, s);
-    if during_resync {
-        lag_resync_settings(&mut cfg, s);
-    }
     let dir = if during_resync {
         "zk-lag-resync"
     } else {
         "zk-lag"
     };
-    let mut p = start_proxy(root, dir, bin, &cfg, ports);
-    if let Err(e) = rt.block_on(wait_in_sync(&mut p, "zookeeper", s.timeout)) {
-        out.problems.push(format!("{name}: {e}"));
-        return;
-    }
+    let p = match lag_proxy(
+        s,
+        root,
+        bin,
+        &mut cfg,
+        ports,
+        dir,
+        during_resync,
+        "zookeeper",
+    ) {
+        Ok(p) => p,
+        Err(e) => return out.problems.push(format!("{name}: {e}")),
+    };
     // The load's nodes, through the proxy (so mirrored), then wait until the follower has them.
     rt.block_on(async {
         let c = zk_connect(p.port).await;
@@ -773,25 +804,9 @@ pub(crate) fn zk_lag(
     };
     thread::sleep(s.lag_warmup);
     let sampler = sample_lag_gauge(p.admin, "zookeeper", Arc::clone(&stop));
-    let window = Window {
-        max: if during_resync {
-            s.timeout
-        } else {
-            s.lag_duration
-        },
-        done: Arc::new(AtomicBool::new(false)),
-    };
-    let watcher = during_resync.then(|| {
+    let (window, watcher) = probe_window(s, p.admin, "zookeeper", during_resync, || {
         // Deleted behind statemirror's back, so the resync has everything to copy.
         rt.block_on(async { delete_tree(&zk_connect(follower.port).await, BENCH_ROOT).await });
-        let before = request_resync(p.admin, "zookeeper").expect("POST /resync");
-        watch_resync(
-            p.admin,
-            "zookeeper",
-            before,
-            Arc::clone(&window.done),
-            s.timeout,
-        )
     });
     println!(
         "{name}: {} background setData/s over {} session(s), probing {} ...",

@@ -150,6 +150,9 @@ pub(crate) fn request_resync(admin: u16, protocol: &str) -> Result<u64, String> 
     }
 }
 
+/// What [`watch_resync`] returns: the last run and the wall time until in sync.
+pub(crate) type ResyncOutcome = Result<(LastRun, Duration), String>;
+
 /// Polls `/status` every 20 ms until a resync requested after `before` runs ended and the
 /// follower is in sync (or `timeout`), then sets `done`. Returns the last run and how long
 /// the resync took as seen from here.
@@ -159,7 +162,7 @@ pub(crate) fn watch_resync(
     before: u64,
     done: Arc<AtomicBool>,
     timeout: Duration,
-) -> thread::JoinHandle<Result<(LastRun, Duration), String>> {
+) -> thread::JoinHandle<ResyncOutcome> {
     thread::spawn(move || {
         let started = Instant::now();
         let result = loop {
