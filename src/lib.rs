@@ -57,7 +57,10 @@ pub struct App {
     pub redis: Option<Arc<RedisSidecar>>,
     pub zookeeper: Option<Arc<ZkSidecar>>,
     pub freeze: Arc<Freeze>,
+    /// Stops serving: listeners, sessions (after the replies they owe), health, resync.
     pub shutdown: CancellationToken,
+    /// Stops the follower writers: cancelled last, once the mirror drained (see `stop`).
+    writer_stop: CancellationToken,
     drain_timeout: Duration,
 }
 
@@ -104,18 +107,49 @@ impl App {
         }
     }
 
-    /// Stops accepting, gives the mirror up to the drain timeout to empty, and returns.
-    pub async fn stop(&self) {
+    /// Stops everything at once, the follower writers included, without draining (tests
+    /// dropping an in-process instance).
+    pub fn abort(&self) {
         self.shutdown.cancel();
+        self.writer_stop.cancel();
+    }
+
+    /// Graceful stop (SIGTERM): stop accepting and reading requests, let sessions answer
+    /// what they owe (their writes are queued for mirroring), then keep the follower
+    /// writers running until every queue is empty or `drain_timeout` passed, and only then
+    /// stop them. True when everything acknowledged reached the follower.
+    pub async fn stop(&self) -> bool {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        self.shutdown.cancel();
+        // Writes in flight to the leader hold a ticket until their mirror op is queued.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let replies_done = self.freeze.writes_settled(left).await;
+        let mut drained = replies_done;
         for (name, m) in self.mirrors() {
-            if !wait_drained(m.as_ref(), self.drain_timeout).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if wait_drained(m.as_ref(), left).await {
+                tracing::info!(protocol = name, "mirror drained");
+            } else {
+                drained = false;
+                let st = m.status();
                 tracing::warn!(
                     protocol = name,
-                    queue_depth = m.status().queue_depth,
-                    "stopping with writes not yet mirrored; the follower is behind"
+                    queue_depth = st.queue_depth,
+                    lag_seconds = st.lag_seconds,
+                    drain_timeout_ms = self.drain_timeout.as_millis() as u64,
+                    "stopping with writes not yet mirrored; the follower is behind and the \
+                     next start resyncs it"
                 );
             }
         }
+        if !replies_done {
+            tracing::warn!(
+                writes_in_flight = self.freeze.in_flight(),
+                "stopping with writes still in flight to the leader"
+            );
+        }
+        self.writer_stop.cancel();
+        drained
     }
 }
 
@@ -124,27 +158,42 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     let prom = metrics::install();
     let cfg = &resolved.config;
     let shutdown = CancellationToken::new();
+    let writer_stop = CancellationToken::new();
     let freeze = Freeze::new();
     let mut redis = None;
     if let (Some(r), Some(rc)) = (&resolved.redis, &cfg.redis) {
-        let s = redis::server::start(r, rc, cfg, freeze.clone(), shutdown.clone())
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "redis.listen",
-                addr: r.listen,
-                source,
-            })?;
+        let s = redis::server::start(
+            r,
+            rc,
+            cfg,
+            freeze.clone(),
+            shutdown.clone(),
+            writer_stop.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "redis.listen",
+            addr: r.listen,
+            source,
+        })?;
         redis = Some(Arc::new(s));
     }
     let mut zookeeper = None;
     if let (Some(z), Some(zc)) = (&resolved.zookeeper, &cfg.zookeeper) {
-        let s = zookeeper::server::start(z, zc, cfg, freeze.clone(), shutdown.clone())
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "zookeeper.listen",
-                addr: z.listen,
-                source,
-            })?;
+        let s = zookeeper::server::start(
+            z,
+            zc,
+            cfg,
+            freeze.clone(),
+            shutdown.clone(),
+            writer_stop.clone(),
+        )
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "zookeeper.listen",
+            addr: z.listen,
+            source,
+        })?;
         zookeeper = Some(Arc::new(s));
     }
     let mut app = App {
@@ -153,6 +202,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         zookeeper,
         freeze,
         shutdown,
+        writer_stop,
         drain_timeout: Duration::from_millis(cfg.maintenance.drain_timeout_ms),
     };
     let state = admin::AdminState {

@@ -19,6 +19,7 @@ pub const QUEUE_BYTES: &str = "statemirror_mirror_queue_bytes";
 pub const MIRROR_LAG: &str = "statemirror_mirror_lag_seconds";
 pub const MIRRORED_TOTAL: &str = "statemirror_mirrored_writes_total";
 pub const MIRROR_FAILURES_TOTAL: &str = "statemirror_mirror_failures_total";
+pub const MIRROR_REFUSED_TOTAL: &str = "statemirror_mirror_refused_total";
 pub const DROPPED_TOTAL: &str = "statemirror_mirror_dropped_writes_total";
 pub const FOLLOWER_IN_SYNC: &str = "statemirror_follower_in_sync";
 pub const MAINTENANCE: &str = "statemirror_maintenance";
@@ -53,6 +54,17 @@ pub fn install() -> PrometheusHandle {
             // then our metrics go there and /metrics renders what this handle has.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            // Histogram samples pile up in memory until something drains them; a render
+            // does, but nothing guarantees a scrape (Prometheus down, not configured). The
+            // exporter's upkeep folds them into the buckets: without it, an unscraped
+            // sidecar grows by every request's latency sample forever.
+            let upkeep = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                });
             handle
         })
         .clone()
@@ -90,6 +102,10 @@ fn describe() {
     );
     describe_counter!(MIRRORED_TOTAL, "Writes applied to the follower.");
     describe_counter!(MIRROR_FAILURES_TOTAL, "Failed mirror attempts, by reason.");
+    describe_counter!(
+        MIRROR_REFUSED_TOTAL,
+        "Acknowledged writes the follower refused for good (skipped; the follower is then out of sync), by reason."
+    );
     describe_counter!(
         DROPPED_TOTAL,
         "Writes discarded from the mirror queue (overflow); the follower is then out of sync."

@@ -267,4 +267,16 @@ fn the_kubernetes_example_config_is_valid() {
     let cfg = statemirror::config::Config::from_toml(&toml)
         .unwrap_or_else(|e| panic!("deploy example: {e:?}\n{toml}"));
     assert_eq!(cfg.verify.interval_ms, 600_000);
+    // SIGTERM drains the mirror for up to drain_timeout_ms: the pod's grace period must
+    // leave that time after NiFi's own shutdown (taken as at least 60 s).
+    let grace: u64 = yaml
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("terminationGracePeriodSeconds:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace * 1000 >= 60_000 + cfg.maintenance.drain_timeout_ms,
+        "grace period {grace} s does not cover the drain ({} ms)",
+        cfg.maintenance.drain_timeout_ms
+    );
 }

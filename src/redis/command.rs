@@ -127,7 +127,7 @@ impl Applied {
 /// `SET … NX GET`, unparseable options): those are mirrored by key copy.
 pub fn known_effect(cmd: KnownCmd, req: &Request) -> Option<KnownEffect> {
     let args: SmallVec<[&[u8]; 8]> = req.args().collect();
-    let b = |a: &[u8]| req.arg_bytes(a);
+    let b = |a: &[u8]| req.arg_owned(a);
     let num = |a: &&[u8]| std::str::from_utf8(a).ok()?.parse::<i64>().ok();
     let put = |pairs, expiry, applied| {
         Some(KnownEffect::Put {
@@ -534,7 +534,7 @@ pub fn write_target(info: &CommandInfo, req: &Request) -> WriteTarget {
         if (i - first) % step == 0 {
             keys.push(KeyRef {
                 db: None,
-                key: req.arg_bytes(a),
+                key: req.arg_owned(a),
             });
         }
     }
@@ -544,7 +544,7 @@ pub fn write_target(info: &CommandInfo, req: &Request) -> WriteTarget {
             if let (Some(k), Some(db)) = (req.arg(1), req.arg(2).and_then(parse_u32)) {
                 keys.push(KeyRef {
                     db: Some(db),
-                    key: req.arg_bytes(k),
+                    key: req.arg_owned(k),
                 });
             }
         }
@@ -557,7 +557,7 @@ pub fn write_target(info: &CommandInfo, req: &Request) -> WriteTarget {
                     keys.retain(|k| k.key != dst[..]);
                     keys.push(KeyRef {
                         db: Some(db),
-                        key: req.arg_bytes(dst),
+                        key: req.arg_owned(dst),
                     });
                 }
             }

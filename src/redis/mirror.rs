@@ -51,8 +51,9 @@ use redis_protocol::resp2::types::BytesFrame;
 use smallvec::SmallVec;
 
 use super::backend::{encode_cmd, error_text, BackendError, Conn};
+use super::refusal::{self, Refusal};
 use crate::config::{CopyFormat, RedisBackend};
-use crate::replication::queue::{Barrier, MirrorOp, MirrorQueue, MirrorView};
+use crate::replication::queue::{heap_alloc, Barrier, MirrorOp, MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
 use std::sync::Arc;
 
@@ -82,11 +83,12 @@ pub enum Item {
 }
 
 impl Item {
-    fn bytes(&self) -> usize {
+    /// Heap bytes (the item's own size is inside the op's, counted by the queue).
+    fn heap_bytes(&self) -> usize {
         match self {
-            Item::Put { key, value, .. } => key.len() + value.len() + 24,
-            Item::Copy { key, .. } | Item::Delete { key, .. } => key.len() + 16,
-            Item::KeysOf { cmd, .. } | Item::Replay { cmd, .. } => cmd.len() + 16,
+            Item::Put { key, value, .. } => heap_alloc(key.len()) + heap_alloc(value.len()),
+            Item::Copy { key, .. } | Item::Delete { key, .. } => heap_alloc(key.len()),
+            Item::KeysOf { cmd, .. } | Item::Replay { cmd, .. } => heap_alloc(cmd.len()),
         }
     }
 }
@@ -94,7 +96,12 @@ impl Item {
 impl MirrorOp for RedisOp {
     type Key = (u32, Bytes);
     fn cost_bytes(&self) -> usize {
-        self.items.iter().map(Item::bytes).sum::<usize>() + 32
+        let spilled = if self.items.spilled() {
+            heap_alloc(self.items.capacity() * std::mem::size_of::<Item>())
+        } else {
+            0
+        };
+        spilled + self.items.iter().map(Item::heap_bytes).sum::<usize>()
     }
     fn coalesce_key(&self) -> Option<(u32, Bytes)> {
         match self.items.as_slice() {
@@ -155,6 +162,49 @@ enum Effect {
     },
 }
 
+impl Effect {
+    fn db(&self) -> u32 {
+        match self {
+            Effect::Set { db, .. }
+            | Effect::Restore { db, .. }
+            | Effect::Delete { db, .. }
+            | Effect::Replay { db, .. }
+            | Effect::Typed { db, .. } => *db,
+        }
+    }
+
+    /// What this effect writes, for logs and `/status`: the command and key, never a value.
+    fn describe(&self) -> String {
+        let (cmd, key): (&str, &[u8]) = match self {
+            Effect::Set { key, .. } => ("SET", key),
+            Effect::Restore { key, .. } | Effect::Typed { key, .. } => ("copy of", key),
+            Effect::Delete { key, .. } => ("DEL", key),
+            Effect::Replay { cmd, .. } => {
+                let name = command_name(cmd).unwrap_or(b"?");
+                return format!("{} (db {})", String::from_utf8_lossy(name), self.db());
+            }
+        };
+        let shown = &key[..key.len().min(200)];
+        format!(
+            "{cmd} key {:?} (db {})",
+            String::from_utf8_lossy(shown),
+            self.db()
+        )
+    }
+}
+
+fn describe_op(op: &[Effect]) -> String {
+    match op {
+        [] => "an empty op".into(),
+        [one] => one.describe(),
+        [first, ..] => format!(
+            "{} and {} more in one transaction",
+            first.describe(),
+            op.len() - 1
+        ),
+    }
+}
+
 /// Per op item: a key to read from the leader, a replay, or an effect known already.
 enum Plan {
     Read { db: u32, key: Bytes },
@@ -182,6 +232,10 @@ pub struct RedisApplier {
     typed: bool,
     /// To mark the follower out of sync when a key cannot be copied.
     queue: Arc<MirrorQueue<RedisOp>>,
+    /// Databases probed on the follower connection: `true` when `SELECT` works there. A
+    /// failed `SELECT` in a pipeline would run the commands after it in the wrong database,
+    /// so a database is probed on its own before anything is written to it.
+    follower_dbs: std::collections::HashMap<u32, bool>,
 }
 
 impl RedisApplier {
@@ -204,6 +258,7 @@ impl RedisApplier {
             follower_run_id: None,
             dirty: false,
             queue,
+            follower_dbs: Default::default(),
         }
     }
 
@@ -246,6 +301,7 @@ impl RedisApplier {
                 );
             }
             self.follower_conn = Some(c);
+            self.follower_dbs.clear();
         }
         self.follower_conn
             .as_mut()
@@ -477,10 +533,79 @@ impl RedisApplier {
         Ok(effects)
     }
 
+    /// Probes the databases the batch writes to that this follower connection has not
+    /// seen yet (one round trip, only when a new database appears), and takes out every
+    /// effect aimed at a database the follower does not have: each is refused for good.
+    /// Returns how many ops lost an effect that way.
+    async fn screen_databases(
+        &mut self,
+        effects: &mut [SmallVec<[Effect; 2]>],
+    ) -> Result<usize, ApplyError> {
+        let home = self.follower().await?.db;
+        let mut unknown: Vec<u32> = effects
+            .iter()
+            .flatten()
+            .map(Effect::db)
+            .filter(|d| *d != home && !self.follower_dbs.contains_key(d))
+            .collect();
+        if !unknown.is_empty() {
+            unknown.sort_unstable();
+            unknown.dedup();
+            let mut out = BytesMut::new();
+            for d in unknown.iter().chain([&home]) {
+                encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
+            }
+            let conn = self.follower().await?;
+            let replies = match conn.roundtrip(&out, unknown.len() + 1).await {
+                Ok(r) => r,
+                Err(e) => return Err(self.follower_err(e)),
+            };
+            for (d, r) in unknown.iter().zip(&replies) {
+                let ok = match error_text(r) {
+                    None => true,
+                    Some(e) if refusal::classify(&e) == Refusal::Transient => {
+                        return Err(ApplyError::new("follower_busy", e));
+                    }
+                    Some(_) => false,
+                };
+                self.follower_dbs.insert(*d, ok);
+            }
+            if let Some(e) = replies.last().and_then(error_text) {
+                return Err(ApplyError::new(
+                    "follower_error",
+                    format!("SELECT {home}: {e}"),
+                ));
+            }
+        }
+        let mut touched = 0;
+        for op in effects.iter_mut() {
+            let before = op.len();
+            let dbs = &self.follower_dbs;
+            let queue = &self.queue;
+            op.retain(|e| {
+                let d = e.db();
+                let ok = d == home || dbs.get(&d) == Some(&true);
+                if !ok {
+                    queue.refused(
+                        "db_out_of_range",
+                        &format!("{}: the follower has no database {d}", e.describe()),
+                    );
+                }
+                ok
+            });
+            touched += usize::from(op.len() < before);
+        }
+        Ok(touched)
+    }
+
     async fn write_effects(
         &mut self,
-        effects: Vec<SmallVec<[Effect; 2]>>,
+        mut effects: Vec<SmallVec<[Effect; 2]>>,
     ) -> Result<usize, ApplyError> {
+        if effects.iter().all(|op| op.is_empty()) {
+            return Ok(0);
+        }
+        let mut given_up = self.screen_databases(&mut effects).await?;
         let mut out = BytesMut::new();
         // Per op: how many replies and whether they are wrapped in MULTI.
         let mut shape: Vec<(usize, bool)> = Vec::with_capacity(effects.len());
@@ -583,9 +708,10 @@ impl RedisApplier {
         if let (Some(c), Some(d)) = (self.follower_conn.as_mut(), db) {
             c.db = d;
         }
-        let mut given_up = 0;
+        let mut transient: Option<String> = None;
+        let mut refused: Vec<(usize, &'static str, String)> = Vec::new();
         let mut it = replies.into_iter();
-        for (n, wrap) in shape {
+        for (i, (n, wrap)) in shape.into_iter().enumerate() {
             let op_replies: Vec<BytesFrame> = it.by_ref().take(n).collect();
             let mut errors: Vec<String> = Vec::new();
             for r in &op_replies {
@@ -613,14 +739,27 @@ impl RedisApplier {
                     "follower_rejected_payload",
                     errors.join("; "),
                 ));
-            } else if payload_rejected {
-                given_up += 1;
-                self.queue
-                    .sync()
-                    .mark_out_of_sync(format!("follower rejected a copy of a key ({})", errors[0]));
-            } else {
-                return Err(ApplyError::new("follower_error", errors.join("; ")));
             }
+            // Other ops of the pipeline ran; this one is retried (with the batch) only when
+            // every error is a passing state of the follower, else skipped for good.
+            let permanent = errors.iter().find_map(|e| match refusal::classify(e) {
+                Refusal::Permanent(reason) => Some((reason, e.clone())),
+                Refusal::Transient => None,
+            });
+            match permanent {
+                Some((reason, e)) => refused.push((i, reason, e)),
+                None => transient = Some(errors.join("; ")),
+            }
+        }
+        if let Some(e) = transient {
+            return Err(ApplyError::new("follower_busy", e));
+        }
+        for (i, reason, e) in refused {
+            let what = effects
+                .get(i)
+                .map_or_else(String::new, |op| describe_op(op));
+            self.queue.refused(reason, &format!("{what}: {e}"));
+            given_up += 1;
         }
         Ok(given_up)
     }
@@ -687,6 +826,18 @@ async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(|s| s.trim().to_string())
         .ok_or_else(|| BackendError::Protocol("INFO server has no run_id".into()))
+}
+
+/// The command name of a request frame (`*<n>\r\n$<len>\r\n<name>\r\n…`).
+fn command_name(cmd: &[u8]) -> Option<&[u8]> {
+    let first = cmd.iter().position(|&b| b == b'\n')? + 1;
+    let rest = cmd.get(first..)?;
+    let nl = rest.iter().position(|&b| b == b'\n')?;
+    let len: usize = std::str::from_utf8(rest.get(1..nl.checked_sub(1)?)?)
+        .ok()?
+        .parse()
+        .ok()?;
+    rest.get(nl + 1..nl + 1 + len)
 }
 
 /// `COMMAND GETKEYS <the original arguments>` from a request's raw frame.

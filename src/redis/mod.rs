@@ -7,7 +7,7 @@
 //! - [`inflight`]: which keys have writes in flight (decides whether a write's own effect
 //!   can be mirrored or its keys must be copied);
 //! - [`mirror`]: where a write is mirrored (key copies to the follower) — the module comment
-//!   explains the mechanism;
+//!   explains the mechanism; [`refusal`]: which follower errors are retried, which skipped;
 //! - [`resync`]: the full resync walker (`SCAN` the leader, copy; find follower-only keys);
 //! - [`verify`]: comparing leader and follower key by key, NiFi state decoded;
 //! - [`typed`]: type-aware reads and copies (for followers that reject `DUMP` payloads, and
@@ -24,6 +24,7 @@ pub mod backend;
 pub mod command;
 pub mod inflight;
 pub mod mirror;
+pub mod refusal;
 pub mod resp;
 pub mod resync;
 pub mod server;

@@ -64,9 +64,17 @@ impl Request {
         self.args().nth(i)
     }
 
-    /// The argument as a zero-copy `Bytes` (for keys kept in mirror ops).
-    pub fn arg_bytes(&self, a: &[u8]) -> Bytes {
-        self.raw.slice_ref(a)
+    /// The argument copied into a `Bytes` of its own, for what outlives the request (mirror
+    /// ops, the in-flight registry). Never a slice of `raw`: `raw` shares the connection's
+    /// read buffer, and one queued key would pin that whole buffer (16 KiB or more) while
+    /// the queue counted only the key.
+    pub fn arg_owned(&self, a: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(a)
+    }
+
+    /// The whole frame copied out of the read buffer (see [`Self::arg_owned`]).
+    pub fn raw_owned(&self) -> Bytes {
+        Bytes::copy_from_slice(&self.raw)
     }
 }
 

@@ -21,6 +21,7 @@ use smallvec::smallvec;
 
 use super::backend::{encode_cmd, error_text, Conn};
 use super::mirror::{Item, RedisOp};
+use super::refusal::{self, Refusal};
 use crate::config::{RedisBackend, RedisConfig};
 use crate::replication::queue::MirrorQueue;
 use crate::replication::resync::{BoxFuture, ResyncCtx, ResyncError, Walker};
@@ -67,6 +68,28 @@ impl RedisWalker {
         }
         let dbs: BTreeSet<u32> = lk.iter().chain(&fk).map(|(db, _)| *db).collect();
         for &db in &dbs {
+            // A database the follower does not have: nothing of it can be copied. Say so
+            // once (a refusal: flagged, counted, not retried in a loop) and go on.
+            let mut probe = BytesMut::new();
+            encode_cmd(&mut probe, &[b"SELECT", db.to_string().as_bytes()]);
+            let reply = follower
+                .roundtrip(&probe, 1)
+                .await
+                .map_err(|e| fail("follower", e))?;
+            match reply.first().and_then(error_text) {
+                None => follower.db = db,
+                Some(e) if refusal::classify(&e) == Refusal::Transient => {
+                    return Err(fail("follower", e))
+                }
+                Some(e) => {
+                    let n = lk.iter().find(|(d, _)| *d == db).map_or(0, |(_, n)| *n);
+                    self.queue.refused(
+                        "db_out_of_range",
+                        &format!("database {db} ({n} keys on the leader) not copied: {e}"),
+                    );
+                    continue;
+                }
+            }
             for pattern in &self.patterns {
                 // Follower keys the leader does not have: copy (= delete) each. First, so the keys
                 // copied below are not checked again.
@@ -82,11 +105,10 @@ impl RedisWalker {
                         .map_err(|e| fail("leader", e))?;
                     ctx.pace(gone.len() as u64).await?;
                     for key in gone {
-                        self.queue
-                            .push_bulk(RedisOp {
-                                items: smallvec![Item::Copy { db, key }],
-                            })
-                            .await;
+                        let op = RedisOp {
+                            items: smallvec![Item::Copy { db, key }],
+                        };
+                        ctx.bulk(&self.queue, op).await?;
                         ctx.deleted(1);
                     }
                     if &next[..] == b"0" {
@@ -103,11 +125,10 @@ impl RedisWalker {
                     ctx.scanned(keys.len() as u64);
                     ctx.pace(keys.len() as u64).await?;
                     for key in keys {
-                        self.queue
-                            .push_bulk(RedisOp {
-                                items: smallvec![Item::Copy { db, key }],
-                            })
-                            .await;
+                        let op = RedisOp {
+                            items: smallvec![Item::Copy { db, key }],
+                        };
+                        ctx.bulk(&self.queue, op).await?;
                         ctx.copied(1);
                     }
                     if &next[..] == b"0" {

@@ -47,6 +47,8 @@ pub struct Shared {
     pub metrics: ProtocolMetrics,
     /// Open client connections served by the leader / the follower.
     served: [AtomicUsize; 2],
+    /// Cancelled at shutdown: sessions stop reading requests, answer what they owe, close.
+    pub closing: CancellationToken,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ pub async fn start(
     top: &Config,
     freeze: Arc<Freeze>,
     shutdown: CancellationToken,
+    writer_stop: CancellationToken,
 ) -> std::io::Result<RedisSidecar> {
     let listener = TcpListener::bind(r.listen).await?;
     let local_addr = listener.local_addr()?;
@@ -167,6 +170,7 @@ pub async fn start(
         }),
         metrics,
         served: [AtomicUsize::new(0), AtomicUsize::new(0)],
+        closing: shutdown.clone(),
     });
     // The command table, from the leader when it answers now; the health loop retries.
     match fetch_table(&r.leader, connect_timeout).await {
@@ -188,7 +192,7 @@ pub async fn start(
             cfg.copy_format,
             q.clone(),
         );
-        worker::spawn(q.clone(), applier, repl.clone(), shutdown.clone());
+        worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("redis", top.resync.clone(), q.clone());
         let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q);
         let up = shared.clone();

@@ -222,6 +222,8 @@ impl RequestSide {
             buf.reserve(16 * 1024);
             let read = tokio::select! {
                 _ = self.stop.cancelled() => return backend,
+                // Shutdown: like a client EOF (the reply side answers what is owed).
+                _ = self.shared.closing.cancelled() => return backend,
                 r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
             };
             match read {
@@ -415,8 +417,8 @@ impl RequestSide {
                             _ => self.tx_wild = true,
                         }
                         effect = Effect::Queued(TxItem::Write {
+                            raw: frame_if_needed(&target, &req),
                             target,
-                            raw: req.raw.clone(),
                             known,
                         });
                     }
@@ -442,8 +444,8 @@ impl RequestSide {
                             _ => self.register(SmallVec::new(), true),
                         };
                         effect = Effect::Write {
+                            raw: frame_if_needed(&target, &req),
                             target,
-                            raw: req.raw.clone(),
                             known,
                             reg,
                             _ticket: ticket,
@@ -1070,6 +1072,15 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// The request frame a mirror item will need (to ask the leader for its keys, or to replay
+/// it), owned; nothing when the keys are known.
+fn frame_if_needed(target: &WriteTarget, req: &Request) -> Bytes {
+    match target {
+        WriteTarget::Keys(_) => Bytes::new(),
+        WriteTarget::AskLeader | WriteTarget::Keyless => req.raw_owned(),
+    }
 }
 
 fn push_items(items: &mut SmallVec<[Item; 1]>, db: u32, target: WriteTarget, raw: Bytes) {

@@ -76,6 +76,12 @@ impl Freeze {
             self.gauge.set(1.0);
             tracing::info!("writes frozen for maintenance");
         }
+        self.writes_settled(timeout).await
+    }
+
+    /// Waits (without freezing) until no write is in flight; false on timeout. At shutdown,
+    /// after sessions stopped reading, this is "every write answered and queued".
+    pub async fn writes_settled(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.released.notified();

@@ -30,7 +30,9 @@ use crate::metrics as m;
 /// One unit of mirroring work.
 pub trait MirrorOp: Send + 'static {
     type Key: Hash + Eq + Clone + Send + 'static;
-    /// Bytes this op holds while queued (counted against `max_queue_bytes`).
+    /// Heap bytes this op owns while queued, each allocation counted as [`heap_alloc`] does.
+    /// The queue adds the op's own slot and its coalesce-key entry (see [`MirrorQueue::cost`]),
+    /// so `max_queue_bytes` bounds real memory, not payload bytes.
     fn cost_bytes(&self) -> usize;
     /// Ops with equal keys are interchangeable while waiting: a later one is dropped.
     fn coalesce_key(&self) -> Option<Self::Key>;
@@ -38,6 +40,17 @@ pub trait MirrorOp: Send + 'static {
     /// earlier waiting one (it would be applied before this op instead of after).
     fn barrier(&self) -> Barrier<Self::Key> {
         Barrier::None
+    }
+}
+
+/// What one heap allocation of `len` bytes really takes from the allocator: glibc malloc
+/// adds an 8-byte header, rounds to 16, and hands out at least 32 bytes. Zero for no
+/// allocation.
+pub fn heap_alloc(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        ((len + 8 + 15) & !15).max(32)
     }
 }
 
@@ -53,6 +66,10 @@ pub struct SyncState {
     in_sync: AtomicBool,
     /// Bumped by every `mark_out_of_sync`: a resync that started before a bump is not enough.
     epoch: AtomicU64,
+    /// Writes the follower refused for good. They flag the follower out of sync but do not
+    /// bump `epoch`: a resync cannot fix them (it would be refused alike), so they must
+    /// not restart one, nor start one in a loop.
+    refusals: AtomicU64,
     reason: Mutex<Option<String>>,
     gauge: Gauge,
 }
@@ -64,6 +81,7 @@ impl SyncState {
         Self {
             in_sync: AtomicBool::new(true),
             epoch: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
             reason: Mutex::new(None),
             gauge,
         }
@@ -92,14 +110,36 @@ impl SyncState {
         self.mark(reason.into(), false)
     }
 
+    /// The follower refused a write for good: out of sync, without asking for a resync.
+    pub fn mark_refused(&self, reason: impl Into<String>) {
+        self.refusals.fetch_add(1, Ordering::AcqRel);
+        self.flag(reason.into(), Level::Refused);
+    }
+
+    /// How many writes the follower refused so far.
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::Acquire)
+    }
+
     fn mark(&self, reason: String, warn: bool) {
-        let mut r = lock(&self.reason);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.flag(reason, if warn { Level::Lost } else { Level::Expected });
+    }
+
+    fn flag(&self, reason: String, level: Level) {
+        let mut r = lock(&self.reason);
         if r.is_none() {
-            if warn {
-                tracing::warn!(%reason, "follower marked out of sync; a full resync is needed");
-            } else {
-                tracing::info!(%reason, "follower marked out of sync; a full resync will run");
+            match level {
+                Level::Lost => {
+                    tracing::warn!(%reason, "follower marked out of sync; a full resync is needed")
+                }
+                Level::Expected => {
+                    tracing::info!(%reason, "follower marked out of sync; a full resync will run")
+                }
+                Level::Refused => tracing::warn!(
+                    %reason,
+                    "follower marked out of sync: it refuses a write (skipped; the rest flows on)"
+                ),
             }
             *r = Some(reason);
         }
@@ -119,6 +159,13 @@ impl SyncState {
         self.gauge.set(1.0);
         true
     }
+}
+
+/// Why the follower is flagged, for the log line.
+enum Level {
+    Lost,
+    Expected,
+    Refused,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +236,9 @@ pub struct MirrorStatus {
     pub dropped_writes: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Writes the follower refused for good (skipped), and the last one.
+    pub refused_writes: u64,
+    pub last_refused: Option<String>,
 }
 
 pub struct MirrorQueue<Op: MirrorOp> {
@@ -209,6 +259,8 @@ pub(crate) struct QueueStats {
     dropped: AtomicU64,
     failures: AtomicU64,
     last_error: Mutex<Option<String>>,
+    refused: AtomicU64,
+    last_refused: Mutex<Option<String>>,
     mirrored_c: Counter,
     dropped_c: Counter,
     depth_g: Gauge,
@@ -253,6 +305,8 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 dropped: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
                 last_error: Mutex::new(None),
+                refused: AtomicU64::new(0),
+                last_refused: Mutex::new(None),
                 mirrored_c: counter!(m::MIRRORED_TOTAL, "protocol" => protocol),
                 dropped_c: counter!(m::DROPPED_TOTAL, "protocol" => protocol),
                 depth_g: gauge!(m::QUEUE_DEPTH, "protocol" => protocol),
@@ -264,11 +318,22 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         q
     }
 
+    /// Real bytes an op takes while queued: its heap, its slot in the queue, and the clone of
+    /// its coalesce key in the waiting set (a `Bytes` clone allocates a shared header).
+    pub fn cost(op: &Op) -> usize {
+        let key = if op.coalesce_key().is_some() {
+            std::mem::size_of::<Op::Key>() + 8 + heap_alloc(32)
+        } else {
+            0
+        };
+        op.cost_bytes() + std::mem::size_of::<Waiting<Op>>() + key
+    }
+
     /// Queues an acknowledged write. Never waits. On overflow everything waiting is
     /// discarded (this op included) and the follower is marked out of sync.
     pub fn push(&self, op: Op) {
         let key = op.coalesce_key();
-        let cost = op.cost_bytes();
+        let cost = Self::cost(&op);
         let mut inner = lock(&self.inner);
         if let Some(k) = &key {
             if inner.waiting_keys.contains(k) {
@@ -330,7 +395,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                         let next = inner
                             .waiting
                             .front()
-                            .map(|w| w.op.cost_bytes())
+                            .map(|w| Self::cost(&w.op))
                             .unwrap_or(0);
                         if !batch.is_empty() && bytes + next > max_bytes {
                             break;
@@ -349,7 +414,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                     let mut bulk_bytes = 0;
                     let mut taken_bulk = 0;
                     while batch.len() < max && taken_bulk < self.limits.bulk_per_batch {
-                        let next = inner.bulk.front().map(|o| o.cost_bytes()).unwrap_or(0);
+                        let next = inner.bulk.front().map(Self::cost).unwrap_or(0);
                         if inner.bulk.is_empty()
                             || (!batch.is_empty() && bytes + bulk_bytes + next > max_bytes)
                         {
@@ -396,6 +461,11 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
             inner.in_flight = 0;
             inner.in_flight_bytes = 0;
             inner.in_flight_oldest = None;
+            // After an outage the deque keeps the capacity of its peak: give it back.
+            if inner.waiting.is_empty() && inner.waiting.capacity() > 4096 {
+                inner.waiting.shrink_to(4096);
+                inner.waiting_keys.shrink_to(4096);
+            }
             // Resync copies are not client writes: count only the live part.
             applied.saturating_sub(std::mem::take(&mut inner.bulk_in_flight))
         };
@@ -405,6 +475,19 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         self.stats.mirrored_c.increment(applied as u64);
         self.publish_gauges();
         self.changed.notify_waiters();
+    }
+
+    /// The follower refused one write for good (`what`: which write and why, naming the key
+    /// or path, never a value). The writer skips it and goes on; here it is counted and the
+    /// follower marked out of sync, so a resync (and verify) deal with that key.
+    pub fn refused(&self, reason: &'static str, what: &str) {
+        let protocol = self.stats.protocol;
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.stats.last_refused) = Some(what.to_string());
+        counter!(m::MIRROR_REFUSED_TOTAL, "protocol" => protocol, "reason" => reason).increment(1);
+        tracing::debug!(protocol, reason, what, "follower refused a write; skipped");
+        self.sync
+            .mark_refused(format!("the follower refused a write for good: {what}"));
     }
 
     /// Discards everything waiting in both lanes (not the batch in flight) and marks the
@@ -464,6 +547,8 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
             dropped_writes: self.stats.dropped.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
             last_error: lock(&self.stats.last_error).clone(),
+            refused_writes: self.stats.refused.load(Ordering::Relaxed),
+            last_refused: lock(&self.stats.last_refused).clone(),
         }
     }
 
@@ -676,20 +761,32 @@ mod tests {
             },
         );
         for i in 0..5 {
-            q.push(Op(i, None)); // 10 bytes each
+            q.push(Op(i, None));
         }
-        assert_eq!(q.take_batch(100, 25).await.len(), 2);
+        let each = MirrorQueue::<Op>::cost(&Op(0, None));
+        assert_eq!(q.take_batch(100, 2 * each + each / 2).await.len(), 2);
         q.complete(2);
         assert_eq!(q.take_batch(100, 1).await.len(), 1, "at least one op");
     }
 
+    #[test]
+    fn cost_counts_the_slot_and_the_key_not_only_the_payload() {
+        let plain = MirrorQueue::<Op>::cost(&Op(0, None));
+        assert!(plain >= 10 + std::mem::size_of::<Waiting<Op>>());
+        assert!(MirrorQueue::<Op>::cost(&Op(0, Some(1))) > plain);
+        assert_eq!(heap_alloc(0), 0);
+        assert_eq!(heap_alloc(1), 32);
+        assert_eq!(heap_alloc(100), 112);
+    }
+
     #[tokio::test]
     async fn byte_limit_counts_in_flight() {
+        let each = MirrorQueue::<Op>::cost(&Op(0, None));
         let q = MirrorQueue::new(
             "test",
             QueueLimits {
                 max_ops: 100,
-                max_bytes: 25,
+                max_bytes: 2 * each + each / 2,
                 bulk_capacity: 4,
                 bulk_per_batch: 100,
             },

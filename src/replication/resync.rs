@@ -44,7 +44,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{lock, MirrorView};
+use super::queue::{lock, MirrorOp, MirrorQueue, MirrorView};
 use crate::config::ResyncConfig;
 use crate::metrics as m;
 
@@ -108,6 +108,25 @@ impl ResyncCtx {
         Ok(())
     }
 
+    /// Queues a copy in the mirror's bulk lane, waiting for room, but gives up (`Restart`)
+    /// when the run is cancelled or the follower was marked out of sync again meanwhile: a
+    /// follower that takes nothing must not hold a resync (or shutdown) forever.
+    pub async fn bulk<Op: MirrorOp>(
+        &self,
+        queue: &MirrorQueue<Op>,
+        op: Op,
+    ) -> Result<(), ResyncError> {
+        let push = queue.push_bulk(op);
+        tokio::pin!(push);
+        loop {
+            tokio::select! {
+                _ = &mut push => return Ok(()),
+                _ = self.cancel.cancelled() => return Err(ResyncError::Restart),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => self.check()?,
+            }
+        }
+    }
+
     /// `Restart` when the follower was marked out of sync since the run began.
     pub fn check(&self) -> Result<(), ResyncError> {
         if self.cancel.is_cancelled() || self.mirror.sync().epoch() != self.epoch {
@@ -153,6 +172,8 @@ pub struct LastRun {
     pub scanned: u64,
     pub copied: u64,
     pub deleted: u64,
+    /// Writes the follower refused during the run (skipped; see `mirror.last_refused`).
+    pub refused: u64,
     pub error: Option<String>,
 }
 
@@ -262,6 +283,9 @@ pub fn spawn(
         let r = resync;
         let protocol = r.protocol;
         let mut retry_at: Option<Instant> = None;
+        // The epoch at which a resync finished with only refusals left: another automatic
+        // run would be refused alike, so none starts until something else is lost.
+        let mut settled: Option<u64> = None;
         loop {
             // Poll: the out-of-sync flag and follower health change without notifying us.
             tokio::select! {
@@ -271,7 +295,7 @@ pub fn spawn(
             }
             let requested = r.requested.load(Ordering::Acquire);
             let sync = r.mirror.sync();
-            if sync.in_sync() && !requested {
+            if (sync.in_sync() || settled == Some(sync.epoch())) && !requested {
                 continue;
             }
             if !(r.cfg.auto || requested) || !follower_up() {
@@ -283,12 +307,25 @@ pub fn spawn(
             r.requested.store(false, Ordering::Release);
             let force = r.force.swap(false, Ordering::AcqRel);
             let epoch = sync.epoch();
+            let refusals = sync.refusals();
             let outcome = run_once(&r, walker.as_ref(), epoch, force, &shutdown).await;
             if shutdown.is_cancelled() {
                 return;
             }
             retry_at = None;
+            settled = None;
             match outcome {
+                Ok(()) if sync.refusals() != refusals && sync.epoch() == epoch => {
+                    settled = Some(epoch);
+                    tracing::warn!(
+                        protocol,
+                        refused = sync.refusals() - refusals,
+                        last = sync.reason().unwrap_or_default(),
+                        "full resync finished, except for writes the follower refuses; it stays \
+                         out of sync (see /status mirror.last_refused) and is not resynced again \
+                         until more is lost or an operator asks"
+                    );
+                }
                 Ok(()) if sync.mark_in_sync_if(epoch) => {
                     tracing::info!(protocol, "full resync finished; the follower is in sync");
                 }
@@ -316,6 +353,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<(), ResyncError> {
     let protocol = r.protocol;
+    let refusals_at_start = r.mirror.sync().refusals();
     for c in [&r.progress.scanned, &r.progress.copied, &r.progress.deleted] {
         c.store(0, Ordering::Relaxed);
     }
@@ -369,7 +407,9 @@ async fn run_once(
         Err(ResyncError::Restart) => ("restarted", None, 2),
     };
     let p = &r.progress;
+    let refused = r.mirror.sync().refusals().saturating_sub(refusals_at_start);
     let last = LastRun {
+        refused,
         outcome: outcome.into(),
         finished_unix: unix_now(),
         duration_seconds: duration,

@@ -40,8 +40,9 @@ use super::proto::records::{
     GetChildrenResponse, Id, SetAclRequest, SetDataRequest, SyncRequest,
 };
 use super::proto::{create_mode, err, op, perms};
+use super::refusal::{self, Refusal, STRIKES};
 use crate::config::Secret;
-use crate::replication::queue::{MirrorOp, MirrorQueue, MirrorView};
+use crate::replication::queue::{heap_alloc, MirrorOp, MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,14 +78,39 @@ impl Item {
         }
     }
 
-    fn bytes(&self) -> usize {
+    /// Copies the node data out of the client's frame. Decoded requests slice the frame
+    /// (zero-copy), and the frame shares the connection's read buffer: a queued 200-byte
+    /// `setData` would otherwise pin that whole buffer.
+    pub fn into_owned(mut self) -> Self {
+        if let Item::Create { data, .. } | Item::SetData { data, .. } = &mut self {
+            if let Some(d) = data.as_mut() {
+                *d = Bytes::copy_from_slice(d);
+            }
+        }
+        self
+    }
+
+    /// Heap bytes this item holds (the op's own size is counted by the queue).
+    fn heap_bytes(&self) -> usize {
         let data = match self {
             Item::Create { data, .. } | Item::SetData { data, .. } => {
-                data.as_ref().map_or(0, |d| d.len())
+                data.as_ref().map_or(0, |d| heap_alloc(d.len()))
             }
             _ => 0,
         };
-        self.path().len() + data + 32
+        let acl = match self {
+            Item::Create { acl, .. } | Item::SetAcl { acl, .. } => {
+                heap_alloc(acl.capacity() * std::mem::size_of::<Acl>())
+                    + acl
+                        .iter()
+                        .map(|a| {
+                            heap_alloc(a.id.scheme.capacity()) + heap_alloc(a.id.id.capacity())
+                        })
+                        .sum::<usize>()
+            }
+            _ => 0,
+        };
+        heap_alloc(self.path().len()) + data + acl
     }
 
     /// The request that applies this item unconditionally.
@@ -189,7 +215,12 @@ pub struct ZkOp {
 impl MirrorOp for ZkOp {
     type Key = String;
     fn cost_bytes(&self) -> usize {
-        self.items.iter().map(Item::bytes).sum::<usize>() + 16
+        let spilled = if self.items.spilled() {
+            heap_alloc(self.items.capacity() * std::mem::size_of::<Item>())
+        } else {
+            0
+        };
+        spilled + self.items.iter().map(Item::heap_bytes).sum::<usize>()
     }
     fn coalesce_key(&self) -> Option<String> {
         None // every op is a point-in-time effect
@@ -238,7 +269,15 @@ pub struct ZkApplier {
     resume: Option<((usize, usize), usize)>,
     /// The newest zxid the follower has shown us (see `check_history`).
     follower_zxid: i64,
+    /// The batch whose pipelined send lost the connection: retried one step at a time, so
+    /// the step the follower drops the connection on can be found.
+    careful: Option<BatchId>,
+    /// (batch, step, how many times in a row the connection was lost on that step).
+    strikes: Option<(BatchId, usize, u32)>,
 }
+
+/// A batch's address and length: the worker retries the very same batch until it is done.
+type BatchId = (usize, usize);
 
 impl ZkApplier {
     pub fn new(
@@ -264,6 +303,8 @@ impl ZkApplier {
             fresh_session: false,
             resume: None,
             follower_zxid: 0,
+            careful: None,
+            strikes: None,
         }
     }
 
@@ -370,12 +411,23 @@ impl ZkApplier {
         self.resume = Some((id, start));
         let todo = &steps[start..];
         // Pipeline every step up to the first one with no single-request form.
-        let calls: Vec<Call> = todo
-            .iter()
-            .map_while(|(_, items)| step_call(items))
-            .collect();
+        let calls: Vec<Call> = if self.careful == Some(id) {
+            Vec::new()
+        } else {
+            todo.iter()
+                .map_while(|(_, items)| step_call(items))
+                .collect()
+        };
         let conn = self.conn().await?;
-        let replies = conn.call_many_z(&calls).await.map_err(follower_err)?;
+        let replies = match conn.call_many_z(&calls).await.map_err(follower_err) {
+            Ok(r) => r,
+            Err(e) => {
+                if e.reason == FOLLOWER_CLOSED {
+                    self.careful = Some(id);
+                }
+                return Err(e);
+            }
+        };
         if let Some(z) = replies.iter().map(|r| r.zxid).max() {
             self.follower_zxid = self.follower_zxid.max(z);
         }
@@ -390,13 +442,39 @@ impl ZkApplier {
             // From the first failure on, one at a time with fix-ups: later steps may depend
             // on it (a create under a node the failed step creates, a delete after it).
             for (k, (_, items)) in todo.iter().enumerate().skip(i) {
-                for it in items {
-                    given_up += self.apply_one(it).await?;
+                let step = start + k;
+                if matches!(self.strikes, Some((b, s, n)) if b == id && s == step && n >= STRIKES) {
+                    for it in items {
+                        self.queue.refused(
+                            "connection_closed",
+                            &format!(
+                                "{} {}: the follower closed the connection on this request \
+                                 {STRIKES} times (larger than its jute.maxbuffer?)",
+                                item_name(it),
+                                it.path()
+                            ),
+                        );
+                    }
+                    given_up += 1;
+                } else {
+                    for it in items {
+                        match self.apply_one(it).await {
+                            Ok(n) => given_up += n,
+                            Err(e) => {
+                                if e.reason == FOLLOWER_CLOSED {
+                                    self.strike(id, step);
+                                }
+                                return Err(e);
+                            }
+                        }
+                    }
                 }
-                self.resume = Some((id, start + k + 1));
+                self.strikes = None;
+                self.resume = Some((id, step + 1));
             }
         }
         self.resume = None;
+        self.careful = None;
         for (zxid, items) in &steps {
             for it in items {
                 self.applied.insert(it.path().to_string(), *zxid);
@@ -409,6 +487,13 @@ impl ZkApplier {
             self.applied.retain(|_, z| *z >= cut);
         }
         Ok(given_up.min(batch.len()))
+    }
+
+    fn strike(&mut self, id: BatchId, step: usize) {
+        self.strikes = match self.strikes {
+            Some((b, s, n)) if b == id && s == step => Some((b, s, n + 1)),
+            _ => Some((id, step, 1)),
+        };
     }
 
     /// Applies one item whatever the follower's state; 1 when it had to be given up.
@@ -459,48 +544,51 @@ impl ZkApplier {
                     other => other,
                 }
             }
-            (Item::Create { path, .. }, err::NO_NODE) => {
-                self.create_parents(path).await?;
-                self.call(it.call()).await?
-            }
+            (Item::Create { path, .. }, err::NO_NODE) => match self.create_parents(path).await? {
+                err::OK => self.call(it.call()).await?,
+                refused => refused,
+            },
             (Item::SetData { path, data }, err::NO_NODE) => {
-                self.create_parents(path).await?;
-                let create = Item::Create {
-                    path: path.clone(),
-                    data: data.clone(),
-                    acl: open_acl(),
-                    mode: create_mode::PERSISTENT,
-                    ttl: 0,
-                };
-                self.call(create.call()).await?
+                match self.create_parents(path).await? {
+                    err::OK => {
+                        let create = Item::Create {
+                            path: path.clone(),
+                            data: data.clone(),
+                            acl: open_acl(),
+                            mode: create_mode::PERSISTENT,
+                            ttl: 0,
+                        };
+                        self.call(create.call()).await?
+                    }
+                    refused => refused,
+                }
             }
-            (Item::Delete { path }, err::NOT_EMPTY) => {
-                self.delete_tree(path).await?;
-                err::OK
-            }
+            (Item::Delete { path }, err::NOT_EMPTY) => self.delete_tree(path).await?,
             (_, other) => other,
         };
         if fixed == err::OK {
             return Ok(0);
         }
-        if fixed == err::INVALID_ACL || fixed == err::NO_AUTH {
-            self.queue.sync().mark_out_of_sync(format!(
-                "the follower refused {} on {} ({}): see zookeeper.follower_auth_file",
-                item_name(it),
-                it.path(),
-                super::proto::err_name(fixed)
-            ));
-            return Ok(1);
+        let what = format!(
+            "{} {}: {}",
+            item_name(it),
+            it.path(),
+            super::proto::err_name(fixed)
+        );
+        match refusal::classify(fixed) {
+            Refusal::Transient => Err(ApplyError::new("follower_busy", what)),
+            Refusal::Permanent("auth") => {
+                self.queue.refused(
+                    "auth",
+                    &format!("{what} (see zookeeper.follower_auth_file)"),
+                );
+                Ok(1)
+            }
+            Refusal::Permanent(reason) => {
+                self.queue.refused(reason, &what);
+                Ok(1)
+            }
         }
-        Err(ApplyError::new(
-            "follower_error",
-            format!(
-                "{} {}: {}",
-                item_name(it),
-                it.path(),
-                super::proto::err_name(fixed)
-            ),
-        ))
     }
 
     async fn call(&mut self, c: Call) -> Result<i32, ApplyError> {
@@ -508,7 +596,9 @@ impl ZkApplier {
         conn.call(c).await.map(|(e, _)| e).map_err(follower_err)
     }
 
-    async fn create_parents(&mut self, path: &str) -> Result<(), ApplyError> {
+    /// Creates the missing parents of `path`: `OK`, or the error code a parent's create got
+    /// (classified by the caller like the item's own).
+    async fn create_parents(&mut self, path: &str) -> Result<i32, ApplyError> {
         let mut at = 0;
         while let Some(i) = path[at + 1..].find('/') {
             let parent = &path[..at + 1 + i];
@@ -522,19 +612,15 @@ impl ZkApplier {
             };
             match self.call(c.call()).await? {
                 err::OK | err::NODE_EXISTS => {}
-                e => {
-                    return Err(ApplyError::new(
-                        "follower_error",
-                        format!("creating parent {parent}: {}", super::proto::err_name(e)),
-                    ))
-                }
+                e => return Ok(e),
             }
         }
-        Ok(())
+        Ok(err::OK)
     }
 
-    /// Deletes `path` and everything under it on the follower (children first).
-    async fn delete_tree(&mut self, path: &str) -> Result<(), ApplyError> {
+    /// Deletes `path` and everything under it on the follower (children first): `OK`, or
+    /// the error code a delete got.
+    async fn delete_tree(&mut self, path: &str) -> Result<i32, ApplyError> {
         let mut stack = vec![(path.to_string(), false)];
         let mut guard = 0usize;
         while let Some((p, expanded)) = stack.pop() {
@@ -575,21 +661,24 @@ impl ZkApplier {
             } else {
                 match self.call(Item::Delete { path: p.clone() }.call()).await? {
                     err::OK | err::NO_NODE => {}
-                    e => {
-                        return Err(ApplyError::new(
-                            "follower_error",
-                            format!("delete {p}: {}", super::proto::err_name(e)),
-                        ))
-                    }
+                    e => return Ok(e),
                 }
             }
         }
-        Ok(())
+        Ok(err::OK)
     }
 }
 
+/// A request's connection was lost under it (as opposed to no connection at all).
+const FOLLOWER_CLOSED: &str = "follower_closed";
+
 fn follower_err(e: super::client::ClientError) -> ApplyError {
-    ApplyError::new("follower_unavailable", e.to_string())
+    use super::client::ClientError;
+    let reason = match e {
+        ClientError::Closed | ClientError::Io(_) => FOLLOWER_CLOSED,
+        _ => "follower_unavailable",
+    };
+    ApplyError::new(reason, e.to_string())
 }
 
 fn item_name(it: &Item) -> &'static str {

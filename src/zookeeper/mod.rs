@@ -14,6 +14,7 @@
 //! - [`session`]: one client connection relayed to the leader ensemble, replies in order;
 //! - [`server`]: the listener, server rotation, four-letter words, health checks;
 //! - [`mirror`]: where an acknowledged write becomes a follower op, applied in zxid order;
+//!   [`refusal`]: which follower errors are retried, which skipped;
 //! - [`client`]: statemirror's own sessions (the follower writer, resync and verify reads);
 //! - [`tree`]: reading a node's data, ACL, stat and children for resync and verify;
 //! - [`resync`]: the full resync walker (leader tree → follower, in `multi` batches);
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod jute;
 pub mod mirror;
 pub mod proto;
+pub mod refusal;
 pub mod resync;
 pub mod server;
 pub mod session;

@@ -128,8 +128,7 @@ impl ZkWalker {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
-        self.queue.push_bulk(op).await;
-        Ok(())
+        ctx.bulk(&self.queue, op).await
     }
 }
 

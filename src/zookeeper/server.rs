@@ -43,6 +43,8 @@ pub struct ZkShared {
     pub leader_health: Health,
     pub follower_health: Option<Health>,
     next: AtomicUsize,
+    /// Cancelled at shutdown: sessions stop reading requests, answer what they owe, close.
+    pub closing: CancellationToken,
 }
 
 impl ZkShared {
@@ -188,6 +190,7 @@ pub async fn start(
     top: &Config,
     freeze: Arc<Freeze>,
     shutdown: CancellationToken,
+    writer_stop: CancellationToken,
 ) -> std::io::Result<ZkSidecar> {
     let listener = TcpListener::bind(r.listen).await?;
     let local_addr = listener.local_addr()?;
@@ -233,6 +236,7 @@ pub async fn start(
             .map(|f| Health::new("follower", f.join(","), 2, metrics.backend_up("follower"))),
         metrics,
         next: AtomicUsize::new(0),
+        closing: shutdown.clone(),
     });
     let mut resync = None;
     let mut verify = None;
@@ -246,7 +250,7 @@ pub async fn start(
             q.clone(),
             shared.ephemerals.clone(),
         );
-        worker::spawn(q.clone(), applier, repl.clone(), shutdown.clone());
+        worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("zookeeper", top.resync.clone(), q.clone());
         let up = shared.clone();
         resync::spawn(

@@ -242,6 +242,8 @@ async fn requests(
         buf.reserve(16 * 1024);
         let n = tokio::select! {
             _ = stop.cancelled() => return backend,
+            // Shutdown: like a client EOF (the reply side answers what is owed).
+            _ = shared.closing.cancelled() => return backend,
             r = client.read_buf(&mut buf) => r,
         };
         if !matches!(n, Ok(n) if n > 0) {
@@ -603,6 +605,7 @@ fn mirror_op(
         _ => return None, // reconfig, deleteContainer: not client state
     }
     items.retain(|it| shared.filter.allows(it.path()));
+    let mut items: SmallVec<[Item; 1]> = items.into_iter().map(Item::into_owned).collect();
     let tracking = shared.ephemerals.as_ref().zip(session);
     items.retain(|it| match it {
         Item::Create { mode, .. } if *mode == create_mode::EPHEMERAL => tracking.is_some(),

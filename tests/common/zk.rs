@@ -401,6 +401,11 @@ impl ZkServer {
         self.node.kill();
     }
 
+    /// The JVM's process id (to `SIGSTOP` it: a frozen region).
+    pub fn pid(&self) -> u32 {
+        self.node.child.as_ref().map(Child::id).expect("running")
+    }
+
     /// Kills (if running) and starts again on the same port with the same data directory:
     /// persistent nodes survive; sessions survive too if a client reconnects within its
     /// session timeout.
@@ -952,7 +957,7 @@ impl ZkProxy {
 
 impl Drop for ZkProxy {
     fn drop(&mut self) {
-        self.app.shutdown.cancel();
+        self.app.abort();
     }
 }
 
