@@ -322,3 +322,243 @@ async fn zookeeper_a_node_over_the_followers_maxbuffer_is_skipped_and_the_rest_f
         "{metrics}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Follower frozen: memory stays bounded
+// ---------------------------------------------------------------------------------------
+
+/// The queue's byte limit in the memory scenarios.
+const QUEUE_BYTES: u64 = 16 << 20;
+/// What the sidecar may grow beyond `QUEUE_BYTES` while the follower is frozen: the
+/// in-flight batch (`batch_max_bytes` default 8 MiB of ops, decoded), allocator slack and
+/// fragmentation, the deque's capacity doubling (README "Guarantees" documents the figure).
+const ALLOWANCE: u64 = 24 << 20;
+/// How long the follower stays frozen.
+const FROZEN: Duration = Duration::from_secs(60);
+
+/// Samples the process's RSS every 200 ms until `stop`; returns the peak.
+fn rss_sampler(
+    pid: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                let kb = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                peak = peak.max(kb * 1024);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        peak
+    })
+}
+
+fn memory_extra() -> String {
+    format!(
+        "max_queue_bytes = {QUEUE_BYTES}\nmax_queue_ops = 10000000\n\
+         [resync]\nmax_keys_per_second = 0\nretry_interval_ms = 300\n"
+    )
+}
+
+/// 100-byte `SET`s, one at a time on each of `conns` connections (NiFi's shape: every
+/// request arrives in a read of its own, the case where a queued slice of the read buffer
+/// would pin a whole buffer), until `stop`; returns how many were acknowledged.
+fn redis_load(
+    url: &str,
+    conns: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..conns)
+        .map(|t| {
+            let url = url.to_string();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut c = client(&url).await;
+                let value = vec![b'v'; 100];
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let set: redis::RedisResult<()> =
+                        c.set(format!("m:{t}:{}", n % 500), &value).await;
+                    if set.is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_follower_frozen_under_load_keeps_the_sidecar_within_its_memory_bound() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let (cfg, admin, port) = bin_config(
+        &format!(
+            "[redis]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\nfollower = \"{}\"",
+            leader.url(),
+            follower.url()
+        ),
+        &memory_extra(),
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let p = BinProxy::start(cfg.path(), &admin, &url).await;
+    // Warm up with the follower running: connections, buffers and pools exist before the
+    // baseline is taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = redis_load(&url, 32, stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline = p.rss_bytes();
+    signal(follower.pid(), "STOP");
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = rss_sampler(p.pid(), sampling.clone());
+    let t0 = Instant::now();
+    let before: u64 = {
+        let s = p.status().await.expect("status");
+        s["redis"]["mirror"]["mirrored_writes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(FROZEN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for h in load {
+        written += h.await.expect("load task");
+    }
+    sampling.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let s = p.status().await.expect("status");
+    let m = &s["redis"]["mirror"];
+    eprintln!(
+        "redis: {written} SETs acknowledged ({:.0}/s over the whole run, {:.0} s frozen); RSS \
+         baseline {:.1} MiB, peak {:.1} MiB, growth {:.1} MiB (bound {:.0} + {:.0} MiB); mirror {m}; \
+         mirrored before the freeze {before}",
+        written as f64 / (t0.elapsed().as_secs_f64() + 3.0),
+        FROZEN.as_secs_f64(),
+        baseline as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        peak.saturating_sub(baseline) as f64 / 1048576.0,
+        QUEUE_BYTES as f64 / 1048576.0,
+        ALLOWANCE as f64 / 1048576.0,
+    );
+    assert!(
+        m["dropped_writes"].as_u64() > Some(0),
+        "the queue overflowed as designed: {m}"
+    );
+    assert!(
+        peak.saturating_sub(baseline) <= QUEUE_BYTES + ALLOWANCE,
+        "RSS grew by {} bytes",
+        peak.saturating_sub(baseline)
+    );
+    signal(follower.pid(), "CONT");
+    settle_with("redis", || async { p.status().await.unwrap_or_default() }).await;
+    assert_same_data(&leader, &follower).await;
+}
+
+/// `setData`s of 200 bytes from `sessions` sessions, each with 32 requests in flight, until
+/// `stop`; returns how many were acknowledged.
+async fn zk_load(
+    connect: &str,
+    sessions: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    let c = zk_client(connect).await;
+    let _ = c.create("/m", b"", &persistent()).await;
+    let mut tasks = Vec::new();
+    for s in 0..sessions {
+        let c = zk_client(connect).await;
+        for k in 0..32 {
+            let path = format!("/m/s{s}k{k}");
+            let _ = c.create(&path, b"", &persistent()).await;
+            let c = c.clone();
+            let stop = stop.clone();
+            tasks.push(tokio::spawn(async move {
+                let data = vec![b'd'; 200];
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match tokio::time::timeout(
+                        Duration::from_secs(5),
+                        c.set_data(&path, &data, None),
+                    )
+                    .await
+                    {
+                        Ok(Ok(_)) => n += 1,
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                n
+            }));
+        }
+    }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zookeeper_follower_frozen_under_load_keeps_the_sidecar_within_its_memory_bound() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let _g = SERIAL.lock().await;
+    let (leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+    let (cfg, admin, port) = bin_config(
+        &format!(
+            "[zookeeper]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\nfollower = \"{}\"",
+            leader.addr(),
+            follower.addr()
+        ),
+        &memory_extra(),
+    );
+    let connect = format!("127.0.0.1:{port}");
+    let p = BinProxy::start(cfg.path(), &admin, &connect).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = zk_load(&connect, 4, stop.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline = p.rss_bytes();
+    signal(follower.pid(), "STOP");
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = rss_sampler(p.pid(), sampling.clone());
+    let t0 = Instant::now();
+    tokio::time::sleep(FROZEN).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for h in load {
+        written += h.await.expect("load task");
+    }
+    sampling.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let s = p.status().await.expect("status");
+    let m = &s["zookeeper"]["mirror"];
+    eprintln!(
+        "zookeeper: {written} setData acknowledged ({:.0}/s over the whole run, {:.0} s frozen); \
+         RSS baseline {:.1} MiB, peak {:.1} MiB, growth {:.1} MiB (bound {:.0} + {:.0} MiB); mirror {m}",
+        written as f64 / (t0.elapsed().as_secs_f64() + 3.0),
+        FROZEN.as_secs_f64(),
+        baseline as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        peak.saturating_sub(baseline) as f64 / 1048576.0,
+        QUEUE_BYTES as f64 / 1048576.0,
+        ALLOWANCE as f64 / 1048576.0,
+    );
+    assert!(
+        m["dropped_writes"].as_u64() > Some(0),
+        "the queue overflowed as designed: {m}"
+    );
+    assert!(
+        peak.saturating_sub(baseline) <= QUEUE_BYTES + ALLOWANCE,
+        "RSS grew by {} bytes",
+        peak.saturating_sub(baseline)
+    );
+    signal(follower.pid(), "CONT");
+    settle_with("zookeeper", || async {
+        p.status().await.unwrap_or_default()
+    })
+    .await;
+    assert_same_tree(&leader.addr(), &follower.addr()).await;
+}
