@@ -77,12 +77,12 @@ fn itoa_buf(mut n: usize) -> Digits {
 impl Conn {
     /// Connects, authenticates (when the backend has credentials) and selects its database.
     pub async fn connect(b: &RedisBackend, timeout: Duration) -> Result<Self, BackendError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(&b.address)).await {
+        let connect = crate::listener::connect_backend(b.address.as_str());
+        let stream = match tokio::time::timeout(timeout, connect).await {
             Err(_) => return Err(BackendError::ConnectTimeout(b.address.clone())),
             Ok(Err(e)) => return Err(BackendError::Connect(b.address.clone(), e)),
             Ok(Ok(s)) => s,
         };
-        let _ = stream.set_nodelay(true);
         let mut c = Conn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),

@@ -273,17 +273,16 @@ async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
 }
 
 async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, String> {
-    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
+    match tokio::time::timeout(timeout, crate::listener::connect_backend(address)).await {
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connect timed out".into()),
     }
 }
 
 /// The leader when it is up and takes the connection; otherwise the follower (reads only).
+/// While the leader is down (and there is a follower) it is not tried at all: a silent
+/// leader would cost every new client a full connect timeout.
 async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
     let timeout = Duration::from_millis(shared.cfg.connect_timeout_ms);
     let follower = shared
@@ -293,16 +292,16 @@ async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
     if shared.leader_health.is_up() || follower.is_none() {
         match connect(&shared.leader.address, timeout).await {
             Ok(s) => return Some((s, Route::Leader)),
+            // Refused or silent for a whole connect timeout: down at once, so the next
+            // clients go straight to the follower and pinned sessions are closed.
             Err(e) => shared.leader_health.mark_down(&e),
         }
     }
-    let (f, _) = follower?;
+    let (f, h) = follower?;
     match connect(&f.address, timeout).await {
         Ok(s) => Some((s, Route::Follower)),
         Err(e) => {
-            if let Some(h) = &shared.follower_health {
-                h.mark_down(&e);
-            }
+            h.mark_down(&e);
             None
         }
     }

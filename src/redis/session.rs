@@ -18,6 +18,9 @@
 //! error reply, its writes are queued for mirroring anyway (a key copy of an unapplied write
 //! is harmless), close so the client reconnects. Leader healthy again while the follower
 //! serves → close at the next safe point (nothing in flight, not in `MULTI`, not subscribed).
+//! Leader declared down while it serves (and there is a follower) → close at once, owed
+//! requests answered like a lost backend: a silent leader would hold the client forever,
+//! and its reconnect lands on the follower.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -154,9 +157,13 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         tx_wild: false,
         tx_select: false,
     };
-    let leader_up = (route == Route::Follower).then(|| shared.leader_health.subscribe());
+    // Follower-served: close once the leader is back. Leader-served: close once it is
+    // declared down, if the client has somewhere else to go.
+    let leader_up = (route == Route::Follower || shared.follower.is_some())
+        .then(|| shared.leader_health.subscribe());
     // The leader may have come back between choosing the follower and subscribing.
-    let close_when_safe = leader_up.as_ref().is_some_and(|w| *w.borrow());
+    let close_when_safe =
+        route == Route::Follower && leader_up.as_ref().is_some_and(|w| *w.borrow());
     let replies = ReplySide {
         shared,
         route,
@@ -178,8 +185,12 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         read_at: Instant::now(),
     };
     let req_task = tokio::spawn(requests.run(client_r, backend_w));
-    replies.run(client_w, backend_r).await;
+    let leader_down = replies.run(client_w, backend_r).await;
     stop.cancel();
+    if leader_down {
+        // Its write to a silent leader may never finish; nothing it holds matters now.
+        req_task.abort();
+    }
     let _ = req_task.await;
 }
 
@@ -620,7 +631,8 @@ enum Wake {
 }
 
 impl ReplySide {
-    async fn run(mut self, mut client: OwnedWriteHalf, mut backend: OwnedReadHalf) {
+    /// True when it ended because the leader serving it was declared down.
+    async fn run(mut self, mut client: OwnedWriteHalf, mut backend: OwnedReadHalf) -> bool {
         let write_timeout = Duration::from_millis(self.shared.cfg.client_write_timeout_ms);
         let mut requests_open = true;
         let mut client_ok = true;
@@ -648,11 +660,11 @@ impl ReplySide {
             }
             if self.close_after_flush {
                 self.teardown(None);
-                return;
+                return false;
             }
             if !requests_open || !client_ok {
                 if self.pending.is_empty() {
-                    return;
+                    return false;
                 }
                 linger.get_or_insert_with(|| tokio::time::Instant::now() + write_timeout);
             }
@@ -660,7 +672,17 @@ impl ReplySide {
                 tracing::debug!(
                     "leader is back; closing follower-served connection at a safe point"
                 );
-                return;
+                return false;
+            }
+            if self.route == Route::Leader && self.leader_up.as_ref().is_some_and(|w| !*w.borrow())
+            {
+                tracing::debug!("leader declared down; closing leader-served connection");
+                self.drain_ready();
+                self.teardown(Some(LEADER_LOST));
+                if client_ok && !self.out.is_empty() {
+                    let _ = tokio::time::timeout(write_timeout, client.write_all(&self.out)).await;
+                }
+                return true;
             }
             let wake = {
                 let leader_up = &mut self.leader_up;
@@ -683,7 +705,7 @@ impl ReplySide {
                 Wake::Stop => requests_open = false,
                 Wake::LingerOver => {
                     self.teardown(None);
-                    return;
+                    return false;
                 }
                 Wake::Backend(Ok(0)) | Wake::Backend(Err(_)) => {
                     self.drain_ready();
@@ -696,11 +718,14 @@ impl ReplySide {
                     if !clean {
                         tracing::debug!(route = ?self.route, "backend connection lost with requests in flight");
                     }
-                    return;
+                    return false;
                 }
                 Wake::Backend(Ok(_)) => self.on_backend_data(),
                 Wake::LeaderChanged => {
-                    if self.leader_up.as_ref().is_some_and(|w| *w.borrow()) {
+                    // (Leader-served: a flip to down is acted on at the top of the loop.)
+                    if self.route == Route::Follower
+                        && self.leader_up.as_ref().is_some_and(|w| *w.borrow())
+                    {
                         self.close_when_safe = true;
                     }
                 }

@@ -1,6 +1,7 @@
 //! The ZooKeeper listener: accepts clients (bounded), picks a server of the leader ensemble
-//! for each (round robin, skipping servers that refuse), answers four-letter words, keeps
-//! both ensembles health-checked (`srvr`), and owns the mirror queue and writer.
+//! for each (raced under one connect timeout, starting round robin, skipping servers that
+//! refuse or are read-only), answers four-letter words, keeps both ensembles health-checked
+//! (`srvr`; a read-only leader server does not count), and owns the mirror queue and writer.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::next_frame;
@@ -47,48 +49,174 @@ pub struct ZkShared {
     pub closing: CancellationToken,
 }
 
-impl ZkShared {
-    /// Sends the client's `ConnectRequest` to leader servers in turn until one answers;
-    /// returns that connection and the framed `ConnectResponse`.
-    pub async fn connect_leader(&self, connect: &[u8]) -> Option<(TcpStream, Bytes)> {
-        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
-        let n = self.leader.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let server = &self.leader[(start + i) % n];
-            let attempt = tokio::time::timeout(timeout * 2, async {
-                let mut s = TcpStream::connect(server).await.ok()?;
-                let _ = s.set_nodelay(true);
-                s.write_all(connect).await.ok()?;
-                let mut buf = BytesMut::with_capacity(64);
-                loop {
-                    if let Ok(Some(f)) = next_frame(&mut buf, self.cfg.max_frame_bytes) {
-                        let mut framed = BytesMut::with_capacity(f.len() + 4);
-                        framed.put_u32(f.len() as u32);
-                        framed.put_slice(&f);
-                        return Some((s, framed.freeze()));
-                    }
-                    // A server that is behind the client's zxid closes without answering.
-                    if s.read_buf(&mut buf).await.ok()? == 0 {
-                        return None;
-                    }
-                }
-            })
-            .await;
-            match attempt {
-                Ok(Some(ok)) => return Some(ok),
-                _ => {
-                    tracing::debug!(server = %server, "leader server did not take the session; trying the next")
+/// What the leader ensemble answered to a client's connect.
+pub enum LeaderConnect {
+    /// A read-write server took it (or answered "expired"): use it.
+    ReadWrite(TcpStream, Bytes),
+    /// Only a read-only server (one that lost its quorum) took it: writes would fail there,
+    /// so this is the last resort, behind the follower ensemble.
+    ReadOnly(TcpStream, Bytes),
+    /// No server answered.
+    Nothing,
+}
+
+/// How long a server may take to accept the TCP connection before the next server is tried
+/// too: a black-holed region drops SYNs, so a silent ensemble costs 200 ms per server rather
+/// than a whole timeout each.
+const STAGGER: Duration = Duration::from_millis(200);
+
+/// One server's answer to a `ConnectRequest`: the connection, the framed answer, whether
+/// the server is read-only.
+type Answer = (TcpStream, Bytes, bool);
+
+/// Sends `connect` to `server` and reads the framed `ConnectResponse` (unbounded: callers
+/// bound it). `None` when the server closes without answering (it is behind the zxid the
+/// client has seen, or read-only and the client does not allow that) or is unreachable.
+/// Reports `id` on `connected` once the TCP connection is up.
+async fn handshake(
+    server: String,
+    connect: Bytes,
+    max_frame: usize,
+    id: usize,
+    connected: mpsc::UnboundedSender<usize>,
+) -> Option<Answer> {
+    let mut s = crate::listener::connect_backend(server.as_str())
+        .await
+        .ok()?;
+    let _ = connected.send(id);
+    s.write_all(&connect).await.ok()?;
+    let mut buf = BytesMut::with_capacity(64);
+    loop {
+        if let Ok(Some(f)) = next_frame(&mut buf, max_frame) {
+            use super::jute::Record;
+            // An answer that does not parse is passed on as it is, as before.
+            let read_only = super::proto::connect::ConnectResponse::from_bytes(&f)
+                .is_ok_and(|r| r.read_only == Some(true));
+            let mut framed = BytesMut::with_capacity(f.len() + 4);
+            framed.put_u32(f.len() as u32);
+            framed.put_slice(&f);
+            return Some((s, framed.freeze(), read_only));
+        }
+        if s.read_buf(&mut buf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}
+
+/// How [`race`] ended.
+struct Raced {
+    read_write: Option<Answer>,
+    read_only: Option<Answer>,
+    /// The bound passed with servers still silent (as opposed to all of them failing).
+    timed_out: bool,
+}
+
+/// Sends `connect` to the servers, starting at `start`, all under one `bound`. The next
+/// server is tried when the newest attempt failed, has not connected within [`STAGGER`], or
+/// connected but has not answered within its share of `bound` (a server that is up but slow
+/// is given longer: a second server taking the same session would move it away from the one
+/// that answers first). The first read-write answer wins and the other attempts are dropped;
+/// a read-only one is kept in case none comes.
+async fn race(
+    servers: &[String],
+    start: usize,
+    connect: Bytes,
+    max_frame: usize,
+    bound: Duration,
+) -> Raced {
+    let deadline = tokio::time::Instant::now() + bound;
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut out = Raced {
+        read_write: None,
+        read_only: None,
+        timed_out: false,
+    };
+    let n = servers.len();
+    let answer_wait = STAGGER.max(bound / n.max(1) as u32);
+    let (connected_tx, mut connected) = mpsc::unbounded_channel();
+    let mut launched = 0;
+    let mut launched_at = tokio::time::Instant::now();
+    let mut next_launch = launched_at;
+    loop {
+        let now = tokio::time::Instant::now();
+        if launched < n && (attempts.is_empty() || now >= next_launch) {
+            let server = servers[(start + launched) % n].clone();
+            let tx = connected_tx.clone();
+            attempts.spawn(handshake(server, connect.clone(), max_frame, launched, tx));
+            launched += 1;
+            launched_at = now;
+            next_launch = now + STAGGER;
+            continue;
+        }
+        if attempts.is_empty() {
+            return out; // every server tried and failed
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {
+                out.timed_out = true;
+                return out; // dropping `attempts` aborts the connects still running
+            }
+            _ = tokio::time::sleep_until(next_launch), if launched < n => {}
+            Some(id) = connected.recv() => {
+                if id + 1 == launched {
+                    next_launch = launched_at + answer_wait;
                 }
             }
+            r = attempts.join_next() => match r {
+                Some(Ok(Some(a))) if !a.2 => {
+                    out.read_write = Some(a);
+                    return out;
+                }
+                Some(Ok(Some(a))) => {
+                    out.read_only.get_or_insert(a);
+                }
+                _ => {}
+            },
         }
-        self.leader_health
-            .mark_down("no leader server accepted a session");
-        None
+    }
+}
+
+impl ZkShared {
+    /// Sends the client's `ConnectRequest` to the leader servers (raced, see [`race`]) under
+    /// one `connect_timeout_ms` bound, so a silent ensemble leaves the client time to be
+    /// served by the follower within its own connect timeout. A read-write answer wins; a
+    /// read-only server is kept as the last resort.
+    pub async fn connect_leader(&self, connect: &[u8]) -> LeaderConnect {
+        let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let r = race(
+            &self.leader,
+            start,
+            Bytes::copy_from_slice(connect),
+            self.cfg.max_frame_bytes,
+            timeout,
+        )
+        .await;
+        if let Some((s, f, _)) = r.read_write {
+            return LeaderConnect::ReadWrite(s, f);
+        }
+        if r.read_only.is_none() {
+            // Refused, or silent for the whole bound (a black-holed region): down at once,
+            // so the next clients go straight to the follower and leader-served connections
+            // are closed. (A read-only answer is judged by the health checks.)
+            self.leader_health.mark_down(if r.timed_out {
+                "no leader server answered a connect in time"
+            } else {
+                "no leader server accepted a session"
+            });
+        }
+        match r.read_only {
+            Some((s, f, _)) => {
+                tracing::debug!("only a read-only leader server took the session");
+                LeaderConnect::ReadOnly(s, f)
+            }
+            None => LeaderConnect::Nothing,
+        }
     }
 
     /// Opens statemirror's own session on the follower ensemble for a client the leader
     /// ensemble cannot take; returns the connection and the follower's `ConnectResponse`.
+    /// Servers are raced as for the leader; a read-only follower server is fine.
     pub async fn connect_follower(
         &self,
         client: &super::proto::connect::ConnectRequest,
@@ -108,29 +236,17 @@ impl ZkShared {
         let mut frame = BytesMut::new();
         super::frame::encode_frame(&mut frame, |w| w.write(&req));
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..servers.len() {
-            let server = &servers[(start + i) % servers.len()];
-            let attempt = tokio::time::timeout(timeout * 2, async {
-                let mut s = TcpStream::connect(server).await.ok()?;
-                let _ = s.set_nodelay(true);
-                s.write_all(&frame).await.ok()?;
-                let mut buf = BytesMut::with_capacity(64);
-                loop {
-                    if let Ok(Some(f)) = next_frame(&mut buf, self.cfg.max_frame_bytes) {
-                        let resp = super::proto::connect::ConnectResponse::from_bytes(&f).ok()?;
-                        return (resp.session_id != 0).then_some((s, resp));
-                    }
-                    if s.read_buf(&mut buf).await.ok()? == 0 {
-                        return None;
-                    }
-                }
-            })
-            .await;
-            if let Ok(Some(ok)) = attempt {
-                return Some(ok);
-            }
-        }
-        None
+        let r = race(
+            servers,
+            start,
+            frame.freeze(),
+            self.cfg.max_frame_bytes,
+            timeout,
+        )
+        .await;
+        let (s, f, _) = r.read_write.or(r.read_only)?;
+        let resp = super::proto::connect::ConnectResponse::from_bytes(&f.slice(4..)).ok()?;
+        (resp.session_id != 0).then_some((s, resp))
     }
 
     fn writes_refused(&self) -> bool {
@@ -320,14 +436,24 @@ async fn relay_four_letter(shared: &ZkShared, word: &[u8; 4]) -> Option<Vec<u8>>
 }
 
 async fn ask(server: &str, word: &[u8; 4]) -> Option<Vec<u8>> {
-    let mut s = TcpStream::connect(server).await.ok()?;
+    let mut s = crate::listener::connect_backend(server).await.ok()?;
     s.write_all(word).await.ok()?;
     let mut out = Vec::new();
     s.take(1 << 20).read_to_end(&mut out).await.ok()?;
     Some(out)
 }
 
-/// An ensemble is up when one of its servers says it serves (`srvr` shows a `Mode:`).
+/// Whether a `srvr` answer shows a server that serves: it has a `Mode:`, and for the leader
+/// ensemble it is not read-only (a server that lost its quorum takes no writes, so it must
+/// not keep clients on the leader).
+fn serves(srvr: &str, need_writes: bool) -> bool {
+    srvr.lines()
+        .filter_map(|l| l.strip_prefix("Mode:"))
+        .any(|mode| !(need_writes && mode.trim() == "read-only"))
+}
+
+/// An ensemble is up when one of its servers says it serves (see [`serves`]). All servers
+/// are asked at once, so silent ones cost one `health_timeout_ms`, not one each.
 async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: CancellationToken) {
     let (servers, health) = if leader {
         (&shared.leader, &shared.leader_health)
@@ -340,23 +466,54 @@ async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: Cancellation
     let interval = Duration::from_millis(shared.cfg.health_interval_ms);
     let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
     loop {
-        let mut ok = false;
+        let mut probes = tokio::task::JoinSet::new();
         for server in servers {
-            if let Ok(Some(out)) = tokio::time::timeout(timeout, ask(server, b"srvr")).await {
-                if String::from_utf8_lossy(&out).contains("Mode:") {
-                    ok = true;
-                    break;
+            let server = server.clone();
+            probes.spawn(async move {
+                match tokio::time::timeout(timeout, ask(&server, b"srvr")).await {
+                    Ok(Some(out)) => serves(&String::from_utf8_lossy(&out), leader),
+                    _ => false,
                 }
+            });
+        }
+        let mut ok = false;
+        while let Some(r) = probes.join_next().await {
+            if matches!(r, Ok(true)) {
+                ok = true;
+                break; // the other probes are aborted when `probes` drops
             }
         }
+        drop(probes);
         if ok {
             health.record_success();
         } else {
-            health.record_failure("no server of the ensemble is serving");
+            health.record_failure(if leader {
+                "no server of the ensemble is serving read-write"
+            } else {
+                "no server of the ensemble is serving"
+            });
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves;
+
+    #[test]
+    fn read_only_servers_do_not_serve_the_leader() {
+        let ro = "Zookeeper version: 3.8.4\nLatency min/avg/max: 0/0.0/0\nMode: read-only\nNode count: 5\n";
+        let rw = "Zookeeper version: 3.8.4\nMode: standalone\nNode count: 5\n";
+        assert!(!serves(ro, true));
+        assert!(serves(ro, false));
+        assert!(serves(rw, true));
+        assert!(!serves(
+            "This ZooKeeper instance is not currently serving requests\n",
+            false
+        ));
     }
 }

@@ -5,7 +5,12 @@
 //! nodes, auth — lives on the leader ensemble exactly as without the proxy. If a server
 //! refuses the connect by closing (it is behind the zxid the client has seen) or cannot be
 //! reached, the next server of the ensemble is tried; a client reconnecting after its
-//! server died therefore resumes its session on another one.
+//! server died therefore resumes its session on another one. Servers are raced under one
+//! `connect_timeout_ms` (see `server::race`), so a silent (black-holed) ensemble costs one
+//! timeout, and then the follower is tried in the same client connect. While the leader
+//! ensemble is declared down, new connections go straight to the follower, and connections
+//! relayed to a leader server are closed (a silent server would hold the client until its
+//! session expired), so clients reconnect onto the follower.
 //!
 //! After the handshake, as for Redis, two tasks: the request side reads frames, answers
 //! some itself (a standalone `check`, which corrupts 3.8.0 servers, gets UNIMPLEMENTED; a
@@ -57,7 +62,7 @@ use super::proto::records::{
     RequestHeader, SetAclRequest, SetDataRequest, SetWatches, SetWatches2,
 };
 use super::proto::{create_mode, err, is_write, op};
-use super::server::ZkShared;
+use super::server::{LeaderConnect, ZkShared};
 use crate::metrics::Route;
 use crate::replication::freeze::WriteTicket;
 
@@ -105,43 +110,54 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
     let mut connect = BytesMut::with_capacity(body.len() + 4);
     connect.put_slice(&first4);
     connect.put_slice(&body);
-    let (backend, response, mode) = match shared.connect_leader(&connect).await {
-        Some((b, r)) => (b, r, Mode::Leader { session: None }),
-        None => {
-            // No leader server: serve reads from the follower ensemble, if there is one.
-            let Some((b, theirs)) = shared.connect_follower(&request).await else {
-                return; // like a dead server: the client tries again
-            };
-            let resume = request.session_id != 0;
-            let ours = ConnectResponse {
-                protocol_version: 0,
-                time_out: theirs.time_out,
-                session_id: if resume {
-                    request.session_id
-                } else {
-                    theirs.session_id
-                },
-                passwd: if resume {
-                    request.passwd.clone()
-                } else {
-                    theirs.passwd
-                },
-                read_only: request.read_only.map(|_| true),
-            };
-            let mut f = BytesMut::new();
-            encode_frame(&mut f, |w| w.write(&ours));
-            tracing::info!(
-                session = format!("{:#x}", ours.session_id),
-                "leader ensemble unreachable; serving this session's reads from the follower"
-            );
-            (
-                b,
-                f.freeze(),
-                Mode::Follower {
-                    zxid: request.last_zxid_seen,
-                },
-            )
-        }
+    // While the leader ensemble is down (and there is a follower) it is not tried at all: a
+    // silent one would cost every new client a whole connect timeout.
+    let leader = if shared.leader_health.is_up() || shared.follower.is_none() {
+        shared.connect_leader(&connect).await
+    } else {
+        LeaderConnect::Nothing
+    };
+    let (backend, response, mode) = match leader {
+        LeaderConnect::ReadWrite(b, r) => (b, r, Mode::Leader { session: None }),
+        // No read-write leader server: serve reads from the follower ensemble, if there is
+        // one; a read-only leader server is the last resort.
+        leader => match shared.connect_follower(&request).await {
+            Some((b, theirs)) => {
+                let resume = request.session_id != 0;
+                let ours = ConnectResponse {
+                    protocol_version: 0,
+                    time_out: theirs.time_out,
+                    session_id: if resume {
+                        request.session_id
+                    } else {
+                        theirs.session_id
+                    },
+                    passwd: if resume {
+                        request.passwd.clone()
+                    } else {
+                        theirs.passwd
+                    },
+                    read_only: request.read_only.map(|_| true),
+                };
+                let mut f = BytesMut::new();
+                encode_frame(&mut f, |w| w.write(&ours));
+                tracing::info!(
+                    session = format!("{:#x}", ours.session_id),
+                    "leader ensemble unreachable; serving this session's reads from the follower"
+                );
+                (
+                    b,
+                    f.freeze(),
+                    Mode::Follower {
+                        zxid: request.last_zxid_seen,
+                    },
+                )
+            }
+            None => match leader {
+                LeaderConnect::ReadOnly(b, r) => (b, r, Mode::Leader { session: None }),
+                _ => return, // like a dead server: the client tries again
+            },
+        },
     };
     if client.write_all(&response).await.is_err() {
         return;
@@ -207,7 +223,7 @@ async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream, mod
         last_zxid.clone(),
         mode,
     ));
-    replies(
+    let leader_down = replies(
         shared,
         client_w,
         backend_r,
@@ -218,6 +234,10 @@ async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream, mod
     )
     .await;
     stop.cancel();
+    if leader_down {
+        // Its write to a silent leader may never finish; nothing it holds matters now.
+        req.abort();
+    }
     let _ = req.await;
 }
 
@@ -352,6 +372,7 @@ async fn requests(
     }
 }
 
+/// True when it ended because the leader ensemble serving it was declared down.
 async fn replies(
     shared: Arc<ZkShared>,
     mut client: OwnedWriteHalf,
@@ -360,7 +381,7 @@ async fn replies(
     stop: CancellationToken,
     last_zxid: Arc<AtomicI64>,
     mode: Mode,
-) {
+) -> bool {
     let max = shared.cfg.max_frame_bytes;
     let session = match mode {
         Mode::Leader { session } => session,
@@ -371,6 +392,13 @@ async fn replies(
         Mode::Leader { .. } => None,
     };
     let mut close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
+    // Leader-served, with a follower to go to: closed at once when the leader ensemble is
+    // declared down (a silent server would hold the client until its session expired), so
+    // the client reconnects and is served by the follower.
+    let mut leader_down = match mode {
+        Mode::Leader { .. } if shared.follower.is_some() => Some(shared.leader_health.subscribe()),
+        _ => None,
+    };
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut linger: Option<tokio::time::Instant> = None;
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
@@ -401,6 +429,11 @@ async fn replies(
             tracing::debug!("leader ensemble is back; closing follower-served connection");
             break;
         }
+        if leader_down.as_ref().is_some_and(|w| !*w.borrow()) {
+            tracing::debug!("leader ensemble declared down; closing leader-served connection");
+            end(&shared, pending);
+            return true;
+        }
         rbuf.reserve(16 * 1024);
         tokio::select! {
             biased;
@@ -413,6 +446,8 @@ async fn replies(
             _ = async { match leader_up.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {
                 close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
             }
+            // Acted on at the top of the loop.
+            _ = async { match leader_down.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {}
             r = backend.read_buf(&mut rbuf) => {
                 if !matches!(r, Ok(n) if n > 0) {
                     break;
@@ -428,11 +463,13 @@ async fn replies(
                         Ok(None) => break,
                         Err(e) => {
                             tracing::warn!(error = %e, "bad frame from the leader; closing client");
-                            return end(&shared, pending);
+                            end(&shared, pending);
+                            return false;
                         }
                     };
                     let Ok(h) = ReplyHeader::decode(&mut Reader::from_bytes(&frame)) else {
-                        return end(&shared, pending);
+                        end(&shared, pending);
+                        return false;
                     };
                     let frame = match mode {
                         // Follower zxids never reach the client (see the module comment).
@@ -465,7 +502,8 @@ async fn replies(
                                 got = h.xid,
                                 "leader replied out of order; closing client"
                             );
-                            return end(&shared, pending);
+                            end(&shared, pending);
+                            return false;
                         };
                         shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
                         if p.op == op::CLOSE_SESSION && h.err == 0 {
@@ -489,6 +527,7 @@ async fn replies(
         }
     }
     end(&shared, pending);
+    false
 }
 
 /// The frame with its reply header's zxid replaced.
