@@ -562,3 +562,124 @@ async fn zookeeper_follower_frozen_under_load_keeps_the_sidecar_within_its_memor
     .await;
     assert_same_tree(&leader.addr(), &follower.addr()).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Leader lost with work queued
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_leader_killed_with_the_follower_frozen_still_mirrors_every_exact_write() {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    let _g = SERIAL.lock().await;
+    let mut leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.replication.retry_initial_backoff_ms = 20;
+        c.replication.retry_max_backoff_ms = 300;
+    })
+    .await;
+    let acked: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let (url, acked, stop) = (proxy.url(), acked.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(client) = redis::Client::open(url) else {
+                return;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                return;
+            };
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let key = format!("e:{t}:{n}");
+                let call = tokio::time::timeout(Duration::from_secs(2), async {
+                    // An exact write, then two whose effect is read from the leader.
+                    let r: redis::RedisResult<()> = c.set(&key, n).await;
+                    let _: redis::RedisResult<i64> = c.incr(format!("shared:{}", t % 2), 1).await;
+                    let _: redis::RedisResult<i64> = c.hset(format!("h:{t}"), "f", n).await;
+                    r
+                })
+                .await;
+                match call {
+                    Ok(Ok(())) => {
+                        acked.lock().expect("lock").insert(key, n);
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    signal(follower.pid(), "STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    leader.kill(); // mid-write: the workload is still running
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    signal(follower.pid(), "CONT");
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() > 100,
+        "{} exact writes acknowledged",
+        acked.len()
+    );
+    let mut f = follower.conn().await;
+    let started = Instant::now();
+    eventually(Duration::from_secs(30), || {
+        let mut f = f.clone();
+        let acked = &acked;
+        async move {
+            let keys: Vec<&String> = acked.keys().collect();
+            let mut missing = 0;
+            for chunk in keys.chunks(500) {
+                let vals: Vec<Option<u64>> = redis::cmd("MGET")
+                    .arg(chunk)
+                    .query_async(&mut f)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                missing += chunk
+                    .iter()
+                    .zip(vals)
+                    .filter(|(k, v)| *v != acked.get(**k).copied())
+                    .count();
+            }
+            (missing == 0).then_some(()).ok_or(format!(
+                "{missing} of {} acknowledged exact writes not on the follower",
+                acked.len()
+            ))
+        }
+    })
+    .await;
+    eprintln!(
+        "{} acknowledged exact writes on the follower {:?} after SIGCONT",
+        acked.len(),
+        started.elapsed()
+    );
+    // The copies wait for the leader: not drained, not counted as mirrored.
+    let m = proxy.status().await["redis"]["mirror"].clone();
+    assert!(m["deferred_copies"].as_u64() > Some(0), "{m}");
+    // The leader comes back empty (a new run_id): the copies are not read from it; they are
+    // given up and flagged, and nothing is deleted from the follower on their account.
+    leader.restart();
+    eventually(Duration::from_secs(20), || async {
+        let m = proxy.status().await["redis"]["mirror"].clone();
+        let why = m["out_of_sync_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (m["deferred_copies"] == 0 && why.contains("could not be read from the leader"))
+            .then_some(())
+            .ok_or(format!("{m}"))
+    })
+    .await;
+    let n: usize = redis::cmd("DBSIZE")
+        .query_async(&mut f)
+        .await
+        .expect("DBSIZE");
+    assert!(n >= acked.len(), "the follower kept what it had: {n} keys");
+}

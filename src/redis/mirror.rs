@@ -44,7 +44,7 @@
 //! leader restarts (new `run_id`) while copies are queued, they are given up and the
 //! follower marked out of sync rather than copied from a leader that may have lost data.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame;
@@ -232,6 +232,10 @@ pub struct RedisApplier {
     typed: bool,
     /// To mark the follower out of sync when a key cannot be copied.
     queue: Arc<MirrorQueue<RedisOp>>,
+    /// Key copies waiting for an unreachable leader.
+    parked: super::parked::Parked,
+    /// Until then the leader is not tried (it failed a moment ago).
+    leader_retry_at: Option<Instant>,
     /// Databases probed on the follower connection: `true` when `SELECT` works there. A
     /// failed `SELECT` in a pipeline would run the commands after it in the wrong database,
     /// so a database is probed on its own before anything is written to it.
@@ -259,6 +263,8 @@ impl RedisApplier {
             dirty: false,
             queue,
             follower_dbs: Default::default(),
+            parked: Default::default(),
+            leader_retry_at: None,
         }
     }
 
@@ -266,10 +272,10 @@ impl RedisApplier {
         if self.leader_conn.is_none() {
             let mut c = Conn::connect(&self.leader, self.connect_timeout)
                 .await
-                .map_err(|e| ApplyError::new("leader_unavailable", e.to_string()))?;
+                .map_err(|e| ApplyError::new(LEADER_UNAVAILABLE, e.to_string()))?;
             let run_id = leader_run_id(&mut c)
                 .await
-                .map_err(|e| ApplyError::new("leader_unavailable", e.to_string()))?;
+                .map_err(|e| ApplyError::new(LEADER_UNAVAILABLE, e.to_string()))?;
             let previous = self.leader_run_id.replace(run_id.clone());
             self.leader_conn = Some(c);
             if previous.is_some_and(|p| p != run_id) {
@@ -278,7 +284,7 @@ impl RedisApplier {
         }
         self.leader_conn
             .as_mut()
-            .ok_or_else(|| ApplyError::new("leader_unavailable", "no connection"))
+            .ok_or_else(|| ApplyError::new(LEADER_UNAVAILABLE, "no connection"))
     }
 
     async fn follower(&mut self) -> Result<&mut Conn, ApplyError> {
@@ -346,7 +352,7 @@ impl RedisApplier {
 
     fn leader_err(&mut self, e: BackendError) -> ApplyError {
         self.leader_conn = None;
-        ApplyError::new("leader_unavailable", e.to_string())
+        ApplyError::new(LEADER_UNAVAILABLE, e.to_string())
     }
 
     fn follower_err(&mut self, e: BackendError) -> ApplyError {
@@ -354,8 +360,123 @@ impl RedisApplier {
         ApplyError::new("follower_unavailable", e.to_string())
     }
 
-    /// Steps 2 and 3 for the whole batch.
+    /// The batch, after the copies parked while the leader was unreachable (see
+    /// [`super::parked`]). Without the leader, its exact writes still go to the follower.
     async fn apply_batch(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
+        self.parked.supersede(batch);
+        // A leader that just failed is not tried again for every batch (a black-holed one
+        // would cost a connect timeout each time): its copies are parked meanwhile.
+        if self.leader_retry_at.is_some_and(|t| Instant::now() < t) {
+            let why = ApplyError::new(LEADER_UNAVAILABLE, "unreachable a moment ago");
+            return self.apply_without_leader(batch, why).await;
+        }
+        let result = if self.parked.is_empty() {
+            self.apply_ops(batch).await
+        } else {
+            let mut ops = self.parked.ops();
+            let parked = ops.len();
+            ops.extend_from_slice(batch);
+            let r = self.apply_ops(&ops).await;
+            if r.is_ok() {
+                self.parked.clear();
+                tracing::info!(
+                    copies = parked,
+                    "key copies parked while the leader was unreachable are applied"
+                );
+            }
+            r.map(|given_up| given_up.min(batch.len()))
+        };
+        match result {
+            Err(e) if e.reason == LEADER_UNAVAILABLE || e.reason == LEADER_RESTARTED => {
+                if e.reason == LEADER_UNAVAILABLE {
+                    self.leader_retry_at = Some(Instant::now() + LEADER_RETRY);
+                }
+                self.apply_without_leader(batch, e).await
+            }
+            r => {
+                self.leader_retry_at = None;
+                if self.parked.is_empty() {
+                    self.queue.set_deferred(0);
+                }
+                r
+            }
+        }
+    }
+
+    /// The leader cannot be read: apply every exact write of `batch`, park its copies.
+    /// Returns the ops not fully applied (counted as not mirrored; parked copies are
+    /// counted when applied or flagged when given up).
+    async fn apply_without_leader(
+        &mut self,
+        batch: &[RedisOp],
+        why: ApplyError,
+    ) -> Result<usize, ApplyError> {
+        let mut deferred = 0;
+        let mut effects: Vec<SmallVec<[Effect; 2]>> = Vec::with_capacity(batch.len());
+        for op in batch {
+            let mut e = SmallVec::new();
+            let mut parked_any = false;
+            for it in &op.items {
+                parked_any |= self.parked.park(it);
+                match it {
+                    Item::Put {
+                        db,
+                        key,
+                        value,
+                        expire_at_ms,
+                    } => e.push(Effect::Set {
+                        db: *db,
+                        key: key.clone(),
+                        value: value.clone(),
+                        expire_at_ms: *expire_at_ms,
+                    }),
+                    Item::Delete { db, key } => e.push(Effect::Delete {
+                        db: *db,
+                        key: key.clone(),
+                    }),
+                    Item::Replay { db, cmd } => e.push(Effect::Replay {
+                        db: *db,
+                        cmd: cmd.clone(),
+                    }),
+                    Item::Copy { .. } | Item::KeysOf { .. } => {}
+                }
+            }
+            deferred += usize::from(parked_any);
+            effects.push(e);
+        }
+        let restarted = why.reason == LEADER_RESTARTED;
+        if restarted || self.parked.expired() {
+            let (n, names) = self.parked.clear();
+            let cause = if restarted {
+                "the leader restarted (new run_id) and may have lost data"
+            } else {
+                "the leader stayed unreachable"
+            };
+            self.queue.count_dropped(n as u64);
+            self.queue.sync().mark_out_of_sync(format!(
+                "{n} key copies could not be read from the leader ({cause}); e.g. {names}"
+            ));
+            if restarted {
+                // Copies still waiting would read the restarted leader too.
+                self.queue.discard_waiting_if(
+                    |op| {
+                        op.items
+                            .iter()
+                            .any(|it| matches!(it, Item::Copy { .. } | Item::KeysOf { .. }))
+                    },
+                    "the leader restarted while key copies were waiting; they were not read from \
+                     the restarted leader (it may have lost data the follower still holds)",
+                );
+            }
+        } else if deferred > 0 {
+            tracing::debug!(error = %why.detail, parked = self.parked.len(), "leader unreachable: exact writes applied, key copies parked");
+        }
+        self.queue.set_deferred(self.parked.len());
+        Ok(self.write_effects(effects).await? + deferred)
+    }
+
+    /// Steps 1 to 3 for the whole batch.
+    async fn apply_ops(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
         let resolved = self.resolve_keys(batch).await?;
         let mut plans: Vec<SmallVec<[Plan; 2]>> = Vec::with_capacity(batch.len());
         let mut resolved = resolved.into_iter();
@@ -766,6 +887,9 @@ impl RedisApplier {
 }
 
 const LEADER_RESTARTED: &str = "leader_restarted";
+const LEADER_UNAVAILABLE: &str = "leader_unavailable";
+/// How long after a failed leader connection batches do without it.
+const LEADER_RETRY: Duration = Duration::from_secs(1);
 
 impl Applier for RedisApplier {
     type Op = RedisOp;
@@ -777,17 +901,6 @@ impl Applier for RedisApplier {
         let r = self.apply_batch(batch).await;
         self.dirty = false;
         match r {
-            Err(e) if e.reason == LEADER_RESTARTED => {
-                // The leader restarted (maybe empty, maybe without its last writes). Copying
-                // the queued keys from it now could turn them into deletions of the
-                // follower's only copy, so give them up and let a full resync decide.
-                self.queue.discard_waiting(
-                    "the leader restarted while writes were waiting to be mirrored; they were \
-                     not copied from the restarted leader (it may have lost data the follower \
-                     still holds)",
-                );
-                Ok(batch.len())
-            }
             Err(e) => {
                 // A half-read pipeline leaves replies on the wire: start both links afresh.
                 self.leader_conn = None;
@@ -796,6 +909,15 @@ impl Applier for RedisApplier {
             }
             ok => ok,
         }
+    }
+
+    /// Parked copies are retried while no writes come (the leader may be back), and given
+    /// up once the leader is declared lost.
+    async fn idle(&mut self) -> Result<(), ApplyError> {
+        if self.parked.is_empty() {
+            return Ok(());
+        }
+        self.apply(&[]).await.map(|_| ())
     }
 }
 

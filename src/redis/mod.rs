@@ -24,6 +24,7 @@ pub mod backend;
 pub mod command;
 pub mod inflight;
 pub mod mirror;
+pub mod parked;
 pub mod refusal;
 pub mod resp;
 pub mod resync;

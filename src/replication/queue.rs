@@ -236,6 +236,9 @@ pub struct MirrorStatus {
     pub dropped_writes: u64,
     pub failures: u64,
     pub last_error: Option<String>,
+    /// Key copies waiting for an unreachable leader (applied when it answers, flagged when
+    /// it is declared lost).
+    pub deferred_copies: usize,
     /// Writes the follower refused for good (skipped), and the last one.
     pub refused_writes: u64,
     pub last_refused: Option<String>,
@@ -248,6 +251,8 @@ pub struct MirrorQueue<Op: MirrorOp> {
     wake: Notify,
     changed: Notify,
     bulk_room: Notify,
+    /// Key copies the writer holds outside the queue (see `set_deferred`).
+    deferred: std::sync::atomic::AtomicUsize,
     sync: SyncState,
     pub(crate) stats: QueueStats,
 }
@@ -298,6 +303,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
             wake: Notify::new(),
             changed: Notify::new(),
             bulk_room: Notify::new(),
+            deferred: std::sync::atomic::AtomicUsize::new(0),
             sync: SyncState::new(protocol),
             stats: QueueStats {
                 protocol,
@@ -490,6 +496,49 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
             .mark_refused(format!("the follower refused a write for good: {what}"));
     }
 
+    /// Writes given up outside the queue (e.g. key copies whose leader was lost).
+    pub fn count_dropped(&self, n: u64) {
+        self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        self.stats.dropped_c.increment(n);
+    }
+
+    /// Key copies the writer holds back until the leader can be read (counted as not
+    /// drained: they are acknowledged writes not on the follower yet).
+    pub fn set_deferred(&self, n: usize) {
+        self.deferred.store(n, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
+
+    /// Discards the waiting live ops `pred` selects (not the batch in flight) and marks the
+    /// follower out of sync with `reason` when any was discarded.
+    pub fn discard_waiting_if(&self, pred: impl Fn(&Op) -> bool, reason: &str) {
+        let dropped = {
+            let mut inner = lock(&self.inner);
+            let before = inner.waiting.len();
+            let mut bytes = 0;
+            inner.waiting.retain(|w| {
+                let keep = !pred(&w.op);
+                if keep {
+                    bytes += Self::cost(&w.op);
+                }
+                keep
+            });
+            let keys: HashSet<Op::Key> = inner
+                .waiting
+                .iter()
+                .filter_map(|w| w.op.coalesce_key())
+                .collect();
+            inner.waiting_keys = keys;
+            inner.waiting_bytes = bytes;
+            (before - inner.waiting.len()) as u64
+        };
+        if dropped > 0 {
+            self.count_dropped(dropped);
+            self.sync.mark_out_of_sync(reason);
+        }
+        self.changed.notify_waiters();
+    }
+
     /// Discards everything waiting in both lanes (not the batch in flight) and marks the
     /// follower out of sync with `reason`.
     pub fn discard_waiting(&self, reason: &str) {
@@ -547,6 +596,7 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
             dropped_writes: self.stats.dropped.load(Ordering::Relaxed),
             failures: self.stats.failures.load(Ordering::Relaxed),
             last_error: lock(&self.stats.last_error).clone(),
+            deferred_copies: self.deferred.load(Ordering::Relaxed),
             refused_writes: self.stats.refused.load(Ordering::Relaxed),
             last_refused: lock(&self.stats.last_refused).clone(),
         }
@@ -562,7 +612,9 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
 
     fn is_drained(&self) -> bool {
         let inner = lock(&self.inner);
-        inner.waiting.is_empty() && inner.in_flight == 0
+        inner.waiting.is_empty()
+            && inner.in_flight == 0
+            && self.deferred.load(Ordering::Relaxed) == 0
     }
 
     fn bulk_pending(&self) -> usize {

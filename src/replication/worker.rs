@@ -39,7 +39,16 @@ pub trait Applier: Send + 'static {
         &'a mut self,
         batch: &'a [Self::Op],
     ) -> impl Future<Output = Result<usize, ApplyError>> + Send + 'a;
+
+    /// Called about once a second while the queue is empty: deferred work, keeping the
+    /// follower session alive. Errors are counted like a batch's, never retried here.
+    fn idle(&mut self) -> impl Future<Output = Result<(), ApplyError>> + Send + '_ {
+        async { Ok(()) }
+    }
 }
+
+/// How long the writer waits for a batch before it lets the applier do idle work.
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Runs until `shutdown`. Returns the task handle.
 pub fn spawn<A: Applier>(
@@ -66,7 +75,17 @@ pub fn spawn<A: Applier>(
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                b = queue.take_batch(cfg.batch_max_ops, cfg.batch_max_bytes) => b,
+                b = tokio::time::timeout(IDLE_TICK, queue.take_batch(cfg.batch_max_ops, cfg.batch_max_bytes)) => b,
+            };
+            let Ok(batch) = batch else {
+                let idle = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = tokio::time::timeout(cfg.apply_timeout(), applier.idle()) => r,
+                };
+                if let Ok(Err(e)) = idle {
+                    queue.stats().failure(e.reason, &e.detail);
+                }
+                continue;
             };
             let mut backoff = Duration::from_millis(cfg.retry_initial_backoff_ms);
             let mut failing_since: Option<Instant> = None;

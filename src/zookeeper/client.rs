@@ -81,8 +81,7 @@ impl ZkConn {
         for i in 0..servers.len() {
             let server = &servers[(start + i) % servers.len()];
             let attempt = tokio::time::timeout(timeout, async {
-                let stream = TcpStream::connect(server).await?;
-                let _ = stream.set_nodelay(true);
+                let stream = crate::listener::connect_backend(server.as_str()).await?;
                 let mut c = ZkConn {
                     stream,
                     rbuf: BytesMut::with_capacity(16 * 1024),
@@ -109,6 +108,8 @@ impl ZkConn {
                 if resp.session_id == 0 {
                     return Err(ClientError::Protocol("session refused".into()));
                 }
+                // The server may grant a shorter timeout than asked for: ping on its clock.
+                c.ping_after = Duration::from_millis((resp.time_out / 3).max(100) as u64);
                 if let Some(a) = auth {
                     let packet = AuthPacket {
                         auth_type: 0,

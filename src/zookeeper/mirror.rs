@@ -734,6 +734,18 @@ impl Applier for ZkApplier {
         }
         r
     }
+
+    /// Pings the follower session while no writes come: its mirrored ephemerals must not
+    /// expire after a quiet session timeout.
+    async fn idle(&mut self) -> Result<(), ApplyError> {
+        if let Some(c) = self.conn.as_mut() {
+            if let Err(e) = c.ping_if_idle().await {
+                self.conn = None;
+                return Err(follower_err(e));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
