@@ -683,3 +683,52 @@ async fn redis_leader_killed_with_the_follower_frozen_still_mirrors_every_exact_
         .expect("DBSIZE");
     assert!(n >= acked.len(), "the follower kept what it had: {n} keys");
 }
+
+// ---------------------------------------------------------------------------------------
+// A timed-out batch never lands after a later one
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_a_timed_out_batch_cannot_land_after_a_later_one() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let relay = FaultRelay::start(&follower.addr());
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.redis.as_mut().expect("redis").follower = Some(format!("redis://{}", relay.addr()));
+        c.replication.apply_timeout_ms = 1000;
+        c.replication.retry_initial_backoff_ms = 20;
+        c.replication.retry_max_backoff_ms = 200;
+    })
+    .await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("k", "first").await.expect("SET");
+    proxy.drained().await;
+    // The writer's connection holds its next batch; a new connection would pass.
+    relay.set(Fault::StallExisting);
+    let _: () = c.set("k", "old").await.expect("SET old");
+    // The batch times out (1 s) and is resent on a new connection, which passes.
+    let mut f = follower.conn().await;
+    eventually(Duration::from_secs(10), || {
+        let mut f = f.clone();
+        async move {
+            let v: Option<String> = f.get("k").await.map_err(|e| e.to_string())?;
+            (v.as_deref() == Some("old"))
+                .then_some(())
+                .ok_or(format!("{v:?}"))
+        }
+    })
+    .await;
+    let _: () = c.set("k", "new").await.expect("SET new");
+    proxy.drained().await;
+    // The old connection's bytes are released now: they must not execute.
+    relay.set(Fault::Pass);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let v: Option<String> = f.get("k").await.expect("GET");
+    assert_eq!(
+        v.as_deref(),
+        Some("new"),
+        "the stale batch landed after the newer write"
+    );
+    assert_same_data(&leader, &follower).await;
+}

@@ -234,6 +234,11 @@ pub struct RedisApplier {
     queue: Arc<MirrorQueue<RedisOp>>,
     /// Key copies waiting for an unreachable leader.
     parked: super::parked::Parked,
+    /// `CLIENT ID` of the follower connection in use, and of one given up with a batch
+    /// possibly still in it: that one is killed before anything is sent on a new one, so a
+    /// timed-out batch can never land after a later batch (see `fence`).
+    follower_client_id: Option<i64>,
+    stale_follower: Option<i64>,
     /// Until then the leader is not tried (it failed a moment ago).
     leader_retry_at: Option<Instant>,
     /// Databases probed on the follower connection: `true` when `SELECT` works there. A
@@ -265,6 +270,8 @@ impl RedisApplier {
             follower_dbs: Default::default(),
             parked: Default::default(),
             leader_retry_at: None,
+            follower_client_id: None,
+            stale_follower: None,
         }
     }
 
@@ -306,6 +313,10 @@ impl RedisApplier {
                     "the follower restarted (new run_id): it may have lost what was mirrored to it",
                 );
             }
+            if let Some(old) = self.stale_follower.take() {
+                self.fence(&mut c, old).await?;
+            }
+            self.follower_client_id = client_id(&mut c).await;
             self.follower_conn = Some(c);
             self.follower_dbs.clear();
         }
@@ -356,8 +367,48 @@ impl RedisApplier {
     }
 
     fn follower_err(&mut self, e: BackendError) -> ApplyError {
-        self.follower_conn = None;
+        self.drop_follower();
         ApplyError::new("follower_unavailable", e.to_string())
+    }
+
+    /// Gives the follower connection up; what it may still carry is fenced off before the
+    /// next connection sends anything.
+    fn drop_follower(&mut self) {
+        if self.follower_conn.take().is_some() {
+            self.stale_follower = self.follower_client_id.take().or(self.stale_follower);
+        }
+    }
+
+    /// Closes the follower connection `old` (`CLIENT KILL ID`) from the new one `c`. Redis
+    /// runs one command at a time, so once the kill is answered nothing more of `old`
+    /// executes: its bytes still in flight (a black-holed link releasing them late) are
+    /// discarded. If the follower does not allow it, the batch is still resent (writes are
+    /// idempotent) but its order against the old copy is unknown: flagged.
+    async fn fence(&mut self, c: &mut Conn, old: i64) -> Result<(), ApplyError> {
+        let mut out = BytesMut::new();
+        encode_cmd(
+            &mut out,
+            &[b"CLIENT", b"KILL", b"ID", old.to_string().as_bytes()],
+        );
+        let reply = c
+            .roundtrip(&out, 1)
+            .await
+            .map_err(|e| ApplyError::new("follower_unavailable", e.to_string()))?;
+        match reply.first().and_then(error_text) {
+            None => Ok(()),
+            Some(e) if e.contains("No such client") => Ok(()),
+            Some(e) if refusal::classify(&e) == Refusal::Transient => {
+                self.stale_follower = Some(old);
+                Err(ApplyError::new("follower_busy", e))
+            }
+            Some(e) => {
+                self.queue.sync().mark_out_of_sync(format!(
+                    "the previous follower connection could not be closed before a batch was \
+                     resent ({e}); a stale write may land after a newer one"
+                ));
+                Ok(())
+            }
+        }
     }
 
     /// The batch, after the copies parked while the leader was unreachable (see
@@ -896,7 +947,7 @@ impl Applier for RedisApplier {
     async fn apply(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
         if std::mem::replace(&mut self.dirty, true) {
             self.leader_conn = None;
-            self.follower_conn = None;
+            self.drop_follower();
         }
         let r = self.apply_batch(batch).await;
         self.dirty = false;
@@ -904,7 +955,7 @@ impl Applier for RedisApplier {
             Err(e) => {
                 // A half-read pipeline leaves replies on the wire: start both links afresh.
                 self.leader_conn = None;
-                self.follower_conn = None;
+                self.drop_follower();
                 Err(e)
             }
             ok => ok,
@@ -932,6 +983,16 @@ fn restore_refused(e: &str) -> bool {
         || e.contains("Bad data format")
         || (lower.contains("restore")
             && (lower.contains("unknown command") || e.starts_with("NOPERM")))
+}
+
+/// `CLIENT ID` of a connection (`None` if the server does not say: Redis < 5, an ACL).
+async fn client_id(c: &mut Conn) -> Option<i64> {
+    let mut out = BytesMut::new();
+    encode_cmd(&mut out, &[b"CLIENT", b"ID"]);
+    match c.roundtrip(&out, 1).await.ok()?.first() {
+        Some(BytesFrame::Integer(id)) => Some(*id),
+        _ => None,
+    }
 }
 
 /// `run_id` from `INFO server` (of either backend).

@@ -55,6 +55,10 @@ pub enum Fault {
     /// Forward at most this many bytes per second, per connection and direction. `0`
     /// forwards nothing (like `Stall`).
     Throttle(u64),
+    /// `Stall` for the connections open when it is set, `Pass` for those accepted while it
+    /// is set: an old connection's bytes held back while a new one flows, then released
+    /// (the "timed-out batch lands after later ones" race).
+    StallExisting,
 }
 
 /// A TCP relay on `127.0.0.1:<free port>` forwarding every connection to one target.
@@ -227,7 +231,7 @@ async fn serve(
         }
     };
     let _ = upstream.set_nodelay(true);
-    relay(client, upstream, rx, cancel).await
+    relay(client, upstream, rx, cancel, mode == Fault::StallExisting).await
 }
 
 /// A connection accepted under `Blackhole`: read and discard until the client closes, the
@@ -265,6 +269,7 @@ async fn relay(
     mut upstream: TcpStream,
     rx: watch::Receiver<Fault>,
     cancel: CancellationToken,
+    fresh: bool,
 ) {
     let mut reset_rx = rx.clone();
     let mut up_rx = rx.clone();
@@ -274,8 +279,8 @@ async fn relay(
         let (mut ur, mut uw) = upstream.split();
         let both = async {
             tokio::try_join!(
-                pump(&mut cr, &mut uw, &mut up_rx),
-                pump(&mut ur, &mut cw, &mut down_rx),
+                pump(&mut cr, &mut uw, &mut up_rx, fresh),
+                pump(&mut ur, &mut cw, &mut down_rx, fresh),
             )
         };
         tokio::select! {
@@ -299,7 +304,12 @@ async fn relay(
 
 /// Copies `src` to `dst` under the current mode until EOF (forwarded as a write shutdown),
 /// an I/O error, or the relay stopping (`Err` too). Cancelled by the caller otherwise.
-async fn pump<R, W>(src: &mut R, dst: &mut W, rx: &mut watch::Receiver<Fault>) -> io::Result<()>
+async fn pump<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    rx: &mut watch::Receiver<Fault>,
+    fresh: bool,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -308,7 +318,7 @@ where
     let mut pacer = Pacer::default();
     loop {
         let n = src.read(&mut buf).await?;
-        deliver(&buf[..n], dst, rx, &mut pacer).await?;
+        deliver(&buf[..n], dst, rx, &mut pacer, fresh).await?;
         if n == 0 {
             return Ok(());
         }
@@ -323,6 +333,7 @@ async fn deliver<W>(
     dst: &mut W,
     rx: &mut watch::Receiver<Fault>,
     pacer: &mut Pacer,
+    fresh: bool,
 ) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
@@ -330,7 +341,11 @@ where
     let eof = chunk.is_empty();
     let mut rest = chunk;
     loop {
-        let mode = *rx.borrow_and_update();
+        let mode = match *rx.borrow_and_update() {
+            Fault::StallExisting if fresh => Fault::Pass,
+            Fault::StallExisting => Fault::Stall,
+            m => m,
+        };
         if !matches!(mode, Fault::Throttle(_)) {
             pacer.next = None;
         }
@@ -338,7 +353,9 @@ where
             Fault::Pass => return write(dst, rest, eof).await,
             Fault::Blackhole => return Ok(()),
             // `Reset` is acted on by the connection; `Stall` and `Throttle(0)` hold the chunk.
-            Fault::Stall | Fault::Reset | Fault::Throttle(0) => changed(rx).await?,
+            Fault::Stall | Fault::StallExisting | Fault::Reset | Fault::Throttle(0) => {
+                changed(rx).await?
+            }
             Fault::Delay(d) => {
                 tokio::select! {
                     _ = tokio::time::sleep(d) => return write(dst, rest, eof).await,
