@@ -80,6 +80,22 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_seconds: u64,
     },
+    /// Restore a leader that lost data from the follower, online: copies every key the
+    /// leader lacks (nothing the leader holds is overwritten), then gives both the same new
+    /// generation, which clears a running sidecar's leader-data-loss flag. Refuses unless
+    /// the follower's generation marker shows it is the newer copy. Redis only for now.
+    /// Prints a JSON report; exit 0 done, 1 refused, 69 a backend cannot be reached.
+    Recover {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Copy from the follower to the leader (the only direction; required, so the
+        /// command says what it does).
+        #[arg(long, required = true)]
+        from_follower: bool,
+        /// Copy what the leader lacks even when the generations do not show a loss.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -135,6 +151,7 @@ fn main() -> ExitCode {
                 wait,
                 timeout_seconds,
             } => resync(config, force, wait, timeout_seconds).await,
+            Command::Recover { config, force, .. } => recover(config, force).await,
         }
     })
 }
@@ -275,6 +292,54 @@ async fn verify(path: PathBuf, max: Option<usize>) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+async fn recover(path: PathBuf, force: bool) -> ExitCode {
+    let resolved = match Config::load(&path) {
+        Ok(r) => r,
+        Err(errs) => return config_errors(&path, &errs),
+    };
+    let (Some(r), Some(rc)) = (&resolved.redis, &resolved.config.redis) else {
+        eprintln!(
+            "statemirror: recover supports Redis only for now; {} has no [redis] with a follower",
+            path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let Some(f) = &r.follower else {
+        eprintln!("statemirror: [redis] in {} has no follower", path.display());
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let timeout = Duration::from_millis(rc.connect_timeout_ms.max(1000));
+    match statemirror::redis::generation::recover_from_follower(
+        &r.leader,
+        f,
+        timeout,
+        &rc.key_patterns,
+        force,
+    )
+    .await
+    {
+        Ok(report) => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "redis": report }))
+                        .unwrap_or_default()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.starts_with("leader:") || e.starts_with("follower:") => {
+            eprintln!("statemirror: recover: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(e) => {
+            eprintln!("statemirror: recover refused: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub const MIRROR_LAG: &str = "statemirror_mirror_lag_seconds";
 pub const MIRRORED_TOTAL: &str = "statemirror_mirrored_writes_total";
 pub const MIRROR_FAILURES_TOTAL: &str = "statemirror_mirror_failures_total";
 pub const MIRROR_REFUSED_TOTAL: &str = "statemirror_mirror_refused_total";
+pub const LEADER_DATA_LOSS: &str = "statemirror_leader_data_loss";
 pub const DROPPED_TOTAL: &str = "statemirror_mirror_dropped_writes_total";
 pub const FOLLOWER_IN_SYNC: &str = "statemirror_follower_in_sync";
 pub const MAINTENANCE: &str = "statemirror_maintenance";
@@ -102,6 +103,10 @@ fn describe() {
     );
     describe_counter!(MIRRORED_TOTAL, "Writes applied to the follower.");
     describe_counter!(MIRROR_FAILURES_TOTAL, "Failed mirror attempts, by reason.");
+    describe_gauge!(
+        LEADER_DATA_LOSS,
+        "1 when the leader lost data the follower still holds (generation marker behind or gone); automatic resync is off until `statemirror recover --from-follower` or a forced resync."
+    );
     describe_counter!(
         MIRROR_REFUSED_TOTAL,
         "Acknowledged writes the follower refused for good (skipped; the follower is then out of sync), by reason."

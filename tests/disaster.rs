@@ -732,3 +732,144 @@ async fn redis_a_timed_out_batch_cannot_land_after_a_later_one() {
     );
     assert_same_data(&leader, &follower).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// The leader lost its data
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_leader_restarted_empty_is_flagged_not_resynced_and_recovered_from_the_follower() {
+    let _g = SERIAL.lock().await;
+    let mut leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let (cfg, admin, port) = bin_config(
+        &format!(
+            "[redis]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\nfollower = \"{}\"\n\
+             health_interval_ms = 200\nconnect_timeout_ms = 500",
+            leader.url(),
+            follower.url()
+        ),
+        "[resync]\nmax_keys_per_second = 0\nretry_interval_ms = 300\n",
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let p = BinProxy::start(cfg.path(), &admin, &url).await;
+    let mut c = client(&url).await;
+    for i in 0..70 {
+        let _: () = c
+            .set(
+                format!("nifi/components/c{i}"),
+                format!("{{\"version\":{i}}}"),
+            )
+            .await
+            .expect("SET");
+    }
+    // The marker is set on both once the follower is in sync and the mirror drained.
+    let mut l = leader.conn().await;
+    let mut f = follower.conn().await;
+    let key = "statemirror:generation";
+    eventually(Duration::from_secs(20), || {
+        let (mut l, mut f) = (l.clone(), f.clone());
+        async move {
+            let a: Option<u64> = l.get(key).await.map_err(|e| e.to_string())?;
+            let b: Option<u64> = f.get(key).await.map_err(|e| e.to_string())?;
+            (a.is_some() && a == b)
+                .then_some(())
+                .ok_or(format!("{a:?} {b:?}"))
+        }
+    })
+    .await;
+    drop(c);
+    // The leader region loses its data: restarted empty. NiFi writes one entry.
+    leader.restart();
+    let c = client(&url).await;
+    let _: () = eventually(Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move {
+            c.set("nifi/components/c5", "{\"version\":500}")
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        let m = mirror(&p, "redis").await;
+        m["leader_data_loss"]
+            .as_str()
+            .filter(|s| s.contains("recover --from-follower"))
+            .map(|_| ())
+            .ok_or(format!("{m}"))
+    })
+    .await;
+    let (_, metrics) = statemirror::admin::client::request(
+        &p.admin,
+        hyper::Method::GET,
+        "/metrics",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("metrics");
+    assert!(
+        metrics.contains("statemirror_leader_data_loss{protocol=\"redis\"} 1"),
+        "{metrics}"
+    );
+    // No resync wiped the follower: it keeps every entry (the rewritten one updated).
+    let n: usize = redis::cmd("DBSIZE")
+        .query_async(&mut f)
+        .await
+        .expect("DBSIZE");
+    assert_eq!(n, 71, "70 entries and the marker");
+    let v: String = f.get("nifi/components/c5").await.expect("GET");
+    assert_eq!(v, "{\"version\":500}");
+    // An operator's plain resync is refused, and says why.
+    let (code, _) = statemirror::admin::client::request(
+        &p.admin,
+        hyper::Method::POST,
+        "/resync",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("POST /resync");
+    assert!(code < 300);
+    eventually(Duration::from_secs(10), || async {
+        let s = p.status().await?;
+        let last = &s["redis"]["resync"]["last"];
+        (last["outcome"] == "refused")
+            .then_some(())
+            .ok_or(format!("{last}"))
+    })
+    .await;
+    let n: usize = redis::cmd("DBSIZE")
+        .query_async(&mut f)
+        .await
+        .expect("DBSIZE");
+    assert_eq!(n, 71);
+    // recover --from-follower copies what the leader lacks and keeps what it has.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statemirror"))
+        .args(["recover", "--from-follower", "--config"])
+        .arg(cfg.path())
+        .output()
+        .expect("statemirror recover");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "recover: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(r["redis"]["restored"], 69, "{report}");
+    assert_eq!(r["redis"]["kept_on_leader"], 1, "{report}");
+    let mut l = leader.conn().await; // the restarted leader
+    let v: String = l.get("nifi/components/c5").await.expect("GET");
+    assert_eq!(v, "{\"version\":500}", "the newer write is kept");
+    assert_same_data(&leader, &follower).await;
+    eventually(Duration::from_secs(10), || async {
+        let m = mirror(&p, "redis").await;
+        m["leader_data_loss"]
+            .is_null()
+            .then_some(())
+            .ok_or(format!("{m}"))
+    })
+    .await;
+}

@@ -22,6 +22,7 @@
 
 pub mod backend;
 pub mod command;
+pub mod generation;
 pub mod inflight;
 pub mod mirror;
 pub mod parked;

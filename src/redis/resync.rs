@@ -236,7 +236,8 @@ pub async fn scan(
                 Some(BytesFrame::Array(ks)) => ks
                     .into_iter()
                     .filter_map(|k| match k {
-                        BytesFrame::BulkString(b) => Some(b),
+                        // statemirror's own marker is neither copied nor compared.
+                        BytesFrame::BulkString(b) if b != super::generation::KEY => Some(b),
                         _ => None,
                     })
                     .collect(),

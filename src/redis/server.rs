@@ -24,6 +24,7 @@ use super::verify::RedisVerifier;
 use crate::config::{Config, RedisBackend, RedisConfig, ResolvedRedis};
 use crate::metrics::{ProtocolMetrics, Route};
 use crate::replication::freeze::Freeze;
+use crate::replication::generation;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
@@ -194,12 +195,28 @@ pub async fn start(
         );
         worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("redis", top.resync.clone(), q.clone());
-        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q);
+        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q.clone());
+        // The generation check runs before any resync may: a leader that lost data must be
+        // noticed before the resync at start could copy it over the follower.
+        let checked = generation::Checked::new(false);
+        generation::spawn(
+            Arc::new(super::generation::RedisMarkers {
+                leader: r.leader.clone(),
+                follower: f.clone(),
+                timeout: connect_timeout.max(Duration::from_secs(1)),
+            }),
+            q,
+            checked.clone(),
+            "redis",
+            shutdown.clone(),
+        );
         let up = shared.clone();
         resync::spawn(
             rs.clone(),
             Arc::new(walker),
-            Arc::new(move || up.follower_health.as_ref().is_some_and(Health::is_up)),
+            Arc::new(move || {
+                checked.done() && up.follower_health.as_ref().is_some_and(Health::is_up)
+            }),
             shutdown.clone(),
         );
         resync = Some(rs);

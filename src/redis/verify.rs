@@ -32,7 +32,7 @@ pub struct RedisVerifier {
 }
 
 /// `DUMP` payload and absolute expiry (`None`: persistent) of a key; `None`: no such key.
-type Dumped = Option<(Bytes, Option<i64>)>;
+pub(crate) type Dumped = Option<(Bytes, Option<i64>)>;
 
 const BATCH: usize = 500;
 
@@ -258,7 +258,7 @@ impl Verifier for RedisVerifier {
 }
 
 /// `DUMP` + `PEXPIRETIME` of every key, in one `MULTI`.
-async fn dump_all(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Dumped>, String> {
+pub(crate) async fn dump_all(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Dumped>, String> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }

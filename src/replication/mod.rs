@@ -11,6 +11,7 @@
 //!   formats, so a report names the component and entry that differ.
 
 pub mod freeze;
+pub mod generation;
 pub mod health;
 pub mod nifi;
 pub mod queue;

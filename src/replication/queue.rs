@@ -72,19 +72,50 @@ pub struct SyncState {
     refusals: AtomicU64,
     reason: Mutex<Option<String>>,
     gauge: Gauge,
+    /// What the generation check found when the *leader* lost data (see
+    /// `replication::generation`): while set, no resync runs in either direction unless
+    /// forced.
+    leader_loss: Mutex<Option<String>>,
+    leader_loss_gauge: Gauge,
 }
 
 impl SyncState {
     fn new(protocol: &'static str) -> Self {
         let gauge = gauge!(m::FOLLOWER_IN_SYNC, "protocol" => protocol);
         gauge.set(1.0);
+        let leader_loss_gauge = gauge!(m::LEADER_DATA_LOSS, "protocol" => protocol);
+        leader_loss_gauge.set(0.0);
         Self {
             in_sync: AtomicBool::new(true),
             epoch: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
             reason: Mutex::new(None),
             gauge,
+            leader_loss: Mutex::new(None),
+            leader_loss_gauge,
         }
+    }
+
+    /// The leader lost data the follower still holds (`what`: what was detected and what to
+    /// do). Logged once per detection, at error.
+    pub fn set_leader_data_loss(&self, what: String) {
+        let mut l = lock(&self.leader_loss);
+        if l.is_none() {
+            tracing::error!(detected = %what, "LEADER DATA LOSS: automatic resync is off until it is resolved");
+        }
+        *l = Some(what);
+        self.leader_loss_gauge.set(1.0);
+    }
+
+    pub fn clear_leader_data_loss(&self) {
+        if lock(&self.leader_loss).take().is_some() {
+            tracing::info!("leader data loss resolved; automatic resync is back on");
+        }
+        self.leader_loss_gauge.set(0.0);
+    }
+
+    pub fn leader_data_loss(&self) -> Option<String> {
+        lock(&self.leader_loss).clone()
     }
 
     /// Changes whenever the follower is (again) marked out of sync.
@@ -239,6 +270,8 @@ pub struct MirrorStatus {
     /// Key copies waiting for an unreachable leader (applied when it answers, flagged when
     /// it is declared lost).
     pub deferred_copies: usize,
+    /// Set when the leader lost data the follower holds: what was found, what to do.
+    pub leader_data_loss: Option<String>,
     /// Writes the follower refused for good (skipped), and the last one.
     pub refused_writes: u64,
     pub last_refused: Option<String>,
@@ -597,6 +630,7 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
             failures: self.stats.failures.load(Ordering::Relaxed),
             last_error: lock(&self.stats.last_error).clone(),
             deferred_copies: self.deferred.load(Ordering::Relaxed),
+            leader_data_loss: self.sync.leader_data_loss(),
             refused_writes: self.stats.refused.load(Ordering::Relaxed),
             last_refused: lock(&self.stats.last_refused).clone(),
         }

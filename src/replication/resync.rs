@@ -237,6 +237,24 @@ impl Resync {
         r
     }
 
+    /// Records a run refused before it started (the leader lost data), so `/status` and
+    /// `statemirror resync --wait` say why nothing happened.
+    fn refused_now(&self, why: String) {
+        tracing::warn!(protocol = self.protocol, error = %why, "full resync refused");
+        *lock(&self.last) = Some(LastRun {
+            outcome: "refused".into(),
+            finished_unix: unix_now(),
+            duration_seconds: 0.0,
+            scanned: 0,
+            copied: 0,
+            deleted: 0,
+            refused: 0,
+            error: Some(why),
+        });
+        self.runs_total.fetch_add(1, Ordering::Relaxed);
+        self.runs_c[1].increment(1);
+    }
+
     /// Asks for a resync now (operator). `force` overrides the empty-leader refusal.
     pub fn request(&self, force: bool) {
         self.force.fetch_or(force, Ordering::AcqRel);
@@ -306,6 +324,17 @@ pub fn spawn(
             }
             r.requested.store(false, Ordering::Release);
             let force = r.force.swap(false, Ordering::AcqRel);
+            // A resync now would copy a leader that lost data over the follower, the only
+            // full copy left: only an explicit force may do that.
+            if let (Some(loss), false) = (sync.leader_data_loss(), force) {
+                if requested {
+                    r.refused_now(format!(
+                        "the leader lost data ({loss}); run `statemirror recover --from-follower`, \
+                         or force a resync to make the follower equal the leader as it is now"
+                    ));
+                }
+                continue;
+            }
             let epoch = sync.epoch();
             let refusals = sync.refusals();
             let outcome = run_once(&r, walker.as_ref(), epoch, force, &shutdown).await;

@@ -1,0 +1,170 @@
+//! The generation marker: how statemirror tells "the follower missed writes" from "the
+//! leader lost data".
+//!
+//! Both backends hold a small marker of statemirror's own (a counter; Redis: the key
+//! `statemirror:generation`). While the follower is known to be in sync and the mirror is
+//! drained, the counter is advanced now and then, on the leader first, then on the
+//! follower. A crash between the two writes leaves the leader ahead, which reads as "the
+//! follower is behind": a resync, which is safe. So the only way for the follower to be
+//! ahead of the leader is for the leader to lose data:
+//!
+//! | leader | follower | verdict |
+//! |---|---|---|
+//! | g | g | fine |
+//! | none | none | new deployment: the first advance creates the marker |
+//! | g | older or none | the follower missed writes or was restored: resync (leader → follower) |
+//! | older or none | g | **the leader lost data**: restarted empty or restored from an older backup |
+//!
+//! On leader data loss nothing is resynced automatically in either direction
+//! (`SyncState::set_leader_data_loss`; a resync would copy the emptied leader over the
+//! follower, the only full copy): `/status`, the log and `statemirror_leader_data_loss` say
+//! what was found, and `statemirror recover --from-follower` copies back what the leader
+//! lacks without overwriting anything written since. A forced resync remains possible.
+//!
+//! The verdict must hold on two checks in a row, with the mirror drained at the second: a
+//! `FLUSHALL` replayed through the mirror briefly shows "leader none, follower g" too.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::queue::MirrorView;
+use super::resync::BoxFuture;
+
+/// The two backends' markers, protocol-specific.
+pub trait Markers: Send + Sync {
+    /// `(leader, follower)`; `None` where the marker does not exist.
+    fn read(&self) -> BoxFuture<'_, Result<(Option<u64>, Option<u64>), String>>;
+    /// Sets the marker on the leader, then on the follower.
+    fn write(&self, generation: u64) -> BoxFuture<'_, Result<(), String>>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Same(u64),
+    Fresh,
+    FollowerBehind,
+    LeaderLost,
+}
+
+pub fn judge(leader: Option<u64>, follower: Option<u64>) -> Verdict {
+    match (leader, follower) {
+        (None, None) => Verdict::Fresh,
+        (Some(l), Some(f)) if l == f => Verdict::Same(l),
+        (Some(l), Some(f)) if l > f => Verdict::FollowerBehind,
+        (Some(_), None) => Verdict::FollowerBehind,
+        _ => Verdict::LeaderLost,
+    }
+}
+
+/// How often both markers are read.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often the counter is advanced while the follower is in sync.
+const ADVANCE_EVERY: Duration = Duration::from_secs(30);
+
+/// Set once the first check has run (or could not run three times): the resync at start
+/// waits for it, so it never copies a leader that lost data before anyone looked.
+pub struct Checked(AtomicBool);
+
+impl Checked {
+    pub fn new(done: bool) -> Arc<Self> {
+        Arc::new(Self(AtomicBool::new(done)))
+    }
+
+    pub fn done(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+pub fn spawn(
+    markers: Arc<dyn Markers>,
+    view: Arc<dyn MirrorView>,
+    checked: Arc<Checked>,
+    protocol: &'static str,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut failures = 0;
+        let mut suspect = false;
+        let mut advanced: Option<Instant> = None;
+        loop {
+            match markers.read().await {
+                Ok((leader, follower)) => {
+                    let sync = view.sync();
+                    let verdict = judge(leader, follower);
+                    match verdict {
+                        Verdict::LeaderLost if suspect && view.is_drained() => {
+                            sync.set_leader_data_loss(format!(
+                                "the leader's generation marker is {} but the follower's is {}: \
+                                 the leader restarted empty or was restored from an older \
+                                 backup, and the follower holds data it lost. Run `statemirror \
+                                 recover --from-follower` to copy that data back (nothing \
+                                 written since is overwritten), or force a resync to make the \
+                                 follower equal the leader as it is now",
+                                leader.map_or("gone".into(), |g| g.to_string()),
+                                follower.map_or("gone".into(), |g| g.to_string()),
+                            ));
+                        }
+                        Verdict::LeaderLost => suspect = true,
+                        Verdict::FollowerBehind if sync.in_sync() => sync.mark_out_of_sync(
+                            "the follower's generation marker is behind the leader's: it was \
+                             restored from a backup or missed writes",
+                        ),
+                        Verdict::Same(_) | Verdict::Fresh => sync.clear_leader_data_loss(),
+                        Verdict::FollowerBehind => {}
+                    }
+                    if verdict != Verdict::LeaderLost {
+                        suspect = false;
+                    }
+                    checked.0.store(true, Ordering::Release);
+                    failures = 0;
+                    let due = advanced.is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
+                    let next = match verdict {
+                        Verdict::Same(g) => Some(g + 1),
+                        Verdict::Fresh => Some(1),
+                        _ => None,
+                    };
+                    if let (Some(g), true) = (next, due) {
+                        if sync.in_sync() && view.is_drained() && sync.leader_data_loss().is_none()
+                        {
+                            match markers.write(g).await {
+                                Ok(()) => advanced = Some(Instant::now()),
+                                Err(e) => {
+                                    tracing::debug!(protocol, error = %e, "generation not advanced")
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures == 3 {
+                        tracing::warn!(protocol, error = %e, "cannot read the generation markers; leader data loss cannot be told from a follower that missed writes until they can be read");
+                        checked.0.store(true, Ordering::Release);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_follower_ahead_of_the_leader_means_leader_data_loss() {
+        assert_eq!(judge(Some(4), Some(4)), Verdict::Same(4));
+        assert_eq!(judge(None, None), Verdict::Fresh);
+        assert_eq!(judge(Some(5), Some(4)), Verdict::FollowerBehind);
+        assert_eq!(judge(Some(5), None), Verdict::FollowerBehind);
+        assert_eq!(judge(None, Some(4)), Verdict::LeaderLost);
+        assert_eq!(judge(Some(3), Some(4)), Verdict::LeaderLost);
+    }
+}
