@@ -873,3 +873,63 @@ async fn redis_leader_restarted_empty_is_flagged_not_resynced_and_recovered_from
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Requests in flight per client are bounded
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_clients_pipelining_into_a_stalled_leader_hold_bounded_memory() {
+    use tokio::io::AsyncWriteExt;
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let relay = FaultRelay::start(&leader.addr());
+    let (cfg, admin, port) = bin_config(
+        &format!(
+            "[redis]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"redis://{}\"",
+            relay.addr()
+        ),
+        "",
+    );
+    let url = format!("redis://127.0.0.1:{port}");
+    let p = BinProxy::start(cfg.path(), &admin, &url).await;
+    let baseline = p.rss_bytes();
+    relay.set(Fault::Stall);
+    // 20 clients each push 8 MiB of small pipelined requests and never read a reply.
+    let one = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n".repeat(8 << 20 >> 4);
+    let mut writers = Vec::new();
+    for _ in 0..20 {
+        let one = one.clone();
+        writers.push(tokio::spawn(async move {
+            let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                return (0, None);
+            };
+            let mut sent = 0;
+            for chunk in one.chunks(64 << 10) {
+                match tokio::time::timeout(Duration::from_secs(3), s.write_all(chunk)).await {
+                    Ok(Ok(())) => sent += chunk.len(),
+                    _ => break,
+                }
+            }
+            (sent, Some(s))
+        }));
+    }
+    let mut sent = 0;
+    let mut socks = Vec::new();
+    for w in writers {
+        let (n, s) = w.await.expect("writer");
+        sent += n;
+        socks.extend(s);
+    }
+    let grown = p.rss_bytes().saturating_sub(baseline);
+    eprintln!(
+        "20 clients pushed {:.1} MiB of requests into a stalled leader; sidecar RSS grew {:.1} MiB",
+        sent as f64 / 1048576.0,
+        grown as f64 / 1048576.0
+    );
+    // Each client may hold MAX_OWED requests plus socket buffers: far below a pending
+    // entry for everything the kernel would take.
+    assert!(grown < 40 << 20, "RSS grew by {grown} bytes");
+    relay.set(Fault::Pass);
+    drop(socks);
+}

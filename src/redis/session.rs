@@ -41,7 +41,7 @@ use super::command::{
 };
 use super::inflight::Registration;
 use super::mirror::{Item, RedisOp};
-use super::resp::{self, parse_request, Request};
+use super::resp::{self, parse_request_from, Request};
 use super::server::Shared;
 use crate::metrics::Route;
 use crate::replication::freeze::WriteTicket;
@@ -131,6 +131,23 @@ enum TxItem {
 struct Flags {
     owed: AtomicUsize,
     subscribed: AtomicBool,
+    /// Woken when `owed` falls below [`MAX_OWED`] (the request side may read again).
+    room: tokio::sync::Notify,
+}
+
+/// Most requests one client may have in flight (sent to the backend, reply not yet
+/// relayed). Past it the client is not read until replies drain: a client pipelining into
+/// a slow or silent backend holds bounded memory (each owed request keeps an entry), and
+/// TCP pushes back on it.
+const MAX_OWED: usize = 1024;
+
+impl Flags {
+    /// One owed reply was answered (or given up).
+    fn pay(&self) {
+        if self.owed.fetch_sub(1, Ordering::AcqRel) == MAX_OWED {
+            self.room.notify_one();
+        }
+    }
 }
 
 pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, route: Route) {
@@ -229,7 +246,19 @@ impl RequestSide {
         let idle = Duration::from_millis(self.shared.cfg.client_idle_timeout_ms);
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
+        let mut partial = None;
         loop {
+            while self.flags.owed.load(Ordering::Acquire) >= MAX_OWED {
+                let room = self.flags.room.notified();
+                if self.flags.owed.load(Ordering::Acquire) < MAX_OWED {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => return backend,
+                    _ = self.shared.closing.cancelled() => return backend,
+                    _ = room => {}
+                }
+            }
             buf.reserve(16 * 1024);
             let read = tokio::select! {
                 _ = self.stop.cancelled() => return backend,
@@ -251,7 +280,7 @@ impl RequestSide {
             let now = Instant::now();
             let mut fatal = false;
             loop {
-                match parse_request(&mut buf, &lim) {
+                match parse_request_from(&mut buf, &lim, &mut partial) {
                     Ok(Some(req)) => self.handle(req, now, &mut batch, &mut out),
                     Ok(None) => break,
                     Err(e) => {
@@ -749,7 +778,7 @@ impl ReplySide {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            self.flags.owed.fetch_sub(1, Ordering::AcqRel);
+            self.flags.pay();
             match p.action {
                 Action::Local(b) => self.out.extend_from_slice(&b),
                 Action::LocalThenClose(b) => {
@@ -843,7 +872,7 @@ impl ReplySide {
             self.out.extend_from_slice(frame);
             return;
         };
-        self.flags.owed.fetch_sub(1, Ordering::AcqRel);
+        self.flags.pay();
         if let Some(t) = p.sent {
             if self.route == Route::Leader {
                 self.shared
@@ -896,7 +925,7 @@ impl ReplySide {
             *left -= 1;
             if *left == 0 {
                 self.pending.pop_front();
-                self.flags.owed.fetch_sub(1, Ordering::AcqRel);
+                self.flags.pay();
             }
         }
     }
@@ -1026,7 +1055,7 @@ impl ReplySide {
     /// queues their writes for mirroring since they may have run.
     fn teardown(&mut self, err: Option<&'static [u8]>) {
         while let Some(p) = self.pending.pop_front() {
-            self.flags.owed.fetch_sub(1, Ordering::AcqRel);
+            self.flags.pay();
             match (&p.action, &p.expect, err) {
                 (Action::Local(b) | Action::LocalThenClose(b), _, _) => {
                     self.out.extend_from_slice(b)
