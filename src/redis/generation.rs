@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::backend::{encode_cmd, error_text, Conn};
 use super::resync::{keyspace, missing, scan, select};
 use crate::config::RedisBackend;
-use crate::replication::generation::{judge, Markers, Verdict};
+use crate::replication::generation::{judge, Markers, Pair, Verdict};
 use crate::replication::resync::BoxFuture;
 
 /// statemirror's own key, in each backend's configured database. Resync and verify skip it.
@@ -55,7 +55,7 @@ async fn write_one(b: &RedisBackend, timeout: Duration, g: u64) -> Result<(), St
 }
 
 impl Markers for RedisMarkers {
-    fn read(&self) -> BoxFuture<'_, Result<(Option<u64>, Option<u64>), String>> {
+    fn read(&self) -> BoxFuture<'_, Result<Pair, String>> {
         Box::pin(async move {
             let (l, f) = tokio::join!(
                 read_one(&self.leader, self.timeout),

@@ -33,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 use super::queue::MirrorView;
 use super::resync::BoxFuture;
 
+/// `(leader, follower)` markers; `None` where the marker does not exist.
+pub type Pair = (Option<u64>, Option<u64>);
+
 /// The two backends' markers, protocol-specific.
 pub trait Markers: Send + Sync {
-    /// `(leader, follower)`; `None` where the marker does not exist.
-    fn read(&self) -> BoxFuture<'_, Result<(Option<u64>, Option<u64>), String>>;
+    fn read(&self) -> BoxFuture<'_, Result<Pair, String>>;
     /// Sets the marker on the leader, then on the follower.
     fn write(&self, generation: u64) -> BoxFuture<'_, Result<(), String>>;
 }
