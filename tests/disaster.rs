@@ -764,7 +764,7 @@ async fn redis_leader_restarted_empty_is_flagged_not_resynced_and_recovered_from
             .expect("SET");
     }
     // The marker is set on both once the follower is in sync and the mirror drained.
-    let mut l = leader.conn().await;
+    let l = leader.conn().await;
     let mut f = follower.conn().await;
     let key = "statemirror:generation";
     eventually(Duration::from_secs(20), || {
