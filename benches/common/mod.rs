@@ -451,6 +451,23 @@ impl RedisServer {
             _guard: guard,
         }
     }
+
+    pub fn pid(&self) -> u32 {
+        self._guard.child.id()
+    }
+}
+
+/// Resident memory of a process (`VmRSS` in `/proc/<pid>/status`), in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024
 }
 
 /// Sends one command on a new connection; returns the first line of the reply (`+OK`, `:42`,
