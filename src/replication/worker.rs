@@ -4,8 +4,14 @@
 //! Failures never reach clients: they are counted by reason, logged at most once per
 //! `warn_interval_ms` (with how many were suppressed), and the batch is retried. Ops must
 //! therefore be idempotent: a batch that failed half-way is applied again from its start.
+//!
+//! Timeouts judge progress, not a batch's total time: an applier that reports progress
+//! ([`Applier::progress`]) is cut off only when nothing moved for `apply_timeout`, so a large
+//! batch to a follower in another region (many round trips' worth of bytes) is not retried
+//! forever; one that does not gets `apply_timeout` for the whole batch.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +51,42 @@ pub trait Applier: Send + 'static {
     fn idle(&mut self) -> impl Future<Output = Result<(), ApplyError>> + Send + '_ {
         async { Ok(()) }
     }
+
+    /// A counter the applier bumps whenever the follower shows life (bytes sent or
+    /// received). With one, a batch times out only after `apply_timeout` without any
+    /// change; without one (`None`), the whole batch must finish within `apply_timeout`.
+    fn progress(&self) -> Option<Arc<AtomicU64>> {
+        None
+    }
+}
+
+/// Runs `fut` until it ends, or until it has made no progress for `limit` (`Err`).
+async fn bounded<F: Future>(
+    fut: F,
+    limit: Duration,
+    progress: Option<&AtomicU64>,
+) -> Result<F::Output, ()> {
+    let Some(progress) = progress else {
+        return tokio::time::timeout(limit, fut).await.map_err(|_| ());
+    };
+    tokio::pin!(fut);
+    let tick = (limit / 4).max(Duration::from_millis(10));
+    let mut seen = progress.load(Ordering::Relaxed);
+    let mut moved = Instant::now();
+    loop {
+        tokio::select! {
+            r = &mut fut => return Ok(r),
+            _ = tokio::time::sleep(tick) => {
+                let now = progress.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    moved = Instant::now();
+                } else if moved.elapsed() >= limit {
+                    return Err(());
+                }
+            }
+        }
+    }
 }
 
 /// How long the writer waits for a batch before it lets the applier do idle work.
@@ -69,6 +111,7 @@ pub fn spawn<A: Applier>(
             }
         }
     });
+    let progress = applier.progress();
     tokio::spawn(async move {
         let protocol = queue.stats().protocol;
         let mut warn = RateLimitedWarn::new(Duration::from_millis(cfg.warn_interval_ms));
@@ -92,7 +135,7 @@ pub fn spawn<A: Applier>(
             loop {
                 let result = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    r = tokio::time::timeout(cfg.apply_timeout(), applier.apply(&batch)) => r,
+                    r = bounded(applier.apply(&batch), cfg.apply_timeout(), progress.as_deref()) => r,
                 };
                 let err = match result {
                     Ok(Ok(given_up)) => {
@@ -109,11 +152,19 @@ pub fn spawn<A: Applier>(
                     Ok(Err(e)) => e,
                     Err(_) => ApplyError::new(
                         "timeout",
-                        format!(
-                            "batch of {} not applied within {:?}",
-                            batch.len(),
-                            cfg.apply_timeout()
-                        ),
+                        if progress.is_some() {
+                            format!(
+                                "batch of {}: the follower showed no progress for {:?}",
+                                batch.len(),
+                                cfg.apply_timeout()
+                            )
+                        } else {
+                            format!(
+                                "batch of {} not applied within {:?}",
+                                batch.len(),
+                                cfg.apply_timeout()
+                            )
+                        },
                     ),
                 };
                 failing_since.get_or_insert_with(Instant::now);

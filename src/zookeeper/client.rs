@@ -1,9 +1,12 @@
 //! statemirror's own ZooKeeper session to the follower ensemble (the mirror writes through
 //! it). Written on the crate's codec rather than a client crate so a whole batch of writes
 //! goes out as one pipelined round trip and ACLs, modes and multis are sent exactly as the
-//! leader saw them. The session holds no ephemeral nodes or watches, so on any error it is
-//! simply dropped and a new one is opened for the next batch.
+//! leader saw them. After an error the connection is dropped; the mirror resumes the same
+//! session on the next one ([`ZkConn::connect_session`]) so that requests the old connection
+//! already handed to the server run before anything sent on the new one.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -31,6 +34,8 @@ pub enum ClientError {
     AuthFailed(i32),
     #[error("timed out")]
     Timeout,
+    #[error("the session expired")]
+    Expired,
 }
 
 pub struct ZkConn {
@@ -41,7 +46,31 @@ pub struct ZkConn {
     ping_after: Duration,
     max_frame: usize,
     pub server: String,
+    /// The session this connection carries (to resume it on another connection).
+    pub session: SessionId,
+    /// A call was cancelled half-way (its future dropped): replies may still be in flight,
+    /// so the connection must not be used again.
+    in_call: bool,
+    /// Bumped whenever bytes go out or come in: lets a caller judge progress instead of
+    /// timing a whole pipeline (see `replication::worker::Applier::progress`).
+    progress: Option<Arc<AtomicU64>>,
 }
+
+/// What resuming a session takes: its id and password.
+#[derive(Clone)]
+pub struct SessionId {
+    pub id: i64,
+    pub passwd: Bytes,
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionId({:#x})", self.id) // never the password
+    }
+}
+
+/// Bytes written per `write_all`, so a large pipeline reports progress as it goes out.
+const WRITE_PIECE: usize = 64 * 1024;
 
 /// One reply: error code, header zxid, body (empty unless `err == 0`).
 #[derive(Debug, Clone)]
@@ -77,52 +106,54 @@ impl ZkConn {
         auth: Option<&Secret>,
         max_frame: usize,
     ) -> Result<Self, ClientError> {
+        let (c, _) = Self::connect_session(
+            servers,
+            start,
+            timeout,
+            session_timeout_ms,
+            auth,
+            max_frame,
+            None,
+        )
+        .await?;
+        Ok(c)
+    }
+
+    /// Like [`connect`](Self::connect), resuming `resume` when given: `(conn, true)` when
+    /// the server took it back, `(conn, false)` with a new session when it had expired
+    /// (the server then discards whatever the old session still had queued).
+    ///
+    /// Why resume: ZooKeeper runs one session's requests in order and closes the session's
+    /// previous connection when it is resumed, so everything an abandoned connection had
+    /// already handed to the server runs before anything sent on the new one, and what it
+    /// had not is dropped with it. A new session would give no such order: a late write of
+    /// the old connection could land after its own retry and undo a newer one.
+    /// `lastZxidSeen` stays 0: a follower restored from an older backup must still accept
+    /// the session, so the writer can notice it went back in time (`check_history`).
+    pub async fn connect_session(
+        servers: &[String],
+        start: usize,
+        timeout: Duration,
+        session_timeout_ms: i32,
+        auth: Option<&Secret>,
+        max_frame: usize,
+        resume: Option<&SessionId>,
+    ) -> Result<(Self, bool), ClientError> {
         let mut last_err = String::from("no servers");
         for i in 0..servers.len() {
             let server = &servers[(start + i) % servers.len()];
             let attempt = tokio::time::timeout(timeout, async {
-                let stream = crate::listener::connect_backend(server.as_str()).await?;
-                let mut c = ZkConn {
-                    stream,
-                    rbuf: BytesMut::with_capacity(16 * 1024),
-                    next_xid: 1,
-                    last_used: Instant::now(),
-                    ping_after: Duration::from_millis((session_timeout_ms / 3).max(100) as u64),
-                    max_frame,
-                    server: server.clone(),
-                };
-                let req = ConnectRequest {
-                    protocol_version: 0,
-                    last_zxid_seen: 0,
-                    time_out: session_timeout_ms,
-                    session_id: 0,
-                    passwd: Bytes::from_static(&[0; 16]),
-                    read_only: Some(false),
-                };
-                let mut out = BytesMut::new();
-                encode_frame(&mut out, |w| w.write(&req));
-                c.stream.write_all(&out).await?;
-                let body = c.read_frame().await?;
-                let resp = ConnectResponse::from_bytes(&body)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                if resp.session_id == 0 {
-                    return Err(ClientError::Protocol("session refused".into()));
-                }
-                // The server may grant a shorter timeout than asked for: ping on its clock.
-                c.ping_after = Duration::from_millis((resp.time_out / 3).max(100) as u64);
-                if let Some(a) = auth {
-                    let packet = AuthPacket {
-                        auth_type: 0,
-                        scheme: "digest".into(),
-                        auth: Bytes::copy_from_slice(a.expose().as_bytes()),
-                    };
-                    c.send(xid::AUTH, op::AUTH, &packet.to_bytes()).await?;
-                    let (h, _) = c.read_reply().await?;
-                    if h.err != err::OK {
-                        return Err(ClientError::AuthFailed(h.err));
+                if let Some(old) = resume {
+                    match Self::open(server, session_timeout_ms, auth, max_frame, Some(old)).await {
+                        Ok(c) => return Ok((c, true)),
+                        Err(ClientError::Expired) => {}
+                        Err(e) => return Err(e),
                     }
                 }
-                Ok(c)
+                Ok((
+                    Self::open(server, session_timeout_ms, auth, max_frame, None).await?,
+                    false,
+                ))
             })
             .await;
             match attempt {
@@ -135,14 +166,104 @@ impl ZkConn {
         Err(ClientError::NoServer(last_err))
     }
 
+    /// One connection to `server`: a new session, or `resume`'s (`Expired` if it is gone).
+    async fn open(
+        server: &str,
+        session_timeout_ms: i32,
+        auth: Option<&Secret>,
+        max_frame: usize,
+        resume: Option<&SessionId>,
+    ) -> Result<Self, ClientError> {
+        let stream = crate::listener::connect_backend(server).await?;
+        let mut c = ZkConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            next_xid: 1,
+            last_used: Instant::now(),
+            ping_after: Duration::from_millis((session_timeout_ms / 3).max(100) as u64),
+            max_frame,
+            server: server.to_string(),
+            session: SessionId {
+                id: 0,
+                passwd: Bytes::new(),
+            },
+            in_call: false,
+            progress: None,
+        };
+        let req = ConnectRequest {
+            protocol_version: 0,
+            last_zxid_seen: 0,
+            time_out: session_timeout_ms,
+            session_id: resume.map_or(0, |r| r.id),
+            passwd: resume.map_or(Bytes::from_static(&[0; 16]), |r| r.passwd.clone()),
+            read_only: Some(false),
+        };
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, |w| w.write(&req));
+        c.stream.write_all(&out).await?;
+        let body = c.read_frame().await?;
+        let resp =
+            ConnectResponse::from_bytes(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if resp.session_id == 0 || resp.time_out <= 0 {
+            return Err(if resume.is_some() {
+                ClientError::Expired
+            } else {
+                ClientError::Protocol("session refused".into())
+            });
+        }
+        c.session = SessionId {
+            id: resp.session_id,
+            passwd: resp.passwd.clone(),
+        };
+        // The server may grant a shorter timeout than asked for: ping on its clock.
+        c.ping_after = Duration::from_millis((resp.time_out / 3).max(100) as u64);
+        // Authentication belongs to the connection, not the session: sent on every one.
+        if let Some(a) = auth {
+            let packet = AuthPacket {
+                auth_type: 0,
+                scheme: "digest".into(),
+                auth: Bytes::copy_from_slice(a.expose().as_bytes()),
+            };
+            c.send(xid::AUTH, op::AUTH, &packet.to_bytes()).await?;
+            let (h, _) = c.read_reply().await?;
+            if h.err != err::OK {
+                return Err(ClientError::AuthFailed(h.err));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Counts this connection's I/O into `counter` (see the `progress` field).
+    pub fn set_progress(&mut self, counter: Arc<AtomicU64>) {
+        self.progress = Some(counter);
+    }
+
+    /// Whether a call on this connection was abandoned half-way (replies may be pending).
+    pub fn broken(&self) -> bool {
+        self.in_call
+    }
+
+    fn tick(&self) {
+        if let Some(p) = &self.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn write_out(&mut self, out: &[u8]) -> Result<(), ClientError> {
+        for piece in out.chunks(WRITE_PIECE) {
+            self.stream.write_all(piece).await?;
+            self.tick();
+        }
+        Ok(())
+    }
+
     async fn send(&mut self, xid: i32, op: i32, body: &[u8]) -> Result<(), ClientError> {
         let mut out = BytesMut::with_capacity(body.len() + 12);
         encode_frame(&mut out, |w| {
             w.write(&RequestHeader { xid, op });
             w.write_raw(body);
         });
-        self.stream.write_all(&out).await?;
-        Ok(())
+        self.write_out(&out).await
     }
 
     async fn read_frame(&mut self) -> Result<Bytes, ClientError> {
@@ -156,6 +277,7 @@ impl ZkConn {
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(ClientError::Closed);
             }
+            self.tick();
         }
     }
 
@@ -178,8 +300,10 @@ impl ZkConn {
         if self.last_used.elapsed() < self.ping_after {
             return Ok(());
         }
+        self.in_call = true;
         self.send(xid::PING, op::PING, &[]).await?;
         let (h, _) = self.read_reply().await?;
+        self.in_call = false;
         if h.xid != xid::PING {
             return Err(ClientError::Protocol(format!(
                 "ping answered with xid {}",
@@ -200,6 +324,16 @@ impl ZkConn {
     /// processed zxid when it answered, i.e. the point in the ensemble's history a read saw
     /// (resync tags its copies with it).
     pub async fn call_many_z(&mut self, calls: &[Call]) -> Result<Vec<Reply>, ClientError> {
+        match self.call_many_partial(calls).await {
+            (replies, None) => Ok(replies),
+            (_, Some(e)) => Err(e),
+        }
+    }
+
+    /// Sends `calls` pipelined: the replies that arrived, in order, and the error that
+    /// stopped the rest (if any). The mirror uses the replies received before a lost
+    /// connection to narrow down which request the server refused to read.
+    pub async fn call_many_partial(&mut self, calls: &[Call]) -> (Vec<Reply>, Option<ClientError>) {
         let first = self.next_xid;
         let mut out = BytesMut::new();
         for (i, c) in calls.iter().enumerate() {
@@ -212,16 +346,24 @@ impl ZkConn {
             });
         }
         self.next_xid = xid_at(first, calls.len());
-        self.stream.write_all(&out).await?;
+        // Cleared only when every reply is in: an error or a dropped future leaves it set.
+        self.in_call = true;
         let mut replies = Vec::with_capacity(calls.len());
+        if let Err(e) = self.write_out(&out).await {
+            return (replies, Some(e));
+        }
         for i in 0..calls.len() {
-            let (h, body) = self.read_reply().await?;
+            let (h, body) = match self.read_reply().await {
+                Ok(r) => r,
+                Err(e) => return (replies, Some(e)),
+            };
             if h.xid != xid_at(first, i) {
-                return Err(ClientError::Protocol(format!(
+                let e = ClientError::Protocol(format!(
                     "reply xid {} where {} was expected",
                     h.xid,
                     xid_at(first, i)
-                )));
+                ));
+                return (replies, Some(e));
             }
             replies.push(Reply {
                 err: h.err,
@@ -230,7 +372,8 @@ impl ZkConn {
             });
         }
         self.last_used = Instant::now();
-        Ok(replies)
+        self.in_call = false;
+        (replies, None)
     }
 
     pub async fn call(&mut self, c: Call) -> Result<(i32, Bytes), ClientError> {

@@ -11,28 +11,35 @@
 //! arrives late (acknowledged on another connection, queued behind a newer write of the same
 //! path) is skipped instead of overwriting newer state.
 //!
-//! Idempotence, so a batch can be applied again after any failure: the batch goes out as one
-//! pipelined round trip; from the first op that fails, the rest are applied one by one with
-//! fix-ups — a create whose node exists becomes `setData` + `setACL`, a create or `setData`
-//! whose parent is missing creates the parents (empty, open ACL) first, deleting a missing
-//! node is fine, deleting a node that still has children on the follower deletes them
-//! first (the leader had none), `setACL` of a missing node is skipped. A multi is applied as
-//! a multi; if it fails on the follower its ops are applied one by one (the follower then
-//! passes through the intermediate states; the end state is the leader's).
+//! Idempotence, so a batch can be applied again after any failure, in a bounded number of
+//! round trips whatever the follower held (it may be a region away): the batch goes out as
+//! one pipelined round trip; from the first step that fails on, the next round sends every
+//! later step in a form whose end state does not depend on the follower's — a create
+//! becomes create-or-`setData` + `setACL`, missing parents are created first (empty, open
+//! ACL), a `setData` creates a missing node, deleting a missing node is fine, `setACL` of a
+//! missing node is skipped. A session runs its requests in order, so a later step on the
+//! same path still lands after an earlier one's fix-up. Deleting a node that still has
+//! children on the follower lists them (one round trip per level) and deletes them first
+//! (the leader had none). A multi is applied as a multi; if it fails on the follower its
+//! items are applied separately (the follower then passes through the intermediate
+//! states; the end state is the leader's). After a lost connection the follower session is
+//! resumed, not replaced ([`ZkConn::connect_session`]), so nothing the old connection sent
+//! can land after the retry.
 //!
 //! ACLs are copied as the client sent them. `digest:` ACLs mean the same on both sides;
 //! `auth:` ACLs bind to the session's identity, which is statemirror's follower session:
 //! configure `zookeeper.follower_auth_file` with the same `user:password` the clients use,
 //! or the follower refuses them (`INVALIDACL`, counted, follower marked out of sync).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::client::{Call, ZkConn};
+use super::client::{Call, Reply, SessionId, ZkConn};
 use super::jute::Record;
 use super::proto::multi::{MultiOp, MultiRequest, MultiResponse};
 use super::proto::records::{
@@ -251,6 +258,14 @@ impl PathFilter {
 /// only ever a few milliseconds late, so only recent paths matter.
 const MAX_TRACKED_PATHS: usize = 200_000;
 
+/// Pipelined rounds one attempt at a batch may take before it gives the worker back an
+/// error (the next attempt resumes where this one stopped). A batch normally takes one
+/// round; fix-ups take one more, a delete over children one more plus one per level listed.
+const MAX_ROUNDS: usize = 16;
+
+/// Most nodes listed under one delete whose node still has children on the follower.
+const MAX_SUBTREE: usize = 1_000_000;
+
 pub struct ZkApplier {
     servers: Vec<String>,
     auth: Option<Secret>,
@@ -259,25 +274,66 @@ pub struct ZkApplier {
     max_frame: usize,
     conn: Option<ZkConn>,
     next_server: usize,
+    /// The follower session, resumed on every new connection until it expires.
+    session: Option<SessionId>,
     applied: HashMap<String, i64>,
     queue: Arc<MirrorQueue<ZkOp>>,
     /// Mirrored ephemerals to create again when the follower session is replaced.
     ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
     /// The follower session is new: its ephemerals must be created first.
     fresh_session: bool,
-    /// A batch that failed part-way: its identity and how many of its steps are applied.
-    resume: Option<((usize, usize), usize)>,
+    /// A batch that failed part-way: where the next attempt resumes.
+    resume: Option<Resume>,
     /// The newest zxid the follower has shown us (see `check_history`).
     follower_zxid: i64,
-    /// The batch whose pipelined send lost the connection: retried one step at a time, so
-    /// the step the follower drops the connection on can be found.
-    careful: Option<BatchId>,
-    /// (batch, step, how many times in a row the connection was lost on that step).
+    /// The batch whose pipelined send lost the connection, and how many steps the next
+    /// round may send: 1 after a loss, doubling per round answered in full, so the step the
+    /// follower drops the connection on is found in a few rounds, not one per step.
+    careful: Option<(BatchId, usize)>,
+    /// (batch, step, how many times in a row the connection was lost on that step alone).
     strikes: Option<(BatchId, usize, u32)>,
+    /// Bumped on every byte exchanged with the follower (see `Applier::progress`).
+    progress: Arc<AtomicU64>,
 }
 
 /// A batch's address and length: the worker retries the very same batch until it is done.
 type BatchId = (usize, usize);
+
+/// A batch that failed part-way.
+struct Resume {
+    id: BatchId,
+    /// Steps before this one are applied (or given up).
+    done: usize,
+    /// (step, item) refused for good: never sent again.
+    skipped: HashSet<(usize, usize)>,
+    /// Items given up so far.
+    given_up: usize,
+}
+
+/// One request of a step's state-independent form and the errors that mean "already so".
+struct Sub {
+    call: Call,
+    ok: &'static [i32],
+    /// A delete: `NOT_EMPTY` means the subtree must be listed and deleted first.
+    delete: bool,
+}
+
+/// What became of one item (or of a plain step).
+enum Outcome {
+    Ok,
+    /// Needs the state-independent form (and every later step after it).
+    Fix,
+    Transient(String),
+    Refused(&'static str, String),
+}
+
+/// What one step sends in a round.
+enum Sent {
+    /// The step as the leader ran it: one request at this index.
+    Plain(usize),
+    /// Each item's requests: (item index, range of request indices).
+    Robust(Vec<(usize, std::ops::Range<usize>)>),
+}
 
 impl ZkApplier {
     pub fn new(
@@ -297,6 +353,7 @@ impl ZkApplier {
             max_frame,
             conn: None,
             next_server: 0,
+            session: None,
             applied: HashMap::new(),
             queue,
             ephemerals,
@@ -305,29 +362,37 @@ impl ZkApplier {
             follower_zxid: 0,
             careful: None,
             strikes: None,
+            progress: Arc::new(AtomicU64::new(0)),
         }
     }
 
     async fn conn(&mut self) -> Result<&mut ZkConn, ApplyError> {
         if let Some(c) = self.conn.as_mut() {
-            if c.ping_if_idle().await.is_err() {
+            // A call abandoned half-way (the worker timed it out) left replies in flight.
+            if c.broken() || c.ping_if_idle().await.is_err() {
                 self.conn = None;
             }
         }
         if self.conn.is_none() {
-            let c = ZkConn::connect(
+            let (mut c, resumed) = ZkConn::connect_session(
                 &self.servers,
                 self.next_server,
                 self.connect_timeout,
                 self.session_timeout_ms,
                 self.auth.as_ref(),
                 self.max_frame,
+                self.session.as_ref(),
             )
             .await
             .map_err(|e| ApplyError::new("follower_unavailable", e.to_string()))?;
             self.next_server += 1;
+            c.set_progress(self.progress.clone());
+            self.session = Some(c.session.clone());
             self.conn = Some(c);
-            self.fresh_session = true;
+            // A resumed session still owns its ephemerals; a new one must create them.
+            if !resumed {
+                self.fresh_session = true;
+            }
             self.check_history().await?;
         }
         self.conn
@@ -366,20 +431,70 @@ impl ZkApplier {
         Ok(())
     }
 
+    /// Sends `calls` in one pipelined round trip on the current connection.
+    async fn round(
+        &mut self,
+        calls: &[Call],
+    ) -> Result<(Vec<Reply>, Option<ApplyError>), ApplyError> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| ApplyError::new("follower_unavailable", "no session"))?;
+        let (replies, lost) = conn.call_many_partial(calls).await;
+        if let Some(z) = replies.iter().map(|r| r.zxid).max() {
+            self.follower_zxid = self.follower_zxid.max(z);
+        }
+        Ok((replies, lost.map(follower_err)))
+    }
+
+    /// Creates the mirrored ephemerals again in a new follower session: one round trip.
+    async fn recreate_ephemerals(&mut self) -> Result<(), ApplyError> {
+        let live = self
+            .ephemerals
+            .as_ref()
+            .map(|e| e.live())
+            .unwrap_or_default();
+        if live.is_empty() {
+            return Ok(());
+        }
+        let mut calls = Vec::new();
+        let mut spans = Vec::new();
+        let mut ensured = HashSet::new();
+        for it in &live {
+            let subs = robust(it, None, &mut ensured);
+            let from = calls.len();
+            let (c, ok): (Vec<Call>, Vec<&'static [i32]>) =
+                subs.into_iter().map(|s| (s.call, s.ok)).unzip();
+            calls.extend(c);
+            spans.push((from..calls.len(), ok));
+        }
+        let (replies, lost) = self.round(&calls).await?;
+        if let Some(e) = lost {
+            return Err(e);
+        }
+        for (it, (range, ok)) in live.iter().zip(spans) {
+            let bad = replies[range]
+                .iter()
+                .zip(ok)
+                .find(|(r, ok)| r.err != err::OK && !ok.contains(&r.err));
+            if let Some((r, _)) = bad {
+                match self.refusal(it, r.err) {
+                    Outcome::Transient(what) => return Err(ApplyError::new("follower_busy", what)),
+                    Outcome::Refused(reason, what) => self.queue.refused(reason, &what),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn apply_batch(&mut self, batch: &[ZkOp]) -> Result<usize, ApplyError> {
         self.conn().await?;
         if std::mem::take(&mut self.fresh_session) {
             // The previous session's ephemerals are gone (or going) with it.
-            let live = self
-                .ephemerals
-                .as_ref()
-                .map(|e| e.live())
-                .unwrap_or_default();
-            for it in &live {
-                if let Err(e) = self.apply_one(it).await {
-                    self.fresh_session = true;
-                    return Err(e);
-                }
+            if let Err(e) = self.recreate_ephemerals().await {
+                self.fresh_session = true;
+                return Err(e);
             }
         }
         // zxid order, skipping what a newer write of the same path already superseded.
@@ -399,82 +514,26 @@ impl ZkApplier {
                 steps.push((o.zxid, items));
             }
         }
-        // A retry of a batch that failed part-way (e.g. timed out during the one-by-one
-        // fix-ups) resumes after the steps already applied, so every attempt makes progress
-        // even when fix-ups are slow (a cross-region follower). The worker retries the very
-        // same batch until it succeeds, so its address and length identify it.
+        // A retry of a batch that failed part-way resumes after the steps already applied,
+        // so every attempt makes progress. The worker retries the very same batch until it
+        // succeeds, so its address and length identify it.
         let id = (batch.as_ptr() as usize, batch.len());
-        let start = match self.resume {
-            Some((rid, done)) if rid == id => done.min(steps.len()),
-            _ => 0,
+        let mut st = match self.resume.take() {
+            Some(r) if r.id == id => r,
+            _ => Resume {
+                id,
+                done: 0,
+                skipped: HashSet::new(),
+                given_up: 0,
+            },
         };
-        self.resume = Some((id, start));
-        let todo = &steps[start..];
-        // Pipeline every step up to the first one with no single-request form.
-        let calls: Vec<Call> = if self.careful == Some(id) {
-            Vec::new()
-        } else {
-            todo.iter()
-                .map_while(|(_, items)| step_call(items))
-                .collect()
-        };
-        let conn = self.conn().await?;
-        let replies = match conn.call_many_z(&calls).await.map_err(follower_err) {
-            Ok(r) => r,
-            Err(e) => {
-                if e.reason == FOLLOWER_CLOSED {
-                    self.careful = Some(id);
-                }
-                return Err(e);
-            }
-        };
-        if let Some(z) = replies.iter().map(|r| r.zxid).max() {
-            self.follower_zxid = self.follower_zxid.max(z);
+        let r = self.apply_steps(id, &steps, &mut st).await;
+        if let Err(e) = r {
+            self.resume = Some(st);
+            return Err(e);
         }
-        let first_bad = replies
-            .iter()
-            .zip(todo)
-            .position(|(r, (_, items))| !step_ok(items, r.err, &r.body))
-            .or((calls.len() < todo.len()).then_some(calls.len()));
-        let mut given_up = 0;
-        if let Some(i) = first_bad {
-            self.resume = Some((id, start + i));
-            // From the first failure on, one at a time with fix-ups: later steps may depend
-            // on it (a create under a node the failed step creates, a delete after it).
-            for (k, (_, items)) in todo.iter().enumerate().skip(i) {
-                let step = start + k;
-                if matches!(self.strikes, Some((b, s, n)) if b == id && s == step && n >= STRIKES) {
-                    for it in items {
-                        self.queue.refused(
-                            "connection_closed",
-                            &format!(
-                                "{} {}: the follower closed the connection on this request \
-                                 {STRIKES} times (larger than its jute.maxbuffer?)",
-                                item_name(it),
-                                it.path()
-                            ),
-                        );
-                    }
-                    given_up += 1;
-                } else {
-                    for it in items {
-                        match self.apply_one(it).await {
-                            Ok(n) => given_up += n,
-                            Err(e) => {
-                                if e.reason == FOLLOWER_CLOSED {
-                                    self.strike(id, step);
-                                }
-                                return Err(e);
-                            }
-                        }
-                    }
-                }
-                self.strikes = None;
-                self.resume = Some((id, step + 1));
-            }
-        }
-        self.resume = None;
         self.careful = None;
+        self.strikes = None;
         for (zxid, items) in &steps {
             for it in items {
                 self.applied.insert(it.path().to_string(), *zxid);
@@ -486,7 +545,182 @@ impl ZkApplier {
             let cut = zxids[zxids.len() / 2];
             self.applied.retain(|_, z| *z >= cut);
         }
-        Ok(given_up.min(batch.len()))
+        Ok(st.given_up.min(batch.len()))
+    }
+
+    /// Applies `steps[st.done..]` in pipelined rounds. Round one sends every step as the
+    /// leader ran it. From the first step that needs a fix-up on, the next round sends every
+    /// later step in its state-independent form ([`robust`]): the server runs a session's
+    /// requests in order, so a later step on the same path still lands after the earlier
+    /// one's fix-up, and each step's result does not depend on what the follower held.
+    /// Only a delete over children the follower has and the leader had not needs more: its
+    /// subtree is listed (one round trip per level, all such deletes together) and deleted
+    /// deepest first in the next round.
+    async fn apply_steps(
+        &mut self,
+        id: BatchId,
+        steps: &[(i64, Vec<Item>)],
+        st: &mut Resume,
+    ) -> Result<(), ApplyError> {
+        let mut robust_from = usize::MAX;
+        let mut not_empty: HashSet<String> = HashSet::new();
+        for _ in 0..MAX_ROUNDS {
+            if st.done >= steps.len() {
+                return Ok(());
+            }
+            // A step the follower dropped the connection on, alone, STRIKES times in a row.
+            if matches!(self.strikes, Some((b, s, n)) if b == id && s == st.done && n >= STRIKES) {
+                for it in &steps[st.done].1 {
+                    self.queue.refused(
+                        "connection_closed",
+                        &format!(
+                            "{} {}: the follower closed the connection on this request \
+                             {STRIKES} times (larger than its jute.maxbuffer?)",
+                            item_name(it),
+                            it.path()
+                        ),
+                    );
+                }
+                st.given_up += 1;
+                st.done += 1;
+                self.strikes = None;
+                continue;
+            }
+            let subtrees = self.list_subtrees(std::mem::take(&mut not_empty)).await?;
+            let window = match self.careful {
+                Some((b, w)) if b == id => w,
+                _ => usize::MAX,
+            };
+            let start = st.done;
+            let end = start.saturating_add(window).min(steps.len());
+            let mut calls: Vec<Call> = Vec::new();
+            let mut sent: Vec<(usize, Sent)> = Vec::new();
+            let mut ensured: HashSet<String> = HashSet::new();
+            for (s, (_, items)) in steps.iter().enumerate().take(end).skip(st.done) {
+                let plain = if s < robust_from {
+                    step_call(items)
+                } else {
+                    None
+                };
+                if let Some(c) = plain {
+                    sent.push((s, Sent::Plain(calls.len())));
+                    calls.push(c);
+                    continue;
+                }
+                let mut spans = Vec::new();
+                for (k, it) in items.iter().enumerate() {
+                    if st.skipped.contains(&(s, k)) {
+                        continue;
+                    }
+                    let from = calls.len();
+                    let sub = subtrees.get(it.path()).map(Vec::as_slice);
+                    calls.extend(robust(it, sub, &mut ensured).into_iter().map(|x| x.call));
+                    spans.push((k, from..calls.len()));
+                }
+                sent.push((s, Sent::Robust(spans)));
+            }
+            let (replies, lost) = self.round(&calls).await?;
+            let mut first_fix: Option<usize> = None;
+            let mut transient: Option<String> = None;
+            // The tolerated codes are rebuilt from the items, in the same order (so the same
+            // parents are skipped as already ensured).
+            let mut ensured: HashSet<String> = HashSet::new();
+            for (s, how) in &sent {
+                let items = &steps[*s].1;
+                let outcome = match how {
+                    Sent::Plain(i) => {
+                        let Some(r) = replies.get(*i) else { break };
+                        match plain_outcome(items, r) {
+                            Outcome::Refused(..) if items.len() == 1 => {
+                                self.refuse(st, *s, 0, &items[0], r.err);
+                                Outcome::Ok
+                            }
+                            Outcome::Fix => {
+                                if let [Item::Delete { path }] = items.as_slice() {
+                                    if r.err == err::NOT_EMPTY {
+                                        not_empty.insert(path.clone());
+                                    }
+                                }
+                                Outcome::Fix
+                            }
+                            o => o,
+                        }
+                    }
+                    Sent::Robust(spans) => {
+                        if spans.last().is_some_and(|(_, r)| r.end > replies.len()) {
+                            break;
+                        }
+                        let mut step = Outcome::Ok;
+                        for (k, range) in spans {
+                            let it = &items[*k];
+                            let sub = subtrees.get(it.path()).map(Vec::as_slice);
+                            let subs = robust(it, sub, &mut ensured);
+                            let bad = replies[range.clone()]
+                                .iter()
+                                .zip(&subs)
+                                .find(|(r, x)| r.err != err::OK && !x.ok.contains(&r.err));
+                            let Some((r, x)) = bad else { continue };
+                            if x.delete && r.err == err::NOT_EMPTY {
+                                not_empty.insert(it.path().to_string());
+                                if !matches!(step, Outcome::Transient(_)) {
+                                    step = Outcome::Fix;
+                                }
+                                continue;
+                            }
+                            match self.refusal(it, r.err) {
+                                Outcome::Transient(what) => step = Outcome::Transient(what),
+                                _ => self.refuse(st, *s, *k, it, r.err),
+                            }
+                        }
+                        step
+                    }
+                };
+                match outcome {
+                    Outcome::Ok | Outcome::Refused(..) => {
+                        if first_fix.is_none() {
+                            st.done = s + 1;
+                            self.strikes = None;
+                        }
+                    }
+                    Outcome::Fix => {
+                        first_fix.get_or_insert(*s);
+                    }
+                    Outcome::Transient(what) => {
+                        transient = Some(what);
+                        break;
+                    }
+                }
+            }
+            if let Some(f) = first_fix {
+                robust_from = robust_from.min(f);
+            }
+            if let Some(e) = lost {
+                if e.reason == FOLLOWER_CLOSED {
+                    // Alone and unanswered: a strike against that step. Otherwise the next
+                    // rounds narrow it down from the first unanswered step.
+                    if end == start + 1 && st.done == start {
+                        self.strike(id, st.done);
+                    }
+                    self.careful = Some((id, 1));
+                }
+                return Err(e);
+            }
+            if let Some(what) = transient {
+                return Err(ApplyError::new("follower_busy", what));
+            }
+            if let Some((b, w)) = self.careful {
+                if b == id && first_fix.is_none() {
+                    self.careful = Some((b, w.saturating_mul(2)));
+                }
+            }
+        }
+        if st.done >= steps.len() {
+            return Ok(());
+        }
+        Err(ApplyError::new(
+            "follower_error",
+            format!("fix-ups did not converge within {MAX_ROUNDS} rounds; retrying"),
+        ))
     }
 
     fn strike(&mut self, id: BatchId, step: usize) {
@@ -496,177 +730,211 @@ impl ZkApplier {
         };
     }
 
-    /// Applies one item whatever the follower's state; 1 when it had to be given up.
-    async fn apply_one(&mut self, it: &Item) -> Result<usize, ApplyError> {
-        let r = self.call(it.call()).await?;
-        let fixed = match (it, r) {
-            (_, err::OK) => err::OK,
-            (Item::Delete { .. }, err::NO_NODE) => err::OK,
-            (Item::SetAcl { .. }, err::NO_NODE) => err::OK,
-            // An ephemeral must be owned by this session (the old one may still hold it).
-            (Item::Create { path, mode, .. }, err::NODE_EXISTS)
-                if *mode == create_mode::EPHEMERAL =>
-            {
-                match self
-                    .call(Item::Delete { path: path.clone() }.call())
-                    .await?
-                {
-                    err::OK | err::NO_NODE => self.call(it.call()).await?,
-                    other => other,
-                }
+    /// Gives up item `k` of step `s` for good: counted, flagged, never sent again.
+    fn refuse(&mut self, st: &mut Resume, s: usize, k: usize, it: &Item, code: i32) {
+        if let Outcome::Refused(reason, what) = self.refusal(it, code) {
+            if st.skipped.insert((s, k)) {
+                self.queue.refused(reason, &what);
+                st.given_up += 1;
             }
-            (
-                Item::Create {
-                    path, data, acl, ..
-                },
-                err::NODE_EXISTS,
-            ) => {
-                let d = self
-                    .call(
-                        Item::SetData {
-                            path: path.clone(),
-                            data: data.clone(),
-                        }
-                        .call(),
-                    )
-                    .await?;
-                match d {
-                    err::OK => {
-                        self.call(
-                            Item::SetAcl {
-                                path: path.clone(),
-                                acl: acl.clone(),
-                            }
-                            .call(),
-                        )
-                        .await?
-                    }
-                    other => other,
-                }
-            }
-            (Item::Create { path, .. }, err::NO_NODE) => match self.create_parents(path).await? {
-                err::OK => self.call(it.call()).await?,
-                refused => refused,
-            },
-            (Item::SetData { path, data }, err::NO_NODE) => {
-                match self.create_parents(path).await? {
-                    err::OK => {
-                        let create = Item::Create {
-                            path: path.clone(),
-                            data: data.clone(),
-                            acl: open_acl(),
-                            mode: create_mode::PERSISTENT,
-                            ttl: 0,
-                        };
-                        self.call(create.call()).await?
-                    }
-                    refused => refused,
-                }
-            }
-            (Item::Delete { path }, err::NOT_EMPTY) => self.delete_tree(path).await?,
-            (_, other) => other,
-        };
-        if fixed == err::OK {
-            return Ok(0);
         }
+    }
+
+    /// What a follower error for `it` means (`refusal::classify`).
+    fn refusal(&self, it: &Item, code: i32) -> Outcome {
         let what = format!(
             "{} {}: {}",
             item_name(it),
             it.path(),
-            super::proto::err_name(fixed)
+            super::proto::err_name(code)
         );
-        match refusal::classify(fixed) {
-            Refusal::Transient => Err(ApplyError::new("follower_busy", what)),
+        match refusal::classify(code) {
+            Refusal::Transient => Outcome::Transient(what),
             Refusal::Permanent("auth") => {
-                self.queue.refused(
-                    "auth",
-                    &format!("{what} (see zookeeper.follower_auth_file)"),
-                );
-                Ok(1)
+                Outcome::Refused("auth", format!("{what} (see zookeeper.follower_auth_file)"))
             }
-            Refusal::Permanent(reason) => {
-                self.queue.refused(reason, &what);
-                Ok(1)
-            }
+            Refusal::Permanent(reason) => Outcome::Refused(reason, what),
         }
     }
 
-    async fn call(&mut self, c: Call) -> Result<i32, ApplyError> {
-        let conn = self.conn().await?;
-        conn.call(c).await.map(|(e, _)| e).map_err(follower_err)
-    }
-
-    /// Creates the missing parents of `path`: `OK`, or the error code a parent's create got
-    /// (classified by the caller like the item's own).
-    async fn create_parents(&mut self, path: &str) -> Result<i32, ApplyError> {
-        let mut at = 0;
-        while let Some(i) = path[at + 1..].find('/') {
-            let parent = &path[..at + 1 + i];
-            at += 1 + i;
-            let c = Item::Create {
-                path: parent.to_string(),
-                data: None,
-                acl: open_acl(),
-                mode: create_mode::PERSISTENT,
-                ttl: 0,
-            };
-            match self.call(c.call()).await? {
-                err::OK | err::NODE_EXISTS => {}
-                e => return Ok(e),
-            }
-        }
-        Ok(err::OK)
-    }
-
-    /// Deletes `path` and everything under it on the follower (children first): `OK`, or
-    /// the error code a delete got.
-    async fn delete_tree(&mut self, path: &str) -> Result<i32, ApplyError> {
-        let mut stack = vec![(path.to_string(), false)];
-        let mut guard = 0usize;
-        while let Some((p, expanded)) = stack.pop() {
-            guard += 1;
-            if guard > 1_000_000 {
-                return Err(ApplyError::new(
-                    "follower_error",
-                    "subtree too large to delete",
-                ));
-            }
-            if !expanded {
-                let conn = self.conn().await?;
-                let (e, body) = conn
-                    .call(Call::new(
+    /// Every node below each of `roots` on the follower, deepest first: breadth-first, one
+    /// pipelined `getChildren` round trip per level for all roots together.
+    async fn list_subtrees(
+        &mut self,
+        roots: HashSet<String>,
+    ) -> Result<HashMap<String, Vec<String>>, ApplyError> {
+        let mut out: HashMap<String, Vec<String>> = HashMap::new();
+        // (root, path) pairs of the level being listed.
+        let mut level: Vec<(String, String)> = roots.into_iter().map(|r| (r.clone(), r)).collect();
+        let mut total = 0usize;
+        while !level.is_empty() {
+            let calls: Vec<Call> = level
+                .iter()
+                .map(|(_, p)| {
+                    Call::new(
                         op::GET_CHILDREN,
                         &GetChildrenRequest {
                             path: p.clone(),
                             watch: false,
                         },
-                    ))
-                    .await
-                    .map_err(follower_err)?;
-                if e == err::NO_NODE {
-                    continue;
+                    )
+                })
+                .collect();
+            let (replies, lost) = self.round(&calls).await?;
+            if let Some(e) = lost {
+                return Err(e);
+            }
+            let mut next = Vec::new();
+            for ((root, p), r) in level.iter().zip(&replies) {
+                if r.err != err::OK {
+                    continue; // gone already (or unreadable: the delete will say so)
                 }
-                let children = GetChildrenResponse::from_bytes(&body)
+                let children = GetChildrenResponse::from_bytes(&r.body)
                     .map(|r| r.children)
                     .unwrap_or_default();
-                stack.push((p.clone(), true));
                 for c in children {
                     let child = if p == "/" {
                         format!("/{c}")
                     } else {
                         format!("{p}/{c}")
                     };
-                    stack.push((child, false));
-                }
-            } else {
-                match self.call(Item::Delete { path: p.clone() }.call()).await? {
-                    err::OK | err::NO_NODE => {}
-                    e => return Ok(e),
+                    out.entry(root.clone()).or_default().push(child.clone());
+                    next.push((root.clone(), child));
                 }
             }
+            total += next.len();
+            if total > MAX_SUBTREE {
+                return Err(ApplyError::new(
+                    "follower_error",
+                    "subtree too large to delete",
+                ));
+            }
+            level = next;
         }
-        Ok(err::OK)
+        // Breadth-first order reversed: every node comes before its parent.
+        for v in out.values_mut() {
+            v.reverse();
+        }
+        Ok(out)
     }
+}
+
+/// What a plain step's reply means.
+fn plain_outcome(items: &[Item], r: &Reply) -> Outcome {
+    if items.len() > 1 {
+        if step_ok(items, r.err, &r.body) {
+            return Outcome::Ok;
+        }
+        // A multi the follower refused as a whole: applied item by item instead (the
+        // follower then passes through the intermediate states; the end state is the
+        // leader's), unless the follower is just busy.
+        return match refusal::classify(r.err) {
+            Refusal::Transient if r.err != err::OK => {
+                Outcome::Transient(format!("multi: {}", super::proto::err_name(r.err)))
+            }
+            _ => Outcome::Fix,
+        };
+    }
+    let Some(it) = items.first() else {
+        return Outcome::Ok;
+    };
+    match (it, r.err) {
+        (_, err::OK) => Outcome::Ok,
+        (Item::Delete { .. } | Item::SetAcl { .. }, err::NO_NODE) => Outcome::Ok,
+        (Item::Create { .. }, err::NODE_EXISTS | err::NO_NODE)
+        | (Item::SetData { .. }, err::NO_NODE)
+        | (Item::Delete { .. }, err::NOT_EMPTY) => Outcome::Fix,
+        (_, code) => match refusal::classify(code) {
+            Refusal::Transient => Outcome::Transient(format!(
+                "{} {}: {}",
+                item_name(it),
+                it.path(),
+                super::proto::err_name(code)
+            )),
+            Refusal::Permanent(reason) => Outcome::Refused(reason, String::new()),
+        },
+    }
+}
+
+/// `it` as requests whose end state does not depend on what the follower held: missing
+/// parents created (empty, open ACL; each only once per round, `ensured`), a create over an
+/// existing node followed by `setData` + `setACL`, a `setData` of a missing node creating
+/// it, an ephemeral deleted first (it must belong to this session), a delete preceded by
+/// the deletes of `subtree` (the follower's extra children, deepest first).
+fn robust(it: &Item, subtree: Option<&[String]>, ensured: &mut HashSet<String>) -> Vec<Sub> {
+    const NONE: &[i32] = &[];
+    const EXISTS: &[i32] = &[err::NODE_EXISTS];
+    const GONE: &[i32] = &[err::NO_NODE];
+    let sub = |item: Item, ok: &'static [i32]| Sub {
+        delete: matches!(item, Item::Delete { .. }),
+        call: item.call(),
+        ok,
+    };
+    let mut out = Vec::new();
+    let mut parents = |path: &str, out: &mut Vec<Sub>| {
+        let mut at = 0;
+        while let Some(i) = path[at + 1..].find('/') {
+            at += 1 + i;
+            let parent = &path[..at];
+            if ensured.insert(parent.to_string()) {
+                let c = Item::Create {
+                    path: parent.to_string(),
+                    data: None,
+                    acl: open_acl(),
+                    mode: create_mode::PERSISTENT,
+                    ttl: 0,
+                };
+                out.push(sub(c, EXISTS));
+            }
+        }
+    };
+    match it {
+        Item::Create { path, mode, .. } if *mode == create_mode::EPHEMERAL => {
+            parents(path, &mut out);
+            out.push(sub(Item::Delete { path: path.clone() }, GONE));
+            out.push(sub(it.clone(), NONE));
+        }
+        Item::Create {
+            path, data, acl, ..
+        } => {
+            parents(path, &mut out);
+            out.push(sub(it.clone(), EXISTS));
+            let set = Item::SetData {
+                path: path.clone(),
+                data: data.clone(),
+            };
+            out.push(sub(set, NONE));
+            let acl = Item::SetAcl {
+                path: path.clone(),
+                acl: acl.clone(),
+            };
+            out.push(sub(acl, NONE));
+        }
+        Item::SetData { path, data } => {
+            parents(path, &mut out);
+            let create = Item::Create {
+                path: path.clone(),
+                data: data.clone(),
+                acl: open_acl(),
+                mode: create_mode::PERSISTENT,
+                ttl: 0,
+            };
+            out.push(sub(create, EXISTS));
+            out.push(sub(it.clone(), NONE));
+        }
+        Item::SetAcl { .. } => out.push(sub(it.clone(), GONE)),
+        Item::Delete { .. } => {
+            for p in subtree.unwrap_or_default() {
+                out.push(sub(Item::Delete { path: p.clone() }, GONE));
+            }
+            out.push(sub(it.clone(), GONE));
+        }
+    }
+    // A delete may remove a parent another item of this round relies on.
+    if out.iter().any(|s| s.delete) {
+        ensured.clear();
+    }
+    out
 }
 
 /// A request's connection was lost under it (as opposed to no connection at all).
@@ -737,6 +1005,10 @@ impl Applier for ZkApplier {
 
     /// Pings the follower session while no writes come: its mirrored ephemerals must not
     /// expire after a quiet session timeout.
+    fn progress(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.progress.clone())
+    }
+
     async fn idle(&mut self) -> Result<(), ApplyError> {
         if let Some(c) = self.conn.as_mut() {
             if let Err(e) = c.ping_if_idle().await {

@@ -1,7 +1,8 @@
 //! Reading znodes for resync and verify, through statemirror's own sessions.
 //!
 //! A [`Session`] reads many paths in two pipelined round trips (`getData` + `getACL` of
-//! each, then `getChildren` of those that have children) and tags each result with the
+//! each, then `getChildren` of those that have children) — in one on the follower, which may
+//! be a region away (`getChildren` of every path goes along) — and tags each result with the
 //! oldest reply header zxid among its reads: the point in the ensemble's history the read
 //! saw. Servers apply no write while a read is being processed, so the state read is the
 //! state at that zxid; resync orders its copies against live writes with it
@@ -140,6 +141,9 @@ pub struct Session {
     max_frame: usize,
     conn: Option<ZkConn>,
     next_server: usize,
+    /// List every path's children in the same round trip as its data: one round trip per
+    /// chunk instead of two, for the far side; the near side saves the leaf listings.
+    eager_children: bool,
 }
 
 impl Session {
@@ -160,6 +164,7 @@ impl Session {
             max_frame: cfg.max_frame_bytes,
             conn: None,
             next_server: 0,
+            eager_children: role == "follower",
         }
     }
 
@@ -212,7 +217,8 @@ impl Session {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        let mut calls = Vec::with_capacity(paths.len() * 2);
+        let per = if self.eager_children { 3 } else { 2 };
+        let mut calls = Vec::with_capacity(paths.len() * per);
         for p in paths {
             let get = GetDataRequest {
                 path: p.clone(),
@@ -220,6 +226,13 @@ impl Session {
             };
             calls.push(Call::new(op::GET_DATA, &get));
             calls.push(Call::new(op::GET_ACL, &GetAclRequest { path: p.clone() }));
+            if self.eager_children {
+                let list = GetChildrenRequest {
+                    path: p.clone(),
+                    watch: false,
+                };
+                calls.push(Call::new(op::GET_CHILDREN, &list));
+            }
         }
         let replies = self.calls(&calls).await?;
         if replies.len() != calls.len() {
@@ -232,26 +245,34 @@ impl Session {
         }
         let mut out = paths
             .iter()
-            .zip(replies.chunks(2))
-            .map(|(p, r)| self.reading(p, r))
+            .zip(replies.chunks(per))
+            .map(|(p, r)| self.reading(p, &r[..2]))
             .collect::<Result<Vec<_>, _>>()?;
-        let parents: Vec<usize> = (0..out.len())
-            .filter(|&i| matches!(&out[i].state, State::Node(n) if n.stat.num_children > 0))
-            .collect();
-        if parents.is_empty() {
-            return Ok(out);
-        }
-        let calls: Vec<Call> = parents
-            .iter()
-            .map(|&i| {
-                let req = GetChildrenRequest {
-                    path: paths[i].clone(),
-                    watch: false,
-                };
-                Call::new(op::GET_CHILDREN, &req)
-            })
-            .collect();
-        let replies = self.calls(&calls).await?;
+        let (parents, replies): (Vec<usize>, Vec<Reply>) = if self.eager_children {
+            let lists = replies.chunks(per).filter_map(|r| r.get(2).cloned());
+            (0..out.len())
+                .zip(lists)
+                .filter(|(i, _)| matches!(&out[*i].state, State::Node(_)))
+                .unzip()
+        } else {
+            let parents: Vec<usize> = (0..out.len())
+                .filter(|&i| matches!(&out[i].state, State::Node(n) if n.stat.num_children > 0))
+                .collect();
+            if parents.is_empty() {
+                return Ok(out);
+            }
+            let calls: Vec<Call> = parents
+                .iter()
+                .map(|&i| {
+                    let req = GetChildrenRequest {
+                        path: paths[i].clone(),
+                        watch: false,
+                    };
+                    Call::new(op::GET_CHILDREN, &req)
+                })
+                .collect();
+            (parents, self.calls(&calls).await?)
+        };
         for (&i, r) in parents.iter().zip(&replies) {
             match r.err {
                 err::OK => {
@@ -483,10 +504,11 @@ pub async fn read_pair(
     Ok(out)
 }
 
-/// Paths per round trip: about 8 MiB of data per side, 16..=256 paths.
+/// Paths per round trip: about 8 MiB of data per side, 16..=1024 paths (a far follower
+/// costs a round trip per chunk, so chunks of small nodes are large).
 pub fn chunk_len(last_paths: usize, last_bytes: usize) -> usize {
     let avg = last_bytes / last_paths.max(1);
-    ((8 << 20) / avg.max(1)).clamp(16, 256)
+    ((8 << 20) / avg.max(1)).clamp(16, 1024)
 }
 
 /// Bytes of data a chunk's readings hold.
@@ -572,7 +594,7 @@ mod tests {
         assert!(same_acl(&full, &masked));
         assert!(!same_acl(&full, &[acl("v:x", 31)]));
         assert!(!same_acl(&full, &[acl("u:other=", 31)]));
-        assert_eq!(chunk_len(0, 0), 256);
+        assert_eq!(chunk_len(0, 0), 1024);
         assert_eq!(chunk_len(10, 10 << 20), 16);
     }
 }

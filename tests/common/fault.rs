@@ -15,6 +15,7 @@
 //! Everything is loopback only, every task stops when the relay is dropped, and no network
 //! error panics: a failed read, write or upstream connect just ends that connection.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,6 +60,10 @@ pub enum Fault {
     /// is set: an old connection's bytes held back while a new one flows, then released
     /// (the "timed-out batch lands after later ones" race).
     StallExisting,
+    /// A long-distance link: each chunk is forwarded this long after it was read, while
+    /// later chunks keep being read (unlike `Delay`, which holds one chunk at a time and so
+    /// also caps the bandwidth at one chunk per delay). A round trip takes twice this.
+    Latency(Duration),
 }
 
 /// A TCP relay on `127.0.0.1:<free port>` forwarding every connection to one target.
@@ -317,10 +322,67 @@ where
     let mut buf = vec![0u8; CHUNK];
     let mut pacer = Pacer::default();
     loop {
+        if matches!(*rx.borrow(), Fault::Latency(_)) {
+            if latency(src, dst, rx, &mut buf, fresh).await? {
+                return Ok(());
+            }
+            continue;
+        }
         let n = src.read(&mut buf).await?;
         deliver(&buf[..n], dst, rx, &mut pacer, fresh).await?;
         if n == 0 {
             return Ok(());
+        }
+    }
+}
+
+/// Most chunks held at once under `Latency` (beyond it the relay stops reading, as a full
+/// link would).
+const MAX_HELD: usize = 4096;
+
+/// Relays under `Latency` until the mode changes (`Ok(false)`, whatever is still held
+/// handed to the new mode in order) or the end of the stream was forwarded (`Ok(true)`).
+async fn latency<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    rx: &mut watch::Receiver<Fault>,
+    buf: &mut [u8],
+    fresh: bool,
+) -> io::Result<bool>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut held: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
+    let mut eof = false;
+    loop {
+        let Fault::Latency(d) = *rx.borrow_and_update() else {
+            let mut pacer = Pacer::default();
+            while let Some((_, c)) = held.pop_front() {
+                deliver(&c, dst, rx, &mut pacer, fresh).await?;
+                if c.is_empty() {
+                    return Ok(true);
+                }
+            }
+            return Ok(eof);
+        };
+        let due = held.front().map(|(t, _)| *t + d);
+        let can_read = !eof && held.len() < MAX_HELD;
+        tokio::select! {
+            r = src.read(buf), if can_read => {
+                let n = r?;
+                held.push_back((Instant::now(), buf[..n].to_vec()));
+                eof = n == 0;
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                if let Some((_, c)) = held.pop_front() {
+                    write(dst, &c, c.is_empty()).await?;
+                    if c.is_empty() {
+                        return Ok(true);
+                    }
+                }
+            }
+            r = changed(rx) => r?,
         }
     }
 }
@@ -356,7 +418,8 @@ where
             Fault::Stall | Fault::StallExisting | Fault::Reset | Fault::Throttle(0) => {
                 changed(rx).await?
             }
-            Fault::Delay(d) => {
+            // A chunk caught by a switch to `Latency` is held like one under `Delay`.
+            Fault::Delay(d) | Fault::Latency(d) => {
                 tokio::select! {
                     _ = tokio::time::sleep(d) => return write(dst, rest, eof).await,
                     r = changed(rx) => r?,
