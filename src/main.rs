@@ -83,7 +83,7 @@ enum Command {
     /// Restore a leader that lost data from the follower, online: copies every key the
     /// leader lacks (nothing the leader holds is overwritten), then gives both the same new
     /// generation, which clears a running sidecar's leader-data-loss flag. Refuses unless
-    /// the follower's generation marker shows it is the newer copy. Redis only for now.
+    /// the follower's generation marker shows it is the newer copy. Redis and ZooKeeper.
     /// Prints a JSON report; exit 0 done, 1 refused, 69 a backend cannot be reached.
     Recover {
         #[arg(long, short)]
@@ -300,47 +300,60 @@ async fn recover(path: PathBuf, force: bool) -> ExitCode {
         Ok(r) => r,
         Err(errs) => return config_errors(&path, &errs),
     };
-    let (Some(r), Some(rc)) = (&resolved.redis, &resolved.config.redis) else {
+    let mut out = serde_json::Map::new();
+    let mut code = ExitCode::SUCCESS;
+    let mut outcome = |protocol: &str, r: Result<serde_json::Value, String>| match r {
+        Ok(v) => {
+            out.insert(protocol.into(), v);
+        }
+        Err(e) => {
+            let unavailable = e.starts_with("leader") || e.starts_with("follower");
+            eprintln!("statemirror: recover ({protocol}): {e}");
+            out.insert(protocol.into(), serde_json::json!({ "error": e }));
+            code = ExitCode::from(if unavailable { EXIT_UNAVAILABLE } else { 1 });
+        }
+    };
+    let mut any = false;
+    if let (Some(r), Some(rc)) = (&resolved.redis, &resolved.config.redis) {
+        if let Some(f) = &r.follower {
+            any = true;
+            let timeout = Duration::from_millis(rc.connect_timeout_ms.max(1000));
+            let r = statemirror::redis::generation::recover_from_follower(
+                &r.leader,
+                f,
+                timeout,
+                &rc.key_patterns,
+                force,
+            )
+            .await;
+            outcome(
+                "redis",
+                r.map(|v| serde_json::to_value(v).unwrap_or_default()),
+            );
+        }
+    }
+    if let (Some(z), Some(zc)) = (&resolved.zookeeper, &resolved.config.zookeeper) {
+        if z.follower.is_some() {
+            any = true;
+            let r = statemirror::zookeeper::generation::recover_from_follower(z, zc, force).await;
+            outcome(
+                "zookeeper",
+                r.map(|v| serde_json::to_value(v).unwrap_or_default()),
+            );
+        }
+    }
+    if !any {
         eprintln!(
-            "statemirror: recover supports Redis only for now; {} has no [redis] with a follower",
+            "statemirror: no sidecar in {} has a follower",
             path.display()
         );
         return ExitCode::from(EXIT_CONFIG);
-    };
-    let Some(f) = &r.follower else {
-        eprintln!("statemirror: [redis] in {} has no follower", path.display());
-        return ExitCode::from(EXIT_CONFIG);
-    };
-    let timeout = Duration::from_millis(rc.connect_timeout_ms.max(1000));
-    match statemirror::redis::generation::recover_from_follower(
-        &r.leader,
-        f,
-        timeout,
-        &rc.key_patterns,
-        force,
-    )
-    .await
-    {
-        Ok(report) => {
-            #[allow(clippy::print_stdout)]
-            {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "redis": report }))
-                        .unwrap_or_default()
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) if e.starts_with("leader:") || e.starts_with("follower:") => {
-            eprintln!("statemirror: recover: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
-        }
-        Err(e) => {
-            eprintln!("statemirror: recover refused: {e}");
-            ExitCode::FAILURE
-        }
     }
+    #[allow(clippy::print_stdout)]
+    {
+        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+    }
+    code
 }
 
 async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) -> ExitCode {

@@ -78,6 +78,10 @@ impl Checked {
     pub fn done(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
+
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 pub fn spawn(

@@ -249,7 +249,13 @@ impl PathFilter {
                 || (path.starts_with(prefix.as_str())
                     && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
         };
-        let zk = path == "/zookeeper" || path.starts_with("/zookeeper/");
+        // ZooKeeper's own tree, and statemirror's (its generation marker), are never
+        // mirrored, resynced or compared.
+        let own = |root: &str| {
+            path == root
+                || (path.starts_with(root) && path.as_bytes().get(root.len()) == Some(&b'/'))
+        };
+        let zk = own("/zookeeper") || own(super::generation::ROOT);
         !zk && self.include.iter().any(under) && !self.exclude.iter().any(under)
     }
 }
@@ -1032,6 +1038,8 @@ mod tests {
         };
         assert!(f.allows("/nifi/components/x"));
         assert!(!f.allows("/zookeeper/config"));
+        assert!(!f.allows("/statemirror/generation") && !f.allows("/statemirror"));
+        assert!(f.allows("/statemirrors"));
         assert!(!f.allows("/zookeeper"));
         assert!(!f.allows("/tmp/a"));
         assert!(f.allows("/tmpfoo"));

@@ -23,6 +23,7 @@
 pub mod client;
 pub mod ephemeral;
 pub mod frame;
+pub mod generation;
 pub mod jute;
 pub mod mirror;
 pub mod proto;

@@ -23,6 +23,7 @@ use super::verify::ZkVerifier;
 use crate::config::{Config, ResolvedZk, ZooKeeperConfig};
 use crate::metrics::ProtocolMetrics;
 use crate::replication::freeze::Freeze;
+use crate::replication::generation;
 use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
@@ -368,11 +369,25 @@ pub async fn start(
         );
         worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("zookeeper", top.resync.clone(), q.clone());
+        // As for Redis: leader data loss is looked for before any resync may run.
+        let checked = generation::Checked::new(false);
+        match super::generation::ZkMarkers::new(r, cfg) {
+            Some(m) => generation::spawn(
+                Arc::new(m),
+                q.clone(),
+                checked.clone(),
+                "zookeeper",
+                shutdown.clone(),
+            ),
+            None => checked.set(),
+        }
         let up = shared.clone();
         resync::spawn(
             rs.clone(),
             Arc::new(ZkWalker::new(r, cfg, q)),
-            Arc::new(move || up.follower_health.as_ref().is_some_and(Health::is_up)),
+            Arc::new(move || {
+                checked.done() && up.follower_health.as_ref().is_some_and(Health::is_up)
+            }),
             shutdown.clone(),
         );
         resync = Some(rs);
