@@ -934,3 +934,130 @@ async fn redis_clients_pipelining_into_a_stalled_leader_hold_bounded_memory() {
     relay.set(Fault::Pass);
     drop(socks);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zookeeper_leader_restarted_empty_is_flagged_not_resynced_and_recovered_from_the_follower()
+{
+    let _g = SERIAL.lock().await;
+    let (mut leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+    let (cfg, admin, port) = bin_config(
+        &format!(
+            "[zookeeper]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\nfollower = \"{}\"\n\
+             health_interval_ms = 200",
+            leader.addr(),
+            follower.addr()
+        ),
+        "[resync]\nmax_keys_per_second = 0\nretry_interval_ms = 300\n",
+    );
+    let connect = format!("127.0.0.1:{port}");
+    let p = BinProxy::start(cfg.path(), &admin, &connect).await;
+    let c = zk_client(&connect).await;
+    for parent in ["/nifi", "/nifi/components"] {
+        c.create(parent, b"", &persistent()).await.expect("create");
+    }
+    for i in 0..70 {
+        c.create(
+            &format!("/nifi/components/c{i}"),
+            format!("v{i}").as_bytes(),
+            &persistent(),
+        )
+        .await
+        .expect("create");
+    }
+    drop(c);
+    let marker = |addr: String| async move {
+        let z = zk_client(&addr).await;
+        z.get_data("/statemirror/generation")
+            .await
+            .ok()
+            .map(|(d, _)| d)
+    };
+    eventually(Duration::from_secs(20), || async {
+        let (a, b) = (marker(leader.addr()).await, marker(follower.addr()).await);
+        (a.is_some() && a == b)
+            .then_some(())
+            .ok_or(format!("{a:?} {b:?}"))
+    })
+    .await;
+    // The leader loses its data; NiFi writes one entry again.
+    leader.restart_empty().await;
+    eventually(Duration::from_secs(20), || async {
+        let c = zk_client(&connect).await;
+        for parent in ["/nifi", "/nifi/components"] {
+            let _ = c.create(parent, b"", &persistent()).await;
+        }
+        c.create("/nifi/components/c5", b"newer", &persistent())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    eventually(Duration::from_secs(20), || async {
+        let m = mirror(&p, "zookeeper").await;
+        m["leader_data_loss"]
+            .as_str()
+            .filter(|s| s.contains("recover --from-follower"))
+            .map(|_| ())
+            .ok_or(format!("{m}"))
+    })
+    .await;
+    let f = zk_client(&follower.addr()).await;
+    let kids = f.list_children("/nifi/components").await.expect("children");
+    assert_eq!(kids.len(), 70, "the follower keeps every entry");
+    let (code, _) = statemirror::admin::client::request(
+        &p.admin,
+        hyper::Method::POST,
+        "/resync",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("POST /resync");
+    assert!(code < 300);
+    eventually(Duration::from_secs(10), || async {
+        let s = p.status().await?;
+        let last = &s["zookeeper"]["resync"]["last"];
+        (last["outcome"] == "refused")
+            .then_some(())
+            .ok_or(format!("{last}"))
+    })
+    .await;
+    assert_eq!(
+        f.list_children("/nifi/components")
+            .await
+            .expect("children")
+            .len(),
+        70
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statemirror"))
+        .args(["recover", "--from-follower", "--config"])
+        .arg(cfg.path())
+        .output()
+        .expect("statemirror recover");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "recover: {report} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(&report).expect("JSON report");
+    assert_eq!(r["zookeeper"]["restored"], 69, "{report}");
+    let l = zk_client(&leader.addr()).await;
+    let (d, _) = l.get_data("/nifi/components/c5").await.expect("c5");
+    assert_eq!(d, b"newer", "the newer write is kept");
+    eventually(Duration::from_secs(20), || async {
+        let m = mirror(&p, "zookeeper").await;
+        m["leader_data_loss"]
+            .is_null()
+            .then_some(())
+            .ok_or(format!("{m}"))
+    })
+    .await;
+    // The follower got the newer c5 through the mirror; now both are equal.
+    eventually(Duration::from_secs(20), || async {
+        common::zk::compare_trees(&leader.addr(), &follower.addr())
+            .await
+            .map(|_| ())
+    })
+    .await;
+}
