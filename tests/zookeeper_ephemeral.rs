@@ -108,3 +108,34 @@ async fn ephemerals_follow_their_client_sessions() {
         s["zookeeper"]
     );
 }
+
+/// The mirror writer's own follower session pings while no writes come: the ephemerals it
+/// holds for clients must not vanish after a quiet session timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrored_ephemerals_outlive_a_quiet_follower_session_timeout() {
+    let (leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+    let proxy = ZkProxy::start_with(&leader.addr(), Some(&follower.addr()), |cfg| {
+        let z = cfg.zookeeper.as_mut().expect("[zookeeper]");
+        z.mirror_ephemeral = true;
+        z.follower_session_timeout_ms = 2_000;
+    })
+    .await;
+    let a = proxy.client().await;
+    a.create("/quiet", b"", &persistent())
+        .await
+        .expect("parent");
+    let opts = zkc::CreateMode::Ephemeral.with_acls(zkc::Acls::anyone_all());
+    a.create("/quiet/holder", b"a", &opts)
+        .await
+        .expect("ephemeral");
+    proxy.drained().await;
+    assert!(follower_owner(&follower, "/quiet/holder").await.is_some());
+    // No writes for three follower session timeouts.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let owner = follower_owner(&follower, "/quiet/holder").await;
+    assert!(
+        owner.is_some_and(|o| o != 0),
+        "the mirrored ephemeral vanished while the mirror was idle: {owner:?}"
+    );
+    drop(a);
+}
