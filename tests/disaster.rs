@@ -1061,3 +1061,54 @@ async fn zookeeper_leader_restarted_empty_is_flagged_not_resynced_and_recovered_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_follower_restarted_empty_is_resynced_once_and_regains_the_marker() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let mut follower = RedisServer::start();
+    let proxy = Proxy::start(&leader, Some(&follower)).await;
+    let mut c = proxy.conn().await;
+    for i in 0..50 {
+        let _: () = c.set(format!("k{i}"), i).await.expect("SET");
+    }
+    let key = "statemirror:generation";
+    let (lurl, furl) = (leader.url(), follower.url());
+    let markers = || {
+        let (lurl, furl) = (lurl.clone(), furl.clone());
+        async move {
+            let mut l = client(&lurl).await;
+            let mut f = client(&furl).await;
+            let a: Option<u64> = l.get(key).await.unwrap_or(None);
+            let b: Option<u64> = f.get(key).await.unwrap_or(None);
+            (a, b)
+        }
+    };
+    eventually(Duration::from_secs(20), || async {
+        let (a, b) = markers().await;
+        (a.is_some() && a == b)
+            .then_some(())
+            .ok_or(format!("{a:?} {b:?}"))
+    })
+    .await;
+    follower.restart(); // empty: no marker, no data
+    eventually(Duration::from_secs(30), || async {
+        let (a, b) = markers().await;
+        let s = proxy.status().await;
+        let in_sync = s["redis"]["mirror"]["in_sync"] == true;
+        (in_sync && a.is_some() && a == b)
+            .then_some(())
+            .ok_or(format!("{a:?} {b:?} {}", s["redis"]["mirror"]))
+    })
+    .await;
+    assert_same_data(&leader, &follower).await;
+    let runs = proxy.status().await["redis"]["resync"]["resyncs_total"].as_u64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = proxy.status().await;
+    assert_eq!(
+        s["redis"]["resync"]["resyncs_total"].as_u64(),
+        runs,
+        "no resync loop: {s}"
+    );
+    assert_eq!(s["redis"]["mirror"]["in_sync"], true, "{s}");
+}

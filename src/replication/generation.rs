@@ -95,6 +95,10 @@ pub fn spawn(
         let mut failures = 0;
         let mut suspect = false;
         let mut advanced: Option<Instant> = None;
+        // The sync epoch at which the follower was last seen behind while a resync was due:
+        // once the follower is in sync at that same epoch, that resync covered it, and the
+        // follower gets the leader's marker (resync never copies the marker itself).
+        let mut behind_at: Option<u64> = None;
         loop {
             match markers.read().await {
                 Ok((leader, follower)) => {
@@ -114,12 +118,27 @@ pub fn spawn(
                             ));
                         }
                         Verdict::LeaderLost => suspect = true,
-                        Verdict::FollowerBehind if sync.in_sync() => sync.mark_out_of_sync(
-                            "the follower's generation marker is behind the leader's: it was \
-                             restored from a backup or missed writes",
-                        ),
+                        Verdict::FollowerBehind
+                            if sync.in_sync() && behind_at == Some(sync.epoch()) =>
+                        {
+                            if let Some(g) = leader {
+                                match markers.write(g).await {
+                                    Ok(()) => behind_at = None,
+                                    Err(e) => {
+                                        tracing::debug!(protocol, error = %e, "generation not copied to the follower")
+                                    }
+                                }
+                            }
+                        }
+                        Verdict::FollowerBehind if sync.in_sync() => {
+                            sync.mark_out_of_sync(
+                                "the follower's generation marker is behind the leader's: it \
+                                 was restored from a backup or missed writes",
+                            );
+                            behind_at = Some(sync.epoch());
+                        }
+                        Verdict::FollowerBehind => behind_at = Some(sync.epoch()),
                         Verdict::Same(_) | Verdict::Fresh => sync.clear_leader_data_loss(),
-                        Verdict::FollowerBehind => {}
                     }
                     if verdict != Verdict::LeaderLost {
                         suspect = false;
