@@ -41,6 +41,22 @@ fn bin_config(section: &str, extra: &str) -> (tempfile::NamedTempFile, String, u
     (cfg, format!("http://127.0.0.1:{admin_port}"), port)
 }
 
+/// `SIGTERM`s the sidecar and lets the stalled follower link through 1.5 s later, so the
+/// drain after the signal has to do the work; asserts a clean exit within 30 s.
+async fn terminate_then_release(mut p: BinProxy, relay: FaultRelay) {
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        relay.set(Fault::Pass);
+        relay
+    });
+    let exit = tokio::task::spawn_blocking(move || p.terminate(Duration::from_secs(30)))
+        .await
+        .expect("join");
+    let _relay = release.await.expect("relay");
+    let exit = exit.expect("statemirror did not exit within 30 s of SIGTERM");
+    assert!(exit.success(), "exit status {exit:?}");
+}
+
 async fn mirror(p: &BinProxy, protocol: &str) -> Value {
     p.status()
         .await
@@ -67,7 +83,7 @@ async fn redis_sigterm_with_a_queue_drains_exits_zero_and_loses_nothing() {
         "[maintenance]\ndrain_timeout_ms = 20000\n",
     );
     let url = format!("redis://127.0.0.1:{port}");
-    let mut p = BinProxy::start(cfg.path(), &admin, &url).await;
+    let p = BinProxy::start(cfg.path(), &admin, &url).await;
     eventually(Duration::from_secs(20), || async {
         (mirror(&p, "redis").await["in_sync"] == true)
             .then_some(())
@@ -84,22 +100,7 @@ async fn redis_sigterm_with_a_queue_drains_exits_zero_and_loses_nothing() {
     p.wait_queue_depth_over("redis", 0).await;
     drop(c);
     // The follower link comes back only after SIGTERM: the drain has to do the work.
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        relay.set(Fault::Pass);
-        relay
-    });
-    let status = tokio::task::spawn_blocking(move || {
-        let st = p.terminate(Duration::from_secs(30));
-        (st, p)
-    })
-    .await
-    .expect("join");
-    let _relay = release.await.expect("relay");
-    let exit = status
-        .0
-        .expect("statemirror did not exit within 30 s of SIGTERM");
-    assert!(exit.success(), "exit status {exit:?}");
+    terminate_then_release(p, relay).await;
     let n = assert_same_data(&leader, &follower).await;
     assert_eq!(
         n, 500,
@@ -121,7 +122,7 @@ async fn zookeeper_sigterm_with_a_queue_drains_exits_zero_and_loses_nothing() {
         "[maintenance]\ndrain_timeout_ms = 20000\n",
     );
     let connect = format!("127.0.0.1:{port}");
-    let mut p = BinProxy::start(cfg.path(), &admin, &connect).await;
+    let p = BinProxy::start(cfg.path(), &admin, &connect).await;
     eventually(Duration::from_secs(20), || async {
         (mirror(&p, "zookeeper").await["in_sync"] == true)
             .then_some(())
@@ -144,22 +145,7 @@ async fn zookeeper_sigterm_with_a_queue_drains_exits_zero_and_loses_nothing() {
     c.delete("/drain/n4", None).await.expect("delete");
     p.wait_queue_depth_over("zookeeper", 0).await;
     drop(c);
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        relay.set(Fault::Pass);
-        relay
-    });
-    let status = tokio::task::spawn_blocking(move || {
-        let st = p.terminate(Duration::from_secs(30));
-        (st, p)
-    })
-    .await
-    .expect("join");
-    let _relay = release.await.expect("relay");
-    let exit = status
-        .0
-        .expect("statemirror did not exit within 30 s of SIGTERM");
-    assert!(exit.success(), "exit status {exit:?}");
+    terminate_then_release(p, relay).await;
     let n = assert_same_tree(&leader.addr(), &follower.addr()).await;
     assert!(n >= 200, "{n} nodes compared");
 }

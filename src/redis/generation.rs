@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame;
-use serde::Serialize;
 
 use super::backend::{encode_cmd, error_text, Conn};
 use super::resync::{keyspace, missing, scan, select};
 use crate::config::RedisBackend;
-use crate::replication::generation::{judge, Markers, Pair, Verdict};
+use crate::replication::generation::{judge, Markers, Pair, Recovery, Verdict};
 use crate::replication::resync::BoxFuture;
 
 /// statemirror's own key, in each backend's configured database. Resync and verify skip it.
@@ -74,19 +73,6 @@ impl Markers for RedisMarkers {
             write_one(&self.follower, self.timeout, g).await
         })
     }
-}
-
-/// What `recover --from-follower` did.
-#[derive(Debug, Default, Serialize)]
-pub struct Recovery {
-    /// Keys copied from the follower to the leader (the leader did not have them).
-    pub restored: u64,
-    /// Keys the leader has (written since it lost data): kept, never overwritten.
-    pub kept_on_leader: u64,
-    pub leader_generation: Option<u64>,
-    pub follower_generation: Option<u64>,
-    /// The marker both now hold.
-    pub generation: u64,
 }
 
 /// Copies every key the leader lacks from the follower (`DUMP` / `RESTORE … ABSTTL`

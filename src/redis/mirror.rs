@@ -162,6 +162,34 @@ enum Effect {
     },
 }
 
+impl Item {
+    /// The effect of an item that needs nothing from the leader; `None` for a copy.
+    fn known_effect(&self) -> Option<Effect> {
+        match self {
+            Item::Put {
+                db,
+                key,
+                value,
+                expire_at_ms,
+            } => Some(Effect::Set {
+                db: *db,
+                key: key.clone(),
+                value: value.clone(),
+                expire_at_ms: *expire_at_ms,
+            }),
+            Item::Delete { db, key } => Some(Effect::Delete {
+                db: *db,
+                key: key.clone(),
+            }),
+            Item::Replay { db, cmd } => Some(Effect::Replay {
+                db: *db,
+                cmd: cmd.clone(),
+            }),
+            Item::Copy { .. } | Item::KeysOf { .. } => None,
+        }
+    }
+}
+
 impl Effect {
     fn db(&self) -> u32 {
         match self {
@@ -205,10 +233,9 @@ fn describe_op(op: &[Effect]) -> String {
     }
 }
 
-/// Per op item: a key to read from the leader, a replay, or an effect known already.
+/// Per op item: a key to read from the leader, or an effect known already.
 enum Plan {
     Read { db: u32, key: Bytes },
-    Replay { db: u32, cmd: Bytes },
     Known(Effect),
 }
 
@@ -469,28 +496,7 @@ impl RedisApplier {
             let mut parked_any = false;
             for it in &op.items {
                 parked_any |= self.parked.park(it);
-                match it {
-                    Item::Put {
-                        db,
-                        key,
-                        value,
-                        expire_at_ms,
-                    } => e.push(Effect::Set {
-                        db: *db,
-                        key: key.clone(),
-                        value: value.clone(),
-                        expire_at_ms: *expire_at_ms,
-                    }),
-                    Item::Delete { db, key } => e.push(Effect::Delete {
-                        db: *db,
-                        key: key.clone(),
-                    }),
-                    Item::Replay { db, cmd } => e.push(Effect::Replay {
-                        db: *db,
-                        cmd: cmd.clone(),
-                    }),
-                    Item::Copy { .. } | Item::KeysOf { .. } => {}
-                }
+                e.extend(it.known_effect());
             }
             deferred += usize::from(parked_any);
             effects.push(e);
@@ -535,21 +541,6 @@ impl RedisApplier {
             let mut p = SmallVec::new();
             for it in &op.items {
                 match it {
-                    Item::Put {
-                        db,
-                        key,
-                        value,
-                        expire_at_ms,
-                    } => p.push(Plan::Known(Effect::Set {
-                        db: *db,
-                        key: key.clone(),
-                        value: value.clone(),
-                        expire_at_ms: *expire_at_ms,
-                    })),
-                    Item::Delete { db, key } => p.push(Plan::Known(Effect::Delete {
-                        db: *db,
-                        key: key.clone(),
-                    })),
                     Item::Copy { db, key } => p.push(Plan::Read {
                         db: *db,
                         key: key.clone(),
@@ -559,10 +550,7 @@ impl RedisApplier {
                             p.push(Plan::Read { db: *db, key });
                         }
                     }
-                    Item::Replay { db, cmd } => p.push(Plan::Replay {
-                        db: *db,
-                        cmd: cmd.clone(),
-                    }),
+                    known => p.extend(known.known_effect().map(Plan::Known)),
                 }
             }
             plans.push(p);
@@ -633,7 +621,6 @@ impl RedisApplier {
             for step in p {
                 match step {
                     Plan::Known(effect) => e.push(effect),
-                    Plan::Replay { db, cmd } => e.push(Effect::Replay { db, cmd }),
                     Plan::Read { db, key } => {
                         if last_db != Some(db) {
                             vals.next(); // SELECT's OK
@@ -685,7 +672,6 @@ impl RedisApplier {
             for step in p {
                 match step {
                     Plan::Known(effect) => e.push(effect),
-                    Plan::Replay { db, cmd } => e.push(Effect::Replay { db, cmd }),
                     Plan::Read { db, key } => {
                         let conn = self.leader().await?;
                         let r = async {

@@ -61,6 +61,19 @@ pub fn judge(leader: Option<u64>, follower: Option<u64>) -> Verdict {
     }
 }
 
+/// What `recover --from-follower` did, per protocol.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Recovery {
+    /// Keys / nodes copied from the follower to the leader (the leader did not have them).
+    pub restored: u64,
+    /// Keys / nodes the leader has (written since it lost data): kept, never overwritten.
+    pub kept_on_leader: u64,
+    pub leader_generation: Option<u64>,
+    pub follower_generation: Option<u64>,
+    /// The marker both sides hold afterwards.
+    pub generation: u64,
+}
+
 /// How often both markers are read.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// How often the counter is advanced while the follower is in sync.

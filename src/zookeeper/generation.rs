@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::Serialize;
 use tokio::sync::Mutex;
 
 use super::client::{Call, ZkConn};
@@ -15,7 +14,7 @@ use super::proto::records::{Acl, CreateRequest, Id, SetDataRequest};
 use super::proto::{create_mode, err, err_name, op, perms};
 use super::tree::{Session, State, Walk};
 use crate::config::{ResolvedZk, Secret, ZooKeeperConfig};
-use crate::replication::generation::{judge, Markers, Pair, Verdict};
+use crate::replication::generation::{judge, Markers, Pair, Recovery, Verdict};
 use crate::replication::resync::BoxFuture;
 
 /// Where the marker lives; everything under `ROOT` is statemirror's own.
@@ -136,18 +135,6 @@ impl Markers for ZkMarkers {
             self.write_one(&self.servers.1, g).await
         })
     }
-}
-
-/// What `recover --from-follower` did on ZooKeeper.
-#[derive(Debug, Default, Serialize)]
-pub struct Recovery {
-    /// Nodes created on the leader from the follower (the leader did not have them).
-    pub restored: u64,
-    /// Nodes the leader has (written since it lost data): kept, never overwritten.
-    pub kept_on_leader: u64,
-    pub leader_generation: Option<u64>,
-    pub follower_generation: Option<u64>,
-    pub generation: u64,
 }
 
 /// Creates on the leader every persistent node of the follower (within the mirrored paths)
