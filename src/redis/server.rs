@@ -207,6 +207,7 @@ pub async fn start(
             }),
             q,
             checked.clone(),
+            shared.freeze.clone(),
             "redis",
             shutdown.clone(),
         );

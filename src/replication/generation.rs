@@ -21,7 +21,8 @@
 //! what was found, and `statemirror recover --from-follower` copies back what the leader
 //! lacks without overwriting anything written since. A forced resync remains possible.
 //!
-//! The verdict must hold on two checks in a row, with the mirror drained at the second: a
+//! Nothing is written while writes are frozen for maintenance (a backup taken then must be
+//! stable). The verdict must hold on two checks in a row, with the mirror drained at the second: a
 //! `FLUSHALL` replayed through the mirror briefly shows "leader none, follower g" too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::freeze::Freeze;
 use super::queue::MirrorView;
 use super::resync::BoxFuture;
 
@@ -101,6 +103,7 @@ pub fn spawn(
     markers: Arc<dyn Markers>,
     view: Arc<dyn MirrorView>,
     checked: Arc<Checked>,
+    freeze: Arc<Freeze>,
     protocol: &'static str,
     shutdown: CancellationToken,
 ) {
@@ -132,7 +135,9 @@ pub fn spawn(
                         }
                         Verdict::LeaderLost => suspect = true,
                         Verdict::FollowerBehind
-                            if sync.in_sync() && behind_at == Some(sync.epoch()) =>
+                            if sync.in_sync()
+                                && behind_at == Some(sync.epoch())
+                                && !freeze.is_frozen() =>
                         {
                             if let Some(g) = leader {
                                 match markers.write(g).await {
@@ -165,7 +170,11 @@ pub fn spawn(
                         _ => None,
                     };
                     if let (Some(g), true) = (next, due) {
-                        if sync.in_sync() && view.is_drained() && sync.leader_data_loss().is_none()
+                        // Not while writes are frozen: a backup taken then must be stable.
+                        if sync.in_sync()
+                            && view.is_drained()
+                            && !freeze.is_frozen()
+                            && sync.leader_data_loss().is_none()
                         {
                             match markers.write(g).await {
                                 Ok(()) => advanced = Some(Instant::now()),

@@ -376,6 +376,7 @@ pub async fn start(
                 Arc::new(m),
                 q.clone(),
                 checked.clone(),
+                shared.freeze.clone(),
                 "zookeeper",
                 shutdown.clone(),
             ),
