@@ -22,8 +22,10 @@
 //! lacks without overwriting anything written since. A forced resync remains possible.
 //!
 //! Nothing is written while writes are frozen for maintenance (a backup taken then must be
-//! stable). The verdict must hold on two checks in a row, with the mirror drained at the second: a
-//! `FLUSHALL` replayed through the mirror briefly shows "leader none, follower g" too.
+//! stable). "Leader lost" and "follower behind" must hold on two checks in a row ("leader
+//! lost" with the mirror drained at the second): a `FLUSHALL` replayed through the mirror
+//! briefly reads as "leader none, follower g", and another sidecar advancing the marker
+//! (leader first) briefly reads as the follower behind.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -109,7 +111,11 @@ pub fn spawn(
 ) {
     tokio::spawn(async move {
         let mut failures = 0;
-        let mut suspect = false;
+        // The previous check's verdict: "leader lost" and "follower behind" are acted on only
+        // when two checks in a row agree. Another sidecar advancing the marker (leader
+        // first, then follower) reads as "follower behind" for a round trip; a replayed
+        // `FLUSHALL` reads as "leader lost" for the mirror lag.
+        let mut previous: Option<Verdict> = None;
         let mut advanced: Option<Instant> = None;
         // The sync epoch at which the follower was last seen behind while a resync was due:
         // once the follower is in sync at that same epoch, that resync covered it, and the
@@ -121,7 +127,9 @@ pub fn spawn(
                     let sync = view.sync();
                     let verdict = judge(leader, follower);
                     match verdict {
-                        Verdict::LeaderLost if suspect && view.is_drained() => {
+                        Verdict::LeaderLost
+                            if previous == Some(Verdict::LeaderLost) && view.is_drained() =>
+                        {
                             sync.set_leader_data_loss(format!(
                                 "the leader's generation marker is {} but the follower's is {}: \
                                  the leader restarted empty or was restored from an older \
@@ -133,7 +141,7 @@ pub fn spawn(
                                 follower.map_or("gone".into(), |g| g.to_string()),
                             ));
                         }
-                        Verdict::LeaderLost => suspect = true,
+                        Verdict::LeaderLost => {}
                         Verdict::FollowerBehind
                             if sync.in_sync()
                                 && behind_at == Some(sync.epoch())
@@ -148,19 +156,23 @@ pub fn spawn(
                                 }
                             }
                         }
-                        Verdict::FollowerBehind if sync.in_sync() => {
+                        Verdict::FollowerBehind
+                            if sync.in_sync() && previous == Some(Verdict::FollowerBehind) =>
+                        {
                             sync.mark_out_of_sync(
                                 "the follower's generation marker is behind the leader's: it \
                                  was restored from a backup or missed writes",
                             );
                             behind_at = Some(sync.epoch());
                         }
-                        Verdict::FollowerBehind => behind_at = Some(sync.epoch()),
+                        Verdict::FollowerBehind if !sync.in_sync() => {
+                            behind_at = Some(sync.epoch())
+                        }
+                        Verdict::FollowerBehind => {} // confirmed (or not) at the next check
+
                         Verdict::Same(_) | Verdict::Fresh => sync.clear_leader_data_loss(),
                     }
-                    if verdict != Verdict::LeaderLost {
-                        suspect = false;
-                    }
+                    previous = Some(verdict);
                     checked.0.store(true, Ordering::Release);
                     failures = 0;
                     let due = advanced.is_none_or(|t| t.elapsed() >= ADVANCE_EVERY);
