@@ -1,0 +1,233 @@
+//! What an answered request did, turned into mirror ops: a write's exact effect or copies
+//! of its keys, a `MULTI` block as one op, and the writes still owed when a session ends.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::pending::{Action, Effect, Expect, TxItem};
+use super::reply::ReplySide;
+use crate::metrics::Route;
+use crate::redis::command::{Expiry, KnownEffect, WriteTarget};
+use crate::redis::mirror::{Item, RedisOp};
+use crate::redis::resp;
+
+impl ReplySide {
+    /// Applies what a request did, given its reply (`None`: no reply will come).
+    pub(super) fn apply_effect(&mut self, effect: Effect, reply: Option<&[u8]>) {
+        let ok = reply.is_none_or(|r| !resp::is_error(r));
+        match effect {
+            Effect::None => {}
+            Effect::Write {
+                target,
+                raw,
+                known,
+                reg,
+                ..
+            } => {
+                if !ok {
+                    return;
+                }
+                let db = self.db;
+                match reg {
+                    // Queue under the tracker's lock (see `Registration::finish_with`).
+                    Some((r, expected_db)) => r.finish_with(|contended| {
+                        let exact = !contended && expected_db == db;
+                        let mut items = SmallVec::new();
+                        push_write(&mut items, db, target, raw, known, exact, reply);
+                        self.mirror(items);
+                    }),
+                    None => {
+                        let mut items = SmallVec::new();
+                        push_write(&mut items, db, target, raw, known, false, reply);
+                        self.mirror(items);
+                    }
+                }
+            }
+            Effect::Select(db) => {
+                if ok {
+                    self.db = db;
+                }
+            }
+            Effect::Multi => {
+                if ok {
+                    self.in_multi = true;
+                    self.tx.clear();
+                }
+            }
+            Effect::Queued(item) => {
+                if ok && self.in_multi {
+                    self.tx.push(item);
+                }
+            }
+            Effect::Exec { reg, .. } => {
+                self.in_multi = false;
+                let tx = std::mem::take(&mut self.tx);
+                let Some(reply) = reply else { return };
+                if resp::is_error(reply) || resp::is_null(reply) {
+                    return; // WATCH fired or EXECABORT: nothing ran
+                }
+                match reg {
+                    // Queue under the tracker's lock (see `Registration::finish_with`).
+                    Some((r, expected_db)) => {
+                        let db = self.db;
+                        r.finish_with(|contended| {
+                            self.mirror_exec(tx, reply, !contended && expected_db == db)
+                        })
+                    }
+                    None => self.mirror_exec(tx, reply, false),
+                }
+            }
+            Effect::Discard => {
+                self.in_multi = false;
+                self.tx.clear();
+            }
+            Effect::Reset => {
+                self.db = 0;
+                self.in_multi = false;
+                self.tx.clear();
+                self.resp3 = false;
+                self.subs = Default::default();
+                self.flags.subscribed.store(false, Ordering::Release);
+            }
+            Effect::Hello => {
+                if let Some(r) = reply {
+                    match r.first() {
+                        Some(b'%') => self.resp3 = true,
+                        Some(b'*') => self.resp3 = false,
+                        _ => {}
+                    }
+                }
+            }
+            Effect::Monitor => {
+                if ok {
+                    self.raw_mode = true;
+                }
+            }
+        }
+    }
+
+    /// Queues what a successful `EXEC` did, as one op.
+    pub(super) fn mirror_exec(&mut self, tx: Vec<TxItem>, reply: &[u8], exact: bool) {
+        let mut items = SmallVec::new();
+        let mut results = resp::elements(reply);
+        for item in tx {
+            let result = results.next();
+            let ran = result.is_some_and(|r| !resp::is_error(r));
+            match item {
+                TxItem::Select(db) if ran => self.db = db,
+                TxItem::Write { target, raw, known } if ran => {
+                    push_write(&mut items, self.db, target, raw, known, exact, result)
+                }
+                _ => {}
+            }
+        }
+        self.mirror(items);
+    }
+
+    pub(super) fn mirror(&self, items: SmallVec<[Item; 1]>) {
+        if items.is_empty() || self.route != Route::Leader {
+            return;
+        }
+        if let Some(q) = &self.shared.mirror {
+            q.push(RedisOp { items });
+        }
+    }
+
+    /// Ends the session: answers every request still owed with `err` (or nothing), and
+    /// queues their writes for mirroring since they may have run.
+    pub(super) fn teardown(&mut self, err: Option<&'static [u8]>) {
+        while let Some(p) = self.pending.pop_front() {
+            self.flags.pay();
+            match (&p.action, &p.expect, err) {
+                (Action::Local(b) | Action::LocalThenClose(b), _, _) => {
+                    self.out.extend_from_slice(b)
+                }
+                (_, Expect::Nothing, _) => {}
+                (_, _, Some(e)) => self.out.extend_from_slice(e),
+                _ => {}
+            }
+            if let Effect::Write { target, raw, .. } = p.effect {
+                let mut items = SmallVec::new();
+                push_items(&mut items, self.db, target, raw);
+                self.mirror(items);
+            }
+        }
+        if !self.tx.is_empty() {
+            // An EXEC may have run with its reply lost: copying its keys is harmless.
+            let mut items = SmallVec::new();
+            for item in std::mem::take(&mut self.tx) {
+                if let TxItem::Write { target, raw, .. } = item {
+                    push_items(&mut items, self.db, target, raw);
+                }
+            }
+            self.mirror(items);
+        }
+    }
+}
+
+/// The mirror items for one acknowledged write: its own effect when the request carries it
+/// and it ran uncontended (`exact`), else copies of its keys. A known write whose reply
+/// says it changed nothing (`SET … NX` that lost) needs nothing.
+pub(super) fn push_write(
+    items: &mut SmallVec<[Item; 1]>,
+    db: u32,
+    target: WriteTarget,
+    raw: Bytes,
+    known: Option<KnownEffect>,
+    exact: bool,
+    reply: Option<&[u8]>,
+) {
+    match (known, reply) {
+        (Some(KnownEffect::Put { applied, .. }), Some(r)) if !applied.check(r) => {}
+        (Some(KnownEffect::Put { pairs, expiry, .. }), Some(_)) if exact => {
+            let expire_at_ms = match expiry {
+                Expiry::None => None,
+                Expiry::AtMs(t) => Some(t),
+                Expiry::InMs(ms) => Some(now_ms().saturating_add(ms)),
+            };
+            for (key, value) in pairs {
+                items.push(Item::Put {
+                    db,
+                    key,
+                    value,
+                    expire_at_ms,
+                });
+            }
+        }
+        (Some(KnownEffect::Delete(keys)), Some(_)) if exact => {
+            for key in keys {
+                items.push(Item::Delete { db, key });
+            }
+        }
+        _ => push_items(items, db, target, raw),
+    }
+}
+
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub(super) fn push_items(
+    items: &mut SmallVec<[Item; 1]>,
+    db: u32,
+    target: WriteTarget,
+    raw: Bytes,
+) {
+    match target {
+        WriteTarget::Keys(keys) => {
+            for k in keys {
+                items.push(Item::Copy {
+                    db: k.db.unwrap_or(db),
+                    key: k.key,
+                });
+            }
+        }
+        WriteTarget::AskLeader => items.push(Item::KeysOf { db, cmd: raw }),
+        WriteTarget::Keyless => items.push(Item::Replay { db, cmd: raw }),
+    }
+}

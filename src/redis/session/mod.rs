@@ -1,0 +1,138 @@
+//! One client connection, pinned to one backend connection (the leader, or the follower
+//! while the leader is down) for its whole life, so `AUTH`, `SELECT`, `WATCH`/`MULTI`,
+//! pub/sub and blocking commands behave exactly as against Redis.
+//!
+//! Two tasks per connection:
+//! - the **request side** reads client bytes, cuts them into requests, classifies each one,
+//!   and either forwards its exact bytes or answers it locally (a frozen write, a write
+//!   while the follower serves). For every request it hands the reply side a [`Pending`]
+//!   entry *before* the bytes go out, so the reply side always knows what comes next;
+//! - the **reply side** reads backend replies and matches them to the entries in order.
+//!   Local answers wait in the same queue, so replies keep request order even when some are
+//!   made up here. Pub/sub messages and RESP3 pushes are out of band and go straight
+//!   through. When a write's reply is not an error, its mirror op is queued — a `MULTI`
+//!   block's ops are held until `EXEC` succeeds and then queued as one op.
+//!
+//! Shutdown flows: client EOF → stop reading, finish the replies still owed (their writes
+//! must still be mirrored), close. Backend EOF/error → every request still owed gets an
+//! error reply, its writes are queued for mirroring anyway (a key copy of an unapplied write
+//! is harmless), close so the client reconnects. Leader healthy again while the follower
+//! serves → close at the next safe point (nothing in flight, not in `MULTI`, not subscribed).
+//! Leader declared down while it serves (and there is a follower) → close at once, owed
+//! requests answered like a lost backend: a silent leader would hold the client forever,
+//! and its reconnect lands on the follower.
+
+mod effects;
+mod pending;
+mod reply;
+mod request;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use smallvec::SmallVec;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::server::Shared;
+use crate::metrics::Route;
+use pending::Pending;
+use reply::ReplySide;
+use request::RequestSide;
+
+pub(super) const FROZEN: &[u8] = b"-READONLY statemirror: writes are frozen for maintenance\r\n";
+pub(super) const LEADER_DOWN: &[u8] =
+    b"-READONLY statemirror: leader unavailable, this connection is served by the follower (reads only)\r\n";
+pub(super) const EXECABORT_FROZEN: &[u8] =
+    b"-EXECABORT Transaction discarded because of previous errors (statemirror: writes are frozen for maintenance)\r\n";
+pub(super) const EXECABORT_LEADER_DOWN: &[u8] =
+    b"-EXECABORT Transaction discarded because of previous errors (statemirror: leader unavailable)\r\n";
+pub(super) const LEADER_LOST: &[u8] = b"-ERR statemirror: leader connection lost before the reply; the command may or may not have run\r\n";
+
+#[derive(Default)]
+pub(super) struct Flags {
+    pub(super) owed: AtomicUsize,
+    pub(super) subscribed: AtomicBool,
+    /// Woken when `owed` falls below [`MAX_OWED`] (the request side may read again).
+    pub(super) room: tokio::sync::Notify,
+}
+
+/// Most requests one client may have in flight (sent to the backend, reply not yet
+/// relayed). Past it the client is not read until replies drain: a client pipelining into
+/// a slow or silent backend holds bounded memory (each owed request keeps an entry), and
+/// TCP pushes back on it.
+pub(super) const MAX_OWED: usize = 1024;
+
+impl Flags {
+    /// One owed reply was answered (or given up).
+    pub(super) fn pay(&self) {
+        if self.owed.fetch_sub(1, Ordering::AcqRel) == MAX_OWED {
+            self.room.notify_one();
+        }
+    }
+}
+
+pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, route: Route) {
+    let (client_r, client_w) = client.into_split();
+    let (backend_r, backend_w) = backend.into_split();
+    let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
+    let stop = CancellationToken::new();
+    let flags = Arc::new(Flags::default());
+    let table = shared.table();
+    let requests = RequestSide {
+        shared: shared.clone(),
+        table,
+        route,
+        tx,
+        stop: stop.clone(),
+        flags: flags.clone(),
+        in_multi: false,
+        tx_writes: false,
+        tx_poisoned: None,
+        reply_off: false,
+        skip_next: false,
+        db: 0,
+        tx_keys: SmallVec::new(),
+        tx_wild: false,
+        tx_select: false,
+    };
+    // Follower-served: close once the leader is back. Leader-served: close once it is
+    // declared down, if the client has somewhere else to go.
+    let leader_up = (route == Route::Follower || shared.follower.is_some())
+        .then(|| shared.leader_health.subscribe());
+    // The leader may have come back between choosing the follower and subscribing.
+    let close_when_safe =
+        route == Route::Follower && leader_up.as_ref().is_some_and(|w| *w.borrow());
+    let replies = ReplySide {
+        shared,
+        route,
+        rx,
+        stop: stop.clone(),
+        flags,
+        pending: VecDeque::new(),
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::with_capacity(16 * 1024),
+        db: 0,
+        in_multi: false,
+        tx: Vec::new(),
+        resp3: false,
+        subs: Default::default(),
+        raw_mode: false,
+        close_after_flush: false,
+        leader_up,
+        close_when_safe,
+        read_at: Instant::now(),
+    };
+    let req_task = tokio::spawn(requests.run(client_r, backend_w));
+    let leader_down = replies.run(client_w, backend_r).await;
+    stop.cancel();
+    if leader_down {
+        // Its write to a silent leader may never finish; nothing it holds matters now.
+        req_task.abort();
+    }
+    let _ = req_task.await;
+}

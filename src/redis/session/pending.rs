@@ -1,0 +1,89 @@
+//! What the reply side must do for each request, in request order.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::redis::command::{KnownEffect, SubKind, WriteTarget};
+use crate::redis::inflight::Registration;
+use crate::replication::freeze::WriteTicket;
+
+/// What the reply side must do for one request.
+pub(super) struct Pending {
+    pub(super) expect: Expect,
+    pub(super) action: Action,
+    pub(super) effect: Effect,
+    pub(super) sent: Option<Instant>,
+}
+
+pub(super) enum Expect {
+    /// No reply from the backend (a local answer, or `CLIENT REPLY OFF|SKIP`).
+    Nothing,
+    One,
+    /// Subscribe-family confirmations: `name` is the confirmation kind.
+    Confirm {
+        name: &'static [u8],
+        kind: SubKind,
+        left: usize,
+    },
+    /// `UNSUBSCRIBE` with no channels: one confirmation per current subscription (min 1).
+    ConfirmAll {
+        name: &'static [u8],
+        kind: SubKind,
+    },
+}
+
+pub(super) enum Action {
+    Forward,
+    /// Consume the backend's reply and send this instead.
+    Replace(&'static [u8]),
+    /// Send this (no backend reply involved).
+    Local(Bytes),
+    /// Local answer, then close the connection.
+    LocalThenClose(Bytes),
+}
+
+pub(super) enum Effect {
+    None,
+    Write {
+        target: WriteTarget,
+        raw: Bytes,
+        /// The whole effect, when the request carries it (`SET k v`).
+        known: Option<KnownEffect>,
+        /// Keys registered as in flight (with the database the request side expects).
+        reg: Option<(Registration, u32)>,
+        _ticket: Option<WriteTicket>,
+    },
+    Select(u32),
+    Queued(TxItem),
+    Multi,
+    Exec {
+        _ticket: Option<WriteTicket>,
+        reg: Option<(Registration, u32)>,
+    },
+    Discard,
+    Reset,
+    Hello,
+    Monitor,
+}
+
+// Short-lived (one per command of an open MULTI); boxing would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum TxItem {
+    Write {
+        target: WriteTarget,
+        raw: Bytes,
+        known: Option<KnownEffect>,
+    },
+    Select(u32),
+    Other,
+}
+
+pub(super) fn local(action: Action) -> Pending {
+    Pending {
+        expect: Expect::Nothing,
+        action,
+        effect: Effect::None,
+        sent: None,
+    }
+}

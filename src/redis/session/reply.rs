@@ -1,0 +1,326 @@
+//! The reply side: matches backend replies to pending requests in order, relays them,
+//! and decides when the connection ends.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::pending::{Action, Expect, Pending, TxItem};
+use super::{Flags, LEADER_LOST};
+use crate::metrics::Route;
+use crate::redis::resp;
+use crate::redis::server::Shared;
+
+pub(super) struct ReplySide {
+    /// When the backend read being processed completed (one clock read per read).
+    pub(super) read_at: Instant,
+    pub(super) shared: Arc<Shared>,
+    pub(super) route: Route,
+    pub(super) rx: mpsc::Receiver<Vec<Pending>>,
+    pub(super) stop: CancellationToken,
+    pub(super) flags: Arc<Flags>,
+    pub(super) pending: VecDeque<Pending>,
+    pub(super) rbuf: BytesMut,
+    pub(super) out: BytesMut,
+    pub(super) db: u32,
+    pub(super) in_multi: bool,
+    pub(super) tx: Vec<TxItem>,
+    pub(super) resp3: bool,
+    pub(super) subs: [HashSet<Bytes>; 3],
+    /// After `MONITOR`: everything from the backend goes straight to the client.
+    pub(super) raw_mode: bool,
+    pub(super) close_after_flush: bool,
+    pub(super) leader_up: Option<watch::Receiver<bool>>,
+    pub(super) close_when_safe: bool,
+}
+
+pub(super) enum Wake {
+    Requests(Option<Vec<Pending>>),
+    Backend(std::io::Result<usize>),
+    LeaderChanged,
+    Stop,
+    LingerOver,
+}
+
+impl ReplySide {
+    /// True when it ended because the leader serving it was declared down.
+    pub(super) async fn run(
+        mut self,
+        mut client: OwnedWriteHalf,
+        mut backend: OwnedReadHalf,
+    ) -> bool {
+        let write_timeout = Duration::from_millis(self.shared.cfg.client_write_timeout_ms);
+        let mut requests_open = true;
+        let mut client_ok = true;
+        // Once the client is gone, wait this long for replies still owed (their writes must
+        // be mirrored), then give up on them (a blocking pop may never answer).
+        let mut linger: Option<tokio::time::Instant> = None;
+        loop {
+            self.drain_ready();
+            if !self.out.is_empty() {
+                if client_ok {
+                    match tokio::time::timeout(write_timeout, client.write_all(&self.out)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => client_ok = false,
+                        Err(_) => {
+                            self.shared.metrics.client_error("slow_client");
+                            tracing::debug!("client stopped reading its replies; closing");
+                            client_ok = false;
+                        }
+                    }
+                    if !client_ok {
+                        self.stop.cancel();
+                    }
+                }
+                self.out.clear();
+            }
+            if self.close_after_flush {
+                self.teardown(None);
+                return false;
+            }
+            if !requests_open || !client_ok {
+                if self.pending.is_empty() {
+                    return false;
+                }
+                linger.get_or_insert_with(|| tokio::time::Instant::now() + write_timeout);
+            }
+            if self.close_when_safe && self.at_safe_point() {
+                tracing::debug!(
+                    "leader is back; closing follower-served connection at a safe point"
+                );
+                return false;
+            }
+            if self.route == Route::Leader && self.leader_up.as_ref().is_some_and(|w| !*w.borrow())
+            {
+                tracing::debug!("leader declared down; closing leader-served connection");
+                self.drain_ready();
+                self.teardown(Some(LEADER_LOST));
+                if client_ok && !self.out.is_empty() {
+                    let _ = tokio::time::timeout(write_timeout, client.write_all(&self.out)).await;
+                }
+                return true;
+            }
+            let wake = {
+                let leader_up = &mut self.leader_up;
+                let stop = &self.stop;
+                let rx = &mut self.rx;
+                let rbuf = &mut self.rbuf;
+                rbuf.reserve(16 * 1024);
+                tokio::select! {
+                    biased;
+                    r = rx.recv(), if requests_open => Wake::Requests(r),
+                    r = backend.read_buf(rbuf) => Wake::Backend(r),
+                    _ = async { match leader_up { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => Wake::LeaderChanged,
+                    _ = stop.cancelled(), if client_ok && requests_open => Wake::Stop,
+                    _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::LingerOver,
+                }
+            };
+            match wake {
+                Wake::Requests(Some(b)) => self.pending.extend(b),
+                Wake::Requests(None) => requests_open = false,
+                Wake::Stop => requests_open = false,
+                Wake::LingerOver => {
+                    self.teardown(None);
+                    return false;
+                }
+                Wake::Backend(Ok(0)) | Wake::Backend(Err(_)) => {
+                    self.drain_ready();
+                    let clean = self.pending.is_empty();
+                    self.teardown(Some(LEADER_LOST));
+                    if client_ok && !self.out.is_empty() {
+                        let _ =
+                            tokio::time::timeout(write_timeout, client.write_all(&self.out)).await;
+                    }
+                    if !clean {
+                        tracing::debug!(route = ?self.route, "backend connection lost with requests in flight");
+                    }
+                    return false;
+                }
+                Wake::Backend(Ok(_)) => self.on_backend_data(),
+                Wake::LeaderChanged => {
+                    // (Leader-served: a flip to down is acted on at the top of the loop.)
+                    if self.route == Route::Follower
+                        && self.leader_up.as_ref().is_some_and(|w| *w.borrow())
+                    {
+                        self.close_when_safe = true;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn at_safe_point(&self) -> bool {
+        self.pending.is_empty()
+            && !self.in_multi
+            && self.subs.iter().all(|s| s.is_empty())
+            && !self.raw_mode
+    }
+
+    /// Answers entries at the head that need nothing from the backend.
+    pub(super) fn drain_ready(&mut self) {
+        while let Some(head) = self.pending.front() {
+            if !matches!(head.expect, Expect::Nothing) {
+                break;
+            }
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            self.flags.pay();
+            match p.action {
+                Action::Local(b) => self.out.extend_from_slice(&b),
+                Action::LocalThenClose(b) => {
+                    self.out.extend_from_slice(&b);
+                    self.close_after_flush = true;
+                    return;
+                }
+                _ => {}
+            }
+            // No reply will come (CLIENT REPLY OFF): assume the command ran.
+            self.apply_effect(p.effect, None);
+        }
+    }
+
+    pub(super) fn on_backend_data(&mut self) {
+        // Every reply in `rbuf` answers a request whose entry was sent before the request
+        // was written, but this task may have polled the channel just before that entry
+        // arrived (preempted between the two polls). Take what is there now, so no reply is
+        // ever matched against a missing entry (which would shift every later one).
+        while let Ok(b) = self.rx.try_recv() {
+            self.pending.extend(b);
+        }
+        self.read_at = Instant::now();
+        loop {
+            if self.raw_mode {
+                let all = self.rbuf.split();
+                self.out.extend_from_slice(&all);
+                return;
+            }
+            self.drain_ready();
+            let len = match resp::frame_len(&self.rbuf) {
+                Ok(Some(n)) => n,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "unparseable reply from backend; closing client");
+                    self.rbuf.clear();
+                    self.teardown(Some(LEADER_LOST));
+                    self.close_after_flush = true;
+                    return;
+                }
+            };
+            // Work on the bytes in place; only the copy into `out` touches them.
+            let rbuf = std::mem::take(&mut self.rbuf);
+            self.on_frame(&rbuf[..len]);
+            self.rbuf = rbuf;
+            self.rbuf.advance(len);
+        }
+    }
+
+    pub(super) fn on_frame(&mut self, frame: &[u8]) {
+        let first_name = || {
+            resp::elements(frame)
+                .next()
+                .and_then(resp::string_payload)
+                .map(|s| s.to_ascii_lowercase())
+        };
+        let is_push = frame.first() == Some(&b'>');
+        let is_array = frame.first() == Some(&b'*');
+        // Is it the confirmation the head entry waits for?
+        let head_confirm = match self.pending.front().map(|p| &p.expect) {
+            Some(Expect::Confirm { name, .. }) | Some(Expect::ConfirmAll { name, .. }) => {
+                Some(*name)
+            }
+            _ => None,
+        };
+        if is_push
+            || (is_array && !self.resp3 && self.subs.iter().any(|s| !s.is_empty()))
+            || (is_array && head_confirm.is_some())
+        {
+            let name = first_name();
+            let confirms = matches!((&name, head_confirm), (Some(n), Some(h)) if n.as_slice() == h);
+            if !confirms
+                && (is_push
+                    || matches!(
+                        name.as_deref(),
+                        Some(b"message" | b"pmessage" | b"smessage")
+                    ))
+            {
+                // Out of band: a message, an invalidation, a confirmation nobody waits for.
+                self.out.extend_from_slice(frame);
+                return;
+            }
+            if confirms {
+                self.on_confirmation(frame);
+                return;
+            }
+        }
+        let Some(p) = self.pending.pop_front() else {
+            // A reply to no request we know of (a server that ignores CLIENT REPLY OFF, a
+            // MONITOR line before its +OK was seen): pass it on rather than drop it.
+            self.out.extend_from_slice(frame);
+            return;
+        };
+        self.flags.pay();
+        if let Some(t) = p.sent {
+            if self.route == Route::Leader {
+                self.shared
+                    .metrics
+                    .leader_latency
+                    .record(self.read_at.saturating_duration_since(t).as_secs_f64());
+            }
+        }
+        match p.action {
+            Action::Forward => self.out.extend_from_slice(frame),
+            Action::Replace(b) => self.out.extend_from_slice(b),
+            Action::Local(_) | Action::LocalThenClose(_) => {}
+        }
+        self.apply_effect(p.effect, Some(frame));
+    }
+
+    pub(super) fn on_confirmation(&mut self, frame: &[u8]) {
+        self.out.extend_from_slice(frame);
+        let mut els = resp::elements(frame);
+        let channel = els
+            .nth(1)
+            .and_then(resp::string_payload)
+            .map(Bytes::copy_from_slice);
+        let Some(head) = self.pending.front_mut() else {
+            return;
+        };
+        let (name, kind) = match head.expect {
+            Expect::Confirm { name, kind, .. } | Expect::ConfirmAll { name, kind } => (name, kind),
+            _ => return,
+        };
+        if let Expect::ConfirmAll { .. } = head.expect {
+            let n = self.subs[kind as usize].len().max(1);
+            head.expect = Expect::Confirm {
+                name,
+                kind,
+                left: n,
+            };
+        }
+        let set = &mut self.subs[kind as usize];
+        if let Some(ch) = channel {
+            if name.ends_with(b"unsubscribe") {
+                set.remove(&ch);
+            } else {
+                set.insert(ch);
+            }
+        }
+        let subscribed = self.subs.iter().any(|s| !s.is_empty());
+        self.flags.subscribed.store(subscribed, Ordering::Release);
+        if let Expect::Confirm { left, .. } = &mut head.expect {
+            *left -= 1;
+            if *left == 0 {
+                self.pending.pop_front();
+                self.flags.pay();
+            }
+        }
+    }
+}

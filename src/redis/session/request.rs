@@ -1,0 +1,450 @@
+//! The request side: reads client bytes, cuts them into requests, classifies each one,
+//! and forwards it or answers it locally, handing the reply side a `Pending` first.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
+use super::{Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED};
+use crate::metrics::Route;
+use crate::redis::command::{
+    known_effect, parse_u32, write_target, CommandTable, Kind, Special, SubKind, WriteTarget,
+};
+use crate::redis::inflight::Registration;
+use crate::redis::resp::{parse_request_from, Request};
+use crate::redis::server::Shared;
+use crate::replication::freeze::WriteTicket;
+
+pub(super) struct RequestSide {
+    pub(super) shared: Arc<Shared>,
+    pub(super) table: Arc<CommandTable>,
+    pub(super) route: Route,
+    pub(super) tx: mpsc::Sender<Vec<Pending>>,
+    pub(super) stop: CancellationToken,
+    pub(super) flags: Arc<Flags>,
+    pub(super) in_multi: bool,
+    pub(super) tx_writes: bool,
+    /// Why the open `MULTI` must abort at `EXEC` (a write in it was refused here).
+    pub(super) tx_poisoned: Option<&'static [u8]>,
+    pub(super) reply_off: bool,
+    pub(super) skip_next: bool,
+    /// The database this connection is on, as far as the requests sent so far say.
+    pub(super) db: u32,
+    /// Keys of the writes queued in the open `MULTI` (registered at `EXEC`).
+    pub(super) tx_keys: SmallVec<[(u32, Bytes); 2]>,
+    /// The open `MULTI` writes keys the proxy cannot see, or changes database.
+    pub(super) tx_wild: bool,
+    pub(super) tx_select: bool,
+}
+
+impl RequestSide {
+    /// Returns the backend's write half instead of dropping it: closing it would make the
+    /// server drop the replies still owed, and their writes must still be mirrored. The
+    /// reply side decides when the connection ends.
+    pub(super) async fn run(
+        mut self,
+        mut client: OwnedReadHalf,
+        mut backend: OwnedWriteHalf,
+    ) -> OwnedWriteHalf {
+        let lim = self.shared.limits;
+        let idle = Duration::from_millis(self.shared.cfg.client_idle_timeout_ms);
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        let mut partial = None;
+        loop {
+            while self.flags.owed.load(Ordering::Acquire) >= MAX_OWED {
+                let room = self.flags.room.notified();
+                if self.flags.owed.load(Ordering::Acquire) < MAX_OWED {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => return backend,
+                    _ = self.shared.closing.cancelled() => return backend,
+                    _ = room => {}
+                }
+            }
+            buf.reserve(16 * 1024);
+            let read = tokio::select! {
+                _ = self.stop.cancelled() => return backend,
+                // Shutdown: like a client EOF (the reply side answers what is owed).
+                _ = self.shared.closing.cancelled() => return backend,
+                r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
+            };
+            match read {
+                ReadOutcome::Data => {}
+                ReadOutcome::Eof => return backend,
+                ReadOutcome::Idle => {
+                    self.shared.metrics.client_error("idle_timeout");
+                    tracing::debug!("closing idle client connection");
+                    self.stop.cancel();
+                    return backend;
+                }
+            }
+            let mut batch = Vec::new();
+            let now = Instant::now();
+            let mut fatal = false;
+            loop {
+                match parse_request_from(&mut buf, &lim, &mut partial) {
+                    Ok(Some(req)) => self.handle(req, now, &mut batch, &mut out),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.shared.metrics.client_error(e.metric_reason());
+                        tracing::debug!(error = ?e, "bad request from client; closing");
+                        batch.push(local(Action::LocalThenClose(e.reply())));
+                        fatal = true;
+                        break;
+                    }
+                }
+            }
+            self.flags.owed.fetch_add(batch.len(), Ordering::AcqRel);
+            if !batch.is_empty() && self.tx.send(batch).await.is_err() {
+                return backend;
+            }
+            if !out.is_empty() {
+                if backend.write_all(&out).await.is_err() {
+                    return backend; // the reply side sees the backend go and answers what is owed
+                }
+                out.clear();
+            }
+            if fatal {
+                return backend;
+            }
+        }
+    }
+
+    /// `now`: when the read that carried this request completed (one clock read per batch).
+    pub(super) fn handle(
+        &mut self,
+        req: Request,
+        now: Instant,
+        batch: &mut Vec<Pending>,
+        out: &mut BytesMut,
+    ) {
+        // Copy out what is needed so the table is not borrowed while `self` changes.
+        let tracking = self.shared.in_flight.is_some();
+        let (kind, blocking, special, target, known) = {
+            let info = self.table.lookup(&req);
+            let target = (info.kind == Kind::Write).then(|| write_target(info, &req));
+            let known = match info.known {
+                Some(k) if tracking => known_effect(k, &req),
+                _ => None,
+            };
+            (info.kind, info.blocking, info.special, target, known)
+        };
+        let kind_idx = match kind {
+            Kind::Read | Kind::PubSub => 0,
+            Kind::Write => 1,
+            Kind::Admin => 2,
+        };
+        let mut expect = if std::mem::take(&mut self.skip_next) || self.reply_off {
+            Expect::Nothing
+        } else {
+            Expect::One
+        };
+        let mut effect = Effect::None;
+        match special {
+            Special::Multi => {
+                if !self.in_multi {
+                    self.in_multi = true;
+                    self.reset_tx();
+                }
+                effect = Effect::Multi;
+            }
+            Special::Exec if self.in_multi => {
+                self.in_multi = false;
+                let mut ticket = None;
+                let abort = match self.tx_poisoned.take() {
+                    Some(why) => Some(why),
+                    None if std::mem::take(&mut self.tx_writes) => match self
+                        .write_permission(false)
+                    {
+                        Ok(t) => {
+                            ticket = t;
+                            None
+                        }
+                        Err(reject) => {
+                            self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
+                            Some(execabort_for(reject))
+                        }
+                    },
+                    None => None,
+                };
+                if let Some(why) = abort {
+                    // Make the server drop the queued commands; answer as Redis would.
+                    return self.forward_replaced(
+                        b"*1\r\n$7\r\nDISCARD\r\n",
+                        why,
+                        expect,
+                        batch,
+                        out,
+                    );
+                }
+                let force_copies = self.tx_select;
+                let keys = std::mem::take(&mut self.tx_keys);
+                let reg = self.register(keys, self.tx_wild || self.tx_select);
+                self.reset_tx();
+                effect = Effect::Exec {
+                    _ticket: ticket,
+                    reg: reg.filter(|_| !force_copies),
+                };
+            }
+            Special::Discard => {
+                self.in_multi = false;
+                self.reset_tx();
+                effect = Effect::Discard;
+            }
+            Special::Select => {
+                if let Some(db) = req.arg(1).and_then(parse_u32) {
+                    effect = if self.in_multi {
+                        self.tx_select = true;
+                        Effect::Queued(TxItem::Select(db))
+                    } else {
+                        self.db = db;
+                        Effect::Select(db)
+                    };
+                }
+            }
+            Special::Subscribe(kind) | Special::Unsubscribe(kind) => {
+                let sub = matches!(special, Special::Subscribe(_));
+                let name: &'static [u8] = match (sub, kind) {
+                    (true, SubKind::Channel) => b"subscribe",
+                    (true, SubKind::Pattern) => b"psubscribe",
+                    (true, SubKind::Shard) => b"ssubscribe",
+                    (false, SubKind::Channel) => b"unsubscribe",
+                    (false, SubKind::Pattern) => b"punsubscribe",
+                    (false, SubKind::Shard) => b"sunsubscribe",
+                };
+                let n = req.argc - 1;
+                if !self.in_multi {
+                    expect = if n == 0 && !sub {
+                        Expect::ConfirmAll { name, kind }
+                    } else {
+                        Expect::Confirm {
+                            name,
+                            kind,
+                            left: n.max(1),
+                        }
+                    };
+                }
+            }
+            Special::Reset => {
+                self.in_multi = false;
+                self.reset_tx();
+                self.db = 0;
+                self.reply_off = false;
+                effect = Effect::Reset;
+            }
+            Special::Hello => effect = Effect::Hello,
+            Special::Monitor => effect = Effect::Monitor,
+            Special::ClientReply => match req.arg(2).map(|a| a.to_ascii_lowercase()) {
+                Some(a) if a == b"off" => {
+                    self.reply_off = true;
+                    expect = Expect::Nothing;
+                }
+                Some(a) if a == b"skip" => {
+                    expect = Expect::Nothing;
+                    self.skip_next = !self.reply_off;
+                }
+                Some(a) if a == b"on" => {
+                    self.reply_off = false;
+                    expect = Expect::One;
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+        if let Some(target) = target {
+            if self.in_multi {
+                // Queued, not run: the freeze is checked now and again at EXEC.
+                match self.write_permission(true) {
+                    Ok(_) => {
+                        self.tx_writes = true;
+                        match &target {
+                            WriteTarget::Keys(keys) => self.tx_keys.extend(
+                                keys.iter()
+                                    .map(|k| (k.db.unwrap_or(self.db), k.key.clone())),
+                            ),
+                            _ => self.tx_wild = true,
+                        }
+                        effect = Effect::Queued(TxItem::Write {
+                            raw: frame_if_needed(&target, &req),
+                            target,
+                            known,
+                        });
+                    }
+                    Err(reject) => {
+                        self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
+                        self.tx_poisoned = Some(execabort_for(reject));
+                        if !matches!(expect, Expect::Nothing) {
+                            batch.push(local(Action::Local(Bytes::from_static(reject))));
+                        }
+                        return;
+                    }
+                }
+            } else {
+                match self.write_permission(blocking) {
+                    Ok(ticket) => {
+                        let reg = match &target {
+                            WriteTarget::Keys(keys) => self.register(
+                                keys.iter()
+                                    .map(|k| (k.db.unwrap_or(self.db), k.key.clone()))
+                                    .collect(),
+                                false,
+                            ),
+                            _ => self.register(SmallVec::new(), true),
+                        };
+                        effect = Effect::Write {
+                            raw: frame_if_needed(&target, &req),
+                            target,
+                            known,
+                            reg,
+                            _ticket: ticket,
+                        };
+                    }
+                    Err(reject) => {
+                        self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
+                        if !matches!(expect, Expect::Nothing) {
+                            batch.push(local(Action::Local(Bytes::from_static(reject))));
+                        }
+                        return;
+                    }
+                }
+            }
+        } else if self.in_multi && !matches!(special, Special::Multi | Special::Select) {
+            effect = Effect::Queued(TxItem::Other);
+        }
+        self.shared.metrics.requests[kind_idx][self.route as usize].increment(1);
+        out.extend_from_slice(&req.raw);
+        batch.push(Pending {
+            expect,
+            action: Action::Forward,
+            effect,
+            sent: Some(now),
+        });
+    }
+
+    pub(super) fn reset_tx(&mut self) {
+        self.tx_writes = false;
+        self.tx_poisoned = None;
+        self.tx_keys.clear();
+        self.tx_wild = false;
+        self.tx_select = false;
+    }
+
+    /// Registers a write's keys as in flight (when mirroring), with the expected database.
+    pub(super) fn register(
+        &self,
+        keys: SmallVec<[(u32, Bytes); 2]>,
+        wild: bool,
+    ) -> Option<(Registration, u32)> {
+        let tracker = self.shared.in_flight.as_ref()?;
+        Some((tracker.register(keys, wild), self.db))
+    }
+
+    /// Sends `cmd` to the backend but answers the client with `reply` in its place.
+    pub(super) fn forward_replaced(
+        &mut self,
+        cmd: &'static [u8],
+        reply: &'static [u8],
+        expect: Expect,
+        batch: &mut Vec<Pending>,
+        out: &mut BytesMut,
+    ) {
+        out.extend_from_slice(cmd);
+        let action = if matches!(expect, Expect::Nothing) {
+            Action::Replace(b"")
+        } else {
+            Action::Replace(reply)
+        };
+        batch.push(Pending {
+            expect: Expect::One,
+            action,
+            effect: Effect::Discard,
+            sent: None,
+        });
+    }
+
+    /// May this write go to the leader? `Ok(ticket)` (none for queued or blocking writes,
+    /// which must not hold up a freeze), or the error line to answer with.
+    pub(super) fn write_permission(
+        &self,
+        untracked: bool,
+    ) -> Result<Option<WriteTicket>, &'static [u8]> {
+        if self.route == Route::Follower {
+            self.shared.metrics.rejected_leader_unavailable.increment(1);
+            return Err(LEADER_DOWN);
+        }
+        match self.shared.freeze.begin_write() {
+            None => {
+                self.shared.metrics.rejected_maintenance.increment(1);
+                Err(FROZEN)
+            }
+            Some(t) if untracked => {
+                drop(t);
+                Ok(None)
+            }
+            Some(t) => Ok(Some(t)),
+        }
+    }
+}
+
+/// The `EXECABORT` that ends a transaction one of whose writes got `reject`.
+pub(super) fn execabort_for(reject: &[u8]) -> &'static [u8] {
+    if reject == FROZEN {
+        EXECABORT_FROZEN
+    } else {
+        EXECABORT_LEADER_DOWN
+    }
+}
+
+pub(super) enum ReadOutcome {
+    Data,
+    Eof,
+    Idle,
+}
+
+pub(super) async fn read_with_idle(
+    client: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    idle: Duration,
+    flags: &Flags,
+) -> ReadOutcome {
+    loop {
+        let r = if idle.is_zero() {
+            client.read_buf(buf).await
+        } else {
+            match tokio::time::timeout(idle, client.read_buf(buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    if flags.owed.load(Ordering::Acquire) == 0
+                        && !flags.subscribed.load(Ordering::Acquire)
+                    {
+                        return ReadOutcome::Idle;
+                    }
+                    continue;
+                }
+            }
+        };
+        return match r {
+            Ok(0) | Err(_) => ReadOutcome::Eof,
+            Ok(_) => ReadOutcome::Data,
+        };
+    }
+}
+
+/// The request frame a mirror item will need (to ask the leader for its keys, or to replay
+/// it), owned; nothing when the keys are known.
+pub(super) fn frame_if_needed(target: &WriteTarget, req: &Request) -> Bytes {
+    match target {
+        WriteTarget::Keys(_) => Bytes::new(),
+        WriteTarget::AskLeader | WriteTarget::Keyless => req.raw_owned(),
+    }
+}
