@@ -513,3 +513,45 @@ async fn redis_resync_through_a_far_link_finishes_in_minutes() {
     verify_zero("redis", code, &body);
     assert_same_data(&leader, &follower_srv).await;
 }
+
+/// A narrow link to the follower (128 KiB/s) and a short `apply_timeout` (1 s): a batch of
+/// 40 × 24 KiB values takes ~8 s to go out, far past the timeout, but bytes keep moving,
+/// so it is not cut off (a whole-batch timeout would retry it forever and never converge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_a_slow_batch_that_keeps_moving_is_not_timed_out() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower_srv = RedisServer::start();
+    let relay = FaultRelay::start(&follower_srv.addr());
+    let url = format!("redis://{}", relay.addr());
+    let proxy = Proxy::start_with(&leader, None, |c| {
+        let r = c.redis.as_mut().expect("[redis]");
+        r.follower = Some(url);
+        c.replication.retry_initial_backoff_ms = 50;
+        c.replication.apply_timeout_ms = 1000;
+        c.resync.auto = false;
+    })
+    .await;
+    let mut c = proxy.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg("warm")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .expect("set");
+    proxy.drained().await;
+    relay.set(Fault::Throttle(128 * 1024));
+    let value = vec![b'v'; 24 * 1024];
+    let mut pipe = redis::pipe();
+    for i in 0..40 {
+        pipe.cmd("SET").arg(format!("big{i}")).arg(&value).ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.expect("pipeline");
+    let admin = proxy.admin();
+    let drained_in = drain(Duration::from_secs(60), || status_of(&admin, "redis")).await;
+    println!("960 KiB through a 128 KiB/s link: drained in {drained_in:.1?}");
+    let m = status_of(&admin, "redis").await;
+    assert_eq!(m["failures"], 0, "a batch was cut off: {m}");
+    relay.set(Fault::Pass);
+    assert_same_data(&leader, &follower_srv).await;
+}

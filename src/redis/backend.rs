@@ -3,6 +3,8 @@
 //! credentials. Client sessions never use these: they get their own pinned connection and
 //! authenticate themselves.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
@@ -34,6 +36,9 @@ pub struct Conn {
     rbuf: BytesMut,
     /// The database currently selected on this connection.
     pub db: u32,
+    /// Bumped whenever bytes move either way: the mirror writer judges a slow batch by
+    /// whether it moves, not by its total time (see `replication::worker`).
+    progress: Option<Arc<AtomicU64>>,
 }
 
 /// Appends a command as a RESP array of bulk strings.
@@ -87,6 +92,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
             db: 0,
+            progress: None,
         };
         let mut out = BytesMut::new();
         let mut expect = 0;
@@ -116,8 +122,32 @@ impl Conn {
         Ok(c)
     }
 
+    /// Counts this connection's traffic in `p` from now on.
+    pub fn track_progress(&mut self, p: Arc<AtomicU64>) {
+        self.progress = Some(p);
+    }
+
+    fn moved(&self) {
+        if let Some(p) = &self.progress {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub async fn send(&mut self, buf: &[u8]) -> Result<(), BackendError> {
-        self.stream.write_all(buf).await?;
+        if self.progress.is_none() {
+            self.stream.write_all(buf).await?;
+            return Ok(());
+        }
+        // In pieces, so a large pipeline to a far server shows progress while it goes out.
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n = self.stream.write(rest).await?;
+            if n == 0 {
+                return Err(BackendError::Closed);
+            }
+            rest = &rest[n..];
+            self.moved();
+        }
         Ok(())
     }
 
@@ -132,6 +162,7 @@ impl Conn {
             if self.stream.read_buf(&mut self.rbuf).await? == 0 {
                 return Err(BackendError::Closed);
             }
+            self.moved();
         }
     }
 

@@ -55,6 +55,7 @@ use super::refusal::{self, Refusal};
 use crate::config::{CopyFormat, RedisBackend};
 use crate::replication::queue::{heap_alloc, Barrier, MirrorOp, MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 /// One acknowledged write (or one `MULTI` block) to mirror.
@@ -272,6 +273,8 @@ pub struct RedisApplier {
     /// failed `SELECT` in a pipeline would run the commands after it in the wrong database,
     /// so a database is probed on its own before anything is written to it.
     follower_dbs: std::collections::HashMap<u32, bool>,
+    /// Traffic on both connections: a batch times out only when nothing moves.
+    progress: Arc<AtomicU64>,
 }
 
 impl RedisApplier {
@@ -299,6 +302,7 @@ impl RedisApplier {
             leader_retry_at: None,
             follower_client_id: None,
             stale_follower: None,
+            progress: Arc::default(),
         }
     }
 
@@ -311,6 +315,7 @@ impl RedisApplier {
                 .await
                 .map_err(|e| ApplyError::new(LEADER_UNAVAILABLE, e.to_string()))?;
             let previous = self.leader_run_id.replace(run_id.clone());
+            c.track_progress(self.progress.clone());
             self.leader_conn = Some(c);
             if previous.is_some_and(|p| p != run_id) {
                 return Err(ApplyError::new(LEADER_RESTARTED, "leader run_id changed"));
@@ -344,6 +349,7 @@ impl RedisApplier {
                 self.fence(&mut c, old).await?;
             }
             self.follower_client_id = client_id(&mut c).await;
+            c.track_progress(self.progress.clone());
             self.follower_conn = Some(c);
             self.follower_dbs.clear();
         }
@@ -946,6 +952,10 @@ impl Applier for RedisApplier {
             }
             ok => ok,
         }
+    }
+
+    fn progress(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.progress.clone())
     }
 
     /// Parked copies are retried while no writes come (the leader may be back), and given
