@@ -1,0 +1,211 @@
+//! Steps 1 and 2 of a batch: the keys of `KeysOf` items (`COMMAND GETKEYS`), then the
+//! current state of every copied key read from the leader (`DUMP` + expiry, or type-aware).
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame;
+use smallvec::SmallVec;
+
+use super::applier::RedisApplier;
+use super::{getkeys_frame, Effect, Item, Plan, RedisOp};
+use crate::redis::backend::{encode_cmd, error_text, BackendError};
+use crate::replication::worker::ApplyError;
+
+impl RedisApplier {
+    /// Step 1: keys of `KeysOf` items, in item order.
+    pub(super) async fn resolve_keys(
+        &mut self,
+        batch: &[RedisOp],
+    ) -> Result<Vec<Vec<Bytes>>, ApplyError> {
+        let mut out = BytesMut::new();
+        let mut n = 0;
+        for op in batch {
+            for it in &op.items {
+                if let Item::KeysOf { cmd, .. } = it {
+                    out.extend_from_slice(&getkeys_frame(cmd));
+                    n += 1;
+                }
+            }
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let conn = self.leader().await?;
+        let replies = conn
+            .roundtrip(&out, n)
+            .await
+            .map_err(|e| self.leader_err(e))?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r {
+                BytesFrame::Array(keys) => keys
+                    .into_iter()
+                    .filter_map(|k| match k {
+                        BytesFrame::BulkString(b) | BytesFrame::SimpleString(b) => Some(b),
+                        _ => None,
+                    })
+                    .collect(),
+                // "The command has no key arguments" and the like: nothing to copy.
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// Steps 1 to 3 for the whole batch.
+    pub(super) async fn apply_ops(&mut self, batch: &[RedisOp]) -> Result<usize, ApplyError> {
+        let resolved = self.resolve_keys(batch).await?;
+        let mut plans: Vec<SmallVec<[Plan; 2]>> = Vec::with_capacity(batch.len());
+        let mut resolved = resolved.into_iter();
+        for op in batch {
+            let mut p = SmallVec::new();
+            for it in &op.items {
+                match it {
+                    Item::Copy { db, key } => p.push(Plan::Read {
+                        db: *db,
+                        key: key.clone(),
+                    }),
+                    Item::KeysOf { db, .. } => {
+                        for key in resolved.next().unwrap_or_default() {
+                            p.push(Plan::Read { db: *db, key });
+                        }
+                    }
+                    known => p.extend(known.known_effect().map(Plan::Known)),
+                }
+            }
+            plans.push(p);
+        }
+        if self.typed {
+            let effects = self.read_typed(plans).await?;
+            return self.write_effects(effects).await;
+        }
+        // Read everything in one MULTI/EXEC.
+        let ttl_cmd: &[u8] = if self.use_pttl {
+            b"PTTL"
+        } else {
+            b"PEXPIRETIME"
+        };
+        let mut out = BytesMut::new();
+        encode_cmd(&mut out, &[b"MULTI"]);
+        let mut reads = 0usize;
+        let mut db = None;
+        for p in plans.iter().flatten() {
+            if let Plan::Read { db: d, key } = p {
+                if db != Some(*d) {
+                    encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
+                    db = Some(*d);
+                    reads += 1;
+                }
+                encode_cmd(&mut out, &[b"DUMP", key]);
+                encode_cmd(&mut out, &[ttl_cmd, key]);
+                reads += 2;
+            }
+        }
+        let mut values: Vec<BytesFrame> = Vec::new();
+        if reads > 0 {
+            // Leave the connection on its configured database afterwards.
+            let home = self.leader.db;
+            encode_cmd(&mut out, &[b"EXEC"]);
+            encode_cmd(&mut out, &[b"SELECT", home.to_string().as_bytes()]);
+            let conn = self.leader().await?;
+            let replies = conn
+                .roundtrip(&out, reads + 3)
+                .await
+                .map_err(|e| self.leader_err(e))?;
+            let exec = replies.into_iter().nth(reads + 1);
+            match exec {
+                Some(BytesFrame::Array(v)) => values = v,
+                Some(other) => {
+                    let txt = error_text(&other).unwrap_or_else(|| format!("{other:?}"));
+                    if txt.contains("unknown command") && !self.use_pttl {
+                        self.use_pttl = true; // Redis < 7: retry with PTTL
+                    }
+                    return Err(ApplyError::new(
+                        "leader_error",
+                        format!("reading keys: {txt}"),
+                    ));
+                }
+                None => return Err(ApplyError::new("leader_error", "short reply")),
+            }
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        // Turn reads into effects.
+        let mut vals = values.into_iter();
+        let mut effects: Vec<SmallVec<[Effect; 2]>> = Vec::with_capacity(plans.len());
+        let mut last_db = None;
+        for p in plans {
+            let mut e = SmallVec::new();
+            for step in p {
+                match step {
+                    Plan::Known(effect) => e.push(effect),
+                    Plan::Read { db, key } => {
+                        if last_db != Some(db) {
+                            vals.next(); // SELECT's OK
+                            last_db = Some(db);
+                        }
+                        let dump = vals.next();
+                        let ttl = vals.next();
+                        let abs_ttl_ms = match ttl {
+                            Some(BytesFrame::Integer(t)) if t >= 0 => {
+                                if self.use_pttl {
+                                    now_ms + t
+                                } else {
+                                    t.max(1)
+                                }
+                            }
+                            _ => 0,
+                        };
+                        match dump {
+                            Some(BytesFrame::BulkString(payload)) => e.push(Effect::Restore {
+                                db,
+                                key,
+                                payload,
+                                abs_ttl_ms,
+                            }),
+                            Some(BytesFrame::Null) | None => e.push(Effect::Delete { db, key }),
+                            Some(other) => {
+                                return Err(ApplyError::new(
+                                    "leader_error",
+                                    format!("DUMP: {}", error_text(&other).unwrap_or_default()),
+                                ))
+                            }
+                        }
+                    }
+                }
+            }
+            effects.push(e);
+        }
+        self.write_effects(effects).await
+    }
+
+    /// Step 2 without `DUMP`: each copied key read type-aware, one at a time.
+    pub(super) async fn read_typed(
+        &mut self,
+        plans: Vec<SmallVec<[Plan; 2]>>,
+    ) -> Result<Vec<SmallVec<[Effect; 2]>>, ApplyError> {
+        let mut effects = Vec::with_capacity(plans.len());
+        for p in plans {
+            let mut e = SmallVec::new();
+            for step in p {
+                match step {
+                    Plan::Known(effect) => e.push(effect),
+                    Plan::Read { db, key } => {
+                        let conn = self.leader().await?;
+                        let r = async {
+                            crate::redis::resync::select(conn, db)
+                                .await
+                                .map_err(BackendError::Protocol)?;
+                            crate::redis::typed::read(conn, &key).await
+                        }
+                        .await;
+                        let snap = r.map_err(|e| self.leader_err(e))?;
+                        e.push(Effect::Typed { db, key, snap });
+                    }
+                }
+            }
+            effects.push(e);
+        }
+        Ok(effects)
+    }
+}
