@@ -1101,3 +1101,77 @@ async fn redis_follower_restarted_empty_is_resynced_once_and_regains_the_marker(
     );
     assert_eq!(s["redis"]["mirror"]["in_sync"], true, "{s}");
 }
+
+/// 40 hashes of 1 MiB each, queued behind a frozen follower, reach the writer as one batch
+/// of copies: the leader is read in rounds of at most the read budget (8 MiB), each written
+/// to the follower before the next is read, never all 40 MiB in one `MULTI` of `DUMP`s.
+/// (`MONITOR` on the leader shows the `DUMP`s of each read round.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_a_batch_of_large_key_copies_is_read_from_the_leader_in_bounded_rounds() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.replication.apply_timeout_ms = 1000;
+        c.replication.retry_initial_backoff_ms = 20;
+        c.replication.retry_max_backoff_ms = 200;
+    })
+    .await;
+    let mut c = proxy.conn().await;
+    let _: () = c.set("warm", "1").await.expect("SET");
+    proxy.drained().await;
+    signal(follower.pid(), "STOP");
+    // The writer takes this one alone and holds it until the follower is back; the copies
+    // queue up behind it and are taken together afterwards.
+    let _: () = c.set("trigger", "1").await.expect("SET");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let field = vec![b'h'; 1 << 20];
+    let mut pipe = redis::pipe();
+    for i in 0..40 {
+        pipe.cmd("HSET")
+            .arg(format!("big{i}"))
+            .arg("f")
+            .arg(&field)
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut c).await.expect("HSETs");
+    let mut monitor = Raw::connect(leader.addr().parse().expect("addr")).await;
+    assert_eq!(monitor.cmd(&["MONITOR"]).await, Resp::Simple("OK".into()));
+    signal(follower.pid(), "CONT");
+    proxy.drained().await;
+    // Per connection: DUMPs inside each MULTI … EXEC.
+    let mut open: std::collections::HashMap<String, usize> = Default::default();
+    let mut rounds: Vec<usize> = Vec::new();
+    let mut dumps = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dumps < 40 || !open.values().all(|n| *n == 0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = monitor.read_within(left).await else {
+            break;
+        };
+        // `<time> [<db> <client addr>] "CMD" …`; the database changes with SELECT.
+        let Some(line) = line.text() else { continue };
+        let Some((head, cmd)) = line.split_once("] ") else {
+            continue;
+        };
+        let client = head.rsplit(' ').next().unwrap_or_default().to_string();
+        if cmd.starts_with("\"MULTI\"") {
+            open.insert(client, 0);
+        } else if cmd.starts_with("\"DUMP\"") {
+            dumps += 1;
+            if let Some(n) = open.get_mut(&client) {
+                *n += 1;
+            }
+        } else if cmd.starts_with("\"EXEC\"") {
+            rounds.extend(open.remove(&client));
+        }
+    }
+    println!("DUMPs per leader read round: {rounds:?}");
+    assert_eq!(dumps, 40, "every copied key read once: rounds {rounds:?}");
+    let largest = rounds.iter().copied().max().unwrap_or(0);
+    assert!(
+        largest <= 8,
+        "a read round held {largest} MiB of key state: {rounds:?}"
+    );
+    assert_same_data(&leader, &follower).await;
+}

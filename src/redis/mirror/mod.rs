@@ -28,8 +28,11 @@
 //! Mechanics, per batch taken from the queue:
 //! 1. Ops whose keys depend on their arguments (`EVAL … numkeys`, `XREADGROUP … STREAMS`,
 //!    any command the table does not know) get their keys from the leader: `COMMAND GETKEYS`.
-//! 2. One `MULTI … EXEC` on the leader reads `DUMP` + `PEXPIRETIME` of every copied key in
-//!    the batch: one round trip and an atomic snapshot (skipped when nothing is copied).
+//! 2. One `MULTI … EXEC` on the leader reads `DUMP` + `PEXPIRETIME` of the copied keys: one
+//!    round trip and an atomic snapshot per op (skipped when nothing is copied). A batch with
+//!    several copied keys is read in rounds of at most 8 MiB (estimated first with
+//!    `MEMORY USAGE`, one more round trip), each written to the follower before the next is
+//!    read, so a batch of copies of large keys never sits in memory at once.
 //! 3. The follower gets the effects in queue order; an op with several effects (a `MULTI`
 //!    block, `RENAME`) is applied inside its own `MULTI … EXEC`. Keyless writes
 //!    (`FLUSHDB`, `FUNCTION LOAD`) are replayed as sent. Each op's database is selected.

@@ -10,6 +10,10 @@ use super::{getkeys_frame, Effect, Item, Plan, RedisOp};
 use crate::redis::backend::{encode_cmd, error_text, BackendError};
 use crate::replication::worker::ApplyError;
 
+/// Most estimated bytes of key state read from the leader before they are written to the
+/// follower (the default `replication.batch_max_bytes`): the memory a batch of copies holds.
+pub(super) const COPY_READ_BUDGET: usize = 8 << 20;
+
 impl RedisApplier {
     /// Step 1: keys of `KeysOf` items, in item order.
     pub(super) async fn resolve_keys(
@@ -73,10 +77,105 @@ impl RedisApplier {
             }
             plans.push(p);
         }
-        if self.typed {
-            let effects = self.read_typed(plans).await?;
-            return self.write_effects(effects).await;
+        // Read and write in rounds of at most `COPY_READ_BUDGET` estimated bytes of key
+        // state, so a batch of copies of large keys never sits in memory at once. An op is
+        // never split (its keys are read in one snapshot); a single larger op is a round.
+        let sizes = self.estimate_reads(&plans).await?;
+        let mut given_up = 0;
+        let mut plans = plans.into_iter();
+        let mut sizes = sizes.into_iter().peekable();
+        loop {
+            let mut round = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(&s) = sizes.peek() {
+                if !round.is_empty() && bytes.saturating_add(s) > COPY_READ_BUDGET {
+                    break;
+                }
+                sizes.next();
+                bytes = bytes.saturating_add(s);
+                round.extend(plans.next());
+            }
+            if round.is_empty() {
+                return Ok(given_up);
+            }
+            let effects = if self.typed {
+                self.read_typed(round).await?
+            } else {
+                self.read_dumps(round).await?
+            };
+            given_up += self.write_effects(effects).await?;
         }
+    }
+
+    /// Estimated bytes of the keys each op reads from the leader (`MEMORY USAGE`, one
+    /// pipelined round trip; only when there are at least two keys to read, since a single
+    /// key cannot be split anyway). Where the leader won't say (no `MEMORY` for this user,
+    /// an old Redis), each key counts as 1/64 of the budget.
+    async fn estimate_reads(
+        &mut self,
+        plans: &[SmallVec<[Plan; 2]>],
+    ) -> Result<Vec<usize>, ApplyError> {
+        let keys = plans
+            .iter()
+            .flatten()
+            .filter(|p| matches!(p, Plan::Read { .. }))
+            .count();
+        if keys < 2 {
+            return Ok(vec![0; plans.len()]);
+        }
+        let mut out = BytesMut::new();
+        let mut n = 0usize;
+        let mut db = None;
+        for p in plans.iter().flatten() {
+            if let Plan::Read { db: d, key } = p {
+                if db != Some(*d) {
+                    encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
+                    db = Some(*d);
+                    n += 1;
+                }
+                encode_cmd(&mut out, &[b"MEMORY", b"USAGE", key]);
+                n += 1;
+            }
+        }
+        encode_cmd(
+            &mut out,
+            &[b"SELECT", self.leader.db.to_string().as_bytes()],
+        );
+        n += 1;
+        let conn = self.leader().await?;
+        let replies = conn
+            .roundtrip(&out, n)
+            .await
+            .map_err(|e| self.leader_err(e))?;
+        let mut replies = replies.into_iter();
+        let mut sizes = Vec::with_capacity(plans.len());
+        let mut last_db = None;
+        for p in plans {
+            let mut size = 0usize;
+            for step in p {
+                if let Plan::Read { db, .. } = step {
+                    if last_db != Some(*db) {
+                        replies.next(); // SELECT's OK
+                        last_db = Some(*db);
+                    }
+                    size = size.saturating_add(match replies.next() {
+                        Some(BytesFrame::Integer(b)) => usize::try_from(b).unwrap_or(0),
+                        Some(BytesFrame::Null) => 0,
+                        _ => COPY_READ_BUDGET / 64,
+                    });
+                }
+            }
+            sizes.push(size);
+        }
+        Ok(sizes)
+    }
+
+    /// Step 2: every key of `plans` read in one `MULTI`/`EXEC` on the leader (one round trip,
+    /// one atomic snapshot): `DUMP` and the absolute expiry.
+    async fn read_dumps(
+        &mut self,
+        plans: Vec<SmallVec<[Plan; 2]>>,
+    ) -> Result<Vec<SmallVec<[Effect; 2]>>, ApplyError> {
         // Read everything in one MULTI/EXEC.
         let ttl_cmd: &[u8] = if self.use_pttl {
             b"PTTL"
@@ -176,7 +275,7 @@ impl RedisApplier {
             }
             effects.push(e);
         }
-        self.write_effects(effects).await
+        Ok(effects)
     }
 
     /// Step 2 without `DUMP`: each copied key read type-aware, one at a time.
