@@ -428,17 +428,31 @@ async fn verify_names_the_nifi_component_and_entry_that_differ() {
         .expect("the corrupted key in /status");
     assert_eq!(named["nifi"]["entries"][0], "listing.timestamp", "{s}");
     assert!(!s.to_string().contains("1600000000000"), "{s}");
+    // The gauge is process-global; `SERIAL` keeps every other proxy of this binary away.
     let m = proxy.http("GET", "/metrics", None).await.1;
-    assert!(
-        m.lines()
-            .any(|l| l.starts_with("statemirror_verify_differences{protocol=\"redis\"} 3")),
+    assert_eq!(
+        metric(
+            &m,
+            "statemirror_verify_differences",
+            &[("protocol", "redis")]
+        ),
+        Some(3.0),
         "{m}"
     );
-    // An operator's resync repairs it.
+    // An operator's resync repairs it: the request marks the follower out of sync at once,
+    // so settling means that resync ran to the end.
+    let resyncs_before = proxy.status().await["redis"]["resync"]["resyncs_total"]
+        .as_u64()
+        .expect("resyncs_total");
     let (code, body) = proxy.http("POST", "/resync", None).await;
     assert_eq!(code, 202, "{body}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     settle(&proxy).await;
+    let s = proxy.status().await;
+    assert_eq!(
+        s["redis"]["resync"]["resyncs_total"].as_u64(),
+        Some(resyncs_before + 1),
+        "{s}"
+    );
     verify_zero(&proxy, &leader, &follower).await;
     let s = proxy.status().await;
     assert_eq!(s["redis"]["verify"]["last"]["different"], 0, "{s}");
