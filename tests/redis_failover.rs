@@ -759,10 +759,16 @@ async fn maintenance_freeze_with_token() {
     let token = "t0ken-for-maintenance";
     let tf = token_file(token);
     let path = tf.path().to_path_buf();
+    // The follower link is slow (every chunk held 20 ms), so writes acknowledged just
+    // before the freeze are still on their way when it is requested.
+    let relay = common::fault::FaultRelay::start(&follower.addr());
+    let relay_url = format!("redis://{}", relay.addr());
     let proxy = Proxy::start_with(&leader, Some(&follower), move |cfg| {
         cfg.admin.token_file = Some(path);
+        cfg.redis.as_mut().unwrap().follower = Some(relay_url);
     })
     .await;
+    relay.set(common::fault::Fault::Delay(Duration::from_millis(20)));
 
     let mut c = proxy.conn().await;
     let _: () = c.set("a", "1").await.unwrap();
