@@ -34,6 +34,12 @@ async fn settle(proxy: &Proxy) {
     settle_with("redis", || proxy.status()).await
 }
 
+async fn resyncs_total(proxy: &Proxy) -> u64 {
+    proxy.status().await["redis"]["resync"]["resyncs_total"]
+        .as_u64()
+        .expect("resyncs_total")
+}
+
 /// `GET /verify` says zero differences, and so does the test's own key-by-key comparison.
 async fn verify_zero(proxy: &Proxy, leader: &RedisServer, follower: &RedisServer) -> u64 {
     let (code, body) = proxy.http("GET", "/verify", None).await;
@@ -626,11 +632,22 @@ async fn typed_copies_cover_every_data_type() {
     let _: () = c.expire("l", 500).await.expect("EXPIRE");
     proxy.drained().await;
     verify_zero(&proxy, &leader, &follower).await;
-    // And the resync path: the follower comes back empty.
+    // And the resync path: the follower comes back empty. A write makes the writer
+    // reconnect and see the new run id, which marks the follower out of sync; the resync
+    // that follows must have completed before the comparison.
+    let resyncs_before = resyncs_total(&proxy).await;
     follower.restart();
-    let _: () = c.incr("n", 1).await.expect("INCR"); // a write makes the writer reconnect
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = c.incr("n", 1).await.expect("INCR");
+    eventually(Duration::from_secs(20), || async {
+        match resyncs_total(&proxy).await {
+            n if n > resyncs_before => Ok(()),
+            n => Err(format!("{n} resyncs, none since the restart")),
+        }
+    })
+    .await;
     settle(&proxy).await;
+    let s = proxy.status().await;
+    assert_eq!(s["redis"]["resync"]["last"]["outcome"], "completed", "{s}");
     assert_eq!(verify_zero(&proxy, &leader, &follower).await, 7);
 }
 
