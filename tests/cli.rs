@@ -282,8 +282,8 @@ fn the_kubernetes_example_config_is_valid() {
     );
 }
 
-/// `recover` usage errors: without `--from-follower` (it must say which way it copies)
-/// clap refuses the arguments (exit 2, naming the flag); a config with errors exits 64 with
+/// `recover` usage errors: without `--from-follower` (it must say which way it copies) the
+/// arguments are refused (exit 64, like every usage error, naming the flag); a config with errors exits 64 with
 /// the key path; a config whose sidecars have no follower exits 64; backends that cannot be
 /// reached exit 69. Nothing is copied in any of these.
 #[test]
@@ -291,8 +291,10 @@ fn recover_usage_errors_have_their_exit_codes() {
     let example = config_path("redis.toml");
     let example = example.to_str().expect("utf-8 path");
     let out = run(&["recover", "--config", example]);
-    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert_eq!(out.status.code(), Some(64), "stderr: {}", stderr(&out));
     assert!(stderr(&out).contains("--from-follower"), "{}", stderr(&out));
+    let out = run(&["recover", "--from-follower"]);
+    assert_eq!(out.status.code(), Some(64), "no --config: {}", stderr(&out));
 
     let bad = temp_config("[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\nfollower = \"nope\"\n");
     let out = run(&["recover", "--from-follower", "--config", path_str(&bad)]);
