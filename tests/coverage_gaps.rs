@@ -599,7 +599,7 @@ async fn backend_url_database_is_statemirrors_own_and_client_databases_map_one_t
     assert_eq!(assert_same_data(&leader, &follower).await, 2);
     // The generation marker lives in database 3 (statemirror's own) on both sides.
     for server in [&leader, &follower] {
-        let mut c = client(&format!("{}/3", server.url())).await;
+        let c = client(&format!("{}/3", server.url())).await;
         eventually(Duration::from_secs(15), || {
             let mut c = c.clone();
             async move {
@@ -615,7 +615,6 @@ async fn backend_url_database_is_statemirrors_own_and_client_databases_map_one_t
             }
         })
         .await;
-        let _ = &mut c;
     }
     // Verify and resync cover every database, not just 3.
     let mut f0 = follower.conn().await;

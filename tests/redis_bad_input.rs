@@ -2,6 +2,9 @@
 //! garbage, clients that never read, too many connections, idle connections. The proxy must
 //! answer like Redis (a `-ERR Protocol error` then close), write nothing half-parsed, and
 //! keep serving everyone else.
+//!
+//! Metrics are process-global: the one test that reads them holds `metrics_exclusive`,
+//! every other test `metrics_shared`.
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! pipelining, RESP3, NiFi's WATCH/MULTI replace, pub/sub, blocking pops, AUTH, SELECT and
 //! a concurrent mixed workload. Each test checks what the client sees and, where it wrote,
 //! that the follower ends up identical to the leader once the mirror has drained.
+//!
+//! Metrics are process-global: the one test that reads them holds `metrics_exclusive`,
+//! every other test `metrics_shared`.
 mod common;
 
 use std::collections::HashMap;
