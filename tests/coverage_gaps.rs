@@ -287,6 +287,34 @@ async fn sigterm_with_a_stopped_follower_exits_after_the_drain_timeout_and_logs_
     assert!(line.contains("drain_timeout_ms=700"), "{line}");
 }
 
+/// `App::stop` (what `SIGTERM` runs) reports whether everything acknowledged reached the
+/// follower: true when the queue drains, false when `drain_timeout_ms` passes first (the
+/// follower is stopped), and it returns either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_stop_reports_whether_the_mirror_drained() {
+    let _metrics = metrics_shared().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    for frozen in [false, true] {
+        let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
+            cfg.maintenance.drain_timeout_ms = 300;
+        })
+        .await;
+        let stopped = frozen.then(|| Frozen::new(follower.pid()));
+        let mut c = proxy.conn().await;
+        for i in 0..10 {
+            let _: () = c.set(format!("stop:{i}"), i).await.unwrap();
+        }
+        let drained = tokio::time::timeout(Duration::from_secs(10), proxy.app.stop())
+            .await
+            .expect("stop returned");
+        assert_eq!(drained, !frozen, "follower stopped: {frozen}");
+        let depth = proxy.app.mirrors()[0].1.status().queue_depth;
+        assert_eq!(depth, if frozen { 10 } else { 0 }, "left in the queue");
+        drop(stopped);
+    }
+}
+
 /// `GET /verify` while another verification runs (here: stuck on a stopped follower) is
 /// refused with 409; once the follower continues, the first one answers 200. With the
 /// follower gone, a verification answers 503 and names the backend.
