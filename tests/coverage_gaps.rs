@@ -5,7 +5,7 @@
 //! - `statemirror_mirror_lag_seconds`: the age of the oldest unmirrored write while the
 //!   follower is stopped, 0 once it drained;
 //! - `SIGTERM` with a stopped follower: the process exits once `drain_timeout_ms` passed and
-//!   logs how many writes were left unmirrored;
+//!   logs how many writes were left unmirrored; `App::stop` says whether the mirror drained;
 //! - `GET /verify`: 409 while another verification runs, 503 when a backend is down;
 //! - `replication.max_queue_bytes`: overflow by bytes marks the follower out of sync and
 //!   counts the discarded writes;
