@@ -109,7 +109,19 @@ enum MaintenanceAction {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit EXIT_CONFIG like every other "fix the invocation" error (clap's
+    // own default would be 2); `--help` and `--version` exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     let threads = std::env::var("STATEMIRROR_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())

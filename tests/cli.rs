@@ -1,5 +1,6 @@
-//! The `statemirror` binary: `check-config`, `--help`, and `maintenance` against a proxy
-//! running in this process.
+//! The `statemirror` binary: `check-config` (key paths, secret files, exit codes), `--help`,
+//! `recover`'s usage errors and exit codes, and `maintenance` against a proxy running in this
+//! process.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -279,4 +280,83 @@ fn the_kubernetes_example_config_is_valid() {
         "grace period {grace} s does not cover the drain ({} ms)",
         cfg.maintenance.drain_timeout_ms
     );
+}
+
+/// `recover` usage errors: without `--from-follower` (it must say which way it copies) the
+/// arguments are refused (exit 64, like every usage error, naming the flag); a config with errors exits 64 with
+/// the key path; a config whose sidecars have no follower exits 64; backends that cannot be
+/// reached exit 69. Nothing is copied in any of these.
+#[test]
+fn recover_usage_errors_have_their_exit_codes() {
+    let example = config_path("redis.toml");
+    let example = example.to_str().expect("utf-8 path");
+    let out = run(&["recover", "--config", example]);
+    assert_eq!(out.status.code(), Some(64), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("--from-follower"), "{}", stderr(&out));
+    let out = run(&["recover", "--from-follower"]);
+    assert_eq!(out.status.code(), Some(64), "no --config: {}", stderr(&out));
+
+    let bad = temp_config("[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\nfollower = \"nope\"\n");
+    let out = run(&["recover", "--from-follower", "--config", path_str(&bad)]);
+    assert_eq!(out.status.code(), Some(64), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("redis.follower"), "{}", stderr(&out));
+
+    let alone =
+        temp_config("[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\n");
+    let out = run(&["recover", "--from-follower", "--config", path_str(&alone)]);
+    assert_eq!(out.status.code(), Some(64), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("has a follower"), "{}", stderr(&out));
+
+    let unreachable = temp_config(&format!(
+        "[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:{}\"\n\
+         follower = \"redis://127.0.0.1:{}\"\nconnect_timeout_ms = 500\n",
+        free_port(),
+        free_port()
+    ));
+    let out = run(&[
+        "recover",
+        "--from-follower",
+        "--config",
+        path_str(&unreachable),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "stdout: {} stderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON report");
+    assert!(report["redis"]["error"].is_string(), "{report}");
+}
+
+/// `check-config` reads the secret files a config names: a missing password file is an
+/// error (exit 64) naming its key and never its content; a readable one passes (exit 0).
+#[test]
+fn check_config_reads_password_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pw = dir.path().join("pw");
+    let text = |p: &Path| {
+        format!(
+            "[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\n\
+             leader_password_file = \"{}\"\n",
+            p.display()
+        )
+    };
+    let cfg = temp_config(&text(&pw));
+    let out = run(&["check-config", "--config", path_str(&cfg)]);
+    assert_eq!(out.status.code(), Some(64), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("redis.leader_password_file"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(&pw, "s3cret-in-file\n").expect("password file");
+    let out = run(&["check-config", "--config", path_str(&cfg)]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(!stderr(&out).contains("s3cret-in-file"), "{}", stderr(&out));
+}
+
+fn path_str(f: &tempfile::NamedTempFile) -> &str {
+    f.path().to_str().expect("utf-8 path")
 }

@@ -2,6 +2,9 @@
 //! garbage, clients that never read, too many connections, idle connections. The proxy must
 //! answer like Redis (a `-ERR Protocol error` then close), write nothing half-parsed, and
 //! keep serving everyone else.
+//!
+//! Metrics are process-global: the one test that reads them holds `metrics_exclusive`,
+//! every other test `metrics_shared`.
 mod common;
 
 use std::time::Duration;
@@ -37,6 +40,7 @@ async fn exists(server: &RedisServer, key: &str) -> bool {
 /// client that was already connected keeps working throughout.
 #[tokio::test]
 async fn malformed_resp_is_answered_and_closed_others_unaffected() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start(&leader, Some(&follower)).await;
@@ -68,6 +72,7 @@ async fn malformed_resp_is_answered_and_closed_others_unaffected() {
 /// just under the limit still works.
 #[tokio::test]
 async fn oversized_request_is_refused_and_writes_nothing() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
@@ -116,6 +121,7 @@ async fn oversized_request_is_refused_and_writes_nothing() {
 /// nothing written. Exactly the limit is accepted.
 #[tokio::test]
 async fn too_many_arguments_are_refused() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
@@ -159,6 +165,7 @@ async fn too_many_arguments_are_refused() {
 /// the proxy keeps serving new and existing clients.
 #[tokio::test]
 async fn garbage_then_eof_does_not_hurt_the_proxy() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start(&leader, Some(&follower)).await;
@@ -221,6 +228,7 @@ async fn garbage_then_eof_does_not_hurt_the_proxy() {
 /// malformed frame never runs, so nothing of it is written or mirrored.
 #[tokio::test]
 async fn valid_request_before_malformed_one_is_answered_and_mirrored() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start(&leader, Some(&follower)).await;
@@ -260,6 +268,7 @@ async fn valid_request_before_malformed_one_is_answered_and_mirrored() {
 /// `client_write_timeout_ms`; other clients are served meanwhile and afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_that_never_reads_is_closed() {
+    let _metrics = metrics_exclusive().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
@@ -272,6 +281,7 @@ async fn client_that_never_reads_is_closed() {
 
     let mut other = Raw::connect(proxy.addr()).await;
     assert_eq!(other.cmd(&["PING"]).await, Resp::Simple("PONG".into()));
+    let slow_before = proxy.metric(CLIENT_ERRORS, SLOW_CLIENT).await;
     let mut slow = Raw::connect(proxy.addr()).await;
     // Its session is up (and counted) once it has been answered.
     assert_eq!(slow.cmd(&["PING"]).await, Resp::Simple("PONG".into()));
@@ -303,20 +313,19 @@ async fn client_that_never_reads_is_closed() {
     assert_eq!(other.cmd(&["GET", "served"]).await, Resp::bulk("yes"));
     let got = other.cmd(&["GET", "big"]).await;
     assert_eq!(got, Resp::Bulk(big));
-    let (_, metrics) = proxy.http("GET", "/metrics", None).await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("statemirror_client_errors_total{")
-                && l.contains(r#"reason="slow_client""#)),
-        "no slow_client error counted"
-    );
+    // Exactly this one client counted (this test holds `metrics_exclusive`).
+    let slow_after = proxy.metric(CLIENT_ERRORS, SLOW_CLIENT).await;
+    assert_eq!(slow_after - slow_before, 1.0, "slow_client errors counted");
 }
+
+const CLIENT_ERRORS: &str = "statemirror_client_errors_total";
+const SLOW_CLIENT: &[(&str, &str)] = &[("protocol", "redis"), ("reason", "slow_client")];
 
 /// With `max_connections = 2`, a third client is told `-ERR max number of clients reached`
 /// and closed; once a slot frees up, new clients get in again.
 #[tokio::test]
 async fn connection_limit_refuses_extra_clients() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
@@ -359,6 +368,7 @@ async fn connection_limit_refuses_extra_clients() {
 /// served when a value arrives, and closed once it has then been idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_spares_blocked_and_subscribed_clients() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
@@ -419,6 +429,7 @@ async fn idle_timeout_spares_blocked_and_subscribed_clients() {
 /// lines are skipped, and an inline write is mirrored.
 #[tokio::test]
 async fn inline_commands_work() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let proxy = Proxy::start(&leader, Some(&follower)).await;

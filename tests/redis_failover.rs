@@ -5,8 +5,8 @@
 //! requests.
 //!
 //! The Prometheus recorder is process-global, so every proxy started in this test binary
-//! shares one set of metric series. The tests therefore run one at a time (`SERIAL`) and
-//! compare counters as before/after deltas.
+//! shares one set of metric series. The tests therefore run one at a time (`SERIAL`), and a
+//! counter is checked as an exact before/after delta over what the test itself did.
 mod common;
 
 use std::collections::BTreeMap;
@@ -197,34 +197,6 @@ impl Raw {
 // Small helpers.
 // ---------------------------------------------------------------------------------------
 
-/// The value of the first series `name{labels...}` that has all of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, lbl) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if n != name {
-            continue;
-        }
-        let pairs: Vec<(&str, &str)> = lbl
-            .split(',')
-            .filter_map(|p| p.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if labels.iter().all(|l| pairs.contains(l)) {
-            return value.trim().parse().ok();
-        }
-    }
-    None
-}
-
 async fn metrics_text(proxy: &Proxy) -> String {
     let (code, body) = proxy.http("GET", "/metrics", None).await;
     assert_eq!(code, 200, "{body}");
@@ -282,12 +254,19 @@ fn token_file(token: &str) -> tempfile::NamedTempFile {
 // 1. The follower dies in the middle of a workload.
 // ---------------------------------------------------------------------------------------
 
+/// The follower is SIGKILLed in the middle of a workload and comes back empty: no client
+/// write fails, the writes made while it was down reach it through the queue, and the full
+/// resync its empty restart triggers brings back the rest, so it ends equal to the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_killed_mid_workload_writes_succeed_and_queued_writes_arrive() {
     let _serial = SERIAL.lock().await;
     let leader = RedisServer::start();
     let mut follower = RedisServer::start();
     let proxy = Proxy::start(&leader, Some(&follower)).await;
+    // The generation marker is on the follower before anything else happens, so the
+    // follower coming back empty reads as "behind" and gets a full resync.
+    wait_for_marker(&follower).await;
+    let resyncs_before = resyncs_total(&proxy).await;
 
     const TOTAL: usize = 900;
     let progress = Arc::new(AtomicUsize::new(0));
@@ -400,36 +379,75 @@ async fn follower_killed_mid_workload_writes_succeed_and_queued_writes_arrive() 
     })
     .await;
 
-    // Every key touched while the follower was down (and after) reached it with the
-    // leader's value. Keys touched only before the kill and already mirrored died with the
-    // follower's memory: bringing those back needs a full resync (a later feature), so for
-    // them only "absent or equal to the leader" is asserted (never a wrong value).
-    let mut lc = leader.conn().await;
+    // Every key touched while the follower was down (and after) reached it through the
+    // queue. Keys written only before the kill died with the follower's memory: the restart
+    // empty leaves its generation marker behind the leader's, which starts a full resync,
+    // after which the follower holds every key with the leader's value.
     let mut fc = follower.conn().await;
-    let mut last_after: BTreeMap<&str, bool> = BTreeMap::new();
-    for (k, after) in &written {
-        let e = last_after.entry(k.as_str()).or_insert(false);
-        *e |= *after;
-    }
-    let mut checked_after = 0;
-    for (k, after) in last_after {
+    let mut lc = leader.conn().await;
+    let after_kill: Vec<&str> = written
+        .iter()
+        .filter(|(_, after)| *after)
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert!(
+        after_kill.len() > 100,
+        "only {} post-kill writes",
+        after_kill.len()
+    );
+    eventually(Duration::from_secs(60), || async {
+        let s = proxy.status().await;
+        let r = &s["redis"];
+        if r["resync"]["resyncs_total"].as_u64() > Some(resyncs_before)
+            && r["resync"]["running"] == false
+            && r["mirror"]["in_sync"] == true
+            && r["mirror"]["queue_depth"] == 0
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "no completed resync after the empty restart yet: {r}"
+            ))
+        }
+    })
+    .await;
+    for k in after_kill {
         let lv: Option<String> = lc.get(k).await.unwrap();
         let fv: Option<String> = fc.get(k).await.unwrap();
         assert!(lv.is_some(), "{k} missing on the leader");
-        if after {
-            assert_eq!(fv, lv, "{k} was written while the follower was down");
-            checked_after += 1;
-        } else {
-            assert!(
-                fv.is_none() || fv == lv,
-                "{k}: follower has {fv:?}, leader {lv:?}"
-            );
-        }
+        assert_eq!(fv, lv, "{k} was written while the follower was down");
     }
-    assert!(checked_after > 100, "only {checked_after} post-kill keys");
+    let n = assert_same_data(&leader, &follower).await;
+    assert_eq!(n, TOTAL + 7, "every key, pre-kill ones included");
     let s = proxy.status().await;
-    assert_eq!(s["redis"]["mirror"]["in_sync"], true, "{s}");
+    assert_eq!(s["redis"]["resync"]["last"]["outcome"], "completed", "{s}");
     assert_eq!(s["redis"]["mirror"]["dropped_writes"], 0, "{s}");
+}
+
+/// Waits until statemirror has written its generation marker on `server`.
+async fn wait_for_marker(server: &RedisServer) {
+    let c = server.conn().await;
+    eventually(Duration::from_secs(15), || {
+        let mut c = c.clone();
+        async move {
+            let n: i64 = c
+                .exists(statemirror::redis::generation::KEY)
+                .await
+                .map_err(|e| e.to_string())?;
+            if n == 1 {
+                Ok(())
+            } else {
+                Err("no generation marker yet".to_string())
+            }
+        }
+    })
+    .await;
+}
+
+async fn resyncs_total(proxy: &Proxy) -> u64 {
+    proxy.status().await["redis"]["resync"]["resyncs_total"]
+        .as_u64()
+        .expect("resyncs_total")
 }
 
 fn s_str(v: &Value) -> String {
@@ -635,8 +653,10 @@ async fn leader_killed_follower_serves_reads_then_leader_returns() {
         &[("protocol", "redis"), ("reason", "leader_unavailable")],
     )
     .await;
-    assert!(
-        rejected_after >= rejected_before + 3.0,
+    // SET, INCR and the SET inside MULTI: each refused write counted once.
+    assert_eq!(
+        rejected_after - rejected_before,
+        3.0,
         "rejected_writes_total{{reason=leader_unavailable}}: {rejected_before} -> {rejected_after}"
     );
     let text = metrics_text(&proxy).await;
@@ -741,10 +761,16 @@ async fn maintenance_freeze_with_token() {
     let token = "t0ken-for-maintenance";
     let tf = token_file(token);
     let path = tf.path().to_path_buf();
+    // The follower link is slow (every chunk held 20 ms), so writes acknowledged just
+    // before the freeze are still on their way when it is requested.
+    let relay = common::fault::FaultRelay::start(&follower.addr());
+    let relay_url = format!("redis://{}", relay.addr());
     let proxy = Proxy::start_with(&leader, Some(&follower), move |cfg| {
         cfg.admin.token_file = Some(path);
+        cfg.redis.as_mut().unwrap().follower = Some(relay_url);
     })
     .await;
+    relay.set(common::fault::Fault::Delay(Duration::from_millis(20)));
 
     let mut c = proxy.conn().await;
     let _: () = c.set("a", "1").await.unwrap();
@@ -771,32 +797,74 @@ async fn maintenance_freeze_with_token() {
     )
     .await;
 
-    // Writes just before the freeze are on the follower when PUT returns.
+    // Writes just before the freeze are on the follower when PUT returns; a writer keeps
+    // writing through the freeze until it has been refused 20 times.
     let mut pipe = redis::pipe();
     for i in 0..200 {
         pipe.set(format!("pre:{i}"), format!("v{i}")).ignore();
     }
     let _: () = pipe.query_async(&mut c).await.unwrap();
     let _: () = c.set("last-before-freeze", "yes").await.unwrap();
+    let writer = {
+        let mut w = proxy.conn().await;
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0u32);
+            for i in 0..1_000_000u64 {
+                match w.set::<_, _, ()>(format!("during:{i}"), i).await {
+                    Ok(()) => acked.push(format!("during:{i}")),
+                    Err(e) if e.to_string().contains("writes are frozen") => {
+                        refused += 1;
+                        if refused == 20 {
+                            break;
+                        }
+                    }
+                    Err(e) => panic!("SET during:{i}: {e}"),
+                }
+            }
+            (acked, refused)
+        })
+    };
+    // Freeze only once the writer is writing.
+    eventually(Duration::from_secs(10), || async {
+        match get(&leader, "during:10").await {
+            Some(_) => Ok(()),
+            None => Err("writer not started".to_string()),
+        }
+    })
+    .await;
     let (code, body) = proxy.http("PUT", "/maintenance", Some(token)).await;
     assert_eq!(code, 200, "{body}");
+    // A backup of the follower taken now is stable while the writer is being refused.
+    let first = snapshot(&follower).await;
     let b = json(&body);
     assert_eq!(b["frozen"], true, "{body}");
     assert_eq!(b["writes_drained"], true, "{body}");
     assert_eq!(b["mirror_drained"], true, "{body}");
     assert_eq!(b["follower_in_sync"], true, "{body}");
+    let (acked, writer_refused) = tokio::time::timeout(Duration::from_secs(30), writer)
+        .await
+        .expect("writer refused 20 times")
+        .expect("writer task");
+    assert_eq!(writer_refused, 20);
+    let second = snapshot(&follower).await;
+    assert!(first == second, "follower changed while frozen");
+    let marker = statemirror::redis::generation::KEY;
+    assert_eq!(
+        first.keys().filter(|k| k.as_slice() != marker).count(),
+        203 + acked.len(),
+        "every write acknowledged before the freeze is in the backup"
+    );
+    for k in &acked {
+        assert!(
+            first.contains_key(k.as_bytes()),
+            "{k} acknowledged but not on the follower"
+        );
+    }
     assert_eq!(
         get(&follower, "last-before-freeze").await.as_deref(),
         Some("yes")
     );
     assert_same_data(&leader, &follower).await;
-
-    // A backup of the follower taken while frozen is stable.
-    let first = snapshot(&follower).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let second = snapshot(&follower).await;
-    assert_eq!(first.len(), 203);
-    assert!(first == second, "follower changed while frozen");
 
     // One pipeline: reads answered, writes refused, in order.
     let mut raw = Raw::connect(proxy.addr()).await;
@@ -859,8 +927,10 @@ async fn maintenance_freeze_with_token() {
         &[("protocol", "redis"), ("reason", "maintenance")],
     )
     .unwrap_or(0.0);
-    assert!(
-        rejected >= rejected_before + 3.0,
+    // The writer's 20, then SET and INCR in the pipeline and the SET inside MULTI.
+    assert_eq!(
+        rejected - rejected_before,
+        f64::from(writer_refused) + 3.0,
         "rejected_writes_total{{reason=maintenance}}: {rejected_before} -> {rejected}"
     );
     // The follower still has not moved.
@@ -997,6 +1067,10 @@ async fn freeze_waits_for_a_running_write() {
 // 7. Mirror queue overflow.
 // ---------------------------------------------------------------------------------------
 
+/// `max_queue_ops = 50` and a dead follower: 200 writes overflow the queue, the follower is
+/// marked out of sync (`/status`, `/maintenance`, `statemirror_follower_in_sync`) and the
+/// discarded writes are counted. Automatic resync is off, so the mark stays while live
+/// mirroring goes on once the follower is back; an operator's resync then clears it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_overflow_marks_follower_out_of_sync_but_mirroring_continues() {
     let _serial = SERIAL.lock().await;
@@ -1004,23 +1078,26 @@ async fn queue_overflow_marks_follower_out_of_sync_but_mirroring_continues() {
     let mut follower = RedisServer::start();
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
         cfg.replication.max_queue_ops = 50;
+        cfg.resync.auto = false;
+        cfg.resync.on_start = false;
     })
     .await;
-    let dropped_before = metric_value(
-        &proxy,
-        "statemirror_mirror_dropped_writes_total",
-        &[("protocol", "redis")],
-    )
-    .await;
-    let text = metrics_text(&proxy).await;
-    assert_eq!(
-        metric(
-            &text,
+    let in_sync_gauge = || {
+        metric_value(
+            &proxy,
             "statemirror_follower_in_sync",
-            &[("protocol", "redis")]
-        ),
-        Some(1.0)
-    );
+            &[("protocol", "redis")],
+        )
+    };
+    let dropped_metric = || {
+        metric_value(
+            &proxy,
+            "statemirror_mirror_dropped_writes_total",
+            &[("protocol", "redis")],
+        )
+    };
+    let dropped_before = dropped_metric().await;
+    assert_eq!(in_sync_gauge().await, 1.0);
 
     blocking(|| follower.kill());
     let mut c = proxy.conn().await;
@@ -1033,35 +1110,20 @@ async fn queue_overflow_marks_follower_out_of_sync_but_mirroring_continues() {
     assert_eq!(m["in_sync"], false, "{m}");
     let reason = s_str(&m["out_of_sync_reason"]);
     assert!(reason.contains("overflow"), "{reason}");
-    assert!(m["dropped_writes"].as_u64().unwrap() > 0, "{m}");
+    let dropped = m["dropped_writes"].as_u64().unwrap();
+    assert!(dropped > 0, "{m}");
     assert!(m["queue_depth"].as_u64().unwrap() <= 50, "{m}");
-    let text = metrics_text(&proxy).await;
-    assert_eq!(
-        metric(
-            &text,
-            "statemirror_follower_in_sync",
-            &[("protocol", "redis")]
-        ),
-        Some(0.0),
-        "{text}"
-    );
-    let dropped_after = metric(
-        &text,
-        "statemirror_mirror_dropped_writes_total",
-        &[("protocol", "redis")],
-    )
-    .unwrap_or(0.0);
-    assert!(
-        dropped_after > dropped_before,
-        "{dropped_before} -> {dropped_after}"
-    );
+    // Every write is either still queued or counted as discarded.
+    assert_eq!(dropped + m["queue_depth"].as_u64().unwrap(), 200, "{m}");
+    assert_eq!(in_sync_gauge().await, 0.0);
+    assert_eq!(dropped_metric().await - dropped_before, dropped as f64);
     let (_, body) = proxy.http("GET", "/maintenance", None).await;
     assert_eq!(json(&body)["follower_in_sync"], false, "{body}");
 
-    // The follower returns: live mirroring goes on, the out-of-sync mark stays.
+    // The follower returns (empty): live mirroring goes on, the out-of-sync mark stays.
     blocking(|| follower.restart());
     // What survived the overflow drains first (writing now could overflow the still-full
-    // queue again and discard the new writes too, which is the documented behaviour).
+    // queue again and discard the new writes too).
     proxy.drained().await;
     for i in 0..20 {
         let _: () = c.set(format!("ov:new:{i}"), i).await.unwrap();
@@ -1076,15 +1138,23 @@ async fn queue_overflow_marks_follower_out_of_sync_but_mirroring_continues() {
     }
     let s = proxy.status().await;
     assert_eq!(s["redis"]["mirror"]["in_sync"], false, "{s}");
-    let text = metrics_text(&proxy).await;
-    assert_eq!(
-        metric(
-            &text,
-            "statemirror_follower_in_sync",
-            &[("protocol", "redis")]
-        ),
-        Some(0.0)
+    assert_eq!(s["redis"]["resync"]["running"], false, "{s}");
+    assert_eq!(s["redis"]["resync"]["resyncs_total"], 0, "{s}");
+    assert_eq!(in_sync_gauge().await, 0.0);
+    assert!(
+        compare_data(&leader, &follower).await.is_err(),
+        "the discarded writes are missing on the follower"
     );
+
+    // An operator's resync repairs it.
+    let (code, body) = proxy.http("POST", "/resync", None).await;
+    assert_eq!(code, 202, "{body}");
+    settle_with("redis", || proxy.status()).await;
+    let s = proxy.status().await;
+    assert_eq!(s["redis"]["resync"]["resyncs_total"], 1, "{s}");
+    assert_eq!(s["redis"]["resync"]["last"]["outcome"], "completed", "{s}");
+    assert_eq!(assert_same_data(&leader, &follower).await, 220);
+    assert_eq!(in_sync_gauge().await, 1.0);
 }
 
 // ---------------------------------------------------------------------------------------

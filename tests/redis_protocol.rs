@@ -2,6 +2,9 @@
 //! pipelining, RESP3, NiFi's WATCH/MULTI replace, pub/sub, blocking pops, AUTH, SELECT and
 //! a concurrent mixed workload. Each test checks what the client sees and, where it wrote,
 //! that the follower ends up identical to the leader once the mirror has drained.
+//!
+//! Metrics are process-global: the one test that reads them holds `metrics_exclusive`,
+//! every other test `metrics_shared`.
 mod common;
 
 use std::collections::HashMap;
@@ -44,6 +47,7 @@ fn nifi_state(v: &str) -> String {
 /// follower with the same type, value and TTL.
 #[tokio::test]
 async fn every_data_type_round_trips_and_is_mirrored() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut c = proxy.conn().await;
 
@@ -170,6 +174,7 @@ async fn every_data_type_round_trips_and_is_mirrored() {
 /// them).
 #[tokio::test]
 async fn pfcount_cache_refresh_is_not_state() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut c = proxy.conn().await;
     let added: i64 = q(&mut c, &["PFADD", "hll", "a", "b", "c"]).await;
@@ -188,6 +193,7 @@ async fn pfcount_cache_refresh_is_not_state() {
 /// 1,000 commands written in one go come back as 1,000 replies in request order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_of_1000_commands_keeps_reply_order() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut raw = Raw::connect(proxy.addr()).await;
     let mut wire = Vec::new();
@@ -223,6 +229,7 @@ async fn pipeline_of_1000_commands_keeps_reply_order() {
 /// normal commands keep working on the same connection.
 #[tokio::test]
 async fn resp3_hello_map_replies_and_push_messages_raw() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut c = Raw::connect(proxy.addr()).await;
     let hello = c.cmd(&["HELLO", "3"]).await;
@@ -293,6 +300,7 @@ async fn resp3_hello_map_replies_and_push_messages_raw() {
 /// message published on another connection is delivered as a RESP3 push.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resp3_client_library_and_pubsub_push() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let url = format!("{}/?protocol=resp3", proxy.url());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -336,6 +344,7 @@ async fn resp3_client_library_and_pubsub_push() {
 /// answers a non-empty array and the new state reaches the follower.
 #[tokio::test]
 async fn nifi_replace_sequence_on_one_connection() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let key = "nifi/components/0a1b2c3d-0187-1000-9c1f-5e0d1b2c3d4e";
     let mut c = proxy.conn().await;
@@ -367,6 +376,7 @@ async fn nifi_replace_sequence_on_one_connection() {
 /// array), B's EXEC returns nil because the watched key changed. The follower holds A's value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nifi_replace_race_second_exec_returns_nil() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let key = "nifi/components/7e57c0de-0187-1000-aaaa-000000000001";
     let initial = nifi_state("initial");
@@ -402,6 +412,7 @@ async fn nifi_replace_race_second_exec_returns_nil() {
 /// `KEYS nifi/components/*` (how NiFi lists state) returns exactly the component keys.
 #[tokio::test]
 async fn keys_pattern_lists_nifi_components() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut c = proxy.conn().await;
     let mut want = Vec::new();
@@ -424,6 +435,7 @@ async fn keys_pattern_lists_nifi_components() {
 /// PUBLISH creates no key on the follower.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pubsub_subscribe_psubscribe_unsubscribe() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut sub = Raw::connect(proxy.addr()).await;
     sub.send(&["SUBSCRIBE", "news", "alerts"]).await;
@@ -517,6 +529,7 @@ async fn pubsub_subscribe_psubscribe_unsubscribe() {
 /// from the follower's copy of the list too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blpop_blocks_until_push_and_mirrors_the_pop() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut blocked = proxy.conn().await;
     let waiter = tokio::spawn(async move {
@@ -560,6 +573,7 @@ async fn blpop_blocks_until_push_and_mirrors_the_pop() {
 /// URLs, clients must AUTH themselves (NOAUTH otherwise), and their writes are mirrored.
 #[tokio::test]
 async fn auth_required_by_backends() {
+    let _metrics = metrics_shared().await;
     let leader = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let follower = RedisServer::start_with(&["--requirepass", "s3cret"]);
     let (lp, fp) = (leader.port, follower.port);
@@ -620,6 +634,7 @@ async fn auth_required_by_backends() {
 /// MULTI and MOVE to another database.
 #[tokio::test]
 async fn select_writes_are_mirrored_into_the_same_db() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut c = Raw::connect(proxy.addr()).await;
     let ok = Resp::Simple("OK".into());
@@ -753,11 +768,14 @@ async fn mixed_worker(mut c: MultiplexedConnection, w: usize, iterations: usize)
 
 /// 8 connections run transactions, scripts (with SPOP/SRANDMEMBER inside), SPOP, SET EX,
 /// EXPIRE, INCR, LPUSH/BLPOP, HSET, ZADD, XADD * and APPEND races on shared keys at once.
-/// Once drained the follower equals the leader (type, value, TTL ±1 s), and /metrics
-/// counts the mirrored writes.
+/// Once drained the follower equals the leader (type, value, TTL ±1 s); /metrics counts
+/// this sidecar's mirrored writes exactly as its /status does, and its write requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_concurrent_workload_converges() {
+    let _metrics = metrics_exclusive().await;
     let (leader, follower, proxy) = setup().await;
+    let before = proxy.metrics().await;
+    let mirrored_status_before = mirrored_writes(&proxy).await;
     const WORKERS: usize = 8;
     const ITERATIONS: usize = 300;
     let mut tasks = Vec::new();
@@ -785,31 +803,51 @@ async fn mixed_concurrent_workload_converges() {
     let n = assert_same_data(&leader, &follower).await;
     assert!(n > 30, "only {n} keys compared");
 
-    let (code, body) = proxy.http("GET", "/metrics", None).await;
-    assert_eq!(code, 200);
-    let value_of = |line: &str| -> f64 {
-        line.rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
-    let mirrored = body
-        .lines()
-        .find(|l| l.starts_with(r#"statemirror_mirrored_writes_total{protocol="redis"}"#))
-        .unwrap_or_else(|| panic!("no mirrored writes counter in:\n{body}"));
-    assert!(value_of(mirrored) > 0.0, "{mirrored}");
-    let writes = body
-        .lines()
-        .find(|l| {
-            l.starts_with("statemirror_requests_total{")
-                && l.contains(r#"kind="write""#)
-                && l.contains(r#"route="leader""#)
-        })
-        .unwrap_or_else(|| panic!("no write request counter in:\n{body}"));
+    // Metrics are process-global: this test holds `metrics_exclusive`, so the deltas below
+    // are this sidecar's alone.
+    let after = proxy.metrics().await;
+    let mirrored = delta(&before, &after, MIRRORED, &[("protocol", "redis")]);
+    let mirrored_status = mirrored_writes(&proxy).await - mirrored_status_before;
+    assert!(mirrored_status > 0, "nothing mirrored");
+    assert_eq!(mirrored, mirrored_status as f64, "metric vs /status");
+    let writes = delta(&before, &after, REQUESTS, LEADER_WRITES);
     assert!(
-        value_of(writes) >= (WORKERS * ITERATIONS) as f64 / 2.0,
-        "{writes}"
+        writes >= (WORKERS * ITERATIONS) as f64 / 2.0,
+        "{writes} write requests counted"
     );
+    // Exact counts for a known sequence on one connection.
+    let before = proxy.metrics().await;
+    for i in 0..10 {
+        let _: () = c.set(format!("count:{i}"), i).await.unwrap();
+    }
+    for i in 0..5 {
+        let _: Option<String> = c.get(format!("count:{i}")).await.unwrap();
+    }
+    let after = proxy.metrics().await;
+    assert_eq!(delta(&before, &after, REQUESTS, LEADER_WRITES), 10.0);
+    assert_eq!(delta(&before, &after, REQUESTS, LEADER_READS), 5.0);
+}
+
+const MIRRORED: &str = "statemirror_mirrored_writes_total";
+const REQUESTS: &str = "statemirror_requests_total";
+const LEADER_WRITES: &[(&str, &str)] = &[
+    ("protocol", "redis"),
+    ("kind", "write"),
+    ("route", "leader"),
+];
+const LEADER_READS: &[(&str, &str)] =
+    &[("protocol", "redis"), ("kind", "read"), ("route", "leader")];
+
+/// How much one series grew between two `/metrics` texts.
+fn delta(before: &str, after: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(after, name, labels).unwrap_or(0.0) - metric(before, name, labels).unwrap_or(0.0)
+}
+
+/// This sidecar's own count of writes applied to the follower (`/status`).
+async fn mirrored_writes(proxy: &Proxy) -> u64 {
+    proxy.status().await["redis"]["mirror"]["mirrored_writes"]
+        .as_u64()
+        .expect("mirrored_writes")
 }
 
 /// Writes that carry their value (`SET`, `DEL`, `SETEX`) are mirrored without reading the
@@ -820,6 +858,7 @@ async fn mixed_concurrent_workload_converges() {
 /// follower must hold the leader's value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_overwrites_of_hot_keys_converge() {
+    let _metrics = metrics_shared().await;
     let (leader, follower, proxy) = setup().await;
     let mut conns = Vec::new();
     for _ in 0..8 {

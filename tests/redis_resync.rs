@@ -34,6 +34,12 @@ async fn settle(proxy: &Proxy) {
     settle_with("redis", || proxy.status()).await
 }
 
+async fn resyncs_total(proxy: &Proxy) -> u64 {
+    proxy.status().await["redis"]["resync"]["resyncs_total"]
+        .as_u64()
+        .expect("resyncs_total")
+}
+
 /// `GET /verify` says zero differences, and so does the test's own key-by-key comparison.
 async fn verify_zero(proxy: &Proxy, leader: &RedisServer, follower: &RedisServer) -> u64 {
     let (code, body) = proxy.http("GET", "/verify", None).await;
@@ -428,17 +434,31 @@ async fn verify_names_the_nifi_component_and_entry_that_differ() {
         .expect("the corrupted key in /status");
     assert_eq!(named["nifi"]["entries"][0], "listing.timestamp", "{s}");
     assert!(!s.to_string().contains("1600000000000"), "{s}");
+    // The gauge is process-global; `SERIAL` keeps every other proxy of this binary away.
     let m = proxy.http("GET", "/metrics", None).await.1;
-    assert!(
-        m.lines()
-            .any(|l| l.starts_with("statemirror_verify_differences{protocol=\"redis\"} 3")),
+    assert_eq!(
+        metric(
+            &m,
+            "statemirror_verify_differences",
+            &[("protocol", "redis")]
+        ),
+        Some(3.0),
         "{m}"
     );
-    // An operator's resync repairs it.
+    // An operator's resync repairs it: the request marks the follower out of sync at once,
+    // so settling means that resync ran to the end.
+    let resyncs_before = proxy.status().await["redis"]["resync"]["resyncs_total"]
+        .as_u64()
+        .expect("resyncs_total");
     let (code, body) = proxy.http("POST", "/resync", None).await;
     assert_eq!(code, 202, "{body}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     settle(&proxy).await;
+    let s = proxy.status().await;
+    assert_eq!(
+        s["redis"]["resync"]["resyncs_total"].as_u64(),
+        Some(resyncs_before + 1),
+        "{s}"
+    );
     verify_zero(&proxy, &leader, &follower).await;
     let s = proxy.status().await;
     assert_eq!(s["redis"]["verify"]["last"]["different"], 0, "{s}");
@@ -612,11 +632,22 @@ async fn typed_copies_cover_every_data_type() {
     let _: () = c.expire("l", 500).await.expect("EXPIRE");
     proxy.drained().await;
     verify_zero(&proxy, &leader, &follower).await;
-    // And the resync path: the follower comes back empty.
+    // And the resync path: the follower comes back empty. A write makes the writer
+    // reconnect and see the new run id, which marks the follower out of sync; the resync
+    // that follows must have completed before the comparison.
+    let resyncs_before = resyncs_total(&proxy).await;
     follower.restart();
-    let _: () = c.incr("n", 1).await.expect("INCR"); // a write makes the writer reconnect
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _: () = c.incr("n", 1).await.expect("INCR");
+    eventually(Duration::from_secs(20), || async {
+        match resyncs_total(&proxy).await {
+            n if n > resyncs_before => Ok(()),
+            n => Err(format!("{n} resyncs, none since the restart")),
+        }
+    })
+    .await;
     settle(&proxy).await;
+    let s = proxy.status().await;
+    assert_eq!(s["redis"]["resync"]["last"]["outcome"], "completed", "{s}");
     assert_eq!(verify_zero(&proxy, &leader, &follower).await, 7);
 }
 

@@ -1,6 +1,8 @@
 //! Passwords and the admin token never appear in statemirror's logs (text or JSON), in
 //! `/status` or in `/metrics`: the real binary runs against a password-protected leader and
 //! follower, handles traffic and an authentication failure, and its whole output is searched.
+//! The leader's password comes from the URL, or from `redis.leader_password_file` (the URL
+//! then has none: the sidecar only works if the file is read).
 mod common;
 
 use std::io::Read;
@@ -12,7 +14,24 @@ use common::*;
 const PASSWORD: &str = "Pa55-leader-s3cret";
 const TOKEN: &str = "T0ken-admin-s3cret";
 
-async fn run_and_collect(format: &str) {
+/// Where statemirror gets the leader's password.
+#[derive(Clone, Copy, PartialEq)]
+enum LeaderPassword {
+    InUrl,
+    InFile,
+}
+
+/// SIGKILLs the child when dropped, so a failing assertion never leaves it running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run_and_collect(format: &str, leader_password: LeaderPassword) {
     let leader = RedisServer::start_with(&["--requirepass", PASSWORD]);
     let follower = RedisServer::start_with(&["--requirepass", PASSWORD]);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -21,6 +40,16 @@ async fn run_and_collect(format: &str) {
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
     std::fs::write(&pw_file, format!("{PASSWORD}\n")).expect("password file");
     let (listen, admin) = (free_port(), free_port());
+    let (leader_url, leader_file) = match leader_password {
+        LeaderPassword::InUrl => (
+            format!("redis://:{PASSWORD}@{}", leader.addr()),
+            String::new(),
+        ),
+        LeaderPassword::InFile => (
+            format!("redis://{}", leader.addr()),
+            format!("leader_password_file = \"{}\"\n", pw_file.display()),
+        ),
+    };
     let config = dir.path().join("statemirror.toml");
     std::fs::write(
         &config,
@@ -28,23 +57,24 @@ async fn run_and_collect(format: &str) {
             "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_file = \"{}\"\n\
              [log]\nformat = \"{format}\"\nlevel = \"debug\"\n\
              [redis]\nlisten = \"127.0.0.1:{listen}\"\n\
-             leader = \"redis://:{PASSWORD}@{}\"\n\
+             leader = \"{leader_url}\"\n{leader_file}\
              follower = \"redis://{}\"\nfollower_password_file = \"{}\"\n",
             token_file.display(),
-            leader.addr(),
             follower.addr(),
             pw_file.display()
         ),
     )
     .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_statemirror"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("statemirror runs");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_statemirror"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("statemirror runs"),
+    );
     let base = format!("http://127.0.0.1:{admin}");
     let get = |path: &'static str| {
         let base = base.clone();
@@ -105,18 +135,18 @@ async fn run_and_collect(format: &str) {
     // Stop it and read everything it printed.
     let _ = Command::new("kill")
         .arg("-TERM")
-        .arg(child.id().to_string())
+        .arg(child.0.id().to_string())
         .status();
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+    while child.0.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
+    let _ = child.0.kill();
     let mut out = String::new();
-    if let Some(mut s) = child.stdout.take() {
+    if let Some(mut s) = child.0.stdout.take() {
         let _ = s.read_to_string(&mut out);
     }
-    if let Some(mut s) = child.stderr.take() {
+    if let Some(mut s) = child.0.stderr.take() {
         let _ = s.read_to_string(&mut out);
     }
     assert!(out.contains("redis sidecar ready"), "logs captured: {out}");
@@ -128,10 +158,17 @@ async fn run_and_collect(format: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_text_logs_status_and_metrics() {
-    run_and_collect("text").await;
+    run_and_collect("text", LeaderPassword::InUrl).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_json_logs() {
-    run_and_collect("json").await;
+    run_and_collect("json", LeaderPassword::InUrl).await;
+}
+
+/// `redis.leader_password_file` (no password in the URL): the sidecar authenticates with
+/// the file's first line, serves and mirrors, and the password shows nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_password_file_is_used_and_never_shown() {
+    run_and_collect("text", LeaderPassword::InFile).await;
 }

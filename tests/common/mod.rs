@@ -54,6 +54,70 @@ where
     panic!("condition not met within {timeout:?}: {last}");
 }
 
+/// The Prometheus recorder is process-global: every proxy a test binary starts shares one
+/// set of series. A test that asserts a metric's value holds [`metrics_exclusive`] (so no
+/// other proxy in this binary moves it meanwhile) and compares exact before/after deltas;
+/// every other test of such a binary holds [`metrics_shared`] for its whole run.
+static METRICS_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// See [`METRICS_LOCK`]: held by tests that do not read metric values.
+pub async fn metrics_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    METRICS_LOCK.read().await
+}
+
+/// See [`METRICS_LOCK`]: held by tests that read metric values.
+pub async fn metrics_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    METRICS_LOCK.write().await
+}
+
+/// The value of the first series `name{labels...}` in Prometheus text that has all of
+/// `labels` (`None` when there is no such series).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (n, lbl) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if n != name {
+            continue;
+        }
+        let pairs: Vec<(&str, &str)> = lbl
+            .split(',')
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|l| pairs.contains(l)) {
+            return value.trim().parse().ok();
+        }
+    }
+    None
+}
+
+/// SIGSTOPs a process (a hung backend: connections open, nothing answered) and SIGCONTs it
+/// when dropped, so a failing test never leaves it stopped.
+pub struct Frozen(u32);
+
+impl Frozen {
+    pub fn new(pid: u32) -> Self {
+        signal(pid, "STOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT".to_string(), self.0.to_string()])
+            .status();
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -433,6 +497,19 @@ impl Proxy {
         let (code, body) = self.http("GET", "/status", None).await;
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let (code, body) = self.http("GET", "/metrics", None).await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
+    /// One series' value now (0 when it does not exist yet). Process-global: see
+    /// [`metrics_exclusive`].
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics().await, name, labels).unwrap_or(0.0)
     }
 
     /// Waits until the mirror queue is empty.

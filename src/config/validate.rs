@@ -1,0 +1,290 @@
+//! `Config::validate`: checks every value, parses addresses, reads secret files, and returns
+//! the [`Resolved`] config or every problem at once with its key path.
+
+use std::net::SocketAddr;
+
+use super::{
+    parse_connect_string, read_secret, Config, ConfigError, RedisBackend, Resolved, ResolvedRedis,
+    ResolvedZk, Secret,
+};
+
+impl Config {
+    /// Checks every value; returns the resolved config or every error with its key path.
+    pub fn validate(self) -> Result<Resolved, Vec<ConfigError>> {
+        let mut errs = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errs.push(ConfigError {
+                path: path.into(),
+                message,
+            })
+        };
+        let admin_listen = parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m));
+        let admin_token = self.admin.token_file.as_deref().map(|p| {
+            read_secret(p)
+                .map(Secret::new)
+                .map_err(|m| err("admin.token_file", m))
+        });
+        let r = &self.replication;
+        if r.max_queue_ops == 0 {
+            err("replication.max_queue_ops", "must be at least 1".into());
+        }
+        if r.max_queue_bytes < 1024 {
+            err(
+                "replication.max_queue_bytes",
+                "must be at least 1024".into(),
+            );
+        }
+        if r.batch_max_ops == 0 {
+            err("replication.batch_max_ops", "must be at least 1".into());
+        }
+        if r.batch_max_bytes == 0 {
+            err("replication.batch_max_bytes", "must be at least 1".into());
+        }
+        if r.retry_initial_backoff_ms == 0 || r.retry_initial_backoff_ms > r.retry_max_backoff_ms {
+            err(
+                "replication.retry_initial_backoff_ms",
+                "must be between 1 and retry_max_backoff_ms".into(),
+            );
+        }
+        if r.apply_timeout_ms == 0 {
+            err("replication.apply_timeout_ms", "must be at least 1".into());
+        }
+        if self.resync.batch_size == 0 {
+            err("resync.batch_size", "must be at least 1".into());
+        }
+        if self.resync.retry_interval_ms == 0 {
+            err("resync.retry_interval_ms", "must be at least 1".into());
+        }
+        if self.verify.max_differences == 0 {
+            err("verify.max_differences", "must be at least 1".into());
+        }
+        let mut redis = None;
+        if let Some(rc) = &self.redis {
+            if rc.key_patterns.is_empty() || rc.key_patterns.iter().any(|p| p.is_empty()) {
+                err(
+                    "redis.key_patterns",
+                    "needs at least one non-empty pattern (\"*\" = every key)".into(),
+                );
+            }
+            let listen = parse_addr(&rc.listen).map_err(|m| err("redis.listen", m));
+            let leader = if rc.leader.is_empty() {
+                err("redis.leader", "is required".into());
+                Err(())
+            } else {
+                RedisBackend::parse(&rc.leader).map_err(|m| err("redis.leader", m))
+            };
+            let leader = leader.and_then(|mut b| {
+                if let Some(p) = &rc.leader_password_file {
+                    b.password =
+                        Some(read_secret(p).map_err(|m| err("redis.leader_password_file", m))?);
+                }
+                Ok(b)
+            });
+            let follower = match &rc.follower {
+                None => {
+                    if rc.follower_password_file.is_some() {
+                        err(
+                            "redis.follower_password_file",
+                            "set but redis.follower is not".into(),
+                        );
+                    }
+                    Ok(None)
+                }
+                Some(f) => RedisBackend::parse(f)
+                    .map_err(|m| err("redis.follower", m))
+                    .and_then(|mut b| {
+                        if let Some(p) = &rc.follower_password_file {
+                            b.password = Some(
+                                read_secret(p)
+                                    .map_err(|m| err("redis.follower_password_file", m))?,
+                            );
+                        }
+                        Ok(Some(b))
+                    }),
+            };
+            for (key, v) in [
+                ("redis.max_connections", rc.max_connections as u64),
+                ("redis.client_write_timeout_ms", rc.client_write_timeout_ms),
+                ("redis.max_request_bytes", rc.max_request_bytes as u64),
+                ("redis.max_request_args", rc.max_request_args as u64),
+                ("redis.connect_timeout_ms", rc.connect_timeout_ms),
+                ("redis.health_interval_ms", rc.health_interval_ms),
+                ("redis.health_timeout_ms", rc.health_timeout_ms),
+                (
+                    "redis.health_failures_before_down",
+                    rc.health_failures_before_down as u64,
+                ),
+            ] {
+                if v == 0 {
+                    err(key, "must be at least 1".into());
+                }
+            }
+            if let (Ok(listen), Ok(leader), Ok(follower)) = (listen, leader, follower) {
+                if let Some(f) = &follower {
+                    if f.address == leader.address {
+                        err(
+                            "redis.follower",
+                            "is the same address as redis.leader".into(),
+                        );
+                    }
+                }
+                redis = Some(ResolvedRedis {
+                    listen,
+                    leader,
+                    follower,
+                });
+            }
+        }
+        let mut zookeeper = None;
+        if let Some(z) = &self.zookeeper {
+            let listen = parse_addr(&z.listen).map_err(|m| err("zookeeper.listen", m));
+            let leader = if z.leader.is_empty() {
+                err("zookeeper.leader", "is required".into());
+                Err(())
+            } else {
+                parse_connect_string(&z.leader).map_err(|m| err("zookeeper.leader", m))
+            };
+            let follower = z
+                .follower
+                .as_deref()
+                .map(|f| parse_connect_string(f).map_err(|m| err("zookeeper.follower", m)))
+                .transpose();
+            let auth = z
+                .follower_auth_file
+                .as_deref()
+                .map(|p| {
+                    read_secret(p)
+                        .and_then(|s| {
+                            if s.contains(':') {
+                                Ok(Secret::new(s))
+                            } else {
+                                Err("must hold user:password".to_string())
+                            }
+                        })
+                        .map_err(|m| err("zookeeper.follower_auth_file", m))
+                })
+                .transpose();
+            for (key, paths) in [
+                ("zookeeper.include_paths", &z.include_paths),
+                ("zookeeper.exclude_paths", &z.exclude_paths),
+            ] {
+                for p in paths {
+                    if !p.starts_with('/') {
+                        err(key, format!("{p:?} must start with /"));
+                    }
+                }
+            }
+            for (key, v) in [
+                ("zookeeper.max_frame_bytes", z.max_frame_bytes as u64),
+                ("zookeeper.max_connections", z.max_connections as u64),
+                ("zookeeper.connect_timeout_ms", z.connect_timeout_ms),
+                ("zookeeper.health_interval_ms", z.health_interval_ms),
+                ("zookeeper.health_timeout_ms", z.health_timeout_ms),
+                (
+                    "zookeeper.follower_session_timeout_ms",
+                    z.follower_session_timeout_ms,
+                ),
+            ] {
+                if v == 0 {
+                    err(key, "must be at least 1".into());
+                }
+            }
+            if let (Ok(listen), Ok(leader), Ok(follower), Ok(follower_auth)) =
+                (listen, leader, follower, auth)
+            {
+                if listen.port() != 0
+                    && redis
+                        .as_ref()
+                        .is_some_and(|r: &ResolvedRedis| r.listen == listen)
+                {
+                    err(
+                        "zookeeper.listen",
+                        "is the same address as redis.listen".into(),
+                    );
+                }
+                zookeeper = Some(ResolvedZk {
+                    listen,
+                    leader,
+                    follower,
+                    follower_auth,
+                });
+            }
+        }
+        if self.redis.is_none() && self.zookeeper.is_none() {
+            err(
+                "redis",
+                "no sidecar configured: add a [redis] or [zookeeper] section".into(),
+            );
+        }
+        let admin_token = match admin_token {
+            None => Ok(None),
+            Some(Ok(t)) => Ok(Some(t)),
+            Some(Err(())) => Err(()),
+        };
+        match (admin_listen, admin_token) {
+            (Ok(admin_listen), Ok(admin_token)) if errs.is_empty() => Ok(Resolved {
+                config: self,
+                admin_listen,
+                admin_token,
+                redis,
+                zookeeper,
+            }),
+            _ => Err(errs),
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("must be ip:port (got {s:?})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zookeeper_section_validates_connect_strings_and_paths() {
+        let errs = Config::from_toml(
+            "[zookeeper]\nleader = \"x\"\ninclude_paths = [\"nifi\"]\nmax_frame_bytes = 0\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "zookeeper.leader",
+            "zookeeper.include_paths",
+            "zookeeper.max_frame_bytes",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        // One process may run both sidecars.
+        let both = Config::from_toml(
+            "[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\n[zookeeper]\nlisten = \"127.0.0.1:0\"\nleader = \"127.0.0.1:2\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert!(both.redis.is_some() && both.zookeeper.is_some());
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once() {
+        let c = Config::from_toml(
+            "[admin]\nlisten = \"nope\"\n[redis]\nlisten = \"x\"\nleader = \"http://a\"\nmax_connections = 0\n[replication]\nmax_queue_ops = 0\n",
+        )
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for p in [
+            "admin.listen",
+            "redis.listen",
+            "redis.leader",
+            "redis.max_connections",
+            "replication.max_queue_ops",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+    }
+}
