@@ -50,6 +50,12 @@ pub enum Special {
     Monitor,
     Move,
     Copy,
+    /// `EVAL`: a `#!lua flags=no-writes` script is a read.
+    Eval,
+    /// `SYNC`/`PSYNC`: the reply is an RDB payload and then the replication stream.
+    Sync,
+    /// `REPLCONF`: `ACK`/`GETACK` get no reply from a non-replica.
+    ReplConf,
 }
 
 #[derive(Debug, Clone)]
@@ -306,7 +312,7 @@ impl CommandTable {
             source: Source::Leader,
             unknown: CommandInfo::simple(Kind::Write),
         };
-        t.apply_known();
+        t.apply_specials();
         Some(t)
     }
 
@@ -337,6 +343,12 @@ impl CommandTable {
             i.blocking = true;
             map.insert(n.as_bytes().into(), i);
         }
+        // Their destinations are in another database: COMMAND GETKEYS cannot say which.
+        for (n, last) in [("move", 1), ("copy", 2)] {
+            let mut i = CommandInfo::simple(Kind::Write);
+            (i.movable, i.first_key, i.last_key, i.step) = (false, 1, last, 1);
+            map.insert(n.as_bytes().into(), i);
+        }
         let mut t = Self {
             map,
             source: Source::Fallback,
@@ -354,6 +366,7 @@ impl CommandTable {
         }
     }
 
+    /// The same for both tables: what the session must follow, whatever the flags say.
     fn apply_specials(&mut self) {
         for (name, special, kind) in SPECIALS {
             let e = self
@@ -361,6 +374,12 @@ impl CommandTable {
                 .entry(name.as_bytes().into())
                 .or_insert_with(|| CommandInfo::simple(*kind));
             e.special = *special;
+        }
+        // Scripts that declare they never write, whatever a newer Redis flags them with.
+        for n in ["eval_ro", "evalsha_ro", "fcall_ro", "pfcount"] {
+            if let Some(e) = self.map.get_mut(n.as_bytes()) {
+                e.kind = Kind::Read;
+            }
         }
         self.apply_known();
         if let Some(client) = self.map.get_mut(&b"client"[..]) {
@@ -434,6 +453,10 @@ const SPECIALS: &[(&str, Special, Kind)] = &[
     ("move", Special::Move, Kind::Write),
     ("copy", Special::Copy, Kind::Write),
     ("client", Special::None, Kind::Read),
+    ("eval", Special::Eval, Kind::Write),
+    ("sync", Special::Sync, Kind::Admin),
+    ("psync", Special::Sync, Kind::Admin),
+    ("replconf", Special::ReplConf, Kind::Admin),
 ];
 
 fn lower<'a>(name: &[u8], buf: &'a mut [u8; 48]) -> Option<&'a [u8]> {
@@ -468,9 +491,10 @@ fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
     }
     let has = |f: &str| flags.iter().any(|x| x.eq_ignore_ascii_case(f.as_bytes()));
     let script = matches!(&name[..], b"eval" | b"evalsha" | b"fcall");
+    // `may_replicate` on a `readonly` command (PFCOUNT's cache refresh) is not a write.
     let kind = if has("pubsub") {
         Kind::PubSub
-    } else if has("write") || has("may_replicate") || script {
+    } else if has("write") || (has("may_replicate") && !has("readonly")) || script {
         Kind::Write
     } else if has("admin") {
         Kind::Admin
@@ -569,6 +593,20 @@ pub fn write_target(info: &CommandInfo, req: &Request) -> WriteTarget {
     } else {
         WriteTarget::Keys(keys)
     }
+}
+
+/// `EVAL "#!lua flags=no-writes,…\n…"`: Redis itself refuses a write from such a script.
+pub fn script_is_read_only(req: &Request) -> bool {
+    let Some(body) = req.arg(1) else {
+        return false;
+    };
+    let Some(rest) = body.strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.split(|&b| b == b' ')
+        .filter_map(|w| w.strip_prefix(b"flags="))
+        .any(|f| f.split(|&b| b == b',').any(|x| x == b"no-writes"))
 }
 
 pub fn parse_u32(s: &[u8]) -> Option<u32> {

@@ -28,7 +28,7 @@ mod reply;
 mod request;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -59,6 +59,11 @@ pub(super) struct Flags {
     pub(super) subscribed: AtomicBool,
     /// Woken when `owed` falls below [`MAX_OWED`] (the request side may read again).
     pub(super) room: tokio::sync::Notify,
+    /// The database the replies say the connection is on, and how many db-changing
+    /// requests (`SELECT`, `RESET`, an `EXEC` with `SELECT`) the reply side has resolved:
+    /// the request side knows its database again once all it sent are resolved.
+    pub(super) db: AtomicU32,
+    pub(super) db_resolved: AtomicU64,
 }
 
 /// Most requests one client may have in flight (sent to the backend, reply not yet
@@ -96,6 +101,9 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         reply_off: false,
         skip_next: false,
         db: 0,
+        db_known: true,
+        db_changes: 0,
+        need_fence: false,
         tx_keys: SmallVec::new(),
         tx_wild: false,
         tx_select: false,
@@ -119,6 +127,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         db: 0,
         in_multi: false,
         tx: Vec::new(),
+        unconfirmed: VecDeque::new(),
         resp3: false,
         subs: Default::default(),
         raw_mode: false,

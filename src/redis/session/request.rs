@@ -16,7 +16,8 @@ use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
 use super::{Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED};
 use crate::metrics::Route;
 use crate::redis::command::{
-    known_effect, parse_u32, write_target, CommandTable, Kind, Special, SubKind, WriteTarget,
+    known_effect, parse_u32, script_is_read_only, write_target, CommandTable, Kind, Source,
+    Special, SubKind, WriteTarget,
 };
 use crate::redis::inflight::Registration;
 use crate::redis::resp::{parse_request_from, Request};
@@ -36,14 +37,38 @@ pub(super) struct RequestSide {
     pub(super) tx_poisoned: Option<&'static [u8]>,
     pub(super) reply_off: bool,
     pub(super) skip_next: bool,
-    /// The database this connection is on, as far as the requests sent so far say.
+    /// The database the next request runs in, when `db_known`. After a `SELECT` (or `RESET`,
+    /// or an `EXEC` with `SELECT`) it is unknown until the reply side has seen that reply
+    /// (`SELECT 99` may fail, `NOAUTH` may refuse it); meanwhile writes register as
+    /// wildcards and are mirrored by key copy in the database the replies say.
     pub(super) db: u32,
+    pub(super) db_known: bool,
+    /// db-changing requests sent (compared with `Flags::db_resolved`).
+    pub(super) db_changes: u64,
+    /// A request whose effect matters was sent with no reply to come (`CLIENT REPLY
+    /// OFF|SKIP`): end the batch with a fence so the reply side learns when it ran.
+    pub(super) need_fence: bool,
     /// Keys of the writes queued in the open `MULTI` (registered at `EXEC`).
     pub(super) tx_keys: SmallVec<[(u32, Bytes); 2]>,
     /// The open `MULTI` writes keys the proxy cannot see, or changes database.
     pub(super) tx_wild: bool,
     pub(super) tx_select: bool,
 }
+
+/// How the request side goes on after a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// `QUIT`: Redis runs nothing after it.
+    Quit,
+    /// `SYNC`/`PSYNC`: the connection becomes a byte pipe.
+    Raw,
+}
+
+/// `CLIENT REPLY ON` answers even under `OFF` or a pending `SKIP`: the one request the proxy
+/// can add whose reply proves every earlier one ran. The client's mode is restored after it.
+const FENCE: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n";
+const RESTORE_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n";
+const RESTORE_SKIP: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
 
 impl RequestSide {
     /// Returns the backend's write half instead of dropping it: closing it would make the
@@ -88,12 +113,22 @@ impl RequestSide {
                     return backend;
                 }
             }
+            // A session that started before the leader answered `COMMAND` moves to its table.
+            if self.table.source == Source::Fallback {
+                self.table = self.shared.table();
+            }
             let mut batch = Vec::new();
             let now = Instant::now();
             let mut fatal = false;
+            let mut end = None;
             loop {
                 match parse_request_from(&mut buf, &lim, &mut partial) {
-                    Ok(Some(req)) => self.handle(req, now, &mut batch, &mut out),
+                    Ok(Some(req)) => {
+                        end = self.handle(req, now, &mut batch, &mut out);
+                        if end.is_some() {
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         self.shared.metrics.client_error(e.metric_reason());
@@ -103,6 +138,20 @@ impl RequestSide {
                         break;
                     }
                 }
+            }
+            if std::mem::take(&mut self.need_fence) && end.is_none() {
+                out.extend_from_slice(FENCE);
+                if self.reply_off {
+                    out.extend_from_slice(RESTORE_OFF);
+                } else if self.skip_next {
+                    out.extend_from_slice(RESTORE_SKIP);
+                }
+                batch.push(Pending {
+                    expect: Expect::One,
+                    action: Action::Replace(b""),
+                    effect: Effect::None,
+                    sent: None,
+                });
             }
             self.flags.owed.fetch_add(batch.len(), Ordering::AcqRel);
             if !batch.is_empty() && self.tx.send(batch).await.is_err() {
@@ -114,31 +163,70 @@ impl RequestSide {
                 }
                 out.clear();
             }
-            if fatal {
-                return backend;
+            match end {
+                _ if fatal => return backend,
+                Some(End::Quit) => return backend,
+                Some(End::Raw) => return self.pipe(client, backend, buf).await,
+                None => {}
+            }
+        }
+    }
+
+    /// After `SYNC`/`PSYNC`: client bytes go to the backend as they are (a replica's
+    /// `REPLCONF ACK`s get no reply; nothing here is a request the proxy models).
+    async fn pipe(
+        &self,
+        mut client: OwnedReadHalf,
+        mut backend: OwnedWriteHalf,
+        mut buf: BytesMut,
+    ) -> OwnedWriteHalf {
+        loop {
+            if !buf.is_empty() {
+                if backend.write_all(&buf).await.is_err() {
+                    return backend;
+                }
+                buf.clear();
+            }
+            buf.reserve(16 * 1024);
+            tokio::select! {
+                _ = self.stop.cancelled() => return backend,
+                _ = self.shared.closing.cancelled() => return backend,
+                r = client.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return backend,
+                    Ok(_) => {}
+                },
             }
         }
     }
 
     /// `now`: when the read that carried this request completed (one clock read per batch).
+    /// Returns how to go on when nothing after this request may be handled as usual.
     pub(super) fn handle(
         &mut self,
         req: Request,
         now: Instant,
         batch: &mut Vec<Pending>,
         out: &mut BytesMut,
-    ) {
+    ) -> Option<End> {
+        if !self.db_known {
+            self.sync_db();
+        }
         // Copy out what is needed so the table is not borrowed while `self` changes.
         let tracking = self.shared.in_flight.is_some();
-        let (kind, blocking, special, target, known) = {
+        let (kind, special, target, known) = {
             let info = self.table.lookup(&req);
-            let target = (info.kind == Kind::Write).then(|| write_target(info, &req));
+            let kind = match info.special {
+                Special::Eval if script_is_read_only(&req) => Kind::Read,
+                _ => info.kind,
+            };
+            let target = (kind == Kind::Write).then(|| write_target(info, &req));
             let known = match info.known {
                 Some(k) if tracking => known_effect(k, &req),
                 _ => None,
             };
-            (info.kind, info.blocking, info.special, target, known)
+            (kind, info.special, target, known)
         };
+        let mut end = None;
         let kind_idx = match kind {
             Kind::Read | Kind::PubSub => 0,
             Kind::Write => 1,
@@ -179,21 +267,22 @@ impl RequestSide {
                 };
                 if let Some(why) = abort {
                     // Make the server drop the queued commands; answer as Redis would.
-                    return self.forward_replaced(
-                        b"*1\r\n$7\r\nDISCARD\r\n",
-                        why,
-                        expect,
-                        batch,
-                        out,
-                    );
+                    self.forward_replaced(b"*1\r\n$7\r\nDISCARD\r\n", why, expect, batch, out);
+                    return None;
                 }
-                let force_copies = self.tx_select;
+                // Held until EXEC's reply is handled, even when it can only be mirrored by
+                // key copy (a SELECT in it): other writes to its keys must see it in flight.
+                let select = self.tx_select;
                 let keys = std::mem::take(&mut self.tx_keys);
-                let reg = self.register(keys, self.tx_wild || self.tx_select);
+                let reg = self.register(keys, self.tx_wild || select);
                 self.reset_tx();
+                if select {
+                    self.db_unknown();
+                }
                 effect = Effect::Exec {
                     _ticket: ticket,
-                    reg: reg.filter(|_| !force_copies),
+                    reg,
+                    select,
                 };
             }
             Special::Discard => {
@@ -202,15 +291,15 @@ impl RequestSide {
                 effect = Effect::Discard;
             }
             Special::Select => {
-                if let Some(db) = req.arg(1).and_then(parse_u32) {
-                    effect = if self.in_multi {
-                        self.tx_select = true;
-                        Effect::Queued(TxItem::Select(db))
-                    } else {
-                        self.db = db;
-                        Effect::Select(db)
-                    };
-                }
+                let db = req.arg(1).and_then(parse_u32);
+                effect = if self.in_multi {
+                    // Every queued command is one EXEC result, a failing SELECT too.
+                    self.tx_select = true;
+                    Effect::Queued(db.map_or(TxItem::Other, TxItem::Select))
+                } else {
+                    self.db_unknown();
+                    Effect::Select(db)
+                };
             }
             Special::Subscribe(kind) | Special::Unsubscribe(kind) => {
                 let sub = matches!(special, Special::Subscribe(_));
@@ -238,9 +327,28 @@ impl RequestSide {
             Special::Reset => {
                 self.in_multi = false;
                 self.reset_tx();
-                self.db = 0;
+                self.db_unknown();
                 self.reply_off = false;
                 effect = Effect::Reset;
+            }
+            // Redis runs it at once, even inside MULTI, and reads nothing after it.
+            Special::Quit => {
+                effect = Effect::Quit;
+                end = Some(End::Quit);
+            }
+            Special::Sync if !self.in_multi => {
+                // Its payload is written past CLIENT REPLY OFF: it always comes.
+                expect = Expect::One;
+                effect = Effect::RawPipe;
+                end = Some(End::Raw);
+            }
+            // Redis answers these with nothing (from a non-replica too).
+            Special::ReplConf
+                if req.arg(1).is_some_and(|a| {
+                    a.eq_ignore_ascii_case(b"ack") || a.eq_ignore_ascii_case(b"getack")
+                }) =>
+            {
+                expect = Expect::Nothing;
             }
             Special::Hello => effect = Effect::Hello,
             Special::Monitor => effect = Effect::Monitor,
@@ -268,7 +376,7 @@ impl RequestSide {
                     Ok(_) => {
                         self.tx_writes = true;
                         match &target {
-                            WriteTarget::Keys(keys) => self.tx_keys.extend(
+                            WriteTarget::Keys(keys) if self.db_known => self.tx_keys.extend(
                                 keys.iter()
                                     .map(|k| (k.db.unwrap_or(self.db), k.key.clone())),
                             ),
@@ -286,18 +394,27 @@ impl RequestSide {
                         if !matches!(expect, Expect::Nothing) {
                             batch.push(local(Action::Local(Bytes::from_static(reject))));
                         }
-                        return;
+                        return None;
                     }
                 }
             } else {
-                match self.write_permission(blocking) {
+                // Blocking writes too: a BLPOP on a non-empty list runs at once, and a parked
+                // one may run any time; a freeze waits for it (up to its drain timeout).
+                match self.write_permission(false) {
                     Ok(ticket) => {
                         let reg = match &target {
-                            WriteTarget::Keys(keys) => self.register(
+                            WriteTarget::Keys(keys) if self.db_known => self.register(
                                 keys.iter()
                                     .map(|k| (k.db.unwrap_or(self.db), k.key.clone()))
                                     .collect(),
                                 false,
+                            ),
+                            // Database unknown: only keys with their own database are sure.
+                            WriteTarget::Keys(keys) => self.register(
+                                keys.iter()
+                                    .filter_map(|k| Some((k.db?, k.key.clone())))
+                                    .collect(),
+                                true,
                             ),
                             _ => self.register(SmallVec::new(), true),
                         };
@@ -314,12 +431,20 @@ impl RequestSide {
                         if !matches!(expect, Expect::Nothing) {
                             batch.push(local(Action::Local(Bytes::from_static(reject))));
                         }
-                        return;
+                        return None;
                     }
                 }
             }
-        } else if self.in_multi && !matches!(special, Special::Multi | Special::Select) {
+        } else if self.in_multi
+            && !matches!(special, Special::Multi | Special::Select | Special::Quit)
+        {
             effect = Effect::Queued(TxItem::Other);
+        }
+        if matches!(expect, Expect::Nothing)
+            && !matches!(effect, Effect::None | Effect::Quit | Effect::RawPipe)
+            && !self.in_multi
+        {
+            self.need_fence = true;
         }
         self.shared.metrics.requests[kind_idx][self.route as usize].increment(1);
         out.extend_from_slice(&req.raw);
@@ -329,6 +454,21 @@ impl RequestSide {
             effect,
             sent: Some(now),
         });
+        end
+    }
+
+    /// A db-changing request was sent: the database is unknown until its reply is seen.
+    fn db_unknown(&mut self) {
+        self.db_known = false;
+        self.db_changes += 1;
+    }
+
+    /// Learns the database from the reply side once it resolved every db-changing request.
+    fn sync_db(&mut self) {
+        if self.flags.db_resolved.load(Ordering::Acquire) == self.db_changes {
+            self.db = self.flags.db.load(Ordering::Acquire);
+            self.db_known = true;
+        }
     }
 
     pub(super) fn reset_tx(&mut self) {
@@ -344,9 +484,12 @@ impl RequestSide {
         &self,
         keys: SmallVec<[(u32, Bytes); 2]>,
         wild: bool,
-    ) -> Option<(Registration, u32)> {
+    ) -> Option<(Registration, Option<u32>)> {
         let tracker = self.shared.in_flight.as_ref()?;
-        Some((tracker.register(keys, wild), self.db))
+        Some((
+            tracker.register(keys, wild),
+            self.db_known.then_some(self.db),
+        ))
     }
 
     /// Sends `cmd` to the backend but answers the client with `reply` in its place.
@@ -359,21 +502,23 @@ impl RequestSide {
         out: &mut BytesMut,
     ) {
         out.extend_from_slice(cmd);
-        let action = if matches!(expect, Expect::Nothing) {
-            Action::Replace(b"")
+        // Under CLIENT REPLY OFF|SKIP the DISCARD is answered with nothing, like the EXEC.
+        let (expect, action) = if matches!(expect, Expect::Nothing) {
+            self.need_fence = true;
+            (Expect::Nothing, Action::Replace(b""))
         } else {
-            Action::Replace(reply)
+            (Expect::One, Action::Replace(reply))
         };
         batch.push(Pending {
-            expect: Expect::One,
+            expect,
             action,
             effect: Effect::Discard,
             sent: None,
         });
     }
 
-    /// May this write go to the leader? `Ok(ticket)` (none for queued or blocking writes,
-    /// which must not hold up a freeze), or the error line to answer with.
+    /// May this write go to the leader? `Ok(ticket)` (none for a write queued in MULTI:
+    /// the EXEC takes one), or the error line to answer with.
     pub(super) fn write_permission(
         &self,
         untracked: bool,
