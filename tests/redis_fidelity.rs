@@ -550,6 +550,9 @@ async fn sync_and_psync_are_relayed_raw() {
     a.send(&[&["REPLCONF", "ACK", "0"], &["PING"]]).await;
     assert_eq!(a.read().await, Resp::Simple("PONG".into()));
     assert_eq!(a.cmd(&["ECHO", "e"]).await, Resp::bulk("e"));
+    // The Lua debugger's protocol is not modelled: refused at once, never left to hang.
+    assert!(a.cmd(&["SCRIPT", "DEBUG", "YES"]).await.is_error());
+    assert_eq!(a.cmd(&["EVAL", "return 1", "0"]).await, Resp::Int(1));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let rdb = dir.path().join("dump.rdb");

@@ -56,6 +56,9 @@ pub enum Special {
     Sync,
     /// `REPLCONF`: `ACK`/`GETACK` get no reply from a non-replica.
     ReplConf,
+    /// A mode the session cannot follow (`SCRIPT DEBUG`: the Lua debugger's own protocol):
+    /// refused at once rather than left to hang.
+    Unsupported,
 }
 
 #[derive(Debug, Clone)]
@@ -382,11 +385,16 @@ impl CommandTable {
             }
         }
         self.apply_known();
-        if let Some(client) = self.map.get_mut(&b"client"[..]) {
-            let subs = client.subcommands.get_or_insert_with(HashMap::new);
-            subs.entry((&b"client|reply"[..]).into())
-                .or_insert_with(|| CommandInfo::simple(Kind::Read))
-                .special = Special::ClientReply;
+        for (container, sub, special, kind) in [
+            ("client", "client|reply", Special::ClientReply, Kind::Read),
+            ("script", "script|debug", Special::Unsupported, Kind::Admin),
+        ] {
+            if let Some(c) = self.map.get_mut(container.as_bytes()) {
+                let subs = c.subcommands.get_or_insert_with(HashMap::new);
+                subs.entry(sub.as_bytes().into())
+                    .or_insert_with(|| CommandInfo::simple(kind))
+                    .special = special;
+            }
         }
     }
 
@@ -513,10 +521,10 @@ fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
         .iter()
         .find(|(n, _, _)| n.as_bytes() == &name[..])
         .map(|(_, s, _)| *s)
-        .unwrap_or(if &name[..] == b"client|reply" {
-            Special::ClientReply
-        } else {
-            Special::None
+        .unwrap_or(match &name[..] {
+            b"client|reply" => Special::ClientReply,
+            b"script|debug" => Special::Unsupported,
+            _ => Special::None,
         });
     Some((
         name.into_boxed_slice(),
@@ -670,9 +678,36 @@ mod tests {
         );
         assert!(t.lookup(&req(&["BLPOP", "a", "0"])).blocking);
         assert_eq!(
+            t.lookup(&req(&["SCRIPT", "DEBUG", "YES"])).special,
+            Special::Unsupported
+        );
+        assert_eq!(t.lookup(&req(&["PSYNC", "?", "-1"])).special, Special::Sync);
+        assert_eq!(t.lookup(&req(&["PFCOUNT", "h"])).kind, Kind::Read);
+        // MOVE/COPY name their destination database: never "ask the leader" for them.
+        let mv = req(&["MOVE", "k", "3"]);
+        assert_eq!(
+            keys(write_target(t.lookup(&mv), &mv)),
+            vec![(None, "k".into()), (Some(3), "k".into())]
+        );
+        let cp = req(&["COPY", "s", "d", "DB", "2"]);
+        assert_eq!(
+            keys(write_target(t.lookup(&cp), &cp)),
+            vec![(None, "s".into()), (Some(2), "d".into())]
+        );
+        assert_eq!(
             write_target(t.lookup(&req(&["SET", "a", "1"])), &req(&["SET", "a", "1"])),
             WriteTarget::AskLeader
         );
+    }
+
+    #[test]
+    fn no_writes_shebang_makes_a_script_a_read() {
+        let ro = |body: &str| script_is_read_only(&req(&["EVAL", body, "0"]));
+        assert!(ro("#!lua flags=no-writes\nreturn 1"));
+        assert!(ro("#!lua name=x flags=allow-oom,no-writes\nreturn 1"));
+        assert!(!ro("#!lua flags=allow-oom\nreturn 1"));
+        assert!(!ro("return 1 -- flags=no-writes"));
+        assert!(!ro("#!lua\nreturn 'flags=no-writes'"));
     }
 
     #[test]

@@ -7,13 +7,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::client_io::{pipe, read_with_idle, ReadOutcome};
 use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
-use super::{Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED};
+use super::{
+    Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED, UNSUPPORTED,
+};
 use crate::metrics::Route;
 use crate::redis::command::{
     known_effect, parse_u32, script_is_read_only, write_target, CommandTable, Kind, Source,
@@ -166,35 +169,10 @@ impl RequestSide {
             match end {
                 _ if fatal => return backend,
                 Some(End::Quit) => return backend,
-                Some(End::Raw) => return self.pipe(client, backend, buf).await,
-                None => {}
-            }
-        }
-    }
-
-    /// After `SYNC`/`PSYNC`: client bytes go to the backend as they are (a replica's
-    /// `REPLCONF ACK`s get no reply; nothing here is a request the proxy models).
-    async fn pipe(
-        &self,
-        mut client: OwnedReadHalf,
-        mut backend: OwnedWriteHalf,
-        mut buf: BytesMut,
-    ) -> OwnedWriteHalf {
-        loop {
-            if !buf.is_empty() {
-                if backend.write_all(&buf).await.is_err() {
-                    return backend;
+                Some(End::Raw) => {
+                    return pipe(client, backend, buf, &self.stop, &self.shared.closing).await
                 }
-                buf.clear();
-            }
-            buf.reserve(16 * 1024);
-            tokio::select! {
-                _ = self.stop.cancelled() => return backend,
-                _ = self.shared.closing.cancelled() => return backend,
-                r = client.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return backend,
-                    Ok(_) => {}
-                },
+                None => {}
             }
         }
     }
@@ -349,6 +327,12 @@ impl RequestSide {
                 }) =>
             {
                 expect = Expect::Nothing;
+            }
+            Special::Unsupported => {
+                if !matches!(expect, Expect::Nothing) {
+                    batch.push(local(Action::Local(Bytes::from_static(UNSUPPORTED))));
+                }
+                return None;
             }
             Special::Hello => effect = Effect::Hello,
             Special::Monitor => effect = Effect::Monitor,
@@ -547,41 +531,6 @@ pub(super) fn execabort_for(reject: &[u8]) -> &'static [u8] {
         EXECABORT_FROZEN
     } else {
         EXECABORT_LEADER_DOWN
-    }
-}
-
-pub(super) enum ReadOutcome {
-    Data,
-    Eof,
-    Idle,
-}
-
-pub(super) async fn read_with_idle(
-    client: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    idle: Duration,
-    flags: &Flags,
-) -> ReadOutcome {
-    loop {
-        let r = if idle.is_zero() {
-            client.read_buf(buf).await
-        } else {
-            match tokio::time::timeout(idle, client.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if flags.owed.load(Ordering::Acquire) == 0
-                        && !flags.subscribed.load(Ordering::Acquire)
-                    {
-                        return ReadOutcome::Idle;
-                    }
-                    continue;
-                }
-            }
-        };
-        return match r {
-            Ok(0) | Err(_) => ReadOutcome::Eof,
-            Ok(_) => ReadOutcome::Data,
-        };
     }
 }
 
