@@ -300,22 +300,35 @@ async fn unparseable_select_in_multi_keeps_exec_results_aligned() {
 
 // --- Item 4 -----------------------------------------------------------------------------
 
-/// Item 4: under `CLIENT REPLY OFF` a write is copied after it ran, not when it was sent.
+/// Item 4: under `CLIENT REPLY OFF` a write is copied after it ran, not when it was sent,
+/// and holds its freeze ticket until then.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_off_write_is_copied_after_it_ran() {
-    let (leader, follower, proxy) = setup().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        c.maintenance.drain_timeout_ms = 300;
+    })
+    .await;
     let mut a = Client::connect(proxy.addr()).await;
+    // WAIT for a replica that does not exist parks the connection (a read: no ticket).
     a.send(&[
         &["CLIENT", "REPLY", "OFF"],
-        &["BLPOP", "q4", "0"],
+        &["WAIT", "1", "0"],
         &["INCR", "c4"],
         &["CLIENT", "REPLY", "SKIP"],
         &["INCR", "c4"],
     ])
     .await;
-    wait_parked_with_backlog(&leader, "blpop").await;
-    let mut p = Client::connect(proxy.addr()).await;
-    assert_eq!(p.cmd(&["LPUSH", "q4", "go"]).await, Resp::Int(1));
+    let parked = wait_parked_with_backlog(&leader, "wait").await;
+    // The INCRs behind the parked WAIT have not run: a freeze must not call them drained.
+    let (code, body) = proxy.http("PUT", "/maintenance", None).await;
+    assert_eq!(code, 200, "{body}");
+    let b: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(b["writes_drained"], false, "{body}");
+    proxy.http("DELETE", "/maintenance", None).await;
+    // (Had the proxy copied c4 when the INCRs were sent, the follower would hold nothing.)
+    leader_cmd(&leader, &["CLIENT", "UNBLOCK", &client_id(&parked)]).await;
     // Every command of A ran once this is answered.
     assert_eq!(a.cmd(&["CLIENT", "REPLY", "ON"]).await, ok());
     assert_eq!(a.cmd(&["PING"]).await, Resp::Simple("PONG".into()));
