@@ -551,6 +551,24 @@ async fn quit_ends_the_pipeline_quietly() {
 
 // --- Item 11 ----------------------------------------------------------------------------
 
+/// Item 11: a SYNC the leader refuses is an ordinary error; the connection stays modelled
+/// (its later writes are still mirrored and frozen), it does not become a raw pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sync_keeps_the_session_modelled() {
+    let (leader, follower, proxy) = setup().await;
+    leader_cmd(&leader, &["ACL", "SETUSER", "default", "-sync", "-psync"]).await;
+    let mut a = Client::connect(proxy.addr()).await;
+    a.send(&[&["SYNC"], &["SET", "k11", "v"]]).await;
+    assert!(a.read().await.is_error());
+    assert_eq!(a.read().await, ok());
+    let (code, body) = proxy.http("PUT", "/maintenance", None).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(a.cmd(&["SET", "k11", "frozen"]).await.is_error());
+    proxy.http("DELETE", "/maintenance", None).await;
+    proxy.drained().await;
+    assert_eq!(get(&follower, 0, "k11").await.as_deref(), Some("v"));
+}
+
 /// Item 11: a replica (`--replicaof` the proxy) and `redis-cli --rdb` work through the
 /// sidecar: after SYNC/PSYNC the connection is a byte pipe. REPLCONF ACK gets no reply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,7 +123,14 @@ impl ReplySide {
                 }
             }
             Effect::Quit => self.close_after_flush = true,
-            Effect::RawPipe => self.raw_mode = true,
+            Effect::RawPipe => {
+                self.raw_mode = ok;
+                self.flags.sync_verdict(if ok {
+                    super::SYNC_RAW
+                } else {
+                    super::SYNC_REFUSED
+                });
+            }
         }
     }
 

@@ -52,7 +52,7 @@ mod reply;
 mod request;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -90,6 +90,21 @@ pub(super) struct Flags {
     /// the request side knows its database again once all it sent are resolved.
     pub(super) db: AtomicU32,
     pub(super) db_resolved: AtomicU64,
+    /// How the backend answered a `SYNC`/`PSYNC` (`SYNC_*`), for the request side waiting
+    /// to know whether the connection became a pipe; `sync_decided` wakes it.
+    pub(super) sync: AtomicU8,
+    pub(super) sync_decided: tokio::sync::Notify,
+}
+
+pub(super) const SYNC_UNDECIDED: u8 = 0;
+pub(super) const SYNC_RAW: u8 = 1;
+pub(super) const SYNC_REFUSED: u8 = 2;
+
+impl Flags {
+    pub(super) fn sync_verdict(&self, v: u8) {
+        self.sync.store(v, Ordering::Release);
+        self.sync_decided.notify_one();
+    }
 }
 
 /// Most requests one client may have in flight (sent to the backend, reply not yet

@@ -228,14 +228,21 @@ impl ReplySide {
                 .front()
                 .is_some_and(|p| matches!(p.effect, Effect::RawPipe))
             {
-                // SYNC/PSYNC: an RDB payload without a trailing CRLF (or `$EOF:` diskless),
-                // then the replication stream. Not RESP replies: relay the bytes.
-                if let Some(p) = self.pending.pop_front() {
-                    self.flags.pay();
-                    self.confirm();
-                    self.apply_effect(p.effect, None);
+                // SYNC/PSYNC: `+FULLRESYNC …`, keep-alive newlines, an RDB payload without a
+                // trailing CRLF (or `$EOF:` diskless), then the replication stream. Not RESP
+                // replies: relay the bytes. A refusal is an ordinary error reply.
+                match self.rbuf.first() {
+                    None => return,
+                    Some(b'-') => {}
+                    Some(_) => {
+                        if let Some(p) = self.pending.pop_front() {
+                            self.flags.pay();
+                            self.confirm();
+                            self.apply_effect(p.effect, None);
+                        }
+                        continue;
+                    }
                 }
-                continue;
             }
             let len = match resp::frame_len(&self.rbuf) {
                 Ok(Some(n)) => n,

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use super::client_io::{pipe, read_with_idle, ReadOutcome};
 use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
 use super::{
-    Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED, UNSUPPORTED,
+    Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED, SYNC_RAW,
+    SYNC_REFUSED, SYNC_UNDECIDED, UNSUPPORTED,
 };
 use crate::metrics::Route;
 use crate::redis::command::{
@@ -87,6 +88,8 @@ impl RequestSide {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
         let mut partial = None;
+        // Set when `buf` may already hold whole requests (after a refused SYNC).
+        let mut parse_first = false;
         loop {
             while self.flags.owed.load(Ordering::Acquire) >= MAX_OWED {
                 let room = self.flags.room.notified();
@@ -100,11 +103,15 @@ impl RequestSide {
                 }
             }
             buf.reserve(16 * 1024);
-            let read = tokio::select! {
-                _ = self.stop.cancelled() => return backend,
-                // Shutdown: like a client EOF (the reply side answers what is owed).
-                _ = self.shared.closing.cancelled() => return backend,
-                r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
+            let read = if std::mem::take(&mut parse_first) {
+                ReadOutcome::Data
+            } else {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return backend,
+                    // Shutdown: like a client EOF (the reply side answers what is owed).
+                    _ = self.shared.closing.cancelled() => return backend,
+                    r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
+                }
             };
             match read {
                 ReadOutcome::Data => {}
@@ -169,9 +176,15 @@ impl RequestSide {
             match end {
                 _ if fatal => return backend,
                 Some(End::Quit) => return backend,
-                Some(End::Raw) => {
-                    return pipe(client, backend, buf, &self.stop, &self.shared.closing).await
-                }
+                // Only once the backend accepted it: a refused SYNC must not turn the
+                // connection into an unmirrored, unfrozen pipe.
+                Some(End::Raw) => match self.sync_verdict().await {
+                    Some(true) => {
+                        return pipe(client, backend, buf, &self.stop, &self.shared.closing).await
+                    }
+                    Some(false) => parse_first = true,
+                    None => return backend,
+                },
                 None => {}
             }
         }
@@ -424,9 +437,10 @@ impl RequestSide {
         {
             effect = Effect::Queued(TxItem::Other);
         }
-        if matches!(expect, Expect::Nothing)
-            && !matches!(effect, Effect::None | Effect::Quit | Effect::RawPipe)
-            && !self.in_multi
+        if !matches!(expect, Expect::Nothing) {
+            // Its reply proves the earlier ones ran: no fence needed for them.
+            self.need_fence = false;
+        } else if !matches!(effect, Effect::None | Effect::Quit | Effect::RawPipe) && !self.in_multi
         {
             self.need_fence = true;
         }
@@ -439,6 +453,24 @@ impl RequestSide {
             sent: Some(now),
         });
         end
+    }
+
+    /// Waits for the reply side to see how the backend answered a `SYNC`/`PSYNC`: `true` when
+    /// the replication stream started, `false` when refused (`None`: the session ends).
+    async fn sync_verdict(&self) -> Option<bool> {
+        loop {
+            let decided = self.flags.sync_decided.notified();
+            match self.flags.sync.swap(SYNC_UNDECIDED, Ordering::AcqRel) {
+                SYNC_RAW => return Some(true),
+                SYNC_REFUSED => return Some(false),
+                _ => {}
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = self.shared.closing.cancelled() => return None,
+                _ = decided => {}
+            }
+        }
     }
 
     /// A db-changing request was sent: the database is unknown until its reply is seen.
