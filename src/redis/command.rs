@@ -50,6 +50,15 @@ pub enum Special {
     Monitor,
     Move,
     Copy,
+    /// `EVAL`: a `#!lua flags=no-writes` script is a read.
+    Eval,
+    /// `SYNC`/`PSYNC`: the reply is an RDB payload and then the replication stream.
+    Sync,
+    /// `REPLCONF`: `ACK`/`GETACK` get no reply from a non-replica.
+    ReplConf,
+    /// A mode the session cannot follow (`SCRIPT DEBUG`: the Lua debugger's own protocol):
+    /// refused at once rather than left to hang.
+    Unsupported,
 }
 
 #[derive(Debug, Clone)]
@@ -306,7 +315,7 @@ impl CommandTable {
             source: Source::Leader,
             unknown: CommandInfo::simple(Kind::Write),
         };
-        t.apply_known();
+        t.apply_specials();
         Some(t)
     }
 
@@ -337,6 +346,12 @@ impl CommandTable {
             i.blocking = true;
             map.insert(n.as_bytes().into(), i);
         }
+        // Their destinations are in another database: COMMAND GETKEYS cannot say which.
+        for (n, last) in [("move", 1), ("copy", 2)] {
+            let mut i = CommandInfo::simple(Kind::Write);
+            (i.movable, i.first_key, i.last_key, i.step) = (false, 1, last, 1);
+            map.insert(n.as_bytes().into(), i);
+        }
         let mut t = Self {
             map,
             source: Source::Fallback,
@@ -354,6 +369,7 @@ impl CommandTable {
         }
     }
 
+    /// The same for both tables: what the session must follow, whatever the flags say.
     fn apply_specials(&mut self) {
         for (name, special, kind) in SPECIALS {
             let e = self
@@ -362,12 +378,23 @@ impl CommandTable {
                 .or_insert_with(|| CommandInfo::simple(*kind));
             e.special = *special;
         }
+        // Scripts that declare they never write, whatever a newer Redis flags them with.
+        for n in ["eval_ro", "evalsha_ro", "fcall_ro", "pfcount"] {
+            if let Some(e) = self.map.get_mut(n.as_bytes()) {
+                e.kind = Kind::Read;
+            }
+        }
         self.apply_known();
-        if let Some(client) = self.map.get_mut(&b"client"[..]) {
-            let subs = client.subcommands.get_or_insert_with(HashMap::new);
-            subs.entry((&b"client|reply"[..]).into())
-                .or_insert_with(|| CommandInfo::simple(Kind::Read))
-                .special = Special::ClientReply;
+        for (container, sub, special, kind) in [
+            ("client", "client|reply", Special::ClientReply, Kind::Read),
+            ("script", "script|debug", Special::Unsupported, Kind::Admin),
+        ] {
+            if let Some(c) = self.map.get_mut(container.as_bytes()) {
+                let subs = c.subcommands.get_or_insert_with(HashMap::new);
+                subs.entry(sub.as_bytes().into())
+                    .or_insert_with(|| CommandInfo::simple(kind))
+                    .special = special;
+            }
         }
     }
 
@@ -434,6 +461,10 @@ const SPECIALS: &[(&str, Special, Kind)] = &[
     ("move", Special::Move, Kind::Write),
     ("copy", Special::Copy, Kind::Write),
     ("client", Special::None, Kind::Read),
+    ("eval", Special::Eval, Kind::Write),
+    ("sync", Special::Sync, Kind::Admin),
+    ("psync", Special::Sync, Kind::Admin),
+    ("replconf", Special::ReplConf, Kind::Admin),
 ];
 
 fn lower<'a>(name: &[u8], buf: &'a mut [u8; 48]) -> Option<&'a [u8]> {
@@ -468,9 +499,10 @@ fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
     }
     let has = |f: &str| flags.iter().any(|x| x.eq_ignore_ascii_case(f.as_bytes()));
     let script = matches!(&name[..], b"eval" | b"evalsha" | b"fcall");
+    // `may_replicate` on a `readonly` command (PFCOUNT's cache refresh) is not a write.
     let kind = if has("pubsub") {
         Kind::PubSub
-    } else if has("write") || has("may_replicate") || script {
+    } else if has("write") || (has("may_replicate") && !has("readonly")) || script {
         Kind::Write
     } else if has("admin") {
         Kind::Admin
@@ -489,10 +521,10 @@ fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
         .iter()
         .find(|(n, _, _)| n.as_bytes() == &name[..])
         .map(|(_, s, _)| *s)
-        .unwrap_or(if &name[..] == b"client|reply" {
-            Special::ClientReply
-        } else {
-            Special::None
+        .unwrap_or(match &name[..] {
+            b"client|reply" => Special::ClientReply,
+            b"script|debug" => Special::Unsupported,
+            _ => Special::None,
         });
     Some((
         name.into_boxed_slice(),
@@ -571,6 +603,20 @@ pub fn write_target(info: &CommandInfo, req: &Request) -> WriteTarget {
     }
 }
 
+/// `EVAL "#!lua flags=no-writes,…\n…"`: Redis itself refuses a write from such a script.
+pub fn script_is_read_only(req: &Request) -> bool {
+    let Some(body) = req.arg(1) else {
+        return false;
+    };
+    let Some(rest) = body.strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    line.split(|&b| b == b' ')
+        .filter_map(|w| w.strip_prefix(b"flags="))
+        .any(|f| f.split(|&b| b == b',').any(|x| x == b"no-writes"))
+}
+
 pub fn parse_u32(s: &[u8]) -> Option<u32> {
     std::str::from_utf8(s).ok()?.parse().ok()
 }
@@ -632,9 +678,36 @@ mod tests {
         );
         assert!(t.lookup(&req(&["BLPOP", "a", "0"])).blocking);
         assert_eq!(
+            t.lookup(&req(&["SCRIPT", "DEBUG", "YES"])).special,
+            Special::Unsupported
+        );
+        assert_eq!(t.lookup(&req(&["PSYNC", "?", "-1"])).special, Special::Sync);
+        assert_eq!(t.lookup(&req(&["PFCOUNT", "h"])).kind, Kind::Read);
+        // MOVE/COPY name their destination database: never "ask the leader" for them.
+        let mv = req(&["MOVE", "k", "3"]);
+        assert_eq!(
+            keys(write_target(t.lookup(&mv), &mv)),
+            vec![(None, "k".into()), (Some(3), "k".into())]
+        );
+        let cp = req(&["COPY", "s", "d", "DB", "2"]);
+        assert_eq!(
+            keys(write_target(t.lookup(&cp), &cp)),
+            vec![(None, "s".into()), (Some(2), "d".into())]
+        );
+        assert_eq!(
             write_target(t.lookup(&req(&["SET", "a", "1"])), &req(&["SET", "a", "1"])),
             WriteTarget::AskLeader
         );
+    }
+
+    #[test]
+    fn no_writes_shebang_makes_a_script_a_read() {
+        let ro = |body: &str| script_is_read_only(&req(&["EVAL", body, "0"]));
+        assert!(ro("#!lua flags=no-writes\nreturn 1"));
+        assert!(ro("#!lua name=x flags=allow-oom,no-writes\nreturn 1"));
+        assert!(!ro("#!lua flags=allow-oom\nreturn 1"));
+        assert!(!ro("return 1 -- flags=no-writes"));
+        assert!(!ro("#!lua\nreturn 'flags=no-writes'"));
     }
 
     #[test]

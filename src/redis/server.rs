@@ -53,7 +53,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The current command table (sessions keep the one they started with).
+    /// The current command table. A session that started on the fallback takes the
+    /// leader's at its next read once it is loaded (see `RequestSide::run`).
     pub fn table(&self) -> Arc<CommandTable> {
         self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -12,10 +12,22 @@ use crate::metrics::Route;
 use crate::redis::command::{Expiry, KnownEffect, WriteTarget};
 use crate::redis::mirror::{Item, RedisOp};
 use crate::redis::resp;
+use crate::replication::queue::MirrorView;
 
 impl ReplySide {
-    /// Applies what a request did, given its reply (`None`: no reply will come).
+    /// Applies what a request did, given its reply (`None`: it ran, but its reply was
+    /// suppressed by `CLIENT REPLY OFF|SKIP`), and tells the request side the database once
+    /// a db-changing request is resolved.
     pub(super) fn apply_effect(&mut self, effect: Effect, reply: Option<&[u8]>) {
+        let resolves = effect.changes_db();
+        self.apply(effect, reply);
+        if resolves {
+            self.flags.db.store(self.db, Ordering::Release);
+            self.flags.db_resolved.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn apply(&mut self, effect: Effect, reply: Option<&[u8]>) {
         let ok = reply.is_none_or(|r| !resp::is_error(r));
         match effect {
             Effect::None => {}
@@ -33,7 +45,7 @@ impl ReplySide {
                 match reg {
                     // Queue under the tracker's lock (see `Registration::finish_with`).
                     Some((r, expected_db)) => r.finish_with(|contended| {
-                        let exact = !contended && expected_db == db;
+                        let exact = !contended && expected_db == Some(db);
                         let mut items = SmallVec::new();
                         push_write(&mut items, db, target, raw, known, exact, reply);
                         self.mirror(items);
@@ -46,7 +58,7 @@ impl ReplySide {
                 }
             }
             Effect::Select(db) => {
-                if ok {
+                if let (true, Some(db)) = (ok, db) {
                     self.db = db;
                 }
             }
@@ -61,20 +73,25 @@ impl ReplySide {
                     self.tx.push(item);
                 }
             }
-            Effect::Exec { reg, .. } => {
+            Effect::Exec { reg, select, .. } => {
                 self.in_multi = false;
                 let tx = std::mem::take(&mut self.tx);
-                let Some(reply) = reply else { return };
+                let Some(reply) = reply else {
+                    // It ran, results unknown (a WATCH may have fired): copy its keys.
+                    match reg {
+                        Some((r, _)) => r.finish_with(|_| self.mirror_unknown(tx, select)),
+                        None => self.mirror_unknown(tx, select),
+                    }
+                    return;
+                };
                 if resp::is_error(reply) || resp::is_null(reply) {
                     return; // WATCH fired or EXECABORT: nothing ran
                 }
                 match reg {
                     // Queue under the tracker's lock (see `Registration::finish_with`).
                     Some((r, expected_db)) => {
-                        let db = self.db;
-                        r.finish_with(|contended| {
-                            self.mirror_exec(tx, reply, !contended && expected_db == db)
-                        })
+                        let exact = !select && expected_db == Some(self.db);
+                        r.finish_with(|contended| self.mirror_exec(tx, reply, exact && !contended))
                     }
                     None => self.mirror_exec(tx, reply, false),
                 }
@@ -105,6 +122,47 @@ impl ReplySide {
                     self.raw_mode = true;
                 }
             }
+            Effect::Quit => self.close_after_flush = true,
+            Effect::RawPipe => {
+                self.raw_mode = ok;
+                self.flags.sync_verdict(if ok {
+                    super::SYNC_RAW
+                } else {
+                    super::SYNC_REFUSED
+                });
+            }
+        }
+    }
+
+    /// What an `EXEC` whose reply was suppressed may have done: its keys are copied; what
+    /// cannot be copied (a keyless write, a database change that may have failed) leaves the
+    /// follower out of sync.
+    fn mirror_unknown(&mut self, tx: Vec<TxItem>, select: bool) {
+        let mut items = SmallVec::new();
+        let mut unknown = select;
+        for item in tx {
+            match item {
+                TxItem::Select(db) => self.db = db,
+                TxItem::Write {
+                    target: WriteTarget::Keyless,
+                    ..
+                } => unknown = true,
+                TxItem::Write { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                TxItem::Other => {}
+            }
+        }
+        self.mirror(items);
+        if unknown {
+            self.out_of_sync("a transaction ran under CLIENT REPLY OFF|SKIP with a keyless write or SELECT; its effect is unknown");
+        }
+    }
+
+    fn out_of_sync(&self, why: &str) {
+        if self.route != Route::Leader {
+            return;
+        }
+        if let Some(q) = &self.shared.mirror {
+            q.sync().mark_out_of_sync(why);
         }
     }
 
@@ -135,34 +193,68 @@ impl ReplySide {
         }
     }
 
+    /// Takes every batch the request side has queued (and lets it queue no more): each
+    /// stands for requests that may have reached the backend.
+    pub(super) fn collect_queued(&mut self) {
+        self.rx.close();
+        while let Ok(b) = self.rx.try_recv() {
+            self.pending.extend(b);
+        }
+    }
+
     /// Ends the session: answers every request still owed with `err` (or nothing), and
-    /// queues their writes for mirroring since they may have run.
+    /// mirrors their writes since they may have run: keys are copied (harmless if it did
+    /// not run); a keyless write cannot be replayed on a guess (a `FLUSHALL` that never ran
+    /// would wipe the follower), so it leaves the follower out of sync (a resync repairs).
     pub(super) fn teardown(&mut self, err: Option<&'static [u8]>) {
-        while let Some(p) = self.pending.pop_front() {
+        self.collect_queued();
+        let mut items = SmallVec::new();
+        let (mut keyless, mut exec_owed) = (false, false);
+        let owed = std::mem::take(&mut self.unconfirmed);
+        for (p, suppressed) in owed.into_iter().map(|p| (p, true)).chain(
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .map(|p| (p, false)),
+        ) {
             self.flags.pay();
             match (&p.action, &p.expect, err) {
                 (Action::Local(b) | Action::LocalThenClose(b), _, _) => {
                     self.out.extend_from_slice(b)
                 }
+                _ if suppressed => {}
                 (_, Expect::Nothing, _) => {}
                 (_, _, Some(e)) => self.out.extend_from_slice(e),
                 _ => {}
             }
-            if let Effect::Write { target, raw, .. } = p.effect {
-                let mut items = SmallVec::new();
-                push_items(&mut items, self.db, target, raw);
-                self.mirror(items);
+            match p.effect {
+                Effect::Write {
+                    target: WriteTarget::Keyless,
+                    ..
+                } => keyless = true,
+                Effect::Write { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                Effect::Exec { .. } => exec_owed = true,
+                _ => {}
             }
         }
-        if !self.tx.is_empty() {
-            // An EXEC may have run with its reply lost: copying its keys is harmless.
-            let mut items = SmallVec::new();
-            for item in std::mem::take(&mut self.tx) {
-                if let TxItem::Write { target, raw, .. } = item {
-                    push_items(&mut items, self.db, target, raw);
+        // Queued in MULTI, and the EXEC was sent: it may have run with its reply lost.
+        let tx = std::mem::take(&mut self.tx);
+        if exec_owed {
+            for item in tx {
+                match item {
+                    TxItem::Write {
+                        target: WriteTarget::Keyless,
+                        ..
+                    } => keyless = true,
+                    TxItem::Write { target, raw, .. } => {
+                        push_items(&mut items, self.db, target, raw)
+                    }
+                    _ => {}
                 }
             }
-            self.mirror(items);
+        }
+        self.mirror(items);
+        if keyless {
+            self.out_of_sync("a keyless write (FLUSHALL, FUNCTION…) was in flight when its leader connection ended; it may or may not have run");
         }
     }
 }

@@ -13,22 +13,46 @@
 //!   through. When a write's reply is not an error, its mirror op is queued — a `MULTI`
 //!   block's ops are held until `EXEC` succeeds and then queued as one op.
 //!
+//! What the session tracks, and from where:
+//! - the **database** a request runs in: the reply side knows it (from `SELECT`, `RESET`
+//!   and `EXEC` replies); the request side knows it only while no db-changing request is
+//!   unanswered (a `SELECT 99` may fail, a `NOAUTH` may refuse it, the `SET` pipelined
+//!   after it runs in the old db). Meanwhile its writes register as wildcards and are
+//!   mirrored by key copy, never as an exact effect (see `Flags::db`);
+//! - **`CLIENT REPLY OFF|SKIP`**: with no reply the proxy cannot see when a write ran, so
+//!   the request side ends such a batch with a fence (`CLIENT REPLY ON`, whose reply the
+//!   client never sees, then its mode restored); the reply side holds those writes' effects,
+//!   in-flight registrations and freeze tickets until a later reply proves they ran. An
+//!   `EXEC` under it is mirrored by key copy (its results are unknown);
+//! - **`QUIT`**: nothing after it is forwarded (Redis closes after `+OK`);
+//! - **`SYNC`/`PSYNC`**: from its reply on, the connection is a byte pipe both ways (an RDB
+//!   payload and the replication stream are not RESP replies); nothing on it is mirrored.
+//!   `SCRIPT DEBUG` (the Lua debugger's own protocol) is refused.
+//!
+//! Every write holds a freeze ticket until its reply is handled, blocking ones too: a
+//! `BLPOP` on a non-empty list runs at once, and a parked one may run at any time, so a
+//! freeze waits for it (up to the drain timeout, then reports `writes_drained: false`).
+//!
 //! Shutdown flows: client EOF → stop reading, finish the replies still owed (their writes
-//! must still be mirrored), close. Backend EOF/error → every request still owed gets an
-//! error reply, its writes are queued for mirroring anyway (a key copy of an unapplied write
-//! is harmless), close so the client reconnects. Leader healthy again while the follower
+//! must still be mirrored), close. A client that stops reading its replies is dropped after
+//! `client_write_timeout_ms`, but what it already sent is still matched and mirrored.
+//! Backend EOF/error → every request still owed gets an error reply, its writes are queued
+//! for mirroring anyway (a key copy of an unapplied write is harmless; a keyless write is
+//! not replayed on a guess, the follower is marked out of sync instead), close so the
+//! client reconnects. Leader healthy again while the follower
 //! serves → close at the next safe point (nothing in flight, not in `MULTI`, not subscribed).
 //! Leader declared down while it serves (and there is a follower) → close at once, owed
 //! requests answered like a lost backend: a silent leader would hold the client forever,
 //! and its reconnect lands on the follower.
 
+mod client_io;
 mod effects;
 mod pending;
 mod reply;
 mod request;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,6 +75,8 @@ pub(super) const EXECABORT_FROZEN: &[u8] =
     b"-EXECABORT Transaction discarded because of previous errors (statemirror: writes are frozen for maintenance)\r\n";
 pub(super) const EXECABORT_LEADER_DOWN: &[u8] =
     b"-EXECABORT Transaction discarded because of previous errors (statemirror: leader unavailable)\r\n";
+pub(super) const UNSUPPORTED: &[u8] =
+    b"-ERR statemirror: SCRIPT DEBUG (the Lua debugger) is not supported through the proxy\r\n";
 pub(super) const LEADER_LOST: &[u8] = b"-ERR statemirror: leader connection lost before the reply; the command may or may not have run\r\n";
 
 #[derive(Default)]
@@ -59,6 +85,26 @@ pub(super) struct Flags {
     pub(super) subscribed: AtomicBool,
     /// Woken when `owed` falls below [`MAX_OWED`] (the request side may read again).
     pub(super) room: tokio::sync::Notify,
+    /// The database the replies say the connection is on, and how many db-changing
+    /// requests (`SELECT`, `RESET`, an `EXEC` with `SELECT`) the reply side has resolved:
+    /// the request side knows its database again once all it sent are resolved.
+    pub(super) db: AtomicU32,
+    pub(super) db_resolved: AtomicU64,
+    /// How the backend answered a `SYNC`/`PSYNC` (`SYNC_*`), for the request side waiting
+    /// to know whether the connection became a pipe; `sync_decided` wakes it.
+    pub(super) sync: AtomicU8,
+    pub(super) sync_decided: tokio::sync::Notify,
+}
+
+pub(super) const SYNC_UNDECIDED: u8 = 0;
+pub(super) const SYNC_RAW: u8 = 1;
+pub(super) const SYNC_REFUSED: u8 = 2;
+
+impl Flags {
+    pub(super) fn sync_verdict(&self, v: u8) {
+        self.sync.store(v, Ordering::Release);
+        self.sync_decided.notify_one();
+    }
 }
 
 /// Most requests one client may have in flight (sent to the backend, reply not yet
@@ -96,6 +142,9 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         reply_off: false,
         skip_next: false,
         db: 0,
+        db_known: true,
+        db_changes: 0,
+        need_fence: false,
         tx_keys: SmallVec::new(),
         tx_wild: false,
         tx_select: false,
@@ -119,6 +168,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         db: 0,
         in_multi: false,
         tx: Vec::new(),
+        unconfirmed: VecDeque::new(),
         resp3: false,
         subs: Default::default(),
         raw_mode: false,

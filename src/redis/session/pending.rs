@@ -50,21 +50,39 @@ pub(super) enum Effect {
         raw: Bytes,
         /// The whole effect, when the request carries it (`SET k v`).
         known: Option<KnownEffect>,
-        /// Keys registered as in flight (with the database the request side expects).
-        reg: Option<(Registration, u32)>,
+        /// Keys registered as in flight, with the database the request side expected
+        /// (`None`: unknown, a `SELECT` was still unanswered; never mirrored exactly).
+        reg: Option<(Registration, Option<u32>)>,
         _ticket: Option<WriteTicket>,
     },
-    Select(u32),
+    /// `None`: an argument Redis will refuse.
+    Select(Option<u32>),
     Queued(TxItem),
     Multi,
     Exec {
         _ticket: Option<WriteTicket>,
-        reg: Option<(Registration, u32)>,
+        reg: Option<(Registration, Option<u32>)>,
+        /// The transaction has a `SELECT`: mirror by key copy, and the db may change.
+        select: bool,
     },
     Discard,
     Reset,
     Hello,
     Monitor,
+    /// Redis closes the connection after this reply.
+    Quit,
+    /// `SYNC`/`PSYNC`: from this reply on the connection is a byte pipe.
+    RawPipe,
+}
+
+impl Effect {
+    /// Does the request side wait for this one's reply to know its database again?
+    pub(super) fn changes_db(&self) -> bool {
+        matches!(
+            self,
+            Effect::Select(_) | Effect::Reset | Effect::Exec { select: true, .. }
+        )
+    }
 }
 
 // Short-lived (one per command of an open MULTI); boxing would cost an allocation each.

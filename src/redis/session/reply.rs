@@ -12,7 +12,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::pending::{Action, Expect, Pending, TxItem};
+use super::pending::{Action, Effect, Expect, Pending, TxItem};
 use super::{Flags, LEADER_LOST};
 use crate::metrics::Route;
 use crate::redis::resp;
@@ -32,6 +32,10 @@ pub(super) struct ReplySide {
     pub(super) db: u32,
     pub(super) in_multi: bool,
     pub(super) tx: Vec<TxItem>,
+    /// Sent with no reply to come (`CLIENT REPLY OFF|SKIP`): they ran once any later reply
+    /// arrives (the request side ends such a batch with a fence that has one). Their
+    /// effects — mirror ops, registrations, freeze tickets — wait until then.
+    pub(super) unconfirmed: VecDeque<Pending>,
     pub(super) resp3: bool,
     pub(super) subs: [HashSet<Bytes>; 3],
     /// After `MONITOR`: everything from the backend goes straight to the client.
@@ -86,7 +90,10 @@ impl ReplySide {
                 return false;
             }
             if !requests_open || !client_ok {
+                // Batches still in the channel were (or are being) sent to the backend.
+                self.collect_queued();
                 if self.pending.is_empty() {
+                    self.teardown(None);
                     return false;
                 }
                 linger.get_or_insert_with(|| tokio::time::Instant::now() + write_timeout);
@@ -158,6 +165,7 @@ impl ReplySide {
 
     pub(super) fn at_safe_point(&self) -> bool {
         self.pending.is_empty()
+            && self.unconfirmed.is_empty()
             && !self.in_multi
             && self.subs.iter().all(|s| s.is_empty())
             && !self.raw_mode
@@ -172,17 +180,29 @@ impl ReplySide {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
-            self.flags.pay();
             match p.action {
                 Action::Local(b) => self.out.extend_from_slice(&b),
                 Action::LocalThenClose(b) => {
+                    self.flags.pay();
                     self.out.extend_from_slice(&b);
                     self.close_after_flush = true;
                     return;
                 }
+                // Sent, no reply will come: it has not necessarily run yet.
+                _ if !matches!(p.effect, Effect::None) => {
+                    self.unconfirmed.push_back(p);
+                    continue;
+                }
                 _ => {}
             }
-            // No reply will come (CLIENT REPLY OFF): assume the command ran.
+            self.flags.pay();
+        }
+    }
+
+    /// A reply came: every request sent before it without a reply has run.
+    pub(super) fn confirm(&mut self) {
+        while let Some(p) = self.unconfirmed.pop_front() {
+            self.flags.pay();
             self.apply_effect(p.effect, None);
         }
     }
@@ -203,6 +223,27 @@ impl ReplySide {
                 return;
             }
             self.drain_ready();
+            if self
+                .pending
+                .front()
+                .is_some_and(|p| matches!(p.effect, Effect::RawPipe))
+            {
+                // SYNC/PSYNC: `+FULLRESYNC …`, keep-alive newlines, an RDB payload without a
+                // trailing CRLF (or `$EOF:` diskless), then the replication stream. Not RESP
+                // replies: relay the bytes. A refusal is an ordinary error reply.
+                match self.rbuf.first() {
+                    None => return,
+                    Some(b'-') => {}
+                    Some(_) => {
+                        if let Some(p) = self.pending.pop_front() {
+                            self.flags.pay();
+                            self.confirm();
+                            self.apply_effect(p.effect, None);
+                        }
+                        continue;
+                    }
+                }
+            }
             let len = match resp::frame_len(&self.rbuf) {
                 Ok(Some(n)) => n,
                 Ok(None) => return,
@@ -260,6 +301,7 @@ impl ReplySide {
                 return;
             }
         }
+        self.confirm();
         let Some(p) = self.pending.pop_front() else {
             // A reply to no request we know of (a server that ignores CLIENT REPLY OFF, a
             // MONITOR line before its +OK was seen): pass it on rather than drop it.
@@ -284,6 +326,7 @@ impl ReplySide {
     }
 
     pub(super) fn on_confirmation(&mut self, frame: &[u8]) {
+        self.confirm();
         self.out.extend_from_slice(frame);
         let mut els = resp::elements(frame);
         let channel = els

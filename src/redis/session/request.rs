@@ -7,16 +7,21 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::client_io::{pipe, read_with_idle, ReadOutcome};
 use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
-use super::{Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED};
+use super::{
+    Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED, SYNC_RAW,
+    SYNC_REFUSED, SYNC_UNDECIDED, UNSUPPORTED,
+};
 use crate::metrics::Route;
 use crate::redis::command::{
-    known_effect, parse_u32, write_target, CommandTable, Kind, Special, SubKind, WriteTarget,
+    known_effect, parse_u32, script_is_read_only, write_target, CommandTable, Kind, Source,
+    Special, SubKind, WriteTarget,
 };
 use crate::redis::inflight::Registration;
 use crate::redis::resp::{parse_request_from, Request};
@@ -36,14 +41,38 @@ pub(super) struct RequestSide {
     pub(super) tx_poisoned: Option<&'static [u8]>,
     pub(super) reply_off: bool,
     pub(super) skip_next: bool,
-    /// The database this connection is on, as far as the requests sent so far say.
+    /// The database the next request runs in, when `db_known`. After a `SELECT` (or `RESET`,
+    /// or an `EXEC` with `SELECT`) it is unknown until the reply side has seen that reply
+    /// (`SELECT 99` may fail, `NOAUTH` may refuse it); meanwhile writes register as
+    /// wildcards and are mirrored by key copy in the database the replies say.
     pub(super) db: u32,
+    pub(super) db_known: bool,
+    /// db-changing requests sent (compared with `Flags::db_resolved`).
+    pub(super) db_changes: u64,
+    /// A request whose effect matters was sent with no reply to come (`CLIENT REPLY
+    /// OFF|SKIP`): end the batch with a fence so the reply side learns when it ran.
+    pub(super) need_fence: bool,
     /// Keys of the writes queued in the open `MULTI` (registered at `EXEC`).
     pub(super) tx_keys: SmallVec<[(u32, Bytes); 2]>,
     /// The open `MULTI` writes keys the proxy cannot see, or changes database.
     pub(super) tx_wild: bool,
     pub(super) tx_select: bool,
 }
+
+/// How the request side goes on after a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    /// `QUIT`: Redis runs nothing after it.
+    Quit,
+    /// `SYNC`/`PSYNC`: the connection becomes a byte pipe.
+    Raw,
+}
+
+/// `CLIENT REPLY ON` answers even under `OFF` or a pending `SKIP`: the one request the proxy
+/// can add whose reply proves every earlier one ran. The client's mode is restored after it.
+const FENCE: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n";
+const RESTORE_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n";
+const RESTORE_SKIP: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
 
 impl RequestSide {
     /// Returns the backend's write half instead of dropping it: closing it would make the
@@ -59,6 +88,8 @@ impl RequestSide {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let mut out = BytesMut::with_capacity(16 * 1024);
         let mut partial = None;
+        // Set when `buf` may already hold whole requests (after a refused SYNC).
+        let mut parse_first = false;
         loop {
             while self.flags.owed.load(Ordering::Acquire) >= MAX_OWED {
                 let room = self.flags.room.notified();
@@ -72,11 +103,15 @@ impl RequestSide {
                 }
             }
             buf.reserve(16 * 1024);
-            let read = tokio::select! {
-                _ = self.stop.cancelled() => return backend,
-                // Shutdown: like a client EOF (the reply side answers what is owed).
-                _ = self.shared.closing.cancelled() => return backend,
-                r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
+            let read = if std::mem::take(&mut parse_first) {
+                ReadOutcome::Data
+            } else {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return backend,
+                    // Shutdown: like a client EOF (the reply side answers what is owed).
+                    _ = self.shared.closing.cancelled() => return backend,
+                    r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
+                }
             };
             match read {
                 ReadOutcome::Data => {}
@@ -88,12 +123,22 @@ impl RequestSide {
                     return backend;
                 }
             }
+            // A session that started before the leader answered `COMMAND` moves to its table.
+            if self.table.source == Source::Fallback {
+                self.table = self.shared.table();
+            }
             let mut batch = Vec::new();
             let now = Instant::now();
             let mut fatal = false;
+            let mut end = None;
             loop {
                 match parse_request_from(&mut buf, &lim, &mut partial) {
-                    Ok(Some(req)) => self.handle(req, now, &mut batch, &mut out),
+                    Ok(Some(req)) => {
+                        end = self.handle(req, now, &mut batch, &mut out);
+                        if end.is_some() {
+                            break;
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         self.shared.metrics.client_error(e.metric_reason());
@@ -103,6 +148,20 @@ impl RequestSide {
                         break;
                     }
                 }
+            }
+            if std::mem::take(&mut self.need_fence) && end.is_none() {
+                out.extend_from_slice(FENCE);
+                if self.reply_off {
+                    out.extend_from_slice(RESTORE_OFF);
+                } else if self.skip_next {
+                    out.extend_from_slice(RESTORE_SKIP);
+                }
+                batch.push(Pending {
+                    expect: Expect::One,
+                    action: Action::Replace(b""),
+                    effect: Effect::None,
+                    sent: None,
+                });
             }
             self.flags.owed.fetch_add(batch.len(), Ordering::AcqRel);
             if !batch.is_empty() && self.tx.send(batch).await.is_err() {
@@ -114,31 +173,51 @@ impl RequestSide {
                 }
                 out.clear();
             }
-            if fatal {
-                return backend;
+            match end {
+                _ if fatal => return backend,
+                Some(End::Quit) => return backend,
+                // Only once the backend accepted it: a refused SYNC must not turn the
+                // connection into an unmirrored, unfrozen pipe.
+                Some(End::Raw) => match self.sync_verdict().await {
+                    Some(true) => {
+                        return pipe(client, backend, buf, &self.stop, &self.shared.closing).await
+                    }
+                    Some(false) => parse_first = true,
+                    None => return backend,
+                },
+                None => {}
             }
         }
     }
 
     /// `now`: when the read that carried this request completed (one clock read per batch).
+    /// Returns how to go on when nothing after this request may be handled as usual.
     pub(super) fn handle(
         &mut self,
         req: Request,
         now: Instant,
         batch: &mut Vec<Pending>,
         out: &mut BytesMut,
-    ) {
+    ) -> Option<End> {
+        if !self.db_known {
+            self.sync_db();
+        }
         // Copy out what is needed so the table is not borrowed while `self` changes.
         let tracking = self.shared.in_flight.is_some();
-        let (kind, blocking, special, target, known) = {
+        let (kind, special, target, known) = {
             let info = self.table.lookup(&req);
-            let target = (info.kind == Kind::Write).then(|| write_target(info, &req));
+            let kind = match info.special {
+                Special::Eval if script_is_read_only(&req) => Kind::Read,
+                _ => info.kind,
+            };
+            let target = (kind == Kind::Write).then(|| write_target(info, &req));
             let known = match info.known {
                 Some(k) if tracking => known_effect(k, &req),
                 _ => None,
             };
-            (info.kind, info.blocking, info.special, target, known)
+            (kind, info.special, target, known)
         };
+        let mut end = None;
         let kind_idx = match kind {
             Kind::Read | Kind::PubSub => 0,
             Kind::Write => 1,
@@ -179,21 +258,22 @@ impl RequestSide {
                 };
                 if let Some(why) = abort {
                     // Make the server drop the queued commands; answer as Redis would.
-                    return self.forward_replaced(
-                        b"*1\r\n$7\r\nDISCARD\r\n",
-                        why,
-                        expect,
-                        batch,
-                        out,
-                    );
+                    self.forward_replaced(b"*1\r\n$7\r\nDISCARD\r\n", why, expect, batch, out);
+                    return None;
                 }
-                let force_copies = self.tx_select;
+                // Held until EXEC's reply is handled, even when it can only be mirrored by
+                // key copy (a SELECT in it): other writes to its keys must see it in flight.
+                let select = self.tx_select;
                 let keys = std::mem::take(&mut self.tx_keys);
-                let reg = self.register(keys, self.tx_wild || self.tx_select);
+                let reg = self.register(keys, self.tx_wild || select);
                 self.reset_tx();
+                if select {
+                    self.db_unknown();
+                }
                 effect = Effect::Exec {
                     _ticket: ticket,
-                    reg: reg.filter(|_| !force_copies),
+                    reg,
+                    select,
                 };
             }
             Special::Discard => {
@@ -202,15 +282,15 @@ impl RequestSide {
                 effect = Effect::Discard;
             }
             Special::Select => {
-                if let Some(db) = req.arg(1).and_then(parse_u32) {
-                    effect = if self.in_multi {
-                        self.tx_select = true;
-                        Effect::Queued(TxItem::Select(db))
-                    } else {
-                        self.db = db;
-                        Effect::Select(db)
-                    };
-                }
+                let db = req.arg(1).and_then(parse_u32);
+                effect = if self.in_multi {
+                    // Every queued command is one EXEC result, a failing SELECT too.
+                    self.tx_select = true;
+                    Effect::Queued(db.map_or(TxItem::Other, TxItem::Select))
+                } else {
+                    self.db_unknown();
+                    Effect::Select(db)
+                };
             }
             Special::Subscribe(kind) | Special::Unsubscribe(kind) => {
                 let sub = matches!(special, Special::Subscribe(_));
@@ -238,9 +318,34 @@ impl RequestSide {
             Special::Reset => {
                 self.in_multi = false;
                 self.reset_tx();
-                self.db = 0;
+                self.db_unknown();
                 self.reply_off = false;
                 effect = Effect::Reset;
+            }
+            // Redis runs it at once, even inside MULTI, and reads nothing after it.
+            Special::Quit => {
+                effect = Effect::Quit;
+                end = Some(End::Quit);
+            }
+            Special::Sync if !self.in_multi => {
+                // Its payload is written past CLIENT REPLY OFF: it always comes.
+                expect = Expect::One;
+                effect = Effect::RawPipe;
+                end = Some(End::Raw);
+            }
+            // Redis answers these with nothing (from a non-replica too).
+            Special::ReplConf
+                if req.arg(1).is_some_and(|a| {
+                    a.eq_ignore_ascii_case(b"ack") || a.eq_ignore_ascii_case(b"getack")
+                }) =>
+            {
+                expect = Expect::Nothing;
+            }
+            Special::Unsupported => {
+                if !matches!(expect, Expect::Nothing) {
+                    batch.push(local(Action::Local(Bytes::from_static(UNSUPPORTED))));
+                }
+                return None;
             }
             Special::Hello => effect = Effect::Hello,
             Special::Monitor => effect = Effect::Monitor,
@@ -268,7 +373,7 @@ impl RequestSide {
                     Ok(_) => {
                         self.tx_writes = true;
                         match &target {
-                            WriteTarget::Keys(keys) => self.tx_keys.extend(
+                            WriteTarget::Keys(keys) if self.db_known => self.tx_keys.extend(
                                 keys.iter()
                                     .map(|k| (k.db.unwrap_or(self.db), k.key.clone())),
                             ),
@@ -286,18 +391,27 @@ impl RequestSide {
                         if !matches!(expect, Expect::Nothing) {
                             batch.push(local(Action::Local(Bytes::from_static(reject))));
                         }
-                        return;
+                        return None;
                     }
                 }
             } else {
-                match self.write_permission(blocking) {
+                // Blocking writes too: a BLPOP on a non-empty list runs at once, and a parked
+                // one may run any time; a freeze waits for it (up to its drain timeout).
+                match self.write_permission(false) {
                     Ok(ticket) => {
                         let reg = match &target {
-                            WriteTarget::Keys(keys) => self.register(
+                            WriteTarget::Keys(keys) if self.db_known => self.register(
                                 keys.iter()
                                     .map(|k| (k.db.unwrap_or(self.db), k.key.clone()))
                                     .collect(),
                                 false,
+                            ),
+                            // Database unknown: only keys with their own database are sure.
+                            WriteTarget::Keys(keys) => self.register(
+                                keys.iter()
+                                    .filter_map(|k| Some((k.db?, k.key.clone())))
+                                    .collect(),
+                                true,
                             ),
                             _ => self.register(SmallVec::new(), true),
                         };
@@ -314,12 +428,21 @@ impl RequestSide {
                         if !matches!(expect, Expect::Nothing) {
                             batch.push(local(Action::Local(Bytes::from_static(reject))));
                         }
-                        return;
+                        return None;
                     }
                 }
             }
-        } else if self.in_multi && !matches!(special, Special::Multi | Special::Select) {
+        } else if self.in_multi
+            && !matches!(special, Special::Multi | Special::Select | Special::Quit)
+        {
             effect = Effect::Queued(TxItem::Other);
+        }
+        if !matches!(expect, Expect::Nothing) {
+            // Its reply proves the earlier ones ran: no fence needed for them.
+            self.need_fence = false;
+        } else if !matches!(effect, Effect::None | Effect::Quit | Effect::RawPipe) && !self.in_multi
+        {
+            self.need_fence = true;
         }
         self.shared.metrics.requests[kind_idx][self.route as usize].increment(1);
         out.extend_from_slice(&req.raw);
@@ -329,6 +452,39 @@ impl RequestSide {
             effect,
             sent: Some(now),
         });
+        end
+    }
+
+    /// Waits for the reply side to see how the backend answered a `SYNC`/`PSYNC`: `true` when
+    /// the replication stream started, `false` when refused (`None`: the session ends).
+    async fn sync_verdict(&self) -> Option<bool> {
+        loop {
+            let decided = self.flags.sync_decided.notified();
+            match self.flags.sync.swap(SYNC_UNDECIDED, Ordering::AcqRel) {
+                SYNC_RAW => return Some(true),
+                SYNC_REFUSED => return Some(false),
+                _ => {}
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return None,
+                _ = self.shared.closing.cancelled() => return None,
+                _ = decided => {}
+            }
+        }
+    }
+
+    /// A db-changing request was sent: the database is unknown until its reply is seen.
+    fn db_unknown(&mut self) {
+        self.db_known = false;
+        self.db_changes += 1;
+    }
+
+    /// Learns the database from the reply side once it resolved every db-changing request.
+    fn sync_db(&mut self) {
+        if self.flags.db_resolved.load(Ordering::Acquire) == self.db_changes {
+            self.db = self.flags.db.load(Ordering::Acquire);
+            self.db_known = true;
+        }
     }
 
     pub(super) fn reset_tx(&mut self) {
@@ -344,9 +500,12 @@ impl RequestSide {
         &self,
         keys: SmallVec<[(u32, Bytes); 2]>,
         wild: bool,
-    ) -> Option<(Registration, u32)> {
+    ) -> Option<(Registration, Option<u32>)> {
         let tracker = self.shared.in_flight.as_ref()?;
-        Some((tracker.register(keys, wild), self.db))
+        Some((
+            tracker.register(keys, wild),
+            self.db_known.then_some(self.db),
+        ))
     }
 
     /// Sends `cmd` to the backend but answers the client with `reply` in its place.
@@ -359,21 +518,23 @@ impl RequestSide {
         out: &mut BytesMut,
     ) {
         out.extend_from_slice(cmd);
-        let action = if matches!(expect, Expect::Nothing) {
-            Action::Replace(b"")
+        // Under CLIENT REPLY OFF|SKIP the DISCARD is answered with nothing, like the EXEC.
+        let (expect, action) = if matches!(expect, Expect::Nothing) {
+            self.need_fence = true;
+            (Expect::Nothing, Action::Replace(b""))
         } else {
-            Action::Replace(reply)
+            (Expect::One, Action::Replace(reply))
         };
         batch.push(Pending {
-            expect: Expect::One,
+            expect,
             action,
             effect: Effect::Discard,
             sent: None,
         });
     }
 
-    /// May this write go to the leader? `Ok(ticket)` (none for queued or blocking writes,
-    /// which must not hold up a freeze), or the error line to answer with.
+    /// May this write go to the leader? `Ok(ticket)` (none for a write queued in MULTI:
+    /// the EXEC takes one), or the error line to answer with.
     pub(super) fn write_permission(
         &self,
         untracked: bool,
@@ -402,41 +563,6 @@ pub(super) fn execabort_for(reject: &[u8]) -> &'static [u8] {
         EXECABORT_FROZEN
     } else {
         EXECABORT_LEADER_DOWN
-    }
-}
-
-pub(super) enum ReadOutcome {
-    Data,
-    Eof,
-    Idle,
-}
-
-pub(super) async fn read_with_idle(
-    client: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    idle: Duration,
-    flags: &Flags,
-) -> ReadOutcome {
-    loop {
-        let r = if idle.is_zero() {
-            client.read_buf(buf).await
-        } else {
-            match tokio::time::timeout(idle, client.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if flags.owed.load(Ordering::Acquire) == 0
-                        && !flags.subscribed.load(Ordering::Acquire)
-                    {
-                        return ReadOutcome::Idle;
-                    }
-                    continue;
-                }
-            }
-        };
-        return match r {
-            Ok(0) | Err(_) => ReadOutcome::Eof,
-            Ok(_) => ReadOutcome::Data,
-        };
     }
 }
 
