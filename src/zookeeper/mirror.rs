@@ -219,6 +219,97 @@ pub struct ZkOp {
     pub items: SmallVec<[Item; 1]>,
 }
 
+impl ZkOp {
+    /// The marker queued when the leader's zxids went back (a new history, see
+    /// `ZkShared::leader_zxid`): ops after it are compared with each other only.
+    pub fn history_reset() -> Self {
+        ZkOp {
+            zxid: i64::MIN,
+            items: SmallVec::new(),
+        }
+    }
+
+    pub fn is_history_reset(&self) -> bool {
+        self.zxid == i64::MIN && self.items.is_empty()
+    }
+}
+
+/// Per path, the zxid of the last write applied, so a late older write is skipped rather
+/// than applied over a newer one.
+#[derive(Default)]
+pub struct Applied {
+    zxids: HashMap<String, i64>,
+    /// The newest zxid forgotten by a trim (`None`: nothing forgotten): a path without an
+    /// entry may have had one up to here.
+    floor: Option<i64>,
+}
+
+/// Whether an item at some zxid is still to be applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    Apply,
+    /// A newer write of the path was applied.
+    Superseded,
+    /// Older than what a trim forgot: it may be superseded, or not. Skipped (it could undo a
+    /// newer write) and flagged.
+    Forgotten,
+}
+
+impl Applied {
+    pub fn fate(&self, path: &str, zxid: i64) -> Fate {
+        match self.zxids.get(path) {
+            // `<=` applies: an op at the same zxid (a session's end, ordered at the newest
+            // zxid seen) must still run; re-applying one is harmless.
+            Some(&z) if z <= zxid => Fate::Apply,
+            Some(_) => Fate::Superseded,
+            None if self.floor.is_some_and(|f| zxid < f) => Fate::Forgotten,
+            None => Fate::Apply,
+        }
+    }
+
+    /// Whether a write newer than `zxid` was applied to `path` (unknown counts as no).
+    pub fn newer(&self, path: &str, zxid: i64) -> bool {
+        self.zxids.get(path).is_some_and(|&z| z > zxid)
+    }
+
+    pub fn record(&mut self, path: &str, zxid: i64) {
+        self.zxids.insert(path.to_string(), zxid);
+    }
+
+    /// Past `max` paths, forgets the older half, remembering the newest zxid forgotten.
+    pub fn trim(&mut self, max: usize) {
+        if self.zxids.len() <= max {
+            return;
+        }
+        let mut zxids: Vec<i64> = self.zxids.values().copied().collect();
+        zxids.sort_unstable();
+        let cut = zxids[zxids.len() / 2];
+        let mut forgotten = None;
+        self.zxids.retain(|_, z| {
+            let keep = *z >= cut;
+            if !keep {
+                forgotten = forgotten.max(Some(*z));
+            }
+            keep
+        });
+        self.floor = self.floor.max(forgotten);
+    }
+
+    /// A new zxid history: nothing known applies to it.
+    pub fn reset(&mut self) {
+        self.zxids.clear();
+        self.floor = None;
+    }
+
+    pub fn len(&self) -> usize {
+        self.zxids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.zxids.is_empty()
+    }
+}
+
 impl MirrorOp for ZkOp {
     type Key = String;
     fn cost_bytes(&self) -> usize {
@@ -282,7 +373,7 @@ pub struct ZkApplier {
     next_server: usize,
     /// The follower session, resumed on every new connection until it expires.
     session: Option<SessionId>,
-    applied: HashMap<String, i64>,
+    applied: Applied,
     queue: Arc<MirrorQueue<ZkOp>>,
     /// Mirrored ephemerals to create again when the follower session is replaced.
     ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
@@ -360,7 +451,7 @@ impl ZkApplier {
             conn: None,
             next_server: 0,
             session: None,
-            applied: HashMap::new(),
+            applied: Applied::default(),
             queue,
             ephemerals,
             fresh_session: false,
@@ -503,22 +594,57 @@ impl ZkApplier {
                 return Err(e);
             }
         }
-        // zxid order, skipping what a newer write of the same path already superseded.
-        let mut ops: Vec<&ZkOp> = batch.iter().collect();
-        ops.sort_by_key(|o| o.zxid);
+        // zxid order within each history (see `ZkOp::history_reset`), skipping what a newer
+        // write of the same path already superseded.
+        let mut ops: Vec<(usize, &ZkOp)> = Vec::with_capacity(batch.len());
+        let mut history = 0;
+        for o in batch {
+            if o.is_history_reset() {
+                history += 1;
+            } else {
+                ops.push((history, o));
+            }
+        }
+        ops.sort_by_key(|(h, o)| (*h, o.zxid));
         let mut steps: Vec<(i64, Vec<Item>)> = Vec::with_capacity(ops.len());
-        for o in ops {
-            let items: Vec<Item> = o
-                .items
-                .iter()
-                // `<=`: an op at the same zxid (a session's end, ordered at the newest
-                // zxid seen) must still run; re-applying one is harmless.
-                .filter(|it| self.applied.get(it.path()).is_none_or(|&z| z <= o.zxid))
-                .cloned()
-                .collect();
+        // Steps from here on belong to the newest history (the only ones recorded).
+        let mut newest_from = 0;
+        let mut forgotten = 0usize;
+        let mut at = 0;
+        for (h, o) in ops {
+            while at < h {
+                at += 1;
+                self.applied.reset();
+                newest_from = steps.len();
+            }
+            let mut items = Vec::with_capacity(o.items.len());
+            for it in &o.items {
+                match self.applied.fate(it.path(), o.zxid) {
+                    Fate::Apply => items.push(it.clone()),
+                    Fate::Superseded => {}
+                    Fate::Forgotten => forgotten += 1,
+                }
+            }
             if !items.is_empty() {
                 steps.push((o.zxid, items));
             }
+        }
+        while at < history {
+            at += 1;
+            self.applied.reset();
+            newest_from = steps.len();
+        }
+        // Counted once per batch, not again on its retries.
+        let retry = self
+            .resume
+            .as_ref()
+            .is_some_and(|r| r.id == (batch.as_ptr() as usize, batch.len()));
+        if forgotten > 0 && !retry {
+            self.queue.count_dropped(forgotten as u64);
+            self.queue.sync().mark_out_of_sync(format!(
+                "{forgotten} mirrored write(s) older than the per-path zxids the writer still \
+                 remembers were skipped; whether newer ones superseded them is unknown"
+            ));
         }
         // A retry of a batch that failed part-way resumes after the steps already applied,
         // so every attempt makes progress. The worker retries the very same batch until it
@@ -540,17 +666,12 @@ impl ZkApplier {
         }
         self.careful = None;
         self.strikes = None;
-        for (zxid, items) in &steps {
+        for (zxid, items) in &steps[newest_from..] {
             for it in items {
-                self.applied.insert(it.path().to_string(), *zxid);
+                self.applied.record(it.path(), *zxid);
             }
         }
-        if self.applied.len() > MAX_TRACKED_PATHS {
-            let mut zxids: Vec<i64> = self.applied.values().copied().collect();
-            zxids.sort_unstable();
-            let cut = zxids[zxids.len() / 2];
-            self.applied.retain(|_, z| *z >= cut);
-        }
+        self.applied.trim(MAX_TRACKED_PATHS);
         Ok(st.given_up.min(batch.len()))
     }
 
@@ -619,8 +740,8 @@ impl ZkApplier {
                         continue;
                     }
                     let from = calls.len();
-                    let sub = subtrees.get(it.path()).map(Vec::as_slice);
-                    calls.extend(robust(it, sub, &mut ensured).into_iter().map(|x| x.call));
+                    let subs = robust_at(it, steps[s].0, &subtrees, &self.applied, &mut ensured);
+                    calls.extend(subs.into_iter().map(|x| x.call));
                     spans.push((k, from..calls.len()));
                 }
                 sent.push((s, Sent::Robust(spans)));
@@ -659,8 +780,8 @@ impl ZkApplier {
                         let mut step = Outcome::Ok;
                         for (k, range) in spans {
                             let it = &items[*k];
-                            let sub = subtrees.get(it.path()).map(Vec::as_slice);
-                            let subs = robust(it, sub, &mut ensured);
+                            let subs =
+                                robust_at(it, steps[*s].0, &subtrees, &self.applied, &mut ensured);
                             let bad = replies[range.clone()]
                                 .iter()
                                 .zip(&subs)
@@ -940,6 +1061,45 @@ fn robust(it: &Item, subtree: Option<&[String]>, ensured: &mut HashSet<String>) 
     if out.iter().any(|s| s.delete) {
         ensured.clear();
     }
+    out
+}
+
+/// [`robust`] for an item of the step at `zxid`. A delete over children the follower has
+/// (`subtrees`) spares every node a newer write (on another connection, or a live write
+/// after a resync's read) was applied to, and their ancestors: the leader recreated them
+/// after this delete. The node itself is then kept too; the newer writes own it.
+fn robust_at(
+    it: &Item,
+    zxid: i64,
+    subtrees: &HashMap<String, Vec<String>>,
+    applied: &Applied,
+    ensured: &mut HashSet<String>,
+) -> Vec<Sub> {
+    let Item::Delete { path: root } = it else {
+        return robust(it, None, ensured);
+    };
+    let Some(sub) = subtrees.get(root) else {
+        return robust(it, None, ensured);
+    };
+    let mut spared: HashSet<&str> = HashSet::new();
+    for n in sub {
+        if applied.newer(n, zxid) {
+            let mut at = n.as_str();
+            while at.len() > root.len() && spared.insert(at) {
+                at = at.rfind('/').map_or(root.as_str(), |i| &at[..i]);
+            }
+        }
+    }
+    if spared.is_empty() {
+        return robust(it, Some(sub), ensured);
+    }
+    let doomed: Vec<String> = sub
+        .iter()
+        .filter(|n| !spared.contains(n.as_str()))
+        .cloned()
+        .collect();
+    let mut out = robust(it, Some(&doomed), ensured);
+    out.pop(); // the delete of `root` itself, which robust puts last
     out
 }
 

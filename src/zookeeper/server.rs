@@ -46,6 +46,8 @@ pub struct ZkShared {
     pub leader_health: Health,
     pub follower_health: Option<Health>,
     next: AtomicUsize,
+    /// Per leader server, the newest zxid a connection to it has shown (see `leader_zxid`).
+    leader_zxids: std::sync::Mutex<std::collections::HashMap<SocketAddr, i64>>,
     /// Cancelled at shutdown: sessions stop reading requests, answer what they owe, close.
     pub closing: CancellationToken,
 }
@@ -250,6 +252,37 @@ impl ZkShared {
         (resp.session_id != 0).then_some((s, resp))
     }
 
+    /// A leader connection to `server` showed `zxid`: its first one (`first`, before anything
+    /// the connection acknowledged is mirrored) or its newest (when it ends). A server's own
+    /// zxid never goes back while it keeps its data; when a new connection's first zxid is
+    /// below what the server showed before, it restarted empty, was restored from a backup or
+    /// replaced by a new ensemble. The mirror writer's per-path zxids then mean nothing for
+    /// the new history (every new write would look older): a reset marker is queued ahead of
+    /// the new writes.
+    pub fn leader_zxid(&self, server: Option<SocketAddr>, zxid: i64, first: bool) {
+        let Some(server) = server else { return };
+        let went_back = {
+            let mut seen = crate::replication::queue::lock(&self.leader_zxids);
+            let prev = seen.get(&server).copied();
+            let went_back = first && prev.is_some_and(|p| zxid < p);
+            if went_back || prev.is_none_or(|p| zxid > p) {
+                seen.insert(server, zxid);
+            }
+            went_back
+        };
+        if went_back {
+            tracing::warn!(
+                %server,
+                zxid = format!("{zxid:#x}"),
+                "a leader server's zxid went back (restarted empty, restored, or a new ensemble); \
+                 the mirror starts a new zxid history"
+            );
+            if let Some(q) = &self.mirror {
+                q.push(ZkOp::history_reset());
+            }
+        }
+    }
+
     fn writes_refused(&self) -> bool {
         self.freeze.is_frozen() || !self.leader_health.is_up()
     }
@@ -353,6 +386,7 @@ pub async fn start(
             .map(|f| Health::new("follower", f.join(","), 2, metrics.backend_up("follower"))),
         metrics,
         next: AtomicUsize::new(0),
+        leader_zxids: std::sync::Mutex::new(std::collections::HashMap::new()),
         closing: shutdown.clone(),
     });
     let mut resync = None;
