@@ -5,7 +5,8 @@
 //! `closeSession`), checked with real clients (`zookeeper-client`, and the Java client).
 //!
 //! Which test covers which item of issue 9:
-//! 1. `writes_to_unmirrored_ephemerals_create_nothing_on_the_follower`
+//! 1. `writes_to_unmirrored_ephemerals_create_nothing_on_the_follower` (and, mirrored,
+//!    `writes_to_mirrored_ephemerals_keep_the_copy_ephemeral`)
 //! 2. `a_client_gone_before_its_replies_still_has_its_writes_mirrored`
 //! 3. `a_delete_spares_descendants_written_after_it`
 //! 4. `a_leader_that_starts_a_new_zxid_history_is_still_mirrored` (the trim's floor:
@@ -99,6 +100,39 @@ async fn writes_to_unmirrored_ephemerals_create_nothing_on_the_follower() {
     let m = proxy.mirror_status().await;
     assert_eq!(m["in_sync"], true, "{m}");
     assert_eq!(m["refused_writes"], 0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_to_mirrored_ephemerals_keep_the_copy_ephemeral() {
+    let (leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+    let proxy = ZkProxy::start_with(&leader.addr(), Some(&follower.addr()), |cfg| {
+        cfg.zookeeper
+            .as_mut()
+            .expect("[zookeeper]")
+            .mirror_ephemeral = true;
+    })
+    .await;
+    let c = proxy.client().await;
+    c.create("/lock", b"", &persistent()).await.expect("parent");
+    c.create("/lock/a", b"1", &ephemeral())
+        .await
+        .expect("holder");
+    c.set_data("/lock/a", b"2", None).await.expect("setData");
+    let mut m = c.new_multi_writer();
+    m.add_create("/lock/m", b"x", &ephemeral()).expect("op");
+    m.add_set_data("/lock/m", b"y", None).expect("op");
+    m.commit().await.expect("multi");
+    proxy.drained().await;
+    let f = zk_client(&follower.addr()).await;
+    for (p, want) in [("/lock/a", b"2"), ("/lock/m", b"y")] {
+        let (d, st) = f.get_data(p).await.expect("mirrored ephemeral");
+        assert_eq!(d, want, "{p}");
+        assert_ne!(
+            st.ephemeral_owner, 0,
+            "{p} is still an ephemeral on the follower"
+        );
+    }
+    assert_eq!(proxy.mirror_status().await["in_sync"], true);
 }
 
 /// Frames `n` creates of `/owed/n<i>` in one buffer (xids 1..=n).
@@ -356,6 +390,21 @@ async fn a_client_that_stops_reading_is_dropped_and_its_writes_mirrored() {
     };
     RawZk::request(&mut out, 61, op::SET_DATA, &set);
     raw.write(&out).await;
+    // It still pings (its session stays alive on the leader), but reads nothing.
+    let pinger = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut ping = BytesMut::new();
+        ping.put_i32(8);
+        ping.put_i32(-2);
+        ping.put_i32(op::PING);
+        for _ in 0..120 {
+            if raw.stream.write_all(&ping).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        raw
+    });
 
     // The write's reply is owed to a client that will not take it: the proxy drops that
     // client, collects the reply, mirrors the write, and a freeze finds no write in flight.
@@ -373,6 +422,10 @@ async fn a_client_that_stops_reading_is_dropped_and_its_writes_mirrored() {
         data(&follower.addr(), "/w").await.as_deref(),
         Some(&b"after"[..])
     );
+    let mut raw = tokio::time::timeout(Duration::from_secs(40), pinger)
+        .await
+        .expect("the pinger stops when the proxy closes the connection")
+        .expect("pinger");
     assert!(raw.closed_within(Duration::from_secs(10)).await);
     assert_eq!(proxy.mirror_status().await["in_sync"], true);
 }
@@ -553,6 +606,20 @@ public class FailoverClient {
             System.out.println("WRITE " + e.code());
         }
         System.out.flush();
+        in.readLine();
+        deadline = System.currentTimeMillis() + 30000;
+        while (System.currentTimeMillis() < deadline) {
+            try {
+                if (zk.getState() == ZooKeeper.States.CONNECTED) {
+                    zk.setData("/j", "back".getBytes(), -1);
+                    System.out.println("BACK " + zk.getState() + " " + Long.toHexString(zk.getSessionId()));
+                    break;
+                }
+            } catch (KeeperException.ConnectionLossException | KeeperException.NotReadOnlyException e) {
+            }
+            Thread.sleep(100);
+        }
+        System.out.flush();
         Runtime.getRuntime().halt(0);
     }
 }
@@ -615,5 +682,20 @@ async fn java_client_keeps_its_session_across_a_failover() {
         "the same session"
     );
     assert_eq!(next(&mut lines).await, "WRITE NOTREADONLY");
+
+    // The leader comes back: the proxy closes the follower-served connection when nothing
+    // is in flight, and the client resumes the same session on the leader, writable again.
+    leader.restart().await;
+    stdin.write_all(b"back\n").await.expect("stdin");
+    stdin.flush().await.expect("flush");
+    assert_eq!(
+        next(&mut lines).await,
+        format!("BACK CONNECTED {}", &session["SESSION ".len()..])
+    );
+    proxy.drained().await;
+    assert_eq!(
+        data(&follower.addr(), "/j").await.as_deref(),
+        Some(&b"back"[..])
+    );
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }

@@ -1190,6 +1190,39 @@ impl Applier for ZkApplier {
 mod tests {
     use super::*;
 
+    /// A trim keeps a floor: a path it forgot counts as written at the floor, so an older
+    /// copy of it is skipped (and flagged) rather than applied over a newer write.
+    #[test]
+    fn a_trim_keeps_a_floor() {
+        let mut a = Applied::default();
+        for (i, p) in ["/a", "/b", "/c", "/d"].iter().enumerate() {
+            a.record(p, 10 * (i as i64 + 1)); // 10, 20, 30, 40
+        }
+        a.trim(3);
+        assert_eq!(a.len(), 2, "the older half is forgotten");
+        assert_eq!(
+            a.fate("/a", 5),
+            Fate::Forgotten,
+            "older than what was forgotten"
+        );
+        assert_eq!(a.fate("/b", 15), Fate::Forgotten);
+        assert_eq!(
+            a.fate("/b", 20),
+            Fate::Apply,
+            "at the floor or newer: applied"
+        );
+        assert_eq!(a.fate("/new", 25), Fate::Apply);
+        assert_eq!(a.fate("/c", 29), Fate::Superseded);
+        assert_eq!(a.fate("/c", 30), Fate::Apply);
+        a.reset();
+        assert_eq!(
+            a.fate("/a", 1),
+            Fate::Apply,
+            "a new history starts from nothing"
+        );
+        assert_eq!(a.fate("/c", 1), Fate::Apply);
+    }
+
     #[test]
     fn filter_never_mirrors_zookeeper_and_honours_prefixes() {
         let f = PathFilter {

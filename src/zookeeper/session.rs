@@ -193,13 +193,14 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
         Mode::Leader { .. } => Mode::Leader { session },
         follower => follower,
     };
-    // A client that cannot take its replies for a whole session timeout is no ZooKeeper
-    // client any more (its own read timeout is two thirds of it): it is dropped.
+    // A client that cannot take its replies for its read timeout (two thirds of the session
+    // timeout: past it a ZooKeeper client gives up on the connection itself) is dropped,
+    // early enough to collect what the leader still owes before the session expires.
     let negotiated = ConnectResponse::from_bytes(&response.slice(4..))
         .map(|r| r.time_out)
         .unwrap_or(0);
     let write_timeout = if negotiated > 0 {
-        Duration::from_millis(negotiated as u64).max(MIN_WRITE_TIMEOUT)
+        Duration::from_millis(negotiated as u64 * 2 / 3).max(MIN_WRITE_TIMEOUT)
     } else {
         DEFAULT_WRITE_TIMEOUT
     };
