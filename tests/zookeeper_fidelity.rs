@@ -6,7 +6,8 @@
 //!
 //! Which test covers which item of issue 9:
 //! 1. `writes_to_unmirrored_ephemerals_create_nothing_on_the_follower` (and, mirrored,
-//!    `writes_to_mirrored_ephemerals_keep_the_copy_ephemeral`)
+//!    `writes_to_mirrored_ephemerals_keep_the_copy_ephemeral`; a copy an older version left:
+//!    `resync_removes_a_persistent_copy_of_a_leader_ephemeral`)
 //! 2. `a_client_gone_before_its_replies_still_has_its_writes_mirrored`
 //! 3. `a_delete_spares_descendants_written_after_it`
 //! 4. `a_leader_that_starts_a_new_zxid_history_is_still_mirrored` (the trim's floor:
@@ -100,6 +101,31 @@ async fn writes_to_unmirrored_ephemerals_create_nothing_on_the_follower() {
     let m = proxy.mirror_status().await;
     assert_eq!(m["in_sync"], true, "{m}");
     assert_eq!(m["refused_writes"], 0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_removes_a_persistent_copy_of_a_leader_ephemeral() {
+    // What an older statemirror left: a persistent copy of a lock holder on the follower,
+    // while the holder is still an ephemeral of a live session on the leader.
+    let (leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+    let l = zk_client(&leader.addr()).await;
+    l.create("/lock", b"", &persistent()).await.expect("parent");
+    l.create("/lock/holder", b"a", &ephemeral())
+        .await
+        .expect("holder");
+    let f = zk_client(&follower.addr()).await;
+    f.create("/lock", b"", &persistent()).await.expect("parent");
+    f.create("/lock/holder", b"a", &persistent())
+        .await
+        .expect("stale copy");
+    // The resync at start repairs the follower.
+    let proxy = ZkProxy::start(&leader.addr(), Some(&follower.addr())).await;
+    proxy.drained().await;
+    assert_eq!(
+        children(&follower.addr(), "/lock").await,
+        Vec::<String>::new()
+    );
+    drop(l);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
