@@ -519,7 +519,7 @@ impl ReplySide {
                                     if conn_zxid.is_none() {
                                         // Before anything this connection acknowledged is
                                         // queued: the writer must know if history restarted.
-                                        shared.leader_zxid(self.server, h.zxid, true);
+                                        shared.leader_zxid(self.server, h.zxid, true).await;
                                     }
                                     conn_zxid = Some(conn_zxid.unwrap_or(0).max(h.zxid));
                                     last_zxid = last_zxid.max(h.zxid);
@@ -565,7 +565,7 @@ impl ReplySide {
             }
         };
         if let Some(z) = conn_zxid {
-            shared.leader_zxid(self.server, z, false);
+            shared.leader_zxid(self.server, z, false).await;
         }
         end(&shared, pending);
         leader_lost
