@@ -391,6 +391,9 @@ pub struct ZkApplier {
     strikes: Option<(BatchId, usize, u32)>,
     /// Bumped on every byte exchanged with the follower (see `Applier::progress`).
     progress: Arc<AtomicU64>,
+    /// Nodes a `setData`/`setACL` found missing on the follower (count, first path): see
+    /// `apply_steps`.
+    missing: (usize, Option<String>),
 }
 
 /// A batch's address and length: the worker retries the very same batch until it is done.
@@ -460,6 +463,7 @@ impl ZkApplier {
             careful: None,
             strikes: None,
             progress: Arc::new(AtomicU64::new(0)),
+            missing: (0, None),
         }
     }
 
@@ -660,6 +664,13 @@ impl ZkApplier {
             },
         };
         let r = self.apply_steps(id, &steps, &mut st).await;
+        if let (n @ 1.., first) = std::mem::take(&mut self.missing) {
+            self.queue.sync().mark_out_of_sync(format!(
+                "the follower lacked {n} node(s) the leader changed (first: {}); their data \
+                 or ACL is not the leader's until a resync copies them",
+                first.unwrap_or_default()
+            ));
+        }
         if let Err(e) = r {
             self.resume = Some(st);
             return Err(e);
@@ -757,6 +768,18 @@ impl ZkApplier {
                 let outcome = match how {
                     Sent::Plain(i) => {
                         let Some(r) = replies.get(*i) else { break };
+                        // The follower lacks a node the leader has: a setACL does nothing and
+                        // a setData's fix-up creates it with an open ACL. Its zxid is still
+                        // recorded (so an older copy of the node is skipped): a resync must
+                        // copy it again.
+                        if let (
+                            [Item::SetAcl { path, .. } | Item::SetData { path, .. }],
+                            err::NO_NODE,
+                        ) = (items.as_slice(), r.err)
+                        {
+                            self.missing.0 += 1;
+                            self.missing.1.get_or_insert_with(|| path.clone());
+                        }
                         match plain_outcome(items, r) {
                             Outcome::Refused(..) if items.len() == 1 => {
                                 self.refuse(st, *s, 0, &items[0], r.err);
