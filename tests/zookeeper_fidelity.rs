@@ -17,7 +17,8 @@
 //! 7. `a_client_that_stops_reading_is_dropped_and_its_writes_mirrored`
 //! 9. `failed_over_reads_show_follower_stats_and_cas_writes_are_refused`, with `setWatches`
 //!    and `closeSession` while failed over, cross-checked with `zookeeper-client`;
-//!    `java_client_keeps_its_session_across_a_failover`.
+//!    `java_client_keeps_its_session_across_a_failover` (zkCli.sh: one Java session from
+//!    the leader to the follower, read-only, and back).
 mod common;
 
 use std::time::Duration;
@@ -592,85 +593,52 @@ async fn failed_over_reads_show_follower_stats_and_cas_writes_are_refused() {
     assert_eq!(ro.get_data("/state").await.expect("read").0, b"s3".to_vec());
 }
 
-async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
-    tokio::time::timeout(Duration::from_secs(40), lines.next_line())
-        .await
-        .expect("a line from the Java client in time")
-        .expect("read")
-        .expect("a line")
-}
+/// A `zkCli.sh` process group, killed on drop (the script runs java as a child).
+struct Cli(u32);
 
-const JAVA_CLIENT: &str = r#"
-import java.io.*;
-import org.apache.zookeeper.*;
-import org.apache.zookeeper.data.Stat;
-
-public class FailoverClient {
-    public static void main(String[] a) throws Exception {
-        ZooKeeper zk = new ZooKeeper(a[0], 6000, e -> {}, true);
-        long deadline = System.currentTimeMillis() + 20000;
-        while (!zk.getState().isConnected() && System.currentTimeMillis() < deadline) Thread.sleep(50);
-        System.out.println("SESSION " + Long.toHexString(zk.getSessionId()));
-        System.out.println("DATA1 " + new String(zk.getData("/j", false, null)));
-        BufferedReader in = new BufferedReader(new InputStreamReader(System.in));
-        in.readLine();
-        deadline = System.currentTimeMillis() + 30000;
-        while (System.currentTimeMillis() < deadline) {
-            try {
-                byte[] d = zk.getData("/j", false, null);
-                System.out.println("DATA2 " + new String(d) + " " + zk.getState());
-                break;
-            } catch (KeeperException.ConnectionLossException e) {
-                Thread.sleep(100);
-            }
-        }
-        System.out.println("SESSION2 " + Long.toHexString(zk.getSessionId()));
-        try {
-            zk.setData("/j", "w".getBytes(), -1);
-            System.out.println("WRITE ok");
-        } catch (KeeperException e) {
-            System.out.println("WRITE " + e.code());
-        }
-        System.out.flush();
-        in.readLine();
-        deadline = System.currentTimeMillis() + 30000;
-        while (System.currentTimeMillis() < deadline) {
-            try {
-                if (zk.getState() == ZooKeeper.States.CONNECTED) {
-                    zk.setData("/j", "back".getBytes(), -1);
-                    System.out.println("BACK " + zk.getState() + " " + Long.toHexString(zk.getSessionId()));
-                    break;
-                }
-            } catch (KeeperException.ConnectionLossException | KeeperException.NotReadOnlyException e) {
-            }
-            Thread.sleep(100);
-        }
-        System.out.flush();
-        Runtime.getRuntime().halt(0);
+impl Drop for Cli {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0)])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
-"#;
+
+/// Reads `zkCli.sh` output lines until one satisfies `want` (40 s bound); returns it.
+async fn until<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut tokio::io::Lines<R>,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Ok(Ok(Some(l))) if want(&l) => return l,
+            Ok(Ok(Some(l))) => seen.push(l),
+            other => panic!(
+                "zkCli.sh: no expected line ({other:?}); saw:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// One command line to `zkCli.sh`.
+async fn say(stdin: &mut tokio::process::ChildStdin, cmd: &str) {
+    use tokio::io::AsyncWriteExt;
+    stdin
+        .write_all(format!("{cmd}\n").as_bytes())
+        .await
+        .expect("zkCli.sh stdin");
+    stdin.flush().await.expect("flush");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_client_keeps_its_session_across_a_failover() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("FailoverClient.java"), JAVA_CLIENT).expect("source");
-    let javac = tokio::process::Command::new("javac")
-        .args(["-cp", common::zk::ZK_JAR, "-d"])
-        .arg(dir.path())
-        .arg(dir.path().join("FailoverClient.java"))
-        .output();
+    use std::os::unix::process::CommandExt;
+    use tokio::io::AsyncBufReadExt;
     let (mut leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
-    let javac = tokio::time::timeout(Duration::from_secs(60), javac)
-        .await
-        .expect("javac in time")
-        .expect("javac runs");
-    assert!(
-        javac.status.success(),
-        "{}",
-        String::from_utf8_lossy(&javac.stderr)
-    );
     let proxy = ZkProxy::start(&leader.addr(), Some(&follower.addr())).await;
     proxy
         .client()
@@ -680,44 +648,52 @@ async fn java_client_keeps_its_session_across_a_failover() {
         .expect("create");
     proxy.drained().await;
 
-    let mut child = tokio::process::Command::new("java")
-        .arg("-cp")
-        .arg(format!("{}:{}", dir.path().display(), common::zk::ZK_JAR))
-        .arg("FailoverClient")
-        .arg(proxy.connect_string())
+    // zkCli.sh (the Java client; `-r`: it may be read-only) keeps one session throughout,
+    // fed one command at a time.
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "exec {} -r -server {} 2>&1",
+            common::zk::ZKCLI,
+            proxy.connect_string()
+        ))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .process_group(0);
+    let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
-        .expect("java");
+        .expect("zkCli.sh");
+    let _group = Cli(child.id().expect("pid"));
     let mut stdin = child.stdin.take().expect("stdin");
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let session = next(&mut lines).await;
-    assert!(session.starts_with("SESSION "), "{session}");
-    assert_eq!(next(&mut lines).await, "DATA1 mirrored");
+    let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    until(&mut out, |l| l.contains("state:SyncConnected")).await;
+    // An ephemeral of this session: listed by `getEphemerals` only in this same session.
+    say(&mut stdin, "create -e /je x").await;
+    until(&mut out, |l| l.contains("Created /je")).await;
+    say(&mut stdin, "get /j").await;
+    until(&mut out, |l| l == "mirrored").await;
 
+    // The leader is lost: the client reconnects through the proxy, read-only, on the
+    // follower, and reads the mirrored copy; writes are refused.
     leader.kill();
     wait_leader_down(&proxy).await;
-    stdin.write_all(b"go\n").await.expect("stdin");
-    stdin.flush().await.expect("flush");
-    assert_eq!(next(&mut lines).await, "DATA2 mirrored CONNECTEDREADONLY");
-    assert_eq!(
-        next(&mut lines).await,
-        format!("SESSION2 {}", &session["SESSION ".len()..]),
-        "the same session"
-    );
-    assert_eq!(next(&mut lines).await, "WRITE NOTREADONLY");
+    until(&mut out, |l| l.contains("state:ConnectedReadOnly")).await;
+    say(&mut stdin, "get /j").await;
+    until(&mut out, |l| l == "mirrored").await;
+    say(&mut stdin, "set /j w").await;
+    until(&mut out, |l| l.contains("Not a read-only call")).await;
 
-    // The leader comes back: the proxy closes the follower-served connection when nothing
-    // is in flight, and the client resumes the same session on the leader, writable again.
+    // The leader is back: the same session resumes there (its ephemeral is still its own)
+    // and writes again.
     leader.restart().await;
-    stdin.write_all(b"back\n").await.expect("stdin");
-    stdin.flush().await.expect("flush");
-    assert_eq!(
-        next(&mut lines).await,
-        format!("BACK CONNECTED {}", &session["SESSION ".len()..])
-    );
+    until(&mut out, |l| l.contains("state:SyncConnected")).await;
+    say(&mut stdin, "getEphemerals /").await;
+    until(&mut out, |l| l.contains("/je")).await;
+    say(&mut stdin, "set /j back").await;
+    say(&mut stdin, "get /j").await;
+    until(&mut out, |l| l == "back").await;
+    say(&mut stdin, "quit").await;
     proxy.drained().await;
     assert_eq!(
         data(&follower.addr(), "/j").await.as_deref(),

@@ -9,7 +9,18 @@
 //! Order: unlike Redis, ZooKeeper tells the proxy the order it used — the zxid. The writer
 //! sorts each batch by zxid and remembers, per path, the zxid it last applied; an op that
 //! arrives late (acknowledged on another connection, queued behind a newer write of the same
-//! path) is skipped instead of overwriting newer state.
+//! path) is skipped instead of overwriting newer state. The map is trimmed past 200k paths; a
+//! path it forgot counts as written at the newest zxid forgotten (the floor), so an older op
+//! for it is skipped and flagged rather than applied over a newer write. When a leader
+//! server's own zxid goes back (restarted empty, restored, a new ensemble), the session side
+//! queues a reset marker ahead of the new history's writes and the map starts afresh there.
+//! A `setData`/`setACL` that finds its node missing on the follower marks it out of sync:
+//! the node's ACL or data cannot be the leader's until a resync copies it again.
+//!
+//! Client ephemerals are not mirrored (unless `mirror_ephemeral`), and neither are writes to
+//! them: the reply's stat names the node's ephemeral owner, and a `setData`/`setACL` of an
+//! ephemeral is dropped (mirrored: it updates the tracked copy, created again as an
+//! ephemeral), never turned into a persistent node by a fix-up.
 //!
 //! Idempotence, so a batch can be applied again after any failure, in a bounded number of
 //! round trips whatever the follower held (it may be a region away): the batch goes out as
@@ -20,7 +31,8 @@
 //! missing node is skipped. A session runs its requests in order, so a later step on the
 //! same path still lands after an earlier one's fix-up. Deleting a node that still has
 //! children on the follower lists them (one round trip per level) and deletes them first
-//! (the leader had none). A multi is applied as a multi; if it fails on the follower its
+//! (the leader had none), except those a newer write was applied to (and their ancestors,
+//! the node itself included): the leader created them again after the delete. A multi is applied as a multi; if it fails on the follower its
 //! items are applied separately (the follower then passes through the intermediate
 //! states; the end state is the leader's). After a lost connection the follower session is
 //! resumed, not replaced ([`ZkConn::connect_session`]), so nothing the old connection sent

@@ -17,11 +17,16 @@
 //! write while frozen gets NOTREADONLY) and forwards the rest as received; the reply side
 //! matches every reply to the head of the pending queue by xid — the Java client treats an
 //! out-of-order xid as a lost connection — so made-up replies wait their turn behind
-//! replies still in flight. Watch notifications (xid −1) are out of band, and servers
-//! answer `auth` and SASL packets as soon as they read them, so those replies may overtake
-//! the queue. A write the leader acknowledged is handed to the mirror with its zxid. When the
-//! client leaves, the leader connection stays open (up to 10 s) for replies still owed, so
-//! the writes they acknowledge are mirrored rather than lost to a half-closed socket.
+//! replies still in flight; they are stamped when sent, with the newest zxid sent on the
+//! connection so far (a client's `lastZxid` is plain assignment and must never go back).
+//! Watch notifications (xid −1) are out of band, and servers answer `auth` and SASL packets
+//! as soon as they read them, so those replies may overtake the queue. A write the leader
+//! acknowledged is handed to the mirror with its zxid; one whose effect cannot be worked out
+//! (a `deleteContainer`, a record that does not decode) is counted and marks the follower out
+//! of sync, never dropped silently. When the client leaves — or a write to it fails, or it
+//! takes no replies for its read timeout (two thirds of the session timeout) and is dropped —
+//! the leader connection stays open (up to 10 s) for replies still owed, so the writes they
+//! acknowledge are mirrored rather than lost to a half-closed socket.
 //!
 //! Read failover: when no server of the leader ensemble takes the session, statemirror opens
 //! a session of its own on the follower ensemble for this client and answers the client's
@@ -33,10 +38,13 @@
 //! the last leader zxid the client reported (`lastZxidSeen`): it never goes backwards and the
 //! later reconnect to the leader is accepted. `setWatches` re-registrations carry a leader
 //! zxid too; it is replaced by 0 (the follower then reports every watched node that exists
-//! as changed: spurious notifications, never missed ones). When the leader ensemble is
-//! healthy again the connection is closed at the next moment nothing is in flight; the
-//! client reconnects through the proxy to the leader and resumes its session if it has not
-//! expired meanwhile.
+//! as changed: spurious notifications, never missed ones). Reply bodies are the follower's
+//! own: a `Stat` carries the follower's zxids, times and versions. `closeSession` closes
+//! statemirror's follower session, not the client's session on the leader ensemble (which
+//! expires there). When the leader ensemble is healthy again the connection is closed at the
+//! next moment nothing is in flight (requests already forwarded included); the client
+//! reconnects through the proxy to the leader and resumes its session if it has not expired
+//! meanwhile.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
