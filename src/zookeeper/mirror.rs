@@ -627,15 +627,18 @@ impl ZkApplier {
         let mut newest_from = 0;
         let mut forgotten = 0usize;
         let mut at = 0;
+        // Nothing is changed until the batch is applied, so a retry builds the same steps.
+        let none = Applied::default();
         for (h, o) in ops {
-            while at < h {
-                at += 1;
-                self.applied.reset();
+            if at < h {
+                at = h;
                 newest_from = steps.len();
             }
+            // A later history starts from nothing (its ops are sorted among themselves).
+            let applied = if h == 0 { &self.applied } else { &none };
             let mut items = Vec::with_capacity(o.items.len());
             for it in &o.items {
-                match self.applied.fate(it.path(), o.zxid) {
+                match applied.fate(it.path(), o.zxid) {
                     Fate::Apply => items.push(it.clone()),
                     Fate::Superseded => {}
                     Fate::Forgotten => forgotten += 1,
@@ -645,9 +648,7 @@ impl ZkApplier {
                 steps.push((o.zxid, items));
             }
         }
-        while at < history {
-            at += 1;
-            self.applied.reset();
+        if at < history {
             newest_from = steps.len();
         }
         // Counted once per batch, not again on its retries.
@@ -689,6 +690,9 @@ impl ZkApplier {
         }
         self.careful = None;
         self.strikes = None;
+        if history > 0 {
+            self.applied.reset();
+        }
         for (zxid, items) in &steps[newest_from..] {
             for it in items {
                 self.applied.record(it.path(), *zxid);
