@@ -1363,8 +1363,9 @@ fn big_creates(out: &mut BytesMut, count: i32) {
 /// ZooKeeper answers `auth` (op 100, xid -4) as soon as it reads it (in
 /// `ZooKeeperServer.processPacket`, outside the request pipeline), so its reply overtakes
 /// replies to requests still in flight. Clients expect that: the Java client handles xid -4
-/// out of band, zookeeper-client matches replies by xid. The proxy instead requires every
-/// non-notification reply to match the head of its pending queue.
+/// out of band, zookeeper-client matches replies by xid. Tested: through the proxy the
+/// `auth` reply overtakes the creates' replies as it does straight to ZooKeeper, the
+/// connection stays open, and the creates are mirrored.
 #[tokio::test]
 async fn auth_reply_may_overtake_replies_in_flight() {
     let (leader, follower) = leader_and_follower().await;
@@ -1419,8 +1420,8 @@ async fn auth_reply_may_overtake_replies_in_flight() {
 }
 
 /// The same through zookeeper-client (which sends `auth` with an ordinary xid): `auth` while
-/// creates are in flight. Straight to ZooKeeper every call succeeds; through the proxy the
-/// connection is closed and every create fails with connection loss.
+/// creates are in flight. Tested: every call succeeds through the proxy as it does straight
+/// to ZooKeeper, and the creates are mirrored.
 #[tokio::test]
 async fn auth_while_writes_in_flight_via_zookeeper_client() {
     let (leader, follower) = leader_and_follower().await;
@@ -1460,12 +1461,10 @@ async fn auth_while_writes_in_flight_via_zookeeper_client() {
     assert_same_tree(&leader.addr(), &follower.addr()).await;
 }
 
-/// A client that disconnects right after sending a write: the proxy's request task ends and
-/// drops its half of the leader connection, which half-closes it (FIN); ZooKeeper then
-/// closes the connection without sending the reply, although it runs the write. The proxy
-/// never learns the outcome, marks the follower out of sync (permanently, until a full
-/// resync), and the leader has a node the follower lacks. Keeping the leader connection
-/// open until the replies to in-flight writes have arrived would mirror the write instead.
+/// A client that disconnects right after sending a write. ZooKeeper runs the write but does
+/// not answer a half-closed connection, so the proxy keeps the leader connection open until
+/// the replies owed have arrived. Tested: the write is mirrored and the follower stays in
+/// sync (not marked out of sync for a write whose outcome it never learned).
 #[tokio::test]
 async fn client_vanishing_mid_write_keeps_follower_in_sync() {
     let (leader, follower) = leader_and_follower().await;

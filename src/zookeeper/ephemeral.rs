@@ -88,6 +88,35 @@ impl Ephemerals {
             .insert(path.to_string(), (data, acl));
     }
 
+    /// `setData` (`data`) or `setACL` (`acl`) of an ephemeral node owned by `owner`: the kept
+    /// copy is updated, and returned as the create that makes the follower's copy equal (an
+    /// ephemeral create replaces the node, see `mirror::robust`). `None` when the node is not
+    /// mirrored: nothing must reach the follower then (a plain `setData` of a missing node
+    /// would create a persistent one).
+    pub fn changed(
+        &self,
+        owner: i64,
+        path: &str,
+        data: Option<Option<Bytes>>,
+        acl: Option<Vec<Acl>>,
+    ) -> Option<Item> {
+        let mut s = lock(&self.sessions);
+        let (d, a) = s.get_mut(&owner)?.nodes.get_mut(path)?;
+        if let Some(data) = data {
+            *d = data;
+        }
+        if let Some(acl) = acl {
+            *a = acl;
+        }
+        Some(Item::Create {
+            path: path.to_string(),
+            data: d.clone(),
+            acl: a.clone(),
+            mode: create_mode::EPHEMERAL,
+            ttl: 0,
+        })
+    }
+
     /// A node was deleted (by whichever session).
     pub fn deleted(&self, path: &str) {
         for s in lock(&self.sessions).values_mut() {

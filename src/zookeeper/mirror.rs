@@ -9,7 +9,18 @@
 //! Order: unlike Redis, ZooKeeper tells the proxy the order it used — the zxid. The writer
 //! sorts each batch by zxid and remembers, per path, the zxid it last applied; an op that
 //! arrives late (acknowledged on another connection, queued behind a newer write of the same
-//! path) is skipped instead of overwriting newer state.
+//! path) is skipped instead of overwriting newer state. The map is trimmed past 200k paths; a
+//! path it forgot counts as written at the newest zxid forgotten (the floor), so an older op
+//! for it is skipped and flagged rather than applied over a newer write. When a leader
+//! server's own zxid goes back (restarted empty, restored, a new ensemble), the session side
+//! queues a reset marker ahead of the new history's writes and the map starts afresh there.
+//! A `setData`/`setACL` that finds its node missing on the follower marks it out of sync:
+//! the node's ACL or data cannot be the leader's until a resync copies it again.
+//!
+//! Client ephemerals are not mirrored (unless `mirror_ephemeral`), and neither are writes to
+//! them: the reply's stat names the node's ephemeral owner, and a `setData`/`setACL` of an
+//! ephemeral is dropped (mirrored: it updates the tracked copy, created again as an
+//! ephemeral), never turned into a persistent node by a fix-up.
 //!
 //! Idempotence, so a batch can be applied again after any failure, in a bounded number of
 //! round trips whatever the follower held (it may be a region away): the batch goes out as
@@ -20,7 +31,8 @@
 //! missing node is skipped. A session runs its requests in order, so a later step on the
 //! same path still lands after an earlier one's fix-up. Deleting a node that still has
 //! children on the follower lists them (one round trip per level) and deletes them first
-//! (the leader had none). A multi is applied as a multi; if it fails on the follower its
+//! (the leader had none), except those a newer write was applied to (and their ancestors,
+//! the node itself included): the leader created them again after the delete. A multi is applied as a multi; if it fails on the follower its
 //! items are applied separately (the follower then passes through the intermediate
 //! states; the end state is the leader's). After a lost connection the follower session is
 //! resumed, not replaced ([`ZkConn::connect_session`]), so nothing the old connection sent
@@ -219,6 +231,97 @@ pub struct ZkOp {
     pub items: SmallVec<[Item; 1]>,
 }
 
+impl ZkOp {
+    /// The marker queued when the leader's zxids went back (a new history, see
+    /// `ZkShared::leader_zxid`): ops after it are compared with each other only.
+    pub fn history_reset() -> Self {
+        ZkOp {
+            zxid: i64::MIN,
+            items: SmallVec::new(),
+        }
+    }
+
+    pub fn is_history_reset(&self) -> bool {
+        self.zxid == i64::MIN && self.items.is_empty()
+    }
+}
+
+/// Per path, the zxid of the last write applied, so a late older write is skipped rather
+/// than applied over a newer one.
+#[derive(Default)]
+pub struct Applied {
+    zxids: HashMap<String, i64>,
+    /// The newest zxid forgotten by a trim (`None`: nothing forgotten): a path without an
+    /// entry may have had one up to here.
+    floor: Option<i64>,
+}
+
+/// Whether an item at some zxid is still to be applied.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fate {
+    Apply,
+    /// A newer write of the path was applied.
+    Superseded,
+    /// Older than what a trim forgot: it may be superseded, or not. Skipped (it could undo a
+    /// newer write) and flagged.
+    Forgotten,
+}
+
+impl Applied {
+    pub fn fate(&self, path: &str, zxid: i64) -> Fate {
+        match self.zxids.get(path) {
+            // `<=` applies: an op at the same zxid (a session's end, ordered at the newest
+            // zxid seen) must still run; re-applying one is harmless.
+            Some(&z) if z <= zxid => Fate::Apply,
+            Some(_) => Fate::Superseded,
+            None if self.floor.is_some_and(|f| zxid < f) => Fate::Forgotten,
+            None => Fate::Apply,
+        }
+    }
+
+    /// Whether a write newer than `zxid` was applied to `path` (unknown counts as no).
+    pub fn newer(&self, path: &str, zxid: i64) -> bool {
+        self.zxids.get(path).is_some_and(|&z| z > zxid)
+    }
+
+    pub fn record(&mut self, path: &str, zxid: i64) {
+        self.zxids.insert(path.to_string(), zxid);
+    }
+
+    /// Past `max` paths, forgets the older half, remembering the newest zxid forgotten.
+    pub fn trim(&mut self, max: usize) {
+        if self.zxids.len() <= max {
+            return;
+        }
+        let mut zxids: Vec<i64> = self.zxids.values().copied().collect();
+        zxids.sort_unstable();
+        let cut = zxids[zxids.len() / 2];
+        let mut forgotten = None;
+        self.zxids.retain(|_, z| {
+            let keep = *z >= cut;
+            if !keep {
+                forgotten = forgotten.max(Some(*z));
+            }
+            keep
+        });
+        self.floor = self.floor.max(forgotten);
+    }
+
+    /// A new zxid history: nothing known applies to it.
+    pub fn reset(&mut self) {
+        self.zxids.clear();
+        self.floor = None;
+    }
+
+    pub fn len(&self) -> usize {
+        self.zxids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.zxids.is_empty()
+    }
+}
+
 impl MirrorOp for ZkOp {
     type Key = String;
     fn cost_bytes(&self) -> usize {
@@ -282,7 +385,7 @@ pub struct ZkApplier {
     next_server: usize,
     /// The follower session, resumed on every new connection until it expires.
     session: Option<SessionId>,
-    applied: HashMap<String, i64>,
+    applied: Applied,
     queue: Arc<MirrorQueue<ZkOp>>,
     /// Mirrored ephemerals to create again when the follower session is replaced.
     ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
@@ -300,6 +403,9 @@ pub struct ZkApplier {
     strikes: Option<(BatchId, usize, u32)>,
     /// Bumped on every byte exchanged with the follower (see `Applier::progress`).
     progress: Arc<AtomicU64>,
+    /// Nodes a `setData`/`setACL` found missing on the follower (count, first path): see
+    /// `apply_steps`.
+    missing: (usize, Option<String>),
 }
 
 /// A batch's address and length: the worker retries the very same batch until it is done.
@@ -360,7 +466,7 @@ impl ZkApplier {
             conn: None,
             next_server: 0,
             session: None,
-            applied: HashMap::new(),
+            applied: Applied::default(),
             queue,
             ephemerals,
             fresh_session: false,
@@ -369,6 +475,7 @@ impl ZkApplier {
             careful: None,
             strikes: None,
             progress: Arc::new(AtomicU64::new(0)),
+            missing: (0, None),
         }
     }
 
@@ -503,22 +610,58 @@ impl ZkApplier {
                 return Err(e);
             }
         }
-        // zxid order, skipping what a newer write of the same path already superseded.
-        let mut ops: Vec<&ZkOp> = batch.iter().collect();
-        ops.sort_by_key(|o| o.zxid);
+        // zxid order within each history (see `ZkOp::history_reset`), skipping what a newer
+        // write of the same path already superseded.
+        let mut ops: Vec<(usize, &ZkOp)> = Vec::with_capacity(batch.len());
+        let mut history = 0;
+        for o in batch {
+            if o.is_history_reset() {
+                history += 1;
+            } else {
+                ops.push((history, o));
+            }
+        }
+        ops.sort_by_key(|(h, o)| (*h, o.zxid));
         let mut steps: Vec<(i64, Vec<Item>)> = Vec::with_capacity(ops.len());
-        for o in ops {
-            let items: Vec<Item> = o
-                .items
-                .iter()
-                // `<=`: an op at the same zxid (a session's end, ordered at the newest
-                // zxid seen) must still run; re-applying one is harmless.
-                .filter(|it| self.applied.get(it.path()).is_none_or(|&z| z <= o.zxid))
-                .cloned()
-                .collect();
+        // Steps from here on belong to the newest history (the only ones recorded).
+        let mut newest_from = 0;
+        let mut forgotten = 0usize;
+        let mut at = 0;
+        // Nothing is changed until the batch is applied, so a retry builds the same steps.
+        let none = Applied::default();
+        for (h, o) in ops {
+            if at < h {
+                at = h;
+                newest_from = steps.len();
+            }
+            // A later history starts from nothing (its ops are sorted among themselves).
+            let applied = if h == 0 { &self.applied } else { &none };
+            let mut items = Vec::with_capacity(o.items.len());
+            for it in &o.items {
+                match applied.fate(it.path(), o.zxid) {
+                    Fate::Apply => items.push(it.clone()),
+                    Fate::Superseded => {}
+                    Fate::Forgotten => forgotten += 1,
+                }
+            }
             if !items.is_empty() {
                 steps.push((o.zxid, items));
             }
+        }
+        if at < history {
+            newest_from = steps.len();
+        }
+        // Counted once per batch, not again on its retries.
+        let retry = self
+            .resume
+            .as_ref()
+            .is_some_and(|r| r.id == (batch.as_ptr() as usize, batch.len()));
+        if forgotten > 0 && !retry {
+            self.queue.count_dropped(forgotten as u64);
+            self.queue.sync().mark_out_of_sync(format!(
+                "{forgotten} mirrored write(s) older than the per-path zxids the writer still \
+                 remembers were skipped; whether newer ones superseded them is unknown"
+            ));
         }
         // A retry of a batch that failed part-way resumes after the steps already applied,
         // so every attempt makes progress. The worker retries the very same batch until it
@@ -534,23 +677,28 @@ impl ZkApplier {
             },
         };
         let r = self.apply_steps(id, &steps, &mut st).await;
+        if let (n @ 1.., first) = std::mem::take(&mut self.missing) {
+            self.queue.sync().mark_out_of_sync(format!(
+                "the follower lacked {n} node(s) the leader changed (first: {}); their data \
+                 or ACL is not the leader's until a resync copies them",
+                first.unwrap_or_default()
+            ));
+        }
         if let Err(e) = r {
             self.resume = Some(st);
             return Err(e);
         }
         self.careful = None;
         self.strikes = None;
-        for (zxid, items) in &steps {
+        if history > 0 {
+            self.applied.reset();
+        }
+        for (zxid, items) in &steps[newest_from..] {
             for it in items {
-                self.applied.insert(it.path().to_string(), *zxid);
+                self.applied.record(it.path(), *zxid);
             }
         }
-        if self.applied.len() > MAX_TRACKED_PATHS {
-            let mut zxids: Vec<i64> = self.applied.values().copied().collect();
-            zxids.sort_unstable();
-            let cut = zxids[zxids.len() / 2];
-            self.applied.retain(|_, z| *z >= cut);
-        }
+        self.applied.trim(MAX_TRACKED_PATHS);
         Ok(st.given_up.min(batch.len()))
     }
 
@@ -619,8 +767,8 @@ impl ZkApplier {
                         continue;
                     }
                     let from = calls.len();
-                    let sub = subtrees.get(it.path()).map(Vec::as_slice);
-                    calls.extend(robust(it, sub, &mut ensured).into_iter().map(|x| x.call));
+                    let subs = robust_at(it, steps[s].0, &subtrees, &self.applied, &mut ensured);
+                    calls.extend(subs.into_iter().map(|x| x.call));
                     spans.push((k, from..calls.len()));
                 }
                 sent.push((s, Sent::Robust(spans)));
@@ -636,6 +784,18 @@ impl ZkApplier {
                 let outcome = match how {
                     Sent::Plain(i) => {
                         let Some(r) = replies.get(*i) else { break };
+                        // The follower lacks a node the leader has: a setACL does nothing and
+                        // a setData's fix-up creates it with an open ACL. Its zxid is still
+                        // recorded (so an older copy of the node is skipped): a resync must
+                        // copy it again.
+                        if let (
+                            [Item::SetAcl { path, .. } | Item::SetData { path, .. }],
+                            err::NO_NODE,
+                        ) = (items.as_slice(), r.err)
+                        {
+                            self.missing.0 += 1;
+                            self.missing.1.get_or_insert_with(|| path.clone());
+                        }
                         match plain_outcome(items, r) {
                             Outcome::Refused(..) if items.len() == 1 => {
                                 self.refuse(st, *s, 0, &items[0], r.err);
@@ -659,8 +819,8 @@ impl ZkApplier {
                         let mut step = Outcome::Ok;
                         for (k, range) in spans {
                             let it = &items[*k];
-                            let sub = subtrees.get(it.path()).map(Vec::as_slice);
-                            let subs = robust(it, sub, &mut ensured);
+                            let subs =
+                                robust_at(it, steps[*s].0, &subtrees, &self.applied, &mut ensured);
                             let bad = replies[range.clone()]
                                 .iter()
                                 .zip(&subs)
@@ -943,6 +1103,45 @@ fn robust(it: &Item, subtree: Option<&[String]>, ensured: &mut HashSet<String>) 
     out
 }
 
+/// [`robust`] for an item of the step at `zxid`. A delete over children the follower has
+/// (`subtrees`) spares every node a newer write (on another connection, or a live write
+/// after a resync's read) was applied to, and their ancestors: the leader recreated them
+/// after this delete. The node itself is then kept too; the newer writes own it.
+fn robust_at(
+    it: &Item,
+    zxid: i64,
+    subtrees: &HashMap<String, Vec<String>>,
+    applied: &Applied,
+    ensured: &mut HashSet<String>,
+) -> Vec<Sub> {
+    let Item::Delete { path: root } = it else {
+        return robust(it, None, ensured);
+    };
+    let Some(sub) = subtrees.get(root) else {
+        return robust(it, None, ensured);
+    };
+    let mut spared: HashSet<&str> = HashSet::new();
+    for n in sub {
+        if applied.newer(n, zxid) {
+            let mut at = n.as_str();
+            while at.len() > root.len() && spared.insert(at) {
+                at = at.rfind('/').map_or(root.as_str(), |i| &at[..i]);
+            }
+        }
+    }
+    if spared.is_empty() {
+        return robust(it, Some(sub), ensured);
+    }
+    let doomed: Vec<String> = sub
+        .iter()
+        .filter(|n| !spared.contains(n.as_str()))
+        .cloned()
+        .collect();
+    let mut out = robust(it, Some(&doomed), ensured);
+    out.pop(); // the delete of `root` itself, which robust puts last
+    out
+}
+
 /// A request's connection was lost under it (as opposed to no connection at all).
 const FOLLOWER_CLOSED: &str = "follower_closed";
 
@@ -1029,6 +1228,39 @@ impl Applier for ZkApplier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A trim keeps a floor: a path it forgot counts as written at the floor, so an older
+    /// copy of it is skipped (and flagged) rather than applied over a newer write.
+    #[test]
+    fn a_trim_keeps_a_floor() {
+        let mut a = Applied::default();
+        for (i, p) in ["/a", "/b", "/c", "/d"].iter().enumerate() {
+            a.record(p, 10 * (i as i64 + 1)); // 10, 20, 30, 40
+        }
+        a.trim(3);
+        assert_eq!(a.len(), 2, "the older half is forgotten");
+        assert_eq!(
+            a.fate("/a", 5),
+            Fate::Forgotten,
+            "older than what was forgotten"
+        );
+        assert_eq!(a.fate("/b", 15), Fate::Forgotten);
+        assert_eq!(
+            a.fate("/b", 20),
+            Fate::Apply,
+            "at the floor or newer: applied"
+        );
+        assert_eq!(a.fate("/new", 25), Fate::Apply);
+        assert_eq!(a.fate("/c", 29), Fate::Superseded);
+        assert_eq!(a.fate("/c", 30), Fate::Apply);
+        a.reset();
+        assert_eq!(
+            a.fate("/a", 1),
+            Fate::Apply,
+            "a new history starts from nothing"
+        );
+        assert_eq!(a.fate("/c", 1), Fate::Apply);
+    }
 
     #[test]
     fn filter_never_mirrors_zookeeper_and_honours_prefixes() {

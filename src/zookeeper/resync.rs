@@ -87,6 +87,7 @@ impl ZkWalker {
         }
         let mut walk = Walk::new(&self.filter);
         let mut plan = Plan::new(ctx.batch_size);
+        plan.mirror_ephemeral = self.cfg.mirror_ephemeral;
         let mut len = tree::chunk_len(0, 0);
         loop {
             let chunk = walk.next_chunk(len).map_err(ResyncError::Failed)?;
@@ -149,6 +150,8 @@ struct Plan {
     ready: Vec<ZkOp>,
     skipped: u64,
     first_skipped: Option<String>,
+    /// Client ephemerals are mirrored (as statemirror's own, by the ephemeral tracker).
+    mirror_ephemeral: bool,
 }
 
 impl Plan {
@@ -161,6 +164,7 @@ impl Plan {
             ready: Vec::new(),
             skipped: 0,
             first_skipped: None,
+            mirror_ephemeral: false,
         }
     }
 
@@ -175,7 +179,15 @@ impl Plan {
     ) {
         let compared = tree::compared(filter, path);
         if l.persistent().is_none() && matches!(l.state, State::Node(_)) {
-            return; // a client session's ephemeral; ephemerals have no children
+            // A client session's ephemeral (no children). Unless ephemerals are mirrored, the
+            // follower has nothing there: a persistent node it has (an older statemirror
+            // turned writes to the ephemeral into one) would outlive the session, e.g. as the
+            // lowest holder of a lock after a switch to the follower.
+            if !self.mirror_ephemeral && compared && f.persistent().is_some() {
+                self.add(l.zxid, smallvec![Item::Delete { path: path.into() }], false);
+                ctx.deleted(1);
+            }
+            return;
         }
         match (&l.state, &f.state) {
             // Nothing below can be listed (or copied without opening it up, or deleted

@@ -46,6 +46,8 @@ pub struct ZkShared {
     pub leader_health: Health,
     pub follower_health: Option<Health>,
     next: AtomicUsize,
+    /// Per leader server, the newest zxid a connection to it has shown (see `leader_zxid`).
+    leader_zxids: std::sync::Mutex<std::collections::HashMap<SocketAddr, i64>>,
     /// Cancelled at shutdown: sessions stop reading requests, answer what they owe, close.
     pub closing: CancellationToken,
 }
@@ -250,6 +252,57 @@ impl ZkShared {
         (resp.session_id != 0).then_some((s, resp))
     }
 
+    /// A leader connection to `server` showed `zxid`: its first one (`first`, before anything
+    /// the connection acknowledged is mirrored) or its newest (when it ends). A server's own
+    /// zxid never goes back while it keeps its data: when it does, the server restarted
+    /// empty, was restored from a backup or belongs to a new ensemble, and the mirror
+    /// writer's per-path zxids mean nothing for the new history (every new write would look
+    /// older). A reset marker is then queued ahead of the new writes.
+    ///
+    /// Replies on different connections are read in any order, so a first zxid below one
+    /// seen on another connection is not enough: the server's own current zxid (`srvr`)
+    /// decides.
+    pub async fn leader_zxid(&self, server: Option<SocketAddr>, zxid: i64, first: bool) {
+        let Some(server) = server else { return };
+        let prev = {
+            let mut seen = crate::replication::queue::lock(&self.leader_zxids);
+            let prev = seen.get(&server).copied();
+            if prev.is_none_or(|p| zxid > p) {
+                seen.insert(server, zxid);
+            }
+            prev
+        };
+        let Some(prev) = prev.filter(|&p| first && zxid < p) else {
+            return;
+        };
+        let timeout = Duration::from_millis(self.cfg.health_timeout_ms.max(1000));
+        let now = match tokio::time::timeout(timeout, ask(&server.to_string(), b"srvr")).await {
+            Ok(Some(out)) => srvr_zxid(&String::from_utf8_lossy(&out)),
+            _ => None,
+        };
+        let Some(now) = now.filter(|&n| n < prev) else {
+            return;
+        };
+        {
+            let mut seen = crate::replication::queue::lock(&self.leader_zxids);
+            if seen.get(&server).is_some_and(|&p| p == prev) {
+                seen.insert(server, now.max(zxid));
+            } else {
+                return; // another connection saw it first and queued the marker
+            }
+        }
+        tracing::warn!(
+            %server,
+            zxid = format!("{now:#x}"),
+            before = format!("{prev:#x}"),
+            "a leader server's zxid went back (restarted empty, restored, or a new ensemble); \
+             the mirror starts a new zxid history"
+        );
+        if let Some(q) = &self.mirror {
+            q.push(ZkOp::history_reset());
+        }
+    }
+
     fn writes_refused(&self) -> bool {
         self.freeze.is_frozen() || !self.leader_health.is_up()
     }
@@ -353,6 +406,7 @@ pub async fn start(
             .map(|f| Health::new("follower", f.join(","), 2, metrics.backend_up("follower"))),
         metrics,
         next: AtomicUsize::new(0),
+        leader_zxids: std::sync::Mutex::new(std::collections::HashMap::new()),
         closing: shutdown.clone(),
     });
     let mut resync = None;
@@ -459,6 +513,13 @@ async fn ask(server: &str, word: &[u8; 4]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The `Zxid:` line of a `srvr` answer (the server's last processed zxid).
+fn srvr_zxid(srvr: &str) -> Option<i64> {
+    let hex = srvr.lines().find_map(|l| l.strip_prefix("Zxid:"))?.trim();
+    let hex = hex.strip_prefix("0x").unwrap_or(hex);
+    u64::from_str_radix(hex, 16).ok().map(|z| z as i64)
+}
+
 /// Whether a `srvr` answer shows a server that serves: it has a `Mode:`, and for the leader
 /// ensemble it is not read-only (a server that lost its quorum takes no writes, so it must
 /// not keep clients on the leader).
@@ -518,7 +579,17 @@ async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: Cancellation
 
 #[cfg(test)]
 mod tests {
-    use super::serves;
+    use super::{serves, srvr_zxid};
+
+    #[test]
+    fn srvr_zxid_is_read() {
+        let out = "Zookeeper version: 3.8.0\nZxid: 0x10000001f\nMode: standalone\n";
+        assert_eq!(srvr_zxid(out), Some(0x1_0000_001f));
+        assert_eq!(
+            srvr_zxid("This ZooKeeper instance is not currently serving"),
+            None
+        );
+    }
 
     #[test]
     fn read_only_servers_do_not_serve_the_leader() {

@@ -17,11 +17,16 @@
 //! write while frozen gets NOTREADONLY) and forwards the rest as received; the reply side
 //! matches every reply to the head of the pending queue by xid — the Java client treats an
 //! out-of-order xid as a lost connection — so made-up replies wait their turn behind
-//! replies still in flight. Watch notifications (xid −1) are out of band, and servers
-//! answer `auth` and SASL packets as soon as they read them, so those replies may overtake
-//! the queue. A write the leader acknowledged is handed to the mirror with its zxid. When the
-//! client leaves, the leader connection stays open (up to 10 s) for replies still owed, so
-//! the writes they acknowledge are mirrored rather than lost to a half-closed socket.
+//! replies still in flight; they are stamped when sent, with the newest zxid sent on the
+//! connection so far (a client's `lastZxid` is plain assignment and must never go back).
+//! Watch notifications (xid −1) are out of band, and servers answer `auth` and SASL packets
+//! as soon as they read them, so those replies may overtake the queue. A write the leader
+//! acknowledged is handed to the mirror with its zxid; one whose effect cannot be worked out
+//! (a `deleteContainer`, a record that does not decode) is counted and marks the follower out
+//! of sync, never dropped silently. When the client leaves — or a write to it fails, or it
+//! takes no replies for its read timeout (two thirds of the session timeout) and is dropped —
+//! the leader connection stays open (up to 10 s) for replies still owed, so the writes they
+//! acknowledge are mirrored rather than lost to a half-closed socket.
 //!
 //! Read failover: when no server of the leader ensemble takes the session, statemirror opens
 //! a session of its own on the follower ensemble for this client and answers the client's
@@ -33,13 +38,17 @@
 //! the last leader zxid the client reported (`lastZxidSeen`): it never goes backwards and the
 //! later reconnect to the leader is accepted. `setWatches` re-registrations carry a leader
 //! zxid too; it is replaced by 0 (the follower then reports every watched node that exists
-//! as changed: spurious notifications, never missed ones). When the leader ensemble is
-//! healthy again the connection is closed at the next moment nothing is in flight; the
-//! client reconnects through the proxy to the leader and resumes its session if it has not
-//! expired meanwhile.
+//! as changed: spurious notifications, never missed ones). Reply bodies are the follower's
+//! own: a `Stat` carries the follower's zxids, times and versions. `closeSession` closes
+//! statemirror's follower session, not the client's session on the leader ensemble (which
+//! expires there). When the leader ensemble is healthy again the connection is closed at the
+//! next moment nothing is in flight (requests already forwarded included); the client
+//! reconnects through the proxy to the leader and resumes its session if it has not expired
+//! meanwhile.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,7 +68,7 @@ use super::proto::connect::ConnectResponse;
 use super::proto::multi::{MultiOp, MultiRequest, MultiResponse, MultiResult};
 use super::proto::records::{
     Create2Response, CreateRequest, CreateResponse, CreateTtlRequest, DeleteRequest, ReplyHeader,
-    RequestHeader, SetAclRequest, SetDataRequest, SetWatches, SetWatches2,
+    RequestHeader, SetAclRequest, SetDataRequest, SetWatches, SetWatches2, StatResponse,
 };
 use super::proto::{create_mode, err, is_write, op};
 use super::server::{LeaderConnect, ZkShared};
@@ -70,12 +79,17 @@ use crate::replication::freeze::WriteTicket;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long replies still owed are awaited after the client left.
 const LINGER: Duration = Duration::from_secs(10);
+/// Bounds on how long one write of replies to a client may take (normally the negotiated
+/// session timeout; see `serve`).
+const MIN_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Pending {
     xid: i32,
     op: i32,
-    /// A reply made here (already framed), or `None` to wait for the server's.
-    local: Option<Bytes>,
+    /// The error of a reply made here, or `None` to wait for the server's. Framed when it
+    /// is sent, so its zxid is the newest one the client has been sent by then.
+    local: Option<i32>,
     /// The request of a forwarded write (to build its mirror op from the reply).
     write: Option<(i32, Bytes)>,
     _ticket: Option<WriteTicket>,
@@ -187,7 +201,18 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
         Mode::Leader { .. } => Mode::Leader { session },
         follower => follower,
     };
-    relay(shared.clone(), client, backend, mode).await;
+    // A client that cannot take its replies for its read timeout (two thirds of the session
+    // timeout: past it a ZooKeeper client gives up on the connection itself) is dropped,
+    // early enough to collect what the leader still owes before the session expires.
+    let negotiated = ConnectResponse::from_bytes(&response.slice(4..))
+        .map(|r| r.time_out)
+        .unwrap_or(0);
+    let write_timeout = if negotiated > 0 {
+        Duration::from_millis(negotiated as u64 * 2 / 3).max(MIN_WRITE_TIMEOUT)
+    } else {
+        DEFAULT_WRITE_TIMEOUT
+    };
+    relay(shared.clone(), client, backend, mode, write_timeout).await;
     shared.metrics.connections.decrement(1.0);
     if let (Some(eph), Some(s)) = (&shared.ephemerals, session) {
         eph.detach(s, shared.max_zxid.load(Ordering::Acquire));
@@ -204,35 +229,35 @@ enum Mode {
     Follower { zxid: i64 },
 }
 
-async fn relay(shared: Arc<ZkShared>, client: TcpStream, backend: TcpStream, mode: Mode) {
+async fn relay(
+    shared: Arc<ZkShared>,
+    client: TcpStream,
+    backend: TcpStream,
+    mode: Mode,
+    write_timeout: Duration,
+) {
+    let server = backend.peer_addr().ok();
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
     let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
     let stop = CancellationToken::new();
-    let pinned = match mode {
-        Mode::Leader { .. } => 0,
-        Mode::Follower { zxid } => zxid,
-    };
-    let last_zxid = Arc::new(AtomicI64::new(pinned));
     let req = tokio::spawn(requests(
         shared.clone(),
         client_r,
         backend_w,
         tx,
         stop.clone(),
-        last_zxid.clone(),
         mode,
     ));
-    let leader_down = replies(
+    let side = ReplySide {
         shared,
-        client_w,
-        backend_r,
         rx,
-        stop.clone(),
-        last_zxid,
+        stop: stop.clone(),
         mode,
-    )
-    .await;
+        write_timeout,
+        server,
+    };
+    let leader_down = side.run(client_w, backend_r).await;
     stop.cancel();
     if leader_down {
         // Its write to a silent leader may never finish; nothing it holds matters now.
@@ -247,7 +272,6 @@ async fn requests(
     mut backend: OwnedWriteHalf,
     tx: mpsc::Sender<Vec<Pending>>,
     stop: CancellationToken,
-    last_zxid: Arc<AtomicI64>,
     mode: Mode,
 ) -> OwnedWriteHalf {
     let max = shared.cfg.max_frame_bytes;
@@ -289,21 +313,10 @@ async fn requests(
             };
             let m = &shared.metrics;
             let now = Instant::now();
-            let local = |e: i32| {
-                let mut f = BytesMut::with_capacity(20);
-                encode_frame(&mut f, |w| {
-                    w.write(&ReplyHeader {
-                        xid: h.xid,
-                        zxid: last_zxid.load(Ordering::Acquire),
-                        err: e,
-                    })
-                });
-                Some(f.freeze())
-            };
             let answer = |e: i32| Pending {
                 xid: h.xid,
                 op: h.op,
-                local: local(e),
+                local: Some(e),
                 write: None,
                 _ticket: None,
                 sent: now,
@@ -372,162 +385,215 @@ async fn requests(
     }
 }
 
-/// True when it ended because the leader ensemble serving it was declared down.
-async fn replies(
+/// The reply side of one connection.
+struct ReplySide {
     shared: Arc<ZkShared>,
-    mut client: OwnedWriteHalf,
-    mut backend: OwnedReadHalf,
-    mut rx: mpsc::Receiver<Vec<Pending>>,
+    rx: mpsc::Receiver<Vec<Pending>>,
     stop: CancellationToken,
-    last_zxid: Arc<AtomicI64>,
     mode: Mode,
-) -> bool {
-    let max = shared.cfg.max_frame_bytes;
-    let session = match mode {
-        Mode::Leader { session } => session,
-        Mode::Follower { .. } => None,
-    };
-    let mut leader_up = match mode {
-        Mode::Follower { .. } => Some(shared.leader_health.subscribe()),
-        Mode::Leader { .. } => None,
-    };
-    let mut close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
-    // Leader-served, with a follower to go to: closed at once when the leader ensemble is
-    // declared down (a silent server would hold the client until its session expired), so
-    // the client reconnects and is served by the follower.
-    let mut leader_down = match mode {
-        Mode::Leader { .. } if shared.follower.is_some() => Some(shared.leader_health.subscribe()),
-        _ => None,
-    };
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut linger: Option<tokio::time::Instant> = None;
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
-    let mut out = BytesMut::with_capacity(16 * 1024);
-    let mut requests_open = true;
-    loop {
-        // Made-up replies go out as soon as everything before them has.
-        while pending.front().is_some_and(|p| p.local.is_some()) {
-            if let Some(p) = pending.pop_front() {
-                out.put_slice(&p.local.unwrap_or_default());
-            }
-        }
-        if !out.is_empty() {
-            if client.write_all(&out).await.is_err() {
-                break;
-            }
-            out.clear();
-        }
-        if !requests_open && pending.is_empty() {
-            break;
-        }
-        if !requests_open {
-            // The client is gone but the leader still owes replies (their writes must be
-            // mirrored): the leader connection stays open for them, for a while.
-            linger.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
-        }
-        if close_when_idle && pending.is_empty() {
-            tracing::debug!("leader ensemble is back; closing follower-served connection");
-            break;
-        }
-        if leader_down.as_ref().is_some_and(|w| !*w.borrow()) {
-            tracing::debug!("leader ensemble declared down; closing leader-served connection");
-            end(&shared, pending);
-            return true;
-        }
-        rbuf.reserve(16 * 1024);
-        tokio::select! {
-            biased;
-            b = rx.recv(), if requests_open => match b {
-                Some(b) => pending.extend(b),
-                None => requests_open = false,
-            },
-            _ = stop.cancelled(), if requests_open => requests_open = false,
-            _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-            _ = async { match leader_up.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {
-                close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
-            }
-            // Acted on at the top of the loop.
-            _ = async { match leader_down.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {}
-            r = backend.read_buf(&mut rbuf) => {
-                if !matches!(r, Ok(n) if n > 0) {
-                    break;
-                }
-                // Entries for these replies were sent before their requests (see Redis's
-                // session for the race this closes).
-                while let Ok(b) = rx.try_recv() {
-                    pending.extend(b);
-                }
-                loop {
-                    let frame = match next_frame(&mut rbuf, max) {
-                        Ok(Some(f)) => f,
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "bad frame from the leader; closing client");
-                            end(&shared, pending);
-                            return false;
-                        }
-                    };
-                    let Ok(h) = ReplyHeader::decode(&mut Reader::from_bytes(&frame)) else {
-                        end(&shared, pending);
-                        return false;
-                    };
-                    let frame = match mode {
-                        // Follower zxids never reach the client (see the module comment).
-                        Mode::Follower { zxid } => pin_zxid(&frame, zxid),
-                        Mode::Leader { .. } => {
-                            if h.zxid > 0 {
-                                last_zxid.fetch_max(h.zxid, Ordering::AcqRel);
-                                shared.max_zxid.fetch_max(h.zxid, Ordering::AcqRel);
-                            }
-                            frame
-                        }
-                    };
-                    if h.xid != super::proto::xid::NOTIFICATION {
-                        while pending.front().is_some_and(|p| p.local.is_some()) {
-                            if let Some(p) = pending.pop_front() {
-                                out.put_slice(&p.local.unwrap_or_default());
-                            }
-                        }
-                        // Servers answer auth and SASL packets as soon as they read them,
-                        // ahead of replies still in flight: those may overtake the queue.
-                        let at = match pending.front() {
-                            Some(p) if p.xid == h.xid => Some(0),
-                            _ => pending
-                                .iter()
-                                .position(|p| p.xid == h.xid && matches!(p.op, op::AUTH | op::SASL)),
-                        };
-                        let Some(p) = at.and_then(|i| pending.remove(i)) else {
-                            tracing::warn!(
-                                expected = pending.front().map(|p| p.xid),
-                                got = h.xid,
-                                "leader replied out of order; closing client"
-                            );
-                            end(&shared, pending);
-                            return false;
-                        };
-                        shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
-                        if p.op == op::CLOSE_SESSION && h.err == 0 {
-                            if let (Some(eph), Some(s)) = (&shared.ephemerals, session) {
-                                eph.end(s, h.zxid.max(shared.max_zxid.load(Ordering::Acquire)));
-                            }
-                        }
-                        if let (Some((op, req)), 0) = (p.write, h.err) {
-                            let body = frame.slice(16..);
-                            if let Some(o) = mirror_op(&shared, session, op, &req, &body, h.zxid) {
-                                if let Some(q) = &shared.mirror {
-                                    q.push(o);
-                                }
-                            }
-                        }
-                    }
-                    out.put_u32(frame.len() as u32);
-                    out.put_slice(&frame);
-                }
-            }
+    /// A client that takes longer than this to take a write of replies is dropped.
+    write_timeout: Duration,
+    /// The leader server (to notice its history going back, see `ZkShared::leader_zxid`).
+    server: Option<SocketAddr>,
+}
+
+impl ReplySide {
+    /// Entries for requests already forwarded: the request side queues them before it
+    /// forwards, so after this every reply the server may still send has its entry.
+    fn drain(&mut self, pending: &mut VecDeque<Pending>) {
+        while let Ok(b) = self.rx.try_recv() {
+            pending.extend(b);
         }
     }
-    end(&shared, pending);
-    false
+
+    /// True when it ended because the leader ensemble serving it was declared down.
+    async fn run(mut self, mut client: OwnedWriteHalf, mut backend: OwnedReadHalf) -> bool {
+        let shared = self.shared.clone();
+        let mode = self.mode;
+        let max = shared.cfg.max_frame_bytes;
+        let session = match mode {
+            Mode::Leader { session } => session,
+            Mode::Follower { .. } => None,
+        };
+        let mut leader_up = match mode {
+            Mode::Follower { .. } => Some(shared.leader_health.subscribe()),
+            Mode::Leader { .. } => None,
+        };
+        let mut close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
+        // Leader-served, with a follower to go to: closed at once when the leader ensemble is
+        // declared down (a silent server would hold the client until its session expired), so
+        // the client reconnects and is served by the follower.
+        let mut leader_down = match mode {
+            Mode::Leader { .. } if shared.follower.is_some() => {
+                Some(shared.leader_health.subscribe())
+            }
+            _ => None,
+        };
+        // The newest zxid sent to the client (follower-served: pinned, see the module comment).
+        let mut last_zxid = match mode {
+            Mode::Leader { .. } => 0,
+            Mode::Follower { zxid } => zxid,
+        };
+        // The newest zxid this leader connection has shown (`None` before its first reply).
+        let mut conn_zxid: Option<i64> = None;
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut linger: Option<tokio::time::Instant> = None;
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        let mut requests_open = true;
+        // False once a write to the client failed or timed out: the client is dropped, but the
+        // replies it is owed are still read, so the writes they acknowledge are mirrored.
+        let mut client_ok = true;
+        let leader_lost = 'conn: loop {
+            // Made-up replies go out as soon as everything before them has.
+            flush_local(&mut pending, &mut out, last_zxid);
+            if !out.is_empty() {
+                if client_ok {
+                    match tokio::time::timeout(self.write_timeout, client.write_all(&out)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => client_ok = false,
+                        Err(_) => {
+                            shared.metrics.client_error("slow_client");
+                            tracing::debug!("client stopped reading its replies; dropping it");
+                            client_ok = false;
+                        }
+                    }
+                    if !client_ok {
+                        // No more requests from it; what it is owed is still collected.
+                        self.stop.cancel();
+                    }
+                }
+                out.clear();
+            }
+            if !requests_open || !client_ok {
+                self.drain(&mut pending);
+                if pending.is_empty() {
+                    break false;
+                }
+                // The client is gone but the leader still owes replies (their writes must be
+                // mirrored): the leader connection stays open for them, for a while.
+                linger.get_or_insert_with(|| tokio::time::Instant::now() + LINGER);
+            }
+            if close_when_idle {
+                // A request forwarded just now must get its reply before the close.
+                self.drain(&mut pending);
+                if pending.is_empty() {
+                    tracing::debug!("leader ensemble is back; closing follower-served connection");
+                    break false;
+                }
+            }
+            if leader_down.as_ref().is_some_and(|w| !*w.borrow()) {
+                tracing::debug!("leader ensemble declared down; closing leader-served connection");
+                break true;
+            }
+            rbuf.reserve(16 * 1024);
+            tokio::select! {
+                biased;
+                b = self.rx.recv(), if requests_open => match b {
+                    Some(b) => pending.extend(b),
+                    None => requests_open = false,
+                },
+                _ = self.stop.cancelled(), if requests_open && client_ok => requests_open = false,
+                _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break false,
+                _ = async { match leader_up.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {
+                    close_when_idle = leader_up.as_ref().is_some_and(|w| *w.borrow());
+                }
+                // Acted on at the top of the loop.
+                _ = async { match leader_down.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {}
+                r = backend.read_buf(&mut rbuf) => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        break false;
+                    }
+                    // Entries for these replies were sent before their requests (see Redis's
+                    // session for the race this closes).
+                    self.drain(&mut pending);
+                    loop {
+                        let frame = match next_frame(&mut rbuf, max) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "bad frame from the leader; closing client");
+                                break 'conn false;
+                            }
+                        };
+                        let Ok(h) = ReplyHeader::decode(&mut Reader::from_bytes(&frame)) else {
+                            break 'conn false;
+                        };
+                        let frame = match mode {
+                            // Follower zxids never reach the client (see the module comment).
+                            Mode::Follower { zxid } => pin_zxid(&frame, zxid),
+                            Mode::Leader { .. } => {
+                                if h.zxid > 0 {
+                                    if conn_zxid.is_none() {
+                                        // Before anything this connection acknowledged is
+                                        // queued: the writer must know if history restarted.
+                                        shared.leader_zxid(self.server, h.zxid, true).await;
+                                    }
+                                    conn_zxid = Some(conn_zxid.unwrap_or(0).max(h.zxid));
+                                    last_zxid = last_zxid.max(h.zxid);
+                                    shared.max_zxid.fetch_max(h.zxid, Ordering::AcqRel);
+                                }
+                                frame
+                            }
+                        };
+                        if h.xid != super::proto::xid::NOTIFICATION {
+                            flush_local(&mut pending, &mut out, last_zxid);
+                            // Servers answer auth and SASL packets as soon as they read them,
+                            // ahead of replies still in flight: those may overtake the queue.
+                            let at = match pending.front() {
+                                Some(p) if p.xid == h.xid => Some(0),
+                                _ => pending
+                                    .iter()
+                                    .position(|p| p.xid == h.xid && matches!(p.op, op::AUTH | op::SASL)),
+                            };
+                            let Some(p) = at.and_then(|i| pending.remove(i)) else {
+                                tracing::warn!(
+                                    expected = pending.front().map(|p| p.xid),
+                                    got = h.xid,
+                                    "leader replied out of order; closing client"
+                                );
+                                break 'conn false;
+                            };
+                            shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
+                            if p.op == op::CLOSE_SESSION && h.err == 0 {
+                                if let (Some(eph), Some(s)) = (&shared.ephemerals, session) {
+                                    eph.end(s, h.zxid.max(shared.max_zxid.load(Ordering::Acquire)));
+                                }
+                            }
+                            if let (Some((op, req)), 0) = (p.write, h.err) {
+                                mirror_reply(&shared, session, op, &req, &frame.slice(16..), h.zxid);
+                            }
+                        }
+                        if client_ok {
+                            out.put_u32(frame.len() as u32);
+                            out.put_slice(&frame);
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(z) = conn_zxid {
+            shared.leader_zxid(self.server, z, false).await;
+        }
+        end(&shared, pending);
+        leader_lost
+    }
+}
+
+/// Frames the made-up replies at the head of `pending`, stamped with the newest zxid sent
+/// on this connection so far: a client's `lastZxid` is plain assignment and must not go
+/// backwards.
+fn flush_local(pending: &mut VecDeque<Pending>, out: &mut BytesMut, last_zxid: i64) {
+    while let Some(e) = pending.front().and_then(|p| p.local) {
+        let Some(p) = pending.pop_front() else { break };
+        encode_frame(out, |w| {
+            w.write(&ReplyHeader {
+                xid: p.xid,
+                zxid: last_zxid,
+                err: e,
+            })
+        });
+    }
 }
 
 /// The frame with its reply header's zxid replaced.
@@ -569,8 +635,40 @@ fn end(shared: &ZkShared, pending: VecDeque<Pending>) {
     }
 }
 
-/// The mirror op for an acknowledged write, or `None` when nothing is to be mirrored
-/// (ephemeral nodes, filtered paths, a failed multi).
+/// Queues the mirror op for an acknowledged write. A write whose effect cannot be worked
+/// out is not dropped silently: it is counted and the follower marked out of sync (a resync
+/// then copies what it changed).
+fn mirror_reply(
+    shared: &ZkShared,
+    session: Option<i64>,
+    op: i32,
+    req: &Bytes,
+    resp: &Bytes,
+    zxid: i64,
+) {
+    let Some(q) = &shared.mirror else { return };
+    match mirror_op(shared, session, op, req, resp, zxid) {
+        Ok(Some(o)) => q.push(o),
+        Ok(None) => {}
+        Err(why) => {
+            use crate::replication::queue::MirrorView;
+            tracing::warn!(
+                op = super::proto::op_name(op),
+                zxid = format!("{zxid:#x}"),
+                "an acknowledged write cannot be mirrored: {why}"
+            );
+            q.count_dropped(1);
+            q.sync().mark_out_of_sync(format!(
+                "an acknowledged {} (zxid {zxid:#x}) was not mirrored: {why}",
+                super::proto::op_name(op)
+            ));
+        }
+    }
+}
+
+/// The mirror op for an acknowledged write: `Ok(None)` when nothing is to be mirrored
+/// (ephemeral nodes that are not mirrored, filtered paths, a failed multi), `Err` when its
+/// effect cannot be worked out from the request and reply.
 fn mirror_op(
     shared: &ZkShared,
     session: Option<i64>,
@@ -578,45 +676,71 @@ fn mirror_op(
     req: &Bytes,
     resp: &Bytes,
     zxid: i64,
-) -> Option<ZkOp> {
-    let mut items: SmallVec<[Item; 1]> = SmallVec::new();
+) -> Result<Option<ZkOp>, String> {
+    let bad =
+        |what: &str| format!("its {what} does not decode (a path or ACL id that is not UTF-8?)");
+    // Each item with the ephemeral owner of the node it changes (from the reply's stat; 0
+    // for a persistent node): a setData or setACL of a client's ephemeral must not create a
+    // persistent copy on the follower.
+    let mut items: SmallVec<[(Item, i64); 1]> = SmallVec::new();
     match op {
         op::CREATE | op::CREATE2 | op::CREATE_CONTAINER => {
-            let r = CreateRequest::from_bytes(req).ok()?;
+            let r = CreateRequest::from_bytes(req).map_err(|_| bad("request"))?;
             let path = if op == op::CREATE {
-                CreateResponse::from_bytes(resp).ok()?.path
+                CreateResponse::from_bytes(resp).map(|r| r.path)
             } else {
-                Create2Response::from_bytes(resp).ok()?.path
-            };
-            items.extend(create_item(path, r.data, r.acl, r.flags, 0));
+                Create2Response::from_bytes(resp).map(|r| r.path)
+            }
+            .map_err(|_| bad("reply"))?;
+            items.extend(create_item(path, r.data, r.acl, r.flags, 0).map(|i| (i, 0)));
         }
         op::CREATE_TTL => {
-            let r = CreateTtlRequest::from_bytes(req).ok()?;
-            let path = Create2Response::from_bytes(resp).ok()?.path;
-            items.extend(create_item(path, r.data, r.acl, r.flags, r.ttl));
+            let r = CreateTtlRequest::from_bytes(req).map_err(|_| bad("request"))?;
+            let path = Create2Response::from_bytes(resp)
+                .map_err(|_| bad("reply"))?
+                .path;
+            items.extend(create_item(path, r.data, r.acl, r.flags, r.ttl).map(|i| (i, 0)));
         }
-        op::DELETE => items.push(Item::Delete {
-            path: DeleteRequest::from_bytes(req).ok()?.path,
-        }),
+        op::DELETE => items.push((
+            Item::Delete {
+                path: DeleteRequest::from_bytes(req)
+                    .map_err(|_| bad("request"))?
+                    .path,
+            },
+            0,
+        )),
         op::SET_DATA => {
-            let r = SetDataRequest::from_bytes(req).ok()?;
-            items.push(Item::SetData {
+            let r = SetDataRequest::from_bytes(req).map_err(|_| bad("request"))?;
+            let owner = StatResponse::from_bytes(resp)
+                .map_err(|_| bad("reply"))?
+                .stat
+                .ephemeral_owner;
+            let item = Item::SetData {
                 path: r.path,
                 data: r.data,
-            });
+            };
+            items.push((item, owner));
         }
         op::SET_ACL => {
-            let r = SetAclRequest::from_bytes(req).ok()?;
-            items.push(Item::SetAcl {
+            let r = SetAclRequest::from_bytes(req).map_err(|_| bad("request"))?;
+            let owner = StatResponse::from_bytes(resp)
+                .map_err(|_| bad("reply"))?
+                .stat
+                .ephemeral_owner;
+            let item = Item::SetAcl {
                 path: r.path,
                 acl: r.acl,
-            });
+            };
+            items.push((item, owner));
         }
         op::MULTI => {
-            let r = MultiRequest::from_bytes(req).ok()?;
-            let res = MultiResponse::from_bytes(resp).ok()?;
-            if res.results.iter().any(|x| x.err() != 0) || res.results.len() != r.ops.len() {
-                return None; // the whole multi failed: nothing changed
+            let r = MultiRequest::from_bytes(req).map_err(|_| bad("request"))?;
+            let res = MultiResponse::from_bytes(resp).map_err(|_| bad("reply"))?;
+            if res.results.iter().any(|x| x.err() != 0) {
+                return Ok(None); // the whole multi failed: nothing changed
+            }
+            if res.results.len() != r.ops.len() {
+                return Err("its reply does not match its request".into());
             }
             for (o, result) in r.ops.into_iter().zip(res.results) {
                 let created = match &result {
@@ -625,49 +749,71 @@ fn mirror_op(
                     }
                     _ => None,
                 };
+                let owner = match &result {
+                    MultiResult::SetData { stat } => stat.ephemeral_owner,
+                    _ => 0,
+                };
+                let created = || created.clone().ok_or_else(|| bad("reply"));
                 match o {
-                    MultiOp::Create(c) | MultiOp::Create2(c) | MultiOp::CreateContainer(c) => {
-                        items.extend(create_item(created?, c.data, c.acl, c.flags, 0))
-                    }
-                    MultiOp::CreateTtl(c) => {
-                        items.extend(create_item(created?, c.data, c.acl, c.flags, c.ttl))
-                    }
-                    MultiOp::Delete(d) => items.push(Item::Delete { path: d.path }),
-                    MultiOp::SetData(s) => items.push(Item::SetData {
-                        path: s.path,
-                        data: s.data,
-                    }),
+                    MultiOp::Create(c) | MultiOp::Create2(c) | MultiOp::CreateContainer(c) => items
+                        .extend(create_item(created()?, c.data, c.acl, c.flags, 0).map(|i| (i, 0))),
+                    MultiOp::CreateTtl(c) => items.extend(
+                        create_item(created()?, c.data, c.acl, c.flags, c.ttl).map(|i| (i, 0)),
+                    ),
+                    MultiOp::Delete(d) => items.push((Item::Delete { path: d.path }, 0)),
+                    MultiOp::SetData(s) => items.push((
+                        Item::SetData {
+                            path: s.path,
+                            data: s.data,
+                        },
+                        owner,
+                    )),
                     MultiOp::Check(_) | MultiOp::GetData(_) | MultiOp::GetChildren(_) => {}
                 }
             }
         }
-        _ => return None, // reconfig, deleteContainer: not client state
+        // An internal opcode (the server's container GC): which node a client's one names
+        // is not known here.
+        op::DELETE_CONTAINER => return Err("deleteContainer from a client is not mirrored".into()),
+        _ => return Ok(None), // reconfig: ZooKeeper's own config, not client state
     }
-    items.retain(|it| shared.filter.allows(it.path()));
-    let mut items: SmallVec<[Item; 1]> = items.into_iter().map(Item::into_owned).collect();
+    items.retain(|(it, _)| shared.filter.allows(it.path()));
     let tracking = shared.ephemerals.as_ref().zip(session);
-    items.retain(|it| match it {
-        Item::Create { mode, .. } if *mode == create_mode::EPHEMERAL => tracking.is_some(),
-        _ => true,
-    });
-    if let Some((eph, session)) = tracking {
-        for it in &items {
-            match it {
+    let mut out: SmallVec<[Item; 1]> = SmallVec::new();
+    for (it, owner) in items {
+        let it = it.into_owned();
+        match (&it, tracking) {
+            (Item::Create { mode, .. }, None) if *mode == create_mode::EPHEMERAL => {}
+            // Someone's ephemeral changed: not mirrored at all, or (mirrored) the copy the
+            // registry keeps is updated and made again ephemeral on the follower.
+            (Item::SetData { .. } | Item::SetAcl { .. }, None) if owner != 0 => {}
+            (Item::SetData { path, data }, Some((eph, _))) if owner != 0 => {
+                out.extend(eph.changed(owner, path, Some(data.clone()), None));
+            }
+            (Item::SetAcl { path, acl }, Some((eph, _))) if owner != 0 => {
+                out.extend(eph.changed(owner, path, None, Some(acl.clone())));
+            }
+            (
                 Item::Create {
                     path,
                     data,
                     acl,
                     mode,
                     ..
-                } if *mode == create_mode::EPHEMERAL => {
-                    eph.created(session, path, data.clone(), acl.clone())
-                }
-                Item::Delete { path } => eph.deleted(path),
-                _ => {}
+                },
+                Some((eph, session)),
+            ) if *mode == create_mode::EPHEMERAL => {
+                eph.created(session, path, data.clone(), acl.clone());
+                out.push(it);
             }
+            (Item::Delete { path }, Some((eph, _))) => {
+                eph.deleted(path);
+                out.push(it);
+            }
+            _ => out.push(it),
         }
     }
-    (!items.is_empty()).then_some(ZkOp { zxid, items })
+    Ok((!out.is_empty()).then_some(ZkOp { zxid, items: out }))
 }
 
 /// A create as the follower should see it: sequential nodes under the leader's name,
