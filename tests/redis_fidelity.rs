@@ -634,3 +634,123 @@ async fn sync_and_psync_are_relayed_raw() {
     })
     .await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 1: SWAPDB with key copies queued
+// ---------------------------------------------------------------------------------------
+
+/// A proxy whose mirror writer is held by a first batch while the follower is frozen, so
+/// what is written next reaches the writer as one batch after `SIGCONT`.
+async fn held_writer(
+    leader: &RedisServer,
+    follower: &RedisServer,
+) -> (Proxy, redis::aio::MultiplexedConnection) {
+    let proxy = Proxy::start_with(leader, Some(follower), |c| {
+        c.replication.apply_timeout_ms = 1000;
+        c.replication.retry_initial_backoff_ms = 20;
+        c.replication.retry_max_backoff_ms = 200;
+    })
+    .await;
+    let mut c = proxy.conn().await;
+    let _: () = redis::cmd("SET")
+        .arg("warm")
+        .arg("w")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    proxy.drained().await;
+    signal(follower.pid(), "STOP");
+    let _: () = redis::cmd("SET")
+        .arg("trigger")
+        .arg("t")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (proxy, c)
+}
+
+/// Copies of keys in databases 0 and 1 are queued, then `SWAPDB 0 1` runs: when the copies
+/// are read, the keys are in the other database on the leader (not yet on the follower).
+/// They must be read where they are now and written where the follower still has them, so
+/// that the replayed swap leaves the follower equal to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_queued_before_a_swapdb_are_read_from_the_swapped_database() {
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let (proxy, mut c0) = held_writer(&leader, &follower).await;
+    let mut c1 = client(&format!("{}/1", proxy.url())).await;
+    let _: () = redis::cmd("HSET")
+        .arg("h0")
+        .arg("f")
+        .arg("in-db0")
+        .query_async(&mut c0)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("HSET")
+        .arg("h1")
+        .arg("f")
+        .arg("in-db1")
+        .query_async(&mut c1)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .query_async(&mut c0)
+        .await
+        .expect("SWAPDB");
+    signal(follower.pid(), "CONT");
+    proxy.drained().await;
+    let mut f1 = client(&format!("{}/1", follower.url())).await;
+    let v: Option<String> = redis::cmd("HGET")
+        .arg("h0")
+        .arg("f")
+        .query_async(&mut f1)
+        .await
+        .expect("HGET");
+    assert_eq!(
+        v.as_deref(),
+        Some("in-db0"),
+        "h0 moved to db 1 with the swap"
+    );
+    assert_same_data(&leader, &follower).await;
+}
+
+/// A batch `[SWAPDB 0 1, copy of a hash]` to a follower that has no `RESTORE` (renamed
+/// away, as some managed services do): the copy is refused, the writer switches to
+/// type-aware copies and applies the batch again. The swap already ran there and must not
+/// run a second time (which would undo it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_batch_does_not_replay_its_swapdb_twice() {
+    let leader = RedisServer::start();
+    let follower = RedisServer::start_with(&["--rename-command", "RESTORE", "\"\""]);
+    let (proxy, mut c) = held_writer(&leader, &follower).await;
+    let _: () = redis::cmd("SWAPDB")
+        .arg(0)
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .expect("SWAPDB");
+    let _: () = redis::cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .query_async(&mut c)
+        .await
+        .expect("HSET");
+    signal(follower.pid(), "CONT");
+    proxy.drained().await;
+    let mut f1 = client(&format!("{}/1", follower.url())).await;
+    let warm: Option<String> = redis::cmd("GET")
+        .arg("warm")
+        .query_async(&mut f1)
+        .await
+        .expect("GET");
+    assert_eq!(
+        warm.as_deref(),
+        Some("w"),
+        "db 0 was swapped into db 1 once on the follower"
+    );
+    assert_same_data(&leader, &follower).await;
+}

@@ -572,6 +572,16 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         self.changed.notify_waiters();
     }
 
+    /// `f` of every op waiting (not the batch in flight), in queue order, where it says
+    /// `Some`: lets an applier see what is queued after the batch it is applying.
+    pub fn waiting_filter_map<T>(&self, f: impl Fn(&Op) -> Option<T>) -> Vec<T> {
+        lock(&self.inner)
+            .waiting
+            .iter()
+            .filter_map(|w| f(&w.op))
+            .collect()
+    }
+
     /// Discards everything waiting in both lanes (not the batch in flight) and marks the
     /// follower out of sync with `reason`.
     pub fn discard_waiting(&self, reason: &str) {

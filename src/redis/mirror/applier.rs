@@ -50,6 +50,11 @@ pub struct RedisApplier {
     /// failed `SELECT` in a pipeline would run the commands after it in the wrong database,
     /// so a database is probed on its own before anything is written to it.
     pub(super) follower_dbs: std::collections::HashMap<u32, bool>,
+    /// Replays of the batch being applied that already ran on the follower (see
+    /// `write_effects`), and those sent whose outcome is not known yet (the connection
+    /// failed or the attempt was cut off before their replies were read).
+    pub(super) replays_done: std::collections::HashSet<usize>,
+    pub(super) replays_sent: Vec<(usize, bool)>,
     /// Traffic on both connections: a batch times out only when nothing moves.
     pub(super) progress: Arc<AtomicU64>,
 }
@@ -80,6 +85,8 @@ impl RedisApplier {
             follower_client_id: None,
             stale_follower: None,
             progress: Arc::default(),
+            replays_done: Default::default(),
+            replays_sent: Vec::new(),
         }
     }
 
@@ -292,8 +299,23 @@ impl Applier for RedisApplier {
             self.leader_conn = None;
             self.drop_follower();
         }
+        // Replays sent in an attempt that ended before their replies: a `SWAPDB` may have
+        // run or not, and sending it again may undo it. It is not resent; flagged instead.
+        // Other replays are safe to send again.
+        for (id, swap) in std::mem::take(&mut self.replays_sent) {
+            if swap {
+                self.replays_done.insert(id);
+                self.queue.sync().mark_out_of_sync(
+                    "a SWAPDB was sent to the follower but the connection failed before its \
+                     reply: whether it ran is unknown, so it is not sent again",
+                );
+            }
+        }
         let r = self.apply_batch(batch).await;
         self.dirty = false;
+        if r.is_ok() {
+            self.replays_done.clear();
+        }
         match r {
             Err(e) => {
                 // A half-read pipeline leaves replies on the wire: start both links afresh.

@@ -42,8 +42,13 @@
 //! whole collection. The follower should accept the leader's `DUMP` format (same or newer
 //! Redis); the first time it rejects a payload the writer switches to type-aware copies
 //! ([`crate::redis::typed`], slower: a few round trips per key) and retries the batch, as it does
-//! from the start with `redis.copy_format = "typed"`. `SWAPDB` and `FLUSHALL`/`FLUSHDB` are replayed; a client write that
-//! races with them on another connection may be ordered either way on the follower. If the
+//! from the start with `redis.copy_format = "typed"`. `SWAPDB` and `FLUSHALL`/`FLUSHDB` are
+//! replayed; a client write that races with them on another connection may be ordered
+//! either way on the follower. A copy queued before a `SWAPDB` (in its batch or still
+//! waiting) reads the key where the swap moved it on the leader and writes it where the
+//! follower has it until the swap is replayed there ([`DbMoves`]). A replay that ran is not
+//! sent again when its batch is retried; a `SWAPDB` whose outcome is unknown (the
+//! connection failed before its reply) is not resent either, and flagged. If the
 //! leader restarts (new `run_id`) while copies are queued, they are given up and the
 //! follower marked out of sync rather than copied from a leader that may have lost data.
 
@@ -236,8 +241,73 @@ fn describe_op(op: &[Effect]) -> String {
 
 /// Per op item: a key to read from the leader, or an effect known already.
 enum Plan {
-    Read { db: u32, key: Bytes },
+    /// Read `key` from the leader's database `from` and write it to `db` on the follower.
+    /// They differ when a `SWAPDB` queued after the write has already moved the key on the
+    /// leader (but not yet on the follower).
+    Read {
+        db: u32,
+        from: u32,
+        key: Bytes,
+    },
     Known(Effect),
+}
+
+/// Where the leader's databases are now, relative to the follower's, for keys written
+/// before the `SWAPDB`s this was built from: `SWAPDB a b` moves a key of `a` to `b`.
+#[derive(Default, Clone)]
+struct DbMoves(std::collections::HashMap<u32, u32>);
+
+impl DbMoves {
+    fn get(&self, db: u32) -> u32 {
+        self.0.get(&db).copied().unwrap_or(db)
+    }
+
+    /// Adds a swap that ran *before* the ones already in (the moves are built backwards
+    /// from the newest).
+    fn swap_before(&mut self, a: u32, b: u32) {
+        let (ta, tb) = (self.get(a), self.get(b));
+        self.0.insert(a, tb);
+        self.0.insert(b, ta);
+    }
+}
+
+/// The two databases of a replayed `SWAPDB`, if `cmd` is one.
+fn swapdb_of(cmd: &[u8]) -> Option<(u32, u32)> {
+    let args = frame_args(cmd)?;
+    match args.as_slice() {
+        [name, a, b] if name.eq_ignore_ascii_case(b"SWAPDB") => Some((
+            std::str::from_utf8(a).ok()?.parse().ok()?,
+            std::str::from_utf8(b).ok()?.parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// The arguments of a request frame (`*<n>\r\n$<len>\r\n<arg>\r\n…`), or `None` if it is
+/// not one. Only used on replayed keyless commands, which are short.
+fn frame_args(cmd: &[u8]) -> Option<SmallVec<[&[u8]; 4]>> {
+    fn line(b: &[u8]) -> Option<(usize, &[u8])> {
+        let nl = b.iter().position(|&c| c == b'\n')?;
+        let text = b.get(1..nl.checked_sub(1)?)?;
+        Some((
+            std::str::from_utf8(text).ok()?.parse().ok()?,
+            b.get(nl + 1..)?,
+        ))
+    }
+    if cmd.first() != Some(&b'*') {
+        return None;
+    }
+    let (n, mut rest) = line(cmd)?;
+    let mut args = SmallVec::new();
+    for _ in 0..n {
+        if rest.first() != Some(&b'$') {
+            return None;
+        }
+        let (len, after) = line(rest)?;
+        args.push(after.get(..len)?);
+        rest = after.get(len + 2..)?;
+    }
+    Some(args)
 }
 
 /// The command name of a request frame (`*<n>\r\n$<len>\r\n<name>\r\n…`).
@@ -274,6 +344,21 @@ fn getkeys_frame(cmd: &[u8]) -> BytesMut {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swaps_queued_after_a_write_say_where_its_key_is_now() {
+        assert_eq!(
+            swapdb_of(b"*3\r\n$6\r\nswapdb\r\n$1\r\n0\r\n$2\r\n12\r\n"),
+            Some((0, 12))
+        );
+        assert_eq!(swapdb_of(b"*1\r\n$8\r\nFLUSHALL\r\n"), None);
+        assert_eq!(swapdb_of(b"*3\r\n$6\r\nSWAPDB\r\n$1\r\n0"), None);
+        // SWAPDB 0 1, then SWAPDB 1 2: a key written to 0 before both is in 2 now.
+        let mut m = DbMoves::default();
+        m.swap_before(1, 2);
+        m.swap_before(0, 1);
+        assert_eq!((m.get(0), m.get(1), m.get(2), m.get(3)), (2, 0, 1, 3));
+    }
 
     #[test]
     fn getkeys_wraps_the_original_command() {

@@ -6,7 +6,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use smallvec::SmallVec;
 
 use super::applier::RedisApplier;
-use super::{getkeys_frame, Effect, Item, Plan, RedisOp};
+use super::{getkeys_frame, swapdb_of, DbMoves, Effect, Item, Plan, RedisOp};
 use crate::redis::backend::{encode_cmd, error_text, BackendError};
 use crate::replication::worker::ApplyError;
 
@@ -59,17 +59,23 @@ impl RedisApplier {
         let resolved = self.resolve_keys(batch).await?;
         let mut plans: Vec<SmallVec<[Plan; 2]>> = Vec::with_capacity(batch.len());
         let mut resolved = resolved.into_iter();
-        for op in batch {
+        let moves = self.db_moves(batch);
+        for (op, moves) in batch.iter().zip(moves) {
             let mut p = SmallVec::new();
             for it in &op.items {
                 match it {
                     Item::Copy { db, key } => p.push(Plan::Read {
                         db: *db,
+                        from: moves.get(*db),
                         key: key.clone(),
                     }),
                     Item::KeysOf { db, .. } => {
                         for key in resolved.next().unwrap_or_default() {
-                            p.push(Plan::Read { db: *db, key });
+                            p.push(Plan::Read {
+                                db: *db,
+                                from: moves.get(*db),
+                                key,
+                            });
                         }
                     }
                     known => p.extend(known.known_effect().map(Plan::Known)),
@@ -107,6 +113,36 @@ impl RedisApplier {
         }
     }
 
+    /// For each op of `batch`, where the `SWAPDB`s queued after it (later in the batch, or
+    /// still waiting) have moved its keys on the leader: a copy reads the leader now, after
+    /// those swaps ran there, but writes the follower before they are replayed on it. The
+    /// common case (no `SWAPDB` anywhere) costs one scan and no allocation per op.
+    fn db_moves(&self, batch: &[RedisOp]) -> Vec<std::sync::Arc<DbMoves>> {
+        let swap_of = |op: &RedisOp| {
+            op.items.iter().find_map(|it| match it {
+                Item::Replay { cmd, .. } => swapdb_of(cmd),
+                _ => None,
+            })
+        };
+        let waiting = self.queue.waiting_filter_map(swap_of);
+        let in_batch = batch.iter().any(|op| swap_of(op).is_some());
+        let mut current = std::sync::Arc::new(DbMoves::default());
+        if waiting.is_empty() && !in_batch {
+            return vec![current; batch.len()];
+        }
+        for (a, b) in waiting.into_iter().rev() {
+            std::sync::Arc::make_mut(&mut current).swap_before(a, b);
+        }
+        let mut out = vec![current.clone(); batch.len()];
+        for (i, op) in batch.iter().enumerate().rev() {
+            out[i] = current.clone();
+            if let Some((a, b)) = swap_of(op) {
+                std::sync::Arc::make_mut(&mut current).swap_before(a, b);
+            }
+        }
+        out
+    }
+
     /// Estimated bytes of the keys each op reads from the leader (`MEMORY USAGE`, one
     /// pipelined round trip; only when there are at least two keys to read, since a single
     /// key cannot be split anyway). Where the leader won't say (no `MEMORY` for this user,
@@ -127,7 +163,7 @@ impl RedisApplier {
         let mut n = 0usize;
         let mut db = None;
         for p in plans.iter().flatten() {
-            if let Plan::Read { db: d, key } = p {
+            if let Plan::Read { from: d, key, .. } = p {
                 if db != Some(*d) {
                     encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
                     db = Some(*d);
@@ -153,10 +189,10 @@ impl RedisApplier {
         for p in plans {
             let mut size = 0usize;
             for step in p {
-                if let Plan::Read { db, .. } = step {
-                    if last_db != Some(*db) {
+                if let Plan::Read { from, .. } = step {
+                    if last_db != Some(*from) {
                         replies.next(); // SELECT's OK
-                        last_db = Some(*db);
+                        last_db = Some(*from);
                     }
                     size = size.saturating_add(match replies.next() {
                         Some(BytesFrame::Integer(b)) => usize::try_from(b).unwrap_or(0),
@@ -187,7 +223,7 @@ impl RedisApplier {
         let mut reads = 0usize;
         let mut db = None;
         for p in plans.iter().flatten() {
-            if let Plan::Read { db: d, key } = p {
+            if let Plan::Read { from: d, key, .. } = p {
                 if db != Some(*d) {
                     encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
                     db = Some(*d);
@@ -238,10 +274,10 @@ impl RedisApplier {
             for step in p {
                 match step {
                     Plan::Known(effect) => e.push(effect),
-                    Plan::Read { db, key } => {
-                        if last_db != Some(db) {
+                    Plan::Read { db, from, key } => {
+                        if last_db != Some(from) {
                             vals.next(); // SELECT's OK
-                            last_db = Some(db);
+                            last_db = Some(from);
                         }
                         let dump = vals.next();
                         let ttl = vals.next();
@@ -289,10 +325,10 @@ impl RedisApplier {
             for step in p {
                 match step {
                     Plan::Known(effect) => e.push(effect),
-                    Plan::Read { db, key } => {
+                    Plan::Read { db, from, key } => {
                         let conn = self.leader().await?;
                         let r = async {
-                            crate::redis::resync::select(conn, db)
+                            crate::redis::resync::select(conn, from)
                                 .await
                                 .map_err(BackendError::Protocol)?;
                             crate::redis::typed::read(conn, &key).await

@@ -6,13 +6,22 @@ use redis_protocol::resp2::types::BytesFrame;
 use smallvec::SmallVec;
 
 use super::applier::RedisApplier;
-use super::{describe_op, Effect};
+use super::{describe_op, swapdb_of, Effect};
 use crate::redis::backend::{encode_cmd, error_text};
 use crate::redis::refusal::{self, Refusal};
 use crate::replication::queue::MirrorView;
 use crate::replication::worker::ApplyError;
 
 impl RedisApplier {
+    /// The replays of `op` ran (or were refused for good): not to be sent again.
+    fn note_replays_done(&mut self, op: Option<&SmallVec<[Effect; 2]>>) {
+        for e in op.into_iter().flatten() {
+            if let Effect::Replay { cmd, .. } = e {
+                self.replays_done.insert(replay_id(cmd));
+            }
+        }
+    }
+
     /// Probes the databases the batch writes to that this follower connection has not
     /// seen yet (one round trip, only when a new database appears), and takes out every
     /// effect aimed at a database the follower does not have: each is refused for good.
@@ -86,6 +95,20 @@ impl RedisApplier {
             return Ok(0);
         }
         let mut given_up = self.screen_databases(&mut effects).await?;
+        // A replay that ran in an earlier attempt of this batch is not sent again: `SWAPDB`
+        // twice is no swap at all, `FUNCTION LOAD` twice is refused.
+        let done = &self.replays_done;
+        for op in effects.iter_mut() {
+            op.retain(
+                |e| !matches!(e, Effect::Replay { cmd, .. } if done.contains(&replay_id(cmd))),
+            );
+        }
+        for e in effects.iter().flatten() {
+            if let Effect::Replay { cmd, .. } = e {
+                self.replays_sent
+                    .push((replay_id(cmd), swapdb_of(cmd).is_some()));
+            }
+        }
         let mut out = BytesMut::new();
         // Per op: how many replies and whether they are wrapped in MULTI.
         let mut shape: Vec<(usize, bool)> = Vec::with_capacity(effects.len());
@@ -189,6 +212,7 @@ impl RedisApplier {
             c.db = d;
         }
         let mut transient: Option<String> = None;
+        let mut rejected_payload: Option<String> = None;
         let mut refused: Vec<(usize, &'static str, String)> = Vec::new();
         let mut it = replies.into_iter();
         for (i, (n, wrap)) in shape.into_iter().enumerate() {
@@ -203,22 +227,24 @@ impl RedisApplier {
                 }
             }
             if errors.is_empty() {
+                self.note_replays_done(effects.get(i));
                 continue;
             }
             let payload_rejected = errors.iter().all(|e| restore_refused(e));
-            if payload_rejected && !self.typed {
+            if payload_rejected && (!self.typed || rejected_payload.is_some()) {
                 // Every payload from this leader will be refused alike: copy type-aware
-                // from now on and apply the batch again (it is idempotent).
-                self.typed = true;
-                tracing::warn!(
-                    error = %errors[0],
-                    "the follower rejected a DUMP payload (an older Redis?); copying keys \
-                     type-aware from now on (slower; set redis.copy_format = \"typed\")"
-                );
-                return Err(ApplyError::new(
-                    "follower_rejected_payload",
-                    errors.join("; "),
-                ));
+                // from now on and apply the batch again (the ops that ran are idempotent
+                // or noted as done). The rest of the replies are still looked at, for that.
+                if !self.typed {
+                    self.typed = true;
+                    tracing::warn!(
+                        error = %errors[0],
+                        "the follower rejected a DUMP payload (an older Redis?); copying keys \
+                         type-aware from now on (slower; set redis.copy_format = \"typed\")"
+                    );
+                }
+                rejected_payload.get_or_insert_with(|| errors.join("; "));
+                continue;
             }
             // Other ops of the pipeline ran; this one is retried (with the batch) only when
             // every error is a passing state of the follower, else skipped for good.
@@ -227,9 +253,17 @@ impl RedisApplier {
                 Refusal::Transient => None,
             });
             match permanent {
-                Some((reason, e)) => refused.push((i, reason, e)),
+                Some((reason, e)) => {
+                    self.note_replays_done(effects.get(i));
+                    refused.push((i, reason, e))
+                }
                 None => transient = Some(errors.join("; ")),
             }
+        }
+        // Every replay's outcome is known now (ran, refused, or to be retried).
+        self.replays_sent.clear();
+        if let Some(e) = rejected_payload {
+            return Err(ApplyError::new("follower_rejected_payload", e));
         }
         if let Some(e) = transient {
             return Err(ApplyError::new("follower_busy", e));
@@ -243,6 +277,12 @@ impl RedisApplier {
         }
         Ok(given_up)
     }
+}
+
+/// Identifies a replayed command across retries of one batch: the batch (and so the
+/// command's bytes) stays where it is until it is done.
+pub(super) fn replay_id(cmd: &bytes::Bytes) -> usize {
+    cmd.as_ptr() as usize
 }
 
 /// The follower cannot take a `RESTORE`: a payload from a newer Redis ("payload version",
