@@ -168,6 +168,12 @@ async fn redis_a_write_the_follower_refuses_is_skipped_and_the_rest_flows() {
     let leader = RedisServer::start_with(&["--databases", "32"]);
     let follower = RedisServer::start();
     let proxy = Proxy::start(&leader, Some(&follower)).await;
+    // Metrics are process-wide; tests here run one at a time (`SERIAL`), so a delta is
+    // this test's own.
+    let refused = [("protocol", "redis"), ("reason", "db_out_of_range")];
+    let refused_before = proxy
+        .metric("statemirror_mirror_refused_total", &refused)
+        .await;
     let mut c = proxy.conn().await;
     let _: () = redis::cmd("SELECT")
         .arg(20)
@@ -217,12 +223,12 @@ async fn redis_a_write_the_follower_refuses_is_skipped_and_the_rest_flows() {
     assert!(m["refused_writes"].as_u64() >= Some(1), "{m}");
     let why = m["out_of_sync_reason"].as_str().unwrap_or_default();
     assert!(why.contains("\"poison\"") && why.contains("db 20"), "{why}");
-    let (_, metrics) = proxy.http("GET", "/metrics", None).await;
+    let refused_now = proxy
+        .metric("statemirror_mirror_refused_total", &refused)
+        .await;
     assert!(
-        metrics.contains(
-            "statemirror_mirror_refused_total{protocol=\"redis\",reason=\"db_out_of_range\"}"
-        ),
-        "{metrics}"
+        refused_now >= refused_before + 1.0,
+        "refused {refused_before} -> {refused_now}"
     );
     // A resync copies everything it can and names what it could not.
     let (code, body) = proxy.http("POST", "/resync", None).await;
@@ -270,6 +276,12 @@ async fn zookeeper_a_node_over_the_followers_maxbuffer_is_skipped_and_the_rest_f
         c.replication.retry_max_backoff_ms = 200;
     })
     .await;
+    let refused = [("protocol", "zookeeper"), ("reason", "connection_closed")];
+    let refused_metric = || async {
+        let (_, text) = proxy.http("GET", "/metrics", None).await;
+        metric(&text, "statemirror_mirror_refused_total", &refused).unwrap_or(0.0)
+    };
+    let refused_before = refused_metric().await;
     let c = proxy.client().await;
     c.create("/big", &vec![7u8; 200_000], &persistent())
         .await
@@ -304,12 +316,10 @@ async fn zookeeper_a_node_over_the_followers_maxbuffer_is_skipped_and_the_rest_f
     assert!(m["refused_writes"].as_u64() >= Some(1), "{m}");
     let why = m["out_of_sync_reason"].as_str().unwrap_or_default();
     assert!(why.contains("/big"), "{why}");
-    let (_, metrics) = proxy.http("GET", "/metrics", None).await;
+    let refused_now = refused_metric().await;
     assert!(
-        metrics.contains(
-            "statemirror_mirror_refused_total{protocol=\"zookeeper\",reason=\"connection_closed\"}"
-        ),
-        "{metrics}"
+        refused_now >= refused_before + 1.0,
+        "refused {refused_before} -> {refused_now}"
     );
 }
 
