@@ -25,7 +25,7 @@ use crate::config::{Config, RedisBackend, RedisConfig, ResolvedRedis};
 use crate::metrics::{ProtocolMetrics, Route};
 use crate::replication::freeze::Freeze;
 use crate::replication::generation;
-use crate::replication::health::Health;
+use crate::replication::health::{self, Health};
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
 use crate::replication::verify::VerifyState;
@@ -329,29 +329,50 @@ async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
 /// Pings one backend every `health_interval_ms` on a connection of its own. For the leader,
 /// also loads the command table once it answers, if start-up had to use the fallback.
 async fn health_loop(shared: Arc<Shared>, leader: bool, shutdown: CancellationToken) {
-    let (backend, health) = if leader {
-        (&shared.leader, &shared.leader_health)
+    let health = if leader {
+        &shared.leader_health
     } else {
-        match (&shared.follower, &shared.follower_health) {
-            (Some(b), Some(h)) => (b, h),
-            _ => return,
+        match &shared.follower_health {
+            Some(h) => h,
+            None => return,
         }
     };
     let interval = Duration::from_millis(shared.cfg.health_interval_ms);
-    let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
-    let mut conn: Option<Conn> = None;
-    let mut ping = BytesMut::new();
-    encode_cmd(&mut ping, &[b"PING"]);
-    loop {
+    let probe = PingProbe {
+        shared: shared.clone(),
+        leader,
+        conn: None,
+    };
+    health::check_every(health, interval, shutdown, probe).await;
+}
+
+struct PingProbe {
+    shared: Arc<Shared>,
+    leader: bool,
+    conn: Option<Conn>,
+}
+
+impl health::Probe for PingProbe {
+    async fn check(&mut self) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let backend = match (self.leader, &shared.follower) {
+            (true, _) => &shared.leader,
+            (false, Some(f)) => f,
+            (false, None) => return Ok(()),
+        };
+        let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
+        let conn = &mut self.conn;
         let result = tokio::time::timeout(timeout, async {
             if conn.is_none() {
-                conn = Some(
+                *conn = Some(
                     Conn::connect(backend, timeout)
                         .await
                         .map_err(|e| e.to_string())?,
                 );
             }
             let c = conn.as_mut().ok_or("no connection")?;
+            let mut ping = BytesMut::new();
+            encode_cmd(&mut ping, &[b"PING"]);
             let r = c.roundtrip(&ping, 1).await.map_err(|e| e.to_string())?;
             match r.first().and_then(super::backend::error_text) {
                 Some(e) => Err(e),
@@ -360,24 +381,14 @@ async fn health_loop(shared: Arc<Shared>, leader: bool, shutdown: CancellationTo
         })
         .await
         .unwrap_or_else(|_| Err("health check timed out".into()));
-        match result {
-            Ok(()) => {
-                health.record_success();
-                if leader && shared.table().source == Source::Fallback {
-                    if let Ok(t) = fetch_table(backend, timeout).await {
-                        tracing::info!(commands = t.len(), "command table loaded from the leader");
-                        shared.set_table(t);
-                    }
-                }
-            }
-            Err(e) => {
-                conn = None;
-                health.record_failure(&e);
+        if result.is_err() {
+            self.conn = None;
+        } else if self.leader && shared.table().source == Source::Fallback {
+            if let Ok(t) = fetch_table(backend, timeout).await {
+                tracing::info!(commands = t.len(), "command table loaded from the leader");
+                shared.set_table(t);
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
+        result
     }
 }

@@ -1,7 +1,12 @@
 //! Backend health as seen by the periodic checker and by sessions that fail to connect.
-//! Protocol-specific probes live with their protocol; this holds the shared up/down state.
+//! Protocol-specific probes live with their protocol ([`Probe`]); this holds the shared
+//! up/down state and the loop that runs a probe.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 use metrics::Gauge;
 use tokio::sync::watch;
@@ -75,6 +80,31 @@ impl Health {
             } else {
                 tracing::warn!(role = self.role, address = %self.address, error = why.unwrap_or(""), "backend is down");
             }
+        }
+    }
+}
+
+/// One health check of one backend, as its protocol does it (a `PING`, `srvr` to each
+/// server of an ensemble). `Err` says why it failed, for the log.
+pub trait Probe: Send {
+    fn check(&mut self) -> impl Future<Output = Result<(), String>> + Send + '_;
+}
+
+/// Checks with `probe` every `interval` until `shutdown`, recording each result in `health`.
+pub async fn check_every(
+    health: &Health,
+    interval: Duration,
+    shutdown: CancellationToken,
+    mut probe: impl Probe,
+) {
+    loop {
+        match probe.check().await {
+            Ok(()) => health.record_success(),
+            Err(e) => health.record_failure(&e),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::config::{Config, ResolvedZk, ZooKeeperConfig};
 use crate::metrics::ProtocolMetrics;
 use crate::replication::freeze::Freeze;
 use crate::replication::generation;
-use crate::replication::health::Health;
+use crate::replication::health::{self, Health};
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
 use crate::replication::verify::VerifyState;
@@ -529,8 +529,8 @@ fn serves(srvr: &str, need_writes: bool) -> bool {
         .any(|mode| !(need_writes && mode.trim() == "read-only"))
 }
 
-/// An ensemble is up when one of its servers says it serves (see [`serves`]). All servers
-/// are asked at once, so silent ones cost one `health_timeout_ms`, not one each.
+/// Asks every server of one ensemble `srvr` every `health_interval_ms`: up while at least
+/// one serves (read-write, for the leader).
 async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: CancellationToken) {
     let (servers, health) = if leader {
         (&shared.leader, &shared.leader_health)
@@ -540,12 +540,26 @@ async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: Cancellation
             _ => return,
         }
     };
+    let probe = SrvrProbe {
+        servers: servers.clone(),
+        leader,
+        timeout: Duration::from_millis(shared.cfg.health_timeout_ms),
+    };
     let interval = Duration::from_millis(shared.cfg.health_interval_ms);
-    let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
-    loop {
+    health::check_every(health, interval, shutdown, probe).await;
+}
+
+struct SrvrProbe {
+    servers: Vec<String>,
+    leader: bool,
+    timeout: Duration,
+}
+
+impl health::Probe for SrvrProbe {
+    async fn check(&mut self) -> Result<(), String> {
         let mut probes = tokio::task::JoinSet::new();
-        for server in servers {
-            let server = server.clone();
+        for server in &self.servers {
+            let (server, timeout, leader) = (server.clone(), self.timeout, self.leader);
             probes.spawn(async move {
                 match tokio::time::timeout(timeout, ask(&server, b"srvr")).await {
                     Ok(Some(out)) => serves(&String::from_utf8_lossy(&out), leader),
@@ -553,27 +567,16 @@ async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: Cancellation
                 }
             });
         }
-        let mut ok = false;
         while let Some(r) = probes.join_next().await {
             if matches!(r, Ok(true)) {
-                ok = true;
-                break; // the other probes are aborted when `probes` drops
+                return Ok(()); // the other probes are aborted when `probes` drops
             }
         }
-        drop(probes);
-        if ok {
-            health.record_success();
+        Err(if self.leader {
+            "no server of the ensemble is serving read-write".into()
         } else {
-            health.record_failure(if leader {
-                "no server of the ensemble is serving read-write"
-            } else {
-                "no server of the ensemble is serving"
-            });
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
+            "no server of the ensemble is serving".into()
+        })
     }
 }
 
