@@ -28,6 +28,9 @@ if ! command -v c++ >/dev/null 2>&1; then
 fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')
+# libFuzzer's own speed hardly matters for a short run; -O1 (after cc's -O3) cuts its build
+# by about a third.
+export CXXFLAGS="${CXXFLAGS:-} -O1"
 # Its own target directory: the instrumented build shares nothing with the normal one.
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$PWD/target}
 # `--target` keeps these flags off build scripts and proc macros.
