@@ -413,6 +413,48 @@ identity_props! {
         .prop_map(|(event_type, state, path)| WatcherEvent { event_type, state, path }), false;
     multi_request: proptest::collection::vec(multi_op(), 0..4)
         .prop_map(|ops| MultiRequest { ops }), false;
+    multi_response: proptest::collection::vec(multi_result(), 0..4)
+        .prop_map(|results| MultiResponse { results }), false;
+    multi_header: any::<(i32, bool, i32)>()
+        .prop_map(|(op, done, err)| MultiHeader { op, done, err }), false;
+    acl_record: acl(), false;
+    id_record: ("[a-z]{0,6}", "\\PC{0,6}").prop_map(|(scheme, id)| Id { scheme, id }), false;
+    client_info: ("[a-z]{0,6}", "\\PC{0,6}")
+        .prop_map(|(auth_scheme, user)| ClientInfo { auth_scheme, user }), false;
+    check_version_request: (path(), any::<i32>())
+        .prop_map(|(path, version)| CheckVersionRequest { path, version }), false;
+    exists_request: (path(), any::<bool>())
+        .prop_map(|(path, watch)| ExistsRequest { path, watch }), false;
+    get_children_request: (path(), any::<bool>())
+        .prop_map(|(path, watch)| GetChildrenRequest { path, watch }), false;
+    path_request: path().prop_map(|path| PathRequest { path }), false;
+    watches_request: (path(), any::<i32>())
+        .prop_map(|(path, watcher_type)| WatchesRequest { path, watcher_type }), false;
+    create_response: path().prop_map(|path| CreateResponse { path }), false;
+    stat_response: stat().prop_map(|stat| StatResponse { stat }), false;
+    get_children_response: strings().prop_map(|children| GetChildrenResponse { children }),
+        false;
+    error_response: any::<i32>().prop_map(|err| ErrorResponse { err }), false;
+    get_all_children_number_response: any::<i32>()
+        .prop_map(|total_number| GetAllChildrenNumberResponse { total_number }), false;
+    set_sasl_response: data().prop_map(|token| SetSaslResponse { token }), false;
+    who_am_i_response: proptest::collection::vec(
+            ("[a-z]{0,6}", "\\PC{0,6}")
+                .prop_map(|(auth_scheme, user)| ClientInfo { auth_scheme, user }), 0..3)
+        .prop_map(|client_info| WhoAmIResponse { client_info }), false;
+}
+
+fn multi_result() -> impl Strategy<Value = MultiResult> {
+    prop_oneof![
+        path().prop_map(|path| MultiResult::Create { path }),
+        (path(), stat()).prop_map(|(path, stat)| MultiResult::Create2 { path, stat }),
+        Just(MultiResult::Delete),
+        stat().prop_map(|stat| MultiResult::SetData { stat }),
+        Just(MultiResult::Check),
+        (data(), stat()).prop_map(|(data, stat)| MultiResult::GetData { data, stat }),
+        strings().prop_map(|children| MultiResult::GetChildren { children }),
+        any::<i32>().prop_map(|err| MultiResult::Error { err }),
+    ]
 }
 
 /// Decodes `b` as `T`: whatever decodes re-encodes to as many bytes as it took, and that
