@@ -182,7 +182,7 @@ pub struct Progress {
     pos: usize,
     done: usize,
     /// The line starting at `pos` (or at 0 for the first line) was searched this far
-    /// without finding its end: see [`LineSearch`].
+    /// without finding its end, or [`BLOCKED_BY_NUL`].
     scanned: usize,
 }
 
@@ -226,11 +226,14 @@ pub fn parse_request_from(
             *progress = Some(p);
             return Ok(None);
         };
-        p.scanned = 0;
         if first != b'*' {
             match parse_inline(buf, end, lim)? {
                 Some(r) => return Ok(Some(r)),
-                None => continue, // an empty line
+                None => {
+                    // An empty line: on to the next request.
+                    p.scanned = 0;
+                    continue;
+                }
             }
         }
         // Redis wants the byte after the CR before it reads the count.
@@ -247,6 +250,7 @@ pub fn parse_request_from(
         }
         if n <= 0 {
             let _ = buf.split_to(end + 2);
+            p.scanned = 0;
             continue;
         }
         let n = n as usize;
@@ -289,7 +293,11 @@ fn find_line_end(buf: &[u8], from: usize, scanned: &mut usize, end: u8) -> Optio
     let hit = window.iter().position(|&b| b == end || b == 0);
     count_steps(hit.map_or(window.len(), |i| i + 1));
     match hit {
-        Some(i) if window[i] == end => Some(start + i),
+        Some(i) if window[i] == end => {
+            // A caller still waiting for bytes after the line's end resumes right there.
+            *scanned = start + i - from;
+            Some(start + i)
+        }
         Some(_) => {
             *scanned = BLOCKED_BY_NUL;
             None
