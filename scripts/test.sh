@@ -40,6 +40,7 @@ run_tests() {
     cargo test --all-targets --no-fail-fast 2>&1 | tee "$test_log"
 }
 step "tests" run_tests
+step "fuzz smoke" fuzz/smoke.sh
 
 # One closing line over every test binary: "tests: N passed, N failed".
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$test_log" | awk '{s+=$4} END {print s+0}')

@@ -9,19 +9,77 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// Why a client's input was refused. The text follows Redis's own `Protocol error` wording.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a client's input was refused: [`FrameError::reply`] is the exact error Redis answers
+/// the same bytes with (clients and test suites match on it), then the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameError {
-    Protocol(&'static str),
-    TooLarge(&'static str),
+    /// Malformed RESP.
+    Protocol(Reason),
+    /// Over one of the proxy's size limits (or Redis's own fixed ones).
+    TooLarge(Reason),
+}
+
+/// The text after `Protocol error: `.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A multibulk argument header that does not start with `$` (the byte it started with).
+    ExpectedDollar(u8),
+    InvalidBulkLength,
+    InvalidMultibulkLength,
+    UnbalancedQuotes,
+    TooBigInlineRequest,
+    TooBigMbulkCount,
+    TooBigBulkCount,
+    /// Stricter than Redis, which skips the two bytes after a bulk (or after a header's CR)
+    /// whatever they are: the proxy refuses framing it would otherwise have to guess at.
+    BulkNotTerminated,
+    ExpectedLf,
+    /// The proxy's `max_request_bytes` over a whole request (Redis has no such limit).
+    RequestTooLarge,
+    /// A malformed server reply ([`frame_len`]); never sent to a client as is.
+    Reply(&'static str),
+}
+
+impl Reason {
+    pub fn text(&self) -> Vec<u8> {
+        let s: &str = match self {
+            Reason::ExpectedDollar(b) => {
+                // Redis writes the byte raw, except CR/LF, which its error replies turn into
+                // spaces so the reply stays one line.
+                let b = if matches!(b, b'\r' | b'\n') { b' ' } else { *b };
+                let mut v = b"expected '$', got '".to_vec();
+                v.push(b);
+                v.push(b'\'');
+                return v;
+            }
+            Reason::InvalidBulkLength => "invalid bulk length",
+            Reason::InvalidMultibulkLength => "invalid multibulk length",
+            Reason::UnbalancedQuotes => "unbalanced quotes in request",
+            Reason::TooBigInlineRequest => "too big inline request",
+            Reason::TooBigMbulkCount => "too big mbulk count string",
+            Reason::TooBigBulkCount => "too big bulk count string",
+            Reason::BulkNotTerminated => "bulk string not terminated by CRLF",
+            Reason::ExpectedLf => "expected LF after CR",
+            Reason::RequestTooLarge => "request larger than max_request_bytes",
+            Reason::Reply(m) => m,
+        };
+        s.as_bytes().to_vec()
+    }
 }
 
 impl FrameError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            FrameError::Protocol(r) | FrameError::TooLarge(r) => *r,
+        }
+    }
+
+    /// The whole error reply, `-ERR Protocol error: …\r\n`.
     pub fn reply(&self) -> Bytes {
-        let msg = match self {
-            FrameError::Protocol(m) | FrameError::TooLarge(m) => m,
-        };
-        Bytes::from(format!("-ERR Protocol error: {msg}\r\n"))
+        let mut v = b"-ERR Protocol error: ".to_vec();
+        v.extend_from_slice(&self.reason().text());
+        v.extend_from_slice(b"\r\n");
+        Bytes::from(v)
     }
 
     pub fn metric_reason(&self) -> &'static str {
@@ -38,8 +96,13 @@ pub struct Limits {
     pub max_args: usize,
 }
 
-/// Longest inline command or header line a client may send (Redis uses 64 KiB too).
+/// Redis's `PROTO_INLINE_MAX_SIZE`: how many bytes may wait without the end of an inline
+/// command or of a length header before the client is refused.
 const MAX_INLINE: usize = 64 * 1024;
+
+/// Redis's default `proto-max-bulk-len` (512 MiB): above it a bulk length is invalid even
+/// when the proxy's own limit is configured higher.
+const PROTO_MAX_BULK_LEN: i64 = 512 << 20;
 
 /// One client command: the exact bytes to forward and its argument count.
 #[derive(Debug, Clone)]
@@ -92,10 +155,10 @@ impl<'a> Iterator for Args<'a> {
         }
         // The frame was validated by `parse_request`; a mismatch just ends the iteration.
         let rest = self.buf.get(self.pos..)?;
-        let (len, hdr) = read_len_line(rest, b'$').ok()??;
-        let len = usize::try_from(len).ok()?;
-        let data = rest.get(hdr..hdr + len)?;
-        self.pos += hdr + len + 2;
+        let cr = rest.iter().position(|&b| b == b'\r')?;
+        let len = usize::try_from(string2ll(rest.get(1..cr)?)?).ok()?;
+        let data = rest.get(cr + 2..cr + 2 + len)?;
+        self.pos += cr + 2 + len + 2;
         self.left -= 1;
         Some(data)
     }
@@ -105,18 +168,29 @@ impl<'a> Iterator for Args<'a> {
     }
 }
 
-/// How far the parse of a multibulk request that is not complete yet got: the next call
-/// resumes there instead of walking every argument again from byte 0 (a 1 M-argument
-/// `MSET` arriving in 16 KiB reads would otherwise cost quadratic time). Valid while the
-/// buffer is only appended to, which holds: bytes are taken off only with a whole request.
+/// How far the parse of a request that is not complete yet got: the next call resumes there
+/// instead of walking every argument (or searching a long line) again from byte 0 (a
+/// 1 M-argument `MSET` arriving in 16 KiB reads would otherwise cost quadratic time). Valid
+/// while the buffer is only appended to, which holds: bytes are taken off only with a whole
+/// request.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Progress {
+    /// 0 while the request's first line (inline command or `*` header) is incomplete.
     argc: usize,
     args_at: usize,
     /// Offset of the next argument's `$` header, and how many arguments precede it.
     pos: usize,
     done: usize,
+    /// The line starting at `pos` (or at 0 for the first line) was searched this far
+    /// without finding its end, or [`BLOCKED_BY_NUL`].
+    scanned: usize,
 }
+
+/// Where a search for a line's end stands. Redis looks with `strchr`, which stops at a NUL
+/// byte: a NUL before the terminator means the line never ends, however much follows, and
+/// the client is refused once more than [`MAX_INLINE`] bytes wait. Recording that here
+/// keeps the proxy from seeing a line Redis would not.
+const BLOCKED_BY_NUL: usize = usize::MAX;
 
 /// Takes one request off the front of `buf`: `Ok(None)` when more bytes are needed.
 /// Empty inline lines and `*0`/`*-1` are consumed and skipped, as Redis does.
@@ -125,39 +199,242 @@ pub fn parse_request(buf: &mut BytesMut, lim: &Limits) -> Result<Option<Request>
 }
 
 /// [`parse_request`] resuming from (and leaving) `progress` for a request that spans reads.
+///
+/// Follows Redis 7's `processInlineBuffer` / `processMultibulkBuffer` step by step, so
+/// that the same bytes get the same error (or none) at the same point; the only departures
+/// are stricter ([`Reason::BulkNotTerminated`], [`Reason::ExpectedLf`]) or the proxy's
+/// configurable limits.
 pub fn parse_request_from(
     buf: &mut BytesMut,
     lim: &Limits,
     progress: &mut Option<Progress>,
 ) -> Result<Option<Request>, FrameError> {
-    if let Some(p) = progress.take() {
-        return parse_args(buf, lim, p, progress);
-    }
+    let mut p = progress.take().unwrap_or_default();
     loop {
+        if p.argc > 0 {
+            return parse_args(buf, lim, p, progress);
+        }
         let Some(&first) = buf.first() else {
             return Ok(None);
         };
-        if first != b'*' {
-            return parse_inline(buf, lim);
-        }
-        let Some((n, hdr)) = read_len_line(buf, b'*')? else {
+        let found = if first == b'*' {
+            first_line(buf, &mut p.scanned, b'\r', Reason::TooBigMbulkCount)?
+        } else {
+            first_line(buf, &mut p.scanned, b'\n', Reason::TooBigInlineRequest)?
+        };
+        let Some(end) = found else {
+            *progress = Some(p);
             return Ok(None);
         };
+        if first != b'*' {
+            match parse_inline(buf, end, lim)? {
+                Some(r) => return Ok(Some(r)),
+                None => {
+                    // An empty line: on to the next request.
+                    p.scanned = 0;
+                    continue;
+                }
+            }
+        }
+        // Redis wants the byte after the CR before it reads the count.
+        if end + 2 > buf.len() {
+            *progress = Some(p);
+            return Ok(None);
+        }
+        let n = match string2ll(&buf[1..end]) {
+            Some(n) if n <= i64::from(i32::MAX) => n,
+            _ => return Err(FrameError::Protocol(Reason::InvalidMultibulkLength)),
+        };
+        if buf[end + 1] != b'\n' {
+            return Err(FrameError::Protocol(Reason::ExpectedLf));
+        }
         if n <= 0 {
-            let _ = buf.split_to(hdr);
+            let _ = buf.split_to(end + 2);
+            p.scanned = 0;
             continue;
         }
         let n = n as usize;
         if n > lim.max_args {
-            return Err(FrameError::TooLarge("invalid multibulk length"));
+            return Err(FrameError::TooLarge(Reason::InvalidMultibulkLength));
         }
-        let p = Progress {
+        p = Progress {
             argc: n,
-            args_at: hdr,
-            pos: hdr,
+            args_at: end + 2,
+            pos: end + 2,
             done: 0,
+            scanned: 0,
         };
-        return parse_args(buf, lim, p, progress);
+    }
+}
+
+/// Looks for the end of the line at the front of `buf` (`\n` for an inline command, the
+/// `\r` of a `*` header), resuming after `scanned`. `Ok(None)`: not there yet.
+fn first_line(
+    buf: &[u8],
+    scanned: &mut usize,
+    end: u8,
+    too_big: Reason,
+) -> Result<Option<usize>, FrameError> {
+    match find_line_end(buf, 0, scanned, end) {
+        Some(i) => Ok(Some(i)),
+        None if buf.len() > MAX_INLINE => Err(FrameError::TooLarge(too_big)),
+        None => Ok(None),
+    }
+}
+
+/// `strchr(buf + from, end)` over the bytes present, resumable: the offset of the first
+/// `end` after `from`, `None` if there is none yet, or never will be (a NUL came first).
+fn find_line_end(buf: &[u8], from: usize, scanned: &mut usize, end: u8) -> Option<usize> {
+    if *scanned == BLOCKED_BY_NUL {
+        return None;
+    }
+    let start = from + *scanned;
+    let window = buf.get(start..).unwrap_or_default();
+    let hit = window.iter().position(|&b| b == end || b == 0);
+    count_steps(hit.map_or(window.len(), |i| i + 1));
+    match hit {
+        Some(i) if window[i] == end => {
+            // A caller still waiting for bytes after the line's end resumes right there.
+            *scanned = start + i - from;
+            Some(start + i)
+        }
+        Some(_) => {
+            *scanned = BLOCKED_BY_NUL;
+            None
+        }
+        None => {
+            *scanned = buf.len().saturating_sub(from);
+            None
+        }
+    }
+}
+
+/// The inline command whose line ends (`\n`) at `nl`: `Ok(None)` for an empty line, which
+/// is consumed. Quoting and escapes follow Redis's `sdssplitargs`.
+fn parse_inline(
+    buf: &mut BytesMut,
+    nl: usize,
+    lim: &Limits,
+) -> Result<Option<Request>, FrameError> {
+    let line_end = if nl > 0 && buf[nl - 1] == b'\r' {
+        nl - 1
+    } else {
+        nl
+    };
+    if line_end > lim.max_request_bytes {
+        return Err(FrameError::TooLarge(Reason::RequestTooLarge));
+    }
+    let words =
+        split_args(&buf[..line_end]).ok_or(FrameError::Protocol(Reason::UnbalancedQuotes))?;
+    let _ = buf.split_to(nl + 1);
+    if words.is_empty() {
+        return Ok(None);
+    }
+    if words.len() > lim.max_args {
+        return Err(FrameError::TooLarge(Reason::InvalidMultibulkLength));
+    }
+    // Everything downstream sees one shape: the multibulk form of the same arguments.
+    let size: usize = words.iter().map(|w| w.len() + 16).sum();
+    let mut out = BytesMut::with_capacity(size + 16);
+    out.extend_from_slice(format!("*{}\r\n", words.len()).as_bytes());
+    let args_at = out.len();
+    for w in &words {
+        out.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
+        out.extend_from_slice(w);
+        out.extend_from_slice(b"\r\n");
+    }
+    Ok(Some(Request {
+        raw: out.freeze(),
+        argc: words.len(),
+        args_at,
+    }))
+}
+
+/// C's `isspace` in the "C" locale (Redis never sets `LC_CTYPE`).
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Redis's `sdssplitargs`: words separated by blanks; `"…"` with `\n \r \t \b \a \xHH`
+/// and `\<any>` escapes; `'…'` with only `\'`; a closing quote must be followed by a blank
+/// or the end. `None` for unbalanced quotes. The line is read as a C string: a NUL ends it
+/// (the line search never lets one through, but the rule keeps this total).
+fn split_args(line: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let at = |i: usize| line.get(i).copied().unwrap_or(0);
+    let mut words = Vec::new();
+    let mut i = 0;
+    loop {
+        while at(i) != 0 && is_c_space(at(i)) {
+            i += 1;
+        }
+        if at(i) == 0 {
+            return Some(words);
+        }
+        let mut cur = Vec::new();
+        let (mut in_dq, mut in_sq) = (false, false);
+        loop {
+            let c = at(i);
+            let mut done = false;
+            if in_dq {
+                if let (b'\\', b'x', Some(h), Some(l)) =
+                    (c, at(i + 1), hex_val(at(i + 2)), hex_val(at(i + 3)))
+                {
+                    cur.push(h * 16 + l);
+                    i += 3;
+                } else if c == b'\\' && at(i + 1) != 0 {
+                    i += 1;
+                    cur.push(match at(i) {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if at(i + 1) != 0 && !is_c_space(at(i + 1)) {
+                        return None;
+                    }
+                    done = true;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    cur.push(c);
+                }
+            } else if in_sq {
+                if c == b'\\' && at(i + 1) == b'\'' {
+                    i += 1;
+                    cur.push(b'\'');
+                } else if c == b'\'' {
+                    if at(i + 1) != 0 && !is_c_space(at(i + 1)) {
+                        return None;
+                    }
+                    done = true;
+                } else if c == 0 {
+                    return None;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => done = true,
+                    b'"' => in_dq = true,
+                    b'\'' => in_sq = true,
+                    _ => cur.push(c),
+                }
+            }
+            if at(i) != 0 {
+                i += 1;
+            }
+            if done {
+                break;
+            }
+        }
+        words.push(cur);
     }
 }
 
@@ -170,42 +447,46 @@ fn parse_args(
     progress: &mut Option<Progress>,
 ) -> Result<Option<Request>, FrameError> {
     while p.done < p.argc {
-        let rest = buf.get(p.pos..).unwrap_or_default();
-        if rest.is_empty() {
-            *progress = Some(p);
-            return Ok(None);
-        }
-        if rest[0] != b'$' {
-            return Err(FrameError::Protocol("expected '$', got something else"));
-        }
-        #[cfg(test)]
-        HEADERS_READ.with(|c| c.set(c.get() + 1));
-        let Some((len, h)) = read_len_line(rest, b'$')? else {
+        let Some(cr) = find_line_end(buf, p.pos, &mut p.scanned, b'\r') else {
+            if buf.len() - p.pos > MAX_INLINE {
+                return Err(FrameError::TooLarge(Reason::TooBigBulkCount));
+            }
             *progress = Some(p);
             return Ok(None);
         };
-        if len < 0 {
-            return Err(FrameError::Protocol("invalid bulk length"));
+        if cr + 2 > buf.len() {
+            *progress = Some(p);
+            return Ok(None);
         }
-        let len = len as usize;
+        count_steps(1);
+        if buf[p.pos] != b'$' {
+            return Err(FrameError::Protocol(Reason::ExpectedDollar(buf[p.pos])));
+        }
+        let len = match string2ll(&buf[p.pos + 1..cr]) {
+            Some(n) if (0..=PROTO_MAX_BULK_LEN).contains(&n) => n as usize,
+            _ => return Err(FrameError::Protocol(Reason::InvalidBulkLength)),
+        };
         if len > lim.max_request_bytes {
-            return Err(FrameError::TooLarge("invalid bulk length"));
+            return Err(FrameError::TooLarge(Reason::InvalidBulkLength));
         }
-        let end = p.pos + h + len + 2;
+        if buf[cr + 1] != b'\n' {
+            return Err(FrameError::Protocol(Reason::ExpectedLf));
+        }
+        let end = cr + 2 + len + 2;
         if end > lim.max_request_bytes + 64 {
-            return Err(FrameError::TooLarge(
-                "request larger than max_request_bytes",
-            ));
+            return Err(FrameError::TooLarge(Reason::RequestTooLarge));
         }
         if buf.len() < end {
+            // The header is complete: resume at the data, not the header.
             *progress = Some(p);
             return Ok(None);
         }
         if &buf[end - 2..end] != b"\r\n" {
-            return Err(FrameError::Protocol("bulk string not terminated by CRLF"));
+            return Err(FrameError::Protocol(Reason::BulkNotTerminated));
         }
         p.pos = end;
         p.done += 1;
+        p.scanned = 0;
     }
     let raw = buf.split_to(p.pos).freeze();
     Ok(Some(Request {
@@ -215,66 +496,48 @@ fn parse_args(
     }))
 }
 
+/// Redis's `string2ll`: optional `-`, no `+`, no leading zeros (`0` alone is fine, `-0`
+/// is not), at most 20 bytes, no overflow.
+fn string2ll(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() >= 21 {
+        return None;
+    }
+    if s == b"0" {
+        return Some(0);
+    }
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    let mut v: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    if neg {
+        0i64.checked_sub_unsigned(v)
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
 #[cfg(test)]
 thread_local! {
-    /// Argument headers read, to prove a request split over many reads costs linear time.
-    static HEADERS_READ: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Bytes and headers the request parser looked at, to prove that a request split over
+    /// many reads costs linear time.
+    static STEPS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Inline commands (`PING\r\n` typed into a terminal) become a normal multibulk request, so
-/// everything downstream sees one shape. Quoting is not interpreted (Redis does; rare).
-fn parse_inline(buf: &mut BytesMut, lim: &Limits) -> Result<Option<Request>, FrameError> {
-    loop {
-        let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
-            if buf.len() > MAX_INLINE {
-                return Err(FrameError::TooLarge("too big inline request"));
-            }
-            return Ok(None);
-        };
-        let line = buf.split_to(nl + 1);
-        let words: Vec<&[u8]> = line
-            .as_ref()
-            .split(|b: &u8| b.is_ascii_whitespace())
-            .filter(|w| !w.is_empty())
-            .collect();
-        if words.is_empty() {
-            if buf.first().is_some_and(|&b| b != b'*') {
-                continue;
-            }
-            return match buf.first() {
-                None => Ok(None),
-                Some(_) => parse_request(buf, lim),
-            };
-        }
-        if words.len() > lim.max_args {
-            return Err(FrameError::TooLarge("invalid multibulk length"));
-        }
-        let mut out = BytesMut::with_capacity(line.len() + 16 * words.len());
-        out.extend_from_slice(format!("*{}\r\n", words.len()).as_bytes());
-        let args_at = out.len();
-        for w in &words {
-            out.extend_from_slice(format!("${}\r\n", w.len()).as_bytes());
-            out.extend_from_slice(w);
-            out.extend_from_slice(b"\r\n");
-        }
-        return Ok(Some(Request {
-            raw: out.freeze(),
-            argc: words.len(),
-            args_at,
-        }));
-    }
-}
-
-/// Reads `<prefix><integer>\r\n`: `(value, header length)`.
-fn read_len_line(buf: &[u8], prefix: u8) -> Result<Option<(i64, usize)>, FrameError> {
-    if buf.first() != Some(&prefix) {
-        return Err(FrameError::Protocol("unexpected type byte"));
-    }
-    let Some(end) = find_crlf(buf, 1)? else {
-        return Ok(None);
-    };
-    let v = parse_int(&buf[1..end]).ok_or(FrameError::Protocol("invalid length"))?;
-    Ok(Some((v, end + 2)))
+#[inline]
+fn count_steps(_n: usize) {
+    #[cfg(test)]
+    STEPS.with(|c| c.set(c.get() + _n));
 }
 
 fn find_crlf(buf: &[u8], from: usize) -> Result<Option<usize>, FrameError> {
@@ -285,14 +548,15 @@ fn find_crlf(buf: &[u8], from: usize) -> Result<Option<usize>, FrameError> {
             match buf.get(at + 1) {
                 None => Ok(None),
                 Some(b'\n') => Ok(Some(at)),
-                Some(_) => Err(FrameError::Protocol("expected LF after CR")),
+                Some(_) => Err(FrameError::Protocol(Reason::ExpectedLf)),
             }
         }
-        None if buf.len() > from + MAX_INLINE => Err(FrameError::TooLarge("line too long")),
+        None if buf.len() > from + MAX_INLINE => Err(FrameError::TooLarge(Reason::TooBigBulkCount)),
         None => Ok(None),
     }
 }
 
+/// A length in a server reply (lenient: replies come from the backend, not a client).
 fn parse_int(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
@@ -329,24 +593,26 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
         match t {
             b'+' | b'-' | b':' | b',' | b'#' | b'_' | b'(' => {}
             b'$' | b'!' | b'=' => {
-                let n = parse_int(line).ok_or(FrameError::Protocol("invalid bulk length"))?;
+                let n = parse_int(line).ok_or(FrameError::Protocol(Reason::InvalidBulkLength))?;
                 if n >= 0 {
                     pos += n as usize + 2;
                     if buf.len() < pos {
                         return Ok(None);
                     }
                 } else if n != -1 {
-                    return Err(FrameError::Protocol("invalid bulk length"));
+                    return Err(FrameError::Protocol(Reason::InvalidBulkLength));
                 }
             }
             b'*' | b'~' | b'>' => {
-                let n = parse_int(line).ok_or(FrameError::Protocol("invalid multibulk length"))?;
+                let n =
+                    parse_int(line).ok_or(FrameError::Protocol(Reason::InvalidMultibulkLength))?;
                 if n > 0 {
                     remaining += n as u64;
                 }
             }
             b'%' | b'|' => {
-                let n = parse_int(line).ok_or(FrameError::Protocol("invalid map length"))?;
+                let n = parse_int(line)
+                    .ok_or(FrameError::Protocol(Reason::Reply("invalid map length")))?;
                 if n > 0 {
                     remaining += 2 * n as u64;
                 }
@@ -354,7 +620,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, FrameError> {
                     remaining += 1; // the annotated value follows
                 }
             }
-            _ => return Err(FrameError::Protocol("unknown reply type")),
+            _ => return Err(FrameError::Protocol(Reason::Reply("unknown reply type"))),
         }
     }
     Ok(Some(pos))
@@ -408,6 +674,23 @@ pub fn string_payload(frame: &[u8]) -> Option<&[u8]> {
 mod tests {
     use super::*;
 
+    /// Feeds `frame` in `chunk`-byte reads; returns the request and the parse steps taken.
+    fn feed_in_chunks(frame: &[u8], chunk: usize, lim: &Limits) -> (Request, usize) {
+        STEPS.with(|c| c.set(0));
+        let mut buf = BytesMut::new();
+        let mut progress = None;
+        let mut got = None;
+        for piece in frame.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            if let Some(r) = parse_request_from(&mut buf, lim, &mut progress).expect("valid") {
+                assert!(got.is_none(), "one request only");
+                got = Some(r);
+            }
+        }
+        assert!(buf.is_empty());
+        (got.expect("one request"), STEPS.with(|c| c.get()))
+    }
+
     #[test]
     fn a_request_split_over_many_reads_is_parsed_in_linear_time() {
         let n = 100_000;
@@ -421,26 +704,33 @@ mod tests {
             max_request_bytes: 64 << 20,
             max_args: 1 << 20,
         };
-        HEADERS_READ.with(|c| c.set(0));
-        let mut buf = BytesMut::new();
-        let mut progress = None;
-        let mut got = None;
-        for chunk in frame.chunks(4096) {
-            buf.extend_from_slice(chunk);
-            if let Some(r) = parse_request_from(&mut buf, &lim, &mut progress).expect("valid") {
-                got = Some(r);
-            }
+        for chunk in [4096, 7] {
+            let (r, steps) = feed_in_chunks(&frame, chunk, &lim);
+            assert_eq!(r.argc, 2 * n + 1);
+            assert_eq!(r.raw.len(), frame.len());
+            // Every byte searched at most once, plus one step per header and per read.
+            let bound = frame.len() + 2 * n + 1 + frame.len() / chunk + 1;
+            assert!(steps <= bound, "chunk {chunk}: {steps} steps > {bound}");
         }
-        let r = got.expect("one request");
-        assert_eq!(r.argc, 2 * n + 1);
-        assert_eq!(r.raw.len(), frame.len());
-        assert!(buf.is_empty());
-        let reads = HEADERS_READ.with(|c| c.get());
-        // Each header once, plus at most one retry per read that ended inside one.
-        assert!(
-            reads <= 2 * n + 1 + frame.len() / 4096 + 1,
-            "{reads} header reads"
-        );
+    }
+
+    #[test]
+    fn long_lines_split_over_many_reads_are_searched_once() {
+        let lim = Limits {
+            max_request_bytes: 64 << 20,
+            max_args: 1 << 20,
+        };
+        // An inline command, and a bulk whose header and data arrive a byte at a time.
+        let inline = format!("ECHO {}\r\n", "a".repeat(60_000)).into_bytes();
+        let bulk = format!("*2\r\n$4\r\nECHO\r\n$60000\r\n{}\r\n", "b".repeat(60_000));
+        for frame in [inline, bulk.into_bytes()] {
+            let (_, steps) = feed_in_chunks(&frame, 1, &lim);
+            assert!(
+                steps <= 3 * frame.len(),
+                "{steps} steps for {} bytes",
+                frame.len()
+            );
+        }
     }
 
     fn lim() -> Limits {
@@ -493,28 +783,131 @@ mod tests {
         assert_eq!(parse_request(&mut b, &lim()).unwrap().unwrap().argc, 1);
     }
 
+    fn err(bytes: &[u8]) -> String {
+        let e = req(bytes).expect_err("refused");
+        String::from_utf8_lossy(&e.reply()).into_owned()
+    }
+
     #[test]
-    fn rejects_bad_and_oversized_input() {
+    fn errors_read_as_redis_own() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"*2\r\n:1\r\n", "expected '$', got ':'"),
+            (b"*1\r\nfoo\r\n", "expected '$', got 'f'"),
+            (b"*1\r\n\r\n", "expected '$', got ' '"),
+            (b"*1\r\n\n\r\n", "expected '$', got ' '"),
+            (b"*zz\r\n", "invalid multibulk length"),
+            (b"*\r\n", "invalid multibulk length"),
+            (b"*01\r\n", "invalid multibulk length"),
+            (b"*-0\r\n", "invalid multibulk length"),
+            (b"*+1\r\n", "invalid multibulk length"),
+            (b"*3000000000\r\n", "invalid multibulk length"),
+            (b"*1\r\n$x\r\n", "invalid bulk length"),
+            (b"*1\r\n$-1\r\n", "invalid bulk length"),
+            (b"*1\r\n$01\r\n", "invalid bulk length"),
+            (b"*1\r\n$ 4\r\n", "invalid bulk length"),
+            (b"echo \"abc\r\n", "unbalanced quotes in request"),
+            (b"echo \"a\"b\r\n", "unbalanced quotes in request"),
+            (b"echo 'a'b\r\n", "unbalanced quotes in request"),
+            // Stricter than Redis (which would skip the stray bytes).
+            (b"*1\r\n$1\r\nab\r\n", "bulk string not terminated by CRLF"),
+            (b"*1\r\r", "expected LF after CR"),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                err(bytes),
+                format!("-ERR Protocol error: {want}\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let e = req(b"*1\r\n\xff\r\n").expect_err("refused");
         assert_eq!(
-            req(b"*2\r\n:1\r\n").unwrap_err(),
-            FrameError::Protocol("expected '$', got something else")
+            &e.reply()[..],
+            b"-ERR Protocol error: expected '$', got '\xff'\r\n"
         );
+    }
+
+    #[test]
+    fn waits_where_redis_waits() {
+        // No line end yet, or a NUL before it (Redis's strchr stops there).
+        for bytes in [
+            &b"*1\r\nfoo"[..],
+            b"*1\r",
+            b"*1\r\n$4\r",
+            b"echo x\x00\r\nPING\r\n",
+            b"*1\r\n$3\x00\r\nfoo\r\n",
+            b"*\x00\r\n",
+        ] {
+            assert!(req(bytes).expect("not refused").is_none(), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn too_big_lines_are_refused_like_redis() {
+        let l = lim();
+        let cases: [(Vec<u8>, &str); 5] = [
+            (vec![b'A'; MAX_INLINE + 1], "too big inline request"),
+            (
+                [&b"\x00"[..], &[b'A'; MAX_INLINE]].concat(),
+                "too big inline request",
+            ),
+            (
+                [&b"*"[..], &[b'1'; MAX_INLINE]].concat(),
+                "too big mbulk count string",
+            ),
+            (
+                [&b"*\x00"[..], &[b'1'; MAX_INLINE - 1]].concat(),
+                "too big mbulk count string",
+            ),
+            (
+                [&b"*1\r\n$"[..], &[b'1'; MAX_INLINE]].concat(),
+                "too big bulk count string",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let e = parse_request(&mut BytesMut::from(&bytes[..]), &l).expect_err("refused");
+            assert_eq!(e.reply(), format!("-ERR Protocol error: {want}\r\n"));
+            // One byte less waits.
+            let short = &bytes[..bytes.len() - 1];
+            assert!(parse_request(&mut BytesMut::from(short), &l)
+                .expect("waits")
+                .is_none());
+        }
+    }
+
+    #[test]
+    fn inline_quoting_follows_sdssplitargs() {
+        let cases: &[(&[u8], &[&[u8]])] = &[
+            (b"set \"a b\" c\r\n", &[b"set", b"a b", b"c"]),
+            (b"set 'x\\'y' z\n", &[b"set", b"x'y", b"z"]),
+            (b"echo \"\\x41\\x4g\\n\"\r\n", &[b"echo", b"Ax4g\n"]),
+            (b"echo a\"b c\"\r\n", &[b"echo", b"ab c"]),
+            (b"echo a\x0bb\r\n", &[b"echo", b"a\x0bb"]),
+            (b"\x0becho x\r\n", &[b"echo", b"x"]),
+            (b"echo \"\" ''\r\n", &[b"echo", b"", b""]),
+            (b"echo a\rb\r\n", &[b"echo", b"a", b"b"]),
+            (b"echo '\\n'\r\n", &[b"echo", b"\\n"]),
+        ];
+        for (line, want) in cases {
+            let r = req(line).expect("valid").expect("complete");
+            let got: Vec<&[u8]> = r.args().collect();
+            assert_eq!(&got, want, "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(r.argc, want.len());
+        }
+    }
+
+    #[test]
+    fn oversized_input_is_refused() {
         assert!(matches!(req(b"*99\r\n"), Err(FrameError::TooLarge(_))));
         assert!(matches!(
             req(b"*1\r\n$5000\r\n"),
             Err(FrameError::TooLarge(_))
         ));
-        assert!(matches!(req(b"*1\r\n$x\r\n"), Err(FrameError::Protocol(_))));
+        let many = format!("{}\r\n", "a ".repeat(17));
         assert!(matches!(
-            req(b"*1\r\n$1\r\nab\r\n"),
-            Err(FrameError::Protocol(_))
+            req(many.as_bytes()),
+            Err(FrameError::TooLarge(Reason::InvalidMultibulkLength))
         ));
-        assert!(matches!(
-            req(b"*1\r\n$-5\r\n"),
-            Err(FrameError::Protocol(_))
-        ));
-        let long = vec![b'a'; MAX_INLINE + 10];
-        assert!(matches!(req(&long), Err(FrameError::TooLarge(_))));
         assert!(req(b"*-1\r\n*0\r\n").unwrap().is_none());
     }
 
