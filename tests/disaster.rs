@@ -450,6 +450,7 @@ async fn redis_follower_frozen_under_load_keeps_the_sidecar_within_its_memory_bo
         "a client write failed: {load_log}"
     );
     assert_eq!(failed, 0, "SETs failed on the leader");
+    sampling.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = sampler.join().expect("sampler");
     let s = p.status().await.expect("status");
     let m = &s["redis"]["mirror"];
