@@ -2,7 +2,8 @@
 # Installs what the tests, the demo and the benchmark need, only if it is missing:
 #   redis-server (redis-server), redis-tools (redis-cli, redis-benchmark), nutcracker (twemproxy,
 #   benchmark only, optional), curl (demo), zookeeper (ZooKeeper 3.8 server jars and zkCli.sh for
-#   the ZooKeeper tests; pulls in a Java runtime if there is none).
+#   the ZooKeeper tests; pulls in a Java runtime if there is none), prometheus (prometheus and
+#   promtool: the alert-rule checks and the fleet monitoring test).
 # Idempotent and quiet: does nothing when everything is there; otherwise one `apt-get update`
 # and one `apt-get install`. Debian/Ubuntu only; elsewhere it says what to install.
 set -euo pipefail
@@ -17,6 +18,7 @@ have redis-server || required+=(redis-server)
 have curl || required+=(curl)
 { [ -f /usr/share/java/zookeeper.jar ] && [ -x /usr/share/zookeeper/bin/zkCli.sh ]; } ||
     required+=(zookeeper)
+{ have prometheus && have promtool; } || required+=(prometheus)
 optional=()
 have nutcracker || optional+=(nutcracker)
 

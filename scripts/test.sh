@@ -34,6 +34,7 @@ step() {
 
 step "format" cargo fmt --check
 step "clippy" cargo clippy --all-targets -- -D warnings
+step "promtool" sh -c 'cd deploy/prometheus && promtool check rules statemirror-rules.yml && promtool test rules statemirror-rules.test.yml'
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
 run_tests() {

@@ -16,6 +16,8 @@ pub const LEADER_LATENCY: &str = "statemirror_leader_request_duration_seconds";
 pub const BACKEND_UP: &str = "statemirror_backend_up";
 pub const QUEUE_DEPTH: &str = "statemirror_mirror_queue_depth";
 pub const QUEUE_BYTES: &str = "statemirror_mirror_queue_bytes";
+pub const QUEUE_MAX_OPS: &str = "statemirror_mirror_queue_max_ops";
+pub const QUEUE_MAX_BYTES: &str = "statemirror_mirror_queue_max_bytes";
 pub const MIRROR_LAG: &str = "statemirror_mirror_lag_seconds";
 pub const MIRRORED_TOTAL: &str = "statemirror_mirrored_writes_total";
 pub const MIRROR_FAILURES_TOTAL: &str = "statemirror_mirror_failures_total";
@@ -96,6 +98,15 @@ fn describe() {
         "Writes waiting to be mirrored to the follower."
     );
     describe_gauge!(QUEUE_BYTES, Unit::Bytes, "Bytes waiting to be mirrored.");
+    describe_gauge!(
+        QUEUE_MAX_OPS,
+        "The mirror queue's limit in writes (replication.max_queue_ops); above it the queue overflows."
+    );
+    describe_gauge!(
+        QUEUE_MAX_BYTES,
+        Unit::Bytes,
+        "The mirror queue's limit in bytes (replication.max_queue_bytes); above it the queue overflows."
+    );
     describe_gauge!(
         MIRROR_LAG,
         Unit::Seconds,

@@ -317,6 +317,9 @@ impl QueueStats {
 
 impl<Op: MirrorOp> MirrorQueue<Op> {
     pub fn new(protocol: &'static str, limits: QueueLimits) -> Arc<Self> {
+        // The limits, so an alert can compare depth and bytes against them.
+        gauge!(m::QUEUE_MAX_OPS, "protocol" => protocol).set(limits.max_ops as f64);
+        gauge!(m::QUEUE_MAX_BYTES, "protocol" => protocol).set(limits.max_bytes as f64);
         let q = Arc::new(Self {
             inner: Mutex::new(Inner {
                 waiting: VecDeque::new(),
