@@ -1,379 +1,36 @@
-//! How a ZooKeeper write reaches the follower ensemble.
-//!
-//! A write the leader acknowledged (`err == 0`, and for a `multi` every result a success)
-//! becomes an op carrying the leader's zxid and the write's full effect: creates with the
-//! path the leader returned (so sequential nodes keep the leader's names), data, ACL and
-//! mode; deletes; `setData`; `setACL`. Versions become -1 and `check`s are dropped: the leader
-//! already decided, the follower only has to end up equal.
-//!
-//! Order: unlike Redis, ZooKeeper tells the proxy the order it used — the zxid. The writer
-//! sorts each batch by zxid and remembers, per path, the zxid it last applied; an op that
-//! arrives late (acknowledged on another connection, queued behind a newer write of the same
-//! path) is skipped instead of overwriting newer state. The map is trimmed past 200k paths; a
-//! path it forgot counts as written at the newest zxid forgotten (the floor), so an older op
-//! for it is skipped and flagged rather than applied over a newer write. When a leader
-//! server's own zxid goes back (restarted empty, restored, a new ensemble), the session side
-//! queues a reset marker ahead of the new history's writes and the map starts afresh there.
-//! A `setData`/`setACL` that finds its node missing on the follower marks it out of sync:
-//! the node's ACL or data cannot be the leader's until a resync copies it again.
-//!
-//! Client ephemerals are not mirrored (unless `mirror_ephemeral`), and neither are writes to
-//! them: the reply's stat names the node's ephemeral owner, and a `setData`/`setACL` of an
-//! ephemeral is dropped (mirrored: it updates the tracked copy, created again as an
-//! ephemeral), never turned into a persistent node by a fix-up.
-//!
-//! Idempotence, so a batch can be applied again after any failure, in a bounded number of
-//! round trips whatever the follower held (it may be a region away): the batch goes out as
-//! one pipelined round trip; from the first step that fails on, the next round sends every
-//! later step in a form whose end state does not depend on the follower's — a create
-//! becomes create-or-`setData` + `setACL`, missing parents are created first (empty, open
-//! ACL), a `setData` creates a missing node, deleting a missing node is fine, `setACL` of a
-//! missing node is skipped. A session runs its requests in order, so a later step on the
-//! same path still lands after an earlier one's fix-up. Deleting a node that still has
-//! children on the follower lists them (one round trip per level) and deletes them first
-//! (the leader had none), except those a newer write was applied to (and their ancestors,
-//! the node itself included): the leader created them again after the delete. A multi is applied as a multi; if it fails on the follower its
-//! items are applied separately (the follower then passes through the intermediate
-//! states; the end state is the leader's). After a lost connection the follower session is
-//! resumed, not replaced ([`ZkConn::connect_session`]), so nothing the old connection sent
-//! can land after the retry.
-//!
-//! ACLs are copied as the client sent them. `digest:` ACLs mean the same on both sides;
-//! `auth:` ACLs bind to the session's identity, which is statemirror's follower session:
-//! configure `zookeeper.follower_auth_file` with the same `user:password` the clients use,
-//! or the follower refuses them (`INVALIDACL`, counted, follower marked out of sync).
+//! The follower writer: statemirror's own session on the follower ensemble, batches applied
+//! in rounds (a bounded number of round trips each), refusals and strikes, progress.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use smallvec::SmallVec;
-
-use super::client::{Call, Reply, SessionId, ZkConn};
-use super::jute::Record;
-use super::proto::multi::{MultiOp, MultiRequest, MultiResponse};
-use super::proto::records::{
-    Acl, CreateRequest, CreateTtlRequest, DeleteRequest, ExistsRequest, GetChildrenRequest,
-    GetChildrenResponse, Id, SetAclRequest, SetDataRequest, SyncRequest,
-};
-use super::proto::{create_mode, err, op, perms};
-use super::refusal::{self, Refusal, STRIKES};
+use super::applied::{Applied, Fate};
+use super::robust::*;
+use super::{Item, ZkOp};
 use crate::config::Secret;
-use crate::replication::queue::{heap_alloc, MirrorOp, MirrorQueue, MirrorView};
+use crate::replication::queue::{MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Item {
-    Create {
-        path: String,
-        data: Option<Bytes>,
-        acl: Vec<Acl>,
-        /// `create_mode::PERSISTENT`, `CONTAINER` or `PERSISTENT_WITH_TTL`.
-        mode: i32,
-        ttl: i64,
-    },
-    Delete {
-        path: String,
-    },
-    SetData {
-        path: String,
-        data: Option<Bytes>,
-    },
-    SetAcl {
-        path: String,
-        acl: Vec<Acl>,
-    },
-}
-
-impl Item {
-    pub fn path(&self) -> &str {
-        match self {
-            Item::Create { path, .. }
-            | Item::Delete { path }
-            | Item::SetData { path, .. }
-            | Item::SetAcl { path, .. } => path,
-        }
-    }
-
-    /// Copies the node data out of the client's frame. Decoded requests slice the frame
-    /// (zero-copy), and the frame shares the connection's read buffer: a queued 200-byte
-    /// `setData` would otherwise pin that whole buffer.
-    pub fn into_owned(mut self) -> Self {
-        if let Item::Create { data, .. } | Item::SetData { data, .. } = &mut self {
-            if let Some(d) = data.as_mut() {
-                *d = Bytes::copy_from_slice(d);
-            }
-        }
-        self
-    }
-
-    /// Heap bytes this item holds (the op's own size is counted by the queue).
-    fn heap_bytes(&self) -> usize {
-        let data = match self {
-            Item::Create { data, .. } | Item::SetData { data, .. } => {
-                data.as_ref().map_or(0, |d| heap_alloc(d.len()))
-            }
-            _ => 0,
-        };
-        let acl = match self {
-            Item::Create { acl, .. } | Item::SetAcl { acl, .. } => {
-                heap_alloc(acl.capacity() * std::mem::size_of::<Acl>())
-                    + acl
-                        .iter()
-                        .map(|a| {
-                            heap_alloc(a.id.scheme.capacity()) + heap_alloc(a.id.id.capacity())
-                        })
-                        .sum::<usize>()
-            }
-            _ => 0,
-        };
-        heap_alloc(self.path().len()) + data + acl
-    }
-
-    /// The request that applies this item unconditionally.
-    fn call(&self) -> Call {
-        match self {
-            Item::Create {
-                path,
-                data,
-                acl,
-                mode,
-                ttl,
-            } if *mode == create_mode::PERSISTENT_WITH_TTL => Call::new(
-                op::CREATE_TTL,
-                &CreateTtlRequest {
-                    path: path.clone(),
-                    data: data.clone(),
-                    acl: acl.clone(),
-                    flags: *mode,
-                    ttl: *ttl,
-                },
-            ),
-            Item::Create {
-                path,
-                data,
-                acl,
-                mode,
-                ..
-            } => Call::new(
-                if *mode == create_mode::CONTAINER {
-                    op::CREATE_CONTAINER
-                } else {
-                    op::CREATE
-                },
-                &CreateRequest {
-                    path: path.clone(),
-                    data: data.clone(),
-                    acl: acl.clone(),
-                    flags: *mode,
-                },
-            ),
-            Item::Delete { path } => Call::new(
-                op::DELETE,
-                &DeleteRequest {
-                    path: path.clone(),
-                    version: -1,
-                },
-            ),
-            Item::SetData { path, data } => Call::new(
-                op::SET_DATA,
-                &SetDataRequest {
-                    path: path.clone(),
-                    data: data.clone(),
-                    version: -1,
-                },
-            ),
-            Item::SetAcl { path, acl } => Call::new(
-                op::SET_ACL,
-                &SetAclRequest {
-                    path: path.clone(),
-                    acl: acl.clone(),
-                    version: -1,
-                },
-            ),
-        }
-    }
-
-    fn multi_op(&self) -> Option<MultiOp> {
-        Some(match self {
-            Item::Create {
-                path,
-                data,
-                acl,
-                mode,
-                ..
-            } if *mode != create_mode::PERSISTENT_WITH_TTL => MultiOp::Create(CreateRequest {
-                path: path.clone(),
-                data: data.clone(),
-                acl: acl.clone(),
-                flags: *mode,
-            }),
-            Item::Delete { path } => MultiOp::Delete(DeleteRequest {
-                path: path.clone(),
-                version: -1,
-            }),
-            Item::SetData { path, data } => MultiOp::SetData(SetDataRequest {
-                path: path.clone(),
-                data: data.clone(),
-                version: -1,
-            }),
-            _ => return None,
-        })
-    }
-}
-
-/// One acknowledged write (or multi) with the zxid the leader gave it.
-#[derive(Debug, Clone)]
-pub struct ZkOp {
-    pub zxid: i64,
-    pub items: SmallVec<[Item; 1]>,
-}
-
-impl ZkOp {
-    /// The marker queued when the leader's zxids went back (a new history, see
-    /// `ZkShared::leader_zxid`): ops after it are compared with each other only.
-    pub fn history_reset() -> Self {
-        ZkOp {
-            zxid: i64::MIN,
-            items: SmallVec::new(),
-        }
-    }
-
-    pub fn is_history_reset(&self) -> bool {
-        self.zxid == i64::MIN && self.items.is_empty()
-    }
-}
-
-/// Per path, the zxid of the last write applied, so a late older write is skipped rather
-/// than applied over a newer one.
-#[derive(Default)]
-pub struct Applied {
-    zxids: HashMap<String, i64>,
-    /// The newest zxid forgotten by a trim (`None`: nothing forgotten): a path without an
-    /// entry may have had one up to here.
-    floor: Option<i64>,
-}
-
-/// Whether an item at some zxid is still to be applied.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Fate {
-    Apply,
-    /// A newer write of the path was applied.
-    Superseded,
-    /// Older than what a trim forgot: it may be superseded, or not. Skipped (it could undo a
-    /// newer write) and flagged.
-    Forgotten,
-}
-
-impl Applied {
-    pub fn fate(&self, path: &str, zxid: i64) -> Fate {
-        match self.zxids.get(path) {
-            // `<=` applies: an op at the same zxid (a session's end, ordered at the newest
-            // zxid seen) must still run; re-applying one is harmless.
-            Some(&z) if z <= zxid => Fate::Apply,
-            Some(_) => Fate::Superseded,
-            None if self.floor.is_some_and(|f| zxid < f) => Fate::Forgotten,
-            None => Fate::Apply,
-        }
-    }
-
-    /// Whether a write newer than `zxid` was applied to `path` (unknown counts as no).
-    pub fn newer(&self, path: &str, zxid: i64) -> bool {
-        self.zxids.get(path).is_some_and(|&z| z > zxid)
-    }
-
-    pub fn record(&mut self, path: &str, zxid: i64) {
-        self.zxids.insert(path.to_string(), zxid);
-    }
-
-    /// Past `max` paths, forgets the older half, remembering the newest zxid forgotten.
-    pub fn trim(&mut self, max: usize) {
-        if self.zxids.len() <= max {
-            return;
-        }
-        let mut zxids: Vec<i64> = self.zxids.values().copied().collect();
-        zxids.sort_unstable();
-        let cut = zxids[zxids.len() / 2];
-        let mut forgotten = None;
-        self.zxids.retain(|_, z| {
-            let keep = *z >= cut;
-            if !keep {
-                forgotten = forgotten.max(Some(*z));
-            }
-            keep
-        });
-        self.floor = self.floor.max(forgotten);
-    }
-
-    /// A new zxid history: nothing known applies to it.
-    pub fn reset(&mut self) {
-        self.zxids.clear();
-        self.floor = None;
-    }
-
-    pub fn len(&self) -> usize {
-        self.zxids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.zxids.is_empty()
-    }
-}
-
-impl MirrorOp for ZkOp {
-    type Key = String;
-    fn cost_bytes(&self) -> usize {
-        let spilled = if self.items.spilled() {
-            heap_alloc(self.items.capacity() * std::mem::size_of::<Item>())
-        } else {
-            0
-        };
-        spilled + self.items.iter().map(Item::heap_bytes).sum::<usize>()
-    }
-    fn coalesce_key(&self) -> Option<String> {
-        None // every op is a point-in-time effect
-    }
-}
-
-/// Which paths are mirrored.
-#[derive(Debug, Clone)]
-pub struct PathFilter {
-    pub include: Vec<String>,
-    pub exclude: Vec<String>,
-}
-
-impl PathFilter {
-    pub fn allows(&self, path: &str) -> bool {
-        let under = |prefix: &String| {
-            prefix == "/"
-                || path == prefix
-                || (path.starts_with(prefix.as_str())
-                    && (prefix.ends_with('/') || path.as_bytes().get(prefix.len()) == Some(&b'/')))
-        };
-        // ZooKeeper's own tree, and statemirror's (its generation marker), are never
-        // mirrored, resynced or compared.
-        let own = |root: &str| {
-            path == root
-                || (path.starts_with(root) && path.as_bytes().get(root.len()) == Some(&b'/'))
-        };
-        let zk = own("/zookeeper") || own(super::generation::ROOT);
-        !zk && self.include.iter().any(under) && !self.exclude.iter().any(under)
-    }
-}
+use crate::zookeeper::client::{Call, Reply, SessionId, ZkConn};
+use crate::zookeeper::jute::Record;
+use crate::zookeeper::proto::records::{
+    ExistsRequest, GetChildrenRequest, GetChildrenResponse, SyncRequest,
+};
+use crate::zookeeper::proto::{err, op};
+use crate::zookeeper::refusal::{self, Refusal, STRIKES};
 
 /// How many per-path zxids to remember before forgetting the oldest half; a late op is
 /// only ever a few milliseconds late, so only recent paths matter.
-const MAX_TRACKED_PATHS: usize = 200_000;
+pub(super) const MAX_TRACKED_PATHS: usize = 200_000;
 
 /// Pipelined rounds one attempt at a batch may take before it gives the worker back an
 /// error (the next attempt resumes where this one stopped). A batch normally takes one
 /// round; fix-ups take one more, a delete over children one more plus one per level listed.
-const MAX_ROUNDS: usize = 16;
+pub(super) const MAX_ROUNDS: usize = 16;
 
 /// Most nodes listed under one delete whose node still has children on the follower.
-const MAX_SUBTREE: usize = 1_000_000;
+pub(super) const MAX_SUBTREE: usize = 1_000_000;
 
 pub struct ZkApplier {
     servers: Vec<String>,
@@ -388,7 +45,7 @@ pub struct ZkApplier {
     applied: Applied,
     queue: Arc<MirrorQueue<ZkOp>>,
     /// Mirrored ephemerals to create again when the follower session is replaced.
-    ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
+    ephemerals: Option<Arc<crate::zookeeper::ephemeral::Ephemerals>>,
     /// The follower session is new: its ephemerals must be created first.
     fresh_session: bool,
     /// A batch that failed part-way: where the next attempt resumes.
@@ -412,26 +69,26 @@ pub struct ZkApplier {
 type BatchId = (usize, usize);
 
 /// A batch that failed part-way.
-struct Resume {
-    id: BatchId,
+pub(super) struct Resume {
+    pub(super) id: BatchId,
     /// Steps before this one are applied (or given up).
-    done: usize,
+    pub(super) done: usize,
     /// (step, item) refused for good: never sent again.
-    skipped: HashSet<(usize, usize)>,
+    pub(super) skipped: HashSet<(usize, usize)>,
     /// Items given up so far.
-    given_up: usize,
+    pub(super) given_up: usize,
 }
 
 /// One request of a step's state-independent form and the errors that mean "already so".
-struct Sub {
-    call: Call,
-    ok: &'static [i32],
+pub(super) struct Sub {
+    pub(super) call: Call,
+    pub(super) ok: &'static [i32],
     /// A delete: `NOT_EMPTY` means the subtree must be listed and deleted first.
-    delete: bool,
+    pub(super) delete: bool,
 }
 
 /// What became of one item (or of a plain step).
-enum Outcome {
+pub(super) enum Outcome {
     Ok,
     /// Needs the state-independent form (and every later step after it).
     Fix,
@@ -440,7 +97,7 @@ enum Outcome {
 }
 
 /// What one step sends in a round.
-enum Sent {
+pub(super) enum Sent {
     /// The step as the leader ran it: one request at this index.
     Plain(usize),
     /// Each item's requests: (item index, range of request indices).
@@ -455,7 +112,7 @@ impl ZkApplier {
         session_timeout_ms: i32,
         max_frame: usize,
         queue: Arc<MirrorQueue<ZkOp>>,
-        ephemerals: Option<Arc<super::ephemeral::Ephemerals>>,
+        ephemerals: Option<Arc<crate::zookeeper::ephemeral::Ephemerals>>,
     ) -> Self {
         Self {
             servers,
@@ -912,7 +569,7 @@ impl ZkApplier {
             "{} {}: {}",
             item_name(it),
             it.path(),
-            super::proto::err_name(code)
+            crate::zookeeper::proto::err_name(code)
         );
         match refusal::classify(code) {
             Refusal::Transient => Outcome::Transient(what),
@@ -985,219 +642,6 @@ impl ZkApplier {
     }
 }
 
-/// What a plain step's reply means.
-fn plain_outcome(items: &[Item], r: &Reply) -> Outcome {
-    if items.len() > 1 {
-        if step_ok(items, r.err, &r.body) {
-            return Outcome::Ok;
-        }
-        // A multi the follower refused as a whole: applied item by item instead (the
-        // follower then passes through the intermediate states; the end state is the
-        // leader's), unless the follower is just busy.
-        return match refusal::classify(r.err) {
-            Refusal::Transient if r.err != err::OK => {
-                Outcome::Transient(format!("multi: {}", super::proto::err_name(r.err)))
-            }
-            _ => Outcome::Fix,
-        };
-    }
-    let Some(it) = items.first() else {
-        return Outcome::Ok;
-    };
-    match (it, r.err) {
-        (_, err::OK) => Outcome::Ok,
-        (Item::Delete { .. } | Item::SetAcl { .. }, err::NO_NODE) => Outcome::Ok,
-        (Item::Create { .. }, err::NODE_EXISTS | err::NO_NODE)
-        | (Item::SetData { .. }, err::NO_NODE)
-        | (Item::Delete { .. }, err::NOT_EMPTY) => Outcome::Fix,
-        (_, code) => match refusal::classify(code) {
-            Refusal::Transient => Outcome::Transient(format!(
-                "{} {}: {}",
-                item_name(it),
-                it.path(),
-                super::proto::err_name(code)
-            )),
-            Refusal::Permanent(reason) => Outcome::Refused(reason, String::new()),
-        },
-    }
-}
-
-/// `it` as requests whose end state does not depend on what the follower held: missing
-/// parents created (empty, open ACL; each only once per round, `ensured`), a create over an
-/// existing node followed by `setData` + `setACL`, a `setData` of a missing node creating
-/// it, an ephemeral deleted first (it must belong to this session), a delete preceded by
-/// the deletes of `subtree` (the follower's extra children, deepest first).
-fn robust(it: &Item, subtree: Option<&[String]>, ensured: &mut HashSet<String>) -> Vec<Sub> {
-    const NONE: &[i32] = &[];
-    const EXISTS: &[i32] = &[err::NODE_EXISTS];
-    const GONE: &[i32] = &[err::NO_NODE];
-    let sub = |item: Item, ok: &'static [i32]| Sub {
-        delete: matches!(item, Item::Delete { .. }),
-        call: item.call(),
-        ok,
-    };
-    let mut out = Vec::new();
-    let mut parents = |path: &str, out: &mut Vec<Sub>| {
-        let mut at = 0;
-        while let Some(i) = path[at + 1..].find('/') {
-            at += 1 + i;
-            let parent = &path[..at];
-            if ensured.insert(parent.to_string()) {
-                let c = Item::Create {
-                    path: parent.to_string(),
-                    data: None,
-                    acl: open_acl(),
-                    mode: create_mode::PERSISTENT,
-                    ttl: 0,
-                };
-                out.push(sub(c, EXISTS));
-            }
-        }
-    };
-    match it {
-        Item::Create { path, mode, .. } if *mode == create_mode::EPHEMERAL => {
-            parents(path, &mut out);
-            out.push(sub(Item::Delete { path: path.clone() }, GONE));
-            out.push(sub(it.clone(), NONE));
-        }
-        Item::Create {
-            path, data, acl, ..
-        } => {
-            parents(path, &mut out);
-            out.push(sub(it.clone(), EXISTS));
-            let set = Item::SetData {
-                path: path.clone(),
-                data: data.clone(),
-            };
-            out.push(sub(set, NONE));
-            let acl = Item::SetAcl {
-                path: path.clone(),
-                acl: acl.clone(),
-            };
-            out.push(sub(acl, NONE));
-        }
-        Item::SetData { path, data } => {
-            parents(path, &mut out);
-            let create = Item::Create {
-                path: path.clone(),
-                data: data.clone(),
-                acl: open_acl(),
-                mode: create_mode::PERSISTENT,
-                ttl: 0,
-            };
-            out.push(sub(create, EXISTS));
-            out.push(sub(it.clone(), NONE));
-        }
-        Item::SetAcl { .. } => out.push(sub(it.clone(), GONE)),
-        Item::Delete { .. } => {
-            for p in subtree.unwrap_or_default() {
-                out.push(sub(Item::Delete { path: p.clone() }, GONE));
-            }
-            out.push(sub(it.clone(), GONE));
-        }
-    }
-    // A delete may remove a parent another item of this round relies on.
-    if out.iter().any(|s| s.delete) {
-        ensured.clear();
-    }
-    out
-}
-
-/// [`robust`] for an item of the step at `zxid`. A delete over children the follower has
-/// (`subtrees`) spares every node a newer write (on another connection, or a live write
-/// after a resync's read) was applied to, and their ancestors: the leader recreated them
-/// after this delete. The node itself is then kept too; the newer writes own it.
-fn robust_at(
-    it: &Item,
-    zxid: i64,
-    subtrees: &HashMap<String, Vec<String>>,
-    applied: &Applied,
-    ensured: &mut HashSet<String>,
-) -> Vec<Sub> {
-    let Item::Delete { path: root } = it else {
-        return robust(it, None, ensured);
-    };
-    let Some(sub) = subtrees.get(root) else {
-        return robust(it, None, ensured);
-    };
-    let mut spared: HashSet<&str> = HashSet::new();
-    for n in sub {
-        if applied.newer(n, zxid) {
-            let mut at = n.as_str();
-            while at.len() > root.len() && spared.insert(at) {
-                at = at.rfind('/').map_or(root.as_str(), |i| &at[..i]);
-            }
-        }
-    }
-    if spared.is_empty() {
-        return robust(it, Some(sub), ensured);
-    }
-    let doomed: Vec<String> = sub
-        .iter()
-        .filter(|n| !spared.contains(n.as_str()))
-        .cloned()
-        .collect();
-    let mut out = robust(it, Some(&doomed), ensured);
-    out.pop(); // the delete of `root` itself, which robust puts last
-    out
-}
-
-/// A request's connection was lost under it (as opposed to no connection at all).
-const FOLLOWER_CLOSED: &str = "follower_closed";
-
-fn follower_err(e: super::client::ClientError) -> ApplyError {
-    use super::client::ClientError;
-    let reason = match e {
-        ClientError::Closed | ClientError::Io(_) => FOLLOWER_CLOSED,
-        _ => "follower_unavailable",
-    };
-    ApplyError::new(reason, e.to_string())
-}
-
-fn item_name(it: &Item) -> &'static str {
-    match it {
-        Item::Create { .. } => "create",
-        Item::Delete { .. } => "delete",
-        Item::SetData { .. } => "setData",
-        Item::SetAcl { .. } => "setACL",
-    }
-}
-
-/// `world:anyone` with every permission (what parents the mirror creates get).
-fn open_acl() -> Vec<Acl> {
-    vec![Acl {
-        perms: perms::ALL,
-        id: Id {
-            scheme: "world".into(),
-            id: "anyone".into(),
-        },
-    }]
-}
-
-/// The request for one step: the item itself, or a multi of several. `None` when a multi
-/// holds an item with no multi form (a TTL create): the step is applied item by item.
-fn step_call(items: &[Item]) -> Option<Call> {
-    if let [one] = items {
-        return Some(one.call());
-    }
-    let ops = items
-        .iter()
-        .map(Item::multi_op)
-        .collect::<Option<Vec<_>>>()?;
-    Some(Call::new(op::MULTI, &MultiRequest { ops }))
-}
-
-fn step_ok(items: &[Item], e: i32, body: &Bytes) -> bool {
-    if e != err::OK {
-        return false;
-    }
-    if items.len() > 1 {
-        return MultiResponse::from_bytes(body)
-            .is_ok_and(|r| r.results.iter().all(|x| x.err() == 0));
-    }
-    true
-}
-
 impl Applier for ZkApplier {
     type Op = ZkOp;
     async fn apply(&mut self, batch: &[ZkOp]) -> Result<usize, ApplyError> {
@@ -1222,64 +666,5 @@ impl Applier for ZkApplier {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A trim keeps a floor: a path it forgot counts as written at the floor, so an older
-    /// copy of it is skipped (and flagged) rather than applied over a newer write.
-    #[test]
-    fn a_trim_keeps_a_floor() {
-        let mut a = Applied::default();
-        for (i, p) in ["/a", "/b", "/c", "/d"].iter().enumerate() {
-            a.record(p, 10 * (i as i64 + 1)); // 10, 20, 30, 40
-        }
-        a.trim(3);
-        assert_eq!(a.len(), 2, "the older half is forgotten");
-        assert_eq!(
-            a.fate("/a", 5),
-            Fate::Forgotten,
-            "older than what was forgotten"
-        );
-        assert_eq!(a.fate("/b", 15), Fate::Forgotten);
-        assert_eq!(
-            a.fate("/b", 20),
-            Fate::Apply,
-            "at the floor or newer: applied"
-        );
-        assert_eq!(a.fate("/new", 25), Fate::Apply);
-        assert_eq!(a.fate("/c", 29), Fate::Superseded);
-        assert_eq!(a.fate("/c", 30), Fate::Apply);
-        a.reset();
-        assert_eq!(
-            a.fate("/a", 1),
-            Fate::Apply,
-            "a new history starts from nothing"
-        );
-        assert_eq!(a.fate("/c", 1), Fate::Apply);
-    }
-
-    #[test]
-    fn filter_never_mirrors_zookeeper_and_honours_prefixes() {
-        let f = PathFilter {
-            include: vec!["/".into()],
-            exclude: vec!["/tmp".into()],
-        };
-        assert!(f.allows("/nifi/components/x"));
-        assert!(!f.allows("/zookeeper/config"));
-        assert!(!f.allows("/statemirror/generation") && !f.allows("/statemirror"));
-        assert!(f.allows("/statemirrors"));
-        assert!(!f.allows("/zookeeper"));
-        assert!(!f.allows("/tmp/a"));
-        assert!(f.allows("/tmpfoo"));
-        let f = PathFilter {
-            include: vec!["/nifi".into()],
-            exclude: vec![],
-        };
-        assert!(f.allows("/nifi") && f.allows("/nifi/leaders/Primary Node"));
-        assert!(!f.allows("/nifix") && !f.allows("/other"));
     }
 }
