@@ -291,11 +291,30 @@ async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
     shared.metrics.connections.decrement(1.0);
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, String> {
+/// Why a connect failed: refused (nothing listens: proof the backend is down), or no answer
+/// within the timeout (down, or only slow for a moment: a fork, a full accept queue).
+enum ConnectError {
+    Refused(String),
+    TimedOut,
+}
+
+async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
     match tokio::time::timeout(timeout, crate::listener::connect_backend(address)).await {
         Ok(Ok(s)) => Ok(s),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("connect timed out".into()),
+        Ok(Err(e)) => Err(ConnectError::Refused(e.to_string())),
+        Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+/// A failed connect as health evidence: a refusal marks the backend down at once (the next
+/// clients go straight to the follower, pinned sessions are closed); a timeout counts as
+/// one failed check, so one slow moment does not close every session pinned to a leader
+/// that is only busy (a black hole fails the health checks too and is down within
+/// `health_failures_before_down` checks).
+fn record_connect_failure(health: &Health, e: &ConnectError) {
+    match e {
+        ConnectError::Refused(why) => health.mark_down(why),
+        ConnectError::TimedOut => health.record_failure("connect timed out"),
     }
 }
 
@@ -311,16 +330,15 @@ async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
     if shared.leader_health.is_up() || follower.is_none() {
         match connect(&shared.leader.address, timeout).await {
             Ok(s) => return Some((s, Route::Leader)),
-            // Refused or silent for a whole connect timeout: down at once, so the next
-            // clients go straight to the follower and pinned sessions are closed.
-            Err(e) => shared.leader_health.mark_down(&e),
+            // This client goes to the follower either way.
+            Err(e) => record_connect_failure(&shared.leader_health, &e),
         }
     }
     let (f, h) = follower?;
     match connect(&f.address, timeout).await {
         Ok(s) => Some((s, Route::Follower)),
         Err(e) => {
-            h.mark_down(&e);
+            record_connect_failure(h, &e);
             None
         }
     }
