@@ -54,6 +54,20 @@ enum Command {
         /// Give up after this many seconds (a freeze waits for the mirror to drain).
         #[arg(long, default_value_t = 60)]
         timeout_seconds: u64,
+        /// Every sidecar of the cluster (`[cluster]`): `on` returns once each one confirmed
+        /// (exit 1 naming those that did not: the freeze is not proven).
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Show a running sidecar's `/status`, or with `--cluster` every sidecar of the cluster
+    /// (queue, lag, sync, maintenance, heartbeat age).
+    Status {
+        /// The cluster's member list instead of this sidecar's status.
+        #[arg(long)]
+        cluster: bool,
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9480")]
+        admin: String,
     },
 
     /// Compare leader and follower now, straight from the config's backends (no running
@@ -152,7 +166,12 @@ fn main() -> ExitCode {
                 admin,
                 token_file,
                 timeout_seconds,
-            } => maintenance(action, &admin, token_file, timeout_seconds).await,
+                cluster,
+            } => maintenance(action, &admin, token_file, timeout_seconds, cluster).await,
+            Command::Status { cluster, admin } => {
+                let path = if cluster { "/cluster" } else { "/status" };
+                admin_call(&admin, hyper::Method::GET, path, None, 10).await
+            }
             Command::Verify {
                 config,
                 max_differences,
@@ -220,6 +239,7 @@ async fn maintenance(
     admin: &str,
     token_file: Option<PathBuf>,
     timeout_seconds: u64,
+    cluster: bool,
 ) -> ExitCode {
     let token = match token_file.as_deref().map(read_secret).transpose() {
         Ok(t) => t,
@@ -233,11 +253,32 @@ async fn maintenance(
         MaintenanceAction::Off => hyper::Method::DELETE,
         MaintenanceAction::Status => hyper::Method::GET,
     };
+    let path = if !cluster {
+        "/maintenance".to_string()
+    } else if method == hyper::Method::GET {
+        "/cluster/maintenance".to_string()
+    } else {
+        // The sidecar gives up a little before this command does, so its answer (which
+        // names the members that did not confirm) arrives.
+        let ms = timeout_seconds.saturating_mul(1000).saturating_sub(2000).max(1000);
+        format!("/cluster/maintenance?timeout_ms={ms}")
+    };
+    admin_call(admin, method, &path, token.as_deref(), timeout_seconds).await
+}
+
+/// One admin API call: prints the JSON answer; exit 0 on 2xx, 1 otherwise, 69 unreachable.
+async fn admin_call(
+    admin: &str,
+    method: hyper::Method,
+    path: &str,
+    token: Option<&str>,
+    timeout_seconds: u64,
+) -> ExitCode {
     match client::request(
         admin,
         method,
-        "/maintenance",
-        token.as_deref(),
+        path,
+        token,
         Duration::from_secs(timeout_seconds),
     )
     .await

@@ -55,6 +55,19 @@ impl Config {
         if self.resync.retry_interval_ms == 0 {
             err("resync.retry_interval_ms", "must be at least 1".into());
         }
+        let node_name = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.node_name.clone())
+            .unwrap_or_else(hostname);
+        if let Some(c) = &self.cluster {
+            if let Err(m) = check_node_name(&node_name) {
+                err("cluster.node_name", m);
+            }
+            if c.member_ttl_ms < 1000 {
+                err("cluster.member_ttl_ms", "must be at least 1000".into());
+            }
+        }
         if self.verify.max_differences == 0 {
             err("verify.max_differences", "must be at least 1".into());
         }
@@ -226,11 +239,39 @@ impl Config {
                 config: self,
                 admin_listen,
                 admin_token,
+                node_name,
                 redis,
                 zookeeper,
             }),
             _ => Err(errs),
         }
+    }
+}
+
+/// The hostname (the pod name in Kubernetes), for `cluster.node_name`'s default.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "statemirror".into())
+}
+
+/// The name becomes part of a Redis key and a znode name: a plain word.
+fn check_node_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok && n != "." && n != ".." {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n:?}: must be 1 to 128 of A-Z a-z 0-9 - _ . (it names a key and a znode)"
+        ))
     }
 }
 

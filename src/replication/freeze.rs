@@ -5,6 +5,10 @@
 //! waits for tickets to reach zero; a session increments before it checks the flag. With
 //! sequentially consistent atomics this is the Dekker pattern: either the session sees the
 //! freeze and rejects, or the freezer sees the ticket and waits for it. No write slips through.
+//!
+//! Two sources freeze writes: this sidecar's own maintenance (`PUT /maintenance`) and the
+//! cluster-wide freeze (`replication::cluster`). Writes flow only when neither holds, so
+//! `DELETE /maintenance` on one node does not end a freeze the cluster asked for.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,10 @@ use tokio::sync::Notify;
 use super::queue::lock;
 
 pub struct Freeze {
+    /// `local || cluster`, what sessions check.
     frozen: AtomicBool,
+    /// `(local, cluster)`; `frozen` is recomputed under this lock.
+    sources: Mutex<(bool, bool)>,
     in_flight: AtomicUsize,
     since: Mutex<Option<SystemTime>>,
     released: Notify,
@@ -40,6 +47,7 @@ impl Freeze {
         gauge.set(0.0);
         Arc::new(Self {
             frozen: AtomicBool::new(false),
+            sources: Mutex::new((false, false)),
             in_flight: AtomicUsize::new(0),
             since: Mutex::new(None),
             released: Notify::new(),
@@ -69,14 +77,44 @@ impl Freeze {
         self.in_flight.load(SeqCst)
     }
 
-    /// Freezes writes; returns once no write is in flight or `timeout` passed (then false).
+    /// Freezes writes (this sidecar's own maintenance); returns once no write is in flight
+    /// or `timeout` passed (then false).
     pub async fn freeze(&self, timeout: Duration) -> bool {
-        if !self.frozen.swap(true, SeqCst) {
-            *lock(&self.since) = Some(SystemTime::now());
-            self.gauge.set(1.0);
-            tracing::info!("writes frozen for maintenance");
-        }
+        self.set(Some(true), None);
         self.writes_settled(timeout).await
+    }
+
+    /// Whether this sidecar's own maintenance freeze holds (`PUT /maintenance`).
+    pub fn is_frozen_locally(&self) -> bool {
+        lock(&self.sources).0
+    }
+
+    /// Whether the cluster-wide freeze holds here.
+    pub fn is_cluster_frozen(&self) -> bool {
+        lock(&self.sources).1
+    }
+
+    /// Sets the cluster-wide source (waiting for writes in flight is the caller's business).
+    pub fn set_cluster(&self, frozen: bool) {
+        self.set(None, Some(frozen));
+    }
+
+    fn set(&self, local: Option<bool>, cluster: Option<bool>) {
+        let mut s = lock(&self.sources);
+        s.0 = local.unwrap_or(s.0);
+        s.1 = cluster.unwrap_or(s.1);
+        let now = s.0 || s.1;
+        if self.frozen.swap(now, SeqCst) != now {
+            if now {
+                *lock(&self.since) = Some(SystemTime::now());
+                self.gauge.set(1.0);
+                tracing::info!(cluster = s.1, "writes frozen for maintenance");
+            } else {
+                *lock(&self.since) = None;
+                self.gauge.set(0.0);
+                tracing::info!("writes resumed after maintenance");
+            }
+        }
     }
 
     /// Waits (without freezing) until no write is in flight; false on timeout. At shutdown,
@@ -94,12 +132,9 @@ impl Freeze {
         }
     }
 
+    /// Ends this sidecar's own maintenance freeze (a cluster-wide one stays).
     pub fn unfreeze(&self) {
-        if self.frozen.swap(false, SeqCst) {
-            *lock(&self.since) = None;
-            self.gauge.set(0.0);
-            tracing::info!("writes resumed after maintenance");
-        }
+        self.set(Some(false), None);
     }
 }
 
@@ -120,6 +155,18 @@ mod tests {
         let h = tokio::spawn(async move { f2.freeze(Duration::from_secs(5)).await });
         drop(t);
         assert!(h.await.unwrap());
+        f.unfreeze();
+        assert!(f.begin_write().is_some());
+    }
+
+    #[test]
+    fn writes_flow_only_when_neither_source_freezes() {
+        let f = Freeze::new();
+        f.set_cluster(true);
+        assert!(f.begin_write().is_none());
+        f.set(Some(true), None);
+        f.set_cluster(false);
+        assert!(f.begin_write().is_none(), "the local freeze still holds");
         f.unfreeze();
         assert!(f.begin_write().is_some());
     }

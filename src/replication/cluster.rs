@@ -1,0 +1,383 @@
+//! The cluster-wide freeze and member list, kept in the leader backend so that no sidecar
+//! needs to know its peers.
+//!
+//! The leader holds (Redis / ZooKeeper; see `redis::cluster`, `zookeeper::cluster`):
+//! - the freeze state `{epoch, frozen, by, at_ms}`; every freeze or unfreeze bumps `epoch`;
+//! - one entry per sidecar ([`MemberReport`]), refreshed every third of `member_ttl_ms` and
+//!   gone after it (a key with a TTL / an ephemeral znode of a session with that timeout).
+//!
+//! Every sidecar polls the state ([`POLL`]) and sets its [`Freeze`]'s cluster source to
+//! match. Once frozen at epoch `e` with no write in flight and its mirror drained, it
+//! confirms `frozen_epoch = e` in its entry at once. The node asked to freeze bumps the epoch
+//! and waits until every listed member confirmed it: only then is the freeze proven. A
+//! member whose entry expired is not waited for: it has not refreshed it for `member_ttl_ms`.
+//!
+//! None of this is client data: it is written on statemirror's own connections (so it is
+//! never mirrored, and never refused by the freeze), and verify and resync skip it.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::freeze::Freeze;
+use super::queue::{lock, MirrorView};
+use super::resync::BoxFuture;
+
+/// How often each sidecar reads the freeze state (at most a third of the member TTL).
+pub const POLL: Duration = Duration::from_millis(500);
+/// How often while a freeze is not yet confirmed here (writes or the mirror still draining).
+const POLL_PENDING: Duration = Duration::from_millis(50);
+
+/// The cluster-wide freeze as stored in the leader; all zero/empty when never set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FreezeState {
+    pub epoch: u64,
+    pub frozen: bool,
+    /// The node that set it last.
+    pub by: String,
+    /// When, in ms since the Unix epoch (that node's clock).
+    pub at_ms: u64,
+}
+
+/// One sidecar's entry, written by itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberReport {
+    pub node: String,
+    /// The freeze epoch this member saw last.
+    pub epoch: u64,
+    /// The epoch of the cluster freeze it confirmed (no write in flight, mirror drained);
+    /// 0 when it is not frozen by the cluster.
+    pub frozen_epoch: u64,
+    /// Writes refused here because of the cluster-wide freeze.
+    pub cluster_frozen: bool,
+    /// Writes refused here because of this sidecar's own `PUT /maintenance`.
+    pub local_maintenance: bool,
+    pub writes_in_flight: usize,
+    pub writes_drained: bool,
+    pub mirror_drained: bool,
+    pub queue_depth: usize,
+    pub lag_seconds: f64,
+    pub in_sync: bool,
+    /// Its clock when it wrote the entry (ms since the Unix epoch).
+    pub heartbeat_ms: u64,
+    pub ttl_ms: u64,
+}
+
+/// A member as listed: its entry and how old it is by the backend's clock where it can tell.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub report: MemberReport,
+    pub heartbeat_age_ms: u64,
+}
+
+/// Where the state lives: the leader backend of one protocol.
+pub trait ClusterStore: Send + Sync {
+    /// `redis` or `zookeeper`.
+    fn backend(&self) -> &'static str;
+    fn read(&self) -> BoxFuture<'_, Result<FreezeState, String>>;
+    /// Sets `frozen` and bumps the epoch (atomically); returns the new epoch.
+    fn set<'a>(&'a self, frozen: bool, by: &'a str) -> BoxFuture<'a, Result<u64, String>>;
+    /// Writes (creates or refreshes) this member's entry.
+    fn heartbeat<'a>(&'a self, m: &'a MemberReport) -> BoxFuture<'a, Result<(), String>>;
+    /// Every member whose entry has not expired.
+    fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, String>>;
+    /// Removes this member's entry (graceful stop).
+    fn leave<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>>;
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Default)]
+struct Seen {
+    state: FreezeState,
+    /// Epoch of the cluster freeze confirmed here; 0 = none.
+    confirmed: u64,
+    last_error: Option<String>,
+    last_read: Option<Instant>,
+    /// What the last written entry said (the fields that matter to a waiting caller).
+    written: Option<(u64, u64, bool)>,
+    written_at: Option<Instant>,
+}
+
+pub struct Cluster {
+    pub node: String,
+    store: Arc<dyn ClusterStore>,
+    freeze: Arc<Freeze>,
+    mirrors: OnceLock<Vec<(&'static str, Arc<dyn MirrorView>)>>,
+    ttl: Duration,
+    seen: Mutex<Seen>,
+    wake: Notify,
+}
+
+impl Cluster {
+    pub fn new(
+        node: String,
+        store: Arc<dyn ClusterStore>,
+        freeze: Arc<Freeze>,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            store,
+            freeze,
+            mirrors: OnceLock::new(),
+            ttl,
+            seen: Mutex::new(Seen::default()),
+            wake: Notify::new(),
+        })
+    }
+
+    fn mirrors(&self) -> &[(&'static str, Arc<dyn MirrorView>)] {
+        self.mirrors.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Reads the freeze state once and applies it to this sidecar's freeze. `start` calls it
+    /// before any listener accepts, so a sidecar started during a cluster freeze starts frozen.
+    pub async fn sync_once(&self) -> Result<(), String> {
+        let st = match self.store.read().await {
+            Ok(st) => st,
+            Err(e) => {
+                lock(&self.seen).last_error = Some(e.clone());
+                return Err(e);
+            }
+        };
+        // The flag first, then the drain check: once the flag is set no write starts, so a
+        // zero in-flight count seen after it stays zero (see `freeze`).
+        self.freeze.set_cluster(st.frozen);
+        let drained = self.freeze.in_flight() == 0
+            && self.mirrors().iter().all(|(_, m)| m.is_drained());
+        let mut seen = lock(&self.seen);
+        if !st.frozen {
+            seen.confirmed = 0;
+        } else if seen.confirmed < st.epoch && drained {
+            seen.confirmed = st.epoch;
+        }
+        seen.state = st;
+        seen.last_error = None;
+        seen.last_read = Some(Instant::now());
+        Ok(())
+    }
+
+    /// This sidecar's entry as of now.
+    pub fn report(&self) -> MemberReport {
+        let seen = lock(&self.seen);
+        let mirrors = self.mirrors();
+        let confirmed = seen.state.frozen && seen.confirmed >= seen.state.epoch;
+        let st: Vec<_> = mirrors.iter().map(|(_, m)| m.status()).collect();
+        MemberReport {
+            node: self.node.clone(),
+            epoch: seen.state.epoch,
+            frozen_epoch: if seen.state.frozen { seen.confirmed } else { 0 },
+            cluster_frozen: self.freeze.is_cluster_frozen(),
+            local_maintenance: self.freeze.is_frozen_locally(),
+            writes_in_flight: self.freeze.in_flight(),
+            writes_drained: confirmed || self.freeze.in_flight() == 0,
+            mirror_drained: confirmed || mirrors.iter().all(|(_, m)| m.is_drained()),
+            queue_depth: st.iter().map(|s| s.queue_depth).sum(),
+            lag_seconds: st.iter().map(|s| s.lag_seconds).fold(0.0, f64::max),
+            in_sync: st.iter().all(|s| s.in_sync),
+            heartbeat_ms: now_ms(),
+            ttl_ms: self.ttl.as_millis() as u64,
+        }
+    }
+
+    /// Writes this member's entry when what a waiting caller looks at changed, or when a
+    /// refresh is due.
+    async fn beat(&self) {
+        let r = self.report();
+        let key = (r.epoch, r.frozen_epoch, r.cluster_frozen);
+        let due = {
+            let seen = lock(&self.seen);
+            seen.written != Some(key)
+                || seen.written_at.is_none_or(|t| t.elapsed() >= self.ttl / 3)
+        };
+        if !due {
+            return;
+        }
+        match self.store.heartbeat(&r).await {
+            Ok(()) => {
+                let mut seen = lock(&self.seen);
+                seen.written = Some(key);
+                seen.written_at = Some(Instant::now());
+            }
+            Err(e) => lock(&self.seen).last_error = Some(format!("heartbeat: {e}")),
+        }
+    }
+
+    /// Polls the state and refreshes this member's entry until `shutdown`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
+        shutdown: CancellationToken,
+    ) {
+        let _ = self.mirrors.set(mirrors);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let poll = POLL.min(me.ttl / 3);
+            let mut failures = 0u32;
+            loop {
+                match me.sync_once().await {
+                    Ok(()) => failures = 0,
+                    Err(e) => {
+                        failures += 1;
+                        // Once per streak: the leader being down is reported elsewhere.
+                        if failures == 3 {
+                            tracing::warn!(backend = me.store.backend(), error = %e,
+                                "cannot read the cluster freeze state from the leader; keeping the last one seen");
+                        }
+                    }
+                }
+                me.beat().await;
+                let pending = {
+                    let seen = lock(&me.seen);
+                    seen.state.frozen && seen.confirmed < seen.state.epoch
+                };
+                let wait = if pending { POLL_PENDING } else { poll };
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = me.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            // A graceful stop leaves the list at once instead of after the TTL.
+            let _ = tokio::time::timeout(Duration::from_secs(2), me.store.leave(&me.node)).await;
+        });
+    }
+
+    /// Freezes (or unfreezes) every sidecar of the cluster and waits, at most `timeout`, until
+    /// every listed member confirmed it. `(proven, answer)`.
+    pub async fn set_cluster(&self, frozen: bool, timeout: Duration) -> (bool, Value) {
+        let started = Instant::now();
+        let epoch = match self.store.set(frozen, &self.node).await {
+            Ok(e) => e,
+            Err(e) => {
+                return (
+                    false,
+                    json!({"proven": false, "error": format!("cannot write the cluster freeze state on the {} leader: {e}", self.store.backend())}),
+                )
+            }
+        };
+        tracing::info!(epoch, frozen, "cluster-wide freeze state set");
+        self.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let listed = self.store.members().await;
+            let (members, error) = match listed {
+                Ok(m) => (m, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
+            let done = |m: &Member| {
+                let r = &m.report;
+                r.epoch >= epoch
+                    && if frozen {
+                        r.cluster_frozen && r.frozen_epoch >= epoch
+                    } else {
+                        !r.cluster_frozen
+                    }
+            };
+            let me_listed = members.iter().any(|m| m.report.node == self.node);
+            let proven = error.is_none() && me_listed && members.iter().all(done);
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if proven || timed_out {
+                let unconfirmed: Vec<&str> = members
+                    .iter()
+                    .filter(|m| !done(m))
+                    .map(|m| m.report.node.as_str())
+                    .collect();
+                let list: Vec<Value> = members
+                    .iter()
+                    .map(|m| {
+                        let mut v = self.member_json(m);
+                        v["confirmed"] = json!(done(m));
+                        v
+                    })
+                    .collect();
+                let what = if frozen { "frozen" } else { "resumed" };
+                let mut body = json!({
+                    "cluster_frozen": frozen,
+                    "epoch": epoch,
+                    "proven": proven,
+                    "waited_ms": started.elapsed().as_millis() as u64,
+                    "members": list,
+                    "unconfirmed": unconfirmed,
+                });
+                if !proven {
+                    body["error"] = json!(match (&error, me_listed) {
+                        (Some(e), _) => format!("cannot list the members: {e}"),
+                        (None, false) => format!("this sidecar ({}) is not listed yet", self.node),
+                        (None, true) => format!(
+                            "not proven: {} did not confirm writes {what} within {} ms",
+                            unconfirmed.join(", "),
+                            timeout.as_millis()
+                        ),
+                    });
+                }
+                return (proven, body);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn member_json(&self, m: &Member) -> Value {
+        let r = &m.report;
+        json!({
+            "node": r.node,
+            "frozen": r.cluster_frozen || r.local_maintenance,
+            "cluster_frozen": r.cluster_frozen,
+            "local_maintenance": r.local_maintenance,
+            "epoch": r.epoch,
+            "frozen_epoch": r.frozen_epoch,
+            "writes_in_flight": r.writes_in_flight,
+            "writes_drained": r.writes_drained,
+            "mirror_drained": r.mirror_drained,
+            "queue_depth": r.queue_depth,
+            "lag_seconds": r.lag_seconds,
+            "in_sync": r.in_sync,
+            "heartbeat_age_ms": m.heartbeat_age_ms,
+            // Missed two refreshes: probably gone; dropped once its TTL passes.
+            "stale": m.heartbeat_age_ms > r.ttl_ms * 2 / 3,
+        })
+    }
+
+    /// `GET /cluster`: the freeze state and every listed member.
+    pub async fn status(&self) -> Result<Value, String> {
+        let (st, members) = tokio::join!(self.store.read(), self.store.members());
+        let st = st?;
+        let mut members = members?;
+        members.sort_by(|a, b| a.report.node.cmp(&b.report.node));
+        Ok(json!({
+            "node": self.node,
+            "backend": self.store.backend(),
+            "maintenance": {
+                "frozen": st.frozen,
+                "epoch": st.epoch,
+                "by": st.by,
+                "at_ms": st.at_ms,
+            },
+            "members": members.iter().map(|m| self.member_json(m)).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// For `/maintenance` and `/status`: what this sidecar last saw.
+    pub fn local_view(&self) -> Value {
+        let seen = lock(&self.seen);
+        json!({
+            "node": self.node,
+            "backend": self.store.backend(),
+            "cluster_frozen": seen.state.frozen,
+            "epoch": seen.state.epoch,
+            "confirmed_epoch": seen.confirmed,
+            "last_read_ms_ago": seen.last_read.map(|t| t.elapsed().as_millis() as u64),
+            "last_error": seen.last_error,
+        })
+    }
+}
