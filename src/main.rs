@@ -260,7 +260,10 @@ async fn maintenance(
     } else {
         // The sidecar gives up a little before this command does, so its answer (which
         // names the members that did not confirm) arrives.
-        let ms = timeout_seconds.saturating_mul(1000).saturating_sub(2000).max(1000);
+        let ms = timeout_seconds
+            .saturating_mul(1000)
+            .saturating_sub(2000)
+            .max(1000);
         format!("/cluster/maintenance?timeout_ms={ms}")
     };
     admin_call(admin, method, &path, token.as_deref(), timeout_seconds).await

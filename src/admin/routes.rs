@@ -59,7 +59,9 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
             state.freeze.unfreeze();
             json_resp(StatusCode::OK, maintenance(state))
         }
-        (_, "/cluster" | "/cluster/maintenance") => super::cluster_routes::handle(state, &req).await,
+        (_, "/cluster" | "/cluster/maintenance") => {
+            super::cluster_routes::handle(state, &req).await
+        }
         (&Method::GET, "/verify") => {
             // A read, but it loads both backends and returns NiFi state values.
             if let Some(r) = unauthorized(state, &req) {

@@ -263,8 +263,7 @@ fn hostname() -> String {
 fn check_node_name(n: &str) -> Result<(), String> {
     let ok = !n.is_empty()
         && n.len() <= 128
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     if ok && n != "." && n != ".." {
         Ok(())

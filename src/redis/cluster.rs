@@ -241,7 +241,14 @@ mod tests {
     #[test]
     fn state_hash_parses() {
         let b = |s: &str| BytesFrame::BulkString(Bytes::from(s.to_string()));
-        let f = BytesFrame::Array(vec![b("epoch"), b("7"), b("frozen"), b("1"), b("by"), b("n2")]);
+        let f = BytesFrame::Array(vec![
+            b("epoch"),
+            b("7"),
+            b("frozen"),
+            b("1"),
+            b("by"),
+            b("n2"),
+        ]);
         let st = parse_state(&f);
         assert_eq!((st.epoch, st.frozen, st.by.as_str()), (7, true, "n2"));
     }

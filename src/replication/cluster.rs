@@ -153,8 +153,8 @@ impl Cluster {
         // The flag first, then the drain check: once the flag is set no write starts, so a
         // zero in-flight count seen after it stays zero (see `freeze`).
         self.freeze.set_cluster(st.frozen);
-        let drained = self.freeze.in_flight() == 0
-            && self.mirrors().iter().all(|(_, m)| m.is_drained());
+        let drained =
+            self.freeze.in_flight() == 0 && self.mirrors().iter().all(|(_, m)| m.is_drained());
         let mut seen = lock(&self.seen);
         if !st.frozen {
             seen.confirmed = 0;
@@ -197,8 +197,7 @@ impl Cluster {
         let key = (r.epoch, r.frozen_epoch, r.cluster_frozen);
         let due = {
             let seen = lock(&self.seen);
-            seen.written != Some(key)
-                || seen.written_at.is_none_or(|t| t.elapsed() >= self.ttl / 3)
+            seen.written != Some(key) || seen.written_at.is_none_or(|t| t.elapsed() >= self.ttl / 3)
         };
         if !due {
             return;

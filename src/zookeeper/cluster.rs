@@ -16,8 +16,8 @@ use super::client::{Call, ZkConn};
 use super::generation::ROOT;
 use super::jute::Record;
 use super::proto::records::{
-    Acl, CreateRequest, DeleteRequest, GetChildrenRequest, GetDataRequest, GetDataResponse,
-    GetChildrenResponse, Id, SetDataRequest,
+    Acl, CreateRequest, DeleteRequest, GetChildrenRequest, GetChildrenResponse, GetDataRequest,
+    GetDataResponse, Id, SetDataRequest,
 };
 use super::proto::{create_mode, err, err_name, op, perms};
 use crate::config::{ResolvedZk, Secret, ZooKeeperConfig};
@@ -58,10 +58,7 @@ impl ZkClusterStore {
     /// Runs `f` on the kept session (opened when needed, dropped on any error).
     async fn with_conn<T>(
         &self,
-        f: impl for<'c> FnOnce(
-            &'c mut ZkConn,
-            &'c mut i64,
-        ) -> BoxFuture<'c, Result<T, String>>,
+        f: impl for<'c> FnOnce(&'c mut ZkConn, &'c mut i64) -> BoxFuture<'c, Result<T, String>>,
     ) -> Result<T, String> {
         let mut guard = self.conn.lock().await;
         let (conn, owner) = &mut *guard;
@@ -305,13 +302,7 @@ impl ClusterStore for ZkClusterStore {
         let path = member_path(node);
         Box::pin(self.with_conn(move |c, _| {
             Box::pin(async move {
-                let del = Call::new(
-                    op::DELETE,
-                    &DeleteRequest {
-                        path,
-                        version: -1,
-                    },
-                );
+                let del = Call::new(op::DELETE, &DeleteRequest { path, version: -1 });
                 c.call(del).await.map_err(|e| e.to_string()).map(|_| ())
             })
         }))
