@@ -327,4 +327,26 @@ mod tests {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
     }
+
+    #[test]
+    fn cluster_section_checks_node_name_and_ttl() {
+        let base = "[redis]\nleader = \"redis://127.0.0.1:1\"\n";
+        let r = Config::from_toml(&format!("{base}[cluster]\nnode_name = \"nifi-0\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(r.node_name, "nifi-0");
+        assert_eq!(r.config.cluster.map(|c| c.member_ttl_ms), Some(15_000));
+        let errs = Config::from_toml(&format!(
+            "{base}[cluster]\nnode_name = \"a/b\"\nmember_ttl_ms = 10\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["cluster.node_name", "cluster.member_ttl_ms"]);
+        // No section: cluster mode off, the name still defaults to the hostname.
+        let r = Config::from_toml(base).unwrap().validate().unwrap();
+        assert!(r.config.cluster.is_none() && !r.node_name.is_empty());
+    }
 }
