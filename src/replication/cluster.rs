@@ -10,7 +10,9 @@
 //! match. Once frozen at epoch `e` with no write in flight and its mirror drained, it
 //! confirms `frozen_epoch = e` in its entry at once. The node asked to freeze bumps the epoch
 //! and waits until every listed member confirmed it: only then is the freeze proven. A
-//! member whose entry expired is not waited for: it has not refreshed it for `member_ttl_ms`.
+//! member whose entry expired is not waited for: it has not refreshed it for `member_ttl_ms`,
+//! so its write lease ran out before the entry did (see `freeze`): it refuses writes until
+//! it has read the state again, which then says frozen.
 //!
 //! None of this is client data: it is written on statemirror's own connections (so it is
 //! never mirrored, and never refused by the freeze), and verify and resync skip it.
@@ -134,6 +136,13 @@ impl Cluster {
             seen: Mutex::new(Seen::default()),
             wake: Notify::new(),
         })
+        .with_start_lease()
+    }
+
+    /// Until the first renewal, the lease runs from now.
+    fn with_start_lease(self: Arc<Self>) -> Arc<Self> {
+        self.freeze.set_lease(Instant::now() + self.ttl);
+        self
     }
 
     fn mirrors(&self) -> &[(&'static str, Arc<dyn MirrorView>)] {
@@ -191,8 +200,8 @@ impl Cluster {
     }
 
     /// Writes this member's entry when what a waiting caller looks at changed, or when a
-    /// refresh is due.
-    async fn beat(&self) {
+    /// refresh is due. True when it was written.
+    async fn beat(&self) -> bool {
         let r = self.report();
         let key = (r.epoch, r.frozen_epoch, r.cluster_frozen);
         let due = {
@@ -200,15 +209,19 @@ impl Cluster {
             seen.written != Some(key) || seen.written_at.is_none_or(|t| t.elapsed() >= self.ttl / 3)
         };
         if !due {
-            return;
+            return false;
         }
         match self.store.heartbeat(&r).await {
             Ok(()) => {
                 let mut seen = lock(&self.seen);
                 seen.written = Some(key);
                 seen.written_at = Some(Instant::now());
+                true
             }
-            Err(e) => lock(&self.seen).last_error = Some(format!("heartbeat: {e}")),
+            Err(e) => {
+                lock(&self.seen).last_error = Some(format!("heartbeat: {e}"));
+                false
+            }
         }
     }
 
@@ -224,18 +237,24 @@ impl Cluster {
             let poll = POLL.min(me.ttl / 3);
             let mut failures = 0u32;
             loop {
-                match me.sync_once().await {
+                let tick = Instant::now();
+                let read = me.sync_once().await;
+                // The entry, written after the read, expires at least a TTL after `tick`:
+                // the lease ends first (see the module comment).
+                if me.beat().await && read.is_ok() {
+                    me.freeze.set_lease(tick + me.ttl);
+                }
+                match read {
                     Ok(()) => failures = 0,
                     Err(e) => {
                         failures += 1;
                         // Once per streak: the leader being down is reported elsewhere.
                         if failures == 3 {
                             tracing::warn!(backend = me.store.backend(), error = %e,
-                                "cannot read the cluster freeze state from the leader; keeping the last one seen");
+                                "cannot read the cluster freeze state from the leader; keeping the last one seen, and refusing writes once member_ttl_ms passed without it");
                         }
                     }
                 }
-                me.beat().await;
                 let pending = {
                     let seen = lock(&me.seen);
                     seen.state.frozen && seen.confirmed < seen.state.epoch
@@ -375,6 +394,7 @@ impl Cluster {
             "cluster_frozen": seen.state.frozen,
             "epoch": seen.state.epoch,
             "confirmed_epoch": seen.confirmed,
+            "lease_expired": self.freeze.lease_expired(),
             "last_read_ms_ago": seen.last_read.map(|t| t.elapsed().as_millis() as u64),
             "last_error": seen.last_error,
         })

@@ -9,10 +9,16 @@
 //! Two sources freeze writes: this sidecar's own maintenance (`PUT /maintenance`) and the
 //! cluster-wide freeze (`replication::cluster`). Writes flow only when neither holds, so
 //! `DELETE /maintenance` on one node does not end a freeze the cluster asked for.
+//!
+//! In cluster mode writes also need a lease: the cluster loop renews it each time it has
+//! read the cluster state *and* refreshed its member entry, up to that moment plus the
+//! member TTL. A sidecar that has not done so for that long (SIGSTOPped, starved, cut off
+//! from the leader) may already be missing from the member list, so a cluster freeze may
+//! have been proven without it: it refuses writes until it has read the state again.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use metrics::Gauge;
 use tokio::sync::Notify;
@@ -25,6 +31,8 @@ pub struct Freeze {
     /// `(local, cluster)`; `frozen` is recomputed under this lock.
     sources: Mutex<(bool, bool)>,
     in_flight: AtomicUsize,
+    /// Writes are refused from this [`mono_ms`] on; `u64::MAX` = no lease (not in cluster mode).
+    lease_until: AtomicU64,
     since: Mutex<Option<SystemTime>>,
     released: Notify,
     gauge: Gauge,
@@ -49,6 +57,7 @@ impl Freeze {
             frozen: AtomicBool::new(false),
             sources: Mutex::new((false, false)),
             in_flight: AtomicUsize::new(0),
+            lease_until: AtomicU64::new(u64::MAX),
             since: Mutex::new(None),
             released: Notify::new(),
             gauge,
@@ -59,14 +68,26 @@ impl Freeze {
     pub fn begin_write(self: &Arc<Self>) -> Option<WriteTicket> {
         self.in_flight.fetch_add(1, SeqCst);
         let ticket = WriteTicket(self.clone());
-        if self.frozen.load(SeqCst) {
+        if self.frozen.load(SeqCst) || self.lease_expired() {
             return None; // dropping the ticket gives the slot back
         }
         Some(ticket)
     }
 
+    /// Writes are refused: frozen by either source, or the cluster lease ran out.
     pub fn is_frozen(&self) -> bool {
-        self.frozen.load(SeqCst)
+        self.frozen.load(SeqCst) || self.lease_expired()
+    }
+
+    /// Writes may flow until `until` (cluster mode; see the module comment).
+    pub fn set_lease(&self, until: Instant) {
+        let ms = until.saturating_duration_since(base()).as_millis() as u64;
+        self.lease_until.store(ms.min(u64::MAX - 1), SeqCst);
+    }
+
+    pub fn lease_expired(&self) -> bool {
+        let until = self.lease_until.load(SeqCst);
+        until != u64::MAX && mono_ms() >= until
     }
 
     pub fn since(&self) -> Option<SystemTime> {
@@ -138,6 +159,17 @@ impl Freeze {
     }
 }
 
+/// The process's monotonic clock origin for the lease.
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`base`].
+fn mono_ms() -> u64 {
+    base().elapsed().as_millis() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +201,14 @@ mod tests {
         assert!(f.begin_write().is_none(), "the local freeze still holds");
         f.unfreeze();
         assert!(f.begin_write().is_some());
+    }
+
+    #[test]
+    fn an_expired_lease_refuses_writes() {
+        let f = Freeze::new();
+        f.set_lease(Instant::now() + Duration::from_secs(60));
+        assert!(f.begin_write().is_some());
+        f.set_lease(Instant::now());
+        assert!(f.begin_write().is_none() && f.is_frozen());
     }
 }
