@@ -86,6 +86,38 @@ async fn start(proto: Proto, node: &str, leader: &str, follower: &str) -> Sideca
     Sidecar { proc, _cfg: cfg }
 }
 
+/// Starts a Redis sidecar while a probe sends `SET` from the moment its port accepts: the
+/// very first write it answers must already be refused as frozen.
+async fn start_probed(leader: &str, follower: &str) -> Sidecar {
+    let (cfg, admin, url) = config(Proto::Redis, "n4", leader, follower);
+    let addr: std::net::SocketAddr = url.trim_start_matches("redis://").parse().expect("addr");
+    let probe = tokio::spawn(async move {
+        eventually(Duration::from_secs(20), || async {
+            let mut s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(&encode(&[b"SET", b"late", b"v"]))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 256];
+            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .map_err(|_| "no reply".to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .await
+    });
+    let proc = BinProxy::start(cfg.path(), &admin, &url).await;
+    let first = probe.await.expect("probe");
+    assert!(
+        first.contains("frozen for maintenance"),
+        "the first write a sidecar started during a cluster freeze answered: {first:?}"
+    );
+    Sidecar { proc, _cfg: cfg }
+}
+
 fn protocol(proto: Proto) -> &'static str {
     match proto {
         Proto::Redis => "redis",
@@ -240,7 +272,10 @@ async fn scenario(proto: Proto, leader: &str, follower: &str) {
     }
 
     // A sidecar that starts during the freeze is frozen before it serves anyone.
-    let mut late = start(proto, "n4", leader, follower).await;
+    let mut late = match proto {
+        Proto::Redis => start_probed(leader, follower).await,
+        Proto::Zk => start(proto, "n4", leader, follower).await,
+    };
     assert_frozen(proto, &late, "late").await;
     wait_members(&admin1, &["n1", "n2", "n3", "n4"]).await;
     late.proc.kill();
