@@ -165,9 +165,12 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     let freeze = Freeze::new();
     let cluster = cluster(&resolved, freeze.clone());
     if let Some(c) = &cluster {
-        // Before any listener accepts: a sidecar started during a cluster freeze starts frozen.
-        if let Err(e) = c.sync_once().await {
-            tracing::warn!(error = %e, "cannot read the cluster freeze state at start; starting unfrozen and retrying");
+        // Before any listener accepts: read the state, get listed, read again, so the
+        // sidecar serves writes from its first client on (unless the cluster is frozen).
+        // Until then the write lease refuses them (see `replication::cluster`).
+        let first = c.tick().await;
+        if let Err(e) = first.and(c.tick().await) {
+            tracing::warn!(error = %e, "cannot read the cluster freeze state at start; writes are refused until it can be read");
         }
     }
     let mut redis = None;

@@ -105,6 +105,9 @@ struct Seen {
     confirmed: u64,
     last_error: Option<String>,
     last_read: Option<Instant>,
+    /// When the last successful entry write started: the entry lives at least until this
+    /// plus the TTL.
+    beat_started: Option<Instant>,
     /// What the last written entry said (the fields that matter to a waiting caller).
     written: Option<(u64, u64, bool)>,
     written_at: Option<Instant>,
@@ -136,12 +139,12 @@ impl Cluster {
             seen: Mutex::new(Seen::default()),
             wake: Notify::new(),
         })
-        .with_start_lease()
+        .without_lease()
     }
 
-    /// Until the first renewal, the lease runs from now.
-    fn with_start_lease(self: Arc<Self>) -> Arc<Self> {
-        self.freeze.set_lease(Instant::now() + self.ttl);
+    /// No writes until this sidecar is listed and has read the state since (see `tick`).
+    fn without_lease(self: Arc<Self>) -> Arc<Self> {
+        self.freeze.set_lease(Instant::now());
         self
     }
 
@@ -149,9 +152,8 @@ impl Cluster {
         self.mirrors.get().map_or(&[], Vec::as_slice)
     }
 
-    /// Reads the freeze state once and applies it to this sidecar's freeze. `start` calls it
-    /// before any listener accepts, so a sidecar started during a cluster freeze starts frozen.
-    pub async fn sync_once(&self) -> Result<(), String> {
+    /// Reads the freeze state once and applies it to this sidecar's freeze.
+    async fn sync_once(&self) -> Result<(), String> {
         let st = match self.store.read().await {
             Ok(st) => st,
             Err(e) => {
@@ -225,6 +227,29 @@ impl Cluster {
         }
     }
 
+    /// One round: read the state, renew the write lease, refresh the entry.
+    ///
+    /// The lease: writes may flow until the last entry write's start plus the TTL, and only
+    /// after a read that began once that write was done. So whenever this sidecar takes a
+    /// write, its entry has been listed without a break since a read that saw no freeze. A
+    /// caller that set a freeze and then listed the members either saw this one (and waits
+    /// for it) or listed after the entry expired, when the lease had already run out.
+    pub async fn tick(&self) -> Result<(), String> {
+        let read_started = Instant::now();
+        let read = self.sync_once().await;
+        let written = lock(&self.seen).beat_started;
+        if let (Ok(()), Some(w)) = (&read, written) {
+            if read_started < w + self.ttl {
+                self.freeze.set_lease(w + self.ttl);
+            }
+        }
+        let beat_started = Instant::now();
+        if self.beat().await {
+            lock(&self.seen).beat_started = Some(beat_started);
+        }
+        read
+    }
+
     /// Polls the state and refreshes this member's entry until `shutdown`.
     pub fn spawn(
         self: &Arc<Self>,
@@ -237,13 +262,7 @@ impl Cluster {
             let poll = POLL.min(me.ttl / 3);
             let mut failures = 0u32;
             loop {
-                let tick = Instant::now();
-                let read = me.sync_once().await;
-                // The entry, written after the read, expires at least a TTL after `tick`:
-                // the lease ends first (see the module comment).
-                if me.beat().await && read.is_ok() {
-                    me.freeze.set_lease(tick + me.ttl);
-                }
+                let read = me.tick().await;
                 match read {
                     Ok(()) => failures = 0,
                     Err(e) => {
@@ -259,7 +278,12 @@ impl Cluster {
                     let seen = lock(&me.seen);
                     seen.state.frozen && seen.confirmed < seen.state.epoch
                 };
-                let wait = if pending { POLL_PENDING } else { poll };
+                // Just listed (or listed again): the lease needs one more read, at once.
+                let wait = if pending || me.freeze.lease_expired() {
+                    POLL_PENDING
+                } else {
+                    poll
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = me.wake.notified() => {}
