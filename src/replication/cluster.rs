@@ -424,3 +424,156 @@ impl Cluster {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store in memory; `down` makes every call fail.
+    #[derive(Default)]
+    struct Mem {
+        state: Mutex<FreezeState>,
+        members: Mutex<Vec<MemberReport>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl Mem {
+        fn check(&self) -> Result<(), String> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                Err("down".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl ClusterStore for Mem {
+        fn backend(&self) -> &'static str {
+            "mem"
+        }
+        fn read(&self) -> BoxFuture<'_, Result<FreezeState, String>> {
+            Box::pin(async move { self.check().map(|()| lock(&self.state).clone()) })
+        }
+        fn set<'a>(&'a self, frozen: bool, by: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+            Box::pin(async move {
+                self.check()?;
+                let mut st = lock(&self.state);
+                st.epoch += 1;
+                st.frozen = frozen;
+                st.by = by.into();
+                Ok(st.epoch)
+            })
+        }
+        fn heartbeat<'a>(&'a self, m: &'a MemberReport) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                self.check()?;
+                let mut ms = lock(&self.members);
+                ms.retain(|x| x.node != m.node);
+                ms.push(m.clone());
+                Ok(())
+            })
+        }
+        fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, String>> {
+            Box::pin(async move {
+                self.check()?;
+                Ok(lock(&self.members)
+                    .iter()
+                    .map(|r| Member {
+                        report: r.clone(),
+                        heartbeat_age_ms: 0,
+                    })
+                    .collect())
+            })
+        }
+        fn leave<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn cluster(store: &Arc<Mem>, ttl: Duration) -> (Arc<Cluster>, Arc<Freeze>) {
+        let freeze = Freeze::new();
+        let c = Cluster::new("n1".into(), store.clone(), freeze.clone(), ttl);
+        (c, freeze)
+    }
+
+    #[tokio::test]
+    async fn no_write_before_listed_and_read_since() {
+        let store = Arc::new(Mem::default());
+        let (c, freeze) = cluster(&store, Duration::from_secs(60));
+        assert!(freeze.begin_write().is_none(), "not listed yet");
+        c.tick().await.unwrap();
+        assert!(
+            freeze.begin_write().is_none(),
+            "listed by this round: its read came before the entry existed"
+        );
+        c.tick().await.unwrap();
+        assert!(freeze.begin_write().is_some());
+    }
+
+    #[tokio::test]
+    async fn started_during_a_freeze_stays_frozen_and_confirms() {
+        let store = Arc::new(Mem::default());
+        store.set(true, "n0").await.unwrap();
+        let (c, freeze) = cluster(&store, Duration::from_secs(60));
+        c.tick().await.unwrap();
+        c.tick().await.unwrap();
+        assert!(freeze.begin_write().is_none() && freeze.is_cluster_frozen());
+        let me = &lock(&store.members)[0];
+        assert_eq!((me.frozen_epoch, me.cluster_frozen), (1, true));
+    }
+
+    #[tokio::test]
+    async fn the_lease_runs_out_when_the_state_cannot_be_read() {
+        let store = Arc::new(Mem::default());
+        let ttl = Duration::from_millis(300);
+        let (c, freeze) = cluster(&store, ttl);
+        c.tick().await.unwrap();
+        c.tick().await.unwrap();
+        assert!(freeze.begin_write().is_some());
+        store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(c.tick().await.is_err());
+        // Past the TTL of the last entry write (a lower bound: no upper bound is assumed).
+        std::thread::sleep(ttl + Duration::from_millis(50));
+        assert!(c.tick().await.is_err());
+        assert!(
+            freeze.begin_write().is_none(),
+            "the lease ran out with the entry"
+        );
+        store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        c.tick().await.unwrap(); // listed again
+        c.tick().await.unwrap(); // read since
+        assert!(freeze.begin_write().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_cluster_freeze_is_proven_only_when_every_member_confirmed() {
+        let store = Arc::new(Mem::default());
+        let (c, _) = cluster(&store, Duration::from_secs(60));
+        c.tick().await.unwrap();
+        // Another member, listed but silent: never confirms.
+        lock(&store.members).push(MemberReport {
+            node: "n2".into(),
+            ttl_ms: 60_000,
+            ..MemberReport::default()
+        });
+        let c2 = c.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                let _ = c2.tick().await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        let (proven, body) = c.set_cluster(true, Duration::from_millis(300)).await;
+        assert!(!proven, "{body}");
+        assert_eq!(body["unconfirmed"], json!(["n2"]), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("not proven"),
+            "{body}"
+        );
+        lock(&store.members).retain(|m| m.node != "n2");
+        let (proven, body) = c.set_cluster(true, Duration::from_secs(10)).await;
+        ticker.abort();
+        assert!(proven, "{body}");
+        assert_eq!(body["members"][0]["confirmed"], true, "{body}");
+    }
+}
