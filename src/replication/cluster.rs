@@ -435,6 +435,8 @@ mod tests {
         state: Mutex<FreezeState>,
         members: Mutex<Vec<MemberReport>>,
         down: std::sync::atomic::AtomicBool,
+        /// Entry writes fail, reads work.
+        beats_down: std::sync::atomic::AtomicBool,
     }
 
     impl Mem {
@@ -467,6 +469,9 @@ mod tests {
         fn heartbeat<'a>(&'a self, m: &'a MemberReport) -> BoxFuture<'a, Result<(), String>> {
             Box::pin(async move {
                 self.check()?;
+                if self.beats_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err("read-only".into());
+                }
                 let mut ms = lock(&self.members);
                 ms.retain(|x| x.node != m.node);
                 ms.push(m.clone());
@@ -543,6 +548,25 @@ mod tests {
         c.tick().await.unwrap(); // listed again
         c.tick().await.unwrap(); // read since
         assert!(freeze.begin_write().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_lease_runs_out_with_the_entry_even_while_reads_work() {
+        let store = Arc::new(Mem::default());
+        let ttl = Duration::from_millis(300);
+        let (c, freeze) = cluster(&store, ttl);
+        c.tick().await.unwrap();
+        c.tick().await.unwrap();
+        assert!(freeze.begin_write().is_some());
+        store
+            .beats_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(ttl + Duration::from_millis(50));
+        c.tick().await.unwrap();
+        assert!(
+            freeze.begin_write().is_none(),
+            "the entry expired: a freeze may have been proven without this member"
+        );
     }
 
     #[tokio::test]
