@@ -51,9 +51,11 @@ enum Command {
         /// File holding the admin bearer token (needed for on/off when the sidecar has one).
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// Give up after this many seconds (a freeze waits for the mirror to drain).
-        #[arg(long, default_value_t = 60)]
-        timeout_seconds: u64,
+        /// Give up after this many seconds (a freeze waits for the mirror to drain). Default
+        /// 60; with `--cluster`, the sidecar's own wait (`maintenance.drain_timeout_ms` + 2 s)
+        /// unless given.
+        #[arg(long)]
+        timeout_seconds: Option<u64>,
         /// Every sidecar of the cluster (`[cluster]`): `on` returns once each one confirmed
         /// (exit 1 naming those that did not: the freeze is not proven).
         #[arg(long)]
@@ -238,7 +240,7 @@ async fn maintenance(
     action: MaintenanceAction,
     admin: &str,
     token_file: Option<PathBuf>,
-    timeout_seconds: u64,
+    timeout_seconds: Option<u64>,
     cluster: bool,
 ) -> ExitCode {
     let token = match token_file.as_deref().map(read_secret).transpose() {
@@ -253,20 +255,18 @@ async fn maintenance(
         MaintenanceAction::Off => hyper::Method::DELETE,
         MaintenanceAction::Status => hyper::Method::GET,
     };
-    let path = if !cluster {
-        "/maintenance".to_string()
-    } else if method == hyper::Method::GET {
-        "/cluster/maintenance".to_string()
-    } else {
-        // The sidecar gives up a little before this command does, so its answer (which
-        // names the members that did not confirm) arrives.
-        let ms = timeout_seconds
-            .saturating_mul(1000)
-            .saturating_sub(2000)
-            .max(1000);
-        format!("/cluster/maintenance?timeout_ms={ms}")
+    let path = match (cluster, &method, timeout_seconds) {
+        (false, _, _) => "/maintenance".to_string(),
+        (true, &hyper::Method::GET, _) | (true, _, None) => "/cluster/maintenance".to_string(),
+        (true, _, Some(t)) => {
+            // The sidecar gives up a little before this command does, so its answer (which
+            // names the members that did not confirm) arrives.
+            let ms = t.saturating_mul(1000).saturating_sub(2000).max(1000);
+            format!("/cluster/maintenance?timeout_ms={ms}")
+        }
     };
-    admin_call(admin, method, &path, token.as_deref(), timeout_seconds).await
+    let timeout = timeout_seconds.unwrap_or(60);
+    admin_call(admin, method, &path, token.as_deref(), timeout).await
 }
 
 /// One admin API call: prints the JSON answer; exit 0 on 2xx, 1 otherwise, 69 unreachable.
