@@ -53,15 +53,23 @@ impl RedisClusterStore {
     /// Sends `cmds` pipelined on the kept connection; every reply, or the first error.
     async fn run(&self, cmds: &[Vec<&[u8]>]) -> Result<Vec<BytesFrame>, String> {
         let mut guard = self.conn.lock().await;
+        self.run_on(&mut guard, cmds).await
+    }
+
+    async fn run_on(
+        &self,
+        conn: &mut Option<Conn>,
+        cmds: &[Vec<&[u8]>],
+    ) -> Result<Vec<BytesFrame>, String> {
         let r = tokio::time::timeout(self.timeout, async {
-            if guard.is_none() {
-                *guard = Some(
+            if conn.is_none() {
+                *conn = Some(
                     Conn::connect(&self.leader, self.timeout)
                         .await
                         .map_err(|e| e.to_string())?,
                 );
             }
-            let c = guard.as_mut().ok_or("no connection")?;
+            let c = conn.as_mut().ok_or("no connection")?;
             let mut out = BytesMut::new();
             for cmd in cmds {
                 encode_cmd(&mut out, cmd);
@@ -73,13 +81,31 @@ impl RedisClusterStore {
         .await
         .unwrap_or_else(|_| Err("timed out".into()));
         if r.is_err() {
-            *guard = None; // a half-read pipeline leaves the connection out of step
+            *conn = None; // a half-read pipeline leaves the connection out of step
         }
         let replies = r?;
         match replies.iter().find_map(error_text) {
             Some(e) => Err(e),
             None => Ok(replies),
         }
+    }
+
+    /// Removes `name` from the set if its entry is still gone. `WATCH`ed, on one connection
+    /// held throughout: a member that registers again meanwhile (`SET` then `SADD`) must not
+    /// be left out of the set, or a freeze could be proven without it while it holds a
+    /// write lease.
+    async fn forget(&self, name: &[u8]) -> Result<(), String> {
+        let key = member_key(&String::from_utf8_lossy(name));
+        let mut guard = self.conn.lock().await;
+        let r = self
+            .run_on(&mut guard, &[vec![b"WATCH", &key], vec![b"EXISTS", &key]])
+            .await?;
+        let cmds: Vec<Vec<&[u8]>> = if matches!(r.get(1), Some(BytesFrame::Integer(0))) {
+            vec![vec![b"MULTI"], vec![b"SREM", MEMBERS, name], vec![b"EXEC"]]
+        } else {
+            vec![vec![b"UNWATCH"]]
+        };
+        self.run_on(&mut guard, &cmds).await.map(|_| ())
     }
 }
 
@@ -189,7 +215,6 @@ impl ClusterStore for RedisClusterStore {
             }
             let r = self.run(&cmds).await?;
             let mut out = Vec::new();
-            let mut gone: Vec<&[u8]> = vec![b"SREM", MEMBERS];
             for (name, pair) in names.iter().zip(r.chunks(2)) {
                 let report = pair
                     .first()
@@ -205,12 +230,11 @@ impl ClusterStore for RedisClusterStore {
                         heartbeat_age_ms: report.ttl_ms.saturating_sub(pttl as u64),
                         report,
                     }),
-                    _ => gone.push(name),
+                    // Best effort: a name left behind is only looked up again.
+                    _ => {
+                        let _ = self.forget(name).await;
+                    }
                 }
-            }
-            if gone.len() > 2 {
-                // Best effort: a name left behind is only looked up again.
-                let _ = self.run(&[gone]).await;
             }
             Ok(out)
         })
