@@ -312,6 +312,10 @@ async fn scenario(proto: Proto, leader: &str, follower: &str) {
             .expect("write after the unfreeze");
     }
 
+    if proto == Proto::Redis {
+        stalled_member_wakes_up_frozen(&n, &admin1).await;
+    }
+
     // statemirror's own keys/znodes stay on the leader: not mirrored, not resynced, not
     // reported by verify.
     let (code, body) = statemirror::admin::client::request(
@@ -343,6 +347,50 @@ async fn scenario(proto: Proto, leader: &str, follower: &str) {
     // A member killed without a goodbye drops out once its TTL passed.
     n[2].proc.kill();
     wait_members(&admin1, &["n1", "n2"]).await;
+}
+
+/// A member stopped for longer than its TTL drops out, and a freeze is proven without it.
+/// When it wakes up, its write lease has run out with its entry: the write it was sent while
+/// stopped is refused, not forwarded, and it reads the state again (frozen).
+async fn stalled_member_wakes_up_frozen(n: &[Sidecar], admin1: &str) {
+    let stopped = Frozen::new(n[2].proc.pid());
+    wait_members(admin1, &["n1", "n2"]).await;
+    let (code, body) = statemirror::admin::client::request(
+        admin1,
+        hyper::Method::PUT,
+        "/maintenance?cluster=true",
+        None,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("PUT /maintenance?cluster=true");
+    assert_eq!(code, 200, "freeze without the stopped member: {body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(names(&v["members"]), ["n1", "n2"], "{v}");
+    let addr = n[2]
+        .proc
+        .url
+        .trim_start_matches("redis://")
+        .parse()
+        .expect("addr");
+    let mut raw = Raw::connect(addr).await; // the kernel completes the handshake for it
+    raw.send(&["SET", "woke", "v"]).await;
+    drop(stopped); // SIGCONT
+    let r = raw
+        .read_within(Duration::from_secs(10))
+        .await
+        .expect("a reply");
+    assert!(
+        matches!(&r, Resp::Error(e) if e.contains("frozen for maintenance")),
+        "{r:?}"
+    );
+    wait_members(admin1, &["n1", "n2", "n3"]).await;
+    let (code, v, err) = cli(&["maintenance", "off", "--cluster", "--admin", admin1]).await;
+    assert_eq!(code, 0, "cluster unfreeze: {v} {err}");
+    eventually(Duration::from_secs(10), || async {
+        write(Proto::Redis, &n[2], "woke").await
+    })
+    .await;
 }
 
 async fn assert_own_state_only_on_leader(proto: Proto, leader: &str, follower: &str) {

@@ -13,7 +13,7 @@
 //! | `POST /resync` | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
 //! | `GET /cluster` | `[cluster]`: the cluster-wide freeze state and every member (queue, lag, sync, maintenance, heartbeat age) |
 //! | `GET /cluster/maintenance` | what this sidecar last read of the cluster-wide freeze |
-//! | `PUT /cluster/maintenance[?timeout_ms=N]` | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not |
+//! | `PUT /cluster/maintenance[?timeout_ms=N]` | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
 //! | `DELETE /cluster/maintenance[?timeout_ms=N]` | resume writes on every sidecar; same answer |
 //!
 //! With `admin.token_file` set, `PUT`, `DELETE`, `POST` and `GET /verify` (it loads both

@@ -35,6 +35,11 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
             .body(Full::new(Bytes::from(state.prom.render())))
             .unwrap_or_default(),
         (&Method::GET, "/maintenance") => json_resp(StatusCode::OK, maintenance(state)),
+        (m @ (&Method::PUT | &Method::DELETE), "/maintenance")
+            if query_param(&req, "cluster").as_deref() == Some("true") =>
+        {
+            super::cluster_routes::set(state, &req, m == Method::PUT).await
+        }
         (&Method::PUT, "/maintenance") => {
             if let Some(r) = unauthorized(state, &req) {
                 return r;
