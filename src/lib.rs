@@ -8,7 +8,7 @@
 //! - [`zookeeper`]: the ZooKeeper sidecar (hand-written jute codec, sessions, mirror);
 //! - [`listener`]: the accept loop both sidecars share;
 //! - [`replication`]: the protocol-independent core: mirror queue, follower writer, write
-//!   freeze, backend health;
+//!   freeze, the cluster-wide freeze (`[cluster]`), backend health;
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/maintenance`) and its client used by the CLI;
 //! - [`sidecar`]: what the admin API needs from a sidecar, whatever its protocol;
