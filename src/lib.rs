@@ -8,7 +8,7 @@
 //! - [`zookeeper`]: the ZooKeeper sidecar (hand-written jute codec, sessions, mirror);
 //! - [`listener`]: the accept loop both sidecars share;
 //! - [`replication`]: the protocol-independent core: mirror queue, follower writer, write
-//!   freeze, backend health;
+//!   freeze, the cluster-wide freeze (`[cluster]`), backend health;
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/maintenance`) and its client used by the CLI;
 //! - [`sidecar`]: what the admin API needs from a sidecar, whatever its protocol;
@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use config::Resolved;
 use redis::server::RedisSidecar;
+use replication::cluster::{Cluster, ClusterStore};
 use replication::freeze::Freeze;
 use replication::queue::{wait_drained, MirrorView};
 use sidecar::Sidecar;
@@ -57,6 +58,8 @@ pub struct App {
     pub redis: Option<Arc<RedisSidecar>>,
     pub zookeeper: Option<Arc<ZkSidecar>>,
     pub freeze: Arc<Freeze>,
+    /// The cluster-wide freeze and member list (`[cluster]`).
+    pub cluster: Option<Arc<Cluster>>,
     /// Stops serving: listeners, sessions (after the replies they owe), health, resync.
     pub shutdown: CancellationToken,
     /// Stops the follower writers: cancelled last, once the mirror drained (see `stop`).
@@ -160,6 +163,16 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
     let shutdown = CancellationToken::new();
     let writer_stop = CancellationToken::new();
     let freeze = Freeze::new();
+    let cluster = cluster(&resolved, freeze.clone());
+    if let Some(c) = &cluster {
+        // Before any listener accepts: read the state, get listed, read again, so the
+        // sidecar serves writes from its first client on (unless the cluster is frozen).
+        // Until then the write lease refuses them (see `replication::cluster`).
+        let first = c.tick().await;
+        if let Err(e) = first.and(c.tick().await) {
+            tracing::warn!(error = %e, "cannot read the cluster freeze state at start; writes are refused until it can be read");
+        }
+    }
     let mut redis = None;
     if let (Some(r), Some(rc)) = (&resolved.redis, &cfg.redis) {
         let s = redis::server::start(
@@ -201,12 +214,17 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         redis,
         zookeeper,
         freeze,
+        cluster,
         shutdown,
         writer_stop,
         drain_timeout: Duration::from_millis(cfg.maintenance.drain_timeout_ms),
     };
+    if let Some(c) = &app.cluster {
+        c.spawn(app.mirrors(), app.shutdown.clone());
+    }
     let state = admin::AdminState {
         freeze: app.freeze.clone(),
+        cluster: app.cluster.clone(),
         sidecars: app.sidecars(),
         mirrors: app.mirrors(),
         prom,
@@ -222,6 +240,35 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
             source,
         })?;
     Ok(app)
+}
+
+/// The cluster state's home: the Redis leader when there is a `[redis]` sidecar, else the
+/// ZooKeeper leader (every sidecar of a cluster has the same sections, so all pick the same).
+fn cluster(resolved: &Resolved, freeze: Arc<Freeze>) -> Option<Arc<Cluster>> {
+    let cc = resolved.config.cluster.as_ref()?;
+    let ttl = Duration::from_millis(cc.member_ttl_ms);
+    // Each poll must end well within the TTL, or a slow leader would expire live members.
+    let op_timeout = |connect_ms: u64| Duration::from_millis(connect_ms).min(ttl / 3);
+    let store: Arc<dyn ClusterStore> = match (&resolved.redis, &resolved.config.redis) {
+        (Some(r), Some(rc)) => Arc::new(redis::cluster::RedisClusterStore::new(
+            r.leader.clone(),
+            op_timeout(rc.connect_timeout_ms.max(1000)),
+            cc.member_ttl_ms,
+        )),
+        _ => {
+            let (z, zc) = (
+                resolved.zookeeper.as_ref()?,
+                resolved.config.zookeeper.as_ref()?,
+            );
+            Arc::new(zookeeper::cluster::ZkClusterStore::new(
+                z,
+                zc,
+                op_timeout(zc.connect_timeout_ms.max(1000)),
+                cc.member_ttl_ms,
+            ))
+        }
+    };
+    Some(Cluster::new(resolved.node_name.clone(), store, freeze, ttl))
 }
 
 /// Verifiers for every sidecar with a follower, built from the config alone (no proxy runs):

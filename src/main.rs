@@ -51,9 +51,25 @@ enum Command {
         /// File holding the admin bearer token (needed for on/off when the sidecar has one).
         #[arg(long)]
         token_file: Option<PathBuf>,
-        /// Give up after this many seconds (a freeze waits for the mirror to drain).
-        #[arg(long, default_value_t = 60)]
-        timeout_seconds: u64,
+        /// Give up after this many seconds (a freeze waits for the mirror to drain). Default
+        /// 60; with `--cluster`, the sidecar's own wait (`maintenance.drain_timeout_ms` + 2 s)
+        /// unless given.
+        #[arg(long)]
+        timeout_seconds: Option<u64>,
+        /// Every sidecar of the cluster (`[cluster]`): `on` returns once each one confirmed
+        /// (exit 1 naming those that did not: the freeze is not proven).
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Show a running sidecar's `/status`, or with `--cluster` every sidecar of the cluster
+    /// (queue, lag, sync, maintenance, heartbeat age).
+    Status {
+        /// The cluster's member list instead of this sidecar's status.
+        #[arg(long)]
+        cluster: bool,
+        /// Admin API base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9480")]
+        admin: String,
     },
 
     /// Compare leader and follower now, straight from the config's backends (no running
@@ -152,7 +168,12 @@ fn main() -> ExitCode {
                 admin,
                 token_file,
                 timeout_seconds,
-            } => maintenance(action, &admin, token_file, timeout_seconds).await,
+                cluster,
+            } => maintenance(action, &admin, token_file, timeout_seconds, cluster).await,
+            Command::Status { cluster, admin } => {
+                let path = if cluster { "/cluster" } else { "/status" };
+                admin_call(&admin, hyper::Method::GET, path, None, 10).await
+            }
             Command::Verify {
                 config,
                 max_differences,
@@ -219,7 +240,8 @@ async fn maintenance(
     action: MaintenanceAction,
     admin: &str,
     token_file: Option<PathBuf>,
-    timeout_seconds: u64,
+    timeout_seconds: Option<u64>,
+    cluster: bool,
 ) -> ExitCode {
     let token = match token_file.as_deref().map(read_secret).transpose() {
         Ok(t) => t,
@@ -233,11 +255,33 @@ async fn maintenance(
         MaintenanceAction::Off => hyper::Method::DELETE,
         MaintenanceAction::Status => hyper::Method::GET,
     };
+    let path = match (cluster, &method, timeout_seconds) {
+        (false, _, _) => "/maintenance".to_string(),
+        (true, &hyper::Method::GET, _) | (true, _, None) => "/cluster/maintenance".to_string(),
+        (true, _, Some(t)) => {
+            // The sidecar gives up a little before this command does, so its answer (which
+            // names the members that did not confirm) arrives.
+            let ms = t.saturating_mul(1000).saturating_sub(2000).max(1000);
+            format!("/cluster/maintenance?timeout_ms={ms}")
+        }
+    };
+    let timeout = timeout_seconds.unwrap_or(60);
+    admin_call(admin, method, &path, token.as_deref(), timeout).await
+}
+
+/// One admin API call: prints the JSON answer; exit 0 on 2xx, 1 otherwise, 69 unreachable.
+async fn admin_call(
+    admin: &str,
+    method: hyper::Method,
+    path: &str,
+    token: Option<&str>,
+    timeout_seconds: u64,
+) -> ExitCode {
     match client::request(
         admin,
         method,
-        "/maintenance",
-        token.as_deref(),
+        path,
+        token,
         Duration::from_secs(timeout_seconds),
     )
     .await

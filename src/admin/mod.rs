@@ -11,12 +11,17 @@
 //! | `DELETE /maintenance` | resume writes |
 //! | `GET /verify` | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
 //! | `POST /resync` | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
+//! | `GET /cluster` | `[cluster]`: the cluster-wide freeze state and every member (queue, lag, sync, maintenance, heartbeat age) |
+//! | `GET /cluster/maintenance` | what this sidecar last read of the cluster-wide freeze |
+//! | `PUT /cluster/maintenance[?timeout_ms=N]` | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
+//! | `DELETE /cluster/maintenance[?timeout_ms=N]` | resume writes on every sidecar; same answer |
 //!
 //! With `admin.token_file` set, `PUT`, `DELETE`, `POST` and `GET /verify` (it loads both
 //! backends and returns NiFi state values) need `Authorization: Bearer <token>`.
 //! Errors are JSON `{"error": "..."}` with a 4xx status.
 
 pub mod client;
+mod cluster_routes;
 mod routes;
 
 use std::net::SocketAddr;
@@ -30,6 +35,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::replication::cluster::Cluster;
 use crate::replication::freeze::Freeze;
 use crate::replication::queue::MirrorView;
 use crate::sidecar::Sidecar;
@@ -37,6 +43,8 @@ use crate::sidecar::Sidecar;
 /// Everything the routes read.
 pub struct AdminState {
     pub freeze: Arc<Freeze>,
+    /// `[cluster]`: the cluster-wide freeze and member list.
+    pub cluster: Option<Arc<Cluster>>,
     pub sidecars: Vec<Arc<dyn Sidecar>>,
     pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
     pub prom: PrometheusHandle,

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::AdminState;
 use crate::replication::queue::wait_drained;
 
-type Resp = Response<Full<Bytes>>;
+pub(super) type Resp = Response<Full<Bytes>>;
 
 pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
@@ -35,6 +35,11 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
             .body(Full::new(Bytes::from(state.prom.render())))
             .unwrap_or_default(),
         (&Method::GET, "/maintenance") => json_resp(StatusCode::OK, maintenance(state)),
+        (m @ (&Method::PUT | &Method::DELETE), "/maintenance")
+            if query_param(&req, "cluster").as_deref() == Some("true") =>
+        {
+            super::cluster_routes::set(state, &req, m == Method::PUT).await
+        }
         (&Method::PUT, "/maintenance") => {
             if let Some(r) = unauthorized(state, &req) {
                 return r;
@@ -58,6 +63,9 @@ pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
             }
             state.freeze.unfreeze();
             json_resp(StatusCode::OK, maintenance(state))
+        }
+        (_, "/cluster" | "/cluster/maintenance") => {
+            super::cluster_routes::handle(state, &req).await
         }
         (&Method::GET, "/verify") => {
             // A read, but it loads both backends and returns NiFi state values.
@@ -165,7 +173,7 @@ async fn verify(state: &AdminState, max: usize) -> Resp {
 }
 
 /// The value of `name` in the query string (no percent-decoding: values are plain words).
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+pub(super) fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri().query()?.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| v.to_string())
@@ -195,6 +203,9 @@ fn maintenance(state: &AdminState) -> Value {
         .collect();
     json!({
         "frozen": f.is_frozen(),
+        "local_maintenance": f.is_frozen_locally(),
+        "cluster_frozen": f.is_cluster_frozen(),
+        "cluster": state.cluster.as_ref().map(|c| c.local_view()),
         "frozen_since_unix": since,
         "writes_in_flight": f.in_flight(),
         "follower_in_sync": state.mirrors.iter().all(|(_, m)| m.status().in_sync),
@@ -202,7 +213,7 @@ fn maintenance(state: &AdminState) -> Value {
     })
 }
 
-fn unauthorized(state: &AdminState, req: &Request<Incoming>) -> Option<Resp> {
+pub(super) fn unauthorized(state: &AdminState, req: &Request<Incoming>) -> Option<Resp> {
     let token = state.token.as_ref()?;
     let given = req
         .headers()
@@ -228,18 +239,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn method_not_allowed(allow: &'static str) -> Resp {
+pub(super) fn method_not_allowed(allow: &'static str) -> Resp {
     let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     r.headers_mut()
         .insert(header::ALLOW, header::HeaderValue::from_static(allow));
     r
 }
 
-fn error(code: StatusCode, msg: &str) -> Resp {
+pub(super) fn error(code: StatusCode, msg: &str) -> Resp {
     json_resp(code, json!({"error": msg}))
 }
 
-fn json_resp(code: StatusCode, v: Value) -> Resp {
+pub(super) fn json_resp(code: StatusCode, v: Value) -> Resp {
     let mut body = serde_json::to_vec_pretty(&v).unwrap_or_default();
     body.push(b'\n');
     Response::builder()

@@ -25,7 +25,7 @@ use serde::Deserialize;
 pub use backend::{parse_connect_string, read_secret, RedisBackend, Secret};
 pub use error::ConfigError;
 pub use sections::{
-    AdminConfig, CopyFormat, LogConfig, LogFormat, MaintenanceConfig, RedisConfig,
+    AdminConfig, ClusterConfig, CopyFormat, LogConfig, LogFormat, MaintenanceConfig, RedisConfig,
     ReplicationConfig, ResyncConfig, VerifyConfig, ZooKeeperConfig,
 };
 
@@ -43,6 +43,9 @@ pub struct Config {
     pub zookeeper: Option<ZooKeeperConfig>,
     pub replication: ReplicationConfig,
     pub maintenance: MaintenanceConfig,
+    /// The cluster-wide freeze and member list; absent = off (nothing is written to the
+    /// leader backend for it).
+    pub cluster: Option<ClusterConfig>,
     pub resync: ResyncConfig,
     pub verify: VerifyConfig,
 }
@@ -53,6 +56,8 @@ pub struct Resolved {
     pub config: Config,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    /// `cluster.node_name`, or the hostname.
+    pub node_name: String,
     pub redis: Option<ResolvedRedis>,
     pub zookeeper: Option<ResolvedZk>,
 }

@@ -1,5 +1,5 @@
 //! The per-section structs of the config file (`[admin]`, `[log]`, `[redis]`, `[zookeeper]`,
-//! `[replication]`, `[maintenance]`, `[resync]`, `[verify]`) and their defaults: the
+//! `[replication]`, `[maintenance]`, `[cluster]`, `[resync]`, `[verify]`) and their defaults: the
 //! `Default` impls here are the one place defaults live, and `README.md` mirrors them.
 
 use std::path::PathBuf;
@@ -226,6 +226,28 @@ impl Default for ReplicationConfig {
 pub struct MaintenanceConfig {
     /// How long `PUT /maintenance` waits for in-flight writes and the mirror to drain. Default 10000.
     pub drain_timeout_ms: u64,
+}
+
+/// The cluster-wide freeze and member list, kept in the leader backend (see
+/// `replication::cluster`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// This sidecar's name in the member list (`GET /cluster`); unique per cluster. Default:
+    /// the hostname (the pod name in Kubernetes).
+    pub node_name: Option<String>,
+    /// A member that has not refreshed its entry for this long drops out of the list (and
+    /// out of what a cluster freeze waits for). It refreshes every third of it. Default 15000.
+    pub member_ttl_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_name: None,
+            member_ttl_ms: 15_000,
+        }
+    }
 }
 
 /// Full resync: copying the leader's whole state to an out-of-sync follower while clients

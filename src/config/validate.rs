@@ -55,6 +55,19 @@ impl Config {
         if self.resync.retry_interval_ms == 0 {
             err("resync.retry_interval_ms", "must be at least 1".into());
         }
+        let node_name = self
+            .cluster
+            .as_ref()
+            .and_then(|c| c.node_name.clone())
+            .unwrap_or_else(hostname);
+        if let Some(c) = &self.cluster {
+            if let Err(m) = check_node_name(&node_name) {
+                err("cluster.node_name", m);
+            }
+            if c.member_ttl_ms < 1000 {
+                err("cluster.member_ttl_ms", "must be at least 1000".into());
+            }
+        }
         if self.verify.max_differences == 0 {
             err("verify.max_differences", "must be at least 1".into());
         }
@@ -226,11 +239,38 @@ impl Config {
                 config: self,
                 admin_listen,
                 admin_token,
+                node_name,
                 redis,
                 zookeeper,
             }),
             _ => Err(errs),
         }
+    }
+}
+
+/// The hostname (the pod name in Kubernetes), for `cluster.node_name`'s default.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "statemirror".into())
+}
+
+/// The name becomes part of a Redis key and a znode name: a plain word.
+fn check_node_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 128
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok && n != "." && n != ".." {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n:?}: must be 1 to 128 of A-Z a-z 0-9 - _ . (it names a key and a znode)"
+        ))
     }
 }
 
@@ -286,5 +326,27 @@ mod tests {
         ] {
             assert!(paths.contains(&p), "{p} missing from {paths:?}");
         }
+    }
+
+    #[test]
+    fn cluster_section_checks_node_name_and_ttl() {
+        let base = "[redis]\nleader = \"redis://127.0.0.1:1\"\n";
+        let r = Config::from_toml(&format!("{base}[cluster]\nnode_name = \"nifi-0\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(r.node_name, "nifi-0");
+        assert_eq!(r.config.cluster.map(|c| c.member_ttl_ms), Some(15_000));
+        let errs = Config::from_toml(&format!(
+            "{base}[cluster]\nnode_name = \"a/b\"\nmember_ttl_ms = 10\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["cluster.node_name", "cluster.member_ttl_ms"]);
+        // No section: cluster mode off, the name still defaults to the hostname.
+        let r = Config::from_toml(base).unwrap().validate().unwrap();
+        assert!(r.config.cluster.is_none() && !r.node_name.is_empty());
     }
 }

@@ -21,6 +21,7 @@
 //! redirections, Sentinel discovery.
 
 pub mod backend;
+pub mod cluster;
 pub mod command;
 pub mod generation;
 pub mod inflight;

@@ -236,8 +236,9 @@ pub async fn scan(
                 Some(BytesFrame::Array(ks)) => ks
                     .into_iter()
                     .filter_map(|k| match k {
-                        // statemirror's own marker is neither copied nor compared.
-                        BytesFrame::BulkString(b) if b != super::generation::KEY => Some(b),
+                        // statemirror's own keys (generation marker, cluster freeze and
+                        // members) are neither copied, deleted nor compared.
+                        BytesFrame::BulkString(b) if !super::cluster::is_own_key(&b) => Some(b),
                         _ => None,
                     })
                     .collect(),

@@ -4,12 +4,14 @@
 //! - [`worker`]: the follower writer loop (batching, retry with backoff, rate-limited
 //!   warnings) around a protocol's [`worker::Applier`];
 //! - [`freeze`]: the maintenance write freeze and its in-flight write accounting;
+//! - [`cluster`]: the cluster-wide freeze and member list kept in the leader backend;
 //! - [`health`]: backend up/down state shared by health checks and sessions;
 //! - [`resync`]: the full-resync controller (when to run, pacing, progress) around a
 //!   protocol's walker;
 //! - [`verify`]: the comparison report, its schedule and last result; [`nifi`]: NiFi's state
 //!   formats, so a report names the component and entry that differ.
 
+pub mod cluster;
 pub mod freeze;
 pub mod generation;
 pub mod health;

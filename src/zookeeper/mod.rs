@@ -21,6 +21,7 @@
 //! - [`verify`]: comparing both trees node by node, NiFi state decoded.
 
 pub mod client;
+pub mod cluster;
 pub mod ephemeral;
 pub mod frame;
 pub mod generation;
