@@ -10,6 +10,32 @@ use super::{getkeys_frame, swapdb_of, DbMoves, Effect, Item, Plan, RedisOp};
 use crate::redis::backend::{encode_cmd, error_text, BackendError};
 use crate::replication::worker::ApplyError;
 
+/// Appends, for every key `plans` read, each of `cmds` with the key as last argument, with a
+/// `SELECT` of the leader database it is read from whenever that changes. Returns how many
+/// commands (replies) that makes.
+fn encode_reads(plans: &[SmallVec<[Plan; 2]>], out: &mut BytesMut, cmds: &[&[&[u8]]]) -> usize {
+    let mut n = 0;
+    let mut db = None;
+    let mut args: SmallVec<[&[u8]; 4]> = SmallVec::new();
+    for p in plans.iter().flatten() {
+        if let Plan::Read { from, key, .. } = p {
+            if db != Some(*from) {
+                encode_cmd(out, &[b"SELECT", from.to_string().as_bytes()]);
+                db = Some(*from);
+                n += 1;
+            }
+            for cmd in cmds {
+                args.clear();
+                args.extend_from_slice(cmd);
+                args.push(key);
+                encode_cmd(out, &args);
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 /// Most estimated bytes of key state read from the leader before they are written to the
 /// follower (the default `replication.batch_max_bytes`): the memory a batch of copies holds.
 pub(super) const COPY_READ_BUDGET: usize = 8 << 20;
@@ -160,19 +186,7 @@ impl RedisApplier {
             return Ok(vec![0; plans.len()]);
         }
         let mut out = BytesMut::new();
-        let mut n = 0usize;
-        let mut db = None;
-        for p in plans.iter().flatten() {
-            if let Plan::Read { from: d, key, .. } = p {
-                if db != Some(*d) {
-                    encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
-                    db = Some(*d);
-                    n += 1;
-                }
-                encode_cmd(&mut out, &[b"MEMORY", b"USAGE", key]);
-                n += 1;
-            }
-        }
+        let mut n = encode_reads(plans, &mut out, &[&[b"MEMORY", b"USAGE"]]);
         encode_cmd(
             &mut out,
             &[b"SELECT", self.leader.db.to_string().as_bytes()],
@@ -220,20 +234,7 @@ impl RedisApplier {
         };
         let mut out = BytesMut::new();
         encode_cmd(&mut out, &[b"MULTI"]);
-        let mut reads = 0usize;
-        let mut db = None;
-        for p in plans.iter().flatten() {
-            if let Plan::Read { from: d, key, .. } = p {
-                if db != Some(*d) {
-                    encode_cmd(&mut out, &[b"SELECT", d.to_string().as_bytes()]);
-                    db = Some(*d);
-                    reads += 1;
-                }
-                encode_cmd(&mut out, &[b"DUMP", key]);
-                encode_cmd(&mut out, &[ttl_cmd, key]);
-                reads += 2;
-            }
-        }
+        let reads = encode_reads(&plans, &mut out, &[&[b"DUMP"], &[ttl_cmd]]);
         let mut values: Vec<BytesFrame> = Vec::new();
         if reads > 0 {
             // Leave the connection on its configured database afterwards.
