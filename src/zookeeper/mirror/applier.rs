@@ -85,6 +85,9 @@ pub(super) struct Sub {
     pub(super) ok: &'static [i32],
     /// A delete: `NOT_EMPTY` means the subtree must be listed and deleted first.
     pub(super) delete: bool,
+    /// The reply code that proves the follower lacked this node the leader has (a `setACL`
+    /// finding nothing): the node is not there until a resync copies it.
+    pub(super) gap_if: Option<i32>,
 }
 
 /// What became of one item (or of a plain step).
@@ -441,14 +444,10 @@ impl ZkApplier {
                 let outcome = match how {
                     Sent::Plain(i) => {
                         let Some(r) = replies.get(*i) else { break };
-                        // The follower lacks a node the leader has: a setACL does nothing and
-                        // a setData's fix-up creates it with an open ACL. Its zxid is still
-                        // recorded (so an older copy of the node is skipped): a resync must
-                        // copy it again.
-                        if let (
-                            [Item::SetAcl { path, .. } | Item::SetData { path, .. }],
-                            err::NO_NODE,
-                        ) = (items.as_slice(), r.err)
+                        // A setACL that finds no node does nothing, while its zxid is
+                        // recorded (an older copy of the node would be skipped): flagged.
+                        if let ([Item::SetAcl { path, .. }], err::NO_NODE) =
+                            (items.as_slice(), r.err)
                         {
                             self.missing.0 += 1;
                             self.missing.1.get_or_insert_with(|| path.clone());
@@ -478,6 +477,14 @@ impl ZkApplier {
                             let it = &items[*k];
                             let subs =
                                 robust_at(it, steps[*s].0, &subtrees, &self.applied, &mut ensured);
+                            let lacked = replies[range.clone()]
+                                .iter()
+                                .zip(&subs)
+                                .any(|(r, x)| x.gap_if == Some(r.err));
+                            if lacked {
+                                self.missing.0 += 1;
+                                self.missing.1.get_or_insert_with(|| it.path().to_string());
+                            }
                             let bad = replies[range.clone()]
                                 .iter()
                                 .zip(&subs)

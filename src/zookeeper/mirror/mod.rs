@@ -14,8 +14,12 @@
 //! for it is skipped and flagged rather than applied over a newer write. When a leader
 //! server's own zxid goes back (restarted empty, restored, a new ensemble), the session side
 //! queues a reset marker ahead of the new history's writes and the map starts afresh there.
-//! A `setData`/`setACL` that finds its node missing on the follower marks it out of sync:
-//! the node's ACL or data cannot be the leader's until a resync copies it again.
+//! A `setACL` that finds its node missing on the follower marks it out of sync: nothing is
+//! created, so the node is missing until a resync copies it again. A `setData` that finds
+//! its node missing creates it with the data (and an open ACL) without flagging: this
+//! happens when the follower ensemble's members restart under load (a create seemingly
+//! lost with a session move; not yet explained), and flagging it cost a full resync each
+//! time.
 //!
 //! Client ephemerals are not mirrored (unless `mirror_ephemeral`), and neither are writes to
 //! them: the reply's stat names the node's ephemeral owner, and a `setData`/`setACL` of an

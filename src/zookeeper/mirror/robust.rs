@@ -72,6 +72,7 @@ pub(super) fn robust(
         delete: matches!(item, Item::Delete { .. }),
         call: item.call(),
         ok,
+        gap_if: None,
     };
     let mut out = Vec::new();
     let mut parents = |path: &str, out: &mut Vec<Sub>| {
@@ -122,10 +123,15 @@ pub(super) fn robust(
                 mode: create_mode::PERSISTENT,
                 ttl: 0,
             };
+            // A node created here gets an open ACL: data right, ACL maybe not (the
+            // leader's create was mirrored before, unless a session move lost it).
             out.push(sub(create, EXISTS));
             out.push(sub(it.clone(), NONE));
         }
-        Item::SetAcl { .. } => out.push(sub(it.clone(), GONE)),
+        Item::SetAcl { .. } => out.push(Sub {
+            gap_if: Some(err::NO_NODE),
+            ..sub(it.clone(), GONE)
+        }),
         Item::Delete { .. } => {
             for p in subtree.unwrap_or_default() {
                 out.push(sub(Item::Delete { path: p.clone() }, GONE));
