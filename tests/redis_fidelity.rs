@@ -610,25 +610,20 @@ async fn sync_and_psync_are_relayed_raw() {
 
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
     let rc = replica.conn().await;
-    eventually(WAIT, || async {
-        let v: Option<String> = redis::cmd("GET")
-            .arg("r11")
-            .query_async(&mut rc.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        (v.as_deref() == Some("before"))
-            .then_some(())
-            .ok_or(format!("{v:?}"))
-    })
-    .await;
+    replica_holds(&rc, "r11", "before").await;
     assert_eq!(a.cmd(&["SET", "r11", "after"]).await, ok());
+    replica_holds(&rc, "r11", "after").await;
+}
+
+/// Waits (bounded) until the replica's `key` holds `want`.
+async fn replica_holds(rc: &redis::aio::MultiplexedConnection, key: &str, want: &str) {
     eventually(WAIT, || async {
         let v: Option<String> = redis::cmd("GET")
-            .arg("r11")
+            .arg(key)
             .query_async(&mut rc.clone())
             .await
             .map_err(|e| e.to_string())?;
-        (v.as_deref() == Some("after"))
+        (v.as_deref() == Some(want))
             .then_some(())
             .ok_or(format!("{v:?}"))
     })
