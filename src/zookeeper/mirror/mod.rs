@@ -16,10 +16,13 @@
 //! queues a reset marker ahead of the new history's writes and the map starts afresh there.
 //! A `setACL` that finds its node missing on the follower marks it out of sync: nothing is
 //! created, so the node is missing until a resync copies it again. A `setData` that finds
-//! its node missing creates it with the data (and an open ACL) without flagging: this
-//! happens when the follower ensemble's members restart under load (a create seemingly
-//! lost with a session move; not yet explained), and flagging it cost a full resync each
-//! time.
+//! its node missing creates it with the data (and an open ACL) without flagging. That is the
+//! normal way a create acknowledged on one client connection and a `setData` acknowledged
+//! on another just after it can reach the writer: acknowledgements are queued as each
+//! connection's reply is handled, so the `setData` can land in the batch before the create's
+//! (zxids order a batch, not the queue). The `setData` carries the node's whole data, and the
+//! create that follows is older than it and skipped; only the create's ACL is lost (NiFi's
+//! nodes are open). Flagging it cost a full resync every time it happened under load.
 //!
 //! Client ephemerals are not mirrored (unless `mirror_ephemeral`), and neither are writes to
 //! them: the reply's stat names the node's ephemeral owner, and a `setData`/`setACL` of an

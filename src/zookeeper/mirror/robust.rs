@@ -123,8 +123,8 @@ pub(super) fn robust(
                 mode: create_mode::PERSISTENT,
                 ttl: 0,
             };
-            // A node created here gets an open ACL: data right, ACL maybe not (the
-            // leader's create was mirrored before, unless a session move lost it).
+            // A node created here gets an open ACL: data right, ACL maybe not (see the
+            // module comment: usually the create is queued just behind this setData).
             out.push(sub(create, EXISTS));
             out.push(sub(it.clone(), NONE));
         }
