@@ -103,12 +103,6 @@ impl RedisApplier {
                 |e| !matches!(e, Effect::Replay { cmd, .. } if done.contains(&replay_id(cmd))),
             );
         }
-        for e in effects.iter().flatten() {
-            if let Effect::Replay { cmd, .. } = e {
-                self.replays_sent
-                    .push((replay_id(cmd), swapdb_of(cmd).is_some()));
-            }
-        }
         let mut out = BytesMut::new();
         // Per op: how many replies and whether they are wrapped in MULTI.
         let mut shape: Vec<(usize, bool)> = Vec::with_capacity(effects.len());
@@ -201,6 +195,14 @@ impl RedisApplier {
         }
         if total == 0 {
             return Ok(0);
+        }
+        // Connected: from here the replays may run, whatever happens to the replies.
+        self.follower().await?;
+        for e in effects.iter().flatten() {
+            if let Effect::Replay { cmd, .. } = e {
+                self.replays_sent
+                    .push((replay_id(cmd), swapdb_of(cmd).is_some()));
+            }
         }
         let conn = self.follower().await?;
         let sent = conn.roundtrip(&out, total).await;
