@@ -396,9 +396,12 @@ async fn a_client_that_stops_reading_is_dropped_and_its_writes_mirrored() {
     c.create("/big", &big, &persistent()).await.expect("big");
     c.create("/w", b"before", &persistent()).await.expect("w");
 
-    // Far more replies than the sockets between them hold, then a write; never read.
+    // Far more replies than the sockets between them hold, then a write; never read. The
+    // session timeout (6 s) leaves the proxy time to collect the 30 MB of owed replies after
+    // it drops the client (at 2/3 of it) and before the leader expires the session, even on a
+    // loaded machine; were the session to expire first, the write would be flagged instead.
     let (mut raw, resp) =
-        RawZk::handshake(proxy.addr(), 0, Bytes::from(vec![0; 16]), 0, false, 2000)
+        RawZk::handshake(proxy.addr(), 0, Bytes::from(vec![0; 16]), 0, false, 6000)
             .await
             .expect("session");
     assert!(resp.time_out > 0);
