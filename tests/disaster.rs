@@ -64,6 +64,28 @@ async fn user_keys(c: &mut redis::aio::MultiplexedConnection) -> usize {
     n - marker
 }
 
+/// An operator's `POST /resync` is accepted, and the run it starts ends `refused`.
+async fn resync_is_refused(p: &BinProxy, protocol: &str) {
+    let (code, _) = statemirror::admin::client::request(
+        &p.admin,
+        hyper::Method::POST,
+        "/resync",
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("POST /resync");
+    assert!(code < 300);
+    eventually(Duration::from_secs(10), || async {
+        let s = p.status().await?;
+        let last = &s[protocol]["resync"]["last"];
+        (last["outcome"] == "refused")
+            .then_some(())
+            .ok_or(format!("{last}"))
+    })
+    .await;
+}
+
 async fn mirror(p: &BinProxy, protocol: &str) -> Value {
     p.status()
         .await
@@ -843,24 +865,7 @@ async fn redis_leader_restarted_empty_is_flagged_not_resynced_and_recovered_from
     let v: String = f.get("nifi/components/c5").await.expect("GET");
     assert_eq!(v, "{\"version\":500}");
     // An operator's plain resync is refused, and says why.
-    let (code, _) = statemirror::admin::client::request(
-        &p.admin,
-        hyper::Method::POST,
-        "/resync",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("POST /resync");
-    assert!(code < 300);
-    eventually(Duration::from_secs(10), || async {
-        let s = p.status().await?;
-        let last = &s["redis"]["resync"]["last"];
-        (last["outcome"] == "refused")
-            .then_some(())
-            .ok_or(format!("{last}"))
-    })
-    .await;
+    resync_is_refused(&p, "redis").await;
     let n: usize = redis::cmd("DBSIZE")
         .query_async(&mut f)
         .await
@@ -1024,24 +1029,7 @@ async fn zookeeper_leader_restarted_empty_is_flagged_not_resynced_and_recovered_
     let f = zk_client(&follower.addr()).await;
     let kids = f.list_children("/nifi/components").await.expect("children");
     assert_eq!(kids.len(), 70, "the follower keeps every entry");
-    let (code, _) = statemirror::admin::client::request(
-        &p.admin,
-        hyper::Method::POST,
-        "/resync",
-        None,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("POST /resync");
-    assert!(code < 300);
-    eventually(Duration::from_secs(10), || async {
-        let s = p.status().await?;
-        let last = &s["zookeeper"]["resync"]["last"];
-        (last["outcome"] == "refused")
-            .then_some(())
-            .ok_or(format!("{last}"))
-    })
-    .await;
+    resync_is_refused(&p, "zookeeper").await;
     assert_eq!(
         f.list_children("/nifi/components")
             .await
