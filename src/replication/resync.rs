@@ -190,6 +190,8 @@ pub struct Resync {
     progress: Arc<Progress>,
     last: Mutex<Option<LastRun>>,
     runs_total: AtomicU64,
+    /// Runs by outcome (completed, failed, restarted), as in `runs_c`, for `/status`.
+    runs_by: [AtomicU64; 3],
     running_g: Gauge,
     duration_g: Gauge,
     runs_c: [Counter; 3],
@@ -219,6 +221,7 @@ impl Resync {
             }),
             last: Mutex::new(None),
             runs_total: AtomicU64::new(0),
+            runs_by: Default::default(),
             running_g: gauge!(m::RESYNC_RUNNING, "protocol" => p),
             duration_g: gauge!(m::RESYNC_DURATION, "protocol" => p),
             runs_c: [
@@ -252,6 +255,7 @@ impl Resync {
             error: Some(why),
         });
         self.runs_total.fetch_add(1, Ordering::Relaxed);
+        self.runs_by[1].fetch_add(1, Ordering::Relaxed);
         self.runs_c[1].increment(1);
     }
 
@@ -285,6 +289,12 @@ impl Resync {
             })),
             "last": *lock(&self.last),
             "resyncs_total": self.runs_total.load(Ordering::Relaxed),
+            // A failed run is retried: counting outcomes tells a retry from a new resync.
+            "resyncs_by_outcome": {
+                "completed": self.runs_by[0].load(Ordering::Relaxed),
+                "failed": self.runs_by[1].load(Ordering::Relaxed),
+                "restarted": self.runs_by[2].load(Ordering::Relaxed),
+            },
         })
     }
 }
@@ -459,6 +469,7 @@ async fn run_once(
     *lock(&r.last) = Some(last);
     *lock(&r.started) = None;
     r.runs_total.fetch_add(1, Ordering::Relaxed);
+    r.runs_by[idx].fetch_add(1, Ordering::Relaxed);
     r.runs_c[idx].increment(1);
     r.duration_g.set(duration);
     r.running.store(false, Ordering::Release);
