@@ -32,6 +32,9 @@ pub const RESYNC_RUNNING: &str = "statemirror_resync_running";
 pub const RESYNC_DURATION: &str = "statemirror_resync_last_duration_seconds";
 pub const RESYNC_COPIED_TOTAL: &str = "statemirror_resync_copied_keys_total";
 pub const RESYNC_DELETED_TOTAL: &str = "statemirror_resync_deleted_keys_total";
+pub const CONVERGE_CHECKED_TOTAL: &str = "statemirror_converge_checked_keys_total";
+pub const CONVERGE_REPAIRED_TOTAL: &str = "statemirror_converge_repaired_keys_total";
+pub const CONVERGE_PENDING: &str = "statemirror_converge_pending_keys";
 pub const VERIFY_RUNS_TOTAL: &str = "statemirror_verify_runs_total";
 pub const VERIFY_DIFFERENCES: &str = "statemirror_verify_differences";
 pub const VERIFY_LAST_UNIX: &str = "statemirror_verify_last_run_timestamp_seconds";
@@ -152,6 +155,18 @@ fn describe() {
     describe_counter!(
         RESYNC_DELETED_TOTAL,
         "Keys or nodes a resync removed from the follower (gone from the leader)."
+    );
+    describe_counter!(
+        CONVERGE_CHECKED_TOTAL,
+        "With [cluster]: mirrored keys checked against the leader after the follower took them."
+    );
+    describe_counter!(
+        CONVERGE_REPAIRED_TOTAL,
+        "With [cluster]: follower keys replaced with the leader's state by that check (another sidecar's older write had landed last)."
+    );
+    describe_gauge!(
+        CONVERGE_PENDING,
+        "With [cluster]: mirrored keys waiting for that check."
     );
     describe_counter!(VERIFY_RUNS_TOTAL, "Verifications run, by outcome.");
     describe_gauge!(

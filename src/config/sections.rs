@@ -239,6 +239,11 @@ pub struct ClusterConfig {
     /// A member that has not refreshed its entry for this long drops out of the list (and
     /// out of what a cluster freeze waits for). It refreshes every third of it. Default 15000.
     pub member_ttl_ms: u64,
+    /// Check every key this sidecar mirrored against the leader once the follower took it,
+    /// and repair it with a compare-and-set, so that the follower converges whatever order
+    /// the sidecars' writes reach it in (`replication::converge`). Costs a read of each
+    /// written key on both backends (deduplicated per 100 ms). Default true.
+    pub converge: bool,
 }
 
 impl Default for ClusterConfig {
@@ -246,6 +251,7 @@ impl Default for ClusterConfig {
         Self {
             node_name: None,
             member_ttl_ms: 15_000,
+            converge: true,
         }
     }
 }

@@ -23,6 +23,7 @@
 pub mod backend;
 pub mod cluster;
 pub mod command;
+pub mod converge;
 pub mod generation;
 pub mod inflight;
 pub mod mirror;

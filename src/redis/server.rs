@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{encode_cmd, Conn};
 use super::command::{CommandTable, Source};
+use super::converge::{DbKey, RedisRepairer};
 use super::inflight::InFlight;
 use super::mirror::{RedisApplier, RedisOp};
 use super::resp::Limits;
@@ -23,6 +24,7 @@ use super::session;
 use super::verify::RedisVerifier;
 use crate::config::{Config, RedisBackend, RedisConfig, ResolvedRedis};
 use crate::metrics::{ProtocolMetrics, Route};
+use crate::replication::converge::{self, Repairer, Touched};
 use crate::replication::freeze::Freeze;
 use crate::replication::generation;
 use crate::replication::health::{self, Health};
@@ -70,6 +72,8 @@ pub struct RedisSidecar {
     pub local_addr: SocketAddr,
     pub resync: Option<Arc<Resync>>,
     pub verify: Option<Arc<VerifyState>>,
+    /// The cross-sidecar check (`[cluster]`).
+    pub converge: Option<Arc<Touched<DbKey>>>,
 }
 
 impl Sidecar for RedisSidecar {
@@ -113,6 +117,7 @@ impl Sidecar for RedisSidecar {
             },
             "command_table": match s.table().source { Source::Leader => "leader", Source::Fallback => "fallback" },
             "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
+            "converge": self.converge.as_ref().map(|t| t.status()),
         })
     }
 }
@@ -186,14 +191,29 @@ pub async fn start(
     }
     let mut resync = None;
     let mut verify = None;
+    let mut touched = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
-        let applier = RedisApplier::new(
+        let mut applier = RedisApplier::new(
             r.leader.clone(),
             f.clone(),
             connect_timeout,
             cfg.copy_format,
             q.clone(),
         );
+        if top.cluster.as_ref().is_some_and(|c| c.converge) {
+            let t = Touched::new("redis", RedisRepairer::key_bytes);
+            let idle = t.clone();
+            q.drained_also_when(Arc::new(move || idle.is_idle()));
+            converge::spawn(
+                t.clone(),
+                RedisRepairer::new(r.leader.clone(), f.clone(), connect_timeout),
+                q.clone(),
+                "redis",
+                writer_stop.clone(),
+            );
+            applier = applier.with_convergence(t.clone());
+            touched = Some(t);
+        }
         worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("redis", top.resync.clone(), q.clone());
         let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q.clone());
@@ -257,6 +277,7 @@ pub async fn start(
         local_addr,
         resync,
         verify,
+        converge: touched,
     })
 }
 

@@ -5,6 +5,8 @@
 //!   warnings) around a protocol's [`worker::Applier`];
 //! - [`freeze`]: the maintenance write freeze and its in-flight write accounting;
 //! - [`cluster`]: the cluster-wide freeze and member list kept in the leader backend;
+//! - [`converge`]: with several sidecars, the check of every mirrored key against the
+//!   leader that makes the follower converge whatever each sidecar's delay;
 //! - [`health`]: backend up/down state shared by health checks and sessions;
 //! - [`resync`]: the full-resync controller (when to run, pacing, progress) around a
 //!   protocol's walker;
@@ -12,6 +14,7 @@
 //!   formats, so a report names the component and entry that differ.
 
 pub mod cluster;
+pub mod converge;
 pub mod freeze;
 pub mod generation;
 pub mod health;

@@ -288,6 +288,9 @@ pub struct MirrorQueue<Op: MirrorOp> {
     deferred: std::sync::atomic::AtomicUsize,
     sync: SyncState,
     pub(crate) stats: QueueStats,
+    /// Work done for the queue's ops after they left it (the cross-sidecar checks of
+    /// `replication::converge`): drained only once this says idle too.
+    also_idle: std::sync::OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 /// Counters kept next to the metrics so `/status` can show them.
@@ -355,9 +358,20 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 bytes_g: gauge!(m::QUEUE_BYTES, "protocol" => protocol),
                 lag_g: gauge!(m::MIRROR_LAG, "protocol" => protocol),
             },
+            also_idle: std::sync::OnceLock::new(),
         });
         q.publish_gauges();
         q
+    }
+
+    /// Makes [`MirrorView::is_drained`] wait for `idle` too (set once, at start). Whoever
+    /// `idle` watches must call [`Self::notify_changed`] when it becomes true.
+    pub fn drained_also_when(&self, idle: Arc<dyn Fn() -> bool + Send + Sync>) {
+        let _ = self.also_idle.set(idle);
+    }
+
+    pub fn notify_changed(&self) {
+        self.changed.notify_waiters();
     }
 
     /// Real bytes an op takes while queued: its heap, its slot in the queue, and the clone of
@@ -662,6 +676,7 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
         inner.waiting.is_empty()
             && inner.in_flight == 0
             && self.deferred.load(Ordering::Relaxed) == 0
+            && self.also_idle.get().is_none_or(|f| f())
     }
 
     fn bulk_pending(&self) -> usize {

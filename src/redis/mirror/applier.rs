@@ -13,7 +13,9 @@ use smallvec::SmallVec;
 use super::{Effect, Item, RedisOp};
 use crate::config::{CopyFormat, RedisBackend};
 use crate::redis::backend::{encode_cmd, error_text, BackendError, Conn};
+use crate::redis::converge::DbKey;
 use crate::redis::refusal::{self, Refusal};
+use crate::replication::converge::Touched;
 use crate::replication::queue::{MirrorQueue, MirrorView};
 use crate::replication::worker::{Applier, ApplyError};
 
@@ -57,6 +59,9 @@ pub struct RedisApplier {
     pub(super) replays_sent: Vec<(usize, bool)>,
     /// Traffic on both connections: a batch times out only when nothing moves.
     pub(super) progress: Arc<AtomicU64>,
+    /// With `[cluster]`: keys to check against the leader once the follower took them
+    /// ([`crate::replication::converge`]).
+    pub(super) touched: Option<Arc<Touched<DbKey>>>,
 }
 
 impl RedisApplier {
@@ -87,7 +92,14 @@ impl RedisApplier {
             progress: Arc::default(),
             replays_done: Default::default(),
             replays_sent: Vec::new(),
+            touched: None,
         }
+    }
+
+    /// Notes every key this writer changes on the follower for the cross-sidecar check.
+    pub fn with_convergence(mut self, touched: Arc<Touched<DbKey>>) -> Self {
+        self.touched = Some(touched);
+        self
     }
 
     pub(super) async fn leader(&mut self) -> Result<&mut Conn, ApplyError> {

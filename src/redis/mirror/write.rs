@@ -1,7 +1,7 @@
 //! Step 3 of a batch: the effects written to the follower in queue order, each op's
 //! refusals classified (retry the batch, or skip the op for good and flag it).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame;
 use smallvec::SmallVec;
 
@@ -212,6 +212,17 @@ impl RedisApplier {
         };
         if let (Some(c), Some(d)) = (self.follower_conn.as_mut(), db) {
             c.db = d;
+        }
+        // The follower answered: whatever of it ran, these keys are checked against the
+        // leader from now on (copied out: the note outlives the batch).
+        if let Some(t) = &self.touched {
+            t.note(effects.iter().flatten().filter_map(|e| match e {
+                Effect::Set { db, key, .. }
+                | Effect::Restore { db, key, .. }
+                | Effect::Delete { db, key }
+                | Effect::Typed { db, key, .. } => Some((*db, Bytes::copy_from_slice(key))),
+                Effect::Replay { .. } => None,
+            }));
         }
         let mut transient: Option<String> = None;
         let mut rejected_payload: Option<String> = None;

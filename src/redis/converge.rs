@@ -1,0 +1,215 @@
+//! The Redis side of the cross-sidecar check ([`crate::replication::converge`]): per round
+//! and database, `WATCH` + `DUMP` + `PEXPIRETIME` of the keys on the follower, then the same
+//! reads on the leader, then one `MULTI … EXEC` on the follower restoring (or deleting) the
+//! keys that differ. `EXEC` answers nil when a watched key changed since the read: another
+//! write landed meanwhile, so those keys are checked again.
+//!
+//! Needs Redis ≥ 7 on both sides (`PEXPIRETIME`), and a follower that takes the leader's
+//! `DUMP` payloads (the same or a newer Redis); a refused `RESTORE` is counted and the
+//! follower marked out of sync.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp2::types::BytesFrame;
+
+use super::backend::{encode_cmd, error_text, Conn};
+use super::resync::select;
+use super::verify::{dump_all, Dumped};
+use crate::config::RedisBackend;
+use crate::replication::converge::{bytes_key_size, Repairer, Round};
+use crate::replication::resync::BoxFuture;
+
+/// A key as the follower writer wrote it: database and name (owned bytes).
+pub type DbKey = (u32, Bytes);
+
+pub struct RedisRepairer {
+    leader: RedisBackend,
+    follower: RedisBackend,
+    timeout: Duration,
+    leader_conn: Option<Conn>,
+    follower_conn: Option<Conn>,
+}
+
+impl RedisRepairer {
+    pub fn new(leader: RedisBackend, follower: RedisBackend, timeout: Duration) -> Self {
+        Self {
+            leader,
+            follower,
+            timeout,
+            leader_conn: None,
+            follower_conn: None,
+        }
+    }
+
+    async fn round(&mut self, keys: Vec<DbKey>) -> Result<Round<DbKey>, String> {
+        let mut by_db: BTreeMap<u32, Vec<Bytes>> = BTreeMap::new();
+        for (db, k) in keys {
+            by_db.entry(db).or_default().push(k);
+        }
+        let mut round = Round::default();
+        for (db, keys) in by_db {
+            // On error both links are dropped: a half-read pipeline or a WATCH left behind
+            // must not confuse the next round.
+            let r = self.check_db(db, &keys, &mut round).await;
+            if r.is_err() {
+                self.leader_conn = None;
+                self.follower_conn = None;
+            }
+            r?;
+        }
+        Ok(round)
+    }
+
+    async fn check_db(
+        &mut self,
+        db: u32,
+        keys: &[Bytes],
+        round: &mut Round<DbKey>,
+    ) -> Result<(), String> {
+        if self.follower_conn.is_none() {
+            let c = Conn::connect(&self.follower, self.timeout)
+                .await
+                .map_err(|e| format!("follower: {e}"))?;
+            self.follower_conn = Some(c);
+        }
+        if self.leader_conn.is_none() {
+            let c = Conn::connect(&self.leader, self.timeout)
+                .await
+                .map_err(|e| format!("leader: {e}"))?;
+            self.leader_conn = Some(c);
+        }
+        let (Some(f), Some(l)) = (self.follower_conn.as_mut(), self.leader_conn.as_mut()) else {
+            return Err("no connection".into());
+        };
+        // 1. The follower first, watched: its read must come before the leader's.
+        let theirs = watch_and_dump(f, db, keys)
+            .await
+            .map_err(|e| format!("follower: {e}"))?;
+        // 2. The leader.
+        let ours = dump_all(l, db, keys)
+            .await
+            .map_err(|e| format!("leader: {e}"))?;
+        round.checked += keys.len();
+        // 3. Only what differs, only if nothing changed on the follower since 1.
+        let mut out = BytesMut::new();
+        let mut differ: Vec<&Bytes> = Vec::new();
+        encode_cmd(&mut out, &[b"MULTI"]);
+        for ((k, l), f) in keys.iter().zip(&ours).zip(&theirs) {
+            if l == f {
+                continue;
+            }
+            differ.push(k);
+            match l {
+                None => encode_cmd(&mut out, &[b"DEL", k]),
+                Some((payload, t)) => encode_cmd(
+                    &mut out,
+                    &[
+                        b"RESTORE",
+                        k,
+                        t.unwrap_or(0).to_string().as_bytes(),
+                        payload,
+                        b"REPLACE",
+                        b"ABSTTL",
+                    ],
+                ),
+            }
+        }
+        if differ.is_empty() {
+            let mut out = BytesMut::new();
+            encode_cmd(&mut out, &[b"UNWATCH"]);
+            f.roundtrip(&out, 1)
+                .await
+                .map_err(|e| format!("follower: {e}"))?;
+            return Ok(());
+        }
+        encode_cmd(&mut out, &[b"EXEC"]);
+        let n = differ.len() + 2;
+        let mut replies = f
+            .roundtrip(&out, n)
+            .await
+            .map_err(|e| format!("follower: {e}"))?;
+        match replies.pop() {
+            // A watched key changed: whoever changed it checks it too, but these were not
+            // written, so they are checked again here.
+            Some(BytesFrame::Null) => {
+                round
+                    .retry
+                    .extend(differ.into_iter().map(|k| (db, k.clone())));
+            }
+            Some(BytesFrame::Array(results)) => {
+                for (k, r) in differ.into_iter().zip(results) {
+                    match error_text(&r) {
+                        None => round.repaired += 1,
+                        Some(e) => round
+                            .refused
+                            .push(format!("{} (db {db}): {e}", String::from_utf8_lossy(k))),
+                    }
+                }
+            }
+            other => {
+                let e = other.as_ref().and_then(error_text);
+                return Err(format!(
+                    "follower: EXEC: {}",
+                    e.unwrap_or_else(|| format!("{other:?}"))
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `WATCH` the keys, then read `DUMP` + `PEXPIRETIME` of each, outside a transaction (an
+/// `EXEC` would end the watch).
+async fn watch_and_dump(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Dumped>, String> {
+    select(c, db).await?;
+    let mut out = BytesMut::new();
+    let mut watch: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+    watch.push(b"WATCH");
+    watch.extend(keys.iter().map(|k| &k[..]));
+    encode_cmd(&mut out, &watch);
+    for k in keys {
+        encode_cmd(&mut out, &[b"DUMP", k]);
+        encode_cmd(&mut out, &[b"PEXPIRETIME", k]);
+    }
+    let replies = c
+        .roundtrip(&out, 1 + 2 * keys.len())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut it = replies.into_iter();
+    if let Some(e) = it.next().as_ref().and_then(error_text) {
+        return Err(format!("WATCH: {e}"));
+    }
+    let mut res = Vec::with_capacity(keys.len());
+    for _ in keys {
+        let d = it.next();
+        let t = it.next();
+        if let Some(e) = t.as_ref().and_then(error_text) {
+            return Err(format!("PEXPIRETIME (Redis ≥ 7 needed): {e}"));
+        }
+        res.push(match d {
+            Some(BytesFrame::BulkString(p)) => Some((
+                p,
+                match t {
+                    Some(BytesFrame::Integer(t)) if t >= 0 => Some(t),
+                    _ => None,
+                },
+            )),
+            _ => None,
+        });
+    }
+    Ok(res)
+}
+
+impl Repairer for RedisRepairer {
+    type Key = DbKey;
+
+    fn key_bytes(k: &DbKey) -> usize {
+        bytes_key_size(k.1.len())
+    }
+
+    fn repair(&mut self, keys: Vec<DbKey>) -> BoxFuture<'_, Result<Round<DbKey>, String>> {
+        Box::pin(self.round(keys))
+    }
+}

@@ -1,0 +1,297 @@
+//! Issue 10 part 1, convergence across sidecars: three real `statemirror` processes over one
+//! leader and one follower, node `a` reaching the follower through a relay adding 300 ms
+//! each way. They race on the same NiFi entries with NiFi's own write sequences, and the
+//! follower must end equal to the leader with `/verify` at zero:
+//! - Redis: `WATCH` → `GET` → `MULTI` → `GETSET` → `EXEC` (NiFi's `replace`), each entry
+//!   written through `a` first and then through `b` (so `a`'s older mirror op lands last),
+//!   then all three writing every entry concurrently;
+//! - ZooKeeper: `setData` with the version read, `create` on `NONODE`, the same two rounds;
+//!
+//! Without the cross-sidecar check (`[cluster] converge = false`) the first round leaves
+//! every entry with `a`'s older value on the follower while all three report in sync.
+//! Every wait is bounded; nothing asserts on durations.
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fault::{Fault, FaultRelay};
+use common::*;
+use serde_json::Value;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const ENTRIES: usize = 150;
+
+struct Node {
+    proc: BinProxy,
+    _cfg: tempfile::NamedTempFile,
+    admin: String,
+    url: String,
+}
+
+impl Node {
+    async fn start(section: &str, name: &str) -> Node {
+        let admin_port = free_port();
+        let cfg = tempfile::NamedTempFile::new().expect("temp");
+        std::fs::write(
+            cfg.path(),
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n{section}\
+                 [replication]\nretry_initial_backoff_ms = 20\nretry_max_backoff_ms = 300\n\
+                 [maintenance]\ndrain_timeout_ms = 10000\n\
+                 [resync]\nretry_interval_ms = 300\n\
+                 [cluster]\nnode_name = \"{name}\"\nmember_ttl_ms = 3000\n"
+            ),
+        )
+        .expect("write config");
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        let url = redis_url_of(section);
+        let proc = BinProxy::start(cfg.path(), &admin, &url).await;
+        Node {
+            proc,
+            _cfg: cfg,
+            admin,
+            url,
+        }
+    }
+
+    async fn status(&self) -> Value {
+        self.proc.status().await.expect("status")
+    }
+}
+
+fn redis_url_of(section: &str) -> String {
+    let listen = section
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("listen");
+    format!("redis://{listen}")
+}
+
+fn redis_section(leader: &str, follower: &str) -> String {
+    format!(
+        "[redis]\nlisten = \"127.0.0.1:{}\"\nleader = \"{leader}\"\nfollower = \"{follower}\"\n\
+         connect_timeout_ms = 1000\nhealth_interval_ms = 200\n",
+        free_port()
+    )
+}
+
+/// NiFi's `replace(old, new)` on one connection; true when `EXEC` ran it.
+async fn nifi_replace(c: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) -> bool {
+    let _: () = redis::cmd("WATCH")
+        .arg(key)
+        .query_async(c)
+        .await
+        .expect("WATCH");
+    let _: Option<String> = redis::cmd("GET")
+        .arg(key)
+        .query_async(c)
+        .await
+        .expect("GET");
+    let mut p = redis::pipe();
+    p.atomic().cmd("GETSET").arg(key).arg(value);
+    let r: Option<(Option<String>,)> = p.query_async(c).await.expect("EXEC");
+    r.is_some()
+}
+
+/// Writes `key = value` the NiFi way, retrying while a concurrent writer wins the WATCH.
+async fn nifi_write(c: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !nifi_replace(c, key, value).await {
+        assert!(Instant::now() < deadline, "WATCH never won for {key}");
+    }
+}
+
+fn key(i: usize) -> String {
+    format!("nifi/components/{i:08x}-0000-4000-8000-000000000000")
+}
+
+/// The leader's and the follower's data, statemirror's own keys left out, become equal.
+async fn converged(leader: &RedisServer, follower: &RedisServer, within: Duration) -> usize {
+    let t0 = Instant::now();
+    let n = eventually(within, || async {
+        compare_user_data(leader, follower).await
+    })
+    .await;
+    eprintln!(
+        "follower equal to the leader after {:?} ({n} keys)",
+        t0.elapsed()
+    );
+    n
+}
+
+async fn compare_user_data(a: &RedisServer, b: &RedisServer) -> Result<usize, String> {
+    let mut ca = client(&a.url()).await;
+    let mut cb = client(&b.url()).await;
+    let own = |k: &String| k.starts_with("statemirror:");
+    let mut ka: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut ca)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut kb: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut cb)
+        .await
+        .map_err(|e| e.to_string())?;
+    ka.retain(|k| !own(k));
+    kb.retain(|k| !own(k));
+    ka.sort();
+    kb.sort();
+    if ka != kb {
+        return Err(format!("key sets differ: {} vs {}", ka.len(), kb.len()));
+    }
+    let mut differ = 0;
+    let mut example = String::new();
+    for k in &ka {
+        let va: Option<String> = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut ca)
+            .await
+            .map_err(|e| e.to_string())?;
+        let vb: Option<String> = redis::cmd("GET")
+            .arg(k)
+            .query_async(&mut cb)
+            .await
+            .map_err(|e| e.to_string())?;
+        if va != vb {
+            differ += 1;
+            example = format!("{k}: leader {va:?}, follower {vb:?}");
+        }
+    }
+    if differ > 0 {
+        return Err(format!(
+            "{differ} of {} entries differ, e.g. {example}",
+            ka.len()
+        ));
+    }
+    Ok(ka.len())
+}
+
+async fn verify_zero(n: &Node, proto: &str) {
+    let (code, body) = statemirror::admin::client::request(
+        &n.admin,
+        hyper::Method::GET,
+        "/verify",
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("admin");
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(v[proto]["total_differences"], 0, "{body}");
+}
+
+async fn all_drained(nodes: &[Node], proto: &str) {
+    for n in nodes {
+        eventually(Duration::from_secs(30), || async {
+            let s = n.status().await;
+            let m = &s[proto]["mirror"];
+            let c = &s[proto]["converge"];
+            if m["queue_depth"] == 0
+                && (c.is_null() || (c["pending"] == 0 && c["running"] == false))
+            {
+                Ok(())
+            } else {
+                Err(format!("{m} {c}"))
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_three_sidecars_racing_on_nifi_entries_converge() {
+    let _g = SERIAL.lock().await;
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let far = FaultRelay::start(&follower.addr());
+    far.set(Fault::Latency(Duration::from_millis(300)));
+    let mut nodes = Vec::new();
+    for (name, f) in [
+        ("a", far.addr()),
+        ("b", follower.addr()),
+        ("c", follower.addr()),
+    ] {
+        let section = redis_section(&leader.url(), &format!("redis://{f}"));
+        nodes.push(Node::start(&section, name).await);
+    }
+    let mut conns = Vec::new();
+    for n in &nodes {
+        conns.push(client(&n.url).await);
+        // The resync at start copies the leader's latest state: let it end first, so it
+        // does not hide what the race leaves behind.
+        eventually(Duration::from_secs(30), || async {
+            let s = n.status().await;
+            if s["redis"]["mirror"]["in_sync"] == true && s["redis"]["resync"]["running"] == false {
+                Ok(())
+            } else {
+                Err(s["redis"]["resync"].to_string())
+            }
+        })
+        .await;
+    }
+
+    // Round 1: each entry through a (slow to the follower), then through b.
+    for i in 0..ENTRIES {
+        nifi_write(
+            &mut conns[0],
+            &key(i),
+            &format!("{{\"v\":1,\"by\":\"a\",\"i\":{i}}}"),
+        )
+        .await;
+        nifi_write(
+            &mut conns[1],
+            &key(i),
+            &format!("{{\"v\":2,\"by\":\"b\",\"i\":{i}}}"),
+        )
+        .await;
+    }
+    all_drained(&nodes, "redis").await;
+    converged(&leader, &follower, Duration::from_secs(30)).await;
+    let repaired: u64 = {
+        let s = nodes[1].status().await;
+        s["redis"]["converge"]["repaired"].as_u64().unwrap_or(0)
+    } + {
+        let s = nodes[0].status().await;
+        s["redis"]["converge"]["repaired"].as_u64().unwrap_or(0)
+    } + {
+        let s = nodes[2].status().await;
+        s["redis"]["converge"]["repaired"].as_u64().unwrap_or(0)
+    };
+    eprintln!("round 1: {repaired} follower entries repaired by the check");
+    for n in &nodes {
+        eprintln!("{}", n.status().await["redis"]["converge"]);
+    }
+
+    // Round 2: all three at once on the same entries, each in its own order.
+    let mut tasks = Vec::new();
+    for (w, mut c) in conns.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for r in 0..3 {
+                for j in 0..ENTRIES {
+                    let i = (j * (w + 1) * 7 + r) % ENTRIES;
+                    nifi_write(
+                        &mut c,
+                        &key(i),
+                        &format!("{{\"v\":{r},\"by\":{w},\"i\":{i}}}"),
+                    )
+                    .await;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    all_drained(&nodes, "redis").await;
+    converged(&leader, &follower, Duration::from_secs(30)).await;
+    for n in &nodes {
+        let s = n.status().await;
+        assert_eq!(s["redis"]["mirror"]["in_sync"], true, "{}", s["redis"]);
+    }
+    verify_zero(&nodes[0], "redis").await;
+    drop(far);
+}
