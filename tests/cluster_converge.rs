@@ -30,7 +30,7 @@ struct Node {
 }
 
 impl Node {
-    async fn start(section: &str, name: &str) -> Node {
+    async fn start(section: &str, name: &str, url: String) -> Node {
         let admin_port = free_port();
         let cfg = tempfile::NamedTempFile::new().expect("temp");
         std::fs::write(
@@ -45,7 +45,6 @@ impl Node {
         )
         .expect("write config");
         let admin = format!("http://127.0.0.1:{admin_port}");
-        let url = redis_url_of(section);
         let proc = BinProxy::start(cfg.path(), &admin, &url).await;
         Node {
             proc,
@@ -60,21 +59,37 @@ impl Node {
     }
 }
 
-fn redis_url_of(section: &str) -> String {
-    let listen = section
-        .lines()
-        .find_map(|l| l.strip_prefix("listen = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .expect("listen");
-    format!("redis://{listen}")
+/// A `[redis]` section and the URL clients use.
+fn redis_section(leader: &str, follower: &str) -> (String, String) {
+    let port = free_port();
+    let s = format!(
+        "[redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\nfollower = \"{follower}\"\n\
+         connect_timeout_ms = 1000\nhealth_interval_ms = 200\n"
+    );
+    (s, format!("redis://127.0.0.1:{port}"))
 }
 
-fn redis_section(leader: &str, follower: &str) -> String {
-    format!(
-        "[redis]\nlisten = \"127.0.0.1:{}\"\nleader = \"{leader}\"\nfollower = \"{follower}\"\n\
-         connect_timeout_ms = 1000\nhealth_interval_ms = 200\n",
-        free_port()
-    )
+/// A `[zookeeper]` section and the connect string clients use.
+fn zk_section(leader: &str, follower: &str) -> (String, String) {
+    let port = free_port();
+    let s = format!(
+        "[zookeeper]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\nfollower = \"{follower}\"\n"
+    );
+    (s, format!("127.0.0.1:{port}"))
+}
+
+/// Waits until a node's resync at start ended: it copies the leader's latest state, which
+/// would hide what the race leaves behind.
+async fn started(n: &Node, proto: &str) {
+    eventually(Duration::from_secs(30), || async {
+        let s = n.status().await;
+        if s[proto]["mirror"]["in_sync"] == true && s[proto]["resync"]["running"] == false {
+            Ok(())
+        } else {
+            Err(s[proto]["resync"].to_string())
+        }
+    })
+    .await;
 }
 
 /// NiFi's `replace(old, new)` on one connection; true when `EXEC` ran it.
@@ -215,23 +230,13 @@ async fn redis_three_sidecars_racing_on_nifi_entries_converge() {
         ("b", follower.addr()),
         ("c", follower.addr()),
     ] {
-        let section = redis_section(&leader.url(), &format!("redis://{f}"));
-        nodes.push(Node::start(&section, name).await);
+        let (section, url) = redis_section(&leader.url(), &format!("redis://{f}"));
+        nodes.push(Node::start(&section, name, url).await);
     }
     let mut conns = Vec::new();
     for n in &nodes {
         conns.push(client(&n.url).await);
-        // The resync at start copies the leader's latest state: let it end first, so it
-        // does not hide what the race leaves behind.
-        eventually(Duration::from_secs(30), || async {
-            let s = n.status().await;
-            if s["redis"]["mirror"]["in_sync"] == true && s["redis"]["resync"]["running"] == false {
-                Ok(())
-            } else {
-                Err(s["redis"]["resync"].to_string())
-            }
-        })
-        .await;
+        started(n, "redis").await;
     }
 
     // Round 1: each entry through a (slow to the follower), then through b.
@@ -251,20 +256,7 @@ async fn redis_three_sidecars_racing_on_nifi_entries_converge() {
     }
     all_drained(&nodes, "redis").await;
     converged(&leader, &follower, Duration::from_secs(30)).await;
-    let repaired: u64 = {
-        let s = nodes[1].status().await;
-        s["redis"]["converge"]["repaired"].as_u64().unwrap_or(0)
-    } + {
-        let s = nodes[0].status().await;
-        s["redis"]["converge"]["repaired"].as_u64().unwrap_or(0)
-    } + {
-        let s = nodes[2].status().await;
-        s["redis"]["converge"]["repaired"].as_u64().unwrap_or(0)
-    };
-    eprintln!("round 1: {repaired} follower entries repaired by the check");
-    for n in &nodes {
-        eprintln!("{}", n.status().await["redis"]["converge"]);
-    }
+    report(&nodes, "redis", "round 1").await;
 
     // Round 2: all three at once on the same entries, each in its own order.
     let mut tasks = Vec::new();
@@ -292,6 +284,133 @@ async fn redis_three_sidecars_racing_on_nifi_entries_converge() {
         let s = n.status().await;
         assert_eq!(s["redis"]["mirror"]["in_sync"], true, "{}", s["redis"]);
     }
+    report(&nodes, "redis", "round 2").await;
     verify_zero(&nodes[0], "redis").await;
     drop(far);
+}
+
+/// Prints what each node's check did (for the README's numbers).
+async fn report(nodes: &[Node], proto: &str, what: &str) {
+    for (i, n) in nodes.iter().enumerate() {
+        let s = n.status().await;
+        eprintln!(
+            "{what}: node {i}: mirrored {} converge {}",
+            s[proto]["mirror"]["mirrored_writes"], s[proto]["converge"]
+        );
+    }
+}
+
+mod zk {
+    use super::*;
+    use common::zk::{compare_trees, persistent, zk_client, ZkServer};
+    use zookeeper_client as zkc;
+
+    fn path(i: usize) -> String {
+        format!("/nifi/components/{i:08x}-0000-4000-8000-000000000000")
+    }
+
+    /// NiFi's `replace`: `setData` at the version read, `create` on `NoNode`; retried
+    /// while another writer wins (`BadVersion`, `NodeExists`).
+    async fn nifi_write(c: &zkc::Client, p: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = match c.get_data(p).await {
+                Ok((_, stat)) => c
+                    .set_data(p, value.as_bytes(), Some(stat.version))
+                    .await
+                    .map(|_| ()),
+                Err(zkc::Error::NoNode) => c
+                    .create(p, value.as_bytes(), &persistent())
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(()) => return,
+                Err(zkc::Error::BadVersion | zkc::Error::NodeExists | zkc::Error::NoNode) => {}
+                Err(e) => panic!("{p}: {e}"),
+            }
+            assert!(Instant::now() < deadline, "never won the race for {p}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn zookeeper_three_sidecars_racing_on_nifi_entries_converge() {
+        let _g = SERIAL.lock().await;
+        let (leader, follower) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+        let far = FaultRelay::start(&follower.addr());
+        far.set(Fault::Latency(Duration::from_millis(300)));
+        let mut nodes = Vec::new();
+        for (name, f) in [
+            ("a", far.addr()),
+            ("b", follower.addr()),
+            ("c", follower.addr()),
+        ] {
+            let (section, url) = zk_section(&leader.addr(), &f);
+            nodes.push(Node::start(&section, name, url).await);
+        }
+        let mut clients = Vec::new();
+        for n in &nodes {
+            started(n, "zookeeper").await;
+            clients.push(zk_client(&n.url).await);
+        }
+        clients[1]
+            .mkdir("/nifi/components", &persistent())
+            .await
+            .expect("mkdir");
+
+        // Round 1: each entry through a (slow to the follower), then through b.
+        for i in 0..ENTRIES {
+            nifi_write(&clients[0], &path(i), &format!("v1 a {i}")).await;
+            nifi_write(&clients[1], &path(i), &format!("v2 b {i}")).await;
+        }
+        all_drained(&nodes, "zookeeper").await;
+        let t0 = Instant::now();
+        let n = eventually(Duration::from_secs(30), || async {
+            compare_trees(&leader.addr(), &follower.addr()).await
+        })
+        .await;
+        eprintln!(
+            "round 1: follower equal after {:?} ({n} nodes)",
+            t0.elapsed()
+        );
+        report(&nodes, "zookeeper", "round 1").await;
+
+        // Round 2: all three at once.
+        let mut tasks = Vec::new();
+        for (w, c) in clients.into_iter().enumerate() {
+            tasks.push(tokio::spawn(async move {
+                for r in 0..3 {
+                    for j in 0..ENTRIES {
+                        let i = (j * (w + 1) * 7 + r) % ENTRIES;
+                        nifi_write(&c, &path(i), &format!("v{r} {w} {i}")).await;
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("writer");
+        }
+        all_drained(&nodes, "zookeeper").await;
+        let t0 = Instant::now();
+        let n = eventually(Duration::from_secs(30), || async {
+            compare_trees(&leader.addr(), &follower.addr()).await
+        })
+        .await;
+        eprintln!(
+            "round 2: follower equal after {:?} ({n} nodes)",
+            t0.elapsed()
+        );
+        report(&nodes, "zookeeper", "round 2").await;
+        for n in &nodes {
+            let s = n.status().await;
+            assert_eq!(
+                s["zookeeper"]["mirror"]["in_sync"], true,
+                "{}",
+                s["zookeeper"]
+            );
+        }
+        verify_zero(&nodes[0], "zookeeper").await;
+        drop(far);
+    }
 }

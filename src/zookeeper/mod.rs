@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod converge;
 pub mod ephemeral;
 pub mod frame;
 pub mod generation;

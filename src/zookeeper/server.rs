@@ -15,13 +15,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::converge::ZkRepairer;
 use super::frame::next_frame;
 use super::mirror::{PathFilter, ZkApplier, ZkOp};
 use super::resync::ZkWalker;
 use super::session;
+use super::tree::Session;
 use super::verify::ZkVerifier;
 use crate::config::{Config, ResolvedZk, ZooKeeperConfig};
 use crate::metrics::ProtocolMetrics;
+use crate::replication::converge::{self, Repairer, Touched};
 use crate::replication::freeze::Freeze;
 use crate::replication::generation;
 use crate::replication::health::{self, Health};
@@ -313,6 +316,8 @@ pub struct ZkSidecar {
     pub local_addr: SocketAddr,
     pub resync: Option<Arc<Resync>>,
     pub verify: Option<Arc<VerifyState>>,
+    /// The cross-sidecar check (`[cluster]`).
+    pub converge: Option<Arc<Touched<String>>>,
 }
 
 impl Sidecar for ZkSidecar {
@@ -350,6 +355,7 @@ impl Sidecar for ZkSidecar {
                 _ => serde_json::Value::Null,
             },
             "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
+            "converge": self.converge.as_ref().map(|t| t.status()),
         })
     }
 }
@@ -410,9 +416,10 @@ pub async fn start(
         closing: shutdown.clone(),
     });
     let mut resync = None;
+    let mut touched = None;
     let mut verify = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
-        let applier = ZkApplier::new(
+        let mut applier = ZkApplier::new(
             f.clone(),
             r.follower_auth.clone(),
             Duration::from_millis(cfg.connect_timeout_ms),
@@ -421,6 +428,24 @@ pub async fn start(
             q.clone(),
             shared.ephemerals.clone(),
         );
+        if top.cluster.as_ref().is_some_and(|c| c.converge) {
+            let t = Touched::new("zookeeper", ZkRepairer::key_bytes);
+            let idle = t.clone();
+            q.drained_also_when(Arc::new(move || idle.is_idle()));
+            let auth = r.follower_auth.clone();
+            converge::spawn(
+                t.clone(),
+                ZkRepairer::new(
+                    Session::new("leader", r.leader.clone(), auth.clone(), cfg),
+                    Session::new("follower", f.clone(), auth, cfg),
+                ),
+                q.clone(),
+                "zookeeper",
+                writer_stop.clone(),
+            );
+            applier = applier.with_convergence(t.clone());
+            touched = Some(t);
+        }
         worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("zookeeper", top.resync.clone(), q.clone());
         // As for Redis: leader data loss is looked for before any resync may run.
@@ -479,6 +504,7 @@ pub async fn start(
         local_addr,
         resync,
         verify,
+        converge: touched,
     })
 }
 

@@ -20,7 +20,7 @@ use super::jute::Record;
 use super::mirror::PathFilter;
 use super::proto::records::{
     Acl, GetAclRequest, GetAclResponse, GetChildrenRequest, GetChildrenResponse, GetDataRequest,
-    GetDataResponse, Stat,
+    GetDataResponse, Stat, SyncRequest,
 };
 use super::proto::{err, err_name, op};
 use crate::config::{Secret, ZooKeeperConfig};
@@ -209,6 +209,28 @@ impl Session {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(ClientError::Timeout.to_string()),
         }
+    }
+
+    /// `sync`: this session's reads that follow see every write the ensemble committed
+    /// before it (a member that lags catches up first).
+    pub async fn sync(&mut self) -> Result<(), String> {
+        let c = Call::new(op::SYNC, &SyncRequest { path: "/".into() });
+        let r = self.calls(&[c]).await?;
+        match r.first() {
+            Some(x) if x.err == err::OK => Ok(()),
+            Some(x) => Err(format!("{}: sync: {}", self.role, err_name(x.err))),
+            None => Err(format!("{}: no reply to sync", self.role)),
+        }
+    }
+
+    /// Sends writes once (never resent: a conditional write that ran would fail the second
+    /// time, and the caller decides what that means).
+    pub async fn write(&mut self, calls: &[Call]) -> Result<Vec<Reply>, String> {
+        let r = self.try_calls(calls).await;
+        if r.is_err() {
+            self.conn = None;
+        }
+        r.map_err(|e| format!("{}: {e}", self.role))
     }
 
     /// Reads every path: `getData` + `getACL` of all in one round trip, then `getChildren`

@@ -63,6 +63,9 @@ pub struct ZkApplier {
     /// Nodes a `setData`/`setACL` found missing on the follower (count, first path): see
     /// `apply_steps`.
     missing: (usize, Option<String>),
+    /// With `[cluster]`: paths to check against the leader once the follower answered
+    /// ([`crate::replication::converge`]).
+    touched: Option<Arc<crate::replication::converge::Touched<String>>>,
 }
 
 /// A batch's address and length: the worker retries the very same batch until it is done.
@@ -136,7 +139,17 @@ impl ZkApplier {
             strikes: None,
             progress: Arc::new(AtomicU64::new(0)),
             missing: (0, None),
+            touched: None,
         }
+    }
+
+    /// Notes every path this writer changes on the follower for the cross-sidecar check.
+    pub fn with_convergence(
+        mut self,
+        touched: Arc<crate::replication::converge::Touched<String>>,
+    ) -> Self {
+        self.touched = Some(touched);
+        self
     }
 
     async fn conn(&mut self) -> Result<&mut ZkConn, ApplyError> {
@@ -434,6 +447,15 @@ impl ZkApplier {
                 sent.push((s, Sent::Robust(spans)));
             }
             let (replies, lost) = self.round(&calls).await?;
+            if let Some(t) = &self.touched {
+                // What ran of it is checked from now on (a step unanswered here is sent
+                // again on the resumed session, and noted again then).
+                t.note(
+                    steps[start..end]
+                        .iter()
+                        .flat_map(|(_, items)| items.iter().map(|it| it.path().to_string())),
+                );
+            }
             let mut first_fix: Option<usize> = None;
             let mut transient: Option<String> = None;
             // The tolerated codes are rebuilt from the items, in the same order (so the same
