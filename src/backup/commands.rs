@@ -220,6 +220,12 @@ pub async fn restore(resolved: &Resolved, a: &RestoreArgs) -> Result<Output, Fai
                     Record::Znode(_) => None,
                 })
                 .collect();
+            // Every record's bytes must decode before anything is written.
+            for r in &records {
+                r.key_bytes()
+                    .and_then(|_| r.payload())
+                    .map_err(Failure::Corrupt)?;
+            }
             let unavailable = |e: String| Failure::Unavailable(format!("redis {role}: {e}"));
             let mut c = super::redis::connect(b, rc, role).await?;
             let existing = super::redis::keys(&mut c, &rc.key_patterns)
