@@ -352,6 +352,51 @@ async fn zookeeper_backup_of_a_frozen_cluster_restores_exactly() {
     ] {
         assert!(list.contains(want), "--list lacks {want:?}:\n{list}");
     }
+
+    // The restored ensemble changed (an extra subtree, other data, another ACL): a restore
+    // is refused without --force; with it the tree is the backup's again.
+    let f = zk_client(&fresh.addr()).await;
+    f.create("/extra", b"x", &persistent())
+        .await
+        .expect("extra");
+    f.create("/extra/child", b"y", &persistent())
+        .await
+        .expect("extra child");
+    f.set_data("/nifi/components/comp-z1", b"changed", None)
+        .await
+        .expect("set_data");
+    f.set_acl(
+        "/restricted",
+        &[zkc::Acl::new(zkc::Permission::ALL, zkc::AuthId::anyone())],
+        None,
+    )
+    .await
+    .expect("set_acl");
+    let restore = |force: bool| {
+        let (c, file) = (p(rcfg.path()).to_string(), p(&file).to_string());
+        async move {
+            let mut args = vec!["restore", "--config", &c, "--in", &file, "--to", "leader"];
+            if force {
+                args.push("--force");
+            }
+            run(&args).await
+        }
+    };
+    let o = restore(false).await;
+    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    assert!(err(&o).contains("not empty"), "{}", err(&o));
+    assert!(compare_trees(&leader.addr(), &fresh.addr()).await.is_err());
+    let o = restore(true).await;
+    assert_eq!(o.status.code(), Some(0), "{} {}", out(&o), err(&o));
+    let r: Value = serde_json::from_str(&out(&o)).expect("JSON report");
+    assert_eq!(
+        (r["deleted"].clone(), r["differences"].clone()),
+        (2.into(), 0.into()),
+        "{r}"
+    );
+    compare_trees(&leader.addr(), &fresh.addr())
+        .await
+        .unwrap_or_else(|e| panic!("after --force the tree differs: {e}"));
     drop(owner);
 }
 
