@@ -74,9 +74,6 @@ pub enum Failure {
     /// A local file cannot be read or written.
     #[error("{0}")]
     Io(String),
-    /// The restore ran but the destination does not equal the backup.
-    #[error("{0}")]
-    Differences(String),
 }
 
 impl Failure {
@@ -86,7 +83,7 @@ impl Failure {
             Failure::Config(_) => 64,
             Failure::Unavailable(_) => 69,
             Failure::Io(_) => 74,
-            Failure::Refused(_) | Failure::Corrupt(_) | Failure::Differences(_) => 1,
+            Failure::Refused(_) | Failure::Corrupt(_) => 1,
         }
     }
 }
