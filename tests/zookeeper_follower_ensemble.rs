@@ -28,7 +28,9 @@ async fn follower_ensemble_members_restart_one_at_a_time_without_a_needless_resy
     .await;
     // Completed runs: an attempt that failed because a member died under it is retried,
     // and that retry is the same resync, not a needless new one.
-    let resyncs = |s: &Value| s["zookeeper"]["resync"]["resyncs_by_outcome"]["completed"].as_u64();
+    let resyncs = |s: &Value| {
+        s["zookeeper"]["resync"]["resyncs_by_outcome"]["completed"].as_u64()
+    };
     let at_start = resyncs(&proxy.status().await);
     assert_eq!(at_start, Some(1), "the resync at start ran once");
 
