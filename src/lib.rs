@@ -12,6 +12,7 @@
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
 //!   `/maintenance`) and its client used by the CLI;
 //! - [`sidecar`]: what the admin API needs from a sidecar, whatever its protocol;
+//! - [`backup`]: `statemirror backup` / `restore`: the backup file format and both protocols;
 //! - [`metrics`]: every metric name; [`telemetry`]: logging.
 //!
 //! [`start`] runs everything in-process (the binary and the tests both use it).
@@ -19,6 +20,7 @@
 #![deny(clippy::print_stdout)]
 
 pub mod admin;
+pub mod backup;
 pub mod config;
 pub mod listener;
 pub mod metrics;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use statemirror::admin::client;
+use statemirror::backup;
 use statemirror::config::{read_secret, Config};
 
 /// Exit code for a bad config or bad arguments (sysexits EX_USAGE / EX_CONFIG style).
@@ -112,6 +113,74 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write every key / znode within the config's filters to one checksummed file (see
+    /// README "Backup and restore"). Refuses unless the cluster is frozen or --allow-live.
+    /// With --list FILE: check a backup and show what it holds (no config needed).
+    Backup {
+        #[arg(long, short, required_unless_present = "list")]
+        config: Option<PathBuf>,
+        /// The backup file to write (via a temporary file and a rename).
+        #[arg(long, required_unless_present = "list")]
+        out: Option<PathBuf>,
+        /// Which backend to read.
+        #[arg(long, value_enum, default_value_t = SideArg::Leader)]
+        from: SideArg,
+        /// Back up even though the cluster is not frozen (a warning; may not be consistent).
+        #[arg(long)]
+        allow_live: bool,
+        /// Which protocol, when the config has both [redis] and [zookeeper].
+        #[arg(long, value_enum)]
+        protocol: Option<ProtocolArg>,
+        /// Show what this backup file holds (after checking its checksum) instead.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["config", "out", "allow_live", "protocol"])]
+        list: Option<PathBuf>,
+    },
+    /// Restore a backup file into the leader or the follower, then compare the destination
+    /// with it key by key. Exit 0 equal, 1 refused / corrupted file / differences remain.
+    Restore {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+        /// Which backend to write.
+        #[arg(long, value_enum)]
+        to: SideArg,
+        /// Restore into a non-empty destination, replacing it exactly: keys / znodes within
+        /// the filters that the backup lacks are deleted.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SideArg {
+    Leader,
+    Follower,
+}
+
+impl From<SideArg> for backup::Side {
+    fn from(s: SideArg) -> Self {
+        match s {
+            SideArg::Leader => backup::Side::Leader,
+            SideArg::Follower => backup::Side::Follower,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProtocolArg {
+    Redis,
+    Zookeeper,
+}
+
+impl From<ProtocolArg> for backup::Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Redis => backup::Protocol::Redis,
+            ProtocolArg::Zookeeper => backup::Protocol::Zookeeper,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -185,8 +254,71 @@ fn main() -> ExitCode {
                 timeout_seconds,
             } => resync(config, force, wait, timeout_seconds).await,
             Command::Recover { config, force, .. } => recover(config, force).await,
+            Command::Backup {
+                config,
+                out,
+                from,
+                allow_live,
+                protocol,
+                list,
+            } => match (list, config, out) {
+                (Some(file), _, _) => {
+                    backup_outcome("backup --list", backup::commands::list(&file))
+                }
+                (None, Some(config), Some(out)) => {
+                    let args = backup::commands::BackupArgs {
+                        out,
+                        from: from.into(),
+                        allow_live,
+                        protocol: protocol.map(Into::into),
+                    };
+                    match Config::load(&config) {
+                        Ok(r) => {
+                            backup_outcome("backup", backup::commands::backup(&r, &args).await)
+                        }
+                        Err(errs) => config_errors(&config, &errs),
+                    }
+                }
+                _ => {
+                    eprintln!("statemirror: backup needs --config and --out (or --list FILE)");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            },
+            Command::Restore {
+                config,
+                input,
+                to,
+                force,
+            } => {
+                let args = backup::commands::RestoreArgs {
+                    input,
+                    to: to.into(),
+                    force,
+                };
+                match Config::load(&config) {
+                    Ok(r) => backup_outcome("restore", backup::commands::restore(&r, &args).await),
+                    Err(errs) => config_errors(&config, &errs),
+                }
+            }
         }
     })
+}
+
+/// Prints a backup command's output (stdout) or failure (stderr) and gives its exit code.
+fn backup_outcome(what: &str, r: Result<backup::commands::Output, backup::Failure>) -> ExitCode {
+    match r {
+        Ok(o) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", o.stdout);
+            }
+            ExitCode::from(o.code)
+        }
+        Err(e) => {
+            eprintln!("statemirror: {what}: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 fn config_errors(path: &std::path::Path, errs: &[statemirror::config::ConfigError]) -> ExitCode {

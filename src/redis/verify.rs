@@ -296,7 +296,7 @@ pub(crate) async fn dump_all(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Ve
 }
 
 /// `GET key` when it is a string.
-async fn get_string(c: &mut Conn, db: u32, key: &[u8]) -> Result<Option<Bytes>, String> {
+pub(crate) async fn get_string(c: &mut Conn, db: u32, key: &[u8]) -> Result<Option<Bytes>, String> {
     select(c, db).await?;
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"GET", key]);
