@@ -16,7 +16,9 @@
 //! - `BENCH_REQUESTS_P16`: requests per run at pipeline 16 (default 5 x `BENCH_REQUESTS`);
 //! - `BENCH_REPEAT`: runs per cell, the median is reported (default 3);
 //! - `BENCH_CLIENTS`: `redis-benchmark -c` (default 50);
-//! - `BENCH_TARGETS`: comma-separated subset of `direct,mirror-off,mirror-on,twemproxy`;
+//! - `BENCH_TARGETS`: comma-separated subset of `direct,mirror-off,mirror-on,mirror-cluster,twemproxy`
+//!   (`mirror-cluster`: mirroring on with `[cluster]`, so every mirrored key is also checked
+//!   against the leader: the cost of convergence across sidecars);
 //! - `BENCH_TIMEOUT_SECS`: give up on one `redis-benchmark` run after this long (default 300);
 //! - `STATEMIRROR_BIN`: use this binary instead of the one cargo built.
 //!
@@ -85,11 +87,14 @@ fn main() {
             None,
         ));
     }
-    if settings.wants("mirror-off") || settings.wants("mirror-on") {
+    if settings.wants("mirror-off")
+        || settings.wants("mirror-on")
+        || settings.wants("mirror-cluster")
+    {
         let bin = statemirror_bin();
         println!("statemirror binary: {}", bin.display());
         if settings.wants("mirror-off") {
-            let p = Statemirror::start(root, "mirror-off", &bin, leader.port, None);
+            let p = Statemirror::start(root, "mirror-off", &bin, leader.port, None, false);
             targets.push(Target::new(
                 "mirror-off",
                 "statemirror, mirroring off",
@@ -99,10 +104,34 @@ fn main() {
             ));
         }
         if settings.wants("mirror-on") {
-            let p = Statemirror::start(root, "mirror-on", &bin, leader.port, Some(follower.port));
+            let p = Statemirror::start(
+                root,
+                "mirror-on",
+                &bin,
+                leader.port,
+                Some(follower.port),
+                false,
+            );
             targets.push(Target::new(
                 "mirror-on",
                 "statemirror, mirroring on",
+                p.port,
+                Some(p.admin_port),
+                Some(Box::new(p)),
+            ));
+        }
+        if settings.wants("mirror-cluster") {
+            let p = Statemirror::start(
+                root,
+                "mirror-cluster",
+                &bin,
+                leader.port,
+                Some(follower.port),
+                true,
+            );
+            targets.push(Target::new(
+                "mirror-cluster",
+                "statemirror, [cluster] check",
                 p.port,
                 Some(p.admin_port),
                 Some(Box::new(p)),
@@ -172,6 +201,9 @@ fn main() {
                             admin, &before, &leader, &follower, run, pipeline, requests,
                         );
                         println!("    {}", row.describe());
+                        if target.key == "mirror-cluster" {
+                            println!("    converge: {}", converge_status(admin));
+                        }
                         mirror_rows.push(row);
                     }
                 }
@@ -356,10 +388,22 @@ struct Statemirror {
 
 impl Statemirror {
     /// Starts the binary with `config/redis.toml`, re-pointed at these ports.
-    fn start(root: &Path, name: &str, bin: &Path, leader: u16, follower: Option<u16>) -> Self {
+    fn start(
+        root: &Path,
+        name: &str,
+        bin: &Path,
+        leader: u16,
+        follower: Option<u16>,
+        cluster: bool,
+    ) -> Self {
         let port = free_port();
         let admin_port = free_port();
-        let cfg = redis_config(port, admin_port, leader, follower);
+        let mut cfg = redis_config(port, admin_port, leader, follower);
+        if cluster {
+            let mut c = toml::Table::new();
+            c.insert("node_name".into(), "bench".into());
+            cfg.insert("cluster".into(), c.into());
+        }
         let guard = start_statemirror(&root.join(name), name, bin, &cfg, admin_port);
         Statemirror {
             port,
@@ -543,5 +587,19 @@ fn mirror_drain(
         in_sync: now.in_sync,
         leader_keys: dbsize(leader.port),
         follower_keys: dbsize(follower.port),
+    }
+}
+
+/// The cross-sidecar check's counters (`/status` `redis.converge`), once it is idle.
+fn converge_status(admin: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = common::http_get(admin, "/status").map_or_else(|e| e.to_string(), |(_, b)| b);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let c = &v["redis"]["converge"];
+        if (c["pending"] == 0 && c["running"] == false) || Instant::now() > deadline {
+            return c.to_string();
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
