@@ -289,6 +289,53 @@ async fn redis_three_sidecars_racing_on_nifi_entries_converge() {
     drop(far);
 }
 
+/// A check must never repair the follower from a leader that may have lost data: the
+/// leader restarts empty while a check waits on a far follower (0.7 s each way). The
+/// follower keeps the entry (without the `run_id` guard the check deleted it, as the
+/// restarted leader lacks it) and is flagged instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_no_repair_from_a_leader_that_restarted_empty() {
+    let _g = SERIAL.lock().await;
+    let mut leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let far = FaultRelay::start(&follower.addr());
+    let (section, url) = redis_section(&leader.url(), &format!("redis://{}", far.addr()));
+    let node = Node::start(&section, "a", url).await;
+    started(&node, "redis").await;
+    far.set(Fault::Latency(Duration::from_millis(700)));
+    let mut c = client(&node.url).await;
+    nifi_write(&mut c, &key(1), "precious").await;
+    // The writer's round trip (1.4 s), then the check's follower read (1.4 s more).
+    eventually(Duration::from_secs(20), || async {
+        let s = node.status().await;
+        if s["redis"]["converge"]["running"] == true {
+            Ok(())
+        } else {
+            Err(s["redis"]["converge"].to_string())
+        }
+    })
+    .await;
+    leader.restart();
+    far.set(Fault::Pass);
+    // Long enough for several check rounds and the generation check.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    eprintln!("{}", node.status().await["redis"]);
+    let mut f = client(&follower.url()).await;
+    let v: Option<String> = redis::cmd("GET")
+        .arg(key(1))
+        .query_async(&mut f)
+        .await
+        .expect("GET");
+    assert_eq!(
+        v.as_deref(),
+        Some("precious"),
+        "the follower kept the entry"
+    );
+    let s = node.status().await;
+    eprintln!("{}", s["redis"]["mirror"]);
+    assert_eq!(s["redis"]["mirror"]["in_sync"], false, "{}", s["redis"]);
+}
+
 /// Prints what each node's check did (for the README's numbers).
 async fn report(nodes: &[Node], proto: &str, what: &str) {
     for (i, n) in nodes.iter().enumerate() {

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::backend::{encode_cmd, error_text, Conn};
+use super::mirror::leader_run_id;
 use super::resync::select;
 use super::verify::{dump_all, Dumped};
 use crate::config::RedisBackend;
@@ -30,6 +31,9 @@ pub struct RedisRepairer {
     timeout: Duration,
     leader_conn: Option<Conn>,
     follower_conn: Option<Conn>,
+    /// The leader's `run_id` when first connected: a new one means it restarted (maybe
+    /// empty, maybe from an old backup), and nothing may be repaired from it.
+    leader_run_id: Option<String>,
 }
 
 impl RedisRepairer {
@@ -40,6 +44,7 @@ impl RedisRepairer {
             timeout,
             leader_conn: None,
             follower_conn: None,
+            leader_run_id: None,
         }
     }
 
@@ -58,6 +63,9 @@ impl RedisRepairer {
                 self.follower_conn = None;
             }
             r?;
+            if round.abandon.is_some() {
+                break;
+            }
         }
         Ok(round)
     }
@@ -75,10 +83,19 @@ impl RedisRepairer {
             self.follower_conn = Some(c);
         }
         if self.leader_conn.is_none() {
-            let c = Conn::connect(&self.leader, self.timeout)
+            let mut c = Conn::connect(&self.leader, self.timeout)
+                .await
+                .map_err(|e| format!("leader: {e}"))?;
+            let id = leader_run_id(&mut c)
                 .await
                 .map_err(|e| format!("leader: {e}"))?;
             self.leader_conn = Some(c);
+            if self.leader_run_id.as_ref().is_some_and(|old| *old != id) {
+                self.leader_run_id = Some(id);
+                round.abandon = Some("the leader restarted (new run_id)".into());
+                return Ok(());
+            }
+            self.leader_run_id = Some(id);
         }
         let (Some(f), Some(l)) = (self.follower_conn.as_mut(), self.leader_conn.as_mut()) else {
             return Err("no connection".into());

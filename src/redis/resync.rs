@@ -57,9 +57,18 @@ impl RedisWalker {
         let fk = keyspace(&mut follower)
             .await
             .map_err(|e| fail("follower", e))?;
-        let leader_keys: u64 = lk.iter().map(|(_, n)| n).sum();
         let follower_keys: u64 = fk.iter().map(|(_, n)| n).sum();
-        if leader_keys == 0 && follower_keys > 0 && ctx.refuse_empty_leader && !ctx.force {
+        // statemirror's own keys (the cluster's member entries are rewritten at once on a
+        // restarted leader, the generation marker) do not make a backend non-empty.
+        let refuse = ctx.refuse_empty_leader && !ctx.force && follower_keys > 0;
+        if refuse
+            && !holds_user_keys(&mut leader, &lk)
+                .await
+                .map_err(|e| fail("leader", e))?
+            && holds_user_keys(&mut follower, &fk)
+                .await
+                .map_err(|e| fail("follower", e))?
+        {
             return Err(ResyncError::Refused(format!(
                 "the leader holds no keys but the follower holds {follower_keys}: a resync would \
                  erase the follower, which may be the only copy left. If the leader is right, \
@@ -253,6 +262,31 @@ pub async fn scan(
         Some(other) => Err(error_text(&other).unwrap_or_else(|| format!("SCAN: {other:?}"))),
         None => Err("no reply to SCAN".into()),
     }
+}
+
+/// Whether any database of `keyspace` holds a key that is not statemirror's own. Only a
+/// small keyspace is scanned: own keys are a handful, so a larger one holds user keys.
+async fn holds_user_keys(c: &mut Conn, keyspace: &[(u32, u64)]) -> Result<bool, String> {
+    if keyspace.iter().map(|(_, n)| n).sum::<u64>() > 1000 {
+        return Ok(true);
+    }
+    for &(db, n) in keyspace {
+        if n == 0 {
+            continue;
+        }
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, keys) = scan(c, db, &cursor, "*", 1000).await?;
+            if !keys.is_empty() {
+                return Ok(true);
+            }
+            if &next[..] == b"0" {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(false)
 }
 
 /// The keys of `keys` that do not exist on `c` (pipelined `EXISTS`).

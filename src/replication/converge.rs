@@ -76,6 +76,11 @@ pub struct Round<K> {
     pub retry: Vec<K>,
     /// Keys the follower refused to take (given up; the follower is marked out of sync).
     pub refused: Vec<String>,
+    /// The leader restarted or went back in time since the last round: it may have lost
+    /// data, so nothing may be repaired from it. Every waiting key is given up and the
+    /// follower marked out of sync with this reason (the generation check then decides
+    /// between a resync and `recover --from-follower`).
+    pub abandon: Option<String>,
 }
 
 /// A protocol's check-and-repair of a set of keys (see the module comment for the order of
@@ -239,6 +244,15 @@ pub fn spawn<R: Repairer>(
                 ));
                 continue;
             }
+            // A leader known to have lost data must not overwrite the follower, the only
+            // full copy: the checks wait, as resync does, until an operator decides.
+            if mirror.sync().leader_data_loss().is_some() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+                continue;
+            }
             t.busy.store(true, Ordering::Release);
             let keys = t.take(BATCH);
             if keys.is_empty() {
@@ -249,6 +263,17 @@ pub fn spawn<R: Repairer>(
             let r = tokio::time::timeout(ROUND_TIMEOUT, repairer.repair(keys)).await;
             let r = r.unwrap_or_else(|_| Err("a check round timed out".into()));
             match r {
+                Ok(round) if round.abandon.is_some() => {
+                    let n = t.pending() + back.len();
+                    t.take(usize::MAX);
+                    let why = round.abandon.unwrap_or_default();
+                    tracing::warn!(protocol, keys = n, reason = %why,
+                        "cross-sidecar checks given up: the leader may have lost data");
+                    mirror.sync().mark_out_of_sync(format!(
+                        "{n} keys waiting for the cross-sidecar check were given up: {why}"
+                    ));
+                    t.busy.store(false, Ordering::Release);
+                }
                 Ok(round) => {
                     failures = 0;
                     t.checked.fetch_add(round.checked as u64, Ordering::Relaxed);

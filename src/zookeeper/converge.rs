@@ -22,11 +22,19 @@ use crate::replication::resync::BoxFuture;
 pub struct ZkRepairer {
     leader: Session,
     follower: Session,
+    /// The newest leader zxid seen: an older one later means the leader ensemble went back
+    /// in time (restarted empty, restored from a backup), and nothing may be repaired from
+    /// it.
+    leader_zxid: i64,
 }
 
 impl ZkRepairer {
     pub fn new(leader: Session, follower: Session) -> Self {
-        Self { leader, follower }
+        Self {
+            leader,
+            follower,
+            leader_zxid: 0,
+        }
     }
 
     async fn round(&mut self, paths: Vec<String>) -> Result<Round<String>, String> {
@@ -35,7 +43,16 @@ impl ZkRepairer {
         self.follower.sync().await?;
         let theirs = self.follower.read(&paths).await?;
         // 2. The leader.
-        self.leader.sync().await?;
+        let zxid = self.leader.sync().await?;
+        if zxid < self.leader_zxid {
+            round.abandon = Some(format!(
+                "the leader went back in time (zxid {zxid:#x} after {:#x})",
+                self.leader_zxid
+            ));
+            self.leader_zxid = zxid;
+            return Ok(round);
+        }
+        self.leader_zxid = zxid;
         let ours = self.leader.read(&paths).await?;
         round.checked = paths.len();
         // 3. What differs, conditionally.

@@ -213,11 +213,13 @@ impl Session {
 
     /// `sync`: this session's reads that follow see every write the ensemble committed
     /// before it (a member that lags catches up first).
-    pub async fn sync(&mut self) -> Result<(), String> {
+    /// Returns the reply's zxid: where the ensemble's history stands (monotonic across
+    /// members, as the member caught up first).
+    pub async fn sync(&mut self) -> Result<i64, String> {
         let c = Call::new(op::SYNC, &SyncRequest { path: "/".into() });
         let r = self.calls(&[c]).await?;
         match r.first() {
-            Some(x) if x.err == err::OK => Ok(()),
+            Some(x) if x.err == err::OK => Ok(x.zxid),
             Some(x) => Err(format!("{}: sync: {}", self.role, err_name(x.err))),
             None => Err(format!("{}: no reply to sync", self.role)),
         }

@@ -364,7 +364,8 @@ async fn client_id(c: &mut Conn) -> Option<i64> {
 }
 
 /// `run_id` from `INFO server` (of either backend).
-async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
+/// The server's `run_id` (`INFO server`): a new one means it restarted.
+pub(crate) async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"INFO", b"server"]);
     let reply = c.roundtrip(&out, 1).await?;

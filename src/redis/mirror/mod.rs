@@ -56,6 +56,7 @@ mod applier;
 mod read;
 mod write;
 
+pub(crate) use applier::leader_run_id;
 pub use applier::RedisApplier;
 
 use bytes::{Bytes, BytesMut};
