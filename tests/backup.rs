@@ -106,6 +106,7 @@ fn dead_admin() -> String {
 
 fn with_cluster(cfg: &mut statemirror::config::Config) {
     cfg.cluster = Some(ClusterConfig {
+        converge: true,
         node_name: Some("b1".into()),
         member_ttl_ms: 3000,
     });
