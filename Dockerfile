@@ -26,15 +26,17 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-# Static glibc build (`+crt-static`); the explicit --target keeps build scripts and proc
-# macros dynamic. getrandom's linux_getrandom backend calls getrandom(2) directly (its default
-# looks it up with dlsym, which fails in a static binary, and falls back to /dev/urandom). Debug info is stripped (symbol names stay). The registry and target caches
-# speed up rebuilds (BuildKit); the binary is copied out of the cached target directory in
-# the same step, and the step fails if the binary still wants a dynamic loader.
+# The same build as scripts/build-image.sh: static glibc (`+crt-static`; the explicit --target
+# keeps build scripts and proc macros dynamic), getrandom's linux_getrandom backend (it calls
+# getrandom(2) directly; the default looks it up with dlsym, which fails in a static binary,
+# and falls back to /dev/urandom), no debug info (symbol names stay). The registry and target
+# caches speed up rebuilds (BuildKit); the binary is copied out of the cached target directory
+# in the same step, and the step fails if the binary still wants a dynamic loader.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     triple="$(rustc -vV | sed -n 's/^host: //p')" \
     && RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
+       CARGO_PROFILE_RELEASE_DEBUG=0 \
        cargo build --release --locked --bin statemirror --target "$triple" \
     && install -D -m 0755 "target/$triple/release/statemirror" /out/statemirror \
     && strip --strip-debug /out/statemirror \

@@ -50,8 +50,9 @@ echo "build-image: cargo build --release (static, $triple) in $target_dir"
 # getrandom's default Linux backend finds getrandom(2) with dlsym, which a static binary
 # cannot: it would fall back to /dev/urandom (absent in a bare chroot, and a file a container
 # must provide). The linux_getrandom backend calls it directly (kernel 3.17 and later).
+# No debug info (the image strips it anyway): a faster build.
 RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom"' \
-    CARGO_TARGET_DIR="$target_dir" \
+    CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_TARGET_DIR="$target_dir" \
     cargo build --release --locked --bin statemirror --target "$triple"
 echo "build-image: release build took $((SECONDS - start)) s"
 bin="$target_dir/$triple/release/statemirror"
