@@ -3,7 +3,9 @@
 # scripts/test.sh):
 #   1. a statically linked release binary (glibc, `+crt-static`; no PT_INTERP, no NEEDED);
 #   2. `podman build` of deploy/image/Containerfile (FROM scratch: needs no registry and no
-#      container runtime) with the files the Dockerfile's final stage copies;
+#      container runtime) with the files the Dockerfile's final stage copies; and of the
+#      Dockerfile's final stage itself (its builder stage swapped for that binary): both
+#      images must have the same files (modes, owners, sizes) and the same config;
 #   3. from the image: its config (User 10001:10001) and size, then its exported filesystem:
 #      `statemirror --version` and `check-config` on the shipped example, /etc/passwd;
 #   4. chrooted into that filesystem as uid 10001 with nothing but what the image has
@@ -58,14 +60,6 @@ echo "build-image: release build took $((SECONDS - start)) s"
 bin="$target_dir/$triple/release/statemirror"
 
 # --- 2. the image ----------------------------------------------------------------------------
-# Both image files must declare the same runtime config (the rootfs files are shared).
-runtime_lines() {
-    sed -n '/^FROM scratch/,$p' "$1" | grep -E '^(USER|ENV|EXPOSE|ENTRYPOINT|CMD) '
-}
-if ! diff <(runtime_lines Dockerfile) <(runtime_lines deploy/image/Containerfile); then
-    fail "Dockerfile's final stage and deploy/image/Containerfile differ (above)"
-fi
-
 rm -rf "$work"
 ctx="$work/context"
 mkdir -p "$ctx/rootfs"
@@ -81,6 +75,31 @@ podman=(podman --root "$work/storage" --runroot "$work/run" --storage-driver vfs
 user="$("${podman[@]}" image inspect --format '{{.Config.User}}' "$image")"
 [ "$user" = "10001:10001" ] || fail "image User is '$user', want 10001:10001"
 echo "build-image: image $image, User $user"
+
+# The Dockerfile's final stage, as written, with its builder stage (which needs a registry)
+# replaced by the binary built above: it must give the same files and the same config.
+dctx="$work/dockerfile-context"
+mkdir -p "$dctx/deploy/image" "$dctx/config" "$dctx/out"
+cp -R deploy/image/rootfs "$dctx/deploy/image/"
+cp config/redis.toml "$dctx/config/"
+cp "$ctx/rootfs/usr/local/bin/statemirror" "$dctx/out/statemirror"
+awk '/^FROM .* AS builder/ { print "FROM scratch AS builder"; print "COPY out/statemirror /out/statemirror"; skip = 1; next }
+     /^FROM scratch/ { skip = 0 }
+     !skip' Dockerfile >"$dctx/Dockerfile"
+"${podman[@]}" build --quiet -f "$dctx/Dockerfile" -t localhost/statemirror-dockerfile:check \
+    "$dctx" >/dev/null || fail "podman build of the Dockerfile's final stage"
+layout() { # the files of image $1: type and mode, owner, size, path
+    local c
+    c="$("${podman[@]}" create "$1")"
+    "${podman[@]}" export "$c" | tar -tvf - | awk '{ print $1, $2, $3, $6 }' | sort -k 4
+    "${podman[@]}" rm "$c" >/dev/null
+}
+config() { "${podman[@]}" image inspect --format '{{json .Config}}' "$1"; }
+if ! diff <(layout "$image") <(layout localhost/statemirror-dockerfile:check) ||
+    ! diff <(config "$image") <(config localhost/statemirror-dockerfile:check); then
+    fail "deploy/image/Containerfile and the Dockerfile's final stage give different images (above)"
+fi
+echo "build-image: the Dockerfile's final stage gives the same files and config"
 
 # --- 3. its filesystem -----------------------------------------------------------------------
 fs="$work/fs"
