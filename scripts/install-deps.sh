@@ -3,7 +3,8 @@
 #   redis-server (redis-server), redis-tools (redis-cli, redis-benchmark), nutcracker (twemproxy,
 #   benchmark only, optional), curl (demo), zookeeper (ZooKeeper 3.8 server jars and zkCli.sh for
 #   the ZooKeeper tests; pulls in a Java runtime if there is none), prometheus (prometheus and
-#   promtool: the alert-rule checks and the fleet monitoring test).
+#   promtool: the alert-rule checks and the fleet monitoring test), podman (the image step:
+#   scripts/build-image.sh builds the FROM-scratch image without a daemon).
 # Idempotent and quiet: does nothing when everything is there; otherwise one `apt-get update`
 # and one `apt-get install`. Debian/Ubuntu only; elsewhere it says what to install.
 set -euo pipefail
@@ -19,6 +20,7 @@ have curl || required+=(curl)
 { [ -f /usr/share/java/zookeeper.jar ] && [ -x /usr/share/zookeeper/bin/zkCli.sh ]; } ||
     required+=(zookeeper)
 { have prometheus && have promtool; } || required+=(prometheus)
+have podman || required+=(podman)
 optional=()
 have nutcracker || optional+=(nutcracker)
 

@@ -42,6 +42,8 @@ run_tests() {
 }
 step "tests" run_tests
 step "fuzz smoke" fuzz/smoke.sh
+# The shipped image: static release binary, FROM scratch, proven from its exported filesystem.
+step "image" scripts/build-image.sh
 
 # One closing line over every test binary: "tests: N passed, N failed".
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$test_log" | awk '{s+=$4} END {print s+0}')

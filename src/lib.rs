@@ -7,6 +7,7 @@
 //! - [`redis`]: the Redis sidecar (RESP framing, command classification, sessions, mirror);
 //! - [`zookeeper`]: the ZooKeeper sidecar (hand-written jute codec, sessions, mirror);
 //! - [`listener`]: the accept loop both sidecars share;
+//! - [`resolve`]: host names to addresses without the C library (the binary is static);
 //! - [`replication`]: the protocol-independent core: mirror queue, follower writer, write
 //!   freeze, the cluster-wide freeze (`[cluster]`), backend health;
 //! - [`admin`]: the HTTP admin API (`/healthz`, `/readyz`, `/status`, `/metrics`,
@@ -26,6 +27,7 @@ pub mod listener;
 pub mod metrics;
 pub mod redis;
 pub mod replication;
+pub mod resolve;
 pub mod sidecar;
 pub mod telemetry;
 pub mod zookeeper;

@@ -2,14 +2,15 @@
 //! `max_connections`), capped back-off on accept errors (EMFILE and friends), `TCP_NODELAY`,
 //! one task per client. Also how every backend connection is opened ([`connect_backend`]):
 //! `TCP_NODELAY` and TCP keepalive, so a peer that vanished without a RST (a lost region is
-//! a black hole, not a refusal) is noticed on an idle connection within ~25 s.
+//! a black hole, not a refusal) is noticed on an idle connection within ~25 s. Host names
+//! are resolved by [`crate::resolve`] (the shipped binary is static: no NSS).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -85,9 +86,11 @@ pub fn tune_backend(s: &TcpStream) {
     }
 }
 
-/// Connects to a backend (no timeout: callers bound it) and tunes the socket.
-pub async fn connect_backend<A: ToSocketAddrs>(addr: A) -> std::io::Result<TcpStream> {
-    let s = TcpStream::connect(addr).await?;
+/// Connects to a backend `host:port` (no timeout: callers bound it, name resolution
+/// included) and tunes the socket. Names go through [`crate::resolve`], not the C library;
+/// each resolved address is tried in turn.
+pub async fn connect_backend(addr: &str) -> std::io::Result<TcpStream> {
+    let s = crate::resolve::connect(addr).await?;
     tune_backend(&s);
     Ok(s)
 }
@@ -100,7 +103,7 @@ mod tests {
     async fn backend_connections_have_keepalive() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
-        let s = connect_backend(addr).await.expect("connect");
+        let s = connect_backend(&addr.to_string()).await.expect("connect");
         let r = socket2::SockRef::from(&s);
         assert!(r.keepalive().expect("SO_KEEPALIVE"));
         assert!(r.tcp_nodelay().expect("TCP_NODELAY"));

@@ -7,7 +7,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -45,7 +44,8 @@ async fn request_inner(
         .map(|s| s.trim_end_matches('/'))
         .filter(|s| !s.is_empty() && !s.contains('/'))
         .ok_or_else(|| ClientError::Url(base.to_string()))?;
-    let stream = TcpStream::connect(authority)
+    // Through the project's resolver: the static binary has no NSS for `getaddrinfo`.
+    let stream = crate::resolve::connect(authority)
         .await
         .map_err(|e| ClientError::Connect(authority.to_string(), e.to_string()))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
