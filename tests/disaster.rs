@@ -356,7 +356,7 @@ const QUEUE_BYTES: u64 = 16 << 20;
 /// fragmentation, the deque's capacity doubling (README "Guarantees" documents the figure).
 const ALLOWANCE: u64 = 24 << 20;
 /// How long the follower stays frozen.
-const FROZEN: Duration = Duration::from_secs(60);
+const FROZEN: Duration = Duration::from_secs(30);
 
 /// Samples the process's RSS every 200 ms until `stop`; returns the peak.
 fn rss_sampler(
