@@ -381,6 +381,21 @@ mod zk {
         }
     }
 
+    /// Every node drained, then the trees become equal (printed: how long it took).
+    async fn converged(nodes: &[Node], leader: &ZkServer, follower: &ZkServer, what: &str) {
+        all_drained(nodes, "zookeeper").await;
+        let t0 = Instant::now();
+        let n = eventually(Duration::from_secs(30), || async {
+            compare_trees(&leader.addr(), &follower.addr()).await
+        })
+        .await;
+        eprintln!(
+            "{what}: follower equal after {:?} ({n} nodes)",
+            t0.elapsed()
+        );
+        report(nodes, "zookeeper", what).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn zookeeper_three_sidecars_racing_on_nifi_entries_converge() {
         let _g = SERIAL.lock().await;
@@ -411,17 +426,7 @@ mod zk {
             nifi_write(&clients[0], &path(i), &format!("v1 a {i}")).await;
             nifi_write(&clients[1], &path(i), &format!("v2 b {i}")).await;
         }
-        all_drained(&nodes, "zookeeper").await;
-        let t0 = Instant::now();
-        let n = eventually(Duration::from_secs(30), || async {
-            compare_trees(&leader.addr(), &follower.addr()).await
-        })
-        .await;
-        eprintln!(
-            "round 1: follower equal after {:?} ({n} nodes)",
-            t0.elapsed()
-        );
-        report(&nodes, "zookeeper", "round 1").await;
+        converged(&nodes, &leader, &follower, "round 1").await;
 
         // Round 2: all three at once.
         let mut tasks = Vec::new();
@@ -438,17 +443,7 @@ mod zk {
         for t in tasks {
             t.await.expect("writer");
         }
-        all_drained(&nodes, "zookeeper").await;
-        let t0 = Instant::now();
-        let n = eventually(Duration::from_secs(30), || async {
-            compare_trees(&leader.addr(), &follower.addr()).await
-        })
-        .await;
-        eprintln!(
-            "round 2: follower equal after {:?} ({n} nodes)",
-            t0.elapsed()
-        );
-        report(&nodes, "zookeeper", "round 2").await;
+        converged(&nodes, &leader, &follower, "round 2").await;
         for n in &nodes {
             let s = n.status().await;
             assert_eq!(

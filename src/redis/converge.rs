@@ -17,7 +17,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use super::backend::{encode_cmd, error_text, Conn};
 use super::mirror::leader_run_id;
 use super::resync::select;
-use super::verify::{dump_all, Dumped};
+use super::verify::{dump_all, parse_dumped, Dumped};
 use crate::config::RedisBackend;
 use crate::replication::converge::{bytes_key_size, Repairer, Round};
 use crate::replication::resync::BoxFuture;
@@ -198,25 +198,7 @@ async fn watch_and_dump(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Dum
     if let Some(e) = it.next().as_ref().and_then(error_text) {
         return Err(format!("WATCH: {e}"));
     }
-    let mut res = Vec::with_capacity(keys.len());
-    for _ in keys {
-        let d = it.next();
-        let t = it.next();
-        if let Some(e) = t.as_ref().and_then(error_text) {
-            return Err(format!("PEXPIRETIME (Redis ≥ 7 needed): {e}"));
-        }
-        res.push(match d {
-            Some(BytesFrame::BulkString(p)) => Some((
-                p,
-                match t {
-                    Some(BytesFrame::Integer(t)) if t >= 0 => Some(t),
-                    _ => None,
-                },
-            )),
-            _ => None,
-        });
-    }
-    Ok(res)
+    parse_dumped(it, keys.len())
 }
 
 impl Repairer for RedisRepairer {

@@ -276,11 +276,21 @@ pub(crate) async fn dump_all(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Ve
         Some(BytesFrame::Array(v)) => v,
         other => return Err(format!("EXEC: {other:?}")),
     };
-    let mut it = exec.into_iter();
-    let mut res = Vec::with_capacity(keys.len());
-    for _ in keys {
+    parse_dumped(exec.into_iter(), keys.len())
+}
+
+/// `n` pairs of `DUMP` and `PEXPIRETIME` replies, in order.
+pub(crate) fn parse_dumped(
+    mut it: impl Iterator<Item = BytesFrame>,
+    n: usize,
+) -> Result<Vec<Dumped>, String> {
+    let mut res = Vec::with_capacity(n);
+    for _ in 0..n {
         let d = it.next();
         let t = it.next();
+        if let Some(e) = t.as_ref().and_then(super::backend::error_text) {
+            return Err(format!("PEXPIRETIME (Redis ≥ 7 needed): {e}"));
+        }
         res.push(match d {
             Some(BytesFrame::BulkString(p)) => Some((
                 p,
