@@ -1,8 +1,9 @@
 //! The Redis side of the cross-sidecar check ([`crate::replication::converge`]): per round
 //! and database, `WATCH` + `DUMP` + `PEXPIRETIME` of the keys on the follower, then the same
 //! reads on the leader, then one `MULTI … EXEC` on the follower restoring (or deleting) the
-//! keys that differ. `EXEC` answers nil when a watched key changed since the read: another
-//! write landed meanwhile, so those keys are checked again.
+//! keys that differ. `EXEC` answers nil when a watched key changed since the read: the keys
+//! that changed are done (whoever changed them checks them), the others are read again and
+//! checked again.
 //!
 //! Needs Redis ≥ 7 on both sides (`PEXPIRETIME`), and a follower that takes the leader's
 //! `DUMP` payloads (the same or a newer Redis); a refused `RESTORE` is counted and the
@@ -101,7 +102,7 @@ impl RedisRepairer {
             return Err("no connection".into());
         };
         // 1. The follower first, watched: its read must come before the leader's.
-        let theirs = watch_and_dump(f, db, keys)
+        let theirs = dump_pipelined(f, db, keys, true)
             .await
             .map_err(|e| format!("follower: {e}"))?;
         // 2. The leader.
@@ -111,13 +112,13 @@ impl RedisRepairer {
         round.checked += keys.len();
         // 3. Only what differs, only if nothing changed on the follower since 1.
         let mut out = BytesMut::new();
-        let mut differ: Vec<&Bytes> = Vec::new();
+        let mut differ: Vec<(&Bytes, &Dumped)> = Vec::new();
         encode_cmd(&mut out, &[b"MULTI"]);
         for ((k, l), f) in keys.iter().zip(&ours).zip(&theirs) {
             if l == f {
                 continue;
             }
-            differ.push(k);
+            differ.push((k, f));
             match l {
                 None => encode_cmd(&mut out, &[b"DEL", k]),
                 Some((payload, t)) => encode_cmd(
@@ -148,15 +149,24 @@ impl RedisRepairer {
             .await
             .map_err(|e| format!("follower: {e}"))?;
         match replies.pop() {
-            // A watched key changed: whoever changed it checks it too, but these were not
-            // written, so they are checked again here.
+            // A watched key changed, and nothing was written. A key that itself changed
+            // since the read is done (whoever changed it checks it after); one that did
+            // not (another key aborted the transaction) is checked again.
             Some(BytesFrame::Null) => {
-                round
-                    .retry
-                    .extend(differ.into_iter().map(|k| (db, k.clone())));
+                let again: Vec<Bytes> = differ.iter().map(|(k, _)| (*k).clone()).collect();
+                let now = dump_pipelined(f, db, &again, false)
+                    .await
+                    .map_err(|e| format!("follower: {e}"))?;
+                for ((k, before), now) in differ.into_iter().zip(now) {
+                    if *before == now {
+                        round.retry.push((db, k.clone()));
+                    } else {
+                        round.conflicts += 1;
+                    }
+                }
             }
             Some(BytesFrame::Array(results)) => {
-                for (k, r) in differ.into_iter().zip(results) {
+                for ((k, _), r) in differ.into_iter().zip(results) {
                     match error_text(&r) {
                         None => round.repaired += 1,
                         Some(e) => round
@@ -177,26 +187,35 @@ impl RedisRepairer {
     }
 }
 
-/// `WATCH` the keys, then read `DUMP` + `PEXPIRETIME` of each, outside a transaction (an
-/// `EXEC` would end the watch).
-async fn watch_and_dump(c: &mut Conn, db: u32, keys: &[Bytes]) -> Result<Vec<Dumped>, String> {
+/// `DUMP` + `PEXPIRETIME` of each key, pipelined outside a transaction (an `EXEC` would end
+/// a watch); `WATCH`ed first when `watch`.
+async fn dump_pipelined(
+    c: &mut Conn,
+    db: u32,
+    keys: &[Bytes],
+    watch: bool,
+) -> Result<Vec<Dumped>, String> {
     select(c, db).await?;
     let mut out = BytesMut::new();
-    let mut watch: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
-    watch.push(b"WATCH");
-    watch.extend(keys.iter().map(|k| &k[..]));
-    encode_cmd(&mut out, &watch);
+    if watch {
+        let mut w: Vec<&[u8]> = Vec::with_capacity(keys.len() + 1);
+        w.push(b"WATCH");
+        w.extend(keys.iter().map(|k| &k[..]));
+        encode_cmd(&mut out, &w);
+    }
     for k in keys {
         encode_cmd(&mut out, &[b"DUMP", k]);
         encode_cmd(&mut out, &[b"PEXPIRETIME", k]);
     }
     let replies = c
-        .roundtrip(&out, 1 + 2 * keys.len())
+        .roundtrip(&out, usize::from(watch) + 2 * keys.len())
         .await
         .map_err(|e| e.to_string())?;
     let mut it = replies.into_iter();
-    if let Some(e) = it.next().as_ref().and_then(error_text) {
-        return Err(format!("WATCH: {e}"));
+    if watch {
+        if let Some(e) = it.next().as_ref().and_then(error_text) {
+            return Err(format!("WATCH: {e}"));
+        }
     }
     parse_dumped(it, keys.len())
 }

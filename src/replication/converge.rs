@@ -14,7 +14,8 @@
 //! 3. if they differ, write the leader's state to the follower *only if the follower's key
 //!    is still at the version read in 1* (Redis: `MULTI … EXEC`, aborted if the watched key
 //!    changed; ZooKeeper: `setData`/`delete` with that version, `create` failing on
-//!    `NODEEXISTS`). A conflict puts the key back for another check.
+//!    `NODEEXISTS`). A conflict (the key changed since 1) ends this key's check: that
+//!    newer change is someone else's, who checks the key after it.
 //!
 //! Why that converges once writes stop: take the last change to a key on the follower.
 //! - If it is a repair, its follower read (1) came after every other change to the key on
@@ -72,7 +73,13 @@ pub struct Round<K> {
     pub checked: usize,
     /// Keys whose follower state was replaced with the leader's.
     pub repaired: usize,
-    /// Keys changed on the follower between the read and the write: checked again.
+    /// Keys changed on the follower between the read and the write. Not checked again:
+    /// that change is not this sidecar's, so its last change to the key is no longer the
+    /// last one, and whoever made the newer change checks the key after it (see the module
+    /// comment). Dropping them keeps a hot key from holding the check (and a drain) forever.
+    pub conflicts: usize,
+    /// Keys to check again: not written, but not changed by anyone else either (a Redis
+    /// transaction aborted by another key's change).
     pub retry: Vec<K>,
     /// Keys the follower refused to take (given up; the follower is marked out of sync).
     pub refused: Vec<String>,
@@ -280,7 +287,7 @@ pub fn spawn<R: Repairer>(
                     t.repaired
                         .fetch_add(round.repaired as u64, Ordering::Relaxed);
                     t.conflicts
-                        .fetch_add(round.retry.len() as u64, Ordering::Relaxed);
+                        .fetch_add(round.conflicts as u64, Ordering::Relaxed);
                     t.checked_c.increment(round.checked as u64);
                     t.repaired_c.increment(round.repaired as u64);
                     if round.repaired > 0 {

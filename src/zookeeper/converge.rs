@@ -3,8 +3,8 @@
 //! on the leader, then, pipelined on the follower, for each path that differs:
 //! `setData(path, data, version read)`, `delete(path, version read)`, or `create` with the
 //! leader's data and ACL (fails with `NODEEXISTS` if someone created it meanwhile).
-//! `BADVERSION`, `NODEEXISTS` and `NONODE` mean another write landed since the read: the
-//! path is checked again. The `sync`s matter with ensembles: a member that lags would
+//! `BADVERSION`, `NODEEXISTS` and `NONODE` mean another write landed since the read: that
+//! path's check is done (the newer change is followed by its own sidecar's check). The `sync`s matter with ensembles: a member that lags would
 //! otherwise answer the read with a state older than the writes being checked.
 //!
 //! Ephemeral nodes (either side) are left alone: they are mirrored with their sessions.
@@ -109,7 +109,8 @@ impl ZkRepairer {
         for (p, r) in sent.into_iter().zip(replies) {
             match r.err {
                 err::OK => round.repaired += 1,
-                err::BAD_VERSION | err::NODE_EXISTS | err::NO_NODE => round.retry.push(p.clone()),
+                // Changed since the read: done (whoever changed it checks it after).
+                err::BAD_VERSION | err::NODE_EXISTS | err::NO_NODE => round.conflicts += 1,
                 // Children appeared meanwhile: their own checks come; this one again later.
                 err::NOT_EMPTY => round.retry.push(p.clone()),
                 e => round.refused.push(format!("{p}: {}", err_name(e))),
