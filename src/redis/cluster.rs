@@ -125,12 +125,7 @@ impl RedisClusterStore {
 
     /// Runs `then` in a `MULTI` if `key` holds `holder`, under `WATCH` on the one connection:
     /// a change in between (expiry, another node) makes it look again.
-    async fn if_held(
-        &self,
-        key: &[u8],
-        holder: &str,
-        then: &[Vec<&[u8]>],
-    ) -> Result<Held, String> {
+    async fn if_held(&self, key: &[u8], holder: &str, then: &[Vec<&[u8]>]) -> Result<Held, String> {
         let mut guard = self.conn.lock().await;
         for _ in 0..5 {
             let r = self

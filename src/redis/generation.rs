@@ -94,16 +94,18 @@ impl Markers for RedisMarkers {
         })
     }
 
-    fn take_clean<'a>(
-        &'a self,
-        node: &'a str,
-    ) -> BoxFuture<'a, Result<Option<CleanStop>, String>> {
+    fn take_clean<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<CleanStop>, String>> {
         Box::pin(async move {
             let key = clean_key(node);
             let r = roundtrip(
                 &self.leader,
                 self.timeout,
-                &[vec![b"MULTI"], vec![b"GET", &key], vec![b"DEL", &key], vec![b"EXEC"]],
+                &[
+                    vec![b"MULTI"],
+                    vec![b"GET", &key],
+                    vec![b"DEL", &key],
+                    vec![b"EXEC"],
+                ],
             )
             .await?;
             match r.last() {

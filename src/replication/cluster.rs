@@ -100,11 +100,17 @@ pub trait ClusterStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Option<String>, String>>;
     /// Extends the lease; `Ok(false)` when `holder` may not have held it without a break
     /// since it took it (expired, taken by another, or its session changed).
-    fn lease_renew<'a>(&'a self, name: &'a str, holder: &'a str)
-        -> BoxFuture<'a, Result<bool, String>>;
+    fn lease_renew<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>>;
     /// Gives the lease up if `holder` still holds it.
-    fn lease_release<'a>(&'a self, name: &'a str, holder: &'a str)
-        -> BoxFuture<'a, Result<(), String>>;
+    fn lease_release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// A lease in the leader backend: at most one resync (or `recover`) per follower at a time
@@ -120,12 +126,7 @@ pub struct Lease {
 }
 
 impl Lease {
-    pub fn new(
-        store: Arc<dyn ClusterStore>,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Arc<Self> {
+    pub fn new(store: Arc<dyn ClusterStore>, name: &str, holder: &str, ttl: Duration) -> Arc<Self> {
         Arc::new(Self {
             store,
             name: name.into(),
@@ -139,39 +140,34 @@ impl Lease {
         self.store.lease_acquire(&self.name, &self.holder).await
     }
 
-    /// Best effort, bounded.
+    /// Best effort (each backend call is bounded by the store's timeout).
     pub async fn release(&self) {
-        let r = tokio::time::timeout(
-            Duration::from_secs(2),
-            self.store.lease_release(&self.name, &self.holder),
-        )
-        .await;
-        if !matches!(r, Ok(Ok(()))) {
-            tracing::debug!(lease = %self.name, "resync lease not released; it expires");
+        if let Err(e) = self.store.lease_release(&self.name, &self.holder).await {
+            tracing::debug!(lease = %self.name, error = %e, "resync lease not released; it expires");
         }
     }
 
-    /// Renews the lease every third of its TTL until it is lost; returns why. A renewal
-    /// that fails is retried until two thirds of the TTL passed since the last good one:
-    /// past that, another node may already have taken it.
-    pub async fn hold(&self) -> String {
+    /// Renews the lease every third of its TTL until it is lost (`Some(why)`) or `stop` is
+    /// cancelled (`None`). A renewal that fails is retried until two thirds of the TTL passed
+    /// since the last good one: past that, another node may already have taken it. Never
+    /// dropped mid-call by `stop` (a half-read reply would leave the store's connection out
+    /// of step): each call is bounded by the store's own timeout.
+    pub async fn hold(&self, stop: &CancellationToken) -> Option<String> {
         let every = self.ttl / 3;
         let mut last_ok = Instant::now();
         loop {
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(every) => {}
+            }
             let started = Instant::now();
-            match tokio::time::timeout(every, self.store.lease_renew(&self.name, &self.holder))
-                .await
-            {
-                Ok(Ok(true)) => last_ok = started,
-                Ok(Ok(false)) => return "the lease was lost (expired or taken)".into(),
-                Ok(Err(e)) if last_ok.elapsed() >= self.ttl * 2 / 3 => {
-                    return format!("the lease could not be renewed: {e}")
+            match self.store.lease_renew(&self.name, &self.holder).await {
+                Ok(true) => last_ok = started,
+                Ok(false) => return Some("the lease was lost (expired or taken)".into()),
+                Err(e) if last_ok.elapsed() >= self.ttl * 2 / 3 => {
+                    return Some(format!("the lease could not be renewed: {e}"))
                 }
-                Err(_) if last_ok.elapsed() >= self.ttl * 2 / 3 => {
-                    return "the lease could not be renewed: timed out".into()
-                }
-                _ => {}
+                Err(_) => {}
             }
         }
     }

@@ -46,8 +46,11 @@ pub trait Markers: Send + Sync {
     /// Sets the marker on the leader, then on the follower.
     fn write(&self, generation: u64) -> BoxFuture<'_, Result<(), String>>;
     /// Writes `node`'s clean-stop record on the leader (see [`CleanStop`]).
-    fn put_clean<'a>(&'a self, node: &'a str, rec: &'a CleanStop)
-        -> BoxFuture<'a, Result<(), String>>;
+    fn put_clean<'a>(
+        &'a self,
+        node: &'a str,
+        rec: &'a CleanStop,
+    ) -> BoxFuture<'a, Result<(), String>>;
     /// Reads and deletes `node`'s clean-stop record on the leader (at most one start uses it).
     fn take_clean<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<CleanStop>, String>>;
 }
@@ -307,11 +310,18 @@ mod tests {
         assert_eq!(clean_since(&r, (Some(9), Some(9))), Some(true));
         assert_eq!(clean_since(&r, (Some(4), Some(4))), Some(false), "restored");
         assert_eq!(clean_since(&r, (None, Some(5))), Some(false), "leader lost");
-        assert_eq!(clean_since(&r, (Some(5), None)), Some(false), "follower lost");
+        assert_eq!(
+            clean_since(&r, (Some(5), None)),
+            Some(false),
+            "follower lost"
+        );
         assert_eq!(clean_since(&r, (Some(6), Some(5))), None, "mid-advance");
         assert_eq!(clean_since(&r, (Some(6), Some(4))), Some(false));
         assert_eq!(clean_since(&rec(None, None), (None, None)), Some(true));
-        assert_eq!(clean_since(&rec(None, None), (Some(1), Some(1))), Some(true));
+        assert_eq!(
+            clean_since(&rec(None, None), (Some(1), Some(1))),
+            Some(true)
+        );
         assert_eq!(clean_since(&rec(None, None), (None, Some(1))), Some(false));
     }
 }

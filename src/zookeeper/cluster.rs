@@ -362,10 +362,13 @@ impl ClusterStore for ZkClusterStore {
                         }
                         // Left by an earlier session of ours: replaced by one of this session.
                         Some((h, version, _)) if h == holder => {
-                            let del = Call::new(op::DELETE, &DeleteRequest {
-                                path: path.clone(),
-                                version,
-                            });
+                            let del = Call::new(
+                                op::DELETE,
+                                &DeleteRequest {
+                                    path: path.clone(),
+                                    version,
+                                },
+                            );
                             c.call(del).await.map_err(|e| e.to_string())?;
                         }
                         Some((h, _, _)) => return Ok(Some(h)),

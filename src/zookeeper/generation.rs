@@ -9,8 +9,8 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use super::client::{Call, ZkConn};
-use super::mirror::PathFilter;
 use super::jute::Record;
+use super::mirror::PathFilter;
 use super::proto::records::{
     Acl, CreateRequest, DeleteRequest, GetDataRequest, GetDataResponse, Id, SetDataRequest,
 };
@@ -219,10 +219,7 @@ impl Markers for ZkMarkers {
         Box::pin(self.put_clean_now(node, rec))
     }
 
-    fn take_clean<'a>(
-        &'a self,
-        node: &'a str,
-    ) -> BoxFuture<'a, Result<Option<CleanStop>, String>> {
+    fn take_clean<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<CleanStop>, String>> {
         Box::pin(self.take_clean_now(node))
     }
 
