@@ -562,10 +562,10 @@ async fn scenario(proto: Proto, leader: &str, follower: &str, far_follower: &str
     );
 
     // Rolling restart: a clean stop each, no resync at the next start.
-    for i in 0..nodes.len() {
-        nodes[i].terminate().await;
-        nodes[i].start().await;
-        let n = &nodes[i];
+    for n in nodes.iter_mut() {
+        n.terminate().await;
+        n.start().await;
+        let n = &*n;
         assert!(
             start_decision(n, proto).await,
             "{}: restarted after SIGTERM, its clean stop must spare the resync at start: {}",

@@ -308,7 +308,10 @@ impl ClusterStore for RedisClusterStore {
                     return Ok(None);
                 }
                 // Held: by an earlier run of ours (taken over) or by another node.
-                match self.if_held(&key, holder, &[take.clone()]).await? {
+                match self
+                    .if_held(&key, holder, std::slice::from_ref(&take))
+                    .await?
+                {
                     Held::Done => return Ok(None),
                     Held::Not(Some(other)) => return Ok(Some(other)),
                     Held::Not(None) => continue, // expired in between
