@@ -682,10 +682,68 @@ async fn scenario(proto: Proto, leader: &str, follower: &str, far_follower: &str
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(v[p]["total_differences"], 0, "{body}");
+    recover_waits_for_the_lease(proto, leader, &nodes[1]).await;
     for n in &mut nodes {
         n.kill();
     }
     eprintln!("{p}: done in {:?}", t0.elapsed());
+}
+
+/// `statemirror recover --from-follower` with `[cluster]` takes the same lease: while
+/// another holds it, it refuses (exit 1) and names the holder.
+async fn recover_waits_for_the_lease(proto: Proto, leader: &str, n: &Node) {
+    let p = proto.name();
+    // Someone else's lease, held for the length of the call.
+    let mut zk_holder = None;
+    match proto {
+        Proto::Redis => {
+            let mut c = client(leader).await;
+            let key = format!("statemirror:cluster:resync-lease:{p}");
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg("someone-else")
+                .arg("PX")
+                .arg(30_000)
+                .query_async(&mut c)
+                .await
+                .expect("SET lease");
+        }
+        Proto::Zk => {
+            let c = common::zk::zk_client(leader).await;
+            let path = format!("/statemirror/cluster/resync-lease-{p}");
+            c.create(&path, b"someone-else", &common::zk::ephemeral())
+                .await
+                .expect("create lease");
+            zk_holder = Some(c);
+        }
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_statemirror"))
+            .args(["recover", "--from-follower", "--config"])
+            .arg(n.cfg.path())
+            .output(),
+    )
+    .await
+    .expect("recover answers within 30 s")
+    .expect("run recover");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "recover while leased: {stderr}");
+    assert!(
+        stderr.contains("someone-else holds the resync lease"),
+        "{stderr}"
+    );
+    match proto {
+        Proto::Redis => {
+            let mut c = client(leader).await;
+            let _: () = redis::cmd("DEL")
+                .arg(format!("statemirror:cluster:resync-lease:{p}"))
+                .query_async(&mut c)
+                .await
+                .expect("DEL lease");
+        }
+        Proto::Zk => drop(zk_holder),
+    }
 }
 
 /// A Redis URL (the servers are owned by the test).

@@ -629,6 +629,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_lease_has_one_holder_and_its_hold_ends_when_another_takes_it() {
+        let store = Arc::new(Mem::default());
+        let ttl = Duration::from_millis(90);
+        let a = Lease::new(store.clone(), "redis", "a", ttl);
+        let b = Lease::new(store.clone(), "redis", "b", ttl);
+        assert_eq!(a.acquire().await, Ok(None));
+        assert_eq!(b.acquire().await, Ok(Some("a".into())));
+        assert_eq!(a.acquire().await, Ok(None), "its own name: taken over");
+        // Held while renewals work; lost when someone else holds it.
+        let stop = CancellationToken::new();
+        let held = tokio::time::timeout(ttl * 3, a.hold(&stop)).await;
+        assert!(held.is_err(), "still held: {held:?}");
+        *lock(&store.lease) = Some("b".into());
+        let lost = tokio::time::timeout(ttl * 3, a.hold(&stop)).await;
+        assert!(matches!(lost, Ok(Some(_))), "{lost:?}");
+        a.release().await;
+        assert_eq!(
+            lock(&store.lease).as_deref(),
+            Some("b"),
+            "not a's to release"
+        );
+        b.release().await;
+        assert_eq!(a.acquire().await, Ok(None));
+        stop.cancel();
+        assert_eq!(a.hold(&stop).await, None, "stopped");
+    }
+
+    #[tokio::test]
     async fn no_write_before_listed_and_read_since() {
         let store = Arc::new(Mem::default());
         let (c, freeze) = cluster(&store, Duration::from_secs(60));
