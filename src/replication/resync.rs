@@ -231,7 +231,16 @@ impl Resync {
         mirror: Arc<dyn MirrorView>,
     ) -> Arc<Self> {
         let p = protocol;
-        let mut r = Arc::new(Self {
+        if cfg.on_start {
+            // Marked at once (nothing counts the follower in sync, nor advances the generation
+            // markers, before the decision); cleared by `start_decided` after a clean stop.
+            mirror.sync().mark_out_of_sync_expected(
+                "statemirror started: writes queued by a previous run (in memory) may be lost \
+                 (unless that run recorded a clean stop)",
+            );
+        }
+        let start_epoch = mirror.sync().epoch();
+        let r = Arc::new(Self {
             protocol,
             mirror,
             requested: AtomicBool::new(false),
@@ -256,7 +265,7 @@ impl Resync {
                 counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "failed"),
                 counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "restarted"),
             ],
-            start_epoch: 0,
+            start_epoch,
             decided: AtomicBool::new(false),
             clean_start: Mutex::new(None),
             lease: OnceLock::new(),
@@ -264,17 +273,6 @@ impl Resync {
             cfg,
         });
         r.running_g.set(0.0);
-        if r.cfg.on_start {
-            // Marked at once (nothing counts the follower in sync, nor advances the generation
-            // markers, before the decision); cleared by `start_decided` after a clean stop.
-            r.mirror.sync().mark_out_of_sync_expected(
-                "statemirror started: writes queued by a previous run (in memory) may be lost \
-                 (unless that run recorded a clean stop)",
-            );
-            if let Some(me) = Arc::get_mut(&mut r) {
-                me.start_epoch = me.mirror.sync().epoch();
-            }
-        }
         r
     }
 
@@ -402,6 +400,7 @@ pub fn spawn(
             let requested = r.requested.load(Ordering::Acquire);
             let sync = r.mirror.sync();
             if (sync.in_sync() || settled == Some(sync.epoch())) && !requested {
+                lock(&r.waiting_for).take();
                 continue;
             }
             if !(r.cfg.auto || requested) || !follower_up() {
@@ -634,4 +633,206 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::cluster::{ClusterStore, FreezeState, Member, MemberReport};
+    use crate::replication::queue::QueueLimits;
+
+    struct NoOp;
+    impl MirrorOp for NoOp {
+        type Key = u32;
+        fn cost_bytes(&self) -> usize {
+            1
+        }
+        fn coalesce_key(&self) -> Option<u32> {
+            None
+        }
+    }
+
+    fn queue() -> Arc<MirrorQueue<NoOp>> {
+        MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 10,
+                max_bytes: 1000,
+                bulk_capacity: 4,
+                bulk_per_batch: 4,
+            },
+        )
+    }
+
+    /// Copies nothing, taking `ms` per run; counts runs begun and finished.
+    struct Slow {
+        ms: u64,
+        begun: AtomicU64,
+        done: AtomicU64,
+    }
+
+    impl Walker for Slow {
+        fn walk<'a>(&'a self, ctx: &'a ResyncCtx) -> BoxFuture<'a, Result<(), ResyncError>> {
+            Box::pin(async move {
+                self.begun.fetch_add(1, Ordering::SeqCst);
+                let end = Instant::now() + Duration::from_millis(self.ms);
+                while Instant::now() < end {
+                    ctx.check()?;
+                    tokio::select! {
+                        _ = ctx.cancelled().cancelled() => return Err(ResyncError::Restart),
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+                self.done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    fn slow(ms: u64) -> Arc<Slow> {
+        Arc::new(Slow {
+            ms,
+            begun: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        })
+    }
+
+    /// Only a lease, whose holder the test sets too.
+    #[derive(Default)]
+    struct OneLease(Mutex<Option<String>>);
+
+    impl ClusterStore for OneLease {
+        fn backend(&self) -> &'static str {
+            "mem"
+        }
+        fn read(&self) -> BoxFuture<'_, Result<FreezeState, String>> {
+            Box::pin(async { Ok(FreezeState::default()) })
+        }
+        fn set<'a>(&'a self, _: bool, _: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+            Box::pin(async { Ok(0) })
+        }
+        fn heartbeat<'a>(&'a self, _: &'a MemberReport) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, String>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn leave<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn lease_acquire<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, String>> {
+            Box::pin(async move {
+                let mut l = lock(&self.0);
+                match &*l {
+                    Some(h) if h != holder => Ok(Some(h.clone())),
+                    _ => {
+                        *l = Some(holder.into());
+                        Ok(None)
+                    }
+                }
+            })
+        }
+        fn lease_renew<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<bool, String>> {
+            Box::pin(async move { Ok(lock(&self.0).as_deref() == Some(holder)) })
+        }
+        fn lease_release<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                let mut l = lock(&self.0);
+                if l.as_deref() == Some(holder) {
+                    *l = None;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "not within 10 s: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_run_before_the_start_decision_and_none_after_a_clean_stop() {
+        let shutdown = CancellationToken::new();
+        for clean in [true, false] {
+            let q = queue();
+            let rs = Resync::new("test", ResyncConfig::default(), q.clone());
+            assert!(!q.sync().in_sync(), "marked at start until decided");
+            let w = slow(0);
+            spawn(rs.clone(), w.clone(), Arc::new(|| true), shutdown.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(w.begun.load(Ordering::SeqCst), 0, "ran before the decision");
+            rs.start_decided(clean);
+            if clean {
+                assert!(q.sync().in_sync());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(
+                    w.begun.load(Ordering::SeqCst),
+                    0,
+                    "resynced after a clean stop"
+                );
+                assert_eq!(rs.status()["start"]["clean_stop"], true);
+            } else {
+                until("the resync at start", || w.done.load(Ordering::SeqCst) == 1).await;
+                until("in sync", || q.sync().in_sync()).await;
+            }
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_run_waits_for_the_lease_and_is_cancelled_when_it_is_lost() {
+        let shutdown = CancellationToken::new();
+        let store = Arc::new(OneLease::default());
+        *lock(&store.0) = Some("other".into());
+        let q = queue();
+        let rs = Resync::new("test", ResyncConfig::default(), q.clone());
+        rs.set_lease(Lease::new(
+            store.clone(),
+            "test",
+            "me",
+            Duration::from_millis(150),
+        ));
+        let w = slow(1500);
+        spawn(rs.clone(), w.clone(), Arc::new(|| true), shutdown.clone());
+        rs.start_decided(false);
+        until("waiting for the lease", || {
+            rs.status()["waiting_for_lease"] == "other"
+        })
+        .await;
+        assert_eq!(w.begun.load(Ordering::SeqCst), 0);
+        *lock(&store.0) = None;
+        until("running", || rs.is_running()).await;
+        assert_eq!(lock(&store.0).as_deref(), Some("me"));
+        assert!(rs.status()["waiting_for_lease"].is_null());
+        // Someone else holds it now: the run stops, and the next one waits for it again.
+        *lock(&store.0) = Some("other".into());
+        until("cancelled", || !rs.is_running()).await;
+        assert_eq!(w.done.load(Ordering::SeqCst), 0);
+        assert_eq!(rs.status()["last"]["outcome"], "restarted");
+        until("waiting again", || {
+            rs.status()["waiting_for_lease"] == "other"
+        })
+        .await;
+        *lock(&store.0) = None;
+        until("in sync", || q.sync().in_sync()).await;
+        assert_eq!(w.done.load(Ordering::SeqCst), 1);
+        assert_eq!(lock(&store.0).as_deref(), None, "released");
+        shutdown.cancel();
+    }
 }
