@@ -136,7 +136,8 @@ impl App {
     /// Graceful stop (SIGTERM): stop accepting and reading requests, let sessions answer
     /// what they owe (their writes are queued for mirroring), then keep the follower
     /// writers running until every queue is empty or `drain_timeout` passed, and only then
-    /// stop them. True when everything acknowledged reached the follower.
+    /// stop them. True when everything acknowledged reached the follower; then each follower
+    /// in sync gets this node's clean-stop record, and the next start needs no resync.
     pub async fn stop(&self) -> bool {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         self.shutdown.cancel();

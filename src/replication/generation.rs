@@ -26,6 +26,11 @@
 //! lost" with the mirror drained at the second): a `FLUSHALL` replayed through the mirror
 //! briefly reads as "leader none, follower g", and another sidecar advancing the marker
 //! (leader first) briefly reads as the follower behind.
+//!
+//! The markers also tell whether a restart can skip the resync at start: a graceful stop
+//! with everything mirrored records them on the leader ([`CleanStop`]); the next start of
+//! that node consumes the record and trusts the follower only if the markers still agree
+//! and are not older ([`clean_start`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
