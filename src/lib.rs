@@ -40,9 +40,11 @@ use tokio_util::sync::CancellationToken;
 
 use config::Resolved;
 use redis::server::RedisSidecar;
-use replication::cluster::{Cluster, ClusterStore};
+use replication::cluster::{Cluster, ClusterStore, Lease};
 use replication::freeze::Freeze;
+use replication::generation::{self as gen, Markers};
 use replication::queue::{wait_drained, MirrorView};
+use replication::resync::Resync;
 use sidecar::Sidecar;
 use zookeeper::server::ZkSidecar;
 
@@ -69,7 +71,21 @@ pub struct App {
     /// Stops the follower writers: cancelled last, once the mirror drained (see `stop`).
     writer_stop: CancellationToken,
     drain_timeout: Duration,
+    /// This node's name (`cluster.node_name` or the hostname): its clean-stop records.
+    node: String,
+    /// Per follower: where its clean-stop record goes at a graceful stop.
+    followers: Vec<Follower>,
 }
+
+/// A sidecar with a follower, as the start and stop decisions need it.
+struct Follower {
+    protocol: &'static str,
+    markers: Arc<dyn Markers>,
+    mirror: Arc<dyn MirrorView>,
+}
+
+/// How long the start may spend on the clean-stop record before resyncing as after a crash.
+const CLEAN_START_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl App {
     pub fn redis_addr(&self) -> Option<SocketAddr> {
@@ -124,7 +140,8 @@ impl App {
     /// Graceful stop (SIGTERM): stop accepting and reading requests, let sessions answer
     /// what they owe (their writes are queued for mirroring), then keep the follower
     /// writers running until every queue is empty or `drain_timeout` passed, and only then
-    /// stop them. True when everything acknowledged reached the follower.
+    /// stop them. True when everything acknowledged reached the follower; then each follower
+    /// in sync gets this node's clean-stop record, and the next start needs no resync.
     pub async fn stop(&self) -> bool {
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         self.shutdown.cancel();
@@ -155,9 +172,90 @@ impl App {
                 "stopping with writes still in flight to the leader"
             );
         }
+        if drained {
+            self.record_clean_stops().await;
+        }
         self.writer_stop.cancel();
         drained
     }
+
+    /// Everything acknowledged reached the follower: leaves a clean-stop record per follower
+    /// that is in sync, so the next start of this node needs no resync (see
+    /// `replication::generation::CleanStop`).
+    async fn record_clean_stops(&self) {
+        for f in &self.followers {
+            let sync = f.mirror.sync();
+            if !sync.in_sync() || sync.leader_data_loss().is_some() {
+                tracing::info!(protocol = f.protocol, "the follower is not in sync: no clean stop recorded; the next start resyncs it");
+                continue;
+            }
+            let r = tokio::time::timeout(
+                CLEAN_START_TIMEOUT,
+                gen::record_clean_stop(f.markers.as_ref(), &self.node),
+            )
+            .await;
+            match r {
+                Ok(Ok(true)) => tracing::info!(
+                    protocol = f.protocol,
+                    node = %self.node,
+                    "clean stop recorded; the next start needs no resync"
+                ),
+                Ok(Ok(false)) => tracing::info!(
+                    protocol = f.protocol,
+                    "the generation markers disagree: no clean stop recorded"
+                ),
+                Ok(Err(e)) => tracing::warn!(protocol = f.protocol, error = %e,
+                    "cannot record the clean stop; the next start resyncs the follower"),
+                Err(_) => tracing::warn!(
+                    protocol = f.protocol,
+                    "recording the clean stop timed out; the next start resyncs the follower"
+                ),
+            }
+        }
+    }
+}
+
+/// Decides, once, whether `resync` must resync the follower at start: only when the previous
+/// run of `node` left no clean-stop record, or the markers show a loss since (see
+/// `replication::generation::clean_start`). No resync runs before. The record is consumed
+/// either way; when it cannot be read in time, the start resyncs (as after a crash) and
+/// the record is deleted later, so that a crash after this start cannot reuse it.
+fn decide_start(
+    protocol: &'static str,
+    markers: Arc<dyn Markers>,
+    resync: Arc<Resync>,
+    node: String,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let first = tokio::time::timeout(
+            CLEAN_START_TIMEOUT,
+            gen::clean_start(markers.as_ref(), &node),
+        )
+        .await;
+        let clean = match first {
+            Ok(Ok(clean)) => {
+                resync.start_decided(clean);
+                return;
+            }
+            Ok(Err(e)) => e,
+            Err(_) => "timed out".into(),
+        };
+        tracing::warn!(protocol, error = %clean,
+            "cannot read this node's clean-stop record at start: the follower is resynced as after a crash");
+        resync.start_decided(false);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(CLEAN_START_TIMEOUT, markers.take_clean(&node)).await
+            {
+                return;
+            }
+        }
+    });
 }
 
 /// Binds every listener and starts every task. Returns once all are listening.
@@ -213,6 +311,59 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         })?;
         zookeeper = Some(Arc::new(s));
     }
+    let mut followers = Vec::new();
+    if let (Some(s), Some(r), Some(rc)) = (&redis, &resolved.redis, &cfg.redis) {
+        let s: &Arc<RedisSidecar> = s;
+        if let (Some(f), Some(mirror)) = (&r.follower, s.mirror()) {
+            let markers: Arc<dyn Markers> = Arc::new(redis::generation::RedisMarkers {
+                leader: r.leader.clone(),
+                follower: f.clone(),
+                timeout: Duration::from_millis(rc.connect_timeout_ms).max(Duration::from_secs(1)),
+            });
+            followers.push((
+                s.resync.clone(),
+                Follower {
+                    protocol: "redis",
+                    markers,
+                    mirror,
+                },
+            ));
+        } else if let Some(rs) = &s.resync {
+            rs.start_decided(false);
+        }
+    }
+    if let (Some(s), Some(z), Some(zc)) = (&zookeeper, &resolved.zookeeper, &cfg.zookeeper) {
+        let s: &Arc<ZkSidecar> = s;
+        if let (Some(m), Some(mirror)) = (zookeeper::generation::ZkMarkers::new(z, zc), s.mirror())
+        {
+            let markers: Arc<dyn Markers> = Arc::new(m);
+            followers.push((
+                s.resync.clone(),
+                Follower {
+                    protocol: "zookeeper",
+                    markers,
+                    mirror,
+                },
+            ));
+        } else if let Some(rs) = &s.resync {
+            rs.start_decided(false);
+        }
+    }
+    let node = resolved.node_name.clone();
+    for (rs, f) in &followers {
+        let Some(rs) = rs else { continue };
+        if let (Some(c), Some(cc)) = (&cluster, &cfg.cluster) {
+            let ttl = Duration::from_millis(cc.member_ttl_ms);
+            rs.set_lease(Lease::new(c.store(), f.protocol, &node, ttl));
+        }
+        decide_start(
+            f.protocol,
+            f.markers.clone(),
+            rs.clone(),
+            node.clone(),
+            shutdown.clone(),
+        );
+    }
     let mut app = App {
         admin_addr: resolved.admin_listen,
         redis,
@@ -222,6 +373,8 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         shutdown,
         writer_stop,
         drain_timeout: Duration::from_millis(cfg.maintenance.drain_timeout_ms),
+        node,
+        followers: followers.into_iter().map(|(_, f)| f).collect(),
     };
     if let Some(c) = &app.cluster {
         c.spawn(app.mirrors(), app.shutdown.clone());
@@ -250,6 +403,15 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
 /// ZooKeeper leader (every sidecar of a cluster has the same sections, so all pick the same).
 fn cluster(resolved: &Resolved, freeze: Arc<Freeze>) -> Option<Arc<Cluster>> {
     let cc = resolved.config.cluster.as_ref()?;
+    let store = cluster_store(resolved)?;
+    let ttl = Duration::from_millis(cc.member_ttl_ms);
+    Some(Cluster::new(resolved.node_name.clone(), store, freeze, ttl))
+}
+
+/// Where the cluster state (freeze, members, resync leases) lives, with `[cluster]`: also
+/// what `statemirror recover` takes the resync lease in.
+pub fn cluster_store(resolved: &Resolved) -> Option<Arc<dyn ClusterStore>> {
+    let cc = resolved.config.cluster.as_ref()?;
     let ttl = Duration::from_millis(cc.member_ttl_ms);
     // Each poll must end well within the TTL, or a slow leader would expire live members.
     let op_timeout = |connect_ms: u64| Duration::from_millis(connect_ms).min(ttl / 3);
@@ -272,7 +434,7 @@ fn cluster(resolved: &Resolved, freeze: Arc<Freeze>) -> Option<Arc<Cluster>> {
             ))
         }
     };
-    Some(Cluster::new(resolved.node_name.clone(), store, freeze, ttl))
+    Some(store)
 }
 
 /// Verifiers for every sidecar with a follower, built from the config alone (no proxy runs):

@@ -506,14 +506,14 @@ async fn recover(path: PathBuf, force: bool) -> ExitCode {
         if let Some(f) = &r.follower {
             any = true;
             let timeout = Duration::from_millis(rc.connect_timeout_ms.max(1000));
-            let r = statemirror::redis::generation::recover_from_follower(
+            let work = statemirror::redis::generation::recover_from_follower(
                 &r.leader,
                 f,
                 timeout,
                 &rc.key_patterns,
                 force,
-            )
-            .await;
+            );
+            let r = under_lease(&resolved, "redis", force, work).await;
             outcome(
                 "redis",
                 r.map(|v| serde_json::to_value(v).unwrap_or_default()),
@@ -523,7 +523,8 @@ async fn recover(path: PathBuf, force: bool) -> ExitCode {
     if let (Some(z), Some(zc)) = (&resolved.zookeeper, &resolved.config.zookeeper) {
         if z.follower.is_some() {
             any = true;
-            let r = statemirror::zookeeper::generation::recover_from_follower(z, zc, force).await;
+            let work = statemirror::zookeeper::generation::recover_from_follower(z, zc, force);
+            let r = under_lease(&resolved, "zookeeper", force, work).await;
             outcome(
                 "zookeeper",
                 r.map(|v| serde_json::to_value(v).unwrap_or_default()),
@@ -542,6 +543,57 @@ async fn recover(path: PathBuf, force: bool) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     }
     code
+}
+
+/// With `[cluster]`, `recover` holds the follower's resync lease while it copies (as
+/// `<node>.recover`): it does not run while a sidecar resyncs that follower, and no sidecar
+/// starts a resync meanwhile. Refused, naming the holder, when it is held (unless `force`).
+async fn under_lease<T>(
+    resolved: &statemirror::config::Resolved,
+    protocol: &str,
+    force: bool,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    let (Some(store), Some(cc)) = (
+        statemirror::cluster_store(resolved),
+        resolved.config.cluster.as_ref(),
+    ) else {
+        return work.await;
+    };
+    let holder = format!("{}.recover", resolved.node_name);
+    let lease = statemirror::replication::cluster::Lease::new(
+        store,
+        protocol,
+        &holder,
+        Duration::from_millis(cc.member_ttl_ms),
+    );
+    match lease.acquire().await {
+        Ok(None) => {}
+        Ok(Some(h)) if force => {
+            eprintln!(
+                "statemirror: recover ({protocol}): {h} holds the resync lease of this follower; \
+                 going ahead anyway (--force)"
+            );
+            return work.await;
+        }
+        Ok(Some(h)) => {
+            return Err(format!(
+                "{h} holds the resync lease of this follower (a resync or recovery is running): \
+                 wait until it ends, or use --force"
+            ))
+        }
+        Err(e) => return Err(format!("leader: cannot take the resync lease: {e}")),
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let r = tokio::select! {
+        r = work => r,
+        lost = lease.hold(&stop) => Err(format!(
+            "stopped before the end: {}",
+            lost.unwrap_or_default()
+        )),
+    };
+    lease.release().await;
+    r
 }
 
 async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) -> ExitCode {

@@ -4,7 +4,10 @@
 //!   freeze bumps `epoch` with `HINCRBY` in the same `MULTI` as the rest;
 //! - `statemirror:cluster:member:<node>`: the member's JSON entry, `PX member_ttl_ms`;
 //! - `statemirror:cluster:members`: a set of names, so listing needs no `SCAN`; a name
-//!   whose entry expired is removed when the list is read.
+//!   whose entry expired is removed when the list is read;
+//! - `statemirror:cluster:resync-lease:<protocol>`: the holder's name, `PX member_ttl_ms`
+//!   (`replication::cluster::Lease`), changed only under `WATCH` by its holder;
+//! - `statemirror:cluster:clean:<node>`: the node's clean-stop record (`redis::generation`).
 //!
 //! Resync and verify skip every key [`is_own_key`] names.
 
@@ -30,6 +33,18 @@ pub fn is_own_key(k: &[u8]) -> bool {
 
 fn member_key(node: &str) -> Vec<u8> {
     [PREFIX, b"member:", node.as_bytes()].concat()
+}
+
+fn lease_key(name: &str) -> Vec<u8> {
+    [PREFIX, b"resync-lease:", name.as_bytes()].concat()
+}
+
+/// What a compare-and-act on the lease found.
+enum Held {
+    /// It was `holder`'s, and the commands ran while it still was.
+    Done,
+    /// Someone else's (`Some`) or nobody's (`None`).
+    Not(Option<String>),
 }
 
 pub struct RedisClusterStore {
@@ -106,6 +121,33 @@ impl RedisClusterStore {
             vec![vec![b"UNWATCH"]]
         };
         self.run_on(&mut guard, &cmds).await.map(|_| ())
+    }
+
+    /// Runs `then` in a `MULTI` if `key` holds `holder`, under `WATCH` on the one connection:
+    /// a change in between (expiry, another node) makes it look again.
+    async fn if_held(&self, key: &[u8], holder: &str, then: &[Vec<&[u8]>]) -> Result<Held, String> {
+        let mut guard = self.conn.lock().await;
+        for _ in 0..5 {
+            let r = self
+                .run_on(&mut guard, &[vec![b"WATCH", key], vec![b"GET", key]])
+                .await?;
+            let cur = r
+                .get(1)
+                .and_then(bulk)
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            if cur.as_deref() != Some(holder) {
+                self.run_on(&mut guard, &[vec![b"UNWATCH"]]).await?;
+                return Ok(Held::Not(cur));
+            }
+            let mut cmds: Vec<Vec<&[u8]>> = vec![vec![b"MULTI"]];
+            cmds.extend(then.iter().cloned());
+            cmds.push(vec![b"EXEC"]);
+            let r = self.run_on(&mut guard, &cmds).await?;
+            if matches!(r.last(), Some(BytesFrame::Array(_))) {
+                return Ok(Held::Done);
+            }
+        }
+        Err("the resync lease keeps changing".into())
     }
 }
 
@@ -248,6 +290,64 @@ impl ClusterStore for RedisClusterStore {
                 .map(|_| ())
         })
     }
+
+    fn lease_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move {
+            let key = lease_key(name);
+            let ttl = self.ttl_ms.to_string();
+            let take: Vec<&[u8]> = vec![b"SET", &key, holder.as_bytes(), b"PX", ttl.as_bytes()];
+            for _ in 0..5 {
+                let mut set = take.clone();
+                set.push(b"NX");
+                let r = self.run(&[set]).await?;
+                if !matches!(r.first(), Some(BytesFrame::Null) | None) {
+                    return Ok(None);
+                }
+                // Held: by an earlier run of ours (taken over) or by another node.
+                match self
+                    .if_held(&key, holder, std::slice::from_ref(&take))
+                    .await?
+                {
+                    Held::Done => return Ok(None),
+                    Held::Not(Some(other)) => return Ok(Some(other)),
+                    Held::Not(None) => continue, // expired in between
+                }
+            }
+            Err("the resync lease keeps changing".into())
+        })
+    }
+
+    fn lease_renew<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let key = lease_key(name);
+            let ttl = self.ttl_ms.to_string();
+            let r = self
+                .if_held(&key, holder, &[vec![b"PEXPIRE", &key, ttl.as_bytes()]])
+                .await?;
+            Ok(matches!(r, Held::Done))
+        })
+    }
+
+    fn lease_release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let key = lease_key(name);
+            self.if_held(&key, holder, &[vec![b"DEL", &key]])
+                .await
+                .map(|_| ())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -259,6 +359,7 @@ mod tests {
         assert!(is_own_key(b"statemirror:generation"));
         assert!(is_own_key(b"statemirror:cluster:member:n1"));
         assert!(is_own_key(STATE) && is_own_key(MEMBERS));
+        assert!(is_own_key(&lease_key("redis")) && is_own_key(b"statemirror:cluster:clean:n1"));
         assert!(!is_own_key(b"nifi/components/x") && !is_own_key(b"statemirror:other"));
     }
 

@@ -9,7 +9,7 @@ use redis_protocol::resp2::types::BytesFrame;
 use super::backend::{encode_cmd, error_text, Conn};
 use super::resync::{keyspace, missing, scan, select};
 use crate::config::RedisBackend;
-use crate::replication::generation::{judge, Markers, Pair, Recovery, Verdict};
+use crate::replication::generation::{judge, CleanStop, Markers, Pair, Recovery, Verdict};
 use crate::replication::resync::BoxFuture;
 
 /// statemirror's own key, in each backend's configured database. Resync and verify skip it.
@@ -53,7 +53,73 @@ async fn write_one(b: &RedisBackend, timeout: Duration, g: u64) -> Result<(), St
     }
 }
 
+/// `node`'s clean-stop record on the leader (an own key: see `cluster::is_own_key`).
+fn clean_key(node: &str) -> Vec<u8> {
+    [super::cluster::PREFIX, b"clean:", node.as_bytes()].concat()
+}
+
+/// Sends `cmds` to `b` on a new connection: every reply, or the first error.
+async fn roundtrip(
+    b: &RedisBackend,
+    timeout: Duration,
+    cmds: &[Vec<&[u8]>],
+) -> Result<Vec<BytesFrame>, String> {
+    let mut c = Conn::connect(b, timeout).await.map_err(|e| e.to_string())?;
+    let mut out = BytesMut::new();
+    for cmd in cmds {
+        encode_cmd(&mut out, cmd);
+    }
+    let replies = tokio::time::timeout(timeout, c.roundtrip(&out, cmds.len()))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    match replies.iter().find_map(error_text) {
+        Some(e) => Err(e),
+        None => Ok(replies),
+    }
+}
+
 impl Markers for RedisMarkers {
+    fn put_clean<'a>(
+        &'a self,
+        node: &'a str,
+        rec: &'a CleanStop,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+            let key = clean_key(node);
+            roundtrip(&self.leader, self.timeout, &[vec![b"SET", &key, &json]])
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn take_clean<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<CleanStop>, String>> {
+        Box::pin(async move {
+            let key = clean_key(node);
+            let r = roundtrip(
+                &self.leader,
+                self.timeout,
+                &[
+                    vec![b"MULTI"],
+                    vec![b"GET", &key],
+                    vec![b"DEL", &key],
+                    vec![b"EXEC"],
+                ],
+            )
+            .await?;
+            match r.last() {
+                Some(BytesFrame::Array(v)) => match v.first() {
+                    Some(BytesFrame::BulkString(j)) => serde_json::from_slice(j)
+                        .map(Some)
+                        .map_err(|e| format!("{}: {e}", String::from_utf8_lossy(&key))),
+                    _ => Ok(None),
+                },
+                other => Err(format!("EXEC answered {other:?}")),
+            }
+        })
+    }
+
     fn read(&self) -> BoxFuture<'_, Result<Pair, String>> {
         Box::pin(async move {
             let (l, f) = tokio::join!(

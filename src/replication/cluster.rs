@@ -90,6 +90,87 @@ pub trait ClusterStore: Send + Sync {
     fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, String>>;
     /// Removes this member's entry (graceful stop).
     fn leave<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// Takes the lease `name` for `holder` (see [`Lease`]): `Ok(None)` when `holder` holds it
+    /// now, `Ok(Some(other))` when `other` does. A lease found under `holder`'s own name is
+    /// one an earlier run of `holder` left behind: it is taken over.
+    fn lease_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>>;
+    /// Extends the lease; `Ok(false)` when `holder` may not have held it without a break
+    /// since it took it (expired, taken by another, or its session changed).
+    fn lease_renew<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>>;
+    /// Gives the lease up if `holder` still holds it.
+    fn lease_release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A lease in the leader backend: at most one resync (or `recover`) per follower at a time
+/// across the cluster. Redis: a key with a TTL of `member_ttl_ms`, renewed every third of
+/// it; ZooKeeper: an ephemeral znode of the cluster session (timeout `member_ttl_ms`).
+pub struct Lease {
+    store: Arc<dyn ClusterStore>,
+    /// One lease per follower: the protocol's name (`redis`, `zookeeper`).
+    pub name: String,
+    /// Who takes it: the node name (`<node>.recover` for the CLI).
+    pub holder: String,
+    ttl: Duration,
+}
+
+impl Lease {
+    pub fn new(store: Arc<dyn ClusterStore>, name: &str, holder: &str, ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            name: name.into(),
+            holder: holder.into(),
+            ttl,
+        })
+    }
+
+    /// `Ok(None)`: held by us now; `Ok(Some(holder))`: held by someone else.
+    pub async fn acquire(&self) -> Result<Option<String>, String> {
+        self.store.lease_acquire(&self.name, &self.holder).await
+    }
+
+    /// Best effort (each backend call is bounded by the store's timeout).
+    pub async fn release(&self) {
+        if let Err(e) = self.store.lease_release(&self.name, &self.holder).await {
+            tracing::debug!(lease = %self.name, error = %e, "resync lease not released; it expires");
+        }
+    }
+
+    /// Renews the lease every third of its TTL until it is lost (`Some(why)`) or `stop` is
+    /// cancelled (`None`). A renewal that fails is retried until two thirds of the TTL passed
+    /// since the last good one: past that, another node may already have taken it. Never
+    /// dropped mid-call by `stop` (a half-read reply would leave the store's connection out
+    /// of step): each call is bounded by the store's own timeout.
+    pub async fn hold(&self, stop: &CancellationToken) -> Option<String> {
+        let every = self.ttl / 3;
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let started = Instant::now();
+            match self.store.lease_renew(&self.name, &self.holder).await {
+                Ok(true) => last_ok = started,
+                Ok(false) => return Some("the lease was lost (expired or taken)".into()),
+                Err(e) if last_ok.elapsed() >= self.ttl * 2 / 3 => {
+                    return Some(format!("the lease could not be renewed: {e}"))
+                }
+                Err(_) => {}
+            }
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -146,6 +227,11 @@ impl Cluster {
     fn without_lease(self: Arc<Self>) -> Arc<Self> {
         self.freeze.set_lease(Instant::now());
         self
+    }
+
+    /// Where the cluster state lives (for the resync leases).
+    pub fn store(&self) -> Arc<dyn ClusterStore> {
+        self.store.clone()
     }
 
     fn mirrors(&self) -> &[(&'static str, Arc<dyn MirrorView>)] {
@@ -437,6 +523,7 @@ mod tests {
         down: std::sync::atomic::AtomicBool,
         /// Entry writes fail, reads work.
         beats_down: std::sync::atomic::AtomicBool,
+        lease: Mutex<Option<String>>,
     }
 
     impl Mem {
@@ -493,12 +580,80 @@ mod tests {
         fn leave<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), String>> {
             Box::pin(async { Ok(()) })
         }
+        fn lease_acquire<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, String>> {
+            Box::pin(async move {
+                self.check()?;
+                let mut l = lock(&self.lease);
+                match &*l {
+                    Some(h) if h != holder => Ok(Some(h.clone())),
+                    _ => {
+                        *l = Some(holder.into());
+                        Ok(None)
+                    }
+                }
+            })
+        }
+        fn lease_renew<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<bool, String>> {
+            Box::pin(async move {
+                self.check()?;
+                Ok(lock(&self.lease).as_deref() == Some(holder))
+            })
+        }
+        fn lease_release<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                let mut l = lock(&self.lease);
+                if l.as_deref() == Some(holder) {
+                    *l = None;
+                }
+                Ok(())
+            })
+        }
     }
 
     fn cluster(store: &Arc<Mem>, ttl: Duration) -> (Arc<Cluster>, Arc<Freeze>) {
         let freeze = Freeze::new();
         let c = Cluster::new("n1".into(), store.clone(), freeze.clone(), ttl);
         (c, freeze)
+    }
+
+    #[tokio::test]
+    async fn a_lease_has_one_holder_and_its_hold_ends_when_another_takes_it() {
+        let store = Arc::new(Mem::default());
+        let ttl = Duration::from_millis(90);
+        let a = Lease::new(store.clone(), "redis", "a", ttl);
+        let b = Lease::new(store.clone(), "redis", "b", ttl);
+        assert_eq!(a.acquire().await, Ok(None));
+        assert_eq!(b.acquire().await, Ok(Some("a".into())));
+        assert_eq!(a.acquire().await, Ok(None), "its own name: taken over");
+        // Held while renewals work; lost when someone else holds it.
+        let stop = CancellationToken::new();
+        let held = tokio::time::timeout(ttl * 3, a.hold(&stop)).await;
+        assert!(held.is_err(), "still held: {held:?}");
+        *lock(&store.lease) = Some("b".into());
+        let lost = tokio::time::timeout(ttl * 3, a.hold(&stop)).await;
+        assert!(matches!(lost, Ok(Some(_))), "{lost:?}");
+        a.release().await;
+        assert_eq!(
+            lock(&store.lease).as_deref(),
+            Some("b"),
+            "not a's to release"
+        );
+        b.release().await;
+        assert_eq!(a.acquire().await, Ok(None));
+        stop.cancel();
+        assert_eq!(a.hold(&stop).await, None, "stopped");
     }
 
     #[tokio::test]

@@ -26,6 +26,11 @@
 //! lost" with the mirror drained at the second): a `FLUSHALL` replayed through the mirror
 //! briefly reads as "leader none, follower g", and another sidecar advancing the marker
 //! (leader first) briefly reads as the follower behind.
+//!
+//! The markers also tell whether a restart can skip the resync at start: a graceful stop
+//! with everything mirrored records them on the leader ([`CleanStop`]); the next start of
+//! that node consumes the record and trusts the follower only if the markers still agree
+//! and are not older ([`clean_start`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -45,6 +50,77 @@ pub trait Markers: Send + Sync {
     fn read(&self) -> BoxFuture<'_, Result<Pair, String>>;
     /// Sets the marker on the leader, then on the follower.
     fn write(&self, generation: u64) -> BoxFuture<'_, Result<(), String>>;
+    /// Writes `node`'s clean-stop record on the leader (see [`CleanStop`]).
+    fn put_clean<'a>(
+        &'a self,
+        node: &'a str,
+        rec: &'a CleanStop,
+    ) -> BoxFuture<'a, Result<(), String>>;
+    /// Reads and deletes `node`'s clean-stop record on the leader (at most one start uses it).
+    fn take_clean<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<CleanStop>, String>>;
+}
+
+/// What a sidecar leaves on the leader when it stopped gracefully with every acknowledged
+/// write on the follower (`App::stop`): the markers as they were then. The next start of
+/// that node consumes it: if the markers still agree and are not older, nothing can have
+/// been lost in between, and the follower is not marked out of sync at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CleanStop {
+    pub leader: Option<u64>,
+    pub follower: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// Whether markers read at start (`now`) show nothing lost since the clean stop `rec`: they
+/// agree, and are not older than at the stop (an older or missing one means a backend was
+/// restored or restarted empty). `None` when `now` may be mid-advance (the leader is
+/// written first): worth reading again.
+pub fn clean_since(rec: &CleanStop, now: Pair) -> Option<bool> {
+    let then = judge(rec.leader, rec.follower);
+    match (then, judge(now.0, now.1)) {
+        (Verdict::Same(g0), Verdict::Same(g)) => Some(g >= g0),
+        (Verdict::Fresh, Verdict::Same(_) | Verdict::Fresh) => Some(true),
+        // Another sidecar between its leader and follower write, the follower not older.
+        (Verdict::Same(g0), Verdict::FollowerBehind) if now.1.is_some_and(|f| f >= g0) => None,
+        (Verdict::Fresh, Verdict::FollowerBehind) => None,
+        _ => Some(false),
+    }
+}
+
+/// At start: consumes `node`'s clean-stop record and tells whether the follower can be
+/// trusted to hold everything (true: no resync at start). Reads the markers again for a
+/// while when they are mid-advance; the caller bounds the whole in time.
+pub async fn clean_start(markers: &dyn Markers, node: &str) -> Result<bool, String> {
+    let Some(rec) = markers.take_clean(node).await? else {
+        return Ok(false);
+    };
+    for _ in 0..10 {
+        if let Some(ok) = clean_since(&rec, markers.read().await?) {
+            return Ok(ok);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
+}
+
+/// At a graceful stop with the follower in sync and drained: records it, with the markers
+/// agreeing (read again while another sidecar is mid-advance). `Ok(false)` when they do not.
+pub async fn record_clean_stop(markers: &dyn Markers, node: &str) -> Result<bool, String> {
+    for _ in 0..10 {
+        let (leader, follower) = markers.read().await?;
+        if matches!(judge(leader, follower), Verdict::Same(_) | Verdict::Fresh) {
+            let rec = CleanStop {
+                leader,
+                follower,
+                at_ms: super::cluster::now_ms(),
+            };
+            markers.put_clean(node, &rec).await?;
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(false)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,5 +301,32 @@ mod tests {
         assert_eq!(judge(Some(5), None), Verdict::FollowerBehind);
         assert_eq!(judge(None, Some(4)), Verdict::LeaderLost);
         assert_eq!(judge(Some(3), Some(4)), Verdict::LeaderLost);
+    }
+
+    #[test]
+    fn a_clean_stop_counts_only_while_the_markers_agree_and_are_not_older() {
+        let rec = |l, f| CleanStop {
+            leader: l,
+            follower: f,
+            at_ms: 0,
+        };
+        let r = rec(Some(5), Some(5));
+        assert_eq!(clean_since(&r, (Some(5), Some(5))), Some(true));
+        assert_eq!(clean_since(&r, (Some(9), Some(9))), Some(true));
+        assert_eq!(clean_since(&r, (Some(4), Some(4))), Some(false), "restored");
+        assert_eq!(clean_since(&r, (None, Some(5))), Some(false), "leader lost");
+        assert_eq!(
+            clean_since(&r, (Some(5), None)),
+            Some(false),
+            "follower lost"
+        );
+        assert_eq!(clean_since(&r, (Some(6), Some(5))), None, "mid-advance");
+        assert_eq!(clean_since(&r, (Some(6), Some(4))), Some(false));
+        assert_eq!(clean_since(&rec(None, None), (None, None)), Some(true));
+        assert_eq!(
+            clean_since(&rec(None, None), (Some(1), Some(1))),
+            Some(true)
+        );
+        assert_eq!(clean_since(&rec(None, None), (None, Some(1))), Some(false));
     }
 }

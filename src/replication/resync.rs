@@ -27,6 +27,18 @@
 //!   and a live write older than a copy already applied is skipped. A batch of nodes carries
 //!   the oldest zxid it was read at, which can only make it skip more, never regress.
 //!
+//! # In a cluster
+//! With `[cluster]`, a run first takes the follower's resync lease in the leader
+//! ([`Lease`]): at most one sidecar of the cluster resyncs a follower at a time. The others
+//! wait (retrying every second; `/status` `resync.waiting_for_lease` names the holder). A
+//! run whose lease is lost (not renewed in time, taken by another) is cancelled and retried.
+//!
+//! # At start
+//! No run starts before the wiring decided whether the follower is out of sync at start
+//! ([`Resync::start_decided`]): after a clean stop recorded by the previous run of this node
+//! (`replication::generation::clean_start`), nothing queued in memory was lost and the
+//! follower is not resynced.
+//!
 //! # Load
 //! `resync.max_keys_per_second` paces the walker (a token bucket; 0 = unlimited),
 //! `resync.batch_size` sets its `SCAN COUNT` / nodes per `multi`, and the bulk lane holds at
@@ -36,7 +48,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{counter, gauge, Counter, Gauge};
@@ -44,9 +56,13 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Lease;
 use super::queue::{lock, MirrorOp, MirrorQueue, MirrorView};
 use crate::config::ResyncConfig;
 use crate::metrics as m;
+
+/// How often a resync waiting for the cluster's lease asks again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -195,6 +211,17 @@ pub struct Resync {
     running_g: Gauge,
     duration_g: Gauge,
     runs_c: [Counter; 3],
+    /// The sync epoch right after the marking at start (`resync.on_start`).
+    start_epoch: u64,
+    /// Set by the wiring once it knows whether the previous run stopped cleanly; no run
+    /// starts before.
+    decided: AtomicBool,
+    /// What was decided: `Some(true)` when a clean stop spared the resync at start.
+    clean_start: Mutex<Option<bool>>,
+    /// The cluster's resync lease for this follower (`[cluster]`), set before the decision.
+    lease: OnceLock<Arc<Lease>>,
+    /// The node holding the lease while this one waits for it.
+    waiting_for: Mutex<Option<String>>,
 }
 
 impl Resync {
@@ -204,6 +231,15 @@ impl Resync {
         mirror: Arc<dyn MirrorView>,
     ) -> Arc<Self> {
         let p = protocol;
+        if cfg.on_start {
+            // Marked at once (nothing counts the follower in sync, nor advances the generation
+            // markers, before the decision); cleared by `start_decided` after a clean stop.
+            mirror.sync().mark_out_of_sync_expected(
+                "statemirror started: writes queued by a previous run (in memory) may be lost \
+                 (unless that run recorded a clean stop)",
+            );
+        }
+        let start_epoch = mirror.sync().epoch();
         let r = Arc::new(Self {
             protocol,
             mirror,
@@ -229,15 +265,43 @@ impl Resync {
                 counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "failed"),
                 counter!(m::RESYNCS_TOTAL, "protocol" => p, "outcome" => "restarted"),
             ],
+            start_epoch,
+            decided: AtomicBool::new(false),
+            clean_start: Mutex::new(None),
+            lease: OnceLock::new(),
+            waiting_for: Mutex::new(None),
             cfg,
         });
         r.running_g.set(0.0);
-        if r.cfg.on_start {
-            r.mirror.sync().mark_out_of_sync_expected(
-                "statemirror started: writes queued by a previous run (in memory) may be lost",
+        r
+    }
+
+    /// Resyncs take the cluster's lease for this follower first (`[cluster]`). Set before
+    /// [`start_decided`](Self::start_decided).
+    pub fn set_lease(&self, lease: Arc<Lease>) {
+        let _ = self.lease.set(lease);
+    }
+
+    /// Lets the controller run. `clean`: the previous run of this node stopped cleanly and
+    /// the generation markers show nothing lost since, so the follower marked out of sync at
+    /// start is in sync after all (unless it was marked again meanwhile).
+    pub fn start_decided(&self, clean: bool) {
+        let protocol = self.protocol;
+        let spared = clean && self.cfg.on_start && {
+            let sync = self.mirror.sync();
+            sync.mark_in_sync_if(self.start_epoch)
+        };
+        if spared {
+            tracing::info!(protocol, "clean stop recorded; no resync at start");
+        } else if clean && self.cfg.on_start {
+            tracing::info!(
+                protocol,
+                "clean stop recorded, but the follower was marked out of sync since start"
             );
         }
-        r
+        *lock(&self.clean_start) = Some(spared);
+        self.decided.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Records a run refused before it started (the leader lost data), so `/status` and
@@ -288,6 +352,11 @@ impl Resync {
                 "pending": self.mirror.bulk_pending(),
             })),
             "last": *lock(&self.last),
+            "waiting_for_lease": *lock(&self.waiting_for),
+            "start": {
+                "decided": self.decided.load(Ordering::Acquire),
+                "clean_stop": *lock(&self.clean_start),
+            },
             "resyncs_total": self.runs_total.load(Ordering::Relaxed),
             // A failed run is retried: counting outcomes tells a retry from a new resync.
             "resyncs_by_outcome": {
@@ -314,6 +383,9 @@ pub fn spawn(
         // The epoch at which a resync finished with only refusals left: another automatic
         // run would be refused alike, so none starts until something else is lost.
         let mut settled: Option<u64> = None;
+        // When to ask for the cluster's resync lease again after finding it held.
+        let mut lease_retry_at: Option<Instant> = None;
+        let mut lease_failing = false;
         loop {
             // Poll: the out-of-sync flag and follower health change without notifying us.
             tokio::select! {
@@ -321,9 +393,14 @@ pub fn spawn(
                 _ = r.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
+            // Not before the wiring knows whether the previous run stopped cleanly.
+            if !r.decided.load(Ordering::Acquire) {
+                continue;
+            }
             let requested = r.requested.load(Ordering::Acquire);
             let sync = r.mirror.sync();
             if (sync.in_sync() || settled == Some(sync.epoch())) && !requested {
+                lock(&r.waiting_for).take();
                 continue;
             }
             if !(r.cfg.auto || requested) || !follower_up() {
@@ -345,14 +422,87 @@ pub fn spawn(
                 }
                 continue;
             }
+            // At most one resync of this follower at a time across the cluster.
+            let lease = r.lease.get().cloned();
+            if let Some(l) = &lease {
+                let put_back = || {
+                    // Still wanted: the request (and its force) waits with the run.
+                    r.requested.fetch_or(requested, Ordering::AcqRel);
+                    r.force.fetch_or(force, Ordering::AcqRel);
+                };
+                if lease_retry_at.is_some_and(|t| Instant::now() < t) {
+                    put_back();
+                    continue;
+                }
+                match l.acquire().await {
+                    Ok(None) => {
+                        lease_retry_at = None;
+                        lease_failing = false;
+                        *lock(&r.waiting_for) = None;
+                    }
+                    Ok(Some(holder)) => {
+                        let mut w = lock(&r.waiting_for);
+                        if w.as_deref() != Some(holder.as_str()) {
+                            tracing::info!(
+                                protocol,
+                                holder = %holder,
+                                "another sidecar holds the resync lease of this follower; \
+                                 the resync waits for it"
+                            );
+                        }
+                        *w = Some(holder);
+                        lease_retry_at = Some(Instant::now() + LEASE_RETRY);
+                        put_back();
+                        continue;
+                    }
+                    Err(e) => {
+                        if !lease_failing {
+                            tracing::warn!(protocol, error = %e,
+                                "cannot take the resync lease in the leader; the resync waits");
+                        }
+                        lease_failing = true;
+                        lease_retry_at = Some(Instant::now() + LEASE_RETRY);
+                        put_back();
+                        continue;
+                    }
+                }
+            }
             let epoch = sync.epoch();
             let refusals = sync.refusals();
-            let outcome = run_once(&r, walker.as_ref(), epoch, force, &shutdown).await;
+            // The run stops when the process stops or the lease is lost.
+            let run = shutdown.child_token();
+            let holding = lease.clone().map(|l| {
+                let (cancel_run, stop) = (run.clone(), run.child_token());
+                tokio::spawn(async move {
+                    let lost = l.hold(&stop).await;
+                    if lost.is_some() {
+                        cancel_run.cancel();
+                    }
+                    lost
+                })
+            });
+            let outcome = run_once(&r, walker.as_ref(), epoch, force, &run).await;
+            let mut lost = None;
+            if let Some(task) = holding {
+                run.cancel(); // ends the renewals (after the one in flight, if any)
+                lost = task.await.ok().flatten();
+            }
+            if let Some(l) = &lease {
+                l.release().await;
+            }
             if shutdown.is_cancelled() {
                 return;
             }
             retry_at = None;
             settled = None;
+            if let Some(why) = lost {
+                tracing::warn!(protocol, why = %why,
+                    "the resync lease was lost: the resync was cancelled and is retried");
+                r.requested.fetch_or(requested, Ordering::AcqRel);
+                r.force.fetch_or(force, Ordering::AcqRel);
+                lease_retry_at = Some(Instant::now() + LEASE_RETRY);
+                continue;
+            }
             match outcome {
                 Ok(()) if sync.refusals() != refusals && sync.epoch() == epoch => {
                     settled = Some(epoch);
@@ -389,6 +539,7 @@ async fn run_once(
     walker: &dyn Walker,
     epoch: u64,
     force: bool,
+    // Cancelled when the process stops or the lease is lost.
     shutdown: &CancellationToken,
 ) -> Result<(), ResyncError> {
     let protocol = r.protocol;
@@ -482,4 +633,206 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::cluster::{ClusterStore, FreezeState, Member, MemberReport};
+    use crate::replication::queue::QueueLimits;
+
+    struct NoOp;
+    impl MirrorOp for NoOp {
+        type Key = u32;
+        fn cost_bytes(&self) -> usize {
+            1
+        }
+        fn coalesce_key(&self) -> Option<u32> {
+            None
+        }
+    }
+
+    fn queue() -> Arc<MirrorQueue<NoOp>> {
+        MirrorQueue::new(
+            "test",
+            QueueLimits {
+                max_ops: 10,
+                max_bytes: 1000,
+                bulk_capacity: 4,
+                bulk_per_batch: 4,
+            },
+        )
+    }
+
+    /// Copies nothing, taking `ms` per run; counts runs begun and finished.
+    struct Slow {
+        ms: u64,
+        begun: AtomicU64,
+        done: AtomicU64,
+    }
+
+    impl Walker for Slow {
+        fn walk<'a>(&'a self, ctx: &'a ResyncCtx) -> BoxFuture<'a, Result<(), ResyncError>> {
+            Box::pin(async move {
+                self.begun.fetch_add(1, Ordering::SeqCst);
+                let end = Instant::now() + Duration::from_millis(self.ms);
+                while Instant::now() < end {
+                    ctx.check()?;
+                    tokio::select! {
+                        _ = ctx.cancelled().cancelled() => return Err(ResyncError::Restart),
+                        _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                    }
+                }
+                self.done.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    fn slow(ms: u64) -> Arc<Slow> {
+        Arc::new(Slow {
+            ms,
+            begun: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+        })
+    }
+
+    /// Only a lease, whose holder the test sets too.
+    #[derive(Default)]
+    struct OneLease(Mutex<Option<String>>);
+
+    impl ClusterStore for OneLease {
+        fn backend(&self) -> &'static str {
+            "mem"
+        }
+        fn read(&self) -> BoxFuture<'_, Result<FreezeState, String>> {
+            Box::pin(async { Ok(FreezeState::default()) })
+        }
+        fn set<'a>(&'a self, _: bool, _: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+            Box::pin(async { Ok(0) })
+        }
+        fn heartbeat<'a>(&'a self, _: &'a MemberReport) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn members(&self) -> BoxFuture<'_, Result<Vec<Member>, String>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+        fn leave<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn lease_acquire<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<Option<String>, String>> {
+            Box::pin(async move {
+                let mut l = lock(&self.0);
+                match &*l {
+                    Some(h) if h != holder => Ok(Some(h.clone())),
+                    _ => {
+                        *l = Some(holder.into());
+                        Ok(None)
+                    }
+                }
+            })
+        }
+        fn lease_renew<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<bool, String>> {
+            Box::pin(async move { Ok(lock(&self.0).as_deref() == Some(holder)) })
+        }
+        fn lease_release<'a>(
+            &'a self,
+            _: &'a str,
+            holder: &'a str,
+        ) -> BoxFuture<'a, Result<(), String>> {
+            Box::pin(async move {
+                let mut l = lock(&self.0);
+                if l.as_deref() == Some(holder) {
+                    *l = None;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "not within 10 s: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_run_before_the_start_decision_and_none_after_a_clean_stop() {
+        let shutdown = CancellationToken::new();
+        for clean in [true, false] {
+            let q = queue();
+            let rs = Resync::new("test", ResyncConfig::default(), q.clone());
+            assert!(!q.sync().in_sync(), "marked at start until decided");
+            let w = slow(0);
+            spawn(rs.clone(), w.clone(), Arc::new(|| true), shutdown.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(w.begun.load(Ordering::SeqCst), 0, "ran before the decision");
+            rs.start_decided(clean);
+            if clean {
+                assert!(q.sync().in_sync());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                assert_eq!(
+                    w.begun.load(Ordering::SeqCst),
+                    0,
+                    "resynced after a clean stop"
+                );
+                assert_eq!(rs.status()["start"]["clean_stop"], true);
+            } else {
+                until("the resync at start", || w.done.load(Ordering::SeqCst) == 1).await;
+                until("in sync", || q.sync().in_sync()).await;
+            }
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_run_waits_for_the_lease_and_is_cancelled_when_it_is_lost() {
+        let shutdown = CancellationToken::new();
+        let store = Arc::new(OneLease::default());
+        *lock(&store.0) = Some("other".into());
+        let q = queue();
+        let rs = Resync::new("test", ResyncConfig::default(), q.clone());
+        rs.set_lease(Lease::new(
+            store.clone(),
+            "test",
+            "me",
+            Duration::from_millis(150),
+        ));
+        let w = slow(1500);
+        spawn(rs.clone(), w.clone(), Arc::new(|| true), shutdown.clone());
+        rs.start_decided(false);
+        until("waiting for the lease", || {
+            rs.status()["waiting_for_lease"] == "other"
+        })
+        .await;
+        assert_eq!(w.begun.load(Ordering::SeqCst), 0);
+        *lock(&store.0) = None;
+        until("running", || rs.is_running()).await;
+        assert_eq!(lock(&store.0).as_deref(), Some("me"));
+        assert!(rs.status()["waiting_for_lease"].is_null());
+        // Someone else holds it now: the run stops, and the next one waits for it again.
+        *lock(&store.0) = Some("other".into());
+        until("cancelled", || !rs.is_running()).await;
+        assert_eq!(w.done.load(Ordering::SeqCst), 0);
+        assert_eq!(rs.status()["last"]["outcome"], "restarted");
+        until("waiting again", || {
+            rs.status()["waiting_for_lease"] == "other"
+        })
+        .await;
+        *lock(&store.0) = None;
+        until("in sync", || q.sync().in_sync()).await;
+        assert_eq!(w.done.load(Ordering::SeqCst), 1);
+        assert_eq!(lock(&store.0).as_deref(), None, "released");
+        shutdown.cancel();
+    }
 }

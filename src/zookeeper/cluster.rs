@@ -3,7 +3,12 @@
 //! - `/statemirror/cluster/maintenance`: JSON `{epoch, frozen, by, at_ms}`, changed by
 //!   compare-and-set on the znode version, so two freezes at once get two epochs;
 //! - `/statemirror/cluster/members/<node>`: the member's JSON entry, an **ephemeral** znode of
-//!   the sidecar's own session (timeout `member_ttl_ms`): it goes when the session expires.
+//!   the sidecar's own session (timeout `member_ttl_ms`): it goes when the session expires;
+//! - `/statemirror/cluster/resync-lease-<protocol>`: the resync lease
+//!   (`replication::cluster::Lease`), an ephemeral znode of the same session holding the
+//!   holder's name: it is held while that session lives and the znode is not deleted;
+//! - `/statemirror/cluster/clean/<node>`: the node's clean-stop record
+//!   (`zookeeper::generation`).
 //!
 //! Everything under `/statemirror` is left out of mirroring, resync and verify (`PathFilter`).
 
@@ -30,6 +35,28 @@ const MEMBERS: &str = "/statemirror/cluster/members";
 
 fn member_path(node: &str) -> String {
     format!("{MEMBERS}/{node}")
+}
+
+fn lease_path(name: &str) -> String {
+    format!("{DIR}/resync-lease-{name}")
+}
+
+/// The lease's holder and znode (version, owning session), `None` when there is none.
+async fn read_lease(c: &mut ZkConn, path: &str) -> Result<Option<(String, i32, i64)>, String> {
+    let (e, body) = c.call(get_data(path)).await.map_err(|e| e.to_string())?;
+    match e {
+        err::OK => {
+            let r = GetDataResponse::from_bytes(&body).map_err(|e| e.to_string())?;
+            let holder = r
+                .data
+                .as_ref()
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+                .unwrap_or_default();
+            Ok(Some((holder, r.stat.version, r.stat.ephemeral_owner)))
+        }
+        err::NO_NODE => Ok(None),
+        e => Err(format!("getData {path}: {}", err_name(e))),
+    }
 }
 
 pub struct ZkClusterStore {
@@ -304,6 +331,85 @@ impl ClusterStore for ZkClusterStore {
             Box::pin(async move {
                 let del = Call::new(op::DELETE, &DeleteRequest { path, version: -1 });
                 c.call(del).await.map_err(|e| e.to_string()).map(|_| ())
+            })
+        }))
+    }
+
+    fn lease_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<Option<String>, String>> {
+        let (path, holder) = (lease_path(name), holder.to_string());
+        Box::pin(self.with_conn(move |c, _| {
+            Box::pin(async move {
+                ensure_parents(c).await?;
+                for _ in 0..5 {
+                    let data = Bytes::from(holder.clone().into_bytes());
+                    let (e, _) = c
+                        .call(create(&path, Some(data), create_mode::EPHEMERAL))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match e {
+                        err::OK => return Ok(None),
+                        err::NODE_EXISTS => {}
+                        e => return Err(format!("create {path}: {}", err_name(e))),
+                    }
+                    match read_lease(c, &path).await? {
+                        None => continue, // its session ended in between
+                        Some((h, _, owner)) if h == holder && owner == c.session.id => {
+                            return Ok(None)
+                        }
+                        // Left by an earlier session of ours: replaced by one of this session.
+                        Some((h, version, _)) if h == holder => {
+                            let del = Call::new(
+                                op::DELETE,
+                                &DeleteRequest {
+                                    path: path.clone(),
+                                    version,
+                                },
+                            );
+                            c.call(del).await.map_err(|e| e.to_string())?;
+                        }
+                        Some((h, _, _)) => return Ok(Some(h)),
+                    }
+                }
+                Err(format!("{path}: keeps changing"))
+            })
+        }))
+    }
+
+    fn lease_renew<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        let (path, holder) = (lease_path(name), holder.to_string());
+        // Held without a break as long as the session that created it lives: a new session
+        // (the old one dropped on an error) no longer holds it.
+        Box::pin(self.with_conn(move |c, _| {
+            Box::pin(async move {
+                Ok(matches!(read_lease(c, &path).await?,
+                    Some((h, _, owner)) if h == holder && owner == c.session.id))
+            })
+        }))
+    }
+
+    fn lease_release<'a>(
+        &'a self,
+        name: &'a str,
+        holder: &'a str,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let (path, holder) = (lease_path(name), holder.to_string());
+        Box::pin(self.with_conn(move |c, _| {
+            Box::pin(async move {
+                if let Some((h, version, _)) = read_lease(c, &path).await? {
+                    if h == holder {
+                        let del = Call::new(op::DELETE, &DeleteRequest { path, version });
+                        c.call(del).await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Ok(())
             })
         }))
     }

@@ -9,17 +9,27 @@ use bytes::Bytes;
 use tokio::sync::Mutex;
 
 use super::client::{Call, ZkConn};
+use super::jute::Record;
 use super::mirror::PathFilter;
-use super::proto::records::{Acl, CreateRequest, Id, SetDataRequest};
+use super::proto::records::{
+    Acl, CreateRequest, DeleteRequest, GetDataRequest, GetDataResponse, Id, SetDataRequest,
+};
 use super::proto::{create_mode, err, err_name, op, perms};
 use super::tree::{Session, State, Walk};
 use crate::config::{ResolvedZk, Secret, ZooKeeperConfig};
-use crate::replication::generation::{judge, Markers, Pair, Recovery, Verdict};
+use crate::replication::generation::{judge, CleanStop, Markers, Pair, Recovery, Verdict};
 use crate::replication::resync::BoxFuture;
 
 /// Where the marker lives; everything under `ROOT` is statemirror's own.
 pub const ROOT: &str = "/statemirror";
 pub const PATH: &str = "/statemirror/generation";
+const CLUSTER: &str = "/statemirror/cluster";
+/// Clean-stop records, one persistent node per sidecar (see `replication::generation`).
+const CLEAN: &str = "/statemirror/cluster/clean";
+
+fn clean_path(node: &str) -> String {
+    format!("{CLEAN}/{node}")
+}
 
 pub struct ZkMarkers {
     leader: Mutex<Session>,
@@ -51,6 +61,85 @@ impl ZkMarkers {
             timeout: Duration::from_millis(cfg.connect_timeout_ms.max(1000)),
             max_frame: cfg.max_frame_bytes,
         })
+    }
+
+    async fn connect(&self, servers: &[String]) -> Result<ZkConn, String> {
+        ZkConn::connect(
+            servers,
+            0,
+            self.timeout,
+            10_000,
+            self.auth.as_ref(),
+            self.max_frame,
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    async fn put_clean_now(&self, node: &str, rec: &CleanStop) -> Result<(), String> {
+        let mut c = self.connect(&self.servers.0).await?;
+        let path = clean_path(node);
+        let data = Bytes::from(serde_json::to_vec(rec).map_err(|e| e.to_string())?);
+        let calls = [
+            create(ROOT, None),
+            create(CLUSTER, None),
+            create(CLEAN, None),
+            Call::new(
+                op::SET_DATA,
+                &SetDataRequest {
+                    path: path.clone(),
+                    data: Some(data.clone()),
+                    version: -1,
+                },
+            ),
+        ];
+        let r = c.call_many(&calls).await.map_err(|e| e.to_string())?;
+        match r.get(3).map(|(e, _)| *e) {
+            Some(err::OK) => Ok(()),
+            Some(err::NO_NODE) => match c.call(create(&path, Some(data))).await {
+                Ok((err::OK, _)) => Ok(()),
+                Ok((e, _)) => Err(format!("create {path}: {}", err_name(e))),
+                Err(e) => Err(e.to_string()),
+            },
+            Some(e) => Err(format!("setData {path}: {}", err_name(e))),
+            None => Err("short reply".into()),
+        }
+    }
+
+    async fn take_clean_now(&self, node: &str) -> Result<Option<CleanStop>, String> {
+        let mut c = self.connect(&self.servers.0).await?;
+        let path = clean_path(node);
+        let get = Call::new(
+            op::GET_DATA,
+            &GetDataRequest {
+                path: path.clone(),
+                watch: false,
+            },
+        );
+        let (e, body) = c.call(get).await.map_err(|e| e.to_string())?;
+        let r = match e {
+            err::OK => GetDataResponse::from_bytes(&body).map_err(|e| e.to_string())?,
+            err::NO_NODE => return Ok(None),
+            e => return Err(format!("getData {path}: {}", err_name(e))),
+        };
+        // Deleted at the version read: a record rewritten meanwhile is not used at all.
+        let del = Call::new(
+            op::DELETE,
+            &DeleteRequest {
+                path: path.clone(),
+                version: r.stat.version,
+            },
+        );
+        match c.call(del).await.map_err(|e| e.to_string())?.0 {
+            err::OK => {}
+            e => return Err(format!("delete {path}: {}", err_name(e))),
+        }
+        let rec = r
+            .data
+            .as_ref()
+            .map(|d| serde_json::from_slice(d).map_err(|e| format!("{path}: {e}")))
+            .transpose()?;
+        Ok(rec)
     }
 
     async fn write_one(&self, servers: &[String], g: u64) -> Result<(), String> {
@@ -122,6 +211,18 @@ async fn read_one(s: &Mutex<Session>) -> Result<Option<u64>, String> {
 }
 
 impl Markers for ZkMarkers {
+    fn put_clean<'a>(
+        &'a self,
+        node: &'a str,
+        rec: &'a CleanStop,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.put_clean_now(node, rec))
+    }
+
+    fn take_clean<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Option<CleanStop>, String>> {
+        Box::pin(self.take_clean_now(node))
+    }
+
     fn read(&self) -> BoxFuture<'_, Result<Pair, String>> {
         Box::pin(async move {
             let (l, f) = tokio::join!(read_one(&self.leader), read_one(&self.follower));

@@ -557,10 +557,12 @@ pub async fn compare_data(a: &RedisServer, b: &RedisServer) -> Result<usize, Str
         let mut cb = client(&format!("{}/{db}", b.url())).await;
         let mut ka: Vec<Vec<u8>> = ca.keys("*").await.map_err(|e| e.to_string())?;
         let mut kb: Vec<Vec<u8>> = cb.keys("*").await.map_err(|e| e.to_string())?;
-        // statemirror's generation marker is advanced on both sides at its own pace.
+        // statemirror's generation marker is advanced on both sides at its own pace; the
+        // cluster keys (clean-stop records, leases, members) live on the leader only.
         let marker = statemirror::redis::generation::KEY;
-        ka.retain(|k| k != marker);
-        kb.retain(|k| k != marker);
+        let own = |k: &Vec<u8>| k == marker || k.starts_with(statemirror::redis::cluster::PREFIX);
+        ka.retain(|k| !own(k));
+        kb.retain(|k| !own(k));
         ka.sort();
         kb.sort();
         if ka != kb {
