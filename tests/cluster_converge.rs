@@ -185,18 +185,7 @@ async fn compare_user_data(a: &RedisServer, b: &RedisServer) -> Result<usize, St
 }
 
 async fn verify_zero(n: &Node, proto: &str) {
-    let (code, body) = statemirror::admin::client::request(
-        &n.admin,
-        hyper::Method::GET,
-        "/verify",
-        None,
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("admin");
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(v[proto]["total_differences"], 0, "{body}");
+    assert_verify_zero(&n.admin, proto).await;
 }
 
 async fn all_drained(nodes: &[Node], proto: &str) {

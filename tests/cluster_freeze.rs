@@ -332,18 +332,7 @@ async fn scenario(proto: Proto, leader: &str, follower: &str) {
     assert_eq!(code, 202, "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await; // let the resync start
     settled(&n[0], proto).await;
-    let (code, body) = statemirror::admin::client::request(
-        &admin1,
-        hyper::Method::GET,
-        "/verify",
-        None,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("GET /verify");
-    assert_eq!(code, 200, "{body}");
-    let report: Value = serde_json::from_str(&body).expect("verify JSON");
-    assert_eq!(report[protocol(proto)]["total_differences"], 0, "{report}");
+    assert_verify_zero(&admin1, protocol(proto)).await;
     assert_own_state_only_on_leader(proto, leader, follower).await;
 
     // A member killed without a goodbye drops out once its TTL passed.

@@ -670,18 +670,7 @@ async fn scenario(proto: Proto, leader: &str, follower: &str, far_follower: &str
             assert!(n >= 3 * KEYS, "{n} nodes compared");
         }
     }
-    let (code, body) = statemirror::admin::client::request(
-        &nodes[1].admin,
-        hyper::Method::GET,
-        "/verify",
-        None,
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("GET /verify");
-    assert_eq!(code, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).expect("JSON");
-    assert_eq!(v[p]["total_differences"], 0, "{body}");
+    assert_verify_zero(&nodes[1].admin, p).await;
     recover_waits_for_the_lease(proto, leader, &nodes[1]).await;
     for n in &mut nodes {
         n.kill();

@@ -911,3 +911,21 @@ pub mod fault;
 pub mod workload;
 pub mod zk;
 pub mod zk_workload;
+
+/// `GET /verify` on the admin API at `admin` (`http://host:port`) reports no difference for
+/// `protocol`; returns the report.
+pub async fn assert_verify_zero(admin: &str, protocol: &str) -> serde_json::Value {
+    let (code, body) = statemirror::admin::client::request(
+        admin,
+        hyper::Method::GET,
+        "/verify",
+        None,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("GET /verify");
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("verify JSON");
+    assert_eq!(v[protocol]["total_differences"], 0, "{body}");
+    v
+}
