@@ -115,6 +115,29 @@ impl Config {
                         Ok(Some(b))
                     }),
             };
+            let leader = leader.and_then(|b| {
+                credentials(
+                    b,
+                    "leader",
+                    &rc.leader_username,
+                    &rc.leader_sentinel_username,
+                    &rc.leader_sentinel_password_file,
+                )
+                .map_err(|(k, m)| err(&k, m))
+            });
+            let follower = follower.and_then(|f| {
+                f.map(|b| {
+                    credentials(
+                        b,
+                        "follower",
+                        &rc.follower_username,
+                        &rc.follower_sentinel_username,
+                        &rc.follower_sentinel_password_file,
+                    )
+                    .map_err(|(k, m)| err(&k, m))
+                })
+                .transpose()
+            });
             for (key, v) in [
                 ("redis.max_connections", rc.max_connections as u64),
                 ("redis.client_write_timeout_ms", rc.client_write_timeout_ms),
@@ -277,6 +300,39 @@ fn check_node_name(n: &str) -> Result<(), String> {
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .map_err(|_| format!("must be ip:port (got {s:?})"))
+}
+
+/// `[redis] <role>_username` and the sentinel credentials of a `redis+sentinel://` backend.
+fn credentials(
+    mut b: RedisBackend,
+    role: &str,
+    username: &Option<String>,
+    sentinel_username: &Option<String>,
+    sentinel_password_file: &Option<std::path::PathBuf>,
+) -> Result<RedisBackend, (String, String)> {
+    if let Some(u) = username {
+        b.username = Some(u.clone());
+    }
+    let sentinel_set = sentinel_username.is_some() || sentinel_password_file.is_some();
+    match b.sentinel.as_mut() {
+        None if sentinel_set => Err((
+            format!("redis.{role}_sentinel_username"),
+            format!("set but redis.{role} is not a redis+sentinel:// URL"),
+        )),
+        None => Ok(b),
+        Some(s) => {
+            let s = std::sync::Arc::get_mut(s)
+                .ok_or_else(|| (format!("redis.{role}"), "sentinel set shared".to_string()))?;
+            s.username = sentinel_username.clone();
+            if let Some(p) = sentinel_password_file {
+                s.password = Some(
+                    read_secret(p)
+                        .map_err(|m| (format!("redis.{role}_sentinel_password_file"), m))?,
+                );
+            }
+            Ok(b)
+        }
+    }
 }
 
 #[cfg(test)]
