@@ -32,7 +32,11 @@ async fn acl(c: &mut redis::aio::MultiplexedConnection, args: &[&str]) {
 }
 
 async fn get(c: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query_async(c).await.expect("GET")
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(c)
+        .await
+        .expect("GET")
 }
 
 fn text(r: &Resp) -> String {
@@ -49,13 +53,42 @@ async fn acl_users_pass_through_and_statemirror_uses_its_own() {
     let mut la = admin(&leader, "leader-admin").await;
     let mut fa = admin(&follower, "follower-admin").await;
     // Leader: statemirror's own user, NiFi's, and one without access to nifi/secret*.
-    acl(&mut la, &["statemirror", "on", &format!(">{STATEMIRROR_PW}"), "~*", "+@all"]).await;
+    acl(
+        &mut la,
+        &[
+            "statemirror",
+            "on",
+            &format!(">{STATEMIRROR_PW}"),
+            "~*",
+            "+@all",
+        ],
+    )
+    .await;
     acl(&mut la, &["nifi", "on", ">nifi-pw", "~nifi/*", "+@all"]).await;
-    acl(&mut la, &["limited", "on", ">limited-pw", "~nifi/public/*", "+@all"]).await;
+    acl(
+        &mut la,
+        &["limited", "on", ">limited-pw", "~nifi/public/*", "+@all"],
+    )
+    .await;
     // Follower: the mirror's user, and NiFi's user read-only (for read failover). The
     // client's credentials cannot write there: whatever reaches it came through the mirror.
-    acl(&mut fa, &["mirror", "on", &format!(">{MIRROR_PW}"), "~*", "+@all"]).await;
-    acl(&mut fa, &["nifi", "on", ">nifi-pw", "~nifi/*", "+@read", "+@connection"]).await;
+    acl(
+        &mut fa,
+        &["mirror", "on", &format!(">{MIRROR_PW}"), "~*", "+@all"],
+    )
+    .await;
+    acl(
+        &mut fa,
+        &[
+            "nifi",
+            "on",
+            ">nifi-pw",
+            "~nifi/*",
+            "+@read",
+            "+@connection",
+        ],
+    )
+    .await;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let (lpw, fpw) = (dir.path().join("leader.pw"), dir.path().join("follower.pw"));
@@ -88,7 +121,9 @@ async fn acl_users_pass_through_and_statemirror_uses_its_own() {
 
     // HELLO 3 AUTH user pass: a user without access to some keys.
     let mut l = Raw::connect(proxy.addr()).await;
-    let r = l.cmd(&["HELLO", "3", "AUTH", "limited", "limited-pw"]).await;
+    let r = l
+        .cmd(&["HELLO", "3", "AUTH", "limited", "limited-pw"])
+        .await;
     assert!(!r.is_error(), "{r:?}");
     assert_eq!(text(&l.cmd(&["SET", "nifi/public/p", "1"]).await), "OK");
     let r = l.cmd(&["SET", "nifi/secret", "x"]).await;
@@ -103,7 +138,10 @@ async fn acl_users_pass_through_and_statemirror_uses_its_own() {
     proxy.drained().await;
     eventually(Duration::from_secs(10), || async {
         let mut fa = admin(&follower, "follower-admin").await;
-        match (get(&mut fa, "nifi/a").await, get(&mut fa, "nifi/public/p").await) {
+        match (
+            get(&mut fa, "nifi/a").await,
+            get(&mut fa, "nifi/public/p").await,
+        ) {
             (Some(a), Some(p)) if a == "1" && p == "1" => Ok(()),
             other => Err(format!("{other:?}")),
         }
@@ -142,5 +180,8 @@ async fn acl_users_pass_through_and_statemirror_uses_its_own() {
     assert!(!reply.is_error(), "{reply:?}");
     assert_eq!(text(&r.cmd(&["GET", "nifi/a"]).await), "1");
     let reply = r.cmd(&["SET", "nifi/a", "2"]).await;
-    assert!(text(&reply).starts_with("READONLY statemirror"), "{reply:?}");
+    assert!(
+        text(&reply).starts_with("READONLY statemirror"),
+        "{reply:?}"
+    );
 }

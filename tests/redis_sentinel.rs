@@ -23,6 +23,11 @@ struct SentinelProc {
 
 impl SentinelProc {
     fn start(master_port: u16) -> SentinelProc {
+        Self::start_with(master_port, "")
+    }
+
+    /// `extra`: more sentinel.conf lines.
+    fn start_with(master_port: u16, extra: &str) -> SentinelProc {
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let port = free_port();
@@ -34,7 +39,7 @@ impl SentinelProc {
                     "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
                      sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds mymaster 1000\n\
-                     sentinel failover-timeout mymaster 5000\n",
+                     sentinel failover-timeout mymaster 5000\n{extra}",
                     dir.path().display()
                 ),
             )
@@ -313,6 +318,11 @@ async fn writes_follow_a_sentinel_failover() {
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(v["redis"]["total_differences"], 0, "{body}");
+    // No going back: the old master may still say `master` for a while, but the sentinels'
+    // configuration epoch is newer.
+    let l = &proxy.status().await["redis"]["leader"];
+    assert_eq!(l["address"], replica.addr(), "{l}");
+    assert_eq!(l["sentinel"]["switches"], 1, "{l}");
     // Sentinel demotes the old master once it sees it (its INFO period: up to 10 s).
     eventually(Duration::from_secs(20), || async {
         match role(&master).await.as_str() {
@@ -338,4 +348,35 @@ async fn a_sentinel_url_with_no_live_sentinel_does_not_start_clients_on_a_guess(
     let mut c = Raw::connect(proxy.addr()).await;
     let r = c.read().await;
     assert!(r.is_error(), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_a_password() {
+    let master = RedisServer::start();
+    let sentinel = SentinelProc::start_with(master.port, "requirepass sentinel-pw\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (good, bad) = (dir.path().join("good"), dir.path().join("bad"));
+    std::fs::write(&good, "sentinel-pw\n").expect("write");
+    std::fs::write(&bad, "wrong\n").expect("write");
+    let url = format!("redis+sentinel://{}/mymaster", sentinel.addr());
+    let start = |file: std::path::PathBuf| {
+        let url = url.clone();
+        Proxy::start_with(&master, None, move |c| {
+            let r = c.redis.as_mut().expect("[redis]");
+            r.leader = url;
+            r.leader_sentinel_password_file = Some(file);
+        })
+    };
+    let proxy = start(good).await;
+    let s = proxy.status().await;
+    assert_eq!(s["redis"]["leader"]["address"], master.addr(), "{s}");
+    assert!(!s.to_string().contains("sentinel-pw"));
+    let mut c = proxy.conn().await;
+    let _: () = c
+        .set("k", "v")
+        .await
+        .expect("SET through the sentinel-found master");
+    let refused = start(bad).await;
+    let s = refused.status().await;
+    assert_eq!(s["redis"]["leader"]["address"], "(not resolved)", "{s}");
 }

@@ -7,21 +7,28 @@
 //! the *master's* (as for `redis://`). Every connect site asks the backend where to go:
 //! [`Conn::connect`] (statemirror's own connections) through [`connect_master`], the client
 //! sessions through [`RedisBackend::resolve_address`]. Until a master is known, the sentinels
-//! are asked (`SENTINEL GET-MASTER-ADDR-BY-NAME`, each in turn) and the answer is checked
-//! with `ROLE` on the candidate (it must say `master`): a sentinel that has not yet seen a
-//! failover cannot send statemirror to a demoted master.
+//! are asked (`SENTINEL GET-MASTER-ADDR-BY-NAME`, with `SENTINEL MASTER` for its
+//! `config-epoch`, every sentinel): the newest configuration wins, and its candidate is
+//! checked with `ROLE` (it must say `master`). A sentinel that has not heard of a failover
+//! yet names the old master, which may still say `master` for a few seconds (until Sentinel
+//! reconfigures it): the epoch keeps statemirror from going back to it. The sentinels' user
+//! needs `SENTINEL GET-MASTER-ADDR-BY-NAME`, `SENTINEL MASTER` and `SUBSCRIBE`.
 //!
 //! **Following it.** One watcher task per sentinel-managed backend ([`spawn_watcher`])
-//! subscribes to `+switch-master` on one sentinel (on failure, the next one) and, as a
-//! backstop for a lost message or a partitioned sentinel, asks the sentinels again every
-//! [`POLL`]. A candidate becomes the master only once its `ROLE` says `master`. A switch
+//! subscribes to `+switch-master` on one sentinel (on failure, the next one): a message
+//! triggers the lookup above. As a backstop for a lost message or a partitioned sentinel it
+//! looks up again every [`POLL`]. A candidate becomes the master only once its `ROLE` says
+//! `master` and no sentinel knows a newer configuration. A switch
 //! updates the address, is logged at warn, counted (`/status`: `sentinel.switches`) and bumps
 //! a generation that everything pinned to the old master watches:
 //! - client sessions served by it close their client connection at a safe point: no reply
 //!   owed, not inside `MULTI`, not between `WATCH` and `EXEC`/`DISCARD`/`UNWATCH`, not
 //!   subscribed (see `session::reply`). NiFi's client reconnects to `localhost` and lands on
-//!   the new master. Until then a write sent to the demoted master gets Redis' own
-//!   `READONLY` error (a replica refuses writes), which is not a success and so not mirrored;
+//!   the new master. A write such a session sends before that goes to the old master: once
+//!   Sentinel has demoted it, Redis refuses it (`READONLY`: not a success, not mirrored);
+//!   before that, it succeeds there and is lost with the old master's data when Sentinel
+//!   reconfigures it (as for any client of a Redis failover) — the resync after the switch
+//!   (below) then makes the follower equal to the new master;
 //! - statemirror's kept connections (health check, mirror writer, cross-sidecar check,
 //!   cluster store) are reopened before their next use ([`Conn::is_stale`]), and each new one
 //!   re-checks `ROLE`. A connection that finds a demoted master wakes the watcher at once.
@@ -76,6 +83,8 @@ pub struct Sentinel {
     pub password: Option<String>,
     /// The master's address as last verified (`None` until first resolved).
     current: Mutex<Option<String>>,
+    /// Sentinel's `config-epoch` of the address in `current` (changed under its lock).
+    epoch: AtomicU64,
     /// Bumped at each switch (not at the first resolution).
     generation: watch::Sender<u64>,
     switches: AtomicU64,
@@ -109,6 +118,7 @@ impl Sentinel {
             username: None,
             password: None,
             current: Mutex::new(None),
+            epoch: AtomicU64::new(0),
             generation: watch::channel(0).0,
             switches: AtomicU64::new(0),
             suspect: Notify::new(),
@@ -131,8 +141,12 @@ impl Sentinel {
     }
 
     /// Records a verified master address; a change from a known one is a switch.
-    fn set_master(&self, addr: &str, role: &str) {
+    fn set_master(&self, addr: &str, epoch: u64, role: &str) {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if epoch < self.epoch.load(Ordering::Acquire) {
+            return; // a slower lookup of an older configuration
+        }
+        self.epoch.store(epoch, Ordering::Release);
         match cur.as_deref() {
             Some(a) if a == addr => {}
             None => {
@@ -330,22 +344,41 @@ pub async fn connect_master(
     Ok(c)
 }
 
-/// Asks each sentinel for the master and returns the first answer whose `ROLE` says
-/// `master`; records it.
+/// Asks every sentinel for the master, and takes the answer of the newest configuration
+/// (Sentinel's `config-epoch`: a sentinel that has not heard of a failover yet still names
+/// the old master, which may still say `master` until Sentinel reconfigures it) whose
+/// `ROLE` says `master`; records it. An answer older than the configuration already
+/// followed is never taken.
 async fn discover(
     b: &RedisBackend,
     s: &Arc<Sentinel>,
     timeout: Duration,
     role_name: &str,
 ) -> Result<String, String> {
+    let mut answers: Vec<(u64, String)> = Vec::new();
     let mut errors = Vec::new();
     for addr in &s.sentinels {
-        match ask(b, s, addr, timeout).await {
-            Ok(master) => {
-                s.set_master(&master, role_name);
-                return Ok(master);
-            }
+        match ask(s, addr, timeout).await {
+            Ok(a) => answers.push(a),
             Err(e) => errors.push(format!("{addr}: {e}")),
+        }
+    }
+    answers.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1)));
+    answers.dedup();
+    let known = s.epoch.load(Ordering::Acquire);
+    for (epoch, candidate) in answers {
+        if epoch < known {
+            errors.push(format!(
+                "{candidate}: an older configuration (epoch {epoch} < {known})"
+            ));
+            continue;
+        }
+        match verify(b, &candidate, timeout).await {
+            Ok(()) => {
+                s.set_master(&candidate, epoch, role_name);
+                return Ok(candidate);
+            }
+            Err(e) => errors.push(e),
         }
     }
     Err(format!(
@@ -355,12 +388,8 @@ async fn discover(
     ))
 }
 
-async fn ask(
-    b: &RedisBackend,
-    s: &Sentinel,
-    sentinel: &str,
-    timeout: Duration,
-) -> Result<String, String> {
+/// One sentinel's `(config-epoch, master address)`.
+async fn ask(s: &Sentinel, sentinel: &str, timeout: Duration) -> Result<(u64, String), String> {
     let mut c = Conn::connect_direct(&s.sentinel_backend(sentinel), timeout)
         .await
         .map_err(|e| e.to_string())?;
@@ -369,7 +398,8 @@ async fn ask(
         &mut out,
         &[b"SENTINEL", b"GET-MASTER-ADDR-BY-NAME", s.master.as_bytes()],
     );
-    let r = tokio::time::timeout(timeout, c.roundtrip(&out, 1))
+    encode_cmd(&mut out, &[b"SENTINEL", b"MASTER", s.master.as_bytes()]);
+    let r = tokio::time::timeout(timeout, c.roundtrip(&out, 2))
         .await
         .map_err(|_| "timed out".to_string())?
         .map_err(|e| e.to_string())?;
@@ -384,8 +414,20 @@ async fn ask(
         Some(BytesFrame::Error(e)) => return Err(e.to_string()),
         _ => return Err("unexpected reply".into()),
     };
-    verify(b, &candidate, timeout).await?;
-    Ok(candidate)
+    Ok((config_epoch(r.get(1)).unwrap_or(0), candidate))
+}
+
+/// `config-epoch` from a `SENTINEL MASTER` reply (field/value pairs).
+fn config_epoch(f: Option<&BytesFrame>) -> Option<u64> {
+    let Some(BytesFrame::Array(a)) = f else {
+        return None;
+    };
+    a.chunks(2).find_map(|kv| match kv {
+        [BytesFrame::BulkString(k), BytesFrame::BulkString(v)] if &k[..] == b"config-epoch" => {
+            std::str::from_utf8(v).ok()?.parse().ok()
+        }
+        _ => None,
+    })
 }
 
 /// Checks that `candidate` says it is a master.
@@ -454,13 +496,12 @@ pub fn spawn_watcher(
                     sub = None;
                 }
                 Some(Ok(f)) => {
+                    // Only a trigger: the newest configuration among all sentinels decides.
                     if let Some(candidate) = switch_message(&f, &s.master) {
-                        match verify(&b, &candidate, timeout).await {
-                            Ok(()) => s.set_master(&candidate, role_name),
+                        if let Err(e) = discover(&b, &s, timeout, role_name).await {
                             // The poll retries (the promotion may not be visible yet).
-                            Err(e) => {
-                                tracing::info!(role = role_name, error = %e, "sentinel announced a switch; new master not confirmed yet")
-                            }
+                            tracing::info!(role = role_name, announced = %candidate, error = %e,
+                                "sentinel announced a switch; new master not confirmed yet");
                         }
                     }
                 }
@@ -540,11 +581,26 @@ mod tests {
     #[test]
     fn a_switch_bumps_the_generation_once() {
         let s = Sentinel::new(vec!["a:1".into()], "m".into());
-        s.set_master("x:1", "leader");
+        s.set_master("x:1", 0, "leader");
         assert_eq!((s.generation(), s.switches()), (0, 0));
-        s.set_master("x:1", "leader");
-        s.set_master("y:1", "leader");
+        s.set_master("x:1", 0, "leader");
+        s.set_master("y:1", 1, "leader");
         assert_eq!((s.generation(), s.switches()), (1, 1));
+        // A sentinel that has not heard of the failover yet: ignored.
+        s.set_master("x:1", 0, "leader");
         assert_eq!(s.current().as_deref(), Some("y:1"));
+        assert_eq!(s.switches(), 1);
+    }
+
+    #[test]
+    fn reads_the_config_epoch() {
+        let f = BytesFrame::Array(vec![
+            BytesFrame::BulkString("name".into()),
+            BytesFrame::BulkString("mymaster".into()),
+            BytesFrame::BulkString("config-epoch".into()),
+            BytesFrame::BulkString("7".into()),
+        ]);
+        assert_eq!(config_epoch(Some(&f)), Some(7));
+        assert_eq!(config_epoch(None), None);
     }
 }
