@@ -67,7 +67,9 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{encode_cmd, BackendError, Conn};
+use super::mirror::RedisOp;
 use crate::config::RedisBackend;
+use crate::replication::queue::{MirrorQueue, MirrorView};
 
 /// How often the watcher asks the sentinels again, whatever the subscription says.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -453,15 +455,35 @@ fn host_port(host: &str, port: &str) -> String {
 }
 
 /// Follows a sentinel-managed backend's master until `shutdown` (nothing for a direct one).
+/// Each switch marks the follower out of sync (`mirror`): the promoted replica may lack the
+/// old master's last writes (replication is asynchronous), on either side.
 pub fn spawn_watcher(
     b: &RedisBackend,
     role_name: &'static str,
     timeout: Duration,
-    shutdown: CancellationToken,
+    mirror: Option<Arc<MirrorQueue<RedisOp>>>,
+    shutdown: &CancellationToken,
 ) {
     let Some(s) = b.sentinel.clone() else {
         return;
     };
+    if let Some(q) = mirror {
+        let mut switched = s.generation.subscribe();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = switched.changed() => if r.is_err() { return },
+                }
+                q.sync().mark_out_of_sync_expected(format!(
+                    "Sentinel switched the {role_name}'s master: the promoted replica may lack \
+                     the old master's last writes (asynchronous replication)"
+                ));
+            }
+        });
+    }
+    let shutdown = shutdown.clone();
     let b = b.clone();
     tokio::spawn(async move {
         let mut next = 0usize;

@@ -180,9 +180,10 @@ pub async fn start(
         closing: shutdown.clone(),
     });
     // Sentinel-managed backends: follow their master (see `sentinel`).
-    super::sentinel::spawn_watcher(&r.leader, "leader", connect_timeout, shutdown.clone());
+    let m = shared.mirror.clone();
+    super::sentinel::spawn_watcher(&r.leader, "leader", connect_timeout, m.clone(), &shutdown);
     if let Some(f) = &r.follower {
-        super::sentinel::spawn_watcher(f, "follower", connect_timeout, shutdown.clone());
+        super::sentinel::spawn_watcher(f, "follower", connect_timeout, m, &shutdown);
     }
     // The command table, from the leader when it answers now; the health loop retries.
     match fetch_table(&r.leader, connect_timeout).await {
@@ -230,6 +231,7 @@ pub async fn start(
                 leader: r.leader.clone(),
                 follower: f.clone(),
                 timeout: connect_timeout.max(Duration::from_secs(1)),
+                seen_switch: r.leader.master_generation().into(),
             }),
             q,
             checked.clone(),
