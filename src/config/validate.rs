@@ -366,6 +366,32 @@ mod tests {
     }
 
     #[test]
+    fn usernames_and_sentinel_credentials() {
+        let r = Config::from_toml(
+            "[redis]\nleader = \"redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/m\"\n\
+             leader_username = \"sm\"\nleader_sentinel_username = \"s\"\n\
+             follower = \"redis://127.0.0.1:3\"\nfollower_username = \"mirror\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let r = r.redis.unwrap();
+        assert_eq!(r.leader.username.as_deref(), Some("sm"));
+        assert_eq!(r.leader.password.as_deref(), Some("pw"));
+        let s = r.leader.sentinel.as_ref().unwrap();
+        assert_eq!(s.username.as_deref(), Some("s"));
+        assert_eq!(s.sentinels.len(), 2);
+        assert_eq!(r.follower.unwrap().username.as_deref(), Some("mirror"));
+        let errs = Config::from_toml(
+            "[redis]\nleader = \"redis://127.0.0.1:1\"\nleader_sentinel_username = \"s\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(errs[0].path, "redis.leader_sentinel_username");
+    }
+
+    #[test]
     fn every_error_is_reported_at_once() {
         let c = Config::from_toml(
             "[admin]\nlisten = \"nope\"\n[redis]\nlisten = \"x\"\nleader = \"http://a\"\nmax_connections = 0\n[replication]\nmax_queue_ops = 0\n",

@@ -44,12 +44,16 @@
 //! restart: copies keep going (they read the new master, which is now the truth NiFi sees).
 //! But replication to the promoted replica is asynchronous: the last writes the old master
 //! acknowledged (and statemirror mirrored) may be missing on the new master, so the follower
-//! may now hold data the leader does not. The mirror writer therefore marks the follower out
-//! of sync on a switch ("expected" level), and the cross-sidecar check gives up its pending
-//! checks the same way: a resync (automatic with `resync.auto`) makes the follower equal to
-//! the new master. The generation marker (`statemirror:generation`) is replicated by Redis,
-//! so the new master normally holds it; one whose replica missed the last advance reads as
-//! "leader lost data", which is then true.
+//! may now hold data the leader does not. Each switch therefore marks the follower out of
+//! sync ("expected" level; [`spawn_watcher`], and the mirror writer when it meets the new
+//! `run_id`), and the cross-sidecar check gives up its pending checks the same way: a resync
+//! (automatic with `resync.auto`) makes the follower equal to the new master. The
+//! generation marker (`statemirror:generation`) is replicated by Redis, but the promoted
+//! replica may lack its last advance too: the first marker read after a switch re-bases it
+//! on the new master (`generation::RedisMarkers::read`) instead of flagging leader data
+//! loss, which would stop that resync. `resync.refuse_empty_leader` still refuses to copy a
+//! promoted replica that holds nothing over the follower. A sentinel-managed follower that
+//! switches is marked out of sync the same way.
 //!
 //! **TLS.** Sentinel connections use the same connect path as every backend connection;
 //! when `rediss://` support lands, `rediss+sentinel://` is meant to follow it. Until then
