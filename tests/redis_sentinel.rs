@@ -260,6 +260,11 @@ async fn writes_follow_a_sentinel_failover() {
         "workload runs before the failover ({before} ok)"
     );
 
+    // Two sessions on the old master: one idle, one between WATCH and EXEC.
+    let mut idle = Raw::connect(proxy.addr()).await;
+    assert_eq!(idle.cmd(&["PING"]).await.text().as_deref(), Some("PONG"));
+    let mut watching = Raw::connect(proxy.addr()).await;
+    assert!(!watching.cmd(&["WATCH", "nifi/pinned"]).await.is_error());
     let failover_at = Instant::now();
     let mut s1 = Raw::connect(sentinels[0].addr()).await;
     let r = s1.cmd(&["SENTINEL", "FAILOVER", "mymaster"]).await;
@@ -280,6 +285,20 @@ async fn writes_follow_a_sentinel_failover() {
         switched_at - failover_at
     );
     assert_eq!(role(&replica).await, "master");
+    // The idle session is closed at once; the watching one only once its WATCH is over.
+    assert!(
+        idle.closed_within(Duration::from_secs(2)).await,
+        "idle session closed"
+    );
+    assert!(
+        !watching.closed_within(Duration::from_millis(300)).await,
+        "not closed between WATCH and EXEC"
+    );
+    assert!(!watching.cmd(&["UNWATCH"]).await.is_error());
+    assert!(
+        watching.closed_within(Duration::from_secs(2)).await,
+        "closed after UNWATCH"
+    );
     // Writes go on after the switch: sessions on the old master were closed.
     let at_switch = nifi.ok.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(4)).await;
