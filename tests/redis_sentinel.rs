@@ -411,3 +411,24 @@ async fn sentinels_with_a_password() {
     let s = refused.status().await;
     assert_eq!(s["redis"]["leader"]["address"], "(not resolved)", "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_managed_follower_is_mirrored_to() {
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let sentinel = SentinelProc::start(follower.port);
+    let url = format!("redis+sentinel://{}/mymaster", sentinel.addr());
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        let r = c.redis.as_mut().expect("[redis]");
+        r.follower = Some(url.clone());
+    })
+    .await;
+    let s = proxy.status().await;
+    assert_eq!(s["redis"]["follower"]["address"], follower.addr(), "{s}");
+    let mut c = proxy.conn().await;
+    let _: () = c.set("nifi/f", "1").await.expect("SET");
+    proxy.drained().await;
+    let mut f = follower.conn().await;
+    let v: Option<String> = f.get("nifi/f").await.expect("GET");
+    assert_eq!(v.as_deref(), Some("1"));
+}
