@@ -13,6 +13,9 @@ pub struct RedisBackend {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// Set for `redis+sentinel://`: the master is found and followed through Sentinel
+    /// (`crate::redis::sentinel`); `address` is then only a label.
+    pub sentinel: Option<std::sync::Arc<crate::redis::sentinel::Sentinel>>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -22,6 +25,7 @@ impl fmt::Debug for RedisBackend {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -29,6 +33,9 @@ impl fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// Parses `redis://[user:pass@]host:port[/db]`.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with("redis+sentinel://") {
+            return crate::redis::sentinel::parse(s);
+        }
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
         if url.scheme() != "redis" {
             return Err(format!(
@@ -59,8 +66,14 @@ impl RedisBackend {
             username,
             password,
             db,
+            sentinel: None,
         })
     }
+}
+
+/// Percent-decodes a URL's user or password.
+pub fn decode_url_part(s: &str) -> Result<String, String> {
+    decode(s)
 }
 
 fn decode(s: &str) -> Result<String, String> {

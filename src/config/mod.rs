@@ -22,7 +22,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-pub use backend::{parse_connect_string, read_secret, RedisBackend, Secret};
+pub use backend::{decode_url_part, parse_connect_string, read_secret, RedisBackend, Secret};
 pub use error::ConfigError;
 pub use sections::{
     AdminConfig, ClusterConfig, CopyFormat, LogConfig, LogFormat, MaintenanceConfig, RedisConfig,

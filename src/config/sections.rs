@@ -64,6 +64,18 @@ pub struct RedisConfig {
     pub follower: Option<String>,
     /// File whose first line is the follower password.
     pub follower_password_file: Option<PathBuf>,
+    /// ACL user for statemirror's own leader connections (overrides a user in the URL).
+    pub leader_username: Option<String>,
+    /// ACL user for statemirror's own follower connections: the mirror, resync, verify,
+    /// and read failover's fallback (see README "Redis credentials and ACL users").
+    pub follower_username: Option<String>,
+    /// `redis+sentinel://` leader: the sentinels' own user and password file (the URL's
+    /// credentials are the master's).
+    pub leader_sentinel_username: Option<String>,
+    pub leader_sentinel_password_file: Option<PathBuf>,
+    /// The same for a `redis+sentinel://` follower.
+    pub follower_sentinel_username: Option<String>,
+    pub follower_sentinel_password_file: Option<PathBuf>,
     /// Most client connections at once; more are told `-ERR max number of clients reached`.
     /// Default 1024.
     pub max_connections: usize,
@@ -112,6 +124,12 @@ impl Default for RedisConfig {
             leader_password_file: None,
             follower: None,
             follower_password_file: None,
+            leader_username: None,
+            follower_username: None,
+            leader_sentinel_username: None,
+            leader_sentinel_password_file: None,
+            follower_sentinel_username: None,
+            follower_sentinel_password_file: None,
             max_connections: 1024,
             client_idle_timeout_ms: 300_000,
             client_write_timeout_ms: 30_000,

@@ -115,6 +115,29 @@ impl Config {
                         Ok(Some(b))
                     }),
             };
+            let leader = leader.and_then(|b| {
+                credentials(
+                    b,
+                    "leader",
+                    &rc.leader_username,
+                    &rc.leader_sentinel_username,
+                    &rc.leader_sentinel_password_file,
+                )
+                .map_err(|(k, m)| err(&k, m))
+            });
+            let follower = follower.and_then(|f| {
+                f.map(|b| {
+                    credentials(
+                        b,
+                        "follower",
+                        &rc.follower_username,
+                        &rc.follower_sentinel_username,
+                        &rc.follower_sentinel_password_file,
+                    )
+                    .map_err(|(k, m)| err(&k, m))
+                })
+                .transpose()
+            });
             for (key, v) in [
                 ("redis.max_connections", rc.max_connections as u64),
                 ("redis.client_write_timeout_ms", rc.client_write_timeout_ms),
@@ -279,6 +302,39 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("must be ip:port (got {s:?})"))
 }
 
+/// `[redis] <role>_username` and the sentinel credentials of a `redis+sentinel://` backend.
+fn credentials(
+    mut b: RedisBackend,
+    role: &str,
+    username: &Option<String>,
+    sentinel_username: &Option<String>,
+    sentinel_password_file: &Option<std::path::PathBuf>,
+) -> Result<RedisBackend, (String, String)> {
+    if let Some(u) = username {
+        b.username = Some(u.clone());
+    }
+    let sentinel_set = sentinel_username.is_some() || sentinel_password_file.is_some();
+    match b.sentinel.as_mut() {
+        None if sentinel_set => Err((
+            format!("redis.{role}_sentinel_username"),
+            format!("set but redis.{role} is not a redis+sentinel:// URL"),
+        )),
+        None => Ok(b),
+        Some(s) => {
+            let s = std::sync::Arc::get_mut(s)
+                .ok_or_else(|| (format!("redis.{role}"), "sentinel set shared".to_string()))?;
+            s.username = sentinel_username.clone();
+            if let Some(p) = sentinel_password_file {
+                s.password = Some(
+                    read_secret(p)
+                        .map_err(|m| (format!("redis.{role}_sentinel_password_file"), m))?,
+                );
+            }
+            Ok(b)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,6 +363,32 @@ mod tests {
         .validate()
         .unwrap();
         assert!(both.redis.is_some() && both.zookeeper.is_some());
+    }
+
+    #[test]
+    fn usernames_and_sentinel_credentials() {
+        let r = Config::from_toml(
+            "[redis]\nleader = \"redis+sentinel://:pw@127.0.0.1:1,127.0.0.1:2/m\"\n\
+             leader_username = \"sm\"\nleader_sentinel_username = \"s\"\n\
+             follower = \"redis://127.0.0.1:3\"\nfollower_username = \"mirror\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let r = r.redis.unwrap();
+        assert_eq!(r.leader.username.as_deref(), Some("sm"));
+        assert_eq!(r.leader.password.as_deref(), Some("pw"));
+        let s = r.leader.sentinel.as_ref().unwrap();
+        assert_eq!(s.username.as_deref(), Some("s"));
+        assert_eq!(s.sentinels.len(), 2);
+        assert_eq!(r.follower.unwrap().username.as_deref(), Some("mirror"));
+        let errs = Config::from_toml(
+            "[redis]\nleader = \"redis://127.0.0.1:1\"\nleader_sentinel_username = \"s\"\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(errs[0].path, "redis.leader_sentinel_username");
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Conn {
     /// Bumped whenever bytes move either way: the mirror writer judges a slow batch by
     /// whether it moves, not by its total time (see `replication::worker`).
     progress: Option<Arc<AtomicU64>>,
+    /// A sentinel-managed master's set and its generation when connected (see `is_stale`).
+    pub(crate) master: Option<(Arc<super::sentinel::Sentinel>, u64)>,
 }
 
 /// Appends a command as a RESP array of bulk strings.
@@ -80,8 +82,25 @@ fn itoa_buf(mut n: usize) -> Digits {
 }
 
 impl Conn {
-    /// Connects, authenticates (when the backend has credentials) and selects its database.
+    /// Connects to the backend's current address (a sentinel-managed backend: its master,
+    /// checked with `ROLE`), authenticates and selects its database.
     pub async fn connect(b: &RedisBackend, timeout: Duration) -> Result<Self, BackendError> {
+        match &b.sentinel {
+            None => Self::connect_direct(b, timeout).await,
+            Some(s) => super::sentinel::connect_master(b, s, timeout).await,
+        }
+    }
+
+    /// True once Sentinel switched the master this connection went to: reopen it.
+    pub fn is_stale(&self) -> bool {
+        self.master
+            .as_ref()
+            .is_some_and(|(s, g)| s.generation() != *g)
+    }
+
+    /// Connects to `b.address`, authenticates (when the backend has credentials) and selects
+    /// its database.
+    pub async fn connect_direct(b: &RedisBackend, timeout: Duration) -> Result<Self, BackendError> {
         let connect = crate::listener::connect_backend(b.address.as_str());
         let stream = match tokio::time::timeout(timeout, connect).await {
             Err(_) => return Err(BackendError::ConnectTimeout(b.address.clone())),
@@ -93,6 +112,7 @@ impl Conn {
             rbuf: BytesMut::with_capacity(16 * 1024),
             db: 0,
             progress: None,
+            master: None,
         };
         let mut out = BytesMut::new();
         let mut expect = 0;

@@ -77,6 +77,9 @@ impl RedisClusterStore {
         cmds: &[Vec<&[u8]>],
     ) -> Result<Vec<BytesFrame>, String> {
         let r = tokio::time::timeout(self.timeout, async {
+            if conn.as_ref().is_some_and(Conn::is_stale) {
+                *conn = None;
+            }
             if conn.is_none() {
                 *conn = Some(
                     Conn::connect(&self.leader, self.timeout)

@@ -35,6 +35,8 @@ pub struct RedisRepairer {
     /// The leader's `run_id` when first connected: a new one means it restarted (maybe
     /// empty, maybe from an old backup), and nothing may be repaired from it.
     leader_run_id: Option<String>,
+    /// The leader's Sentinel generation when `leader_run_id` was read.
+    leader_master_gen: u64,
 }
 
 impl RedisRepairer {
@@ -46,6 +48,7 @@ impl RedisRepairer {
             leader_conn: None,
             follower_conn: None,
             leader_run_id: None,
+            leader_master_gen: 0,
         }
     }
 
@@ -83,7 +86,12 @@ impl RedisRepairer {
                 .map_err(|e| format!("follower: {e}"))?;
             self.follower_conn = Some(c);
         }
+        if self.leader_conn.as_ref().is_some_and(Conn::is_stale) {
+            self.leader_conn = None;
+        }
         if self.leader_conn.is_none() {
+            let gen = self.leader.master_generation();
+            let switched = std::mem::replace(&mut self.leader_master_gen, gen) != gen;
             let mut c = Conn::connect(&self.leader, self.timeout)
                 .await
                 .map_err(|e| format!("leader: {e}"))?;
@@ -93,7 +101,13 @@ impl RedisRepairer {
             self.leader_conn = Some(c);
             if self.leader_run_id.as_ref().is_some_and(|old| *old != id) {
                 self.leader_run_id = Some(id);
-                round.abandon = Some("the leader restarted (new run_id)".into());
+                // After a Sentinel switch, too: the new master may lack the old one's last
+                // writes; giving up marks the follower out of sync and a resync reconciles.
+                round.abandon = Some(if switched {
+                    "Sentinel switched the leader's master (new run_id)".into()
+                } else {
+                    "the leader restarted (new run_id)".into()
+                });
                 return Ok(());
             }
             self.leader_run_id = Some(id);

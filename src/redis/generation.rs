@@ -19,6 +19,8 @@ pub struct RedisMarkers {
     pub leader: RedisBackend,
     pub follower: RedisBackend,
     pub timeout: Duration,
+    /// The leader's Sentinel generation at the last successful read (see `read`).
+    pub seen_switch: std::sync::atomic::AtomicU64,
 }
 
 async fn read_one(b: &RedisBackend, timeout: Duration) -> Result<Option<u64>, String> {
@@ -122,14 +124,33 @@ impl Markers for RedisMarkers {
 
     fn read(&self) -> BoxFuture<'_, Result<Pair, String>> {
         Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            let switch = self.leader.master_generation();
             let (l, f) = tokio::join!(
                 read_one(&self.leader, self.timeout),
                 read_one(&self.follower, self.timeout)
             );
-            Ok((
+            let (mut l, f) = (
                 l.map_err(|e| format!("leader: {e}"))?,
                 f.map_err(|e| format!("follower: {e}"))?,
-            ))
+            );
+            // Sentinel promoted a replica since the last read: replication is asynchronous,
+            // so it may lack the old master's last marker advance (and last writes). That is
+            // the failover's own loss window, not a leader that restarted empty: the marker
+            // is re-based on the new master (the switch marked the follower out of sync, and
+            // the resync makes it equal to the new master; `refuse_empty_leader` still
+            // guards against a promoted replica that holds nothing).
+            if self.seen_switch.load(Ordering::Acquire) != switch {
+                if let Some(fg) = f.filter(|fg| l.is_none_or(|lg| lg < *fg)) {
+                    write_one(&self.leader, self.timeout, fg)
+                        .await
+                        .map_err(|e| format!("leader: {e}"))?;
+                    tracing::warn!(leader = ?l, follower = fg, "the new master (after a Sentinel switch) lacked the latest generation marker: re-based");
+                    l = Some(fg);
+                }
+                self.seen_switch.store(switch, Ordering::Release);
+            }
+            Ok((l, f))
         })
     }
 
@@ -157,6 +178,7 @@ pub async fn recover_from_follower(
         leader: leader.clone(),
         follower: follower.clone(),
         timeout,
+        seen_switch: Default::default(),
     };
     let (lg, fg) = markers.read().await?;
     let verdict = judge(lg, fg);

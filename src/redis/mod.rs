@@ -18,7 +18,7 @@
 //! Supported: everything Redis accepts on a single connection (RESP2 and RESP3, `AUTH`,
 //! `HELLO`, `SELECT`, `CLIENT *`, transactions, pub/sub, blocking commands, `MONITOR`,
 //! scripts, functions). Not supported: TLS to clients or backends, Redis Cluster
-//! redirections, Sentinel discovery.
+//! redirections. Sentinel-managed backends: see [`sentinel`].
 
 pub mod backend;
 pub mod cluster;
@@ -31,6 +31,7 @@ pub mod parked;
 pub mod refusal;
 pub mod resp;
 pub mod resync;
+pub mod sentinel;
 pub mod server;
 pub mod session;
 pub mod typed;

@@ -102,7 +102,7 @@ impl Sidecar for RedisSidecar {
 
     fn status(&self) -> serde_json::Value {
         let s = &self.shared;
-        let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.address, "db": b.db, "up": h.is_up() });
+        let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.shown_address(), "db": b.db, "up": h.is_up(), "sentinel": b.sentinel_status() });
         json!({
             "listen": self.local_addr.to_string(),
             "leader": backend(&s.leader, &s.leader_health),
@@ -179,6 +179,12 @@ pub async fn start(
         served: [AtomicUsize::new(0), AtomicUsize::new(0)],
         closing: shutdown.clone(),
     });
+    // Sentinel-managed backends: follow their master (see `sentinel`).
+    let m = shared.mirror.clone();
+    super::sentinel::spawn_watcher(&r.leader, "leader", connect_timeout, m.clone(), &shutdown);
+    if let Some(f) = &r.follower {
+        super::sentinel::spawn_watcher(f, "follower", connect_timeout, m, &shutdown);
+    }
     // The command table, from the leader when it answers now; the health loop retries.
     match fetch_table(&r.leader, connect_timeout).await {
         Ok(t) => {
@@ -225,6 +231,7 @@ pub async fn start(
                 leader: r.leader.clone(),
                 follower: f.clone(),
                 timeout: connect_timeout.max(Duration::from_secs(1)),
+                seen_switch: r.leader.master_generation().into(),
             }),
             q,
             checked.clone(),
@@ -296,6 +303,14 @@ async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable
 }
 
 async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
+    // Taken before connecting: a Sentinel switch from now on closes the session.
+    let [to_leader, to_follower] = [
+        shared.leader.watch_master(),
+        shared
+            .follower
+            .as_ref()
+            .and_then(RedisBackend::watch_master),
+    ];
     let Some((backend, route)) = pick_backend(&shared).await else {
         let _ = sock
             .write_all(
@@ -307,7 +322,12 @@ async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
     let idx = route as usize;
     shared.metrics.connections.increment(1.0);
     shared.served[idx].fetch_add(1, Ordering::Relaxed);
-    session::serve(shared.clone(), sock, backend, route).await;
+    let master = if route == Route::Leader {
+        to_leader
+    } else {
+        to_follower
+    };
+    session::serve(shared.clone(), sock, backend, route, master).await;
     shared.served[idx].fetch_sub(1, Ordering::Relaxed);
     shared.metrics.connections.decrement(1.0);
 }
@@ -324,6 +344,14 @@ async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, ConnectE
         Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => Err(ConnectError::Refused(e.to_string())),
         Err(_) => Err(ConnectError::TimedOut),
+    }
+}
+
+/// [`connect`] to where the backend is now (a sentinel-managed one: its current master).
+async fn connect_to(b: &RedisBackend, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    match b.resolve_address(timeout).await {
+        Ok(address) => connect(&address, timeout).await,
+        Err(e) => Err(ConnectError::Refused(e)),
     }
 }
 
@@ -349,14 +377,14 @@ async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
         .as_ref()
         .zip(shared.follower_health.as_ref());
     if shared.leader_health.is_up() || follower.is_none() {
-        match connect(&shared.leader.address, timeout).await {
+        match connect_to(&shared.leader, timeout).await {
             Ok(s) => return Some((s, Route::Leader)),
             // This client goes to the follower either way.
             Err(e) => record_connect_failure(&shared.leader_health, &e),
         }
     }
     let (f, h) = follower?;
-    match connect(&f.address, timeout).await {
+    match connect_to(f, timeout).await {
         Ok(s) => Some((s, Route::Follower)),
         Err(e) => {
             record_connect_failure(h, &e);
@@ -400,6 +428,9 @@ impl health::Probe for PingProbe {
             (false, None) => return Ok(()),
         };
         let timeout = Duration::from_millis(shared.cfg.health_timeout_ms);
+        if self.conn.as_ref().is_some_and(Conn::is_stale) {
+            self.conn = None;
+        }
         let conn = &mut self.conn;
         let result = tokio::time::timeout(timeout, async {
             if conn.is_none() {

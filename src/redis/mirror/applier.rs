@@ -31,6 +31,9 @@ pub struct RedisApplier {
     pub(super) leader_run_id: Option<String>,
     /// The same for the follower.
     pub(super) follower_run_id: Option<String>,
+    /// The leader's Sentinel generation when last connected: a new `run_id` after a switch
+    /// is another server, not a restart (see `redis::sentinel`).
+    pub(super) leader_master_gen: u64,
     /// Set while a batch is being applied: if it is still set when the next one starts, the
     /// worker's timeout cancelled the last one mid-pipeline and replies may be unread.
     pub(super) dirty: bool,
@@ -82,6 +85,7 @@ impl RedisApplier {
             use_pttl: false,
             leader_run_id: None,
             follower_run_id: None,
+            leader_master_gen: 0,
             dirty: false,
             queue,
             follower_dbs: Default::default(),
@@ -103,7 +107,11 @@ impl RedisApplier {
     }
 
     pub(super) async fn leader(&mut self) -> Result<&mut Conn, ApplyError> {
+        if self.leader_conn.as_ref().is_some_and(Conn::is_stale) {
+            self.leader_conn = None;
+        }
         if self.leader_conn.is_none() {
+            let gen = self.leader.master_generation();
             let mut c = Conn::connect(&self.leader, self.connect_timeout)
                 .await
                 .map_err(|e| ApplyError::new(LEADER_UNAVAILABLE, e.to_string()))?;
@@ -113,8 +121,18 @@ impl RedisApplier {
             let previous = self.leader_run_id.replace(run_id.clone());
             c.track_progress(self.progress.clone());
             self.leader_conn = Some(c);
+            let switched = std::mem::replace(&mut self.leader_master_gen, gen) != gen;
             if previous.is_some_and(|p| p != run_id) {
-                return Err(ApplyError::new(LEADER_RESTARTED, "leader run_id changed"));
+                if switched {
+                    // The promoted replica may lack the old master's last acknowledged
+                    // writes, which the follower already has: a resync reconciles.
+                    self.queue.sync().mark_out_of_sync_expected(
+                        "Sentinel switched the leader's master: the new master may lack the \
+                         last writes the old one acknowledged (asynchronous replication)",
+                    );
+                } else {
+                    return Err(ApplyError::new(LEADER_RESTARTED, "leader run_id changed"));
+                }
             }
         }
         self.leader_conn

@@ -40,7 +40,9 @@
 //! for mirroring anyway (a key copy of an unapplied write is harmless; a keyless write is
 //! not replayed on a guess, the follower is marked out of sync instead), close so the
 //! client reconnects. Leader healthy again while the follower
-//! serves → close at the next safe point (nothing in flight, not in `MULTI`, not subscribed).
+//! serves → close at the next safe point (nothing in flight, not in `MULTI`, not between
+//! `WATCH` and `EXEC`, not subscribed). Sentinel switched the master this session went to →
+//! the same (see `redis::sentinel`).
 //! Leader declared down while it serves (and there is a follower) → close at once, owed
 //! requests answered like a lost backend: a silent leader would hold the client forever,
 //! and its reconnect lands on the follower.
@@ -94,6 +96,8 @@ pub(super) struct Flags {
     /// to know whether the connection became a pipe; `sync_decided` wakes it.
     pub(super) sync: AtomicU8,
     pub(super) sync_decided: tokio::sync::Notify,
+    /// Between `WATCH` and `EXEC`/`DISCARD`/`UNWATCH`/`RESET` (as sent): not a safe point.
+    pub(super) watching: AtomicBool,
 }
 
 pub(super) const SYNC_UNDECIDED: u8 = 0;
@@ -122,7 +126,14 @@ impl Flags {
     }
 }
 
-pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, route: Route) {
+/// `master`: fires when Sentinel switches the master this session's backend went to.
+pub async fn serve(
+    shared: Arc<Shared>,
+    client: TcpStream,
+    backend: TcpStream,
+    route: Route,
+    master: Option<tokio::sync::watch::Receiver<u64>>,
+) {
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
     let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
@@ -175,6 +186,7 @@ pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, r
         close_after_flush: false,
         leader_up,
         close_when_safe,
+        master_switch: master,
         read_at: Instant::now(),
     };
     let req_task = tokio::spawn(requests.run(client_r, backend_w));

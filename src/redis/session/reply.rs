@@ -43,12 +43,15 @@ pub(super) struct ReplySide {
     pub(super) close_after_flush: bool,
     pub(super) leader_up: Option<watch::Receiver<bool>>,
     pub(super) close_when_safe: bool,
+    /// Fires when Sentinel switched the master this session is pinned to.
+    pub(super) master_switch: Option<watch::Receiver<u64>>,
 }
 
 pub(super) enum Wake {
     Requests(Option<Vec<Pending>>),
     Backend(std::io::Result<usize>),
     LeaderChanged,
+    MasterSwitched(bool),
     Stop,
     LingerOver,
 }
@@ -99,9 +102,7 @@ impl ReplySide {
                 linger.get_or_insert_with(|| tokio::time::Instant::now() + write_timeout);
             }
             if self.close_when_safe && self.at_safe_point() {
-                tracing::debug!(
-                    "leader is back; closing follower-served connection at a safe point"
-                );
+                tracing::debug!(route = ?self.route, "closing the connection at a safe point (leader back, or master switched)");
                 return false;
             }
             if self.route == Route::Leader && self.leader_up.as_ref().is_some_and(|w| !*w.borrow())
@@ -116,6 +117,7 @@ impl ReplySide {
             }
             let wake = {
                 let leader_up = &mut self.leader_up;
+                let master_switch = &mut self.master_switch;
                 let stop = &self.stop;
                 let rx = &mut self.rx;
                 let rbuf = &mut self.rbuf;
@@ -125,6 +127,7 @@ impl ReplySide {
                     r = rx.recv(), if requests_open => Wake::Requests(r),
                     r = backend.read_buf(rbuf) => Wake::Backend(r),
                     _ = async { match leader_up { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => Wake::LeaderChanged,
+                    r = async { match master_switch { Some(w) => w.changed().await.is_ok(), None => std::future::pending().await } } => Wake::MasterSwitched(r),
                     _ = stop.cancelled(), if client_ok && requests_open => Wake::Stop,
                     _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::LingerOver,
                 }
@@ -151,6 +154,8 @@ impl ReplySide {
                     return false;
                 }
                 Wake::Backend(Ok(_)) => self.on_backend_data(),
+                Wake::MasterSwitched(true) => self.close_when_safe = true,
+                Wake::MasterSwitched(false) => self.master_switch = None,
                 Wake::LeaderChanged => {
                     // (Leader-served: a flip to down is acted on at the top of the loop.)
                     if self.route == Route::Follower
@@ -167,6 +172,7 @@ impl ReplySide {
         self.pending.is_empty()
             && self.unconfirmed.is_empty()
             && !self.in_multi
+            && !self.flags.watching.load(Ordering::Acquire)
             && self.subs.iter().all(|s| s.is_empty())
             && !self.raw_mode
     }

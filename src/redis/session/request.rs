@@ -202,6 +202,7 @@ impl RequestSide {
         if !self.db_known {
             self.sync_db();
         }
+        self.note_watch(&req);
         // Copy out what is needed so the table is not borrowed while `self` changes.
         let tracking = self.shared.in_flight.is_some();
         let (kind, special, target, known) = {
@@ -453,6 +454,26 @@ impl RequestSide {
             sent: Some(now),
         });
         end
+    }
+
+    /// Tracks `WATCH` … `EXEC`/`DISCARD`/`UNWATCH`/`RESET` for the safe-point close. (A
+    /// `WATCH` inside `MULTI` is refused by Redis; an `UNWATCH` there is only queued.)
+    fn note_watch(&self, req: &Request) {
+        let Some(name) = req.arg(0) else {
+            return;
+        };
+        let watching = if name.eq_ignore_ascii_case(b"watch") && !self.in_multi {
+            true
+        } else if name.eq_ignore_ascii_case(b"exec")
+            || name.eq_ignore_ascii_case(b"discard")
+            || name.eq_ignore_ascii_case(b"reset")
+            || (name.eq_ignore_ascii_case(b"unwatch") && !self.in_multi)
+        {
+            false
+        } else {
+            return;
+        };
+        self.flags.watching.store(watching, Ordering::Release);
     }
 
     /// Waits for the reply side to see how the backend answered a `SYNC`/`PSYNC`: `true` when
