@@ -319,6 +319,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
                 leader: r.leader.clone(),
                 follower: f.clone(),
                 timeout: Duration::from_millis(rc.connect_timeout_ms).max(Duration::from_secs(1)),
+                seen_switch: r.leader.master_generation().into(),
             });
             followers.push((
                 s.resync.clone(),
