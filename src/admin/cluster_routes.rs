@@ -36,15 +36,15 @@ pub async fn handle(state: &AdminState, req: &Request<Incoming>) -> Resp {
 /// `PUT|DELETE /cluster/maintenance` (also `/maintenance?cluster=true`): freeze or resume
 /// every sidecar and wait for their confirmations.
 pub async fn set(state: &AdminState, req: &Request<Incoming>, freeze: bool) -> Resp {
+    if let Some(r) = unauthorized(state, req) {
+        return r;
+    }
     let Some(cluster) = &state.cluster else {
         return error(
             StatusCode::CONFLICT,
             "cluster mode is off: add a [cluster] section to the config",
         );
     };
-    if let Some(r) = unauthorized(state, req) {
-        return r;
-    }
     // Long enough for every member to drain like `PUT /maintenance` does, plus one poll and
     // one entry refresh.
     let default = state.drain_timeout + Duration::from_secs(2);

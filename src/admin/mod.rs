@@ -16,13 +16,22 @@
 //! | `PUT /cluster/maintenance[?timeout_ms=N]` | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
 //! | `DELETE /cluster/maintenance[?timeout_ms=N]` | resume writes on every sidecar; same answer |
 //!
-//! With `admin.token_file` set, `PUT`, `DELETE`, `POST` and `GET /verify` (it loads both
-//! backends and returns NiFi state values) need `Authorization: Bearer <token>`.
+//! Secure by default (README "Security"): every `PUT`, `DELETE` and `POST`, and `GET /verify`
+//! (it loads both backends and returns NiFi state values), need `Authorization: Bearer
+//! <token>` (401 otherwise), whatever the config. The token is `admin.token_file`'s, or one
+//! generated at start into a file only this user can read (see [`token`]), where the CLI
+//! finds it. Before routing, [`guard`] refuses what only a browser would send (421 foreign
+//! `Host`, 405 `OPTIONS`, 403 `Cookie`/`Origin`, 415 form bodies). Only the `GET` routes
+//! above without a token stay open (probes, Prometheus), and `/status` and `/metrics` carry
+//! no state values, key names or backend error texts (problems show as a category and the
+//! backend's error code; the details are logged).
 //! Errors are JSON `{"error": "..."}` with a 4xx status.
 
 pub mod client;
 mod cluster_routes;
+mod guard;
 mod routes;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +57,12 @@ pub struct AdminState {
     pub sidecars: Vec<Arc<dyn Sidecar>>,
     pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
     pub prom: PrometheusHandle,
-    pub token: Option<crate::config::Secret>,
+    /// The bearer token every mutation and `GET /verify` need (configured or generated).
+    pub token: crate::config::Secret,
+    /// `admin.listen` as configured: the `Host` header must name it (see `guard`).
+    pub listen: SocketAddr,
+    /// `admin.allowed_hosts`: further names the `Host` header may carry.
+    pub allowed_hosts: Vec<String>,
     pub drain_timeout: Duration,
     /// Default `?max=` of `GET /verify`.
     pub max_differences: usize,
