@@ -189,7 +189,7 @@ async fn verify_zero(n: &Node, proto: &str) {
         &n.admin,
         hyper::Method::GET,
         "/verify",
-        None,
+        statemirror::admin::client::discover_token(&n.admin).as_deref(),
         Duration::from_secs(60),
     )
     .await

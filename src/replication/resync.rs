@@ -287,7 +287,15 @@ impl Resync {
                 "deleted": self.progress.deleted.load(Ordering::Relaxed),
                 "pending": self.mirror.bulk_pending(),
             })),
-            "last": *lock(&self.last),
+            "last": lock(&self.last).as_ref().map(|l| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                // A refusal is statemirror's own advice (counts, no data); a failure may quote
+                // a backend's error text: its category only (see `public`; the log has it).
+                if let (Some(e), false) = (l.error.as_deref(), l.outcome == "refused") {
+                    v["error"] = super::public::error(e).into();
+                }
+                v
+            }),
             "resyncs_total": self.runs_total.load(Ordering::Relaxed),
             // A failed run is retried: counting outcomes tells a retry from a new resync.
             "resyncs_by_outcome": {
