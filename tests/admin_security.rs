@@ -165,18 +165,20 @@ async fn every_misuse_gets_its_documented_refusal() {
     assert_eq!(code, 421, "no Host: {body}");
     assert!(!proxy.app.freeze.is_frozen());
 
-    // A CORS preflight: 405 and no Access-Control-* header.
-    let (code, h, body) = raw(
-        addr,
-        &format!(
-            "OPTIONS /maintenance HTTP/1.1\r\n{host}\r\nOrigin: http://evil.example\r\n\
-             Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: authorization"
-        ),
-        "",
-    )
-    .await;
-    assert_eq!(code, 405, "{body}");
-    assert!(!h.contains("access-control-"), "{h}");
+    // A CORS preflight, on any path: 405 and no Access-Control-* header.
+    for path in ["/maintenance", "/status", "/nope"] {
+        let (code, h, body) = raw(
+            addr,
+            &format!(
+                "OPTIONS {path} HTTP/1.1\r\n{host}\r\nOrigin: http://evil.example\r\n\
+                 Access-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: authorization"
+            ),
+            "",
+        )
+        .await;
+        assert_eq!(code, 405, "{path}: {body}");
+        assert!(!h.contains("access-control-"), "{h}");
+    }
 
     // Probes and scrapers need no token; the right token works under every own name.
     for path in ["/healthz", "/readyz", "/status", "/metrics", "/maintenance"] {
@@ -274,7 +276,12 @@ async fn the_cli_finds_the_generated_token() {
     .expect("config");
     let admin = format!("http://127.0.0.1:{admin_port}");
     let mut p = BinProxy::start(cfg.path(), &admin, &format!("redis://127.0.0.1:{port}")).await;
-    let file = statemirror::admin::client::discover(&admin).expect("generated token file");
+    // Written right after the listener is bound (its port may be 0 in a config).
+    let file = eventually(Duration::from_secs(5), || async {
+        statemirror::admin::client::discover(&admin)
+            .ok_or("no generated token file yet".to_string())
+    })
+    .await;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -10,6 +10,12 @@ use super::routes::{error, json_resp, method_not_allowed, query_param, unauthori
 use super::AdminState;
 
 pub async fn handle(state: &AdminState, req: &Request<Incoming>) -> Resp {
+    // Mutations: the token first, whatever the config (`set` checks it).
+    if let (m @ (&Method::PUT | &Method::DELETE), "/cluster/maintenance") =
+        (req.method(), req.uri().path())
+    {
+        return set(state, req, m == Method::PUT).await;
+    }
     let Some(cluster) = &state.cluster else {
         return error(
             StatusCode::CONFLICT,
@@ -25,9 +31,6 @@ pub async fn handle(state: &AdminState, req: &Request<Incoming>) -> Resp {
             ),
         },
         (&Method::GET, "/cluster/maintenance") => json_resp(StatusCode::OK, cluster.local_view()),
-        (m @ (&Method::PUT | &Method::DELETE), "/cluster/maintenance") => {
-            set(state, req, m == Method::PUT).await
-        }
         (_, "/cluster") => method_not_allowed("GET"),
         _ => method_not_allowed("GET, PUT, DELETE"),
     }
