@@ -373,7 +373,8 @@ async fn status_and_metrics_never_show_keys_or_values() {
     })
     .await;
     let m = &s["redis"]["mirror"];
-    assert_eq!(m["last_refused"], "db_out_of_range", "{m}");
+    let last = m["last_refused"].as_str().unwrap_or_default();
+    assert!(last.starts_with("db_out_of_range"), "{m}");
     assert!(s_contains_no_secret(&s.to_string()), "{s}");
     // A resync tries db 20 again and is refused again: still nothing.
     let (code, body) = proxy.http("POST", "/resync", None).await;

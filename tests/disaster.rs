@@ -278,7 +278,8 @@ async fn redis_a_write_the_follower_refuses_is_skipped_and_the_rest_flows() {
         "still flagged: db 20 is not on the follower"
     );
     let named = m["last_refused"].as_str().unwrap_or_default();
-    assert_eq!(named, "db_out_of_range", "{named}");
+    // The category and the backend's error code, not the database's keys.
+    assert!(named.starts_with("db_out_of_range"), "{named}");
     // Settled: no resync loop while nothing else is lost.
     let runs = s["redis"]["resync"]["resyncs_total"].as_u64();
     tokio::time::sleep(Duration::from_secs(2)).await;
