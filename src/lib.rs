@@ -55,7 +55,10 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// `admin.token_file` is not set and the generated token could not be made or written.
-    #[error("admin.token_file is not set and no admin token could be generated: {0}")]
+    #[error(
+        "admin.token_file is not set and no admin token file could be generated ({0}): set \
+         admin.token_file, or STATEMIRROR_RUNTIME_DIR to a directory this user can write"
+    )]
     Token(std::io::Error),
 }
 

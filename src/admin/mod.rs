@@ -4,17 +4,17 @@
 //! |---|---|
 //! | `GET /healthz` | liveness: 200 while the process runs |
 //! | `GET /readyz` | 200 when every sidecar can serve (leader up, or follower serving reads), else 503 |
-//! | `GET /status` | JSON: maintenance, backends, queue, lag, in-sync, counters (no secrets) |
+//! | `GET /status` | JSON: maintenance, backends, queue, lag, in-sync, counters (no secrets, no state: see `replication::public`) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /maintenance` | whether writes are frozen |
-//! | `PUT /maintenance` | freeze writes; answers once in-flight writes are answered and the mirror drained (or the drain timeout passed) |
-//! | `DELETE /maintenance` | resume writes |
-//! | `GET /verify` | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
-//! | `POST /resync` | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
+//! | `PUT /maintenance` (token) | freeze writes; answers once in-flight writes are answered and the mirror drained (or the drain timeout passed) |
+//! | `DELETE /maintenance` (token) | resume writes |
+//! | `GET /verify` (token) | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
+//! | `POST /resync` (token) | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
 //! | `GET /cluster` | `[cluster]`: the cluster-wide freeze state and every member (queue, lag, sync, maintenance, heartbeat age) |
 //! | `GET /cluster/maintenance` | what this sidecar last read of the cluster-wide freeze |
-//! | `PUT /cluster/maintenance[?timeout_ms=N]` | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
-//! | `DELETE /cluster/maintenance[?timeout_ms=N]` | resume writes on every sidecar; same answer |
+//! | `PUT /cluster/maintenance[?timeout_ms=N]` (token) | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
+//! | `DELETE /cluster/maintenance[?timeout_ms=N]` (token) | resume writes on every sidecar; same answer |
 //!
 //! Secure by default (README "Security"): every `PUT`, `DELETE` and `POST`, and `GET /verify`
 //! (it loads both backends and returns NiFi state values), need `Authorization: Bearer
