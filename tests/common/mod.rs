@@ -367,6 +367,10 @@ impl BinProxy {
     pub fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
+        // A SIGKILLed sidecar cannot remove the admin token file it generated.
+        if let Some(f) = statemirror::admin::client::discover(&self.admin) {
+            let _ = std::fs::remove_file(f);
+        }
     }
 
     pub fn pid(&self) -> u32 {
