@@ -56,6 +56,12 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// `admin.token_file` is not set and the generated token could not be made or written.
+    #[error(
+        "admin.token_file is not set and no admin token file could be generated ({0}): set \
+         admin.token_file, or STATEMIRROR_RUNTIME_DIR to a directory this user can write"
+    )]
+    Token(std::io::Error),
 }
 
 /// A running statemirror.
@@ -70,6 +76,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Stops the follower writers: cancelled last, once the mirror drained (see `stop`).
     writer_stop: CancellationToken,
+    /// The admin token file generated at start (no `admin.token_file`): removed on stop.
+    pub generated_token_file: Option<std::path::PathBuf>,
     drain_timeout: Duration,
     /// This node's name (`cluster.node_name` or the hostname): its clean-stop records.
     node: String,
@@ -135,6 +143,13 @@ impl App {
     pub fn abort(&self) {
         self.shutdown.cancel();
         self.writer_stop.cancel();
+        self.remove_generated_token();
+    }
+
+    fn remove_generated_token(&self) {
+        if let Some(p) = &self.generated_token_file {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     /// Graceful stop (SIGTERM): stop accepting and reading requests, let sessions answer
@@ -176,6 +191,7 @@ impl App {
             self.record_clean_stops().await;
         }
         self.writer_stop.cancel();
+        self.remove_generated_token();
         drained
     }
 
@@ -376,27 +392,59 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         drain_timeout: Duration::from_millis(cfg.maintenance.drain_timeout_ms),
         node,
         followers: followers.into_iter().map(|(_, f)| f).collect(),
+        generated_token_file: None,
     };
     if let Some(c) = &app.cluster {
         c.spawn(app.mirrors(), app.shutdown.clone());
     }
+    // No unauthenticated mutation, ever: without a configured token, a random one.
+    let (token, generated) = match &resolved.admin_token {
+        Some(t) => (t.clone(), None),
+        None => {
+            let t = config::Secret::new(admin::token::generate().map_err(|e| {
+                app.abort();
+                StartError::Token(e)
+            })?);
+            (t.clone(), Some(t))
+        }
+    };
     let state = admin::AdminState {
         freeze: app.freeze.clone(),
         cluster: app.cluster.clone(),
         sidecars: app.sidecars(),
         mirrors: app.mirrors(),
         prom,
-        token: resolved.admin_token.clone(),
+        token,
+        listen: resolved.admin_listen,
+        allowed_hosts: cfg.admin.allowed_hosts.clone(),
         drain_timeout: app.drain_timeout,
         max_differences: cfg.verify.max_differences,
     };
-    app.admin_addr = admin::serve(resolved.admin_listen, Arc::new(state), app.shutdown.clone())
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "admin.listen",
-            addr: resolved.admin_listen,
-            source,
-        })?;
+    let served = admin::serve(resolved.admin_listen, Arc::new(state), app.shutdown.clone()).await;
+    app.admin_addr = match served {
+        Ok(a) => a,
+        Err(source) => {
+            app.abort();
+            return Err(StartError::Bind {
+                what: "admin.listen",
+                addr: resolved.admin_listen,
+                source,
+            });
+        }
+    };
+    if let Some(t) = generated {
+        // Written once the port is known (`admin.listen` may say port 0).
+        match admin::token::write_generated(app.admin_addr.port(), t.expose()) {
+            Ok(p) => {
+                tracing::info!(token_file = %p.display(), "admin.token_file is not set: generated an admin token (readable by this user only; the CLI finds it)");
+                app.generated_token_file = Some(p);
+            }
+            Err(e) => {
+                app.abort();
+                return Err(StartError::Token(e));
+            }
+        }
+    }
     Ok(app)
 }
 

@@ -49,7 +49,10 @@ enum Command {
         /// Admin API base URL.
         #[arg(long, default_value = "http://127.0.0.1:9480")]
         admin: String,
-        /// File holding the admin bearer token (needed for on/off when the sidecar has one).
+        /// File holding the admin bearer token (on/off need it). Default: the token file
+        /// the sidecar generated for this admin port when it has no `admin.token_file`
+        /// (`$STATEMIRROR_RUNTIME_DIR`, `/run/statemirror` or the temporary directory,
+        /// `statemirror-admin-<port>.token`).
         #[arg(long)]
         token_file: Option<PathBuf>,
         /// Give up after this many seconds (a freeze waits for the mirror to drain). Default
@@ -376,7 +379,8 @@ async fn maintenance(
     cluster: bool,
 ) -> ExitCode {
     let token = match token_file.as_deref().map(read_secret).transpose() {
-        Ok(t) => t,
+        Ok(Some(t)) => Some(t),
+        Ok(None) => client::discover_token(admin),
         Err(e) => {
             eprintln!("statemirror: --token-file: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -428,6 +432,13 @@ async fn admin_call(
                 ExitCode::SUCCESS
             } else {
                 eprintln!("statemirror: admin API answered HTTP {status}");
+                if status == 401 {
+                    eprintln!(
+                        "statemirror: pass --token-file (the sidecar's admin.token_file), or \
+                         run as the sidecar's user on its host so its generated token file \
+                         is found"
+                    );
+                }
                 ExitCode::FAILURE
             }
         }
@@ -605,7 +616,8 @@ async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) ->
     let token = resolved
         .admin_token
         .as_ref()
-        .map(|t| t.expose().to_string());
+        .map(|t| t.expose().to_string())
+        .or_else(|| client::discover_token(&admin));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_seconds);
     let call = |method, p: String| {
         let (admin, token) = (admin.clone(), token.clone());

@@ -118,7 +118,7 @@ async fn freeze(admin: &str) {
         admin,
         hyper::Method::PUT,
         "/cluster/maintenance",
-        None,
+        statemirror::admin::client::discover_token(admin).as_deref(),
         Duration::from_secs(20),
     )
     .await

@@ -324,7 +324,7 @@ async fn scenario(proto: Proto, leader: &str, follower: &str) {
         &admin1,
         hyper::Method::POST,
         "/resync",
-        None,
+        statemirror::admin::client::discover_token(&admin1).as_deref(),
         Duration::from_secs(10),
     )
     .await
@@ -350,7 +350,7 @@ async fn stalled_member_wakes_up_frozen(n: &[Sidecar], admin1: &str) {
         admin1,
         hyper::Method::PUT,
         "/maintenance?cluster=true",
-        None,
+        statemirror::admin::client::discover_token(admin1).as_deref(),
         Duration::from_secs(30),
     )
     .await

@@ -507,7 +507,7 @@ async fn post_resync(n: &Node) {
         &n.admin,
         hyper::Method::POST,
         "/resync",
-        None,
+        statemirror::admin::client::discover_token(&n.admin).as_deref(),
         Duration::from_secs(10),
     )
     .await

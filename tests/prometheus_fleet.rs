@@ -267,12 +267,13 @@ fn rule_names(rules: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// `GET path` on a sidecar's admin API, with the token it generated (`/verify` needs it).
 async fn get(base: &str, path: &str) -> (u16, String) {
     statemirror::admin::client::request(
         base,
         hyper::Method::GET,
         path,
-        None,
+        statemirror::admin::client::discover_token(base).as_deref(),
         Duration::from_secs(10),
     )
     .await

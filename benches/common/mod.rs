@@ -334,14 +334,19 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
     http_request(port, "GET", path)
 }
 
-/// A request without a body on the admin API; returns (status, body).
+/// A request without a body on the admin API; returns (status, body). Sends the token the
+/// sidecar generated (the benchmarks' configs have no `admin.token_file`), found like the
+/// CLI finds it.
 pub fn http_request(port: u16, method: &str, path: &str) -> Result<(u16, String), String> {
+    let auth = statemirror::admin::token::discover_token(&format!("http://127.0.0.1:{port}"))
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth}Content-Length: 0\r\n\
          Connection: close\r\n\r\n"
     )
     .map_err(|e| e.to_string())?;

@@ -140,7 +140,7 @@ pub(crate) async fn drained(admin: u16, protocol: &str) -> bool {
     }
 }
 
-/// `POST /resync` (the benchmark's configs have no admin token); returns `resyncs_total`
+/// `POST /resync` (with the sidecar's generated admin token); returns `resyncs_total`
 /// from before the request, for [`watch_resync`].
 pub(crate) fn request_resync(admin: u16, protocol: &str) -> Result<u64, String> {
     let before = sync_state(admin, protocol)?.resyncs_total;

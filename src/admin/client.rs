@@ -8,6 +8,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
+pub use super::token::{discover, discover_token};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("bad admin URL {0:?}: expected http://host:port")]

@@ -10,6 +10,12 @@ use super::routes::{error, json_resp, method_not_allowed, query_param, unauthori
 use super::AdminState;
 
 pub async fn handle(state: &AdminState, req: &Request<Incoming>) -> Resp {
+    // Mutations: the token first, whatever the config (`set` checks it).
+    if let (m @ (&Method::PUT | &Method::DELETE), "/cluster/maintenance") =
+        (req.method(), req.uri().path())
+    {
+        return set(state, req, m == Method::PUT).await;
+    }
     let Some(cluster) = &state.cluster else {
         return error(
             StatusCode::CONFLICT,
@@ -25,9 +31,6 @@ pub async fn handle(state: &AdminState, req: &Request<Incoming>) -> Resp {
             ),
         },
         (&Method::GET, "/cluster/maintenance") => json_resp(StatusCode::OK, cluster.local_view()),
-        (m @ (&Method::PUT | &Method::DELETE), "/cluster/maintenance") => {
-            set(state, req, m == Method::PUT).await
-        }
         (_, "/cluster") => method_not_allowed("GET"),
         _ => method_not_allowed("GET, PUT, DELETE"),
     }
@@ -36,15 +39,15 @@ pub async fn handle(state: &AdminState, req: &Request<Incoming>) -> Resp {
 /// `PUT|DELETE /cluster/maintenance` (also `/maintenance?cluster=true`): freeze or resume
 /// every sidecar and wait for their confirmations.
 pub async fn set(state: &AdminState, req: &Request<Incoming>, freeze: bool) -> Resp {
+    if let Some(r) = unauthorized(state, req) {
+        return r;
+    }
     let Some(cluster) = &state.cluster else {
         return error(
             StatusCode::CONFLICT,
             "cluster mode is off: add a [cluster] section to the config",
         );
     };
-    if let Some(r) = unauthorized(state, req) {
-        return r;
-    }
     // Long enough for every member to drain like `PUT /maintenance` does, plus one poll and
     // one entry refresh.
     let default = state.drain_timeout + Duration::from_secs(2);

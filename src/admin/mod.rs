@@ -4,25 +4,34 @@
 //! |---|---|
 //! | `GET /healthz` | liveness: 200 while the process runs |
 //! | `GET /readyz` | 200 when every sidecar can serve (leader up, or follower serving reads), else 503 |
-//! | `GET /status` | JSON: maintenance, backends, queue, lag, in-sync, counters (no secrets) |
+//! | `GET /status` | JSON: maintenance, backends, queue, lag, in-sync, counters (no secrets, no state: see `replication::public`) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /maintenance` | whether writes are frozen |
-//! | `PUT /maintenance` | freeze writes; answers once in-flight writes are answered and the mirror drained (or the drain timeout passed) |
-//! | `DELETE /maintenance` | resume writes |
-//! | `GET /verify` | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
-//! | `POST /resync` | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
+//! | `PUT /maintenance` (token) | freeze writes; answers once in-flight writes are answered and the mirror drained (or the drain timeout passed) |
+//! | `DELETE /maintenance` (token) | resume writes |
+//! | `GET /verify` (token) | compare leader and follower now; JSON report per protocol (`?max=N` differences listed) |
+//! | `POST /resync` (token) | mark the follower out of sync and start a full resync (`?force=true`: even from an empty leader) |
 //! | `GET /cluster` | `[cluster]`: the cluster-wide freeze state and every member (queue, lag, sync, maintenance, heartbeat age) |
 //! | `GET /cluster/maintenance` | what this sidecar last read of the cluster-wide freeze |
-//! | `PUT /cluster/maintenance[?timeout_ms=N]` | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
-//! | `DELETE /cluster/maintenance[?timeout_ms=N]` | resume writes on every sidecar; same answer |
+//! | `PUT /cluster/maintenance[?timeout_ms=N]` (token) | freeze every sidecar; 200 once each confirmed (writes answered, mirror drained), 504 naming those that did not (also `PUT /maintenance?cluster=true`) |
+//! | `DELETE /cluster/maintenance[?timeout_ms=N]` (token) | resume writes on every sidecar; same answer |
 //!
-//! With `admin.token_file` set, `PUT`, `DELETE`, `POST` and `GET /verify` (it loads both
-//! backends and returns NiFi state values) need `Authorization: Bearer <token>`.
+//! Secure by default (README "Security"): every `PUT`, `DELETE` and `POST`, and `GET /verify`
+//! (it loads both backends and returns NiFi state values), need `Authorization: Bearer
+//! <token>` (401 otherwise), whatever the config. The token is `admin.token_file`'s, or one
+//! generated at start into a file only this user can read (see [`token`]), where the CLI
+//! finds it. Before routing, [`guard`] refuses what only a browser would send (421 foreign
+//! `Host`, 405 `OPTIONS`, 403 `Cookie`/`Origin`, 415 form bodies). Only the `GET` routes
+//! above without a token stay open (probes, Prometheus), and `/status` and `/metrics` carry
+//! no state values, key names or backend error texts (problems show as a category and the
+//! backend's error code; the details are logged).
 //! Errors are JSON `{"error": "..."}` with a 4xx status.
 
 pub mod client;
 mod cluster_routes;
+mod guard;
 mod routes;
+pub mod token;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +57,12 @@ pub struct AdminState {
     pub sidecars: Vec<Arc<dyn Sidecar>>,
     pub mirrors: Vec<(&'static str, Arc<dyn MirrorView>)>,
     pub prom: PrometheusHandle,
-    pub token: Option<crate::config::Secret>,
+    /// The bearer token every mutation and `GET /verify` need (configured or generated).
+    pub token: crate::config::Secret,
+    /// `admin.listen` as configured: the `Host` header must name it (see `guard`).
+    pub listen: SocketAddr,
+    /// `admin.allowed_hosts`: further names the `Host` header may carry.
+    pub allowed_hosts: Vec<String>,
     pub drain_timeout: Duration,
     /// Default `?max=` of `GET /verify`.
     pub max_differences: usize,

@@ -14,6 +14,9 @@ use crate::replication::queue::wait_drained;
 pub(super) type Resp = Response<Full<Bytes>>;
 
 pub async fn handle(state: &AdminState, req: Request<Incoming>) -> Resp {
+    if let Some(r) = super::guard::refuse(state.listen, &state.allowed_hosts, &req) {
+        return r;
+    }
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/healthz") => json_resp(StatusCode::OK, json!({"status": "ok"})),
@@ -214,7 +217,7 @@ fn maintenance(state: &AdminState) -> Value {
 }
 
 pub(super) fn unauthorized(state: &AdminState, req: &Request<Incoming>) -> Option<Resp> {
-    let token = state.token.as_ref()?;
+    let token = &state.token;
     let given = req
         .headers()
         .get(header::AUTHORIZATION)

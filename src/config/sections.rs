@@ -12,8 +12,13 @@ use serde::Deserialize;
 pub struct AdminConfig {
     /// HTTP admin API address. Default `127.0.0.1:9480` (loopback only).
     pub listen: String,
-    /// File holding the bearer token that `PUT`/`DELETE`/`POST` need. Default: none (open).
+    /// File holding the bearer token that `PUT`/`DELETE`/`POST` and `GET /verify` need.
+    /// Default: none, and a random token is generated at start into a file only this user
+    /// can read (see `admin::token`). Required when `listen` is not a loopback address.
     pub token_file: Option<PathBuf>,
+    /// Host names (no port) the `Host` header of admin requests may carry besides an IP
+    /// address of the listener and `localhost`, e.g. a Kubernetes Service name. Default: none.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for AdminConfig {
@@ -21,6 +26,7 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:9480".into(),
             token_file: None,
+            allowed_hosts: Vec::new(),
         }
     }
 }

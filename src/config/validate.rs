@@ -19,6 +19,28 @@ impl Config {
             })
         };
         let admin_listen = parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m));
+        if let (Ok(a), None) = (&admin_listen, &self.admin.token_file) {
+            if !a.ip().is_loopback() {
+                err(
+                    "admin.token_file",
+                    format!(
+                        "required when admin.listen ({a}) is not a loopback address: a generated \
+                         token is only for a CLI on the same host"
+                    ),
+                );
+            }
+        }
+        for (i, h) in self.admin.allowed_hosts.iter().enumerate() {
+            let ok = !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+            if !ok {
+                err(
+                    &format!("admin.allowed_hosts[{i}]"),
+                    format!("{h:?} is not a host name (letters, digits, '.', '-', no port)"),
+                );
+            }
+        }
         let admin_token = self.admin.token_file.as_deref().map(|p| {
             read_secret(p)
                 .map(Secret::new)
@@ -389,6 +411,30 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(errs[0].path, "redis.leader_sentinel_username");
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_a_token_file() {
+        let redis = "[redis]\nlisten = \"127.0.0.1:0\"\nleader = \"redis://127.0.0.1:1\"\n";
+        for listen in ["0.0.0.0:9480", "10.0.0.1:9480", "[::]:9480"] {
+            let errs = Config::from_toml(&format!("[admin]\nlisten = \"{listen}\"\n{redis}"))
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert_eq!(errs[0].path, "admin.token_file");
+        }
+        for listen in ["127.0.0.1:9480", "[::1]:0"] {
+            let c = Config::from_toml(&format!("[admin]\nlisten = \"{listen}\"\n{redis}"));
+            assert!(c.unwrap().validate().is_ok(), "{listen}");
+        }
+        let errs = Config::from_toml(&format!(
+            "[admin]\nallowed_hosts = [\"ok.svc\", \"bad:80\"]\n{redis}"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(errs[0].path, "admin.allowed_hosts[1]");
     }
 
     #[test]

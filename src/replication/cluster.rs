@@ -506,7 +506,7 @@ impl Cluster {
             "confirmed_epoch": seen.confirmed,
             "lease_expired": self.freeze.lease_expired(),
             "last_read_ms_ago": seen.last_read.map(|t| t.elapsed().as_millis() as u64),
-            "last_error": seen.last_error,
+            "last_error": seen.last_error.as_deref().map(super::public::error),
         })
     }
 }

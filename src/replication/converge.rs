@@ -206,7 +206,7 @@ impl<K: Eq + Hash + Clone> Touched<K> {
             "checked": self.checked.load(Ordering::Relaxed),
             "repaired": self.repaired.load(Ordering::Relaxed),
             "conflicts": self.conflicts.load(Ordering::Relaxed),
-            "last_error": *lock(&self.last_error),
+            "last_error": lock(&self.last_error).as_deref().map(super::public::error),
         })
     }
 }
@@ -298,10 +298,13 @@ pub fn spawn<R: Repairer>(
                         );
                     }
                     if let Some(first) = round.refused.first() {
-                        mirror.sync().mark_refused(format!(
-                            "the follower refused {} repair(s) from the leader, e.g. {first}",
-                            round.refused.len()
-                        ));
+                        mirror.sync().mark_refused_detail(
+                            format!(
+                                "the follower refused {} repair(s) from the leader",
+                                round.refused.len()
+                            ),
+                            &format!("e.g. {first}"),
+                        );
                     }
                     t.note(round.retry);
                     t.busy.store(false, Ordering::Release);

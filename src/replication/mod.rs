@@ -19,6 +19,7 @@ pub mod freeze;
 pub mod generation;
 pub mod health;
 pub mod nifi;
+pub mod public;
 pub mod queue;
 pub mod resync;
 pub mod verify;

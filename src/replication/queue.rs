@@ -144,7 +144,21 @@ impl SyncState {
     /// The follower refused a write for good: out of sync, without asking for a resync.
     pub fn mark_refused(&self, reason: impl Into<String>) {
         self.refusals.fetch_add(1, Ordering::AcqRel);
-        self.flag(reason.into(), Level::Refused);
+        self.flag(reason.into(), None, Level::Refused);
+    }
+
+    /// [`Self::mark_refused`] with a `detail` naming keys or paths: logged, never in
+    /// `reason` (which `/status` shows).
+    pub fn mark_refused_detail(&self, reason: impl Into<String>, detail: &str) {
+        self.refusals.fetch_add(1, Ordering::AcqRel);
+        self.flag(reason.into(), Some(detail), Level::Refused);
+    }
+
+    /// [`Self::mark_out_of_sync`] with a `detail` naming keys, paths or a backend's error
+    /// text: logged, never in `reason` (which `/status` shows).
+    pub fn mark_out_of_sync_detail(&self, reason: impl Into<String>, detail: &str) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.flag(reason.into(), Some(detail), Level::Lost);
     }
 
     /// How many writes the follower refused so far.
@@ -154,21 +168,27 @@ impl SyncState {
 
     fn mark(&self, reason: String, warn: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.flag(reason, if warn { Level::Lost } else { Level::Expected });
+        self.flag(
+            reason,
+            None,
+            if warn { Level::Lost } else { Level::Expected },
+        );
     }
 
-    fn flag(&self, reason: String, level: Level) {
+    fn flag(&self, reason: String, detail: Option<&str>, level: Level) {
         let mut r = lock(&self.reason);
         if r.is_none() {
+            let detail = detail.unwrap_or("");
             match level {
                 Level::Lost => {
-                    tracing::warn!(%reason, "follower marked out of sync; a full resync is needed")
+                    tracing::warn!(%reason, detail, "follower marked out of sync; a full resync is needed")
                 }
                 Level::Expected => {
                     tracing::info!(%reason, "follower marked out of sync; a full resync will run")
                 }
                 Level::Refused => tracing::warn!(
                     %reason,
+                    detail,
                     "follower marked out of sync: it refuses a write (skipped; the rest flows on)"
                 ),
             }
@@ -312,7 +332,8 @@ pub(crate) struct QueueStats {
 impl QueueStats {
     pub(crate) fn failure(&self, reason: &'static str, detail: &str) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_error) = Some(format!("{reason}: {detail}"));
+        // The detail (a backend's error text) is logged by the worker, not shown.
+        *lock(&self.last_error) = Some(super::public::summary(reason, detail));
         counter!(m::MIRROR_FAILURES_TOTAL, "protocol" => self.protocol, "reason" => reason)
             .increment(1);
     }
@@ -534,16 +555,20 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
     }
 
     /// The follower refused one write for good (`what`: which write and why, naming the key
-    /// or path, never a value). The writer skips it and goes on; here it is counted and the
-    /// follower marked out of sync, so a resync (and verify) deal with that key.
+    /// or path and the backend's error text: logged only; `/status` shows `reason` and the
+    /// error code, see `public`). The writer skips it and goes on; here it is counted and
+    /// the follower marked out of sync, so a resync (and verify) deal with that key.
     pub fn refused(&self, reason: &'static str, what: &str) {
         let protocol = self.stats.protocol;
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.stats.last_refused) = Some(what.to_string());
+        let public = super::public::summary(reason, what);
         counter!(m::MIRROR_REFUSED_TOTAL, "protocol" => protocol, "reason" => reason).increment(1);
         tracing::debug!(protocol, reason, what, "follower refused a write; skipped");
-        self.sync
-            .mark_refused(format!("the follower refused a write for good: {what}"));
+        self.sync.mark_refused_detail(
+            format!("the follower refused a write for good: {public} (the log names it)"),
+            what,
+        );
+        *lock(&self.stats.last_refused) = Some(public);
     }
 
     /// Writes given up outside the queue (e.g. key copies whose leader was lost).

@@ -351,7 +351,15 @@ impl Resync {
                 "deleted": self.progress.deleted.load(Ordering::Relaxed),
                 "pending": self.mirror.bulk_pending(),
             })),
-            "last": *lock(&self.last),
+            "last": lock(&self.last).as_ref().map(|l| {
+                let mut v = serde_json::to_value(l).unwrap_or_default();
+                // A refusal is statemirror's own advice (counts, no data); a failure may quote
+                // a backend's error text: its category only (see `public`; the log has it).
+                if let (Some(e), false) = (l.error.as_deref(), l.outcome == "refused") {
+                    v["error"] = super::public::error(e).into();
+                }
+                v
+            }),
             "waiting_for_lease": *lock(&self.waiting_for),
             "start": {
                 "decided": self.decided.load(Ordering::Acquire),

@@ -174,10 +174,23 @@ impl VerifyState {
         r
     }
 
+    /// For `/status`: the last run's counts, without key names (`GET /verify` lists them)
+    /// and with its error reduced to a category (see `public`).
     pub fn status(&self) -> serde_json::Value {
+        let mut last = lock(&self.last).clone();
+        if let Some(serde_json::Value::Object(m)) = &mut last {
+            m.remove("first_differences");
+            if let Some(e) = m
+                .get("error")
+                .and_then(|e| e.as_str())
+                .map(super::public::error)
+            {
+                m.insert("error".into(), e.into());
+            }
+        }
         serde_json::json!({
             "running": self.running.load(Ordering::Acquire),
-            "last": *lock(&self.last),
+            "last": last,
         })
     }
 }

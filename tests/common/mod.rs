@@ -367,6 +367,10 @@ impl BinProxy {
     pub fn kill(&mut self) {
         let _ = self.child.kill(); // SIGKILL
         let _ = self.child.wait();
+        // A SIGKILLed sidecar cannot remove the admin token file it generated.
+        if let Some(f) = statemirror::admin::client::discover(&self.admin) {
+            let _ = std::fs::remove_file(f);
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -485,9 +489,12 @@ impl Proxy {
         client(&self.url()).await
     }
 
-    /// `GET|PUT|DELETE path` on the admin API: (status, body).
+    /// `GET|PUT|DELETE path` on the admin API: (status, body). Without `token`, the one the
+    /// sidecar generated when the config has no `admin.token_file` (found like the CLI does).
     pub async fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         let m = hyper::Method::from_bytes(method.as_bytes()).expect("method");
+        let generated = statemirror::admin::client::discover_token(&self.admin());
+        let token = token.or(generated.as_deref());
         statemirror::admin::client::request(&self.admin(), m, path, token, Duration::from_secs(30))
             .await
             .expect("admin API reachable")
@@ -919,7 +926,7 @@ pub async fn assert_verify_zero(admin: &str, protocol: &str) -> serde_json::Valu
         admin,
         hyper::Method::GET,
         "/verify",
-        None,
+        statemirror::admin::client::discover_token(admin).as_deref(),
         Duration::from_secs(60),
     )
     .await

@@ -920,9 +920,12 @@ impl ZkProxy {
         zk_client(&self.connect_string()).await
     }
 
-    /// `GET|PUT|DELETE path` on the admin API: (status, body).
+    /// `GET|PUT|DELETE path` on the admin API: (status, body). Without `token`, the one the
+    /// sidecar generated when the config has no `admin.token_file` (found like the CLI does).
     pub async fn http(&self, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         let m = hyper::Method::from_bytes(method.as_bytes()).expect("method");
+        let generated = statemirror::admin::client::discover_token(&self.admin());
+        let token = token.or(generated.as_deref());
         statemirror::admin::client::request(&self.admin(), m, path, token, Duration::from_secs(30))
             .await
             .expect("admin API reachable")

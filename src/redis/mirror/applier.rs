@@ -213,10 +213,14 @@ impl RedisApplier {
                 Err(ApplyError::new("follower_busy", e))
             }
             Some(e) => {
-                self.queue.sync().mark_out_of_sync(format!(
-                    "the previous follower connection could not be closed before a batch was \
-                     resent ({e}); a stale write may land after a newer one"
-                ));
+                self.queue.sync().mark_out_of_sync_detail(
+                    format!(
+                        "the previous follower connection could not be closed before a batch \
+                         was resent ({}); a stale write may land after a newer one",
+                        crate::replication::public::error(&e)
+                    ),
+                    &e,
+                );
                 Ok(())
             }
         }
@@ -294,9 +298,10 @@ impl RedisApplier {
                 "the leader stayed unreachable"
             };
             self.queue.count_dropped(n as u64);
-            self.queue.sync().mark_out_of_sync(format!(
-                "{n} key copies could not be read from the leader ({cause}); e.g. {names}"
-            ));
+            self.queue.sync().mark_out_of_sync_detail(
+                format!("{n} key copies could not be read from the leader ({cause})"),
+                &format!("e.g. {names}"),
+            );
             if restarted {
                 // Copies still waiting would read the restarted leader too.
                 self.queue.discard_waiting_if(

@@ -175,10 +175,10 @@ impl RedisApplier {
                     Effect::Typed { key, snap, .. } => {
                         let k = crate::redis::typed::write_cmds(&mut out, key, snap.as_ref());
                         if k == 0 {
-                            self.queue.sync().mark_out_of_sync(format!(
-                                "key {} has a type statemirror cannot copy without DUMP/RESTORE",
-                                String::from_utf8_lossy(key)
-                            ));
+                            self.queue.sync().mark_out_of_sync_detail(
+                                "a key has a type statemirror cannot copy without DUMP/RESTORE",
+                                &format!("key {}", String::from_utf8_lossy(key)),
+                            );
                         }
                         n += k;
                         continue;

@@ -351,11 +351,13 @@ impl ZkApplier {
         };
         let r = self.apply_steps(id, &steps, &mut st).await;
         if let (n @ 1.., first) = std::mem::take(&mut self.missing) {
-            self.queue.sync().mark_out_of_sync(format!(
-                "the follower lacked {n} node(s) the leader changed (first: {}); their data \
-                 or ACL is not the leader's until a resync copies them",
-                first.unwrap_or_default()
-            ));
+            self.queue.sync().mark_out_of_sync_detail(
+                format!(
+                    "the follower lacked {n} node(s) the leader changed; their data or ACL is \
+                     not the leader's until a resync copies them"
+                ),
+                &format!("first: {}", first.unwrap_or_default()),
+            );
         }
         if let Err(e) = r {
             self.resume = Some(st);
