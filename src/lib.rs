@@ -30,6 +30,7 @@ pub mod replication;
 pub mod resolve;
 pub mod sidecar;
 pub mod telemetry;
+pub mod tls;
 pub mod zookeeper;
 
 use std::net::SocketAddr;
@@ -236,13 +237,18 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         drain_timeout: app.drain_timeout,
         max_differences: cfg.verify.max_differences,
     };
-    app.admin_addr = admin::serve(resolved.admin_listen, Arc::new(state), app.shutdown.clone())
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "admin.listen",
-            addr: resolved.admin_listen,
-            source,
-        })?;
+    app.admin_addr = admin::serve_tls(
+        resolved.admin_listen,
+        Arc::new(state),
+        app.shutdown.clone(),
+        resolved.admin_tls.clone(),
+    )
+    .await
+    .map_err(|source| StartError::Bind {
+        what: "admin.listen",
+        addr: resolved.admin_listen,
+        source,
+    })?;
     Ok(app)
 }
 

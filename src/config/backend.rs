@@ -13,6 +13,11 @@ pub struct RedisBackend {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
+    /// `rediss://`: the TLS client config (built from `[redis.leader_tls]` or
+    /// `[redis.follower_tls]` by validation; `parse` leaves it `None` and sets `wants_tls`).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The URL's scheme was `rediss://`.
+    pub wants_tls: bool,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -22,20 +27,24 @@ impl fmt::Debug for RedisBackend {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
+            .field("tls", &self.wants_tls)
             .finish()
     }
 }
 
 impl RedisBackend {
-    /// Parses `redis://[user:pass@]host:port[/db]`.
+    /// Parses `redis[s]://[user:pass@]host:port[/db]`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
-        if url.scheme() != "redis" {
-            return Err(format!(
-                "scheme must be redis:// (got {}://; TLS is not supported yet)",
-                url.scheme()
-            ));
-        }
+        let wants_tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(format!(
+                    "scheme must be redis:// or rediss:// (TLS), got {other}://"
+                ))
+            }
+        };
         let host = url.host_str().ok_or("no host")?;
         let port = url.port().unwrap_or(6379);
         let username = match url.username() {
@@ -59,6 +68,8 @@ impl RedisBackend {
             username,
             password,
             db,
+            tls: None,
+            wants_tls,
         })
     }
 }
@@ -139,7 +150,8 @@ mod tests {
         let b = RedisBackend::parse("redis://:pw@localhost").unwrap();
         assert_eq!(b.address, "localhost:6379");
         assert_eq!(b.username, None);
-        assert!(RedisBackend::parse("rediss://x:1").is_err());
+        assert!(RedisBackend::parse("rediss://x:1").is_ok_and(|b| b.wants_tls));
+        assert!(RedisBackend::parse("http://x:1").is_err());
         assert!(RedisBackend::parse("redis://x:1/abc").is_err());
     }
 

@@ -11,14 +11,19 @@ use bytes::{BufMut, BytesMut};
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::RedisBackend;
+use crate::tls::Stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("connect to {0}: {1}")]
     Connect(String, std::io::Error),
+    #[error("connect to {0}: {1}")]
+    Tls(String, String),
+    /// A TLS failure after the handshake (TLS 1.3 servers reject a client certificate then).
+    #[error("{0}")]
+    TlsLater(String),
     #[error("connect to {0}: timed out")]
     ConnectTimeout(String),
     #[error("i/o: {0}")]
@@ -32,7 +37,7 @@ pub enum BackendError {
 }
 
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     /// The database currently selected on this connection.
     pub db: u32,
@@ -79,14 +84,39 @@ fn itoa_buf(mut n: usize) -> Digits {
     Digits(d, i)
 }
 
+/// Opens a connection to a Redis backend (no timeout: callers bound it): TCP, tuned (see
+/// [`crate::listener::connect_backend`]), then the TLS handshake for a `rediss://` backend.
+pub async fn open(b: &RedisBackend) -> Result<Stream, BackendError> {
+    let tcp = crate::listener::connect_backend(b.address.as_str())
+        .await
+        .map_err(|e| BackendError::Connect(b.address.clone(), e))?;
+    match (&b.tls, b.wants_tls) {
+        (Some(t), _) => t
+            .connect(tcp, &b.address)
+            .await
+            .map_err(|m| BackendError::Tls(b.address.clone(), m)),
+        (None, false) => Ok(Stream::Plain(tcp)),
+        (None, true) => Err(BackendError::Tls(
+            b.address.clone(),
+            "rediss:// backend without a TLS config".into(),
+        )),
+    }
+}
+
+/// An i/o error, or the TLS failure it carries, explained.
+fn io_error(e: std::io::Error) -> BackendError {
+    match crate::tls::explain(&e) {
+        Some((_, m)) => BackendError::TlsLater(m),
+        None => BackendError::Io(e),
+    }
+}
+
 impl Conn {
     /// Connects, authenticates (when the backend has credentials) and selects its database.
     pub async fn connect(b: &RedisBackend, timeout: Duration) -> Result<Self, BackendError> {
-        let connect = crate::listener::connect_backend(b.address.as_str());
-        let stream = match tokio::time::timeout(timeout, connect).await {
+        let stream = match tokio::time::timeout(timeout, open(b)).await {
             Err(_) => return Err(BackendError::ConnectTimeout(b.address.clone())),
-            Ok(Err(e)) => return Err(BackendError::Connect(b.address.clone(), e)),
-            Ok(Ok(s)) => s,
+            Ok(r) => r?,
         };
         let mut c = Conn {
             stream,
@@ -135,19 +165,21 @@ impl Conn {
 
     pub async fn send(&mut self, buf: &[u8]) -> Result<(), BackendError> {
         if self.progress.is_none() {
-            self.stream.write_all(buf).await?;
+            self.stream.write_all(buf).await.map_err(io_error)?;
+            self.stream.flush().await.map_err(io_error)?;
             return Ok(());
         }
         // In pieces, so a large pipeline to a far server shows progress while it goes out.
         let mut rest = buf;
         while !rest.is_empty() {
-            let n = self.stream.write(rest).await?;
+            let n = self.stream.write(rest).await.map_err(io_error)?;
             if n == 0 {
                 return Err(BackendError::Closed);
             }
             rest = &rest[n..];
             self.moved();
         }
+        self.stream.flush().await.map_err(io_error)?;
         Ok(())
     }
 
@@ -159,7 +191,13 @@ impl Conn {
                 Err(e) => return Err(BackendError::Protocol(e.to_string())),
             }
             self.rbuf.reserve(16 * 1024);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(io_error)?
+                == 0
+            {
                 return Err(BackendError::Closed);
             }
             self.moved();

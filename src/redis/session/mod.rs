@@ -56,9 +56,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use smallvec::SmallVec;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -122,7 +122,7 @@ impl Flags {
     }
 }
 
-pub async fn serve(shared: Arc<Shared>, client: TcpStream, backend: TcpStream, route: Route) {
+pub async fn serve(shared: Arc<Shared>, client: Stream, backend: Stream, route: Route) {
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
     let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
