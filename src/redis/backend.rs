@@ -91,16 +91,46 @@ pub async fn open(b: &RedisBackend) -> Result<Stream, BackendError> {
         .await
         .map_err(|e| BackendError::Connect(b.address.clone(), e))?;
     match (&b.tls, b.wants_tls) {
-        (Some(t), _) => t
-            .connect(tcp, &b.address)
-            .await
-            .map_err(|m| BackendError::Tls(b.address.clone(), m)),
+        (Some(t), _) => {
+            let mut s = t
+                .connect(tcp, &b.address)
+                .await
+                .map_err(|m| BackendError::Tls(b.address.clone(), m))?;
+            confirm_tls(&mut s)
+                .await
+                .map_err(|m| BackendError::Tls(b.address.clone(), m))?;
+            Ok(s)
+        }
         (None, false) => Ok(Stream::Plain(tcp)),
         (None, true) => Err(BackendError::Tls(
             b.address.clone(),
             "rediss:// backend without a TLS config".into(),
         )),
     }
+}
+
+/// One `PING` on a new TLS connection, its reply read and dropped. With TLS 1.3 a server
+/// checks the client certificate after the client's side of the handshake is done: without
+/// this, a rejected certificate would only show as a client's connection closing on its first
+/// command. Any reply (`+PONG`, `-NOAUTH …`) proves the session was accepted.
+async fn confirm_tls(s: &mut Stream) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    crate::tls::stream::write_flush(s, b"*1\r\n$4\r\nPING\r\n")
+        .await
+        .map_err(|e| explained(&e))?;
+    let mut line = Vec::new();
+    let mut r = tokio::io::BufReader::with_capacity(1, s);
+    match r.read_until(b'\n', &mut line).await {
+        Ok(0) => Err("the server closed the connection after the TLS handshake".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(explained(&e)),
+    }
+}
+
+fn explained(e: &std::io::Error) -> String {
+    crate::tls::explain(e)
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// An i/o error, or the TLS failure it carries, explained.

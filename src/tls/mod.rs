@@ -508,6 +508,20 @@ pub fn explain(e: &io::Error) -> Option<(&'static str, String)> {
     Some(explain_rustls(inner))
 }
 
+/// `DnsName("a.example")` → `a.example`, `IpAddress(10.0.0.1)` → `10.0.0.1` (rustls
+/// formats the names a certificate presents with `Debug`).
+fn bare_name(p: &str) -> &str {
+    if let (Some(a), Some(b)) = (p.find('"'), p.rfind('"')) {
+        if b > a {
+            return &p[a + 1..b];
+        }
+    }
+    match (p.find('('), p.rfind(')')) {
+        (Some(a), Some(b)) if b > a => &p[a + 1..b],
+        _ => p,
+    }
+}
+
 pub fn explain_rustls(e: &rustls::Error) -> (&'static str, String) {
     use rustls::Error as E;
     use CertificateError as C;
@@ -533,7 +547,11 @@ pub fn explain_rustls(e: &rustls::Error) -> (&'static str, String) {
                     if presented.is_empty() {
                         "no name".to_string()
                     } else {
-                        presented.join(", ")
+                        presented
+                            .iter()
+                            .map(|p| bare_name(p))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     },
                     expected.to_str()
                 ),
@@ -573,5 +591,28 @@ pub fn explain_rustls(e: &rustls::Error) -> (&'static str, String) {
             format!("TLS: the peer does not speak TLS (a plain-text port?): {e}"),
         ),
         other => ("other", format!("TLS: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_bare_and_hosts_split() {
+        assert_eq!(bare_name("DnsName(\"db.example.com\")"), "db.example.com");
+        assert_eq!(bare_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(bare_name("plain"), "plain");
+        assert_eq!(host_of("redis.example:6380"), "redis.example");
+        assert_eq!(host_of("[::1]:6380"), "::1");
+    }
+
+    #[test]
+    fn errors_are_explained() {
+        let e = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        assert_eq!(explain_rustls(&e).0, "unknown_ca");
+        let io = io::Error::new(io::ErrorKind::InvalidData, e);
+        assert!(explain(&io).is_some_and(|(_, m)| m.contains("unknown CA")));
+        assert!(explain(&io::Error::other("x")).is_none());
     }
 }
