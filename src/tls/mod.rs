@@ -182,11 +182,14 @@ impl Files {
     }
 }
 
+/// Builds a config from its files: the config and the files' digest, or what is wrong.
+type Build<C> = Box<dyn Fn() -> Result<(Arc<C>, [u8; 32]), Vec<KeyError>> + Send + Sync>;
+
 /// Re-reads a config's files at most every [`RELOAD_CHECK`] and rebuilds it when they changed.
 struct Reloading<C> {
     what: String,
     state: Mutex<ReloadState<C>>,
-    build: Box<dyn Fn() -> Result<(Arc<C>, [u8; 32]), Vec<KeyError>> + Send + Sync>,
+    build: Build<C>,
 }
 
 struct ReloadState<C> {
@@ -197,10 +200,7 @@ struct ReloadState<C> {
 }
 
 impl<C> Reloading<C> {
-    fn new(
-        what: String,
-        build: Box<dyn Fn() -> Result<(Arc<C>, [u8; 32]), Vec<KeyError>> + Send + Sync>,
-    ) -> Result<Self, Vec<KeyError>> {
+    fn new(what: String, build: Build<C>) -> Result<Self, Vec<KeyError>> {
         let (current, digest) = build()?;
         Ok(Self {
             what,
