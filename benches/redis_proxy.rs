@@ -106,8 +106,14 @@ fn main() {
     }
     if settings.wants("direct-tls") {
         targets.push(
-            Target::new("direct-tls", "Redis direct, TLS", leader_tls_port, None, None)
-                .tls(),
+            Target::new(
+                "direct-tls",
+                "Redis direct, TLS",
+                leader_tls_port,
+                None,
+                None,
+            )
+            .tls(),
         );
     }
     if settings.wants("mirror-off")
@@ -423,12 +429,17 @@ impl Certs {
         let ca_key = KeyPair::generate().expect("CA key");
         let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct subjects: OpenSSL takes a leaf whose subject is its issuer's for a
+        // self-signed certificate (rcgen's default subject is the same for both).
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "statemirror bench CA");
         let ca = p.self_signed(&ca_key).expect("CA");
         let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("params")
-            .signed_by(&key, &ca, &ca_key)
-            .expect("cert");
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("cert");
         let dir = root.join("tls");
         fs::create_dir_all(&dir).expect("tls dir");
         let w = |name: &str, text: String| {
