@@ -595,3 +595,35 @@ fn check_config_names_missing_tls_files_by_key() {
     let text = format!("{errs:?}");
     assert!(text.contains("/nonexistent/ca.pem"), "{text}");
 }
+
+#[tokio::test]
+async fn follower_requiring_client_certificates_without_one_is_down_with_the_reason() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Ca::new("test CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let server_cert = ca.leaf("localhost", &["localhost"], false);
+    let leader = RedisServer::start();
+    let follower = TlsRedis::start(dir.path(), "f", &ca.pem, &server_cert, true);
+    let fu = follower.url();
+    let proxy = Proxy::start_with(&leader, Some(&follower.server), |c| {
+        let r = c.redis.as_mut().expect("redis");
+        r.follower = Some(fu);
+        r.follower_tls = Some(client_tls(Some(ca_file), None));
+        // The follower never becomes reachable: do not wait for a resync at start.
+        c.resync.on_start = false;
+    })
+    .await;
+    let err = wait_error(&proxy, "follower", "requires a client certificate").await;
+    assert!(
+        err.contains(&format!("localhost:{}", follower.tls_port)),
+        "{err}"
+    );
+    // Clients are still served by the leader.
+    let mut c = proxy.conn().await;
+    let _: () = c.set("k", "v").await.expect("SET through the leader");
+    let m = proxy.metrics().await;
+    assert!(
+        metric(&m, "statemirror_backend_up", &[("role", "follower")]) == Some(0.0),
+        "{m}"
+    );
+}
