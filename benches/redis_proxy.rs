@@ -17,8 +17,12 @@
 //! - `BENCH_REPEAT`: runs per cell, the median is reported (default 3);
 //! - `BENCH_CLIENTS`: `redis-benchmark -c` (default 50);
 //! - `BENCH_TARGETS`: comma-separated subset of `direct,mirror-off,mirror-on,mirror-cluster,twemproxy`
+//!   and the TLS ones `direct-tls,tls-follower,tls-client`
 //!   (`mirror-cluster`: mirroring on with `[cluster]`, so every mirrored key is also checked
-//!   against the leader: the cost of convergence across sidecars);
+//!   against the leader: the cost of convergence across sidecars; `direct-tls`: Redis's own
+//!   TLS port; `tls-follower`: mirroring on, the follower over `rediss://`; `tls-client`:
+//!   mirroring on, clients over TLS to statemirror's listener — certificates are made at
+//!   start with rcgen, redis-benchmark runs with `--tls`);
 //! - `BENCH_TIMEOUT_SECS`: give up on one `redis-benchmark` run after this long (default 300);
 //! - `STATEMIRROR_BIN`: use this binary instead of the one cargo built.
 //!
@@ -73,8 +77,21 @@ fn main() {
     );
     println!("{}\n", tools.versions());
 
-    let leader = Redis::start(root, "leader", &tools.redis_server);
-    let follower = Redis::start(root, "follower", &tools.redis_server);
+    let certs = Certs::make(root);
+    let leader_tls_port = free_port();
+    let follower_tls_port = free_port();
+    let leader = Redis::start_with(
+        root,
+        "leader",
+        &tools.redis_server,
+        &certs.redis_args(leader_tls_port),
+    );
+    let follower = Redis::start_with(
+        root,
+        "follower",
+        &tools.redis_server,
+        &certs.redis_args(follower_tls_port),
+    );
 
     let mut targets: Vec<Target> = Vec::new();
     let mut skipped: Vec<String> = Vec::new();
@@ -87,9 +104,23 @@ fn main() {
             None,
         ));
     }
+    if settings.wants("direct-tls") {
+        targets.push(
+            Target::new(
+                "direct-tls",
+                "Redis direct, TLS",
+                leader_tls_port,
+                None,
+                None,
+            )
+            .tls(),
+        );
+    }
     if settings.wants("mirror-off")
         || settings.wants("mirror-on")
         || settings.wants("mirror-cluster")
+        || settings.wants("tls-follower")
+        || settings.wants("tls-client")
     {
         let bin = statemirror_bin();
         println!("statemirror binary: {}", bin.display());
@@ -119,6 +150,29 @@ fn main() {
                 Some(p.admin_port),
                 Some(Box::new(p)),
             ));
+        }
+        for (key, label, follower_tls, client_tls) in [
+            ("tls-follower", "statemirror, follower TLS", true, false),
+            ("tls-client", "statemirror, client TLS", false, true),
+        ] {
+            if !settings.wants(key) {
+                continue;
+            }
+            let p = Statemirror::start_tls(
+                root,
+                key,
+                &bin,
+                leader.port,
+                if follower_tls {
+                    (follower_tls_port, true)
+                } else {
+                    (follower.port, false)
+                },
+                &certs,
+                client_tls,
+            );
+            let t = Target::new(key, label, p.port, Some(p.admin_port), Some(Box::new(p)));
+            targets.push(if client_tls { t.tls() } else { t });
         }
         if settings.wants("mirror-cluster") {
             let p = Statemirror::start(
@@ -176,8 +230,16 @@ fn main() {
                     flushall(&leader, &follower);
                     let before = target.admin.map(|a| mirror_status(a, "redis"));
                     let started = Instant::now();
-                    let rows =
-                        redis_benchmark(&tools, &settings, target.port, requests, pipeline, run);
+                    let tls = target.tls.then_some(&certs.ca_file);
+                    let rows = redis_benchmark(
+                        &tools,
+                        &settings,
+                        target.port,
+                        tls,
+                        requests,
+                        pipeline,
+                        run,
+                    );
                     let elapsed = started.elapsed();
                     let mut line = format!(
                         "{:<28} {:<24} -P {:<2} run {rep}/{}:",
@@ -324,6 +386,8 @@ struct Target {
     port: u16,
     /// Admin port of a statemirror with mirroring on.
     admin: Option<u16>,
+    /// Clients connect with TLS (`redis-benchmark --tls`).
+    tls: bool,
     _process: Option<Box<dyn Send>>,
 }
 
@@ -340,8 +404,70 @@ impl Target {
             label,
             port,
             admin,
+            tls: false,
             _process: process,
         }
+    }
+
+    fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+}
+
+/// A CA and one certificate for `127.0.0.1`/`localhost` that every TLS server here presents
+/// (and that statemirror trusts through `ca_file`), made with rcgen at start.
+struct Certs {
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+impl Certs {
+    fn make(root: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Distinct subjects: OpenSSL takes a leaf whose subject is its issuer's for a
+        // self-signed certificate (rcgen's default subject is the same for both).
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "statemirror bench CA");
+        let ca = p.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("params");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &ca, &ca_key).expect("cert");
+        let dir = root.join("tls");
+        fs::create_dir_all(&dir).expect("tls dir");
+        let w = |name: &str, text: String| {
+            let p = dir.join(name);
+            fs::write(&p, text).expect("write cert");
+            p
+        };
+        Certs {
+            ca_file: w("ca.pem", ca.pem()),
+            cert_file: w("cert.pem", cert.pem()),
+            key_file: w("key.pem", key.serialize_pem()),
+        }
+    }
+
+    /// `redis-server` arguments for a TLS port beside the plain one (no client certificates).
+    fn redis_args(&self, tls_port: u16) -> Vec<String> {
+        vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            self.cert_file.display().to_string(),
+            "--tls-key-file".into(),
+            self.key_file.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            self.ca_file.display().to_string(),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 }
 
@@ -413,6 +539,48 @@ impl Statemirror {
     }
 }
 
+impl Statemirror {
+    /// Mirroring on; the follower (`port`, TLS or not) and the client listener over TLS or not.
+    #[allow(clippy::too_many_arguments)]
+    fn start_tls(
+        root: &Path,
+        name: &str,
+        bin: &Path,
+        leader: u16,
+        (follower, follower_tls): (u16, bool),
+        certs: &Certs,
+        client_tls: bool,
+    ) -> Self {
+        let port = free_port();
+        let admin_port = free_port();
+        let mut cfg = redis_config(port, admin_port, leader, Some(follower));
+        let path = |p: &Path| toml::Value::from(p.display().to_string());
+        if let Some(toml::Value::Table(r)) = cfg.get_mut("redis") {
+            if follower_tls {
+                r.insert(
+                    "follower".into(),
+                    format!("rediss://127.0.0.1:{follower}").into(),
+                );
+                let mut t = toml::Table::new();
+                t.insert("ca_file".into(), path(&certs.ca_file));
+                r.insert("follower_tls".into(), t.into());
+            }
+            if client_tls {
+                let mut t = toml::Table::new();
+                t.insert("cert_file".into(), path(&certs.cert_file));
+                t.insert("key_file".into(), path(&certs.key_file));
+                r.insert("listen_tls".into(), t.into());
+            }
+        }
+        let guard = start_statemirror(&root.join(name), name, bin, &cfg, admin_port);
+        Statemirror {
+            port,
+            admin_port,
+            _guard: guard,
+        }
+    }
+}
+
 struct Twemproxy {
     port: u16,
     _guard: Guard,
@@ -457,6 +625,7 @@ fn redis_benchmark(
     tools: &Tools,
     settings: &Settings,
     port: u16,
+    tls_ca: Option<&PathBuf>,
     requests: u64,
     pipeline: u32,
     run: &Run,
@@ -469,6 +638,9 @@ fn redis_benchmark(
         .args(["-P", &pipeline.to_string()]);
     if run.random {
         cmd.args(["-r", &RANDOM_KEYSPACE.to_string()]);
+    }
+    if let Some(ca) = tls_ca {
+        cmd.arg("--tls").arg("--cacert").arg(ca);
     }
     cmd.args(["-q", "--csv"])
         .stdin(Stdio::null())

@@ -30,6 +30,7 @@ pub mod replication;
 pub mod resolve;
 pub mod sidecar;
 pub mod telemetry;
+pub mod tls;
 pub mod zookeeper;
 
 use std::net::SocketAddr;
@@ -420,7 +421,13 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         drain_timeout: app.drain_timeout,
         max_differences: cfg.verify.max_differences,
     };
-    let served = admin::serve(resolved.admin_listen, Arc::new(state), app.shutdown.clone()).await;
+    let served = admin::serve_tls(
+        resolved.admin_listen,
+        Arc::new(state),
+        app.shutdown.clone(),
+        resolved.admin_tls.clone(),
+    )
+    .await;
     app.admin_addr = match served {
         Ok(a) => a,
         Err(source) => {

@@ -612,7 +612,12 @@ async fn resync(path: PathBuf, force: bool, wait: bool, timeout_seconds: u64) ->
         Ok(r) => r,
         Err(errs) => return config_errors(&path, &errs),
     };
-    let admin = format!("http://{}", resolved.admin_listen);
+    let scheme = if resolved.admin_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let admin = format!("{scheme}://{}", resolved.admin_listen);
     let token = resolved
         .admin_token
         .as_ref()

@@ -80,6 +80,10 @@ fn describe() {
     describe_gauge!(CLIENT_CONNECTIONS, "Client connections open now.");
     describe_counter!(CLIENT_CONNECTIONS_TOTAL, "Client connections accepted.");
     describe_counter!(
+        crate::tls::TLS_ERRORS_TOTAL,
+        "Failed TLS handshakes, by peer (backend host:port or client) and reason."
+    );
+    describe_counter!(
         CLIENT_ERRORS_TOTAL,
         "Client connections closed for bad input or misbehaviour, by reason."
     );

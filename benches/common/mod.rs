@@ -433,6 +433,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start(root: &Path, name: &str, bin: &Path) -> Self {
+        Self::start_with(root, name, bin, &[])
+    }
+
+    /// [`Self::start`] with extra `redis-server` arguments (e.g. a `--tls-port`).
+    pub fn start_with(root: &Path, name: &str, bin: &Path, extra: &[String]) -> Self {
         let dir = root.join(name);
         fs::create_dir_all(&dir).expect("redis dir");
         let log = dir.join("redis.log");
@@ -446,6 +451,7 @@ impl RedisServer {
                 .arg(&dir)
                 .arg("--logfile")
                 .arg(&log)
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),

@@ -12,7 +12,7 @@ pub use super::token::{discover, discover_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("bad admin URL {0:?}: expected http://host:port")]
+    #[error("bad admin URL {0:?}: expected http://host:port or https://host:port")]
     Url(String),
     #[error("cannot reach the admin API at {0}: {1}")]
     Connect(String, String),
@@ -22,7 +22,12 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-/// Sends one request; returns (status, body).
+/// Environment variable naming the CA bundle that an `https://` admin URL's certificate
+/// must chain to (default: the roots built into the binary).
+pub const ADMIN_CA_ENV: &str = "STATEMIRROR_ADMIN_CA_FILE";
+
+/// Sends one request; returns (status, body). `base` is `http://host:port` or
+/// `https://host:port`.
 pub async fn request(
     base: &str,
     method: Method,
@@ -41,8 +46,11 @@ async fn request_inner(
     path: &str,
     token: Option<&str>,
 ) -> Result<(u16, String), ClientError> {
-    let authority = base
-        .strip_prefix("http://")
+    let (https, rest) = match base.strip_prefix("https://") {
+        Some(r) => (true, Some(r)),
+        None => (false, base.strip_prefix("http://")),
+    };
+    let authority = rest
         .map(|s| s.trim_end_matches('/'))
         .filter(|s| !s.is_empty() && !s.contains('/'))
         .ok_or_else(|| ClientError::Url(base.to_string()))?;
@@ -50,6 +58,27 @@ async fn request_inner(
     let stream = crate::resolve::connect(authority)
         .await
         .map_err(|e| ClientError::Connect(authority.to_string(), e.to_string()))?;
+    let stream = if https {
+        // The CA bundle of the admin listener's certificate: `STATEMIRROR_ADMIN_CA_FILE`, or
+        // the roots built into the binary.
+        let settings = crate::tls::ClientTlsSettings {
+            ca_file: std::env::var_os(ADMIN_CA_ENV).map(Into::into),
+            ..Default::default()
+        };
+        let tls = crate::tls::ClientTls::new(&settings, authority).map_err(|es| {
+            let why = es
+                .into_iter()
+                .map(|(k, m)| format!("{ADMIN_CA_ENV} ({k}): {m}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            ClientError::Connect(authority.to_string(), why)
+        })?;
+        tls.connect(stream, authority)
+            .await
+            .map_err(|m| ClientError::Connect(authority.to_string(), m))?
+    } else {
+        crate::tls::Stream::Plain(stream)
+    };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| ClientError::Http(e.to_string()))?;

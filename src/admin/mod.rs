@@ -77,6 +77,16 @@ pub async fn serve(
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    serve_tls(addr, state, shutdown, None).await
+}
+
+/// [`serve`], over HTTPS when `tls` is set (`[admin.tls]`: Prometheus scrapes over TLS).
+pub async fn serve_tls(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    shutdown: CancellationToken,
+    tls: Option<crate::tls::ServerTls>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -98,8 +108,22 @@ pub async fn serve(
             };
             let state = state.clone();
             let stop = shutdown.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let _permit = permit;
+                let sock = match tls {
+                    None => crate::tls::Stream::Plain(sock),
+                    Some(t) => {
+                        match tokio::time::timeout(Duration::from_secs(10), t.accept(sock)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::info!(error = %e, "admin TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                };
                 let svc = hyper::service::service_fn(move |req| {
                     let state = state.clone();
                     async move { Ok::<_, std::convert::Infallible>(routes::handle(&state, req).await) }

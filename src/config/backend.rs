@@ -16,6 +16,11 @@ pub struct RedisBackend {
     /// Set for `redis+sentinel://`: the master is found and followed through Sentinel
     /// (`crate::redis::sentinel`); `address` is then only a label.
     pub sentinel: Option<std::sync::Arc<crate::redis::sentinel::Sentinel>>,
+    /// `rediss://`: the TLS client config (built from `[redis.leader_tls]` or
+    /// `[redis.follower_tls]` by validation; `parse` leaves it `None` and sets `wants_tls`).
+    pub tls: Option<crate::tls::ClientTls>,
+    /// The URL's scheme was `rediss://`.
+    pub wants_tls: bool,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -26,23 +31,27 @@ impl fmt::Debug for RedisBackend {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("db", &self.db)
             .field("sentinel", &self.sentinel)
+            .field("tls", &self.wants_tls)
             .finish()
     }
 }
 
 impl RedisBackend {
-    /// Parses `redis://[user:pass@]host:port[/db]`.
+    /// Parses `redis[s]://[user:pass@]host:port[/db]`.
     pub fn parse(s: &str) -> Result<Self, String> {
         if s.starts_with("redis+sentinel://") {
             return crate::redis::sentinel::parse(s);
         }
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
-        if url.scheme() != "redis" {
-            return Err(format!(
-                "scheme must be redis:// (got {}://; TLS is not supported yet)",
-                url.scheme()
-            ));
-        }
+        let wants_tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(format!(
+                    "scheme must be redis:// or rediss:// (TLS), got {other}://"
+                ))
+            }
+        };
         let host = url.host_str().ok_or("no host")?;
         let port = url.port().unwrap_or(6379);
         let username = match url.username() {
@@ -67,6 +76,8 @@ impl RedisBackend {
             password,
             db,
             sentinel: None,
+            tls: None,
+            wants_tls,
         })
     }
 }
@@ -152,7 +163,8 @@ mod tests {
         let b = RedisBackend::parse("redis://:pw@localhost").unwrap();
         assert_eq!(b.address, "localhost:6379");
         assert_eq!(b.username, None);
-        assert!(RedisBackend::parse("rediss://x:1").is_err());
+        assert!(RedisBackend::parse("rediss://x:1").is_ok_and(|b| b.wants_tls));
+        assert!(RedisBackend::parse("http://x:1").is_err());
         assert!(RedisBackend::parse("redis://x:1/abc").is_err());
     }
 

@@ -56,6 +56,8 @@ pub struct Resolved {
     pub config: Config,
     pub admin_listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    /// `[admin.tls]`: HTTPS on the admin listener.
+    pub admin_tls: Option<crate::tls::ServerTls>,
     /// `cluster.node_name`, or the hostname.
     pub node_name: String,
     pub redis: Option<ResolvedRedis>,
@@ -76,6 +78,8 @@ pub struct ResolvedRedis {
     pub listen: SocketAddr,
     pub leader: RedisBackend,
     pub follower: Option<RedisBackend>,
+    /// `[redis.listen_tls]`: TLS on the client listener.
+    pub listen_tls: Option<crate::tls::ServerTls>,
 }
 
 impl Config {

@@ -19,6 +19,8 @@ pub struct AdminConfig {
     /// Host names (no port) the `Host` header of admin requests may carry besides an IP
     /// address of the listener and `localhost`, e.g. a Kubernetes Service name. Default: none.
     pub allowed_hosts: Vec<String>,
+    /// HTTPS on the admin listener: `cert_file`, `key_file`, `client_ca_file`. Default: none.
+    pub tls: Option<crate::tls::ServerTlsSettings>,
 }
 
 impl Default for AdminConfig {
@@ -27,6 +29,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9480".into(),
             token_file: None,
             allowed_hosts: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -113,6 +116,14 @@ pub struct RedisConfig {
     /// Key prefix of NiFi's RedisStateProvider: `verify` decodes these values as NiFi state and
     /// names the entries that differ. Default `nifi/components/`.
     pub nifi_key_prefix: String,
+    /// TLS to the leader (`rediss://` leader URL): `ca_file`, `cert_file`, `key_file`,
+    /// `server_name`, `verify_hostname`. Default: embedded roots, hostname verified.
+    pub leader_tls: Option<crate::tls::ClientTlsSettings>,
+    /// TLS to the follower (`rediss://` follower URL), as `leader_tls`.
+    pub follower_tls: Option<crate::tls::ClientTlsSettings>,
+    /// TLS on the client listener: `cert_file`, `key_file`, `client_ca_file` (clients
+    /// must then present a certificate). Default: none (plain).
+    pub listen_tls: Option<crate::tls::ServerTlsSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -148,6 +159,9 @@ impl Default for RedisConfig {
             key_patterns: vec!["*".into()],
             copy_format: CopyFormat::Dump,
             nifi_key_prefix: "nifi/components/".into(),
+            leader_tls: None,
+            follower_tls: None,
+            listen_tls: None,
         }
     }
 }

@@ -115,6 +115,8 @@ impl Config {
                 }
                 Ok(b)
             });
+            let leader =
+                leader.and_then(|b| with_tls(b, rc.leader_tls.as_ref(), "redis.leader", &mut err));
             let follower = match &rc.follower {
                 None => {
                     if rc.follower_password_file.is_some() {
@@ -134,7 +136,22 @@ impl Config {
                                     .map_err(|m| err("redis.follower_password_file", m))?,
                             );
                         }
-                        Ok(Some(b))
+                        Ok(b)
+                    })
+                    .and_then(|b| with_tls(b, rc.follower_tls.as_ref(), "redis.follower", &mut err))
+                    .map(Some),
+            };
+            if rc.follower.is_none() && rc.follower_tls.is_some() {
+                err("redis.follower_tls", "set but redis.follower is not".into());
+            }
+            let listen_tls = match &rc.listen_tls {
+                None => Ok(None),
+                Some(t) => crate::tls::ServerTls::new(t, "redis listener")
+                    .map(Some)
+                    .map_err(|es| {
+                        for (k, m) in es {
+                            err(&format!("redis.listen_tls.{k}"), m);
+                        }
                     }),
             };
             let leader = leader.and_then(|b| {
@@ -177,7 +194,9 @@ impl Config {
                     err(key, "must be at least 1".into());
                 }
             }
-            if let (Ok(listen), Ok(leader), Ok(follower)) = (listen, leader, follower) {
+            if let (Ok(listen), Ok(leader), Ok(follower), Ok(listen_tls)) =
+                (listen, leader, follower, listen_tls)
+            {
                 if let Some(f) = &follower {
                     if f.address == leader.address {
                         err(
@@ -190,6 +209,7 @@ impl Config {
                     listen,
                     leader,
                     follower,
+                    listen_tls,
                 });
             }
         }
@@ -274,21 +294,65 @@ impl Config {
                 "no sidecar configured: add a [redis] or [zookeeper] section".into(),
             );
         }
+        let admin_tls = match &self.admin.tls {
+            None => Ok(None),
+            Some(t) => crate::tls::ServerTls::new(t, "admin listener")
+                .map(Some)
+                .map_err(|es| {
+                    for (k, m) in es {
+                        err(&format!("admin.tls.{k}"), m);
+                    }
+                }),
+        };
         let admin_token = match admin_token {
             None => Ok(None),
             Some(Ok(t)) => Ok(Some(t)),
             Some(Err(())) => Err(()),
         };
-        match (admin_listen, admin_token) {
-            (Ok(admin_listen), Ok(admin_token)) if errs.is_empty() => Ok(Resolved {
+        match (admin_listen, admin_token, admin_tls) {
+            (Ok(admin_listen), Ok(admin_token), Ok(admin_tls)) if errs.is_empty() => Ok(Resolved {
                 config: self,
                 admin_listen,
                 admin_token,
+                admin_tls,
                 node_name,
                 redis,
                 zookeeper,
             }),
             _ => Err(errs),
+        }
+    }
+}
+
+/// Builds the TLS client config of a `rediss://` backend from its `<key>_tls` table (every
+/// file problem reported against its key path); refuses a table for a plain `redis://` URL.
+fn with_tls(
+    mut b: RedisBackend,
+    settings: Option<&crate::tls::ClientTlsSettings>,
+    key: &str,
+    err: &mut impl FnMut(&str, String),
+) -> Result<RedisBackend, ()> {
+    if !b.wants_tls {
+        if settings.is_some() {
+            err(
+                &format!("{key}_tls"),
+                format!("set but {key} is not a rediss:// URL"),
+            );
+            return Err(());
+        }
+        return Ok(b);
+    }
+    let defaults = crate::tls::ClientTlsSettings::default();
+    match crate::tls::ClientTls::new(settings.unwrap_or(&defaults), &b.address) {
+        Ok(t) => {
+            b.tls = Some(t);
+            Ok(b)
+        }
+        Err(es) => {
+            for (k, m) in es {
+                err(&format!("{key}_tls.{k}"), m);
+            }
+            Err(())
         }
     }
 }

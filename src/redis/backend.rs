@@ -11,14 +11,19 @@ use bytes::{BufMut, BytesMut};
 use redis_protocol::resp2::decode::decode_bytes_mut;
 use redis_protocol::resp2::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::RedisBackend;
+use crate::tls::Stream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("connect to {0}: {1}")]
     Connect(String, std::io::Error),
+    #[error("connect to {0}: {1}")]
+    Tls(String, String),
+    /// A TLS failure after the handshake (TLS 1.3 servers reject a client certificate then).
+    #[error("{0}")]
+    TlsLater(String),
     #[error("connect to {0}: timed out")]
     ConnectTimeout(String),
     #[error("i/o: {0}")]
@@ -32,7 +37,7 @@ pub enum BackendError {
 }
 
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     /// The database currently selected on this connection.
     pub db: u32,
@@ -81,6 +86,63 @@ fn itoa_buf(mut n: usize) -> Digits {
     Digits(d, i)
 }
 
+/// Opens a connection to a Redis backend (no timeout: callers bound it): TCP, tuned (see
+/// [`crate::listener::connect_backend`]), then the TLS handshake for a `rediss://` backend.
+pub async fn open(b: &RedisBackend) -> Result<Stream, BackendError> {
+    let tcp = crate::listener::connect_backend(b.address.as_str())
+        .await
+        .map_err(|e| BackendError::Connect(b.address.clone(), e))?;
+    match (&b.tls, b.wants_tls) {
+        (Some(t), _) => {
+            let mut s = t
+                .connect(tcp, &b.address)
+                .await
+                .map_err(|m| BackendError::Tls(b.address.clone(), m))?;
+            confirm_tls(&mut s)
+                .await
+                .map_err(|m| BackendError::Tls(b.address.clone(), m))?;
+            Ok(s)
+        }
+        (None, false) => Ok(Stream::Plain(tcp)),
+        (None, true) => Err(BackendError::Tls(
+            b.address.clone(),
+            "rediss:// backend without a TLS config".into(),
+        )),
+    }
+}
+
+/// One `PING` on a new TLS connection, its reply read and dropped. With TLS 1.3 a server
+/// checks the client certificate after the client's side of the handshake is done: without
+/// this, a rejected certificate would only show as a client's connection closing on its first
+/// command. Any reply (`+PONG`, `-NOAUTH …`) proves the session was accepted.
+async fn confirm_tls(s: &mut Stream) -> Result<(), String> {
+    use tokio::io::AsyncBufReadExt;
+    crate::tls::stream::write_flush(s, b"*1\r\n$4\r\nPING\r\n")
+        .await
+        .map_err(|e| explained(&e))?;
+    let mut line = Vec::new();
+    let mut r = tokio::io::BufReader::with_capacity(1, s);
+    match r.read_until(b'\n', &mut line).await {
+        Ok(0) => Err("the server closed the connection after the TLS handshake".into()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(explained(&e)),
+    }
+}
+
+fn explained(e: &std::io::Error) -> String {
+    crate::tls::explain(e)
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| e.to_string())
+}
+
+/// An i/o error, or the TLS failure it carries, explained.
+fn io_error(e: std::io::Error) -> BackendError {
+    match crate::tls::explain(&e) {
+        Some((_, m)) => BackendError::TlsLater(m),
+        None => BackendError::Io(e),
+    }
+}
+
 impl Conn {
     /// Connects to the backend's current address (a sentinel-managed backend: its master,
     /// checked with `ROLE`), authenticates and selects its database.
@@ -101,11 +163,9 @@ impl Conn {
     /// Connects to `b.address`, authenticates (when the backend has credentials) and selects
     /// its database.
     pub async fn connect_direct(b: &RedisBackend, timeout: Duration) -> Result<Self, BackendError> {
-        let connect = crate::listener::connect_backend(b.address.as_str());
-        let stream = match tokio::time::timeout(timeout, connect).await {
+        let stream = match tokio::time::timeout(timeout, open(b)).await {
             Err(_) => return Err(BackendError::ConnectTimeout(b.address.clone())),
-            Ok(Err(e)) => return Err(BackendError::Connect(b.address.clone(), e)),
-            Ok(Ok(s)) => s,
+            Ok(r) => r?,
         };
         let mut c = Conn {
             stream,
@@ -155,19 +215,21 @@ impl Conn {
 
     pub async fn send(&mut self, buf: &[u8]) -> Result<(), BackendError> {
         if self.progress.is_none() {
-            self.stream.write_all(buf).await?;
+            self.stream.write_all(buf).await.map_err(io_error)?;
+            self.stream.flush().await.map_err(io_error)?;
             return Ok(());
         }
         // In pieces, so a large pipeline to a far server shows progress while it goes out.
         let mut rest = buf;
         while !rest.is_empty() {
-            let n = self.stream.write(rest).await?;
+            let n = self.stream.write(rest).await.map_err(io_error)?;
             if n == 0 {
                 return Err(BackendError::Closed);
             }
             rest = &rest[n..];
             self.moved();
         }
+        self.stream.flush().await.map_err(io_error)?;
         Ok(())
     }
 
@@ -179,7 +241,13 @@ impl Conn {
                 Err(e) => return Err(BackendError::Protocol(e.to_string())),
             }
             self.rbuf.reserve(16 * 1024);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(io_error)?
+                == 0
+            {
                 return Err(BackendError::Closed);
             }
             self.moved();

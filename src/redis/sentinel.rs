@@ -187,6 +187,9 @@ impl Sentinel {
             password: self.password.clone(),
             db: 0,
             sentinel: None,
+            // Sentinels over TLS are not supported yet (README "Sentinel").
+            tls: None,
+            wants_tls: false,
         }
     }
 }
@@ -254,6 +257,8 @@ pub fn parse(s: &str) -> Result<RedisBackend, String> {
         password,
         db,
         sentinel: Some(Arc::new(Sentinel::new(sentinels, master.to_string()))),
+        tls: None,
+        wants_tls: false,
     })
 }
 
@@ -294,13 +299,15 @@ impl RedisBackend {
     }
 
     /// The same credentials and database, at a fixed address.
-    fn at(&self, address: &str) -> RedisBackend {
+    pub(crate) fn at(&self, address: &str) -> RedisBackend {
         RedisBackend {
             address: address.to_string(),
             username: self.username.clone(),
             password: self.password.clone(),
             db: self.db,
             sentinel: None,
+            tls: self.tls.clone(),
+            wants_tls: self.wants_tls,
         }
     }
 }

@@ -11,6 +11,8 @@ use bytes::BytesMut;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::tls::{ServerTls, Stream};
 use tokio_util::sync::CancellationToken;
 
 use super::backend::{encode_cmd, Conn};
@@ -52,6 +54,8 @@ pub struct Shared {
     served: [AtomicUsize; 2],
     /// Cancelled at shutdown: sessions stop reading requests, answer what they owe, close.
     pub closing: CancellationToken,
+    /// `[redis.listen_tls]`: clients must speak TLS.
+    pub listen_tls: Option<ServerTls>,
 }
 
 impl Shared {
@@ -102,9 +106,10 @@ impl Sidecar for RedisSidecar {
 
     fn status(&self) -> serde_json::Value {
         let s = &self.shared;
-        let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.shown_address(), "db": b.db, "up": h.is_up(), "sentinel": b.sentinel_status() });
+        let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.shown_address(), "db": b.db, "up": h.is_up(), "tls": b.wants_tls, "error": h.last_error(), "sentinel": b.sentinel_status() });
         json!({
             "listen": self.local_addr.to_string(),
+            "listen_tls": s.listen_tls.is_some(),
             "leader": backend(&s.leader, &s.leader_health),
             "follower": match (&s.follower, &s.follower_health) {
                 (Some(b), Some(h)) => backend(b, h),
@@ -178,12 +183,24 @@ pub async fn start(
         metrics,
         served: [AtomicUsize::new(0), AtomicUsize::new(0)],
         closing: shutdown.clone(),
+        listen_tls: r.listen_tls.clone(),
     });
     // Sentinel-managed backends: follow their master (see `sentinel`).
     let m = shared.mirror.clone();
     super::sentinel::spawn_watcher(&r.leader, "leader", connect_timeout, m.clone(), &shutdown);
     if let Some(f) = &r.follower {
         super::sentinel::spawn_watcher(f, "follower", connect_timeout, m, &shutdown);
+    }
+    for (role, b) in [
+        ("leader", Some(&r.leader)),
+        ("follower", r.follower.as_ref()),
+    ] {
+        if let Some(t) = b.and_then(|b| b.tls.as_ref()) {
+            if !t.verify_hostname() {
+                tracing::warn!(role, address = %b.map(|b| b.address.as_str()).unwrap_or(""),
+                    "TLS hostname verification is OFF for this backend (verify_hostname = false): any certificate from the trusted CAs is accepted");
+            }
+        }
     }
     // The command table, from the leader when it answers now; the health loop retries.
     match fetch_table(&r.leader, connect_timeout).await {
@@ -302,7 +319,10 @@ async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable
         .ok_or_else(|| "COMMAND reply not understood (ACL may forbid COMMAND)".into())
 }
 
-async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
+/// How long a client has to finish the TLS handshake on a TLS listener.
+const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
     // Taken before connecting: a Sentinel switch from now on closes the session.
     let [to_leader, to_follower] = [
         shared.leader.watch_master(),
@@ -311,12 +331,32 @@ async fn handle_client(shared: Arc<Shared>, mut sock: TcpStream) {
             .as_ref()
             .and_then(RedisBackend::watch_master),
     ];
+    let mut sock = match &shared.listen_tls {
+        None => Stream::Plain(sock),
+        Some(t) => {
+            let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, t.accept(sock)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    shared.metrics.client_error("tls");
+                    tracing::info!(%peer, error = %e, "client TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.client_error("tls");
+                    tracing::info!(%peer, "client TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let Some((backend, route)) = pick_backend(&shared).await else {
         let _ = sock
             .write_all(
                 b"-ERR statemirror: no backend available (leader and follower unreachable)\r\n",
             )
             .await;
+        let _ = sock.flush().await;
         return;
     };
     let idx = route as usize;
@@ -339,18 +379,19 @@ enum ConnectError {
     TimedOut,
 }
 
-async fn connect(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
-    match tokio::time::timeout(timeout, crate::listener::connect_backend(address)).await {
+async fn connect(backend: &RedisBackend, timeout: Duration) -> Result<Stream, ConnectError> {
+    match tokio::time::timeout(timeout, super::backend::open(backend)).await {
         Ok(Ok(s)) => Ok(s),
+        // A TLS failure (wrong CA, expired, name mismatch) is as final as a refusal.
         Ok(Err(e)) => Err(ConnectError::Refused(e.to_string())),
         Err(_) => Err(ConnectError::TimedOut),
     }
 }
 
 /// [`connect`] to where the backend is now (a sentinel-managed one: its current master).
-async fn connect_to(b: &RedisBackend, timeout: Duration) -> Result<TcpStream, ConnectError> {
+async fn connect_to(b: &RedisBackend, timeout: Duration) -> Result<Stream, ConnectError> {
     match b.resolve_address(timeout).await {
-        Ok(address) => connect(&address, timeout).await,
+        Ok(address) => connect(&b.at(&address), timeout).await,
         Err(e) => Err(ConnectError::Refused(e)),
     }
 }
@@ -370,7 +411,7 @@ fn record_connect_failure(health: &Health, e: &ConnectError) {
 /// The leader when it is up and takes the connection; otherwise the follower (reads only).
 /// While the leader is down (and there is a follower) it is not tried at all: a silent
 /// leader would cost every new client a full connect timeout.
-async fn pick_backend(shared: &Shared) -> Option<(TcpStream, Route)> {
+async fn pick_backend(shared: &Shared) -> Option<(Stream, Route)> {
     let timeout = Duration::from_millis(shared.cfg.connect_timeout_ms);
     let follower = shared
         .follower

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -18,6 +19,8 @@ pub struct Health {
     failures: AtomicU32,
     failures_before_down: u32,
     gauge: Gauge,
+    /// Why the last check or connect failed; cleared by a success (`/status` shows it).
+    last_error: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -36,6 +39,7 @@ impl Health {
             failures: AtomicU32::new(0),
             failures_before_down,
             gauge,
+            last_error: Mutex::new(None),
         }
     }
 
@@ -47,13 +51,27 @@ impl Health {
         self.up.subscribe()
     }
 
+    /// The last failure's reason while it is not followed by a success.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_error(&self, why: Option<&str>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = why.map(str::to_string);
+    }
+
     pub fn record_success(&self) {
+        self.note_error(None);
         self.failures.store(0, Ordering::Relaxed);
         self.set(true, None);
     }
 
     /// A failed health check: down after `failures_before_down` in a row.
     pub fn record_failure(&self, why: &str) {
+        self.note_error(Some(why));
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= self.failures_before_down {
             self.set(false, Some(why));
@@ -62,6 +80,7 @@ impl Health {
 
     /// A refused connection is proof enough: down at once.
     pub fn mark_down(&self, why: &str) {
+        self.note_error(Some(why));
         self.failures
             .store(self.failures_before_down, Ordering::Relaxed);
         self.set(false, Some(why));

@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::tls::stream::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::Flags;
@@ -57,7 +57,10 @@ pub(super) async fn pipe(
 ) -> OwnedWriteHalf {
     loop {
         if !buf.is_empty() {
-            if backend.write_all(&buf).await.is_err() {
+            if crate::tls::stream::write_flush(&mut backend, &buf)
+                .await
+                .is_err()
+            {
                 return backend;
             }
             buf.clear();

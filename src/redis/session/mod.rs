@@ -58,9 +58,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::tls::Stream;
 use bytes::BytesMut;
 use smallvec::SmallVec;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -129,8 +129,8 @@ impl Flags {
 /// `master`: fires when Sentinel switches the master this session's backend went to.
 pub async fn serve(
     shared: Arc<Shared>,
-    client: TcpStream,
-    backend: TcpStream,
+    client: Stream,
+    backend: Stream,
     route: Route,
     master: Option<tokio::sync::watch::Receiver<u64>>,
 ) {

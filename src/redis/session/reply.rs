@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::stream::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,12 @@ impl ReplySide {
             self.drain_ready();
             if !self.out.is_empty() {
                 if client_ok {
-                    match tokio::time::timeout(write_timeout, client.write_all(&self.out)).await {
+                    match tokio::time::timeout(
+                        write_timeout,
+                        crate::tls::stream::write_flush(&mut client, &self.out),
+                    )
+                    .await
+                    {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => client_ok = false,
                         Err(_) => {
@@ -111,7 +116,11 @@ impl ReplySide {
                 self.drain_ready();
                 self.teardown(Some(LEADER_LOST));
                 if client_ok && !self.out.is_empty() {
-                    let _ = tokio::time::timeout(write_timeout, client.write_all(&self.out)).await;
+                    let _ = tokio::time::timeout(
+                        write_timeout,
+                        crate::tls::stream::write_flush(&mut client, &self.out),
+                    )
+                    .await;
                 }
                 return true;
             }
@@ -145,8 +154,11 @@ impl ReplySide {
                     let clean = self.pending.is_empty();
                     self.teardown(Some(LEADER_LOST));
                     if client_ok && !self.out.is_empty() {
-                        let _ =
-                            tokio::time::timeout(write_timeout, client.write_all(&self.out)).await;
+                        let _ = tokio::time::timeout(
+                            write_timeout,
+                            crate::tls::stream::write_flush(&mut client, &self.out),
+                        )
+                        .await;
                     }
                     if !clean {
                         tracing::debug!(route = ?self.route, "backend connection lost with requests in flight");

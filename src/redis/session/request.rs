@@ -5,10 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::stream::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -168,7 +167,10 @@ impl RequestSide {
                 return backend;
             }
             if !out.is_empty() {
-                if backend.write_all(&out).await.is_err() {
+                if crate::tls::stream::write_flush(&mut backend, &out)
+                    .await
+                    .is_err()
+                {
                     return backend; // the reply side sees the backend go and answers what is owed
                 }
                 out.clear();
