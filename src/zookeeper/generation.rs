@@ -80,30 +80,7 @@ impl ZkMarkers {
         let mut c = self.connect(&self.servers.0).await?;
         let path = clean_path(node);
         let data = Bytes::from(serde_json::to_vec(rec).map_err(|e| e.to_string())?);
-        let calls = [
-            create(ROOT, None),
-            create(CLUSTER, None),
-            create(CLEAN, None),
-            Call::new(
-                op::SET_DATA,
-                &SetDataRequest {
-                    path: path.clone(),
-                    data: Some(data.clone()),
-                    version: -1,
-                },
-            ),
-        ];
-        let r = c.call_many(&calls).await.map_err(|e| e.to_string())?;
-        match r.get(3).map(|(e, _)| *e) {
-            Some(err::OK) => Ok(()),
-            Some(err::NO_NODE) => match c.call(create(&path, Some(data))).await {
-                Ok((err::OK, _)) => Ok(()),
-                Ok((e, _)) => Err(format!("create {path}: {}", err_name(e))),
-                Err(e) => Err(e.to_string()),
-            },
-            Some(e) => Err(format!("setData {path}: {}", err_name(e))),
-            None => Err("short reply".into()),
-        }
+        put(&mut c, &[ROOT, CLUSTER, CLEAN], &path, data).await
     }
 
     async fn take_clean_now(&self, node: &str) -> Result<Option<CleanStop>, String> {
@@ -154,28 +131,31 @@ impl ZkMarkers {
         .await
         .map_err(|e| e.to_string())?;
         let data = Bytes::from(g.to_string());
-        let calls = [
-            create(ROOT, None),
-            Call::new(
-                op::SET_DATA,
-                &SetDataRequest {
-                    path: PATH.into(),
-                    data: Some(data.clone()),
-                    version: -1,
-                },
-            ),
-        ];
-        let r = c.call_many(&calls).await.map_err(|e| e.to_string())?;
-        match r.get(1).map(|(e, _)| *e) {
-            Some(err::OK) => Ok(()),
-            Some(err::NO_NODE) => match c.call(create(PATH, Some(data))).await {
-                Ok((err::OK, _)) => Ok(()),
-                Ok((e, _)) => Err(format!("create {PATH}: {}", err_name(e))),
-                Err(e) => Err(e.to_string()),
-            },
-            Some(e) => Err(format!("setData {PATH}: {}", err_name(e))),
-            None => Err("short reply".into()),
-        }
+        put(&mut c, &[ROOT], PATH, data).await
+    }
+}
+
+/// Sets `path` to `data`, creating it (and `parents`, in order) where missing.
+async fn put(c: &mut ZkConn, parents: &[&str], path: &str, data: Bytes) -> Result<(), String> {
+    let mut calls: Vec<Call> = parents.iter().map(|p| create(p, None)).collect();
+    calls.push(Call::new(
+        op::SET_DATA,
+        &SetDataRequest {
+            path: path.into(),
+            data: Some(data.clone()),
+            version: -1,
+        },
+    ));
+    let r = c.call_many(&calls).await.map_err(|e| e.to_string())?;
+    match r.get(parents.len()).map(|(e, _)| *e) {
+        Some(err::OK) => Ok(()),
+        Some(err::NO_NODE) => match c.call(create(path, Some(data))).await {
+            Ok((err::OK, _)) => Ok(()),
+            Ok((e, _)) => Err(format!("create {path}: {}", err_name(e))),
+            Err(e) => Err(e.to_string()),
+        },
+        Some(e) => Err(format!("setData {path}: {}", err_name(e))),
+        None => Err("short reply".into()),
     }
 }
 
