@@ -579,6 +579,54 @@ async fn ask(servers: &ZkServers, server: &str, word: &[u8; 4]) -> Result<Vec<u8
     Ok(out)
 }
 
+/// A TLS ensemble's health check: opens a session on `server` (read-only servers allowed),
+/// closes it at once, and answers like `srvr` would (`Mode: read-only` or `Mode: serving`),
+/// so [`serves`] judges both kinds of probe alike.
+async fn session_probe(servers: &ZkServers, server: &str) -> Result<Vec<u8>, String> {
+    use super::jute::Record;
+    use super::proto::connect::{ConnectRequest, ConnectResponse};
+    let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
+    let req = ConnectRequest {
+        protocol_version: 0,
+        last_zxid_seen: 0,
+        time_out: 2_000,
+        session_id: 0,
+        passwd: Bytes::from_static(&[0; 16]),
+        read_only: Some(true),
+    };
+    let mut out = BytesMut::new();
+    super::frame::encode_frame(&mut out, |w| w.write(&req));
+    crate::tls::stream::write_flush(&mut s, &out)
+        .await
+        .map_err(|e| io_reason(&e))?;
+    let mut buf = BytesMut::with_capacity(64);
+    let resp = loop {
+        if let Ok(Some(f)) = next_frame(&mut buf, 1 << 16) {
+            break ConnectResponse::from_bytes(&f)
+                .map_err(|e| format!("bad connect answer: {e}"))?;
+        }
+        if s.read_buf(&mut buf).await.map_err(|e| io_reason(&e))? == 0 {
+            return Err("the server closed the connection without answering".into());
+        }
+    };
+    if resp.session_id == 0 {
+        return Err("the server refused a session".into());
+    }
+    let mut close = BytesMut::new();
+    super::frame::encode_frame(&mut close, |w| {
+        w.write(&super::proto::records::RequestHeader {
+            xid: 1,
+            op: super::proto::op::CLOSE_SESSION,
+        })
+    });
+    let _ = crate::tls::stream::write_flush(&mut s, &close).await;
+    Ok(if resp.read_only == Some(true) {
+        b"Mode: read-only\n".to_vec()
+    } else {
+        b"Mode: serving\n".to_vec()
+    })
+}
+
 fn io_reason(e: &std::io::Error) -> String {
     crate::tls::explain(e)
         .map(|(_, m)| format!("TLS: {m}"))
@@ -634,7 +682,16 @@ impl health::Probe for SrvrProbe {
             let (servers, server) = (self.servers.clone(), server.clone());
             let (timeout, leader) = (self.timeout, self.leader);
             probes.spawn(async move {
-                match tokio::time::timeout(timeout, ask(&servers, &server, b"srvr")).await {
+                // ZooKeeper's secure (Netty) port closes a TLS connection that sends a
+                // four-letter word: a TLS ensemble is probed with a session instead.
+                let asked = async {
+                    if servers.is_tls() {
+                        session_probe(&servers, &server).await
+                    } else {
+                        ask(&servers, &server, b"srvr").await
+                    }
+                };
+                match tokio::time::timeout(timeout, asked).await {
                     Ok(Ok(out)) if serves(&String::from_utf8_lossy(&out), leader) => Ok(()),
                     Ok(Ok(_)) => Err(None),
                     Ok(Err(e)) => Err(Some(format!("{server}: {e}"))),
