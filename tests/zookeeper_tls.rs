@@ -32,12 +32,19 @@ impl Ca {
 
     /// Key and certificate in one PEM (ZooKeeper's PEM key store).
     fn server_pem(&self) -> String {
+        let (cert, key) = self.leaf();
+        format!("{key}{cert}")
+    }
+
+    /// (cert PEM, key PEM) for localhost / 127.0.0.1 (ZooKeeper also checks a client
+    /// certificate's names against the client's address).
+    fn leaf(&self) -> (String, String) {
         let key = KeyPair::generate().expect("key");
         let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("params");
         p.distinguished_name.push(DnType::CommonName, "localhost");
         let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign");
-        format!("{}{}", key.serialize_pem(), cert.pem())
+        (cert.pem(), key.serialize_pem())
     }
 }
 
@@ -68,6 +75,11 @@ fn netty_classpath() -> Vec<String> {
 /// A standalone ZooKeeper with its plain port (for checks) and a TLS port; returns it and
 /// the TLS `127.0.0.1:PORT`.
 async fn tls_server(dir: &Path, name: &str, ca: &Ca) -> (ZkServer, String) {
+    tls_server_auth(dir, name, ca, "none").await
+}
+
+/// [`tls_server`] with `ssl.clientAuth=client_auth` (`none`, `need`).
+async fn tls_server_auth(dir: &Path, name: &str, ca: &Ca, client_auth: &str) -> (ZkServer, String) {
     let port = common::free_port();
     let ks = write(dir, &format!("{name}-server.pem"), &ca.server_pem());
     let ts = write(dir, &format!("{name}-ca.pem"), &ca.pem);
@@ -79,7 +91,7 @@ async fn tls_server(dir: &Path, name: &str, ca: &Ca) -> (ZkServer, String) {
             "ssl.keyStore.type=PEM".into(),
             format!("ssl.trustStore.location={}", ts.display()),
             "ssl.trustStore.type=PEM".into(),
-            "ssl.clientAuth=none".into(),
+            format!("ssl.clientAuth={client_auth}"),
         ],
         extra_classpath: netty_classpath(),
         ..ZkOptions::default()
@@ -163,4 +175,61 @@ async fn writes_reach_a_tls_follower_and_a_wrong_ca_is_reported() {
     assert!(why.contains(&follower_tls), "{why}");
     assert!(why.contains("TLS"), "{why}");
     drop(leader2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_with_a_client_certificate_and_a_clear_error_without() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("zk mtls CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let (cert, key) = ca.leaf();
+    let cert_file = write(dir.path(), "client.crt", &cert);
+    let key_file = write(dir.path(), "client.key", &key);
+    let ((leader, leader_tls), (follower, follower_tls)) = tokio::join!(
+        tls_server_auth(dir.path(), "leader", &ca, "need"),
+        tls_server_auth(dir.path(), "follower", &ca, "need")
+    );
+    let with_cert = ClientTlsSettings {
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+        ..trust(&ca_file)
+    };
+
+    let proxy = ZkProxy::start_with(&leader_tls, Some(&follower_tls), |c| {
+        let z = c.zookeeper.as_mut().expect("zookeeper");
+        z.leader_tls = Some(with_cert.clone());
+        z.follower_tls = Some(with_cert.clone());
+    })
+    .await;
+    let client = proxy.client().await;
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    client
+        .create("/mtls", b"x", &opts)
+        .await
+        .expect("create through the proxy");
+    let direct = zk_client(&follower.addr()).await;
+    eventually(Duration::from_secs(15), || async {
+        direct.get_data("/mtls").await.map_err(|e| e.to_string())
+    })
+    .await;
+
+    // No client certificate: the follower is down, and the error says why.
+    let bad = ZkProxy::start_without_waiting(&leader_tls, Some(&follower_tls), |c| {
+        let z = c.zookeeper.as_mut().expect("zookeeper");
+        z.leader_tls = Some(with_cert.clone());
+        z.follower_tls = Some(trust(&ca_file));
+    })
+    .await;
+    let why = eventually(Duration::from_secs(15), || async {
+        let st = bad.status().await;
+        let f = &st["zookeeper"]["follower"];
+        match (f["up"] == false, f["error"].as_str()) {
+            (true, Some(e)) => Ok(e.to_string()),
+            _ => Err(format!("{f}")),
+        }
+    })
+    .await;
+    assert!(why.contains(&follower_tls), "{why}");
+    assert!(why.contains("TLS"), "{why}");
+    drop(leader);
 }

@@ -26,7 +26,8 @@ pub enum ClientError {
     NoServer(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    #[error("TLS: {0}")]
+    /// Already reads `TLS: <reason>` (see `crate::tls::explain`).
+    #[error("{0}")]
     Tls(String),
     #[error("connection closed by the server")]
     Closed,

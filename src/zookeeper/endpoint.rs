@@ -85,6 +85,7 @@ pub async fn open(server: &str, tls: Option<&ClientTls>) -> Result<Stream, OpenE
 pub enum OpenError {
     #[error("{0}")]
     Io(std::io::Error),
-    #[error("TLS: {0}")]
+    /// Already reads `TLS: <reason>` (see `crate::tls::explain`).
+    #[error("{0}")]
     Tls(String),
 }

@@ -91,12 +91,12 @@ async fn handshake(
 ) -> Option<Answer> {
     let mut s = match super::endpoint::open(&server, tls.as_ref()).await {
         Ok(s) => s,
-        Err(e) => {
-            if tls.is_some() {
-                tracing::warn!(server = %server, error = %e, "zookeeper: cannot connect over TLS");
-            }
+        Err(e @ super::endpoint::OpenError::Tls(_)) => {
+            // The health check reports it too; this one names the client's attempt.
+            tracing::debug!(server = %server, error = %e, "zookeeper: TLS handshake failed");
             return None;
         }
+        Err(_) => return None,
     };
     let _ = connected.send(id);
     crate::tls::stream::write_flush(&mut s, &connect)
@@ -629,7 +629,7 @@ async fn session_probe(servers: &ZkServers, server: &str) -> Result<Vec<u8>, Str
 
 fn io_reason(e: &std::io::Error) -> String {
     crate::tls::explain(e)
-        .map(|(_, m)| format!("TLS: {m}"))
+        .map(|(_, m)| m)
         .unwrap_or_else(|| e.to_string())
 }
 
