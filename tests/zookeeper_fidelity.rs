@@ -221,7 +221,7 @@ async fn a_delete_spares_descendants_written_after_it() {
         },
     );
     let mut w = ZkApplier::new(
-        vec![follower.addr()],
+        vec![follower.addr()].into(),
         None,
         Duration::from_secs(5),
         10_000,

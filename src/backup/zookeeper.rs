@@ -47,7 +47,10 @@ pub fn filter(cfg: &ZooKeeperConfig) -> PathFilter {
     }
 }
 
-pub fn servers(r: &ResolvedZk, side: super::Side) -> Result<Vec<String>, Failure> {
+pub fn servers(
+    r: &ResolvedZk,
+    side: super::Side,
+) -> Result<crate::zookeeper::endpoint::ZkServers, Failure> {
     match side {
         super::Side::Leader => Ok(r.leader.clone()),
         super::Side::Follower => r
@@ -208,7 +211,7 @@ pub struct RestoreCounts {
 
 /// statemirror's own writing session to `servers`.
 pub async fn connect(
-    servers: &[String],
+    servers: &crate::zookeeper::endpoint::ZkServers,
     r: &ResolvedZk,
     cfg: &ZooKeeperConfig,
 ) -> Result<ZkConn, Failure> {

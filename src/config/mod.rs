@@ -67,8 +67,10 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct ResolvedZk {
     pub listen: SocketAddr,
-    pub leader: Vec<String>,
-    pub follower: Option<Vec<String>>,
+    /// The leader ensemble (with `zookeeper.leader_tls` when set).
+    pub leader: crate::zookeeper::endpoint::ZkServers,
+    /// The follower ensemble (with `zookeeper.follower_tls` when set).
+    pub follower: Option<crate::zookeeper::endpoint::ZkServers>,
     /// `user:password` for the follower session's digest auth.
     pub follower_auth: Option<Secret>,
 }

@@ -199,6 +199,12 @@ pub struct ZooKeeperConfig {
     pub health_timeout_ms: u64,
     /// Session timeout asked for by statemirror's own follower session. Default 30000.
     pub follower_session_timeout_ms: u64,
+    /// TLS to every server of the leader ensemble (its secure client port): `ca_file`,
+    /// `cert_file`, `key_file`, `server_name`, `verify_hostname`, as `redis.leader_tls`.
+    /// Default: none (plain).
+    pub leader_tls: Option<crate::tls::ClientTlsSettings>,
+    /// TLS to every server of the follower ensemble, as `leader_tls`.
+    pub follower_tls: Option<crate::tls::ClientTlsSettings>,
 }
 
 impl Default for ZooKeeperConfig {
@@ -217,6 +223,8 @@ impl Default for ZooKeeperConfig {
             health_interval_ms: 1_000,
             health_timeout_ms: 1_000,
             follower_session_timeout_ms: 30_000,
+            leader_tls: None,
+            follower_tls: None,
         }
     }
 }

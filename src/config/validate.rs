@@ -222,11 +222,25 @@ impl Config {
             } else {
                 parse_connect_string(&z.leader).map_err(|m| err("zookeeper.leader", m))
             };
+            let leader = leader
+                .and_then(|l| zk_with_tls(l, z.leader_tls.as_ref(), "zookeeper.leader", &mut err));
             let follower = z
                 .follower
                 .as_deref()
-                .map(|f| parse_connect_string(f).map_err(|m| err("zookeeper.follower", m)))
+                .map(|f| {
+                    parse_connect_string(f)
+                        .map_err(|m| err("zookeeper.follower", m))
+                        .and_then(|l| {
+                            zk_with_tls(l, z.follower_tls.as_ref(), "zookeeper.follower", &mut err)
+                        })
+                })
                 .transpose();
+            if z.follower.is_none() && z.follower_tls.is_some() {
+                err(
+                    "zookeeper.follower_tls",
+                    "set but zookeeper.follower is not".into(),
+                );
+            }
             let auth = z
                 .follower_auth_file
                 .as_deref()
@@ -326,6 +340,23 @@ impl Config {
 
 /// Builds the TLS client config of a `rediss://` backend from its `<key>_tls` table (every
 /// file problem reported against its key path); refuses a table for a plain `redis://` URL.
+/// An ensemble's servers, with TLS to each when `settings` is set.
+fn zk_with_tls(
+    list: Vec<String>,
+    settings: Option<&crate::tls::ClientTlsSettings>,
+    key: &str,
+    err: &mut impl FnMut(&str, String),
+) -> Result<crate::zookeeper::endpoint::ZkServers, ()> {
+    match settings {
+        None => Ok(list.into()),
+        Some(t) => crate::zookeeper::endpoint::ZkServers::with_tls(list, t).map_err(|es| {
+            for (k, m) in es {
+                err(&format!("{key}_tls.{k}"), m);
+            }
+        }),
+    }
+}
+
 fn with_tls(
     mut b: RedisBackend,
     settings: Option<&crate::tls::ClientTlsSettings>,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
+use super::endpoint::ZkServers;
 use super::frame::{encode_frame, next_frame};
 use super::jute::{Reader, Record};
 use super::proto::connect::{ConnectRequest, ConnectResponse};
@@ -26,6 +26,9 @@ pub enum ClientError {
     NoServer(String),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// Already reads `TLS: <reason>` (see `crate::tls::explain`).
+    #[error("{0}")]
+    Tls(String),
     #[error("connection closed by the server")]
     Closed,
     #[error("bad reply: {0}")]
@@ -39,7 +42,7 @@ pub enum ClientError {
 }
 
 pub struct ZkConn {
-    stream: TcpStream,
+    stream: crate::tls::Stream,
     rbuf: BytesMut,
     next_xid: i32,
     last_used: Instant,
@@ -99,7 +102,7 @@ impl ZkConn {
     /// Opens a new session on the first server (of `servers`, starting at `start`) that
     /// accepts one, and authenticates it with `digest` when `auth` is set.
     pub async fn connect(
-        servers: &[String],
+        servers: &ZkServers,
         start: usize,
         timeout: Duration,
         session_timeout_ms: i32,
@@ -131,7 +134,7 @@ impl ZkConn {
     /// `lastZxidSeen` stays 0: a follower restored from an older backup must still accept
     /// the session, so the writer can notice it went back in time (`check_history`).
     pub async fn connect_session(
-        servers: &[String],
+        servers: &ZkServers,
         start: usize,
         timeout: Duration,
         session_timeout_ms: i32,
@@ -141,17 +144,20 @@ impl ZkConn {
     ) -> Result<(Self, bool), ClientError> {
         let mut last_err = String::from("no servers");
         for i in 0..servers.len() {
-            let server = &servers[(start + i) % servers.len()];
+            let n = (start + i) % servers.len();
+            let (server, tls) = (&servers[n], servers.tls_for(n));
             let attempt = tokio::time::timeout(timeout, async {
                 if let Some(old) = resume {
-                    match Self::open(server, session_timeout_ms, auth, max_frame, Some(old)).await {
+                    match Self::open(server, tls, session_timeout_ms, auth, max_frame, Some(old))
+                        .await
+                    {
                         Ok(c) => return Ok((c, true)),
                         Err(ClientError::Expired) => {}
                         Err(e) => return Err(e),
                     }
                 }
                 Ok((
-                    Self::open(server, session_timeout_ms, auth, max_frame, None).await?,
+                    Self::open(server, tls, session_timeout_ms, auth, max_frame, None).await?,
                     false,
                 ))
             })
@@ -169,12 +175,18 @@ impl ZkConn {
     /// One connection to `server`: a new session, or `resume`'s (`Expired` if it is gone).
     async fn open(
         server: &str,
+        tls: Option<&crate::tls::ClientTls>,
         session_timeout_ms: i32,
         auth: Option<&Secret>,
         max_frame: usize,
         resume: Option<&SessionId>,
     ) -> Result<Self, ClientError> {
-        let stream = crate::listener::connect_backend(server).await?;
+        let stream = super::endpoint::open(server, tls)
+            .await
+            .map_err(|e| match e {
+                super::endpoint::OpenError::Io(e) => ClientError::Io(e),
+                super::endpoint::OpenError::Tls(m) => ClientError::Tls(m),
+            })?;
         let mut c = ZkConn {
             stream,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -200,7 +212,7 @@ impl ZkConn {
         };
         let mut out = BytesMut::new();
         encode_frame(&mut out, |w| w.write(&req));
-        c.stream.write_all(&out).await?;
+        crate::tls::stream::write_flush(&mut c.stream, &out).await?;
         let body = c.read_frame().await?;
         let resp =
             ConnectResponse::from_bytes(&body).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -254,6 +266,7 @@ impl ZkConn {
             self.stream.write_all(piece).await?;
             self.tick();
         }
+        self.stream.flush().await?; // TLS may hold the last record until flushed
         Ok(())
     }
 

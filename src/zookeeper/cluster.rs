@@ -60,7 +60,7 @@ async fn read_lease(c: &mut ZkConn, path: &str) -> Result<Option<(String, i32, i
 }
 
 pub struct ZkClusterStore {
-    servers: Vec<String>,
+    servers: crate::zookeeper::endpoint::ZkServers,
     auth: Option<Secret>,
     timeout: Duration,
     ttl_ms: u64,

@@ -34,7 +34,10 @@ fn clean_path(node: &str) -> String {
 pub struct ZkMarkers {
     leader: Mutex<Session>,
     follower: Mutex<Session>,
-    servers: (Vec<String>, Vec<String>),
+    servers: (
+        crate::zookeeper::endpoint::ZkServers,
+        crate::zookeeper::endpoint::ZkServers,
+    ),
     auth: Option<Secret>,
     timeout: Duration,
     max_frame: usize,
@@ -63,7 +66,10 @@ impl ZkMarkers {
         })
     }
 
-    async fn connect(&self, servers: &[String]) -> Result<ZkConn, String> {
+    async fn connect(
+        &self,
+        servers: &crate::zookeeper::endpoint::ZkServers,
+    ) -> Result<ZkConn, String> {
         ZkConn::connect(
             servers,
             0,
@@ -119,7 +125,11 @@ impl ZkMarkers {
         Ok(rec)
     }
 
-    async fn write_one(&self, servers: &[String], g: u64) -> Result<(), String> {
+    async fn write_one(
+        &self,
+        servers: &crate::zookeeper::endpoint::ZkServers,
+        g: u64,
+    ) -> Result<(), String> {
         let mut c = ZkConn::connect(
             servers,
             0,

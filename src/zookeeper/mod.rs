@@ -23,6 +23,7 @@
 pub mod client;
 pub mod cluster;
 pub mod converge;
+pub mod endpoint;
 pub mod ephemeral;
 pub mod frame;
 pub mod generation;

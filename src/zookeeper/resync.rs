@@ -42,8 +42,8 @@ const MAX_OP_BYTES: usize = 512 * 1024;
 const MAX_PENDING_OPS: usize = 4;
 
 pub struct ZkWalker {
-    leader: Vec<String>,
-    follower: Vec<String>,
+    leader: crate::zookeeper::endpoint::ZkServers,
+    follower: crate::zookeeper::endpoint::ZkServers,
     auth: Option<Secret>,
     cfg: ZooKeeperConfig,
     filter: PathFilter,

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::converge::ZkRepairer;
+use super::endpoint::ZkServers;
 use super::frame::next_frame;
 use super::mirror::{PathFilter, ZkApplier, ZkOp};
 use super::resync::ZkWalker;
@@ -33,11 +34,12 @@ use crate::replication::resync::{self, Resync};
 use crate::replication::verify::VerifyState;
 use crate::replication::worker;
 use crate::sidecar::{serving, Sidecar};
+use crate::tls::Stream;
 
 pub struct ZkShared {
     pub cfg: ZooKeeperConfig,
-    pub leader: Vec<String>,
-    pub follower: Option<Vec<String>>,
+    pub leader: crate::zookeeper::endpoint::ZkServers,
+    pub follower: Option<crate::zookeeper::endpoint::ZkServers>,
     pub filter: PathFilter,
     pub freeze: Arc<Freeze>,
     pub mirror: Option<Arc<MirrorQueue<ZkOp>>>,
@@ -58,10 +60,10 @@ pub struct ZkShared {
 /// What the leader ensemble answered to a client's connect.
 pub enum LeaderConnect {
     /// A read-write server took it (or answered "expired"): use it.
-    ReadWrite(TcpStream, Bytes),
+    ReadWrite(Stream, Bytes),
     /// Only a read-only server (one that lost its quorum) took it: writes would fail there,
     /// so this is the last resort, behind the follower ensemble.
-    ReadOnly(TcpStream, Bytes),
+    ReadOnly(Stream, Bytes),
     /// No server answered.
     Nothing,
 }
@@ -73,7 +75,7 @@ const STAGGER: Duration = Duration::from_millis(200);
 
 /// One server's answer to a `ConnectRequest`: the connection, the framed answer, whether
 /// the server is read-only.
-type Answer = (TcpStream, Bytes, bool);
+type Answer = (Stream, Bytes, bool);
 
 /// Sends `connect` to `server` and reads the framed `ConnectResponse` (unbounded: callers
 /// bound it). `None` when the server closes without answering (it is behind the zxid the
@@ -81,16 +83,25 @@ type Answer = (TcpStream, Bytes, bool);
 /// Reports `id` on `connected` once the TCP connection is up.
 async fn handshake(
     server: String,
+    tls: Option<crate::tls::ClientTls>,
     connect: Bytes,
     max_frame: usize,
     id: usize,
     connected: mpsc::UnboundedSender<usize>,
 ) -> Option<Answer> {
-    let mut s = crate::listener::connect_backend(server.as_str())
+    let mut s = match super::endpoint::open(&server, tls.as_ref()).await {
+        Ok(s) => s,
+        Err(e @ super::endpoint::OpenError::Tls(_)) => {
+            // The health check reports it too; this one names the client's attempt.
+            tracing::debug!(server = %server, error = %e, "zookeeper: TLS handshake failed");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let _ = connected.send(id);
+    crate::tls::stream::write_flush(&mut s, &connect)
         .await
         .ok()?;
-    let _ = connected.send(id);
-    s.write_all(&connect).await.ok()?;
     let mut buf = BytesMut::with_capacity(64);
     loop {
         if let Ok(Some(f)) = next_frame(&mut buf, max_frame) {
@@ -124,7 +135,7 @@ struct Raced {
 /// that answers first). The first read-write answer wins and the other attempts are dropped;
 /// a read-only one is kept in case none comes.
 async fn race(
-    servers: &[String],
+    servers: &ZkServers,
     start: usize,
     connect: Bytes,
     max_frame: usize,
@@ -146,9 +157,17 @@ async fn race(
     loop {
         let now = tokio::time::Instant::now();
         if launched < n && (attempts.is_empty() || now >= next_launch) {
-            let server = servers[(start + launched) % n].clone();
+            let i = (start + launched) % n;
+            let (server, tls) = (servers[i].clone(), servers.tls_for(i).cloned());
             let tx = connected_tx.clone();
-            attempts.spawn(handshake(server, connect.clone(), max_frame, launched, tx));
+            attempts.spawn(handshake(
+                server,
+                tls,
+                connect.clone(),
+                max_frame,
+                launched,
+                tx,
+            ));
             launched += 1;
             launched_at = now;
             next_launch = now + STAGGER;
@@ -226,7 +245,7 @@ impl ZkShared {
     pub async fn connect_follower(
         &self,
         client: &super::proto::connect::ConnectRequest,
-    ) -> Option<(TcpStream, super::proto::connect::ConnectResponse)> {
+    ) -> Option<(Stream, super::proto::connect::ConnectResponse)> {
         use super::jute::Record;
         let servers = self.follower.as_ref()?;
         let timeout = Duration::from_millis(self.cfg.connect_timeout_ms);
@@ -279,8 +298,10 @@ impl ZkShared {
             return;
         };
         let timeout = Duration::from_millis(self.cfg.health_timeout_ms.max(1000));
-        let now = match tokio::time::timeout(timeout, ask(&server.to_string(), b"srvr")).await {
-            Ok(Some(out)) => srvr_zxid(&String::from_utf8_lossy(&out)),
+        let name = server.to_string();
+        let asked = ask(&self.leader, &name, b"srvr");
+        let now = match tokio::time::timeout(timeout, asked).await {
+            Ok(Ok(out)) => srvr_zxid(&String::from_utf8_lossy(&out)),
             _ => None,
         };
         let Some(now) = now.filter(|&n| n < prev) else {
@@ -348,10 +369,20 @@ impl Sidecar for ZkSidecar {
         let s = &self.shared;
         json!({
             "listen": self.local_addr.to_string(),
-            "leader": { "servers": s.leader, "up": s.leader_health.is_up() },
+            "leader": {
+                "servers": s.leader,
+                "up": s.leader_health.is_up(),
+                "tls": s.leader.is_tls(),
+                "error": s.leader_health.last_error(),
+            },
             "serving": serving(&s.leader_health, s.follower_health.as_ref()),
             "follower": match (&s.follower, &s.follower_health) {
-                (Some(f), Some(h)) => json!({ "servers": f, "up": h.is_up() }),
+                (Some(f), Some(h)) => json!({
+                    "servers": f,
+                    "up": h.is_up(),
+                    "tls": f.is_tls(),
+                    "error": h.last_error(),
+                }),
                 _ => serde_json::Value::Null,
             },
             "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
@@ -523,20 +554,83 @@ pub async fn four_letter(shared: &ZkShared, mut client: TcpStream, word: [u8; 4]
 
 async fn relay_four_letter(shared: &ZkShared, word: &[u8; 4]) -> Option<Vec<u8>> {
     let timeout = Duration::from_millis(shared.cfg.health_timeout_ms.max(1000));
-    for server in &shared.leader {
-        if let Ok(Some(v)) = tokio::time::timeout(timeout, ask(server, word)).await {
+    for server in shared.leader.iter() {
+        if let Ok(Ok(v)) = tokio::time::timeout(timeout, ask(&shared.leader, server, word)).await {
             return Some(v);
         }
     }
     None
 }
 
-async fn ask(server: &str, word: &[u8; 4]) -> Option<Vec<u8>> {
-    let mut s = crate::listener::connect_backend(server).await.ok()?;
-    s.write_all(word).await.ok()?;
+/// Sends a four-letter word to `server` of `servers` (over TLS when the ensemble uses it:
+/// ZooKeeper's Netty secure port answers four-letter words after the handshake) and reads
+/// the answer to the end. The error names the reason (a TLS failure explained).
+async fn ask(servers: &ZkServers, server: &str, word: &[u8; 4]) -> Result<Vec<u8>, String> {
+    let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
+    crate::tls::stream::write_flush(&mut s, word)
+        .await
+        .map_err(|e| io_reason(&e))?;
     let mut out = Vec::new();
-    s.take(1 << 20).read_to_end(&mut out).await.ok()?;
-    Some(out)
+    (&mut s)
+        .take(1 << 20)
+        .read_to_end(&mut out)
+        .await
+        .map_err(|e| io_reason(&e))?;
+    Ok(out)
+}
+
+/// A TLS ensemble's health check: opens a session on `server` (read-only servers allowed),
+/// closes it at once, and answers like `srvr` would (`Mode: read-only` or `Mode: serving`),
+/// so [`serves`] judges both kinds of probe alike.
+async fn session_probe(servers: &ZkServers, server: &str) -> Result<Vec<u8>, String> {
+    use super::jute::Record;
+    use super::proto::connect::{ConnectRequest, ConnectResponse};
+    let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
+    let req = ConnectRequest {
+        protocol_version: 0,
+        last_zxid_seen: 0,
+        time_out: 2_000,
+        session_id: 0,
+        passwd: Bytes::from_static(&[0; 16]),
+        read_only: Some(true),
+    };
+    let mut out = BytesMut::new();
+    super::frame::encode_frame(&mut out, |w| w.write(&req));
+    crate::tls::stream::write_flush(&mut s, &out)
+        .await
+        .map_err(|e| io_reason(&e))?;
+    let mut buf = BytesMut::with_capacity(64);
+    let resp = loop {
+        if let Ok(Some(f)) = next_frame(&mut buf, 1 << 16) {
+            break ConnectResponse::from_bytes(&f)
+                .map_err(|e| format!("bad connect answer: {e}"))?;
+        }
+        if s.read_buf(&mut buf).await.map_err(|e| io_reason(&e))? == 0 {
+            return Err("the server closed the connection without answering".into());
+        }
+    };
+    if resp.session_id == 0 {
+        return Err("the server refused a session".into());
+    }
+    let mut close = BytesMut::new();
+    super::frame::encode_frame(&mut close, |w| {
+        w.write(&super::proto::records::RequestHeader {
+            xid: 1,
+            op: super::proto::op::CLOSE_SESSION,
+        })
+    });
+    let _ = crate::tls::stream::write_flush(&mut s, &close).await;
+    Ok(if resp.read_only == Some(true) {
+        b"Mode: read-only\n".to_vec()
+    } else {
+        b"Mode: serving\n".to_vec()
+    })
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    crate::tls::explain(e)
+        .map(|(_, m)| m)
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// The `Zxid:` line of a `srvr` answer (the server's last processed zxid).
@@ -576,7 +670,7 @@ async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: Cancellation
 }
 
 struct SrvrProbe {
-    servers: Vec<String>,
+    servers: ZkServers,
     leader: bool,
     timeout: Duration,
 }
@@ -584,24 +678,45 @@ struct SrvrProbe {
 impl health::Probe for SrvrProbe {
     async fn check(&mut self) -> Result<(), String> {
         let mut probes = tokio::task::JoinSet::new();
-        for server in &self.servers {
-            let (server, timeout, leader) = (server.clone(), self.timeout, self.leader);
+        for server in self.servers.iter() {
+            let (servers, server) = (self.servers.clone(), server.clone());
+            let (timeout, leader) = (self.timeout, self.leader);
             probes.spawn(async move {
-                match tokio::time::timeout(timeout, ask(&server, b"srvr")).await {
-                    Ok(Some(out)) => serves(&String::from_utf8_lossy(&out), leader),
-                    _ => false,
+                // ZooKeeper's secure (Netty) port closes a TLS connection that sends a
+                // four-letter word: a TLS ensemble is probed with a session instead.
+                let asked = async {
+                    if servers.is_tls() {
+                        session_probe(&servers, &server).await
+                    } else {
+                        ask(&servers, &server, b"srvr").await
+                    }
+                };
+                match tokio::time::timeout(timeout, asked).await {
+                    Ok(Ok(out)) if serves(&String::from_utf8_lossy(&out), leader) => Ok(()),
+                    Ok(Ok(_)) => Err(None),
+                    Ok(Err(e)) => Err(Some(format!("{server}: {e}"))),
+                    Err(_) => Err(Some(format!("{server}: timed out"))),
                 }
             });
         }
+        // The first reason a server could not be asked (a TLS failure above all), so that
+        // `/status` and the log say why the ensemble is down, not only that it is.
+        let mut why: Option<String> = None;
         while let Some(r) = probes.join_next().await {
-            if matches!(r, Ok(true)) {
-                return Ok(()); // the other probes are aborted when `probes` drops
+            match r {
+                Ok(Ok(())) => return Ok(()), // the other probes are aborted when `probes` drops
+                Ok(Err(Some(e))) if why.is_none() || e.contains("TLS") => why = Some(e),
+                _ => {}
             }
         }
-        Err(if self.leader {
-            "no server of the ensemble is serving read-write".into()
+        let base = if self.leader {
+            "no server of the ensemble is serving read-write"
         } else {
-            "no server of the ensemble is serving".into()
+            "no server of the ensemble is serving"
+        };
+        Err(match why {
+            Some(w) if self.servers.is_tls() => format!("{base} ({w})"),
+            _ => base.into(),
         })
     }
 }

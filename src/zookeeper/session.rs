@@ -57,6 +57,9 @@ use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+use crate::tls::stream::{write_flush, ReadHalf as BackendRead, WriteHalf as BackendWrite};
+use crate::tls::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -232,7 +235,7 @@ enum Mode {
 async fn relay(
     shared: Arc<ZkShared>,
     client: TcpStream,
-    backend: TcpStream,
+    backend: Stream,
     mode: Mode,
     write_timeout: Duration,
 ) {
@@ -269,11 +272,11 @@ async fn relay(
 async fn requests(
     shared: Arc<ZkShared>,
     mut client: OwnedReadHalf,
-    mut backend: OwnedWriteHalf,
+    mut backend: BackendWrite,
     tx: mpsc::Sender<Vec<Pending>>,
     stop: CancellationToken,
     mode: Mode,
-) -> OwnedWriteHalf {
+) -> BackendWrite {
     let max = shared.cfg.max_frame_bytes;
     let mirroring = shared.mirror.is_some() && matches!(mode, Mode::Leader { .. });
     let (route, follower) = match mode {
@@ -373,7 +376,7 @@ async fn requests(
             return backend;
         }
         if !out.is_empty() {
-            if backend.write_all(&out).await.is_err() {
+            if write_flush(&mut backend, &out).await.is_err() {
                 return backend;
             }
             out.clear();
@@ -407,7 +410,7 @@ impl ReplySide {
     }
 
     /// True when it ended because the leader ensemble serving it was declared down.
-    async fn run(mut self, mut client: OwnedWriteHalf, mut backend: OwnedReadHalf) -> bool {
+    async fn run(mut self, mut client: OwnedWriteHalf, mut backend: BackendRead) -> bool {
         let shared = self.shared.clone();
         let mode = self.mode;
         let max = shared.cfg.max_frame_bytes;

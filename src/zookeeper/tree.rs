@@ -133,7 +133,7 @@ pub fn same_acl(a: &[Acl], b: &[Acl]) -> bool {
 /// statemirror's own session on one ensemble, reopened when it breaks.
 pub struct Session {
     pub role: &'static str,
-    servers: Vec<String>,
+    servers: crate::zookeeper::endpoint::ZkServers,
     auth: Option<Secret>,
     connect_timeout: Duration,
     session_timeout_ms: i32,
@@ -149,7 +149,7 @@ pub struct Session {
 impl Session {
     pub fn new(
         role: &'static str,
-        servers: Vec<String>,
+        servers: crate::zookeeper::endpoint::ZkServers,
         auth: Option<Secret>,
         cfg: &ZooKeeperConfig,
     ) -> Self {

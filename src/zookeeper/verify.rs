@@ -15,8 +15,8 @@ use crate::replication::resync::{unix_now, BoxFuture};
 use crate::replication::verify::{DiffKind, Difference, Verifier, VerifyReport};
 
 pub struct ZkVerifier {
-    leader: Vec<String>,
-    follower: Vec<String>,
+    leader: crate::zookeeper::endpoint::ZkServers,
+    follower: crate::zookeeper::endpoint::ZkServers,
     auth: Option<Secret>,
     cfg: ZooKeeperConfig,
     filter: PathFilter,

@@ -49,6 +49,8 @@ pub struct ZkOptions {
     pub jvm_args: Vec<String>,
     /// Bound on waiting for a server (or the whole ensemble) to serve.
     pub ready_timeout: Duration,
+    /// Extra classpath entries, e.g. the Netty jars that `NettyServerCnxnFactory` (TLS) needs.
+    pub extra_classpath: Vec<String>,
 }
 
 impl Default for ZkOptions {
@@ -58,6 +60,7 @@ impl Default for ZkOptions {
             extended_types: true,
             read_only_mode: true,
             extra_cfg: Vec::new(),
+            extra_classpath: Vec::new(),
             jvm_args: Vec::new(),
             ready_timeout: Duration::from_secs(20),
         }
@@ -185,7 +188,12 @@ impl Node {
         }
         cmd.args(&self.opts.jvm_args)
             .arg("-cp")
-            .arg(format!("{ZK_JAR}:{SLF4J_SIMPLE_JAR}"))
+            .arg(
+                std::iter::once(format!("{ZK_JAR}:{SLF4J_SIMPLE_JAR}"))
+                    .chain(self.opts.extra_classpath.iter().cloned())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            )
             .arg(self.main_class)
             .arg(self.dir.join("zoo.cfg"));
         cmd

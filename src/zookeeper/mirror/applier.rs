@@ -33,7 +33,7 @@ pub(super) const MAX_ROUNDS: usize = 16;
 pub(super) const MAX_SUBTREE: usize = 1_000_000;
 
 pub struct ZkApplier {
-    servers: Vec<String>,
+    servers: crate::zookeeper::endpoint::ZkServers,
     auth: Option<Secret>,
     connect_timeout: Duration,
     session_timeout_ms: i32,
@@ -112,7 +112,7 @@ pub(super) enum Sent {
 
 impl ZkApplier {
     pub fn new(
-        servers: Vec<String>,
+        servers: crate::zookeeper::endpoint::ZkServers,
         auth: Option<Secret>,
         connect_timeout: Duration,
         session_timeout_ms: i32,

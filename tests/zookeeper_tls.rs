@@ -1,0 +1,235 @@
+//! TLS to ZooKeeper ensembles (`[zookeeper] leader_tls`/`follower_tls`) against real
+//! ZooKeeper servers with a Netty secure client port, certificates made at test time
+//! (rcgen): a plain client through the proxy writes, the writes reach the follower over
+//! TLS; a follower whose CA statemirror does not trust is reported down in `/status` with
+//! the reason.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::eventually;
+use common::zk::{zk_client, zkc, ZkOptions, ZkProxy, ZkServer};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use statemirror::tls::ClientTlsSettings;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).expect("CA");
+        let pem = cert.pem();
+        Ca { cert, key, pem }
+    }
+
+    /// Key and certificate in one PEM (ZooKeeper's PEM key store).
+    fn server_pem(&self) -> String {
+        let (cert, key) = self.leaf();
+        format!("{key}{cert}")
+    }
+
+    /// (cert PEM, key PEM) for localhost / 127.0.0.1 (ZooKeeper also checks a client
+    /// certificate's names against the client's address).
+    fn leaf(&self) -> (String, String) {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("params");
+        p.distinguished_name.push(DnType::CommonName, "localhost");
+        let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+/// The Netty jars `NettyServerCnxnFactory` needs (Debian's `libnetty-java`).
+fn netty_classpath() -> Vec<String> {
+    [
+        "buffer",
+        "codec",
+        "common",
+        "handler",
+        "resolver",
+        "transport",
+        "transport-native-unix-common",
+        "transport-native-epoll",
+    ]
+    .iter()
+    .map(|j| format!("/usr/share/java/netty-{j}.jar"))
+    .filter(|p| Path::new(p).exists())
+    .collect()
+}
+
+/// A standalone ZooKeeper with its plain port (for checks) and a TLS port; returns it and
+/// the TLS `127.0.0.1:PORT`.
+async fn tls_server(dir: &Path, name: &str, ca: &Ca) -> (ZkServer, String) {
+    tls_server_auth(dir, name, ca, "none").await
+}
+
+/// [`tls_server`] with `ssl.clientAuth=client_auth` (`none`, `need`).
+async fn tls_server_auth(dir: &Path, name: &str, ca: &Ca, client_auth: &str) -> (ZkServer, String) {
+    let port = common::free_port();
+    let ks = write(dir, &format!("{name}-server.pem"), &ca.server_pem());
+    let ts = write(dir, &format!("{name}-ca.pem"), &ca.pem);
+    let opts = ZkOptions {
+        extra_cfg: vec![
+            "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory".into(),
+            format!("secureClientPort={port}"),
+            format!("ssl.keyStore.location={}", ks.display()),
+            "ssl.keyStore.type=PEM".into(),
+            format!("ssl.trustStore.location={}", ts.display()),
+            "ssl.trustStore.type=PEM".into(),
+            format!("ssl.clientAuth={client_auth}"),
+        ],
+        extra_classpath: netty_classpath(),
+        ..ZkOptions::default()
+    };
+    let s = ZkServer::standalone_with(opts).await;
+    let addr = format!("127.0.0.1:{port}");
+    eventually(Duration::from_secs(15), || async {
+        std::net::TcpStream::connect(&addr).map_err(|e| e.to_string())
+    })
+    .await;
+    (s, addr)
+}
+
+fn trust(ca: &Path) -> ClientTlsSettings {
+    ClientTlsSettings {
+        ca_file: Some(ca.to_path_buf()),
+        ..ClientTlsSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_reach_a_tls_follower_and_a_wrong_ca_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("zk test CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let ((leader, leader_tls), (follower, follower_tls)) = tokio::join!(
+        tls_server(dir.path(), "leader", &ca),
+        tls_server(dir.path(), "follower", &ca)
+    );
+
+    let proxy = ZkProxy::start_with(&leader_tls, Some(&follower_tls), |c| {
+        let z = c.zookeeper.as_mut().expect("zookeeper");
+        z.leader_tls = Some(trust(&ca_file));
+        z.follower_tls = Some(trust(&ca_file));
+    })
+    .await;
+    let client = proxy.client().await;
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    client
+        .create("/tls", b"one", &opts)
+        .await
+        .expect("create through the proxy");
+    client.set_data("/tls", b"two", None).await.expect("set");
+
+    // Over TLS to the follower: read it back on its plain port.
+    let direct = zk_client(&follower.addr()).await;
+    let data = eventually(Duration::from_secs(15), || async {
+        match direct.get_data("/tls").await {
+            Ok((d, _)) if d == b"two" => Ok(d),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(data, b"two");
+    let st = proxy.status().await;
+    let z = &st["zookeeper"];
+    assert_eq!(z["leader"]["tls"], true, "{st}");
+    assert_eq!(z["leader"]["up"], true, "{st}");
+    assert_eq!(z["follower"]["up"], true, "{st}");
+    drop(leader);
+
+    // A follower whose certificate another CA signed: down, with the reason.
+    let other = Ca::new("another CA");
+    let other_file = write(dir.path(), "other.pem", &other.pem);
+    let (leader2, leader2_tls) = tls_server(dir.path(), "leader2", &ca).await;
+    let bad = ZkProxy::start_without_waiting(&leader2_tls, Some(&follower_tls), |c| {
+        let z = c.zookeeper.as_mut().expect("zookeeper");
+        z.leader_tls = Some(trust(&ca_file));
+        z.follower_tls = Some(trust(&other_file));
+    })
+    .await;
+    let why = eventually(Duration::from_secs(15), || async {
+        let st = bad.status().await;
+        let f = &st["zookeeper"]["follower"];
+        match (f["up"] == false, f["error"].as_str()) {
+            (true, Some(e)) => Ok(e.to_string()),
+            _ => Err(format!("{f}")),
+        }
+    })
+    .await;
+    assert!(why.contains(&follower_tls), "{why}");
+    assert!(why.contains("TLS"), "{why}");
+    drop(leader2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_with_a_client_certificate_and_a_clear_error_without() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = Ca::new("zk mtls CA");
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem);
+    let (cert, key) = ca.leaf();
+    let cert_file = write(dir.path(), "client.crt", &cert);
+    let key_file = write(dir.path(), "client.key", &key);
+    let ((leader, leader_tls), (follower, follower_tls)) = tokio::join!(
+        tls_server_auth(dir.path(), "leader", &ca, "need"),
+        tls_server_auth(dir.path(), "follower", &ca, "need")
+    );
+    let with_cert = ClientTlsSettings {
+        cert_file: Some(cert_file),
+        key_file: Some(key_file),
+        ..trust(&ca_file)
+    };
+
+    let proxy = ZkProxy::start_with(&leader_tls, Some(&follower_tls), |c| {
+        let z = c.zookeeper.as_mut().expect("zookeeper");
+        z.leader_tls = Some(with_cert.clone());
+        z.follower_tls = Some(with_cert.clone());
+    })
+    .await;
+    let client = proxy.client().await;
+    let opts = zkc::CreateMode::Persistent.with_acls(zkc::Acls::anyone_all());
+    client
+        .create("/mtls", b"x", &opts)
+        .await
+        .expect("create through the proxy");
+    let direct = zk_client(&follower.addr()).await;
+    eventually(Duration::from_secs(15), || async {
+        direct.get_data("/mtls").await.map_err(|e| e.to_string())
+    })
+    .await;
+
+    // No client certificate: the follower is down, and the error says why.
+    let bad = ZkProxy::start_without_waiting(&leader_tls, Some(&follower_tls), |c| {
+        let z = c.zookeeper.as_mut().expect("zookeeper");
+        z.leader_tls = Some(with_cert.clone());
+        z.follower_tls = Some(trust(&ca_file));
+    })
+    .await;
+    let why = eventually(Duration::from_secs(15), || async {
+        let st = bad.status().await;
+        let f = &st["zookeeper"]["follower"];
+        match (f["up"] == false, f["error"].as_str()) {
+            (true, Some(e)) => Ok(e.to_string()),
+            _ => Err(format!("{f}")),
+        }
+    })
+    .await;
+    assert!(why.contains(&follower_tls), "{why}");
+    assert!(why.contains("TLS"), "{why}");
+    drop(leader);
+}
