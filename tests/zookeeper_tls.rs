@@ -9,43 +9,20 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::eventually;
+use common::tls::Ca;
 use common::zk::{zk_client, zkc, ZkOptions, ZkProxy, ZkServer};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use statemirror::tls::ClientTlsSettings;
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-    pem: String,
+/// Key and certificate in one PEM (ZooKeeper's PEM key store).
+fn server_pem(ca: &Ca) -> String {
+    let (cert, key) = localhost(ca);
+    format!("{key}{cert}")
 }
 
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let cert = p.self_signed(&key).expect("CA");
-        let pem = cert.pem();
-        Ca { cert, key, pem }
-    }
-
-    /// Key and certificate in one PEM (ZooKeeper's PEM key store).
-    fn server_pem(&self) -> String {
-        let (cert, key) = self.leaf();
-        format!("{key}{cert}")
-    }
-
-    /// (cert PEM, key PEM) for localhost / 127.0.0.1 (ZooKeeper also checks a client
-    /// certificate's names against the client's address).
-    fn leaf(&self) -> (String, String) {
-        let key = KeyPair::generate().expect("key");
-        let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .expect("params");
-        p.distinguished_name.push(DnType::CommonName, "localhost");
-        let cert = p.signed_by(&key, &self.cert, &self.key).expect("sign");
-        (cert.pem(), key.serialize_pem())
-    }
+/// (cert PEM, key PEM) for localhost / 127.0.0.1 (ZooKeeper also checks a client
+/// certificate's names against the client's address).
+fn localhost(ca: &Ca) -> (String, String) {
+    ca.leaf("localhost", &["localhost", "127.0.0.1"], false)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -81,7 +58,7 @@ async fn tls_server(dir: &Path, name: &str, ca: &Ca) -> (ZkServer, String) {
 /// [`tls_server`] with `ssl.clientAuth=client_auth` (`none`, `need`).
 async fn tls_server_auth(dir: &Path, name: &str, ca: &Ca, client_auth: &str) -> (ZkServer, String) {
     let port = common::free_port();
-    let ks = write(dir, &format!("{name}-server.pem"), &ca.server_pem());
+    let ks = write(dir, &format!("{name}-server.pem"), &server_pem(ca));
     let ts = write(dir, &format!("{name}-ca.pem"), &ca.pem);
     let opts = ZkOptions {
         extra_cfg: vec![
@@ -182,7 +159,7 @@ async fn mutual_tls_with_a_client_certificate_and_a_clear_error_without() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = Ca::new("zk mtls CA");
     let ca_file = write(dir.path(), "ca.pem", &ca.pem);
-    let (cert, key) = ca.leaf();
+    let (cert, key) = localhost(&ca);
     let cert_file = write(dir.path(), "client.crt", &cert);
     let key_file = write(dir.path(), "client.key", &key);
     let ((leader, leader_tls), (follower, follower_tls)) = tokio::join!(
