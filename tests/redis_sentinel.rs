@@ -143,7 +143,7 @@ impl Nifi {
                         let Some(c) = conn.as_mut() else { continue };
                         let key = format!("nifi/components/c{}", (i + t as u64) % 8);
                         let r = tokio::time::timeout(Duration::from_secs(3), async {
-                            replace(c, &key, t, i).await?;
+                            common::workload::nifi_replace(c, &key, t, i).await?;
                             // And a plain write of a key only this op writes.
                             c.set::<_, _, ()>(format!("nifi/plain/{t}/{i}"), i).await
                         })
@@ -179,31 +179,6 @@ impl Nifi {
         let errors = std::mem::take(&mut *self.errors.lock().unwrap());
         (self.ok.load(Ordering::Relaxed), errors)
     }
-}
-
-async fn replace(
-    c: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    t: usize,
-    i: u64,
-) -> redis::RedisResult<()> {
-    let _: () = redis::cmd("WATCH").arg(key).query_async(c).await?;
-    let old: Option<String> = c.get(key).await?;
-    let version = old
-        .as_deref()
-        .and_then(|o| serde_json::from_str::<Value>(o).ok())
-        .and_then(|v| v["version"].as_i64())
-        .unwrap_or(-1);
-    let new = serde_json::json!({
-        "version": version + 1,
-        "encodingVersion": 1,
-        "stateValues": { "listing.timestamp": i.to_string(), "writer": t.to_string() },
-    })
-    .to_string();
-    let mut pipe = redis::pipe();
-    pipe.atomic().cmd("GETSET").arg(key).arg(new).ignore();
-    let _: Option<()> = pipe.query_async(c).await?;
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

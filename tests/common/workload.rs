@@ -134,7 +134,7 @@ async fn one_op(
 
 /// NiFi's RedisStateProvider replace: WATCH, GET, MULTI, GETSET, EXEC. On a multiplexed
 /// connection shared by one task only, so the WATCH belongs to this sequence.
-async fn nifi_replace(
+pub async fn nifi_replace(
     c: &mut redis::aio::MultiplexedConnection,
     key: &str,
     t: usize,
