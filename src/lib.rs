@@ -25,6 +25,7 @@ pub mod backup;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod nifi;
 pub mod redis;
 pub mod replication;
 pub mod resolve;

@@ -25,7 +25,7 @@ use common::*;
 use redis::AsyncCommands;
 use serde_json::Value;
 use statemirror::config::ClusterConfig;
-use statemirror::replication::nifi::encode_binary;
+use statemirror::nifi::encode_binary;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_statemirror")

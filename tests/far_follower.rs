@@ -33,7 +33,7 @@ const TASKS: usize = 8;
 /// ~200 bytes of NiFi component state.
 fn nifi_state(i: u64) -> Vec<u8> {
     let ts = (1_700_000_000_000u64 + i).to_string();
-    statemirror::replication::nifi::encode_binary(&[
+    statemirror::nifi::encode_binary(&[
         ("listing.timestamp", ts.as_str()),
         ("processed.timestamp", ts.as_str()),
         (

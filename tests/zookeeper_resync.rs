@@ -21,7 +21,7 @@ use common::zk::{
     ZkServer,
 };
 use serde_json::Value;
-use statemirror::replication::nifi::encode_binary;
+use statemirror::nifi::encode_binary;
 use statemirror::sidecar::Sidecar;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

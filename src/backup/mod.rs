@@ -154,7 +154,7 @@ pub struct NifiRecord {
 }
 
 impl NifiRecord {
-    pub fn from_state(component: &str, s: crate::replication::nifi::NifiState) -> Self {
+    pub fn from_state(component: &str, s: crate::nifi::NifiState) -> Self {
         Self {
             component: component.to_string(),
             version: s.version,

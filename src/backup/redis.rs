@@ -15,11 +15,11 @@ use redis_protocol::resp2::types::BytesFrame;
 
 use super::{Failure, NifiRecord, RedisKey};
 use crate::config::{RedisBackend, RedisConfig};
+use crate::nifi;
 use crate::redis::backend::{encode_cmd, error_text, Conn};
 use crate::redis::resync::{keyspace, scan, select};
 use crate::redis::verify::{dump_all, get_string};
 use crate::replication::cluster::now_ms;
-use crate::replication::nifi;
 
 /// Keys per `SCAN` step and per pipelined batch.
 const BATCH: usize = 500;
@@ -92,11 +92,8 @@ pub async fn read_all(c: &mut Conn, cfg: &RedisConfig) -> Result<Vec<RedisKey>, 
 
 /// The NiFi component id when `key` is NiFi state.
 fn component(prefix: &str, key: &[u8]) -> Option<String> {
-    if prefix.is_empty() {
-        return None;
-    }
-    let id = key.strip_prefix(prefix.as_bytes())?;
-    (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned())
+    crate::nifi::layout::component_of_key(prefix, key)
+        .map(|id| String::from_utf8_lossy(id).into_owned())
 }
 
 /// Deletes `extra`, then restores every record (expired ones skipped).

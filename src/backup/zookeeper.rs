@@ -27,7 +27,7 @@ use bytes::Bytes;
 
 use super::{AclRecord, Failure, NifiRecord, Znode};
 use crate::config::{ResolvedZk, ZooKeeperConfig};
-use crate::replication::nifi;
+use crate::nifi;
 use crate::zookeeper::client::{Call, ZkConn};
 use crate::zookeeper::mirror::PathFilter;
 use crate::zookeeper::proto::records::{
@@ -152,12 +152,7 @@ pub fn records(t: &Tree) -> Vec<Znode> {
         .collect()
 }
 
-/// The NiFi component id of `<anything>/components/<id>`.
-fn component(path: &str) -> Option<&str> {
-    let (parent, id) = path.rsplit_once('/')?;
-    let parent_name = parent.rsplit('/').next()?;
-    (parent_name == "components" && !id.is_empty()).then_some(id)
-}
+use crate::nifi::layout::component_of_path as component;
 
 fn acl_of(r: &Znode) -> Vec<Acl> {
     r.acl

@@ -18,7 +18,7 @@ use super::backend::{encode_cmd, Conn};
 use super::resync::{keyspace, missing, scan, select};
 use super::typed;
 use crate::config::{RedisBackend, RedisConfig, VerifyConfig};
-use crate::replication::nifi;
+use crate::nifi;
 use crate::replication::resync::{unix_now, BoxFuture};
 use crate::replication::verify::{DiffKind, Difference, Verifier, VerifyReport};
 
@@ -153,9 +153,8 @@ impl RedisVerifier {
 
     /// The NiFi component id when `key` is NiFi state.
     fn component(&self, key: &[u8]) -> Option<String> {
-        let id = key.strip_prefix(self.nifi_prefix.as_bytes())?;
-        (!id.is_empty() && !self.nifi_prefix.is_empty())
-            .then(|| String::from_utf8_lossy(id).into_owned())
+        crate::nifi::layout::component_of_key(&self.nifi_prefix, key)
+            .map(|id| String::from_utf8_lossy(id).into_owned())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -18,7 +18,6 @@ pub mod converge;
 pub mod freeze;
 pub mod generation;
 pub mod health;
-pub mod nifi;
 pub mod public;
 pub mod queue;
 pub mod resync;

@@ -16,10 +16,10 @@ use metrics::{counter, gauge};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::nifi::NifiDiff;
 use super::queue::lock;
 use super::resync::{unix_now, BoxFuture};
 use crate::metrics as m;
+use crate::nifi::NifiDiff;
 
 /// How one key/path differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

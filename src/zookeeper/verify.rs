@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::mirror::PathFilter;
 use super::tree::{self, Node, Reading, Session, State, Walk};
 use crate::config::{ResolvedZk, Secret, ZooKeeperConfig};
-use crate::replication::nifi;
+use crate::nifi;
 use crate::replication::resync::{unix_now, BoxFuture};
 use crate::replication::verify::{DiffKind, Difference, Verifier, VerifyReport};
 
@@ -110,12 +110,7 @@ fn compare(rep: &mut VerifyReport, path: &str, l: &Reading, f: &Reading, max: us
     );
 }
 
-/// The NiFi component id of `<anything>/components/<id>`.
-fn component(path: &str) -> Option<&str> {
-    let (parent, id) = path.rsplit_once('/')?;
-    let parent_name = parent.rsplit('/').next()?;
-    (parent_name == "components" && !id.is_empty()).then_some(id)
-}
+use crate::nifi::layout::component_of_path as component;
 
 /// Versions are not compared: the follower's data version counts the mirror's writes,
 /// not NiFi's.

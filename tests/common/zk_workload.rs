@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::zk::zkc;
-use statemirror::replication::nifi::encode_binary;
+use statemirror::nifi::encode_binary;
 
 /// Nodes `/<prefix>/n0 ..` the sessions share (so nodes are overwritten and deleted).
 const KEYS: u64 = 30;
