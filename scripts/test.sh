@@ -37,8 +37,11 @@ step "clippy" cargo clippy --all-targets -- -D warnings
 step "promtool" sh -c 'cd deploy/prometheus && promtool check rules statemirror-rules.yml && promtool test rules statemirror-rules.test.yml'
 test_log=$(mktemp)
 trap 'rm -f "$test_log"' EXIT
+# Every test target (unit, integration, benches in test mode), several binaries at a time:
+# see scripts/run-test-binaries.sh (`cargo test --all-targets` runs the same tests one
+# binary after another).
 run_tests() {
-    cargo test --all-targets --no-fail-fast 2>&1 | tee "$test_log"
+    scripts/run-test-binaries.sh 2>&1 | tee "$test_log"
 }
 # The shipped image (static release binary, FROM scratch, proven from its exported
 # filesystem) is built alongside the tests at the lowest CPU priority: its release build
