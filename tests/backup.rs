@@ -56,6 +56,37 @@ async fn run(args: &[&str]) -> Output {
     .expect("runner thread")
 }
 
+/// Runs `statemirror args` and checks its exit code (the message shows what it printed).
+async fn run_expect(args: &[&str], code: i32) -> Output {
+    let o = run(args).await;
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "statemirror {}: {} {}",
+        args.join(" "),
+        out(&o),
+        err(&o)
+    );
+    o
+}
+
+/// `statemirror backup --config cfg --out file extra…`, expecting exit `code`.
+async fn backup(cfg: &str, file: &str, extra: &[&str], code: i32) -> Output {
+    let args = [&["backup", "--config", cfg, "--out", file], extra].concat();
+    run_expect(&args, code).await
+}
+
+/// `statemirror restore --config cfg --in file extra…`, expecting exit `code`.
+async fn restore(cfg: &str, file: &str, extra: &[&str], code: i32) -> Output {
+    let args = [&["restore", "--config", cfg, "--in", file], extra].concat();
+    run_expect(&args, code).await
+}
+
+/// The JSON report a command printed.
+fn report(o: &Output) -> Value {
+    serde_json::from_str(&out(o)).unwrap_or_else(|e| panic!("JSON report ({e}): {}", out(o)))
+}
+
 fn out(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -197,18 +228,8 @@ async fn redis_backup_of_a_frozen_cluster_restores_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("state.smbackup");
     let cfg = config(&redis_section(&leader.url()), &dead_admin(), true);
-    let o = run(&[
-        "backup",
-        "--config",
-        p(cfg.path()),
-        "--out",
-        p(&file),
-        "--from",
-        "leader",
-    ])
-    .await;
-    assert_eq!(o.status.code(), Some(0), "backup: {}", err(&o));
-    let rep: Value = serde_json::from_str(&out(&o)).expect("JSON report");
+    let o = backup(p(cfg.path()), p(&file), &["--from", "leader"], 0).await;
+    let rep: Value = report(&o);
     assert!(rep["records"].as_u64().unwrap_or(0) > 10, "{rep}");
     assert!(rep["nifi_components"].as_u64().unwrap_or(0) >= 2, "{rep}");
     assert_eq!(rep["frozen"], true);
@@ -222,18 +243,8 @@ async fn redis_backup_of_a_frozen_cluster_restores_exactly() {
     // Restore into an empty fresh server.
     let fresh = RedisServer::start();
     let rcfg = config(&redis_section(&fresh.url()), &dead_admin(), false);
-    let o = run(&[
-        "restore",
-        "--config",
-        p(rcfg.path()),
-        "--in",
-        p(&file),
-        "--to",
-        "leader",
-    ])
-    .await;
-    assert_eq!(o.status.code(), Some(0), "restore: {} {}", out(&o), err(&o));
-    let r: Value = serde_json::from_str(&out(&o)).expect("JSON report");
+    let o = restore(p(rcfg.path()), p(&file), &["--to", "leader"], 0).await;
+    let r: Value = report(&o);
     assert_eq!(r["differences"], 0, "{r}");
     assert_eq!(r["deleted"], 0, "{r}");
     assert_eq!(r["restored"], rep["records"], "{r}");
@@ -241,8 +252,7 @@ async fn redis_backup_of_a_frozen_cluster_restores_exactly() {
     assert_eq!(n as u64, rep["records"].as_u64().unwrap_or(0));
 
     // --list: header, the components with their state, other keys.
-    let o = run(&["backup", "--list", p(&file)]).await;
-    assert_eq!(o.status.code(), Some(0), "list: {}", err(&o));
+    let o = run_expect(&["backup", "--list", p(&file)], 0).await;
     let list = out(&o);
     for want in [
         "protocol:  redis",
@@ -301,26 +311,15 @@ async fn zookeeper_backup_of_a_frozen_cluster_restores_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("zk.smbackup");
     let cfg = config(&zk_section(&leader.addr()), &dead_admin(), true);
-    let o = run(&["backup", "--config", p(cfg.path()), "--out", p(&file)]).await;
-    assert_eq!(o.status.code(), Some(0), "backup: {}", err(&o));
-    let rep: Value = serde_json::from_str(&out(&o)).expect("JSON report");
+    let o = run_expect(&["backup", "--config", p(cfg.path()), "--out", p(&file)], 0).await;
+    let rep: Value = report(&o);
     assert_eq!(rep["skipped"]["ephemeral"], 1, "{rep}");
     assert!(rep["nifi_components"].as_u64().unwrap_or(0) >= 2, "{rep}");
 
     let fresh = ZkServer::standalone().await;
     let rcfg = config(&zk_section(&fresh.addr()), &dead_admin(), false);
-    let o = run(&[
-        "restore",
-        "--config",
-        p(rcfg.path()),
-        "--in",
-        p(&file),
-        "--to",
-        "leader",
-    ])
-    .await;
-    assert_eq!(o.status.code(), Some(0), "restore: {} {}", out(&o), err(&o));
-    let r: Value = serde_json::from_str(&out(&o)).expect("JSON report");
+    let o = restore(p(rcfg.path()), p(&file), &["--to", "leader"], 0).await;
+    let r: Value = report(&o);
     assert_eq!(r["differences"], 0, "{r}");
     // Same persistent nodes, data and ACLs (ephemerals are compared by neither side).
     let n = compare_trees(&leader.addr(), &fresh.addr())
@@ -340,8 +339,7 @@ async fn zookeeper_backup_of_a_frozen_cluster_restores_exactly() {
         ],
     );
 
-    let o = run(&["backup", "--list", p(&file)]).await;
-    assert_eq!(o.status.code(), Some(0), "list: {}", err(&o));
+    let o = run_expect(&["backup", "--list", p(&file)], 0).await;
     let list = out(&o);
     for want in [
         "protocol:  zookeeper",
@@ -373,23 +371,11 @@ async fn zookeeper_backup_of_a_frozen_cluster_restores_exactly() {
     )
     .await
     .expect("set_acl");
-    let restore = |force: bool| {
-        let (c, file) = (p(rcfg.path()).to_string(), p(&file).to_string());
-        async move {
-            let mut args = vec!["restore", "--config", &c, "--in", &file, "--to", "leader"];
-            if force {
-                args.push("--force");
-            }
-            run(&args).await
-        }
-    };
-    let o = restore(false).await;
-    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let o = restore(p(rcfg.path()), p(&file), &["--to", "leader"], 1).await;
     assert!(err(&o).contains("not empty"), "{}", err(&o));
     assert!(compare_trees(&leader.addr(), &fresh.addr()).await.is_err());
-    let o = restore(true).await;
-    assert_eq!(o.status.code(), Some(0), "{} {}", out(&o), err(&o));
-    let r: Value = serde_json::from_str(&out(&o)).expect("JSON report");
+    let o = restore(p(rcfg.path()), p(&file), &["--to", "leader", "--force"], 0).await;
+    let r: Value = report(&o);
     assert_eq!(
         (r["deleted"].clone(), r["differences"].clone()),
         (2.into(), 0.into()),
@@ -413,18 +399,9 @@ async fn backup_needs_a_freeze_and_restore_needs_force_for_a_non_empty_destinati
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("b.smbackup");
     let cfg = config(&redis_section(&leader.url()), &dead_admin(), true);
-    let backup = |extra: &'static [&'static str]| {
-        let (c, f) = (p(cfg.path()).to_string(), p(&file).to_string());
-        async move {
-            let mut args = vec!["backup", "--config", &c, "--out", &f];
-            args.extend_from_slice(extra);
-            run(&args).await
-        }
-    };
 
     // Not frozen: refused, and no file appears.
-    let o = backup(&[]).await;
-    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let o = backup(p(cfg.path()), p(&file), &[], 1).await;
     assert!(
         err(&o).contains("not frozen") && err(&o).contains("--allow-live"),
         "{}",
@@ -432,8 +409,7 @@ async fn backup_needs_a_freeze_and_restore_needs_force_for_a_non_empty_destinati
     );
     assert!(!file.exists());
     // --allow-live: done, with a warning.
-    let o = backup(&["--allow-live"]).await;
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = backup(p(cfg.path()), p(&file), &["--allow-live"], 0).await;
     assert!(err(&o).contains("warning"), "{}", err(&o));
     let listed = run(&["backup", "--list", p(&file)]).await;
     assert!(
@@ -444,22 +420,17 @@ async fn backup_needs_a_freeze_and_restore_needs_force_for_a_non_empty_destinati
 
     // Without [cluster]: the config's sidecar decides; none answering is a refusal.
     let lone = config(&redis_section(&leader.url()), &dead_admin(), false);
-    let o = run(&["backup", "--config", p(lone.path()), "--out", p(&file)]).await;
-    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let o = run_expect(
+        &["backup", "--config", p(lone.path()), "--out", p(&file)],
+        1,
+    )
+    .await;
     assert!(err(&o).contains("no sidecar answered"), "{}", err(&o));
     let admin = proxy.app.admin_addr.to_string();
     let (code, body) = proxy.http("PUT", "/maintenance", None).await;
     assert_eq!(code, 200, "{body}");
     let frozen_sidecar = config(&redis_section(&leader.url()), &admin, false);
-    let o = run(&[
-        "backup",
-        "--config",
-        p(frozen_sidecar.path()),
-        "--out",
-        p(&file),
-    ])
-    .await;
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let o = backup(p(frozen_sidecar.path()), p(&file), &[], 0).await;
     assert!(!err(&o).contains("warning"), "{}", err(&o));
 
     // A destination holding a key: refused without --force, and left alone.
@@ -468,18 +439,7 @@ async fn backup_needs_a_freeze_and_restore_needs_force_for_a_non_empty_destinati
     let _: () = d.set("extra", "x").await.expect("SET");
     let _: () = d.set("k1", "old").await.expect("SET");
     let rcfg = config(&redis_section(&dest.url()), &dead_admin(), false);
-    let restore = |force: bool| {
-        let (c, f) = (p(rcfg.path()).to_string(), p(&file).to_string());
-        async move {
-            let mut args = vec!["restore", "--config", &c, "--in", &f, "--to", "leader"];
-            if force {
-                args.push("--force");
-            }
-            run(&args).await
-        }
-    };
-    let o = restore(false).await;
-    assert_eq!(o.status.code(), Some(1), "{}", err(&o));
+    let o = restore(p(rcfg.path()), p(&file), &["--to", "leader"], 1).await;
     assert!(
         err(&o).contains("not empty") && err(&o).contains("--force"),
         "{}",
@@ -491,9 +451,8 @@ async fn backup_needs_a_freeze_and_restore_needs_force_for_a_non_empty_destinati
         .expect("DBSIZE");
     assert_eq!(n, 2, "a refused restore wrote nothing");
     // --force: exactly the backup (the extra key deleted, k1 replaced).
-    let o = restore(true).await;
-    assert_eq!(o.status.code(), Some(0), "{} {}", out(&o), err(&o));
-    let r: Value = serde_json::from_str(&out(&o)).expect("JSON");
+    let o = restore(p(rcfg.path()), p(&file), &["--to", "leader", "--force"], 0).await;
+    let r: Value = report(&o);
     assert_eq!(
         (r["deleted"].clone(), r["differences"].clone()),
         (1.into(), 0.into()),
@@ -517,16 +476,7 @@ async fn a_corrupted_backup_is_refused_by_restore_and_list() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("good.smbackup");
     let cfg = config(&redis_section(&leader.url()), &dead_admin(), false);
-    let o = run(&[
-        "backup",
-        "--config",
-        p(cfg.path()),
-        "--out",
-        p(&file),
-        "--allow-live",
-    ])
-    .await;
-    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    backup(p(cfg.path()), p(&file), &["--allow-live"], 0).await;
     let good = std::fs::read(&file).expect("read");
 
     let dest = RedisServer::start();
@@ -553,21 +503,10 @@ async fn a_corrupted_backup_is_refused_by_restore_and_list() {
     for (name, bytes, why) in cases {
         let bad = dir.path().join(format!("{name}.smbackup"));
         std::fs::write(&bad, &bytes).expect("write");
-        let o = run(&["backup", "--list", p(&bad)]).await;
-        assert_eq!(o.status.code(), Some(1), "{name}: list {}", out(&o));
+        let o = run_expect(&["backup", "--list", p(&bad)], 1).await;
         assert!(err(&o).contains(why), "{name}: list: {}", err(&o));
         assert!(out(&o).is_empty(), "{name}: nothing listed");
-        let o = run(&[
-            "restore",
-            "--config",
-            p(rcfg.path()),
-            "--in",
-            p(&bad),
-            "--to",
-            "leader",
-        ])
-        .await;
-        assert_eq!(o.status.code(), Some(1), "{name}: restore {}", out(&o));
+        let o = restore(p(rcfg.path()), p(&bad), &["--to", "leader"], 1).await;
         assert!(err(&o).contains(why), "{name}: restore: {}", err(&o));
     }
     let mut d = client(&dest.url()).await;
@@ -577,16 +516,6 @@ async fn a_corrupted_backup_is_refused_by_restore_and_list() {
         .expect("DBSIZE");
     assert_eq!(n, 0, "nothing restored from a corrupted file");
     // The intact file restores.
-    let o = run(&[
-        "restore",
-        "--config",
-        p(rcfg.path()),
-        "--in",
-        p(&file),
-        "--to",
-        "leader",
-    ])
-    .await;
-    assert_eq!(o.status.code(), Some(0), "{} {}", out(&o), err(&o));
+    restore(p(rcfg.path()), p(&file), &["--to", "leader"], 0).await;
     assert_eq!(assert_same_keys(&leader, &dest).await, 10);
 }
