@@ -322,6 +322,40 @@ async fn zkcli_and_rust_clients_over_mutual_tls_and_plain_text_refused() {
     assert_eq!(st["zookeeper"]["leader"]["up"], true, "{st}");
 }
 
+/// A client that connects and never starts the handshake is closed when the handshake
+/// time (10 s) runs out, and counted; a TLS session meanwhile is served as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_silent_in_the_handshake_is_closed_and_counted() {
+    let _m = common::metrics_exclusive().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let f = files(dir.path(), &Ca::new("silent CA"));
+    let leader = ZkServer::standalone().await;
+    let listen_tls = ServerTlsSettings {
+        cert_file: f.srv_cert.clone(),
+        key_file: f.srv_key.clone(),
+        client_ca_file: None,
+    };
+    let proxy = ZkProxy::start_with(&leader.addr(), None, |c| {
+        c.zookeeper.as_mut().expect("zookeeper").listen_tls = Some(listen_tls);
+    })
+    .await;
+    let addr = proxy.addr();
+    let before = tls_errors(&proxy).await;
+    let mut silent = common::zk::RawZk::tcp(addr).await;
+    let mut s = Session::open(tls(addr, &f.ca, None).await.expect("TLS"))
+        .await
+        .expect("session");
+    assert_eq!(s.create("/busy", b"1").await.expect("create"), 0);
+    let mut b = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut b)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+    assert!(tls_errors(&proxy).await > before);
+    assert_eq!(
+        s.get("/busy").await.expect("get").as_deref(),
+        Some(&b"1"[..])
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn listener_certificate_rotation_mid_workload_keeps_established_sessions() {
     let dir = tempfile::tempdir().expect("dir");
