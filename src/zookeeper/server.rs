@@ -596,9 +596,10 @@ async fn relay_four_letter(shared: &ZkShared, word: &[u8; 4]) -> Option<Vec<u8>>
     None
 }
 
-/// Sends a four-letter word to `server` of `servers` (over TLS when the ensemble uses it:
-/// ZooKeeper's Netty secure port answers four-letter words after the handshake) and reads
-/// the answer to the end. The error names the reason (a TLS failure explained).
+/// Sends a four-letter word to `server` of `servers` (over TLS when the ensemble uses it,
+/// though ZooKeeper 3.8's Netty secure port closes such a connection unanswered: relayed
+/// words get no answer from a TLS leader) and reads the answer to the end. The error names
+/// the reason (a TLS failure explained).
 async fn ask(servers: &ZkServers, server: &str, word: &[u8; 4]) -> Result<Vec<u8>, String> {
     let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
     crate::tls::stream::write_flush(&mut s, word)
