@@ -73,6 +73,8 @@ pub struct ResolvedZk {
     pub follower: Option<crate::zookeeper::endpoint::ZkServers>,
     /// `user:password` for the follower session's digest auth.
     pub follower_auth: Option<Secret>,
+    /// `[zookeeper.listen_tls]`: TLS on the client listener.
+    pub listen_tls: Option<crate::tls::ServerTls>,
 }
 
 #[derive(Debug, Clone)]

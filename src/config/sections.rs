@@ -205,6 +205,10 @@ pub struct ZooKeeperConfig {
     pub leader_tls: Option<crate::tls::ClientTlsSettings>,
     /// TLS to every server of the follower ensemble, as `leader_tls`.
     pub follower_tls: Option<crate::tls::ClientTlsSettings>,
+    /// TLS on the client listener (ZooKeeper's `secureClientPort` for statemirror's
+    /// clients): `cert_file`, `key_file`, `client_ca_file` (clients must then present a
+    /// certificate), as `redis.listen_tls`. Default: none (plain).
+    pub listen_tls: Option<crate::tls::ServerTlsSettings>,
 }
 
 impl Default for ZooKeeperConfig {
@@ -225,6 +229,7 @@ impl Default for ZooKeeperConfig {
             follower_session_timeout_ms: 30_000,
             leader_tls: None,
             follower_tls: None,
+            listen_tls: None,
         }
     }
 }

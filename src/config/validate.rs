@@ -256,6 +256,16 @@ impl Config {
                         .map_err(|m| err("zookeeper.follower_auth_file", m))
                 })
                 .transpose();
+            let listen_tls = match &z.listen_tls {
+                None => Ok(None),
+                Some(t) => crate::tls::ServerTls::new(t, "zookeeper listener")
+                    .map(Some)
+                    .map_err(|es| {
+                        for (k, m) in es {
+                            err(&format!("zookeeper.listen_tls.{k}"), m);
+                        }
+                    }),
+            };
             for (key, paths) in [
                 ("zookeeper.include_paths", &z.include_paths),
                 ("zookeeper.exclude_paths", &z.exclude_paths),
@@ -281,8 +291,8 @@ impl Config {
                     err(key, "must be at least 1".into());
                 }
             }
-            if let (Ok(listen), Ok(leader), Ok(follower), Ok(follower_auth)) =
-                (listen, leader, follower, auth)
+            if let (Ok(listen), Ok(leader), Ok(follower), Ok(follower_auth), Ok(listen_tls)) =
+                (listen, leader, follower, auth, listen_tls)
             {
                 if listen.port() != 0
                     && redis
@@ -299,6 +309,7 @@ impl Config {
                     leader,
                     follower,
                     follower_auth,
+                    listen_tls,
                 });
             }
         }

@@ -55,6 +55,8 @@ pub struct ZkShared {
     leader_zxids: std::sync::Mutex<std::collections::HashMap<SocketAddr, i64>>,
     /// Cancelled at shutdown: sessions stop reading requests, answer what they owe, close.
     pub closing: CancellationToken,
+    /// `[zookeeper.listen_tls]`: clients must speak TLS.
+    pub listen_tls: Option<crate::tls::ServerTls>,
 }
 
 /// What the leader ensemble answered to a client's connect.
@@ -369,6 +371,7 @@ impl Sidecar for ZkSidecar {
         let s = &self.shared;
         json!({
             "listen": self.local_addr.to_string(),
+            "listen_tls": s.listen_tls.is_some(),
             "leader": {
                 "servers": s.leader,
                 "up": s.leader_health.is_up(),
@@ -445,6 +448,7 @@ pub async fn start(
         next: AtomicUsize::new(0),
         leader_zxids: std::sync::Mutex::new(std::collections::HashMap::new()),
         closing: shutdown.clone(),
+        listen_tls: r.listen_tls.clone(),
     });
     let mut resync = None;
     let mut touched = None;
@@ -525,7 +529,7 @@ pub async fn start(
         shared.metrics.clone(),
         None,
         shutdown,
-        move |sock| session::serve(handler.clone(), sock),
+        move |sock| handle_client(handler.clone(), sock),
     ));
     tracing::info!(listen = %local_addr, leader = %r.leader.join(","),
         follower = r.follower.as_ref().map(|f| f.join(",")).unwrap_or_else(|| "none".into()),
@@ -539,8 +543,38 @@ pub async fn start(
     })
 }
 
+/// How long a client has to finish the TLS handshake on a TLS listener.
+const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A new client: the TLS handshake first on a TLS listener (a failure or a timeout closes
+/// this client only, counted as `client_error{kind="tls"}`), then the session.
+async fn handle_client(shared: Arc<ZkShared>, sock: TcpStream) {
+    let client = match &shared.listen_tls {
+        None => Stream::Plain(sock),
+        Some(t) => {
+            let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, t.accept(sock)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    shared.metrics.client_error("tls");
+                    tracing::info!(%peer, error = %e, "zookeeper client TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    shared.metrics.client_error("tls");
+                    tracing::info!(%peer, "zookeeper client TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
+    session::serve(shared, client).await;
+}
+
 /// Answers a four-letter word: `ruok` and `isro` here, the rest relayed to a leader server.
-pub async fn four_letter(shared: &ZkShared, mut client: TcpStream, word: [u8; 4]) {
+/// On a TLS listener the word comes after the handshake and is answered over TLS, as
+/// ZooKeeper's own secure port does.
+pub async fn four_letter(shared: &ZkShared, mut client: Stream, word: [u8; 4]) {
     let answer: Vec<u8> = match &word {
         b"ruok" => b"imok".to_vec(),
         b"isro" => (if shared.writes_refused() { "ro" } else { "rw" })
@@ -548,7 +582,7 @@ pub async fn four_letter(shared: &ZkShared, mut client: TcpStream, word: [u8; 4]
             .to_vec(),
         _ => relay_four_letter(shared, &word).await.unwrap_or_default(),
     };
-    let _ = client.write_all(&answer).await;
+    let _ = crate::tls::stream::write_flush(&mut client, &answer).await;
     let _ = client.shutdown().await;
 }
 
@@ -562,9 +596,10 @@ async fn relay_four_letter(shared: &ZkShared, word: &[u8; 4]) -> Option<Vec<u8>>
     None
 }
 
-/// Sends a four-letter word to `server` of `servers` (over TLS when the ensemble uses it:
-/// ZooKeeper's Netty secure port answers four-letter words after the handshake) and reads
-/// the answer to the end. The error names the reason (a TLS failure explained).
+/// Sends a four-letter word to `server` of `servers` (over TLS when the ensemble uses it,
+/// though ZooKeeper 3.8's Netty secure port closes such a connection unanswered: relayed
+/// words get no answer from a TLS leader) and reads the answer to the end. The error names
+/// the reason (a TLS failure explained).
 async fn ask(servers: &ZkServers, server: &str, word: &[u8; 4]) -> Result<Vec<u8>, String> {
     let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
     crate::tls::stream::write_flush(&mut s, word)

@@ -54,11 +54,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
-use crate::tls::stream::{write_flush, ReadHalf as BackendRead, WriteHalf as BackendWrite};
+// Both sides are plain TCP or TLS: the client side on a `[zookeeper.listen_tls]` listener.
+use crate::tls::stream::{
+    write_flush, ReadHalf as BackendRead, ReadHalf as ClientRead, WriteHalf as BackendWrite,
+    WriteHalf as ClientWrite,
+};
 use crate::tls::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -99,7 +101,7 @@ struct Pending {
     sent: Instant,
 }
 
-pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
+pub async fn serve(shared: Arc<ZkShared>, mut client: Stream) {
     let mut first4 = [0u8; 4];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, client.read_exact(&mut first4)).await {
         Ok(Ok(_)) => {}
@@ -176,7 +178,7 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: TcpStream) {
             },
         },
     };
-    if client.write_all(&response).await.is_err() {
+    if write_flush(&mut client, &response).await.is_err() {
         return;
     }
     // Which client session this is, for its mirrored ephemerals (leader mode only).
@@ -234,7 +236,7 @@ enum Mode {
 
 async fn relay(
     shared: Arc<ZkShared>,
-    client: TcpStream,
+    client: Stream,
     backend: Stream,
     mode: Mode,
     write_timeout: Duration,
@@ -271,7 +273,7 @@ async fn relay(
 
 async fn requests(
     shared: Arc<ZkShared>,
-    mut client: OwnedReadHalf,
+    mut client: ClientRead,
     mut backend: BackendWrite,
     tx: mpsc::Sender<Vec<Pending>>,
     stop: CancellationToken,
@@ -410,7 +412,7 @@ impl ReplySide {
     }
 
     /// True when it ended because the leader ensemble serving it was declared down.
-    async fn run(mut self, mut client: OwnedWriteHalf, mut backend: BackendRead) -> bool {
+    async fn run(mut self, mut client: ClientWrite, mut backend: BackendRead) -> bool {
         let shared = self.shared.clone();
         let mode = self.mode;
         let max = shared.cfg.max_frame_bytes;
@@ -452,7 +454,9 @@ impl ReplySide {
             flush_local(&mut pending, &mut out, last_zxid);
             if !out.is_empty() {
                 if client_ok {
-                    match tokio::time::timeout(self.write_timeout, client.write_all(&out)).await {
+                    match tokio::time::timeout(self.write_timeout, write_flush(&mut client, &out))
+                        .await
+                    {
                         Ok(Ok(())) => {}
                         Ok(Err(_)) => client_ok = false,
                         Err(_) => {

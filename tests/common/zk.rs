@@ -737,9 +737,64 @@ pub async fn zkcli(addr: &str, args: &[&str]) -> (i32, String, String) {
 /// [`zkcli`] with options before `-server`, e.g. `["-r"]` (read-only) or
 /// `["-waitforconnection", "-timeout", "10000"]`.
 pub async fn zkcli_flags(addr: &str, flags: &[&str], args: &[&str]) -> (i32, String, String) {
+    zkcli_env(addr, &[], flags, args).await
+}
+
+/// The Netty jars a TLS ZooKeeper needs (Debian's `libnetty-java`): the server's
+/// `NettyServerCnxnFactory` and the client's `ClientCnxnSocketNetty`.
+pub fn netty_classpath() -> Vec<String> {
+    [
+        "buffer",
+        "codec",
+        "common",
+        "handler",
+        "resolver",
+        "transport",
+        "transport-native-unix-common",
+        "transport-native-epoll",
+    ]
+    .iter()
+    .map(|j| format!("/usr/share/java/netty-{j}.jar"))
+    .filter(|p| std::path::Path::new(p).exists())
+    .collect()
+}
+
+/// `CLIENT_JVMFLAGS` for `zkCli.sh` over TLS (Netty client socket): `truststore` (PEM CA
+/// file) verifies the server; `keystore` (PEM key + certificate in one file) is the client
+/// certificate for mutual TLS. Debian's `zkEnv.sh` fixes `CLASSPATH`, so the Netty jars
+/// come with a second `-cp` (the JVM takes the last).
+pub fn zkcli_tls_flags(truststore: &std::path::Path, keystore: Option<&std::path::Path>) -> String {
+    let cp = std::iter::once(format!("/etc/zookeeper/conf:{ZK_JAR}"))
+        .chain(netty_classpath())
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut f = format!(
+        "-cp {cp} -Dzookeeper.clientCnxnSocket=org.apache.zookeeper.ClientCnxnSocketNetty \
+         -Dzookeeper.client.secure=true -Dzookeeper.ssl.trustStore.location={} \
+         -Dzookeeper.ssl.trustStore.type=PEM",
+        truststore.display()
+    );
+    if let Some(k) = keystore {
+        f.push_str(&format!(
+            " -Dzookeeper.ssl.keyStore.location={} -Dzookeeper.ssl.keyStore.type=PEM",
+            k.display()
+        ));
+    }
+    f
+}
+
+/// [`zkcli_flags`] with environment variables (e.g. `CLIENT_JVMFLAGS`, see
+/// [`zkcli_tls_flags`]).
+pub async fn zkcli_env(
+    addr: &str,
+    env: &[(&str, String)],
+    flags: &[&str],
+    args: &[&str],
+) -> (i32, String, String) {
     use std::os::unix::process::CommandExt;
     require_installed();
     let mut cmd = Command::new(ZKCLI);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
     cmd.args(flags)
         .arg("-server")
         .arg(addr)
@@ -943,6 +998,13 @@ impl ZkProxy {
         let (code, body) = self.http("GET", "/status", None).await;
         assert_eq!(code, 200, "{body}");
         serde_json::from_str(&body).expect("status is JSON")
+    }
+
+    /// `GET /metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let (code, body) = self.http("GET", "/metrics", None).await;
+        assert_eq!(code, 200, "{body}");
+        body
     }
 
     /// `/status`'s `zookeeper.mirror` object.
