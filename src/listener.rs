@@ -67,6 +67,37 @@ pub async fn accept_loop<F, Fut>(
     }
 }
 
+/// How long a client has to finish the TLS handshake on a TLS listener.
+const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A new client's stream: as is on a plain listener; on a TLS listener after the handshake.
+/// A failed or timed-out handshake closes this client only (`None`), counted as
+/// `client_error{reason="tls"}` and logged at info with the client's address.
+pub async fn client_stream(
+    tls: Option<&crate::tls::ServerTls>,
+    sock: TcpStream,
+    metrics: &ProtocolMetrics,
+) -> Option<crate::tls::Stream> {
+    let Some(tls) = tls else {
+        return Some(crate::tls::Stream::Plain(sock));
+    };
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let protocol = metrics.protocol;
+    match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, tls.accept(sock)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            metrics.client_error("tls");
+            tracing::info!(protocol, %peer, error = %e, "client TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            metrics.client_error("tls");
+            tracing::info!(protocol, %peer, "client TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// Keepalive on backend connections: first probe after 10 s idle, then every 5 s, dead
 /// after 3 unanswered (~25 s), far below the kernel default of 2 h.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);

@@ -319,9 +319,6 @@ async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable
         .ok_or_else(|| "COMMAND reply not understood (ACL may forbid COMMAND)".into())
 }
 
-/// How long a client has to finish the TLS handshake on a TLS listener.
-const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
-
 async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
     // Taken before connecting: a Sentinel switch from now on closes the session.
     let [to_leader, to_follower] = [
@@ -331,24 +328,9 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
             .as_ref()
             .and_then(RedisBackend::watch_master),
     ];
-    let mut sock = match &shared.listen_tls {
-        None => Stream::Plain(sock),
-        Some(t) => {
-            let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, t.accept(sock)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    shared.metrics.client_error("tls");
-                    tracing::info!(%peer, error = %e, "client TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    shared.metrics.client_error("tls");
-                    tracing::info!(%peer, "client TLS handshake timed out");
-                    return;
-                }
-            }
-        }
+    let tls = shared.listen_tls.as_ref();
+    let Some(mut sock) = crate::listener::client_stream(tls, sock, &shared.metrics).await else {
+        return;
     };
     let Some((backend, route)) = pick_backend(&shared).await else {
         let _ = sock

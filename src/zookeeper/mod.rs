@@ -29,6 +29,7 @@ pub mod frame;
 pub mod generation;
 pub mod jute;
 pub mod mirror;
+pub mod probe;
 pub mod proto;
 pub mod refusal;
 pub mod resync;

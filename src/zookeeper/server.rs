@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +28,7 @@ use crate::metrics::ProtocolMetrics;
 use crate::replication::converge::{self, Repairer, Touched};
 use crate::replication::freeze::Freeze;
 use crate::replication::generation;
-use crate::replication::health::{self, Health};
+use crate::replication::health::Health;
 use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
 use crate::replication::verify::VerifyState;
@@ -301,9 +301,9 @@ impl ZkShared {
         };
         let timeout = Duration::from_millis(self.cfg.health_timeout_ms.max(1000));
         let name = server.to_string();
-        let asked = ask(&self.leader, &name, b"srvr");
+        let asked = super::probe::ask(&self.leader, &name, b"srvr");
         let now = match tokio::time::timeout(timeout, asked).await {
-            Ok(Ok(out)) => srvr_zxid(&String::from_utf8_lossy(&out)),
+            Ok(Ok(out)) => super::probe::srvr_zxid(&String::from_utf8_lossy(&out)),
             _ => None,
         };
         let Some(now) = now.filter(|&n| n < prev) else {
@@ -329,7 +329,7 @@ impl ZkShared {
         }
     }
 
-    fn writes_refused(&self) -> bool {
+    pub(super) fn writes_refused(&self) -> bool {
         self.freeze.is_frozen() || !self.leader_health.is_up()
     }
 }
@@ -517,9 +517,17 @@ pub async fn start(
             verify = Some(vs);
         }
     }
-    tokio::spawn(health_loop(shared.clone(), true, shutdown.clone()));
+    tokio::spawn(super::probe::health_loop(
+        shared.clone(),
+        true,
+        shutdown.clone(),
+    ));
     if shared.follower.is_some() {
-        tokio::spawn(health_loop(shared.clone(), false, shutdown.clone()));
+        tokio::spawn(super::probe::health_loop(
+            shared.clone(),
+            false,
+            shutdown.clone(),
+        ));
     }
     let handler = shared.clone();
     // Over the limit the connection is just closed: a ZooKeeper client tries another server.
@@ -543,243 +551,11 @@ pub async fn start(
     })
 }
 
-/// How long a client has to finish the TLS handshake on a TLS listener.
-const TLS_ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A new client: the TLS handshake first on a TLS listener (a failure or a timeout closes
-/// this client only, counted as `client_error{kind="tls"}`), then the session.
+/// A new client: the TLS handshake first on a TLS listener, then the session.
 async fn handle_client(shared: Arc<ZkShared>, sock: TcpStream) {
-    let client = match &shared.listen_tls {
-        None => Stream::Plain(sock),
-        Some(t) => {
-            let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-            match tokio::time::timeout(TLS_ACCEPT_TIMEOUT, t.accept(sock)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    shared.metrics.client_error("tls");
-                    tracing::info!(%peer, error = %e, "zookeeper client TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    shared.metrics.client_error("tls");
-                    tracing::info!(%peer, "zookeeper client TLS handshake timed out");
-                    return;
-                }
-            }
-        }
+    let tls = shared.listen_tls.as_ref();
+    let Some(client) = crate::listener::client_stream(tls, sock, &shared.metrics).await else {
+        return;
     };
     session::serve(shared, client).await;
-}
-
-/// Answers a four-letter word: `ruok` and `isro` here, the rest relayed to a leader server.
-/// On a TLS listener the word comes after the handshake and is answered over TLS, as
-/// ZooKeeper's own secure port does.
-pub async fn four_letter(shared: &ZkShared, mut client: Stream, word: [u8; 4]) {
-    let answer: Vec<u8> = match &word {
-        b"ruok" => b"imok".to_vec(),
-        b"isro" => (if shared.writes_refused() { "ro" } else { "rw" })
-            .as_bytes()
-            .to_vec(),
-        _ => relay_four_letter(shared, &word).await.unwrap_or_default(),
-    };
-    let _ = crate::tls::stream::write_flush(&mut client, &answer).await;
-    let _ = client.shutdown().await;
-}
-
-async fn relay_four_letter(shared: &ZkShared, word: &[u8; 4]) -> Option<Vec<u8>> {
-    let timeout = Duration::from_millis(shared.cfg.health_timeout_ms.max(1000));
-    for server in shared.leader.iter() {
-        if let Ok(Ok(v)) = tokio::time::timeout(timeout, ask(&shared.leader, server, word)).await {
-            return Some(v);
-        }
-    }
-    None
-}
-
-/// Sends a four-letter word to `server` of `servers` (over TLS when the ensemble uses it,
-/// though ZooKeeper 3.8's Netty secure port closes such a connection unanswered: relayed
-/// words get no answer from a TLS leader) and reads the answer to the end. The error names
-/// the reason (a TLS failure explained).
-async fn ask(servers: &ZkServers, server: &str, word: &[u8; 4]) -> Result<Vec<u8>, String> {
-    let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
-    crate::tls::stream::write_flush(&mut s, word)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    let mut out = Vec::new();
-    (&mut s)
-        .take(1 << 20)
-        .read_to_end(&mut out)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    Ok(out)
-}
-
-/// A TLS ensemble's health check: opens a session on `server` (read-only servers allowed),
-/// closes it at once, and answers like `srvr` would (`Mode: read-only` or `Mode: serving`),
-/// so [`serves`] judges both kinds of probe alike.
-async fn session_probe(servers: &ZkServers, server: &str) -> Result<Vec<u8>, String> {
-    use super::jute::Record;
-    use super::proto::connect::{ConnectRequest, ConnectResponse};
-    let mut s = servers.open(server).await.map_err(|e| e.to_string())?;
-    let req = ConnectRequest {
-        protocol_version: 0,
-        last_zxid_seen: 0,
-        time_out: 2_000,
-        session_id: 0,
-        passwd: Bytes::from_static(&[0; 16]),
-        read_only: Some(true),
-    };
-    let mut out = BytesMut::new();
-    super::frame::encode_frame(&mut out, |w| w.write(&req));
-    crate::tls::stream::write_flush(&mut s, &out)
-        .await
-        .map_err(|e| io_reason(&e))?;
-    let mut buf = BytesMut::with_capacity(64);
-    let resp = loop {
-        if let Ok(Some(f)) = next_frame(&mut buf, 1 << 16) {
-            break ConnectResponse::from_bytes(&f)
-                .map_err(|e| format!("bad connect answer: {e}"))?;
-        }
-        if s.read_buf(&mut buf).await.map_err(|e| io_reason(&e))? == 0 {
-            return Err("the server closed the connection without answering".into());
-        }
-    };
-    if resp.session_id == 0 {
-        return Err("the server refused a session".into());
-    }
-    let mut close = BytesMut::new();
-    super::frame::encode_frame(&mut close, |w| {
-        w.write(&super::proto::records::RequestHeader {
-            xid: 1,
-            op: super::proto::op::CLOSE_SESSION,
-        })
-    });
-    let _ = crate::tls::stream::write_flush(&mut s, &close).await;
-    Ok(if resp.read_only == Some(true) {
-        b"Mode: read-only\n".to_vec()
-    } else {
-        b"Mode: serving\n".to_vec()
-    })
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    crate::tls::explain(e)
-        .map(|(_, m)| m)
-        .unwrap_or_else(|| e.to_string())
-}
-
-/// The `Zxid:` line of a `srvr` answer (the server's last processed zxid).
-fn srvr_zxid(srvr: &str) -> Option<i64> {
-    let hex = srvr.lines().find_map(|l| l.strip_prefix("Zxid:"))?.trim();
-    let hex = hex.strip_prefix("0x").unwrap_or(hex);
-    u64::from_str_radix(hex, 16).ok().map(|z| z as i64)
-}
-
-/// Whether a `srvr` answer shows a server that serves: it has a `Mode:`, and for the leader
-/// ensemble it is not read-only (a server that lost its quorum takes no writes, so it must
-/// not keep clients on the leader).
-fn serves(srvr: &str, need_writes: bool) -> bool {
-    srvr.lines()
-        .filter_map(|l| l.strip_prefix("Mode:"))
-        .any(|mode| !(need_writes && mode.trim() == "read-only"))
-}
-
-/// Asks every server of one ensemble `srvr` every `health_interval_ms`: up while at least
-/// one serves (read-write, for the leader).
-async fn health_loop(shared: Arc<ZkShared>, leader: bool, shutdown: CancellationToken) {
-    let (servers, health) = if leader {
-        (&shared.leader, &shared.leader_health)
-    } else {
-        match (&shared.follower, &shared.follower_health) {
-            (Some(s), Some(h)) => (s, h),
-            _ => return,
-        }
-    };
-    let probe = SrvrProbe {
-        servers: servers.clone(),
-        leader,
-        timeout: Duration::from_millis(shared.cfg.health_timeout_ms),
-    };
-    let interval = Duration::from_millis(shared.cfg.health_interval_ms);
-    health::check_every(health, interval, shutdown, probe).await;
-}
-
-struct SrvrProbe {
-    servers: ZkServers,
-    leader: bool,
-    timeout: Duration,
-}
-
-impl health::Probe for SrvrProbe {
-    async fn check(&mut self) -> Result<(), String> {
-        let mut probes = tokio::task::JoinSet::new();
-        for server in self.servers.iter() {
-            let (servers, server) = (self.servers.clone(), server.clone());
-            let (timeout, leader) = (self.timeout, self.leader);
-            probes.spawn(async move {
-                // ZooKeeper's secure (Netty) port closes a TLS connection that sends a
-                // four-letter word: a TLS ensemble is probed with a session instead.
-                let asked = async {
-                    if servers.is_tls() {
-                        session_probe(&servers, &server).await
-                    } else {
-                        ask(&servers, &server, b"srvr").await
-                    }
-                };
-                match tokio::time::timeout(timeout, asked).await {
-                    Ok(Ok(out)) if serves(&String::from_utf8_lossy(&out), leader) => Ok(()),
-                    Ok(Ok(_)) => Err(None),
-                    Ok(Err(e)) => Err(Some(format!("{server}: {e}"))),
-                    Err(_) => Err(Some(format!("{server}: timed out"))),
-                }
-            });
-        }
-        // The first reason a server could not be asked (a TLS failure above all), so that
-        // `/status` and the log say why the ensemble is down, not only that it is.
-        let mut why: Option<String> = None;
-        while let Some(r) = probes.join_next().await {
-            match r {
-                Ok(Ok(())) => return Ok(()), // the other probes are aborted when `probes` drops
-                Ok(Err(Some(e))) if why.is_none() || e.contains("TLS") => why = Some(e),
-                _ => {}
-            }
-        }
-        let base = if self.leader {
-            "no server of the ensemble is serving read-write"
-        } else {
-            "no server of the ensemble is serving"
-        };
-        Err(match why {
-            Some(w) if self.servers.is_tls() => format!("{base} ({w})"),
-            _ => base.into(),
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{serves, srvr_zxid};
-
-    #[test]
-    fn srvr_zxid_is_read() {
-        let out = "Zookeeper version: 3.8.0\nZxid: 0x10000001f\nMode: standalone\n";
-        assert_eq!(srvr_zxid(out), Some(0x1_0000_001f));
-        assert_eq!(
-            srvr_zxid("This ZooKeeper instance is not currently serving"),
-            None
-        );
-    }
-
-    #[test]
-    fn read_only_servers_do_not_serve_the_leader() {
-        let ro = "Zookeeper version: 3.8.4\nLatency min/avg/max: 0/0.0/0\nMode: read-only\nNode count: 5\n";
-        let rw = "Zookeeper version: 3.8.4\nMode: standalone\nNode count: 5\n";
-        assert!(!serves(ro, true));
-        assert!(serves(ro, false));
-        assert!(serves(rw, true));
-        assert!(!serves(
-            "This ZooKeeper instance is not currently serving requests\n",
-            false
-        ));
-    }
 }

@@ -108,7 +108,7 @@ pub async fn serve(shared: Arc<ZkShared>, mut client: Stream) {
         _ => return,
     }
     if let Some(word) = super::frame::four_letter_word(&first4) {
-        return super::server::four_letter(&shared, client, word).await;
+        return super::probe::four_letter(&shared, client, word).await;
     }
     let len = i32::from_be_bytes(first4);
     if len <= 0 || len as usize > shared.cfg.max_frame_bytes {
