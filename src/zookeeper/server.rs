@@ -339,6 +339,8 @@ pub struct ZkSidecar {
     pub verify: Option<Arc<VerifyState>>,
     /// The cross-sidecar check (`[cluster]`).
     pub converge: Option<Arc<Touched<String>>>,
+    /// The online migration (`[migration]`), when it names this sidecar.
+    pub migration: Option<Arc<crate::migrate::online::Migration>>,
 }
 
 impl Sidecar for ZkSidecar {
@@ -387,6 +389,7 @@ impl Sidecar for ZkSidecar {
             },
             "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
             "converge": self.converge.as_ref().map(|t| t.status()),
+            "migration": self.migration.as_ref().map(|m| m.status()),
         })
     }
 }
@@ -449,7 +452,9 @@ pub async fn start(
     let mut resync = None;
     let mut touched = None;
     let mut verify = None;
+    let mut migration = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
+        migration = crate::migrate::online::tap::attach_zk(top, cfg, r, &q, writer_stop.clone());
         let mut applier = ZkApplier::new(
             f.clone(),
             r.follower_auth.clone(),
@@ -536,6 +541,7 @@ pub async fn start(
         resync,
         verify,
         converge: touched,
+        migration,
     })
 }
 
