@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::fault::{Fault, FaultRelay};
 use common::workload::Workload;
 use common::zk::{persistent, zk_client, zkc, ZkProxy, ZkServer};
 use common::zk_workload::ZkWorkload;
@@ -151,8 +152,12 @@ async fn zookeeper_to_redis_online_under_nifi_workload() {
         .unwrap();
     }
     let dest_url = format!("redis://{}", dest.addr());
+    // A far destination: the migration lags behind the writes, so the freeze must wait.
+    let relay = FaultRelay::start(&dest.addr());
+    relay.set(Fault::Latency(Duration::from_millis(150)));
+    let far_url = format!("redis://{}", relay.addr());
     let proxy = ZkProxy::start_with(&leader.addr(), Some(&follower.addr()), |cfg| {
-        cfg.migration = migration_to(&dest_url);
+        cfg.migration = migration_to(&far_url);
     })
     .await;
 

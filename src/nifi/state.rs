@@ -337,13 +337,13 @@ mod tests {
     fn json_is_what_jackson_writes() {
         let mut st = NifiState::default();
         st.entries
-            .insert("b".into(), Some("q\"\\/\n\t\u{1}é\u{1F600}".into()));
+            .insert("b".into(), Some("q\"\\/\n\t\u{1}\u{1b}é\u{1F600}".into()));
         st.entries.insert("a".into(), None);
         st.entries.insert("c\0".into(), Some(String::new()));
         let j = encode_json(&st, 7);
         assert_eq!(
             String::from_utf8(j.clone()).unwrap(),
-            "{\"version\":7,\"encodingVersion\":1,\"stateValues\":{\"a\":null,\"b\":\"q\\\"\\\\/\\n\\t\\u0001é\u{1F600}\",\"c\\u0000\":\"\"}}"
+            "{\"version\":7,\"encodingVersion\":1,\"stateValues\":{\"a\":null,\"b\":\"q\\\"\\\\/\\n\\t\\u0001\\u001Bé\u{1F600}\",\"c\\u0000\":\"\"}}"
         );
         let back = decode_json(&j).unwrap();
         assert_eq!(back.entries, st.entries);
