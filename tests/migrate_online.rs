@@ -179,6 +179,18 @@ async fn zookeeper_to_redis_online_under_nifi_workload() {
     );
 
     freeze_and_wait(async |m, p| proxy.http(m, p, None).await, "zookeeper").await;
+    let (_, text) = proxy.http("GET", "/metrics", None).await;
+    let zk = [("protocol", "zookeeper")];
+    assert_eq!(
+        common::metric(&text, "statemirror_migration_in_sync", &zk),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::metric(&text, "statemirror_migration_dirty", &zk),
+        Some(0.0)
+    );
+    let copied = common::metric(&text, "statemirror_migration_copied_total", &zk);
+    assert!(copied.unwrap_or(0.0) >= BEFORE as f64, "{copied:?}");
     let zk_url = format!("zk://{}/nifi", leader.addr());
     let o = verify(&zk_url, &dest_url).await;
     assert_eq!(o.code, 0, "{}", o.text);
@@ -250,6 +262,10 @@ async fn redis_to_zookeeper_online_under_nifi_workload() {
     let dest_url = format!("zk://{}/nifi", dest.addr());
     let proxy = Proxy::start_with(&leader, Some(&follower), |cfg| {
         cfg.migration = migration_to(&dest_url);
+        // A tiny dirty set: it overflows under the workload and full copies take over.
+        if let Some(m) = cfg.migration.as_mut() {
+            m.max_dirty = 4;
+        }
     })
     .await;
 
@@ -269,6 +285,16 @@ async fn redis_to_zookeeper_online_under_nifi_workload() {
     assert!(ok > 50, "the workload ran");
 
     freeze_and_wait(async |m, p| proxy.http(m, p, None).await, "redis").await;
+    let (_, text) = proxy.http("GET", "/metrics", None).await;
+    let full = common::metric(
+        &text,
+        "statemirror_migration_full_copies_total",
+        &[("protocol", "redis")],
+    );
+    assert!(
+        full.unwrap_or(0.0) >= 2.0,
+        "the overflow ran full copies: {full:?}"
+    );
     let redis_url = format!("redis://{}", leader.addr());
     let o = verify(&redis_url, &dest_url).await;
     assert_eq!(o.code, 0, "{}", o.text);

@@ -93,6 +93,9 @@ pub async fn run(o: Options) -> Outcome {
             existing[0]
         ));
     }
+    if existing.is_empty() {
+        to.expect_empty();
+    }
     let started = Instant::now();
     let mut totals = Totals::default();
     // With --force, components only the destination holds are deleted: afterwards it holds

@@ -38,6 +38,13 @@ impl Provider {
         }
     }
 
+    /// The destination holds no NiFi state: writes may try creating first.
+    pub fn expect_empty(&mut self) {
+        if let Provider::ZooKeeper(p) = self {
+            p.create_first = true;
+        }
+    }
+
     pub async fn list(&mut self) -> Result<Vec<String>, String> {
         match self {
             Provider::Redis(p) => p.list().await,

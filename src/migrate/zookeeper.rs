@@ -34,6 +34,9 @@ pub struct ZkProvider {
     timeout: Duration,
     conn: Option<ZkConn>,
     parents_made: bool,
+    /// The destination held no state when the copy began: `create` first (one round trip
+    /// per batch instead of a `setData` that fails and a `create`).
+    pub create_first: bool,
 }
 
 impl ZkProvider {
@@ -45,6 +48,7 @@ impl ZkProvider {
             timeout,
             conn: None,
             parents_made: false,
+            create_first: false,
         }
     }
 
@@ -197,7 +201,8 @@ impl ZkProvider {
         }
         let mut pending = todo;
         // setData, then create where missing, then setData where a create raced: bounded.
-        for round in 0..4 {
+        let first = usize::from(self.create_first);
+        for round in first..first + 4 {
             if pending.is_empty() {
                 break;
             }
