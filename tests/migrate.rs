@@ -391,3 +391,60 @@ async fn a_value_zookeeper_cannot_hold_is_reported_not_truncated() {
     );
     assert_eq!(tree["ok"].len(), 5 + 1 + 2 + 3 + 1 + 2 + 65535);
 }
+
+/// Rates for the README and the closing note: `cargo test --release --test migrate
+/// measure_rates -- --ignored --nocapture` (MIGRATE_MEASURE_N components, default 5000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn measure_rates() {
+    let _g = SERIAL.lock().await;
+    let n: usize = std::env::var("MIGRATE_MEASURE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let zk = ZkServer::standalone().await;
+    let redis = RedisServer::start();
+    let c = zk_client(&zk.addr()).await;
+    c.mkdir("/nifi/components", &persistent()).await.unwrap();
+    let items: Vec<(String, Vec<u8>)> = (0..n).map(|i| (id(i), binary(&state_for(i)))).collect();
+    for chunk in items.chunks(500) {
+        let mut set = tokio::task::JoinSet::new();
+        for (k, v) in chunk {
+            let (c, path, v) = (c.clone(), format!("/nifi/components/{k}"), v.clone());
+            set.spawn(async move { c.create(&path, &v, &persistent()).await.map(|_| ()) });
+        }
+        while let Some(r) = set.join_next().await {
+            r.unwrap().unwrap();
+        }
+    }
+    let zk_url = format!("zk://{}/nifi", zk.addr());
+    let redis_url = format!("redis://{}", redis.addr());
+    let o = run(&zk_url, &redis_url, |_| {}).await;
+    assert_eq!(o.code, 0, "{}", o.text);
+    eprintln!(
+        "MEASURED zk->redis: {n} components, {} entries, {} bytes in {:.3} s = {:.0} components/s",
+        o.report["copy"]["entries"],
+        o.report["copy"]["bytes"],
+        o.report["seconds"],
+        rate(&o)
+    );
+    let o = run(&redis_url, &format!("zk://{}/back", zk.addr()), |_| {}).await;
+    assert_eq!(o.code, 0, "{}", o.text);
+    eprintln!(
+        "MEASURED redis->zk: {n} components in {:.3} s = {:.0} components/s",
+        o.report["seconds"],
+        rate(&o)
+    );
+    let o = run(&zk_url, &format!("redis://{}/1", redis.addr()), |_| {}).await;
+    eprintln!(
+        "MEASURED zk->redis (second run): {:.0} components/s",
+        rate(&o)
+    );
+    let t = std::time::Instant::now();
+    let o = run(&zk_url, &redis_url, |o| o.verify_only = true).await;
+    assert_eq!(o.code, 0, "{}", o.text);
+    eprintln!(
+        "MEASURED verify zk<->redis: {n} components in {:.3} s",
+        t.elapsed().as_secs_f64()
+    );
+}

@@ -67,9 +67,10 @@ async fn freeze_and_wait(http: impl AsyncFn(&str, &str) -> (u16, String), protoc
     let (_, body) = http("GET", "/status").await;
     let s: serde_json::Value = serde_json::from_str(&body).unwrap();
     let m = &s[protocol]["migration"];
-    assert!(
-        m["dirty"] == 0 && m["copying"] == 0,
-        "frozen with migration work left: {m}"
+    // (The settle pass may be copying already: it starts once frozen.)
+    assert_eq!(
+        m["dirty"], 0,
+        "frozen with changed components not copied: {m}"
     );
     eventually(Duration::from_secs(60), || async {
         let (_, body) = http("GET", "/status").await;

@@ -220,8 +220,14 @@ pub async fn start(
     let mut touched = None;
     let mut migration = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
-        migration =
-            crate::migrate::online::tap::attach_redis(top, cfg, &r.leader, &q, writer_stop.clone());
+        migration = crate::migrate::online::tap::attach_redis(
+            top,
+            cfg,
+            &r.leader,
+            &q,
+            shared.freeze.clone(),
+            writer_stop.clone(),
+        );
         let mut applier = RedisApplier::new(
             r.leader.clone(),
             f.clone(),

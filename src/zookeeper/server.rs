@@ -454,7 +454,14 @@ pub async fn start(
     let mut verify = None;
     let mut migration = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
-        migration = crate::migrate::online::tap::attach_zk(top, cfg, r, &q, writer_stop.clone());
+        migration = crate::migrate::online::tap::attach_zk(
+            top,
+            cfg,
+            r,
+            &q,
+            shared.freeze.clone(),
+            writer_stop.clone(),
+        );
         let mut applier = ZkApplier::new(
             f.clone(),
             r.follower_auth.clone(),

@@ -13,7 +13,14 @@
 //! At start, and whenever the set overflows (or a write's components cannot be known), a
 //! full copy runs: every component either side holds, paced, with the dirty set served
 //! between its pages. `in_sync` means: the last full copy finished, nothing is dirty or
-//! being copied, and no component is failing.
+//! being copied, no component is failing and, while frozen, the settle pass is done.
+//!
+//! Several sidecars (one per NiFi node) may copy the same component: sidecar A may read it,
+//! B's node write it and B copy it, and A's older copy land last. So every component a
+//! sidecar copied is remembered (bounded, like the dirty set), and once writes are frozen
+//! and the sidecar is idle it copies them all once more (the *settle pass*): reads made
+//! after the freeze see the final state and land after that sidecar's own older copies.
+//! `migrate verify` under the freeze is the proof (README runbook).
 
 pub mod tap;
 
@@ -29,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::copy::{self, IdMap, Totals, BATCH};
 use super::provider::Provider;
+use crate::replication::freeze::Freeze;
 
 pub const METRIC_DIRTY: &str = "statemirror_migration_dirty";
 pub const METRIC_COPIED: &str = "statemirror_migration_copied_total";
@@ -52,6 +60,8 @@ pub struct Migration {
     full_done: AtomicBool,
     /// Called when the migration becomes idle (the queue's drained waiters recheck).
     on_idle: OnceLock<Arc<dyn Fn() + Send + Sync>>,
+    /// The sidecar's write freeze: the settle pass runs once it is frozen.
+    freeze: OnceLock<Arc<Freeze>>,
 }
 
 #[derive(Default)]
@@ -63,6 +73,9 @@ struct Dirty {
     in_flight: usize,
     /// Components whose last copy failed (a destination that refuses them).
     failing: HashSet<String>,
+    /// Components copied since the last settle pass, and whether there were too many.
+    written: HashSet<String>,
+    settle_all: bool,
 }
 
 impl Migration {
@@ -88,6 +101,7 @@ impl Migration {
             last_full: Mutex::new(None),
             full_done: AtomicBool::new(false),
             on_idle: OnceLock::new(),
+            freeze: OnceLock::new(),
         })
     }
 
@@ -123,12 +137,22 @@ impl Migration {
     }
 
     pub fn in_sync(&self) -> bool {
+        let frozen = self.frozen();
         let st = self.lock();
         st.set.is_empty()
             && st.in_flight == 0
             && !st.full
             && st.failing.is_empty()
             && self.full_done.load(Ordering::Relaxed)
+            && !(frozen && (st.settle_all || !st.written.is_empty()))
+    }
+
+    pub fn set_freeze(&self, f: Arc<Freeze>) {
+        let _ = self.freeze.set(f);
+    }
+
+    fn frozen(&self) -> bool {
+        self.freeze.get().is_some_and(|f| f.is_frozen())
     }
 
     pub fn set_on_idle(&self, f: Arc<dyn Fn() + Send + Sync>) {
@@ -194,8 +218,9 @@ impl Migration {
         out
     }
 
-    /// Records a batch's outcome; on a backend error the batch is dirty again.
-    fn settle(&self, ids: Vec<String>, r: Result<Totals, String>) {
+    /// Records a batch's outcome; on a backend error the batch is dirty again. `record`:
+    /// remember the ids for the settle pass (every copy but the settle pass's own).
+    fn settle(&self, ids: Vec<String>, r: Result<Totals, String>, record: bool) {
         {
             let mut st = self.lock();
             st.in_flight = 0;
@@ -205,6 +230,14 @@ impl Migration {
                         st.failing.remove(id);
                     }
                     st.failing.extend(t.failed_ids.iter().cloned());
+                    if record && !st.settle_all {
+                        if st.written.len() + ids.len() > self.max_dirty {
+                            st.written.clear();
+                            st.settle_all = true;
+                        } else {
+                            st.written.extend(ids);
+                        }
+                    }
                 }
                 Err(_) => st.set.extend(ids),
             }
@@ -245,7 +278,7 @@ async fn serve_dirty(m: &Migration, from: &mut Provider, to: &mut Provider, map:
     }
     let r = copy_now(from, to, &ids, map).await;
     let failed = r.is_err();
-    m.settle(ids, r);
+    m.settle(ids, r, true);
     if failed {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -260,6 +293,7 @@ async fn full_copy(
     to: &mut Provider,
     map: &IdMap,
     stop: &CancellationToken,
+    record: bool,
 ) -> Result<serde_json::Value, String> {
     let started = Instant::now();
     let mut ids: BTreeSet<String> = from.list().await?.into_iter().collect();
@@ -284,7 +318,7 @@ async fn full_copy(
                 totals.deleted += t.deleted;
                 totals.entries += t.entries;
                 totals.failed += t.failed;
-                m.settle(page_ids, Ok(t));
+                m.settle(page_ids, Ok(t), record);
             }
             Err(e) => {
                 m.lock().in_flight = 0;
@@ -306,6 +340,46 @@ async fn full_copy(
     }))
 }
 
+/// Once frozen and idle: copies again every component copied since the last settle pass
+/// (all of them after an overflow). False when there was nothing to settle.
+async fn settle_pass(
+    m: &Migration,
+    from: &mut Provider,
+    to: &mut Provider,
+    map: &IdMap,
+    stop: &CancellationToken,
+) -> bool {
+    let (ids, all) = {
+        let mut st = m.lock();
+        let all = std::mem::take(&mut st.settle_all);
+        (std::mem::take(&mut st.written), all)
+    };
+    let n = ids.len();
+    if all {
+        if let Err(e) = full_copy(m, from, to, map, stop, false).await {
+            m.error(&format!("settle pass: {e}"));
+            m.lock().settle_all = true;
+        }
+    } else if ids.is_empty() {
+        return false;
+    } else {
+        let ids: Vec<String> = ids.into_iter().collect();
+        for chunk in ids.chunks(BATCH) {
+            m.lock().in_flight = chunk.len();
+            // A failed batch is dirty again: copied (and remembered) like any other.
+            let r = copy_now(from, to, chunk, map).await;
+            m.settle(chunk.to_vec(), r, false);
+        }
+    }
+    tracing::info!(
+        all,
+        components = n,
+        "online migration: settle pass done (writes are frozen)"
+    );
+    m.publish();
+    true
+}
+
 /// Runs the migration until `stop`.
 pub fn spawn(m: Arc<Migration>, mut from: Provider, mut to: Provider, stop: CancellationToken) {
     let map = copy::identity();
@@ -318,7 +392,7 @@ pub fn spawn(m: Arc<Migration>, mut from: Provider, mut to: Provider, stop: Canc
             let full = std::mem::take(&mut m.lock().full);
             if full {
                 counter!(METRIC_FULL_COPIES, "protocol" => m.source).increment(1);
-                match full_copy(&m, &mut from, &mut to, &map, &stop).await {
+                match full_copy(&m, &mut from, &mut to, &map, &stop, true).await {
                     Ok(v) => {
                         tracing::info!(result = %v, "online migration: full copy done");
                         *m.last_full.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
@@ -342,6 +416,9 @@ pub fn spawn(m: Arc<Migration>, mut from: Provider, mut to: Provider, stop: Canc
             if serve_dirty(&m, &mut from, &mut to, &map).await {
                 continue;
             }
+            if m.frozen() && settle_pass(&m, &mut from, &mut to, &map, &stop).await {
+                continue;
+            }
             let woken = m.wake.notified();
             if !m.is_idle() || m.lock().full {
                 continue;
@@ -349,9 +426,52 @@ pub fn spawn(m: Arc<Migration>, mut from: Provider, mut to: Provider, stop: Canc
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = woken => {}
-                // Periodic wake: publishes gauges and retries nothing-in-particular cheaply.
-                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                // Periodic wake: publishes gauges, and notices a freeze (the settle pass).
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn overflow_asks_for_a_full_copy_and_a_freeze_for_the_settle_pass() {
+        let m = Migration::new("redis", "redis://x:1/0".into(), 3, 100);
+        let freeze = Freeze::new();
+        m.set_freeze(freeze.clone());
+        m.lock().full = false;
+        m.full_done.store(true, Ordering::Relaxed);
+        assert!(m.in_sync() && m.is_idle());
+        m.mark("a");
+        m.mark("a");
+        assert!(!m.in_sync() && !m.is_idle());
+        let ids = m.take(10);
+        assert_eq!(ids, ["a"]);
+        assert!(!m.is_idle(), "a batch in flight is not idle");
+        m.settle(ids, Ok(Totals::default()), true);
+        assert!(m.in_sync(), "not frozen: copied is in sync");
+        freeze.freeze(Duration::from_secs(1)).await;
+        assert!(!m.in_sync(), "frozen: the settle pass must copy 'a' again");
+        assert!(
+            m.is_idle(),
+            "the settle pass is not what a freeze waits for"
+        );
+        let again: Vec<String> = std::mem::take(&mut m.lock().written).into_iter().collect();
+        m.settle(again, Ok(Totals::default()), false);
+        assert!(m.in_sync());
+        // A failed batch is dirty again.
+        m.mark("b");
+        let ids = m.take(10);
+        m.settle(ids, Err("down".into()), true);
+        assert_eq!(m.lock().set.len(), 1);
+        // Overflow: the set is dropped for a full copy.
+        for id in ["c", "d", "e"] {
+            m.mark(id);
+        }
+        let st = m.lock();
+        assert!(st.full && st.set.is_empty());
+    }
 }

@@ -14,6 +14,7 @@ use crate::migrate::zookeeper::ZkProvider;
 use crate::migrate::Endpoint;
 use crate::nifi::layout;
 use crate::redis::mirror::{Item as RItem, RedisOp};
+use crate::replication::freeze::Freeze;
 use crate::replication::queue::MirrorQueue;
 use crate::zookeeper::mirror::ZkOp;
 
@@ -86,6 +87,7 @@ pub fn attach_redis(
     cfg: &RedisConfig,
     leader: &RedisBackend,
     q: &Arc<MirrorQueue<RedisOp>>,
+    freeze: Arc<Freeze>,
     stop: CancellationToken,
 ) -> Option<Arc<Migration>> {
     let (to, mc, auth) = destination(top, "redis")?;
@@ -105,6 +107,7 @@ pub fn attach_redis(
         redis_components(&tm, db, &p, op)
     }));
     wire_idle(&m, q);
+    m.set_freeze(freeze);
     let from = Provider::Redis(RedisProvider::new(leader.clone(), prefix, timeout));
     super::spawn(m.clone(), from, Provider::new(&to, timeout, auth), stop);
     Some(m)
@@ -117,6 +120,7 @@ pub fn attach_zk(
     cfg: &ZooKeeperConfig,
     r: &ResolvedZk,
     q: &Arc<MirrorQueue<ZkOp>>,
+    freeze: Arc<Freeze>,
     stop: CancellationToken,
 ) -> Option<Arc<Migration>> {
     let (to, mc, auth) = destination(top, "zookeeper")?;
@@ -132,6 +136,7 @@ pub fn attach_zk(
     let tm = m.clone();
     q.set_tap(Arc::new(move |op: &ZkOp| zk_components(&tm, &dir, op)));
     wire_idle(&m, q);
+    m.set_freeze(freeze);
     let from = Provider::ZooKeeper(ZkProvider::new(
         r.leader.clone(),
         root,
