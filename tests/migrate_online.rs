@@ -342,3 +342,57 @@ fn the_example_migration_config_validates() {
         "{errs:?}"
     );
 }
+
+/// Two NiFi nodes, each behind its own sidecar with `[migration]`, replacing the same
+/// components: a sidecar's copy can race the other's (read before the other node's write,
+/// land after its copy). The settle pass after the freeze leaves the destination exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_copying_the_same_components_end_exact() {
+    let _g = SERIAL.lock().await;
+    let leader = ZkServer::standalone().await;
+    let follower = ZkServer::standalone().await;
+    let dest = RedisServer::start();
+    // A far destination widens the race window between the two sidecars' copies.
+    let relay = FaultRelay::start(&dest.addr());
+    relay.set(Fault::Latency(Duration::from_millis(20)));
+    let far_url = format!("redis://{}", relay.addr());
+    let mut proxies = Vec::new();
+    for _ in 0..2 {
+        let p = ZkProxy::start_with(&leader.addr(), Some(&follower.addr()), |cfg| {
+            cfg.migration = migration_to(&far_url);
+        })
+        .await;
+        proxies.push(p);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = proxies
+        .iter()
+        .map(|p| {
+            tokio::spawn(zk_nifi_writer(
+                p.connect_string(),
+                stop.clone(),
+                done.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 50, "the writers ran");
+    for p in &proxies {
+        freeze_and_wait(async |m, path| p.http(m, path, None).await, "zookeeper").await;
+    }
+    let o = verify(
+        &format!("zk://{}/nifi", leader.addr()),
+        &format!("redis://{}", dest.addr()),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.text);
+    for p in &proxies {
+        let (code, body) = p.http("DELETE", "/maintenance", None).await;
+        assert_eq!(code, 200, "{body}");
+    }
+}
