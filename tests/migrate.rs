@@ -259,6 +259,14 @@ async fn refuses_without_force_and_dry_run_writes_nothing() {
     let from = format!("redis://{}", src.addr());
     let to = format!("redis://{}?prefix=nifi2/components", dst.addr());
 
+    // A bad URL is a usage error (64), named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_statemirror"))
+        .args(["migrate", "--from", "http://x:1", "--to", &to])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--from"));
+
     // --dry-run: lists, writes nothing. Through the binary, as an operator runs it.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_statemirror"))
         .args([
