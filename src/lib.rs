@@ -25,6 +25,7 @@ pub mod backup;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod migrate;
 pub mod nifi;
 pub mod redis;
 pub mod replication;

@@ -154,6 +154,46 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Copy NiFi component state between providers (NiFi not writing): ZooKeeper <-> Redis,
+    /// Redis -> Redis, ZooKeeper -> ZooKeeper (another root). Refuses a destination that
+    /// already holds NiFi state unless --force; verifies every component and entry after
+    /// copying. `migrate verify` only compares (also against a live online migration).
+    /// Exit 0 done and equal, 1 refused / failures / differences, 64 bad arguments,
+    /// 69 a backend cannot be read.
+    Migrate {
+        /// `copy` (the default) or `verify` (compare only, write nothing).
+        #[arg(value_enum, default_value_t = MigrateMode::Copy)]
+        mode: MigrateMode,
+        /// Source: `redis://[user:pass@]host:port[/db][?prefix=nifi/components/]`,
+        /// `rediss://…`, or `zk://host:port[,host:port]/nifi` (NiFi's root node).
+        #[arg(long)]
+        from: String,
+        /// Destination, same forms.
+        #[arg(long)]
+        to: String,
+        /// Identity map file: source component ids -> destination ids.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// List what would move (components, entries per component); write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Copy into a destination that already holds NiFi state, replacing it: its
+        /// components the source lacks are deleted.
+        #[arg(long)]
+        force: bool,
+        /// Compare only (same as `migrate verify`).
+        #[arg(long)]
+        verify_only: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MigrateMode {
+    Copy,
+    Verify,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -303,8 +343,69 @@ fn main() -> ExitCode {
                     Err(errs) => config_errors(&config, &errs),
                 }
             }
+            Command::Migrate {
+                mode,
+                from,
+                to,
+                identity,
+                dry_run,
+                force,
+                verify_only,
+                json,
+            } => {
+                let verify_only = verify_only || matches!(mode, MigrateMode::Verify);
+                migrate(from, to, identity, dry_run, force, verify_only, json).await
+            }
         }
     })
+}
+
+async fn migrate(
+    from: String,
+    to: String,
+    identity: Option<PathBuf>,
+    dry_run: bool,
+    force: bool,
+    verify_only: bool,
+    json: bool,
+) -> ExitCode {
+    use statemirror::migrate::{self, offline, Endpoint};
+    let parse = |what: &str, s: &str| {
+        Endpoint::parse(s).map_err(|e| eprintln!("statemirror: migrate --{what}: {e}"))
+    };
+    let (Ok(from), Ok(to)) = (parse("from", &from), parse("to", &to)) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let map = match identity.as_deref().map(migrate::load_identity) {
+        None => migrate::identity(),
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            eprintln!("statemirror: migrate --identity: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let out = offline::run(offline::Options {
+        from,
+        to,
+        map,
+        dry_run,
+        force,
+        verify_only,
+        timeout: Duration::from_secs(10),
+    })
+    .await;
+    #[allow(clippy::print_stdout)]
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out.report).unwrap_or_default()
+        );
+    } else if out.code == 0 {
+        println!("{}", out.text);
+    } else {
+        eprintln!("statemirror: migrate: {}", out.text);
+    }
+    ExitCode::from(out.code)
 }
 
 /// Prints a backup command's output (stdout) or failure (stderr) and gives its exit code.

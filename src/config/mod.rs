@@ -14,6 +14,7 @@
 
 mod backend;
 mod error;
+mod migration;
 mod sections;
 mod validate;
 
@@ -24,6 +25,7 @@ use serde::Deserialize;
 
 pub use backend::{decode_url_part, parse_connect_string, read_secret, RedisBackend, Secret};
 pub use error::ConfigError;
+pub use migration::MigrationConfig;
 pub use sections::{
     AdminConfig, ClusterConfig, CopyFormat, LogConfig, LogFormat, MaintenanceConfig, RedisConfig,
     ReplicationConfig, ResyncConfig, VerifyConfig, ZooKeeperConfig,
@@ -48,6 +50,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub resync: ResyncConfig,
     pub verify: VerifyConfig,
+    /// Online migration to another provider; absent = off.
+    pub migration: Option<MigrationConfig>,
 }
 
 /// Config after validation: addresses parsed, secret files read.

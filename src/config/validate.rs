@@ -319,6 +319,11 @@ impl Config {
                 "no sidecar configured: add a [redis] or [zookeeper] section".into(),
             );
         }
+        if let Some(m) = &self.migration {
+            for e in m.check(&self) {
+                err(&e.path, e.message);
+            }
+        }
         let admin_tls = match &self.admin.tls {
             None => Ok(None),
             Some(t) => crate::tls::ServerTls::new(t, "admin listener")

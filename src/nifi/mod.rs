@@ -2,6 +2,10 @@
 //! ([`layout`]) and how it is encoded ([`state`]). See `shared/reference/nifi-state-backends.md`.
 
 pub mod layout;
+pub mod mutf8;
 pub mod state;
 
-pub use state::{decode_binary, decode_json, diff, encode_binary, NifiDiff, NifiState};
+pub use state::{
+    decode_binary, decode_binary_strict, decode_json, diff, encode_binary, encode_json,
+    encode_state_binary, NifiDiff, NifiState, TooLong,
+};

@@ -78,6 +78,8 @@ pub struct RedisSidecar {
     pub verify: Option<Arc<VerifyState>>,
     /// The cross-sidecar check (`[cluster]`).
     pub converge: Option<Arc<Touched<DbKey>>>,
+    /// The online migration (`[migration]`), when it names this sidecar.
+    pub migration: Option<Arc<crate::migrate::online::Migration>>,
 }
 
 impl Sidecar for RedisSidecar {
@@ -123,6 +125,7 @@ impl Sidecar for RedisSidecar {
             "command_table": match s.table().source { Source::Leader => "leader", Source::Fallback => "fallback" },
             "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
             "converge": self.converge.as_ref().map(|t| t.status()),
+            "migration": self.migration.as_ref().map(|m| m.status()),
         })
     }
 }
@@ -215,7 +218,16 @@ pub async fn start(
     let mut resync = None;
     let mut verify = None;
     let mut touched = None;
+    let mut migration = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
+        migration = crate::migrate::online::tap::attach_redis(
+            top,
+            cfg,
+            &r.leader,
+            &q,
+            shared.freeze.clone(),
+            writer_stop.clone(),
+        );
         let mut applier = RedisApplier::new(
             r.leader.clone(),
             f.clone(),
@@ -302,6 +314,7 @@ pub async fn start(
         resync,
         verify,
         converge: touched,
+        migration,
     })
 }
 

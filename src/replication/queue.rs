@@ -310,8 +310,14 @@ pub struct MirrorQueue<Op: MirrorOp> {
     pub(crate) stats: QueueStats,
     /// Work done for the queue's ops after they left it (the cross-sidecar checks of
     /// `replication::converge`): drained only once this says idle too.
-    also_idle: std::sync::OnceLock<Arc<dyn Fn() -> bool + Send + Sync>>,
+    also_idle: Mutex<Vec<Arc<dyn Fn() -> bool + Send + Sync>>>,
+    /// Sees every acknowledged write as it is pushed (even one that coalesces or overflows):
+    /// the online migration notes which NiFi components changed (`migrate::online`).
+    tap: std::sync::OnceLock<Tap<Op>>,
 }
+
+/// See [`MirrorQueue::set_tap`].
+pub type Tap<Op> = Arc<dyn Fn(&Op) + Send + Sync>;
 
 /// Counters kept next to the metrics so `/status` can show them.
 pub(crate) struct QueueStats {
@@ -379,16 +385,23 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 bytes_g: gauge!(m::QUEUE_BYTES, "protocol" => protocol),
                 lag_g: gauge!(m::MIRROR_LAG, "protocol" => protocol),
             },
-            also_idle: std::sync::OnceLock::new(),
+            also_idle: Mutex::new(Vec::new()),
+            tap: std::sync::OnceLock::new(),
         });
         q.publish_gauges();
         q
     }
 
-    /// Makes [`MirrorView::is_drained`] wait for `idle` too (set once, at start). Whoever
-    /// `idle` watches must call [`Self::notify_changed`] when it becomes true.
+    /// Makes [`MirrorView::is_drained`] wait for `idle` too (each one added at start).
+    /// Whoever `idle` watches must call [`Self::notify_changed`] when it becomes true.
     pub fn drained_also_when(&self, idle: Arc<dyn Fn() -> bool + Send + Sync>) {
-        let _ = self.also_idle.set(idle);
+        lock(&self.also_idle).push(idle);
+    }
+
+    /// Calls `tap` with every op pushed from now on, before anything else happens to it
+    /// (set once, at start). It runs on the session's task: it must be quick.
+    pub fn set_tap(&self, tap: Tap<Op>) {
+        let _ = self.tap.set(tap);
     }
 
     pub fn notify_changed(&self) {
@@ -409,6 +422,9 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
     /// Queues an acknowledged write. Never waits. On overflow everything waiting is
     /// discarded (this op included) and the follower is marked out of sync.
     pub fn push(&self, op: Op) {
+        if let Some(tap) = self.tap.get() {
+            tap(&op);
+        }
         let key = op.coalesce_key();
         let cost = Self::cost(&op);
         let mut inner = lock(&self.inner);
@@ -701,7 +717,7 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
         inner.waiting.is_empty()
             && inner.in_flight == 0
             && self.deferred.load(Ordering::Relaxed) == 0
-            && self.also_idle.get().is_none_or(|f| f())
+            && lock(&self.also_idle).iter().all(|f| f())
     }
 
     fn bulk_pending(&self) -> usize {

@@ -341,6 +341,8 @@ pub struct ZkSidecar {
     pub verify: Option<Arc<VerifyState>>,
     /// The cross-sidecar check (`[cluster]`).
     pub converge: Option<Arc<Touched<String>>>,
+    /// The online migration (`[migration]`), when it names this sidecar.
+    pub migration: Option<Arc<crate::migrate::online::Migration>>,
 }
 
 impl Sidecar for ZkSidecar {
@@ -390,6 +392,7 @@ impl Sidecar for ZkSidecar {
             },
             "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
             "converge": self.converge.as_ref().map(|t| t.status()),
+            "migration": self.migration.as_ref().map(|m| m.status()),
         })
     }
 }
@@ -453,7 +456,16 @@ pub async fn start(
     let mut resync = None;
     let mut touched = None;
     let mut verify = None;
+    let mut migration = None;
     if let (Some(q), Some(f)) = (mirror, &r.follower) {
+        migration = crate::migrate::online::tap::attach_zk(
+            top,
+            cfg,
+            r,
+            &q,
+            shared.freeze.clone(),
+            writer_stop.clone(),
+        );
         let mut applier = ZkApplier::new(
             f.clone(),
             r.follower_auth.clone(),
@@ -548,6 +560,7 @@ pub async fn start(
         resync,
         verify,
         converge: touched,
+        migration,
     })
 }
 
