@@ -1,6 +1,7 @@
 //! What statemirror knows about Apache NiFi's component state: where it lives in each backend
 //! ([`layout`]) and how it is encoded ([`state`]). See `shared/reference/nifi-state-backends.md`.
 
+pub mod identity;
 pub mod layout;
 pub mod state;
 
