@@ -25,8 +25,8 @@ use serde::Deserialize;
 pub use backend::{decode_url_part, parse_connect_string, read_secret, RedisBackend, Secret};
 pub use error::ConfigError;
 pub use sections::{
-    AdminConfig, ClusterConfig, CopyFormat, LogConfig, LogFormat, MaintenanceConfig, RedisConfig,
-    ReplicationConfig, ResyncConfig, VerifyConfig, ZooKeeperConfig,
+    AdminConfig, ClusterConfig, CopyFormat, IdentityConfig, LogConfig, LogFormat,
+    MaintenanceConfig, RedisConfig, ReplicationConfig, ResyncConfig, VerifyConfig, ZooKeeperConfig,
 };
 
 use error::{key_path, key_path_at};
@@ -48,6 +48,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     pub resync: ResyncConfig,
     pub verify: VerifyConfig,
+    /// `[identity]`: NiFi state identity map (README "State identity").
+    pub identity: IdentityConfig,
 }
 
 /// Config after validation: addresses parsed, secret files read.
@@ -62,6 +64,8 @@ pub struct Resolved {
     pub node_name: String,
     pub redis: Option<ResolvedRedis>,
     pub zookeeper: Option<ResolvedZk>,
+    /// `[identity] file`, loaded (reloads itself when the file changes).
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,8 @@ pub struct ResolvedZk {
     pub follower: Option<crate::zookeeper::endpoint::ZkServers>,
     /// `user:password` for the follower session's digest auth.
     pub follower_auth: Option<Secret>,
+    /// The state identity map (the same as [`Resolved::identity`]).
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +88,8 @@ pub struct ResolvedRedis {
     pub follower: Option<RedisBackend>,
     /// `[redis.listen_tls]`: TLS on the client listener.
     pub listen_tls: Option<crate::tls::ServerTls>,
+    /// The state identity map (the same as [`Resolved::identity`]).
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl Config {
