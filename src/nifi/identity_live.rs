@@ -158,30 +158,45 @@ impl SharedIdentity {
     }
 }
 
-/// Watches the map for a mirror: each change marks the follower out of sync (a resync moves
-/// the state to the new ids). Ends with `stop`.
-pub fn spawn_watch(
-    identity: SharedIdentity,
-    sync: Arc<dyn Fn(&str) + Send + Sync>,
-    stop: tokio_util::sync::CancellationToken,
-) {
+/// Watches the map for a mirror: each change calls `changed` (which marks the follower out
+/// of sync: a resync moves the state to the new ids). Ends when `changed` returns false
+/// (its mirror is gone).
+pub fn spawn_watch(identity: SharedIdentity, changed: Arc<dyn Fn(&str) -> bool + Send + Sync>) {
     if !identity.is_configured() {
         return;
     }
     tokio::spawn(async move {
         let mut seen = identity.generation();
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
-            }
+            tokio::time::sleep(CHECK_EVERY).await;
             let g = identity.generation();
             if g != seen {
                 seen = g;
-                sync("the identity map changed: state on the follower is under the old ids until a resync");
+                if !changed("the identity map changed: state on the follower is under the old ids until a resync") {
+                    return;
+                }
             }
         }
     });
+}
+
+/// [`spawn_watch`] for a mirror queue: a change marks its follower out of sync.
+pub fn watch_for<Op: crate::replication::queue::MirrorOp + 'static>(
+    identity: &SharedIdentity,
+    queue: &Arc<crate::replication::queue::MirrorQueue<Op>>,
+) {
+    use crate::replication::queue::MirrorView;
+    let q = Arc::downgrade(queue);
+    spawn_watch(
+        identity.clone(),
+        Arc::new(move |why: &str| match q.upgrade() {
+            Some(q) => {
+                q.sync().mark_out_of_sync_expected(why);
+                true
+            }
+            None => false,
+        }),
+    );
 }
 
 #[cfg(test)]

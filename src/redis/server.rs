@@ -222,14 +222,16 @@ pub async fn start(
             connect_timeout,
             cfg.copy_format,
             q.clone(),
-        );
+        )
+        .with_identity(r.identity.clone(), &cfg.nifi_key_prefix);
         if top.cluster.as_ref().is_some_and(|c| c.converge) {
             let t = Touched::new("redis", RedisRepairer::key_bytes);
             let idle = t.clone();
             q.drained_also_when(Arc::new(move || idle.is_idle()));
             converge::spawn(
                 t.clone(),
-                RedisRepairer::new(r.leader.clone(), f.clone(), connect_timeout),
+                RedisRepairer::new(r.leader.clone(), f.clone(), connect_timeout)
+                    .with_identity(r.identity.clone(), &cfg.nifi_key_prefix),
                 q.clone(),
                 "redis",
                 writer_stop.clone(),
@@ -239,7 +241,8 @@ pub async fn start(
         }
         worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("redis", top.resync.clone(), q.clone());
-        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q.clone());
+        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q.clone())
+            .with_identity(r.identity.clone());
         // The generation check runs before any resync may: a leader that lost data must be
         // noticed before the resync at start could copy it over the follower.
         let checked = generation::Checked::new(false);
@@ -266,12 +269,10 @@ pub async fn start(
             shutdown.clone(),
         );
         resync = Some(rs);
-        let vs = VerifyState::new(Arc::new(RedisVerifier::new(
-            r.leader.clone(),
-            f.clone(),
-            cfg,
-            &top.verify,
-        )));
+        let vs = VerifyState::new(Arc::new(
+            RedisVerifier::new(r.leader.clone(), f.clone(), cfg, &top.verify)
+                .with_identity(r.identity.clone()),
+        ));
         crate::replication::verify::spawn_periodic(
             vs.clone(),
             Duration::from_millis(top.verify.interval_ms),

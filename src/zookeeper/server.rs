@@ -458,7 +458,8 @@ pub async fn start(
             cfg.max_frame_bytes,
             q.clone(),
             shared.ephemerals.clone(),
-        );
+        )
+        .with_identity(r.identity.clone());
         if top.cluster.as_ref().is_some_and(|c| c.converge) {
             let t = Touched::new("zookeeper", ZkRepairer::key_bytes);
             let idle = t.clone();
@@ -469,7 +470,8 @@ pub async fn start(
                 ZkRepairer::new(
                     Session::new("leader", r.leader.clone(), auth.clone(), cfg),
                     Session::new("follower", f.clone(), auth, cfg),
-                ),
+                )
+                .with_identity(r.identity.clone()),
                 q.clone(),
                 "zookeeper",
                 writer_stop.clone(),
