@@ -4,6 +4,7 @@
 pub mod flow;
 pub mod identity;
 pub mod identity_live;
+pub mod identity_wire;
 pub mod layout;
 pub mod state;
 

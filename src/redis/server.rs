@@ -56,6 +56,8 @@ pub struct Shared {
     pub closing: CancellationToken,
     /// `[redis.listen_tls]`: clients must speak TLS.
     pub listen_tls: Option<ServerTls>,
+    /// The state identity map: reads served by the follower ask for the mapped keys.
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl Shared {
@@ -184,6 +186,7 @@ pub async fn start(
         served: [AtomicUsize::new(0), AtomicUsize::new(0)],
         closing: shutdown.clone(),
         listen_tls: r.listen_tls.clone(),
+        identity: r.identity.clone(),
     });
     // Sentinel-managed backends: follow their master (see `sentinel`).
     let m = shared.mirror.clone();

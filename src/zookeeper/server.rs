@@ -38,6 +38,8 @@ use crate::tls::Stream;
 
 pub struct ZkShared {
     pub cfg: ZooKeeperConfig,
+    /// The state identity map: reads served by the follower ask for the mapped paths.
+    pub identity: crate::nifi::identity_live::SharedIdentity,
     pub leader: crate::zookeeper::endpoint::ZkServers,
     pub follower: Option<crate::zookeeper::endpoint::ZkServers>,
     pub filter: PathFilter,
@@ -418,6 +420,7 @@ pub async fn start(
     });
     let shared = Arc::new(ZkShared {
         cfg: cfg.clone(),
+        identity: r.identity.clone(),
         leader: r.leader.clone(),
         follower: r.follower.clone(),
         filter: PathFilter {
