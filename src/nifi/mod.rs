@@ -3,6 +3,7 @@
 
 pub mod flow;
 pub mod identity;
+pub mod identity_cli;
 pub mod identity_live;
 pub mod identity_wire;
 pub mod layout;
