@@ -444,3 +444,69 @@ async fn cli_refuses_duplicates_and_keeps_several_instances_on_their_uuids() {
         "ListS3 keeps its UUID: {out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_with_identity_puts_region1_backup_under_region2_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = build_map(dir.path());
+    let region1 = RedisServer::start();
+    let region2 = RedisServer::start();
+    let mut c = region1.conn().await;
+    for (t, comp) in COMPONENTS.iter().enumerate() {
+        common::workload::nifi_replace(&mut c, &format!("nifi/components/{}", comp.3), t, 7)
+            .await
+            .unwrap();
+    }
+    let _: () = c.set(outside_key(), "untouched").await.unwrap();
+    let cfg = |leader: &str, name: &str| {
+        let p = dir.path().join(name);
+        let port = common::free_port();
+        std::fs::write(
+            &p,
+            format!("[redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\n"),
+        )
+        .unwrap();
+        p
+    };
+    let (c1, c2) = (
+        cfg(&region1.url(), "r1.toml"),
+        cfg(&region2.url(), "r2.toml"),
+    );
+    let backup = dir.path().join("r1.smbackup");
+    let (code, out, err) = cli(&[
+        "backup",
+        "--config",
+        c1.to_str().unwrap(),
+        "--out",
+        backup.to_str().unwrap(),
+        "--allow-live",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&[
+        "restore",
+        "--config",
+        c2.to_str().unwrap(),
+        "--in",
+        backup.to_str().unwrap(),
+        "--to",
+        "leader",
+        "--identity",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rep: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["renamed_by_identity_map"], 4, "{rep}");
+    assert_eq!(rep["differences"], 0, "{rep}");
+    let mut r2 = region2.conn().await;
+    for comp in &COMPONENTS {
+        let v: Option<String> = r2.get(format!("nifi/components/{}", comp.4)).await.unwrap();
+        assert!(v.is_some_and(|v| v.contains("\"listing.timestamp\":\"7\"")));
+        let n: usize = r2
+            .exists(format!("nifi/components/{}", comp.3))
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    let v: Option<String> = r2.get(outside_key()).await.unwrap();
+    assert_eq!(v.as_deref(), Some("untouched"));
+}
