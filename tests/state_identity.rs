@@ -126,6 +126,37 @@ fn build_map(dir: &Path) -> PathBuf {
     file
 }
 
+/// `[cluster]` with the cross-sidecar convergence check on (it compares leader K with the
+/// follower's mapped K).
+fn cluster(node: &str) -> statemirror::config::ClusterConfig {
+    statemirror::config::ClusterConfig {
+        node_name: Some(node.into()),
+        member_ttl_ms: 3000,
+        converge: true,
+        ..Default::default()
+    }
+}
+
+/// The convergence check looked at the writes and found the follower right: a check that
+/// compared the follower under the leader's ids would "repair" them there.
+async fn assert_converged_without_repair<F, Fut>(status: F, proto: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let c = eventually(Duration::from_secs(20), || async {
+        let c = status().await[proto]["converge"].clone();
+        let done = c["pending"] == 0 && c["running"] == false;
+        if done && c["checked"].as_u64().unwrap_or(0) > 0 {
+            Ok(c)
+        } else {
+            Err(format!("convergence check not done: {c}"))
+        }
+    })
+    .await;
+    assert_eq!(c["repaired"], 0, "{c}");
+}
+
 /// A key outside NiFi's layout that happens to hold a region 1 UUID.
 fn outside_key() -> String {
     format!("app/{}", COMPONENTS[1].3)
@@ -140,6 +171,7 @@ async fn redis_region2_finds_region1_state_under_its_own_ids() {
     let f2 = file.clone();
     let proxy = Proxy::start_with(&leader, Some(&follower), move |c| {
         c.identity.file = Some(f2);
+        c.cluster = Some(cluster("identity-redis"));
     })
     .await;
 
@@ -178,6 +210,7 @@ async fn redis_region2_finds_region1_state_under_its_own_ids() {
         "keys outside the layout keep their name"
     );
     assert_verify_zero(&proxy.admin(), "redis").await;
+    assert_converged_without_repair(|| proxy.status(), "redis").await;
 
     // `identity list` sees state on both sides.
     let cfg = dir.path().join("sidecar.toml");
@@ -278,6 +311,7 @@ async fn zookeeper_region2_finds_region1_state_under_its_own_ids() {
     let f2 = file.clone();
     let proxy = ZkProxy::start_with(&leader.addr(), Some(&follower.addr()), move |c| {
         c.identity.file = Some(f2);
+        c.cluster = Some(cluster("identity-zk"));
     })
     .await;
 
@@ -312,6 +346,7 @@ async fn zookeeper_region2_finds_region1_state_under_its_own_ids() {
     }
     assert_eq!(f.get_data(&outside).await.unwrap().0, b"untouched");
     assert_verify_zero(&proxy.admin(), "zookeeper").await;
+    assert_converged_without_repair(|| proxy.status(), "zookeeper").await;
 
     // Wipe region 2's component nodes, leave a stale one under a region 1 id: resync.
     for comp in &COMPONENTS {
