@@ -265,6 +265,44 @@ async fn redis_region2_finds_region1_state_under_its_own_ids() {
     assert_eq!(gone, 0, "the stale copy under region 1's id is deleted");
     assert_verify_zero(&proxy.admin(), "redis").await;
 
+    // The map changes (GenerateFlowFile re-deployed in region 2 under another id): the
+    // sidecar reloads it, and the resync it triggers moves the state to the new id.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace(COMPONENTS[0].4, "generate-flowfile-r2")).unwrap();
+    eventually(Duration::from_secs(30), || async {
+        let s = proxy.status().await;
+        let mut fc = follower.conn().await;
+        let new: usize = fc
+            .exists("nifi/components/generate-flowfile-r2")
+            .await
+            .unwrap();
+        let old: usize = fc
+            .exists(format!("nifi/components/{}", COMPONENTS[0].4))
+            .await
+            .unwrap();
+        let r = &s["redis"];
+        if (new, old) == (1, 0) && r["mirror"]["in_sync"] == true && s["identity"]["reloads"] == 1 {
+            Ok(())
+        } else {
+            Err(format!("new {new} old {old}: {s}"))
+        }
+    })
+    .await;
+    assert_verify_zero(&proxy.admin(), "redis").await;
+    // A file that no longer loads keeps the map in use, and /status says why.
+    std::fs::write(&file, "[[component]]\nleader = \"x\"\n").unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let s = proxy.status().await;
+        let e = s["identity"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        (e.contains("not a valid identity file") && s["identity"]["entries"] == 4)
+            .then_some(())
+            .ok_or(format!("{}", s["identity"]))
+    })
+    .await;
+
     // Region 1's leader is lost: its NiFi still asks for its own ids, served by the
     // follower under region 2's.
     tokio::task::block_in_place(|| leader.kill());
