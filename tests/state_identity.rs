@@ -133,7 +133,6 @@ fn cluster(node: &str) -> statemirror::config::ClusterConfig {
         node_name: Some(node.into()),
         member_ttl_ms: 3000,
         converge: true,
-        ..Default::default()
     }
 }
 
