@@ -163,61 +163,7 @@ enum Command {
     /// follower. The file is --file, or the config's `[identity] file`.
     Identity {
         #[command(subcommand)]
-        action: IdentityAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum IdentityAction {
-    /// Build the map from both regions' flow definitions (flow.json.gz or an exported
-    /// process group, gzip or not), joining components on versioned id and group path.
-    Build {
-        #[arg(long)]
-        leader_flow: PathBuf,
-        #[arg(long)]
-        follower_flow: PathBuf,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Print what would be written; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Map one component (e.g. one that is not versioned) to a state id by hand. Refused
-    /// (exit 1) for a state id not matching [A-Za-z0-9][A-Za-z0-9._-]{0,63} or already used.
-    Set {
-        component_id: String,
-        state_id: String,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Also refuse a state id that is an unmapped component's id on the leader.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// ZooKeeper: NiFi's Root Node.
-        #[arg(long, default_value = "/nifi")]
-        zk_root: String,
-    },
-    /// Remove a component's entry (it keeps its UUID again).
-    Unset {
-        component_id: String,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-    },
-    /// Show the map and, with --config, whether state exists for each entry on the leader
-    /// (under the component id) and on the follower (under the state id).
-    List {
-        #[arg(long)]
-        file: Option<PathBuf>,
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// ZooKeeper: NiFi's Root Node.
-        #[arg(long, default_value = "/nifi")]
-        zk_root: String,
-        #[arg(long)]
-        json: bool,
+        action: statemirror::nifi::identity_cli::IdentityAction,
     },
 }
 
@@ -376,53 +322,8 @@ fn main() -> ExitCode {
 }
 
 /// `statemirror identity …` (the logic is in `nifi::identity_cli`).
-async fn identity(action: IdentityAction) -> ExitCode {
-    use statemirror::nifi::identity_cli as cli;
-    let file =
-        |f: &Option<PathBuf>, c: &Option<PathBuf>| cli::identity_file(f.as_deref(), c.as_deref());
-    let r = match &action {
-        IdentityAction::Build {
-            leader_flow,
-            follower_flow,
-            file: f,
-            config,
-            dry_run,
-        } => {
-            let target = match (f, config) {
-                (None, None) => Ok(None),
-                _ => file(f, config).map(Some),
-            };
-            match target {
-                Ok(t) => cli::build(leader_flow, follower_flow, t.as_deref(), *dry_run),
-                Err(e) => Err(e),
-            }
-        }
-        IdentityAction::Set {
-            component_id,
-            state_id,
-            file: f,
-            config,
-            zk_root,
-        } => match file(f, config) {
-            Ok(p) => cli::set(component_id, state_id, &p, config.as_deref(), zk_root).await,
-            Err(e) => Err(e),
-        },
-        IdentityAction::Unset {
-            component_id,
-            file: f,
-            config,
-        } => file(f, config).and_then(|p| cli::unset(component_id, &p)),
-        IdentityAction::List {
-            file: f,
-            config,
-            zk_root,
-            json,
-        } => match file(f, config) {
-            Ok(p) => cli::list(&p, config.as_deref(), zk_root, *json).await,
-            Err(e) => Err(e),
-        },
-    };
-    match r {
+async fn identity(action: statemirror::nifi::identity_cli::IdentityAction) -> ExitCode {
+    match statemirror::nifi::identity_cli::run(action).await {
         Ok(o) => {
             #[allow(clippy::print_stdout)]
             {
