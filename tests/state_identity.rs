@@ -385,6 +385,32 @@ async fn zookeeper_region2_finds_region1_state_under_its_own_ids() {
     assert_verify_zero(&proxy.admin(), "zookeeper").await;
     assert_converged_without_repair(|| proxy.status(), "zookeeper").await;
 
+    // `identity list` looks under <root>/components on both ensembles.
+    let cfg = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[zookeeper]\nleader = \"{}\"\nfollower = \"{}\"\n[identity]\nfile = \"{}\"\n",
+            leader.addr(),
+            follower.addr(),
+            file.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&[
+        "identity",
+        "list",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    for r in rows.as_array().unwrap() {
+        assert_eq!(r["state_on_leader"]["zookeeper"], true, "{r}");
+        assert_eq!(r["state_on_follower"]["zookeeper"], true, "{r}");
+    }
+
     // Wipe region 2's component nodes, leave a stale one under a region 1 id: resync.
     for comp in &COMPONENTS {
         f.delete(&format!("/nifi/components/{}", comp.4), None)

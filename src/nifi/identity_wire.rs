@@ -90,6 +90,47 @@ mod tests {
     }
 
     #[test]
+    fn redis_reads_name_nifi_keys_only() {
+        let lim = crate::redis::resp::Limits {
+            max_request_bytes: 1 << 20,
+            max_args: 64,
+        };
+        let req = |args: &[&[u8]]| {
+            let mut b = BytesMut::new();
+            crate::redis::backend::encode_cmd(&mut b, args);
+            crate::redis::resp::parse_request(&mut b, &lim)
+                .unwrap()
+                .unwrap()
+        };
+        let m = map();
+        let p = "nifi/components/";
+        let get = req(&[b"GET", b"nifi/components/aaa"]);
+        let out = redis_request(&m, p, &get);
+        let mut want = BytesMut::new();
+        crate::redis::backend::encode_cmd(&mut want, &[b"GET", b"nifi/components/bbbb"]);
+        assert_eq!(&out[..], &want[..]);
+        let mget = req(&[b"MGET", b"x", b"nifi/components/aaa", b"nifi/components/zz"]);
+        let mut want = BytesMut::new();
+        crate::redis::backend::encode_cmd(
+            &mut want,
+            &[
+                b"MGET",
+                b"x",
+                b"nifi/components/bbbb",
+                b"nifi/components/zz",
+            ],
+        );
+        assert_eq!(&redis_request(&m, p, &mget)[..], &want[..]);
+        for same in [
+            req(&[b"GET", b"other/aaa"]),
+            req(&[b"GET", b"aaa"]),
+            req(&[b"nifi/components/aaa"]),
+        ] {
+            assert!(matches!(redis_request(&m, p, &same), Cow::Borrowed(_)));
+        }
+    }
+
+    #[test]
     fn zk_reads_are_renamed_only_in_the_layout() {
         let frame = |path: &str| {
             let mut f = BytesMut::new();
