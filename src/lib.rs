@@ -422,6 +422,7 @@ pub async fn start(resolved: Resolved) -> Result<App, StartError> {
         allowed_hosts: cfg.admin.allowed_hosts.clone(),
         drain_timeout: app.drain_timeout,
         max_differences: cfg.verify.max_differences,
+        identity: resolved.identity.clone(),
     };
     let served = admin::serve_tls(
         resolved.admin_listen,
@@ -502,12 +503,10 @@ pub fn verifiers(resolved: &Resolved) -> Vec<Arc<dyn replication::verify::Verifi
     let mut v: Vec<Arc<dyn replication::verify::Verifier>> = Vec::new();
     if let (Some(r), Some(rc)) = (&resolved.redis, &cfg.redis) {
         if let Some(f) = &r.follower {
-            v.push(Arc::new(redis::verify::RedisVerifier::new(
-                r.leader.clone(),
-                f.clone(),
-                rc,
-                &cfg.verify,
-            )));
+            v.push(Arc::new(
+                redis::verify::RedisVerifier::new(r.leader.clone(), f.clone(), rc, &cfg.verify)
+                    .with_identity(r.identity.clone()),
+            ));
         }
     }
     if let (Some(z), Some(zc)) = (&resolved.zookeeper, &cfg.zookeeper) {

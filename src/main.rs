@@ -153,6 +153,17 @@ enum Command {
         /// the filters that the backup lacks are deleted.
         #[arg(long)]
         force: bool,
+        /// A state identity map (README "State identity"): NiFi's keys / znodes of region
+        /// 1's backup are restored under region 2's component ids.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// NiFi state identity across regions (README "State identity"): the map from region
+    /// 1's component ids to region 2's, which statemirror applies on every path into the
+    /// follower. The file is --file, or the config's `[identity] file`.
+    Identity {
+        #[command(subcommand)]
+        action: statemirror::nifi::identity_cli::IdentityAction,
     },
     /// Copy NiFi component state between providers (NiFi not writing): ZooKeeper <-> Redis,
     /// Redis -> Redis, ZooKeeper -> ZooKeeper (another root). Refuses a destination that
@@ -332,11 +343,13 @@ fn main() -> ExitCode {
                 input,
                 to,
                 force,
+                identity,
             } => {
                 let args = backup::commands::RestoreArgs {
                     input,
                     to: to.into(),
                     force,
+                    identity,
                 };
                 match Config::load(&config) {
                     Ok(r) => backup_outcome("restore", backup::commands::restore(&r, &args).await),
@@ -356,6 +369,7 @@ fn main() -> ExitCode {
                 let verify_only = verify_only || matches!(mode, MigrateMode::Verify);
                 migrate(from, to, identity, dry_run, force, verify_only, json).await
             }
+            Command::Identity { action } => identity(action).await,
         }
     })
 }
@@ -406,6 +420,23 @@ async fn migrate(
         eprintln!("statemirror: migrate: {}", out.text);
     }
     ExitCode::from(out.code)
+}
+
+/// `statemirror identity …` (the logic is in `nifi::identity_cli`).
+async fn identity(action: statemirror::nifi::identity_cli::IdentityAction) -> ExitCode {
+    match statemirror::nifi::identity_cli::run(action).await {
+        Ok(o) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{}", o.stdout);
+            }
+            ExitCode::from(o.code)
+        }
+        Err(e) => {
+            eprintln!("statemirror: identity: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// Prints a backup command's output (stdout) or failure (stderr) and gives its exit code.

@@ -456,3 +456,66 @@ async fn measure_rates() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// `--identity`: region 1's component ids are written under region 2's (the map made by
+/// `statemirror identity set`), the others keep theirs, and verify compares through the map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_map_renames_components_on_the_way() {
+    let _g = SERIAL.lock().await;
+    let src = RedisServer::start();
+    let dst = ZkServer::standalone().await;
+    let mut s = src.conn().await;
+    for id in ["r1-lister", "r1-fetcher", "unmapped"] {
+        let json = format!(r#"{{"version":3,"encodingVersion":1,"stateValues":{{"of":"{id}"}}}}"#);
+        let _: () = s.set(format!("nifi/components/{id}"), json).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("identity.toml");
+    let bin = env!("CARGO_BIN_EXE_statemirror");
+    for (from, to) in [("r1-lister", "r2-lister"), ("r1-fetcher", "r2-fetcher")] {
+        let out = std::process::Command::new(bin)
+            .args(["identity", "set", from, to, "--file"])
+            .arg(&map)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let from = format!("redis://{}", src.addr());
+    let to = format!("zk://{}/nifi", dst.addr());
+    let migrate = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin);
+        c.args(["migrate", "--from", &from, "--to", &to, "--identity"])
+            .arg(&map)
+            .args(extra);
+        c.output().unwrap()
+    };
+    let out = migrate(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let z = zk_client(&dst.addr()).await;
+    let mut children = z.list_children("/nifi/components").await.unwrap();
+    children.sort();
+    assert_eq!(children, ["r2-fetcher", "r2-lister", "unmapped"]);
+    let (data, _) = z.get_data("/nifi/components/r2-lister").await.unwrap();
+    assert_eq!(data, encode_binary(&[("of", "r1-lister")]));
+    // Verify through the map: equal; without it, the renamed components differ.
+    let out = migrate(&["--verify-only"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = std::process::Command::new(bin)
+        .args(["migrate", "verify", "--from", &from, "--to", &to])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "without the map the ids differ");
+}

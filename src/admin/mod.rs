@@ -66,6 +66,8 @@ pub struct AdminState {
     pub drain_timeout: Duration,
     /// Default `?max=` of `GET /verify`.
     pub max_differences: usize,
+    /// `[identity] file`: its state (entries, reloads, a load error) in `/status`.
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 /// Most admin connections at once; the API is for operators and scrapers, not traffic.

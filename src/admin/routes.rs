@@ -130,6 +130,9 @@ fn status(state: &AdminState) -> Value {
         }
         v[s.protocol()] = st;
     }
+    if let Some(id) = state.identity.status() {
+        v["identity"] = id;
+    }
     v
 }
 

@@ -28,6 +28,8 @@ pub struct RestoreArgs {
     pub input: PathBuf,
     pub to: Side,
     pub force: bool,
+    /// A state identity map: NiFi's keys / znodes are restored under the mapped ids.
+    pub identity: Option<PathBuf>,
 }
 
 /// Differences and errors listed in a restore report (all are counted).
@@ -189,7 +191,21 @@ pub fn list(path: &std::path::Path) -> Result<Output, Failure> {
 
 /// `statemirror restore`.
 pub async fn restore(resolved: &Resolved, a: &RestoreArgs) -> Result<Output, Failure> {
-    let backup = super::read_file(&a.input)?;
+    let mut backup = super::read_file(&a.input)?;
+    let mut renamed = None;
+    if let Some(path) = &a.identity {
+        let map = crate::nifi::identity::IdentityMap::load(path)
+            .map_err(|e| Failure::Config(format!("--identity: {e}")))?;
+        let prefix = resolved
+            .config
+            .redis
+            .as_ref()
+            .map(|r| r.nifi_key_prefix.clone())
+            .unwrap_or_default();
+        let n =
+            super::identity::apply(&mut backup.records, &map, &prefix).map_err(Failure::Corrupt)?;
+        renamed = Some(n);
+    }
     let protocol = backup.header.protocol;
     let mismatch = || {
         Failure::Refused(format!(
@@ -320,6 +336,9 @@ pub async fn restore(resolved: &Resolved, a: &RestoreArgs) -> Result<Output, Fai
         }
     };
     report["file"] = a.input.display().to_string().into();
+    if let Some(n) = renamed {
+        report["renamed_by_identity_map"] = n.into();
+    }
     report["backup_created_unix_ms"] = backup.header.created_unix_ms.into();
     let differences = report["differences"].as_u64().unwrap_or(0);
     if differences > 0 {

@@ -37,6 +37,7 @@
 
 pub mod commands;
 pub mod freeze_check;
+pub mod identity;
 pub mod list;
 pub mod redis;
 pub mod zookeeper;

@@ -27,8 +27,8 @@ pub use backend::{decode_url_part, parse_connect_string, read_secret, RedisBacke
 pub use error::ConfigError;
 pub use migration::MigrationConfig;
 pub use sections::{
-    AdminConfig, ClusterConfig, CopyFormat, LogConfig, LogFormat, MaintenanceConfig, RedisConfig,
-    ReplicationConfig, ResyncConfig, VerifyConfig, ZooKeeperConfig,
+    AdminConfig, ClusterConfig, CopyFormat, IdentityConfig, LogConfig, LogFormat,
+    MaintenanceConfig, RedisConfig, ReplicationConfig, ResyncConfig, VerifyConfig, ZooKeeperConfig,
 };
 
 use error::{key_path, key_path_at};
@@ -52,6 +52,8 @@ pub struct Config {
     pub verify: VerifyConfig,
     /// Online migration to another provider; absent = off.
     pub migration: Option<MigrationConfig>,
+    /// `[identity]`: NiFi state identity map (README "State identity").
+    pub identity: IdentityConfig,
 }
 
 /// Config after validation: addresses parsed, secret files read.
@@ -66,6 +68,8 @@ pub struct Resolved {
     pub node_name: String,
     pub redis: Option<ResolvedRedis>,
     pub zookeeper: Option<ResolvedZk>,
+    /// `[identity] file`, loaded (reloads itself when the file changes).
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -79,6 +83,8 @@ pub struct ResolvedZk {
     pub follower_auth: Option<Secret>,
     /// `[zookeeper.listen_tls]`: TLS on the client listener.
     pub listen_tls: Option<crate::tls::ServerTls>,
+    /// The state identity map (the same as [`Resolved::identity`]).
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +94,8 @@ pub struct ResolvedRedis {
     pub follower: Option<RedisBackend>,
     /// `[redis.listen_tls]`: TLS on the client listener.
     pub listen_tls: Option<crate::tls::ServerTls>,
+    /// The state identity map (the same as [`Resolved::identity`]).
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl Config {

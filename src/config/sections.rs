@@ -345,6 +345,17 @@ impl Default for ResyncConfig {
     }
 }
 
+/// `[identity]`: NiFi state identity (README "State identity").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct IdentityConfig {
+    /// The identity map file (TOML, see `nifi::identity`): region 1's component ids → the ids
+    /// region 2's flow has. Every path into the follower (mirror, resync, verify, the
+    /// convergence check, read failover) applies it; reloaded when it changes. Default: none
+    /// (every id is kept).
+    pub file: Option<PathBuf>,
+}
+
 /// Verification: comparing leader and follower key by key (`GET /verify`, `statemirror verify`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]

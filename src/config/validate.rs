@@ -19,6 +19,13 @@ impl Config {
             })
         };
         let admin_listen = parse_addr(&self.admin.listen).map_err(|m| err("admin.listen", m));
+        let identity = match &self.identity.file {
+            None => crate::nifi::identity_live::SharedIdentity::none(),
+            Some(p) => crate::nifi::identity_live::SharedIdentity::load(p).unwrap_or_else(|e| {
+                err("identity.file", e.to_string());
+                crate::nifi::identity_live::SharedIdentity::none()
+            }),
+        };
         if let (Ok(a), None) = (&admin_listen, &self.admin.token_file) {
             if !a.ip().is_loopback() {
                 err(
@@ -210,6 +217,7 @@ impl Config {
                     leader,
                     follower,
                     listen_tls,
+                    identity: identity.clone(),
                 });
             }
         }
@@ -310,6 +318,7 @@ impl Config {
                     follower,
                     follower_auth,
                     listen_tls,
+                    identity: identity.clone(),
                 });
             }
         }
@@ -348,6 +357,7 @@ impl Config {
                 node_name,
                 redis,
                 zookeeper,
+                identity,
             }),
             _ => Err(errs),
         }

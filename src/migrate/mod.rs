@@ -28,14 +28,11 @@ pub mod zookeeper;
 pub use copy::{identity, IdMap};
 pub use endpoint::Endpoint;
 
-/// Loads an identity map file as an [`IdMap`]. The identity map itself (`nifi::identity`,
-/// issue 12 part 1) is built on another branch: until it is merged this refuses, so that
-/// `--identity` never silently copies under the wrong ids. At merge: load
-/// `crate::nifi::identity::IdentityMap::load(path)` and return
-/// `Arc::new(move |id| map.to_follower(id).into_owned())`.
+/// Loads a state identity map file (README "State identity") as an [`IdMap`]: source
+/// component ids are written under the destination ids it names.
 pub fn load_identity(path: &std::path::Path) -> Result<IdMap, String> {
-    Err(format!(
-        "{}: identity maps are not available in this build yet (nifi::identity)",
-        path.display()
-    ))
+    let map = crate::nifi::identity::IdentityMap::load(path).map_err(|e| e.to_string())?;
+    Ok(std::sync::Arc::new(move |id: &str| {
+        map.to_follower(id).into_owned()
+    }))
 }

@@ -1,6 +1,11 @@
 //! What statemirror knows about Apache NiFi's component state: where it lives in each backend
 //! ([`layout`]) and how it is encoded ([`state`]). See `shared/reference/nifi-state-backends.md`.
 
+pub mod flow;
+pub mod identity;
+pub mod identity_cli;
+pub mod identity_live;
+pub mod identity_wire;
 pub mod layout;
 pub mod mutf8;
 pub mod state;

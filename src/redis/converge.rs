@@ -37,6 +37,9 @@ pub struct RedisRepairer {
     leader_run_id: Option<String>,
     /// The leader's Sentinel generation when `leader_run_id` was read.
     leader_master_gen: u64,
+    /// Keys checked are the leader's; the follower's are `map_key` of them.
+    identity: crate::nifi::identity_live::SharedIdentity,
+    nifi_prefix: String,
 }
 
 impl RedisRepairer {
@@ -49,7 +52,19 @@ impl RedisRepairer {
             follower_conn: None,
             leader_run_id: None,
             leader_master_gen: 0,
+            identity: Default::default(),
+            nifi_prefix: String::new(),
         }
+    }
+
+    pub fn with_identity(
+        mut self,
+        identity: crate::nifi::identity_live::SharedIdentity,
+        nifi_prefix: &str,
+    ) -> Self {
+        self.identity = identity;
+        self.nifi_prefix = nifi_prefix.to_string();
+        self
     }
 
     async fn round(&mut self, keys: Vec<DbKey>) -> Result<Round<DbKey>, String> {
@@ -115,8 +130,16 @@ impl RedisRepairer {
         let (Some(f), Some(l)) = (self.follower_conn.as_mut(), self.leader_conn.as_mut()) else {
             return Err("no connection".into());
         };
+        let map = self.identity.current();
+        let fkeys: Vec<Bytes> = keys
+            .iter()
+            .map(|k| match map.map_key(&self.nifi_prefix, k) {
+                std::borrow::Cow::Borrowed(_) => k.clone(),
+                std::borrow::Cow::Owned(m) => Bytes::from(m),
+            })
+            .collect();
         // 1. The follower first, watched: its read must come before the leader's.
-        let theirs = dump_pipelined(f, db, keys, true)
+        let theirs = dump_pipelined(f, db, &fkeys, true)
             .await
             .map_err(|e| format!("follower: {e}"))?;
         // 2. The leader.
@@ -126,20 +149,20 @@ impl RedisRepairer {
         round.checked += keys.len();
         // 3. Only what differs, only if nothing changed on the follower since 1.
         let mut out = BytesMut::new();
-        let mut differ: Vec<(&Bytes, &Dumped)> = Vec::new();
+        let mut differ: Vec<(&Bytes, &Bytes, &Dumped)> = Vec::new();
         encode_cmd(&mut out, &[b"MULTI"]);
-        for ((k, l), f) in keys.iter().zip(&ours).zip(&theirs) {
+        for (((k, fk), l), f) in keys.iter().zip(&fkeys).zip(&ours).zip(&theirs) {
             if l == f {
                 continue;
             }
-            differ.push((k, f));
+            differ.push((k, fk, f));
             match l {
-                None => encode_cmd(&mut out, &[b"DEL", k]),
+                None => encode_cmd(&mut out, &[b"DEL", fk]),
                 Some((payload, t)) => encode_cmd(
                     &mut out,
                     &[
                         b"RESTORE",
-                        k,
+                        fk,
                         t.unwrap_or(0).to_string().as_bytes(),
                         payload,
                         b"REPLACE",
@@ -167,11 +190,11 @@ impl RedisRepairer {
             // since the read is done (whoever changed it checks it after); one that did
             // not (another key aborted the transaction) is checked again.
             Some(BytesFrame::Null) => {
-                let again: Vec<Bytes> = differ.iter().map(|(k, _)| (*k).clone()).collect();
+                let again: Vec<Bytes> = differ.iter().map(|(_, fk, _)| (*fk).clone()).collect();
                 let now = dump_pipelined(f, db, &again, false)
                     .await
                     .map_err(|e| format!("follower: {e}"))?;
-                for ((k, before), now) in differ.into_iter().zip(now) {
+                for ((k, _, before), now) in differ.into_iter().zip(now) {
                     if *before == now {
                         round.retry.push((db, k.clone()));
                     } else {
@@ -180,7 +203,7 @@ impl RedisRepairer {
                 }
             }
             Some(BytesFrame::Array(results)) => {
-                for ((k, _), r) in differ.into_iter().zip(results) {
+                for ((k, _, _), r) in differ.into_iter().zip(results) {
                     match error_text(&r) {
                         None => round.repaired += 1,
                         Some(e) => round

@@ -32,6 +32,9 @@ pub struct RedisWalker {
     patterns: Vec<String>,
     connect_timeout: Duration,
     queue: Arc<MirrorQueue<RedisOp>>,
+    /// Follower keys are named back with the inverse map (the writer maps the copies).
+    identity: crate::nifi::identity_live::SharedIdentity,
+    nifi_prefix: String,
 }
 
 impl RedisWalker {
@@ -47,7 +50,14 @@ impl RedisWalker {
             patterns: cfg.key_patterns.clone(),
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             queue,
+            identity: Default::default(),
+            nifi_prefix: cfg.nifi_key_prefix.clone(),
         }
+    }
+
+    pub fn with_identity(mut self, identity: crate::nifi::identity_live::SharedIdentity) -> Self {
+        self.identity = identity;
+        self
     }
 
     async fn run(&self, ctx: &ResyncCtx) -> Result<(), ResyncError> {
@@ -109,6 +119,7 @@ impl RedisWalker {
                         .await
                         .map_err(|e| fail("follower", e))?;
                     ctx.scanned(keys.len() as u64);
+                    let keys = self.leader_names(&mut follower, db, keys, ctx).await?;
                     let gone = missing(&mut leader, db, &keys)
                         .await
                         .map_err(|e| fail("leader", e))?;
@@ -148,6 +159,58 @@ impl RedisWalker {
             }
         }
         Ok(())
+    }
+}
+
+impl RedisWalker {
+    /// Follower keys as the leader names them (the inverse identity map). A key no leader
+    /// key maps to (state left under an old id, e.g. region 1's ids mirrored before the map
+    /// existed) is deleted on the follower at once: no live write can target it, since no
+    /// leader key maps to it.
+    async fn leader_names(
+        &self,
+        follower: &mut Conn,
+        db: u32,
+        keys: Vec<Bytes>,
+        ctx: &ResyncCtx,
+    ) -> Result<Vec<Bytes>, ResyncError> {
+        let map = self.identity.current();
+        if map.is_empty() {
+            return Ok(keys);
+        }
+        let p = self.nifi_prefix.as_str();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut orphans = Vec::new();
+        for k in keys {
+            let l = map.unmap_key(p, &k).into_owned();
+            if *map.map_key(p, &l) == *k {
+                out.push(Bytes::from(l));
+            } else {
+                orphans.push(k);
+            }
+        }
+        if !orphans.is_empty() {
+            select(follower, db)
+                .await
+                .map_err(|e| fail("follower", e))?;
+            let mut cmd = BytesMut::new();
+            let mut args: Vec<&[u8]> = vec![b"DEL"];
+            args.extend(orphans.iter().map(|k| &k[..]));
+            encode_cmd(&mut cmd, &args);
+            let r = follower
+                .roundtrip(&cmd, 1)
+                .await
+                .map_err(|e| fail("follower", e.to_string()))?;
+            if let Some(e) = r.first().and_then(error_text) {
+                return Err(fail("follower", e));
+            }
+            tracing::info!(
+                keys = orphans.len(),
+                "resync: deleted follower state under ids the identity map does not map to"
+            );
+            ctx.deleted(orphans.len() as u64);
+        }
+        Ok(out)
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Shared {
     pub closing: CancellationToken,
     /// `[redis.listen_tls]`: clients must speak TLS.
     pub listen_tls: Option<ServerTls>,
+    /// The state identity map: reads served by the follower ask for the mapped keys.
+    pub identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl Shared {
@@ -187,6 +189,7 @@ pub async fn start(
         served: [AtomicUsize::new(0), AtomicUsize::new(0)],
         closing: shutdown.clone(),
         listen_tls: r.listen_tls.clone(),
+        identity: r.identity.clone(),
     });
     // Sentinel-managed backends: follow their master (see `sentinel`).
     let m = shared.mirror.clone();
@@ -234,14 +237,16 @@ pub async fn start(
             connect_timeout,
             cfg.copy_format,
             q.clone(),
-        );
+        )
+        .with_identity(r.identity.clone(), &cfg.nifi_key_prefix);
         if top.cluster.as_ref().is_some_and(|c| c.converge) {
             let t = Touched::new("redis", RedisRepairer::key_bytes);
             let idle = t.clone();
             q.drained_also_when(Arc::new(move || idle.is_idle()));
             converge::spawn(
                 t.clone(),
-                RedisRepairer::new(r.leader.clone(), f.clone(), connect_timeout),
+                RedisRepairer::new(r.leader.clone(), f.clone(), connect_timeout)
+                    .with_identity(r.identity.clone(), &cfg.nifi_key_prefix),
                 q.clone(),
                 "redis",
                 writer_stop.clone(),
@@ -251,7 +256,8 @@ pub async fn start(
         }
         worker::spawn(q.clone(), applier, repl.clone(), writer_stop);
         let rs = Resync::new("redis", top.resync.clone(), q.clone());
-        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q.clone());
+        let walker = RedisWalker::new(r.leader.clone(), f.clone(), cfg, q.clone())
+            .with_identity(r.identity.clone());
         // The generation check runs before any resync may: a leader that lost data must be
         // noticed before the resync at start could copy it over the follower.
         let checked = generation::Checked::new(false);
@@ -278,12 +284,10 @@ pub async fn start(
             shutdown.clone(),
         );
         resync = Some(rs);
-        let vs = VerifyState::new(Arc::new(RedisVerifier::new(
-            r.leader.clone(),
-            f.clone(),
-            cfg,
-            &top.verify,
-        )));
+        let vs = VerifyState::new(Arc::new(
+            RedisVerifier::new(r.leader.clone(), f.clone(), cfg, &top.verify)
+                .with_identity(r.identity.clone()),
+        ));
         crate::replication::verify::spawn_periodic(
             vs.clone(),
             Duration::from_millis(top.verify.interval_ms),

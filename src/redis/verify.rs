@@ -29,6 +29,9 @@ pub struct RedisVerifier {
     nifi_prefix: String,
     ttl_tolerance_ms: i64,
     connect_timeout: Duration,
+    /// Leader key K is compared with the follower's `map_key(K)`; a follower key is the
+    /// leader's `to_leader` of it, or an orphan (no leader key maps to it).
+    identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 /// `DUMP` payload and absolute expiry (`None`: persistent) of a key; `None`: no such key.
@@ -50,7 +53,13 @@ impl RedisVerifier {
             nifi_prefix: cfg.nifi_key_prefix.clone(),
             ttl_tolerance_ms: v.ttl_tolerance_ms.min(i64::MAX as u64) as i64,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            identity: Default::default(),
         }
+    }
+
+    pub fn with_identity(mut self, identity: crate::nifi::identity_live::SharedIdentity) -> Self {
+        self.identity = identity;
+        self
     }
 
     async fn run(&self, max: usize) -> Result<VerifyReport, String> {
@@ -73,6 +82,8 @@ impl RedisVerifier {
             )
             .map(|(db, _)| db)
             .collect();
+        let map = self.identity.current();
+        let prefix = self.nifi_prefix.as_str();
         for db in dbs {
             // SCAN may return a key more than once, and patterns may overlap.
             let mut seen: HashSet<Bytes> = HashSet::new();
@@ -89,12 +100,19 @@ impl RedisVerifier {
                     let l = dump_all(&mut leader, db, &keys)
                         .await
                         .map_err(|e| format!("leader: {e}"))?;
-                    let f = dump_all(&mut follower, db, &keys)
+                    let fkeys: Vec<Bytes> = keys
+                        .iter()
+                        .map(|k| match map.map_key(prefix, k) {
+                            std::borrow::Cow::Borrowed(_) => k.clone(),
+                            std::borrow::Cow::Owned(m) => Bytes::from(m),
+                        })
+                        .collect();
+                    let f = dump_all(&mut follower, db, &fkeys)
                         .await
                         .map_err(|e| format!("follower: {e}"))?;
-                    for ((key, l), f) in keys.iter().zip(l).zip(f) {
-                        self.compare(&mut rep, &mut leader, &mut follower, db, key, l, f, max)
-                            .await?;
+                    for (((key, fkey), l), f) in keys.iter().zip(&fkeys).zip(l).zip(f) {
+                        let (conns, at) = ((&mut leader, &mut follower), (db, key, fkey));
+                        self.compare(&mut rep, conns, at, l, f, max).await?;
                     }
                     if &next[..] == b"0" {
                         break;
@@ -111,14 +129,31 @@ impl RedisVerifier {
                         .map_err(|e| format!("follower: {e}"))?;
                     // Keys the leader scan saw were compared already (a key created on the
                     // leader after its scan is not "extra" on the follower).
-                    let keys: Vec<Bytes> = keys
+                    // Named as on the leader (the inverse map); a key no leader key maps to
+                    // (state left under an old id) is extra whatever the leader holds.
+                    let mut orphans = Vec::new();
+                    let keys: Vec<(Bytes, Bytes)> = keys
                         .into_iter()
-                        .filter(|k| !seen.contains(k) && seen_extra.insert(k.clone()))
+                        .filter_map(|k| {
+                            let l = Bytes::from(map.unmap_key(prefix, &k).into_owned());
+                            if *map.map_key(prefix, &l) != *k {
+                                orphans.push(k);
+                                return None;
+                            }
+                            (!seen.contains(&l) && seen_extra.insert(k.clone())).then_some((l, k))
+                        })
                         .collect();
-                    let gone = missing(&mut leader, db, &keys)
+                    let lkeys: Vec<Bytes> = keys.iter().map(|(l, _)| l.clone()).collect();
+                    let gone_l = missing(&mut leader, db, &lkeys)
                         .await
                         .map_err(|e| format!("leader: {e}"))?;
-                    rep.equal += (keys.len() - gone.len()) as u64;
+                    rep.equal += (keys.len() - gone_l.len()) as u64;
+                    let gone_l: HashSet<Bytes> = gone_l.into_iter().collect();
+                    let gone = keys
+                        .into_iter()
+                        .filter(|(l, _)| gone_l.contains(l))
+                        .map(|(_, f)| f)
+                        .chain(orphans);
                     for key in gone {
                         let nifi = match self.component(&key) {
                             Some(c) => {
@@ -157,14 +192,12 @@ impl RedisVerifier {
             .map(|id| String::from_utf8_lossy(id).into_owned())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `key` on the leader against `fkey` (its mapped name) on the follower.
     async fn compare(
         &self,
         rep: &mut VerifyReport,
-        leader: &mut Conn,
-        follower: &mut Conn,
-        db: u32,
-        key: &Bytes,
+        (leader, follower): (&mut Conn, &mut Conn),
+        (db, key, fkey): (u32, &Bytes, &Bytes),
         l: Dumped,
         f: Dumped,
         max: usize,
@@ -184,7 +217,7 @@ impl RedisVerifier {
                     let a = typed::read(leader, key)
                         .await
                         .map_err(|e| format!("leader: {e}"))?;
-                    let b = typed::read(follower, key)
+                    let b = typed::read(follower, fkey)
                         .await
                         .map_err(|e| format!("follower: {e}"))?;
                     a.map(|s| s.value) == b.map(|s| s.value)
@@ -214,7 +247,7 @@ impl RedisVerifier {
         let nifi = match self.component(key) {
             Some(c) => {
                 let lv = get_string(leader, db, key).await?;
-                let fv = get_string(follower, db, key).await?;
+                let fv = get_string(follower, db, fkey).await?;
                 nifi_diff(&c, lv, fv)
             }
             None => None,

@@ -26,6 +26,9 @@ pub struct ZkRepairer {
     /// in time (restarted empty, restored from a backup), and nothing may be repaired from
     /// it.
     leader_zxid: i64,
+    /// The paths checked are the follower's (the writer notes them after the state identity
+    /// map): the leader is read at the inverse-mapped path.
+    identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl ZkRepairer {
@@ -34,7 +37,13 @@ impl ZkRepairer {
             leader,
             follower,
             leader_zxid: 0,
+            identity: Default::default(),
         }
+    }
+
+    pub fn with_identity(mut self, identity: crate::nifi::identity_live::SharedIdentity) -> Self {
+        self.identity = identity;
+        self
     }
 
     async fn round(&mut self, paths: Vec<String>) -> Result<Round<String>, String> {
@@ -53,7 +62,16 @@ impl ZkRepairer {
             return Ok(round);
         }
         self.leader_zxid = zxid;
-        let ours = self.leader.read(&paths).await?;
+        let map = self.identity.current();
+        let ours = if map.is_empty() {
+            self.leader.read(&paths).await?
+        } else {
+            let on_leader: Vec<String> = paths
+                .iter()
+                .map(|p| map.unmap_path(p).into_owned())
+                .collect();
+            self.leader.read(&on_leader).await?
+        };
         round.checked = paths.len();
         // 3. What differs, conditionally.
         let mut calls = Vec::new();

@@ -48,6 +48,8 @@ pub struct ZkWalker {
     cfg: ZooKeeperConfig,
     filter: PathFilter,
     queue: Arc<MirrorQueue<ZkOp>>,
+    /// The follower is read at `map_path` of each leader path (the writer maps the ops).
+    identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl ZkWalker {
@@ -62,6 +64,7 @@ impl ZkWalker {
                 exclude: cfg.exclude_paths.clone(),
             },
             queue,
+            identity: r.identity.clone(),
         }
     }
 
@@ -89,13 +92,16 @@ impl ZkWalker {
         let mut plan = Plan::new(ctx.batch_size);
         plan.mirror_ephemeral = self.cfg.mirror_ephemeral;
         let mut len = tree::chunk_len(0, 0);
+        let map = self.identity.current();
         loop {
             let chunk = walk.next_chunk(len).map_err(ResyncError::Failed)?;
             if chunk.is_empty() {
                 break;
             }
             ctx.pace(chunk.len() as u64).await?;
-            let (l, f) = tree::read_pair(&mut leader, &mut follower, &chunk).await?;
+            let (l, f, orphans) =
+                tree::read_pair_mapped(&mut leader, &mut follower, &chunk, &map).await?;
+            delete_orphans(&mut follower, &orphans, ctx).await?;
             len = tree::chunk_len(chunk.len(), tree::data_bytes(&l).max(tree::data_bytes(&f)));
             for ((e, l), f) in chunk.iter().zip(&l).zip(&f) {
                 if tree::compared(&self.filter, &e.path) {
@@ -137,6 +143,57 @@ impl Walker for ZkWalker {
     fn walk<'a>(&'a self, ctx: &'a ResyncCtx) -> BoxFuture<'a, Result<(), ResyncError>> {
         Box::pin(self.run(ctx))
     }
+}
+
+/// Deletes follower state left under ids the identity map no longer maps to (e.g. region
+/// 1's ids mirrored before the map existed), straight on the follower: no live write can
+/// target such a path, since no leader id maps to it. Children first (NiFi's component
+/// nodes have none; a few levels are handled).
+async fn delete_orphans(
+    follower: &mut Session,
+    orphans: &[String],
+    ctx: &ResyncCtx,
+) -> Result<(), ResyncError> {
+    use super::jute::Record;
+    use super::proto::records::{DeleteRequest, GetChildrenRequest, GetChildrenResponse};
+    for root in orphans {
+        let mut order = vec![root.clone()];
+        let mut i = 0;
+        while i < order.len() && order.len() < 10_000 {
+            let call = crate::zookeeper::client::Call::new(
+                super::proto::op::GET_CHILDREN,
+                &GetChildrenRequest {
+                    path: order[i].clone(),
+                    watch: false,
+                },
+            );
+            let replies = follower.write(&[call]).await.map_err(ResyncError::Failed)?;
+            if let Some(r) = replies.first().filter(|r| r.err == 0) {
+                if let Ok(kids) = GetChildrenResponse::from_bytes(&r.body) {
+                    let parent = order[i].clone();
+                    order.extend(kids.children.iter().map(|c| tree::child_path(&parent, c)));
+                }
+            }
+            i += 1;
+        }
+        let calls: Vec<_> = order
+            .iter()
+            .rev()
+            .map(|p| {
+                crate::zookeeper::client::Call::new(
+                    super::proto::op::DELETE,
+                    &DeleteRequest {
+                        path: p.clone(),
+                        version: -1,
+                    },
+                )
+            })
+            .collect();
+        follower.write(&calls).await.map_err(ResyncError::Failed)?;
+        tracing::info!(path = %root, "resync: deleted follower state under an id the identity map does not map to");
+        ctx.deleted(1);
+    }
+    Ok(())
 }
 
 /// Turns readings into ops: multi-able items grouped (up to `batch_size` items and

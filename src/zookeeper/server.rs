@@ -38,6 +38,8 @@ use crate::tls::Stream;
 
 pub struct ZkShared {
     pub cfg: ZooKeeperConfig,
+    /// The state identity map: reads served by the follower ask for the mapped paths.
+    pub identity: crate::nifi::identity_live::SharedIdentity,
     pub leader: crate::zookeeper::endpoint::ZkServers,
     pub follower: Option<crate::zookeeper::endpoint::ZkServers>,
     pub filter: PathFilter,
@@ -424,6 +426,7 @@ pub async fn start(
     });
     let shared = Arc::new(ZkShared {
         cfg: cfg.clone(),
+        identity: r.identity.clone(),
         leader: r.leader.clone(),
         follower: r.follower.clone(),
         filter: PathFilter {
@@ -474,7 +477,8 @@ pub async fn start(
             cfg.max_frame_bytes,
             q.clone(),
             shared.ephemerals.clone(),
-        );
+        )
+        .with_identity(r.identity.clone());
         if top.cluster.as_ref().is_some_and(|c| c.converge) {
             let t = Touched::new("zookeeper", ZkRepairer::key_bytes);
             let idle = t.clone();
@@ -485,7 +489,8 @@ pub async fn start(
                 ZkRepairer::new(
                     Session::new("leader", r.leader.clone(), auth.clone(), cfg),
                     Session::new("follower", f.clone(), auth, cfg),
-                ),
+                )
+                .with_identity(r.identity.clone()),
                 q.clone(),
                 "zookeeper",
                 writer_stop.clone(),

@@ -359,6 +359,9 @@ async fn requests(
             }
             let rewritten = if follower && matches!(h.op, op::SET_WATCHES | op::SET_WATCHES2) {
                 zero_relative_zxid(&frame, h.op)
+            } else if follower {
+                // Region 1's paths, asked of the follower: the state identity map's names.
+                crate::nifi::identity_wire::zk_request(&shared.identity.current(), &frame, h.op)
             } else {
                 None
             };

@@ -24,6 +24,7 @@ use super::proto::records::{
 };
 use super::proto::{err, err_name, op};
 use crate::config::{Secret, ZooKeeperConfig};
+use crate::nifi::identity::IdentityMap;
 
 /// A znode as read: data, stat, ACL and child names.
 #[derive(Debug, Clone)]
@@ -489,6 +490,73 @@ pub async fn read_pair(
     follower: &mut Session,
     chunk: &[Entry],
 ) -> Result<(Vec<Reading>, Vec<Reading>), String> {
+    read_pair_mapped(leader, follower, chunk, &IdentityMap::empty())
+        .await
+        .map(|(l, f, _)| (l, f))
+}
+
+/// [`read_pair`] through the state identity map: the walk is in the leader's names, the
+/// follower is read at `map_path` of each, and the children of a follower `…/components`
+/// node are named back with the inverse map. A follower child no leader id maps to under
+/// this map (`map(to_leader(c)) != c`: a leader id that is now mapped elsewhere, i.e. state
+/// left under an old id) is left out of the walk and returned as a follower path: an orphan.
+pub async fn read_pair_mapped(
+    leader: &mut Session,
+    follower: &mut Session,
+    chunk: &[Entry],
+    map: &IdentityMap,
+) -> Result<(Vec<Reading>, Vec<Reading>, Vec<String>), String> {
+    if map.is_empty() {
+        return read_pair_plain(leader, follower, chunk)
+            .await
+            .map(|(l, f)| (l, f, Vec::new()));
+    }
+    let mapped: Vec<Entry> = chunk
+        .iter()
+        .map(|e| Entry {
+            path: map.map_path(&e.path).into_owned(),
+            leader_gone: e.leader_gone,
+            follower_gone: e.follower_gone,
+        })
+        .collect();
+    let lp: Vec<String> = chunk
+        .iter()
+        .filter(|e| e.leader_gone.is_none())
+        .map(|e| e.path.clone())
+        .collect();
+    let fp: Vec<String> = mapped
+        .iter()
+        .filter(|e| !e.follower_gone)
+        .map(|e| e.path.clone())
+        .collect();
+    let (l, f) = tokio::join!(leader.read(&lp), follower.read(&fp));
+    let (l, f) = merge(chunk, l?, f?)?;
+    let mut f = f;
+    let mut orphans = Vec::new();
+    for (e, r) in mapped.iter().zip(f.iter_mut()) {
+        if let State::Node(n) = &mut r.state {
+            if crate::nifi::identity::is_components_node(&e.path) {
+                let mut kept = Vec::with_capacity(n.children.len());
+                for c in std::mem::take(&mut n.children) {
+                    let l = map.to_leader(&c).into_owned();
+                    if *map.to_follower(&l) == *c {
+                        kept.push(l);
+                    } else {
+                        orphans.push(child_path(&e.path, &c));
+                    }
+                }
+                n.children = kept;
+            }
+        }
+    }
+    Ok((l, f, orphans))
+}
+
+async fn read_pair_plain(
+    leader: &mut Session,
+    follower: &mut Session,
+    chunk: &[Entry],
+) -> Result<(Vec<Reading>, Vec<Reading>), String> {
     let lp: Vec<String> = chunk
         .iter()
         .filter(|e| e.leader_gone.is_none())
@@ -500,7 +568,16 @@ pub async fn read_pair(
         .map(|e| e.path.clone())
         .collect();
     let (l, f) = tokio::join!(leader.read(&lp), follower.read(&fp));
-    let (mut l, mut f) = (l?.into_iter(), f?.into_iter());
+    merge(chunk, l?, f?)
+}
+
+/// Lines the readings up with `chunk` (an entry a side skipped reads as missing).
+fn merge(
+    chunk: &[Entry],
+    l: Vec<Reading>,
+    f: Vec<Reading>,
+) -> Result<(Vec<Reading>, Vec<Reading>), String> {
+    let (mut l, mut f) = (l.into_iter(), f.into_iter());
     let gone = |zxid| Reading {
         state: State::Missing,
         zxid,

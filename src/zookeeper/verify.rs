@@ -20,6 +20,8 @@ pub struct ZkVerifier {
     auth: Option<Secret>,
     cfg: ZooKeeperConfig,
     filter: PathFilter,
+    /// Leader path K is compared with the follower's `map_path(K)`.
+    identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 impl ZkVerifier {
@@ -34,6 +36,7 @@ impl ZkVerifier {
                 include: cfg.include_paths.clone(),
                 exclude: cfg.exclude_paths.clone(),
             },
+            identity: r.identity.clone(),
         })
     }
 
@@ -49,12 +52,27 @@ impl ZkVerifier {
         );
         let mut walk = Walk::new(&self.filter);
         let mut len = tree::chunk_len(0, 0);
+        let map = self.identity.current();
         loop {
             let chunk = walk.next_chunk(len)?;
             if chunk.is_empty() {
                 break;
             }
-            let (l, f) = tree::read_pair(&mut leader, &mut follower, &chunk).await?;
+            let (l, f, orphans) =
+                tree::read_pair_mapped(&mut leader, &mut follower, &chunk, &map).await?;
+            // State left under an id no leader component maps to (any more).
+            for path in orphans {
+                rep.add(
+                    Difference {
+                        key: path,
+                        db: None,
+                        kind: DiffKind::ExtraOnFollower,
+                        detail: Some("under an id the identity map does not map to".into()),
+                        nifi: None,
+                    },
+                    max,
+                );
+            }
             len = tree::chunk_len(chunk.len(), tree::data_bytes(&l).max(tree::data_bytes(&f)));
             for ((e, l), f) in chunk.iter().zip(&l).zip(&f) {
                 // Subtrees only one side has are walked too: every node in them counts.

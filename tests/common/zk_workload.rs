@@ -212,7 +212,7 @@ fn nifi_state(t: usize, i: u64) -> Vec<u8> {
 /// `ZooKeeperStateProvider.setState`: `setData(path, state, -1)`; on `NoNode`, create it
 /// (its parents first when they are missing too), and on `NodeExists` (created meanwhile)
 /// `setData` again.
-async fn nifi_set_state(c: &zkc::Client, path: &str, data: &[u8]) -> Result<(), zkc::Error> {
+pub async fn nifi_set_state(c: &zkc::Client, path: &str, data: &[u8]) -> Result<(), zkc::Error> {
     match c.set_data(path, data, None).await {
         Err(zkc::Error::NoNode) => nifi_create(c, path, data).await,
         r => r.map(|_| ()),

@@ -65,6 +65,10 @@ pub struct RedisApplier {
     /// With `[cluster]`: keys to check against the leader once the follower took them
     /// ([`crate::replication::converge`]).
     pub(super) touched: Option<Arc<Touched<DbKey>>>,
+    /// The state identity map and NiFi's key prefix: keys written to the follower are
+    /// `map_key(prefix, key)` (the convergence notes keep the leader's key).
+    pub(super) identity: crate::nifi::identity_live::SharedIdentity,
+    pub(super) nifi_prefix: String,
 }
 
 impl RedisApplier {
@@ -97,7 +101,23 @@ impl RedisApplier {
             replays_done: Default::default(),
             replays_sent: Vec::new(),
             touched: None,
+            identity: Default::default(),
+            nifi_prefix: String::new(),
         }
+    }
+
+    /// Applies the state identity map to NiFi's keys (`redis.nifi_key_prefix`) written to
+    /// the follower; a change of the map marks the follower out of sync (a resync moves the
+    /// state to the new ids).
+    pub fn with_identity(
+        mut self,
+        identity: crate::nifi::identity_live::SharedIdentity,
+        nifi_prefix: &str,
+    ) -> Self {
+        crate::nifi::identity_live::watch_for(&identity, &self.queue);
+        self.identity = identity;
+        self.nifi_prefix = nifi_prefix.to_string();
+        self
     }
 
     /// Notes every key this writer changes on the follower for the cross-sidecar check.

@@ -108,6 +108,9 @@ impl RedisApplier {
         let mut shape: Vec<(usize, bool)> = Vec::with_capacity(effects.len());
         let mut db = self.follower_conn.as_ref().map(|c| c.db);
         let mut total = 0usize;
+        // Keys into the follower go through the state identity map (NiFi's keys only).
+        let map = self.identity.current();
+        let prefix = self.nifi_prefix.as_str();
         for op in &effects {
             if op.is_empty() {
                 shape.push((0, false));
@@ -132,15 +135,21 @@ impl RedisApplier {
                     db = Some(d);
                     n += 1;
                 }
+                let mapped = match e {
+                    Effect::Set { key, .. }
+                    | Effect::Restore { key, .. }
+                    | Effect::Delete { key, .. }
+                    | Effect::Typed { key, .. } => map.map_key(prefix, key),
+                    Effect::Replay { .. } => std::borrow::Cow::Borrowed(&b""[..]),
+                };
+                let key = &mapped[..];
                 match e {
                     Effect::Set {
-                        key,
                         value,
                         expire_at_ms: None,
                         ..
                     } => encode_cmd(&mut out, &[b"SET", key, value]),
                     Effect::Set {
-                        key,
                         value,
                         expire_at_ms: Some(t),
                         ..
@@ -155,7 +164,6 @@ impl RedisApplier {
                         ],
                     ),
                     Effect::Restore {
-                        key,
                         payload,
                         abs_ttl_ms,
                         ..
@@ -170,9 +178,9 @@ impl RedisApplier {
                             b"ABSTTL",
                         ],
                     ),
-                    Effect::Delete { key, .. } => encode_cmd(&mut out, &[b"DEL", key]),
+                    Effect::Delete { .. } => encode_cmd(&mut out, &[b"DEL", key]),
                     Effect::Replay { cmd, .. } => out.extend_from_slice(cmd),
-                    Effect::Typed { key, snap, .. } => {
+                    Effect::Typed { snap, .. } => {
                         let k = crate::redis::typed::write_cmds(&mut out, key, snap.as_ref());
                         if k == 0 {
                             self.queue.sync().mark_out_of_sync_detail(

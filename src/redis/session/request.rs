@@ -448,7 +448,16 @@ impl RequestSide {
             self.need_fence = true;
         }
         self.shared.metrics.requests[kind_idx][self.route as usize].increment(1);
-        out.extend_from_slice(&req.raw);
+        if self.route == Route::Follower && self.shared.identity.is_configured() {
+            // Region 1's ids, asked of the follower: the state identity map's names.
+            let map = self.shared.identity.current();
+            let prefix = &self.shared.cfg.nifi_key_prefix;
+            out.extend_from_slice(&crate::nifi::identity_wire::redis_request(
+                &map, prefix, &req,
+            ));
+        } else {
+            out.extend_from_slice(&req.raw);
+        }
         batch.push(Pending {
             expect,
             action: Action::Forward,

@@ -66,6 +66,8 @@ pub struct ZkApplier {
     /// With `[cluster]`: paths to check against the leader once the follower answered
     /// ([`crate::replication::converge`]).
     touched: Option<Arc<crate::replication::converge::Touched<String>>>,
+    /// The state identity map (`[identity] file`).
+    identity: crate::nifi::identity_live::SharedIdentity,
 }
 
 /// A batch's address and length: the worker retries the very same batch until it is done.
@@ -140,7 +142,16 @@ impl ZkApplier {
             progress: Arc::new(AtomicU64::new(0)),
             missing: (0, None),
             touched: None,
+            identity: Default::default(),
         }
+    }
+
+    /// Applies the state identity map to every path written to the follower; a change of
+    /// the map marks the follower out of sync (a resync moves the state to the new ids).
+    pub fn with_identity(mut self, identity: crate::nifi::identity_live::SharedIdentity) -> Self {
+        crate::nifi::identity_live::watch_for(&identity, &self.queue);
+        self.identity = identity;
+        self
     }
 
     /// Notes every path this writer changes on the follower for the cross-sidecar check.
@@ -302,6 +313,9 @@ impl ZkApplier {
         let mut at = 0;
         // Nothing is changed until the batch is applied, so a retry builds the same steps.
         let none = Applied::default();
+        // Paths into the follower go through the state identity map; from here on every
+        // path (the per-path zxids, fix-ups, the convergence notes) is the follower's.
+        let map = self.identity.current();
         for (h, o) in ops {
             if at < h {
                 at = h;
@@ -311,8 +325,13 @@ impl ZkApplier {
             let applied = if h == 0 { &self.applied } else { &none };
             let mut items = Vec::with_capacity(o.items.len());
             for it in &o.items {
+                let it = if map.is_empty() {
+                    std::borrow::Cow::Borrowed(it)
+                } else {
+                    std::borrow::Cow::Owned(it.mapped(&map))
+                };
                 match applied.fate(it.path(), o.zxid) {
-                    Fate::Apply => items.push(it.clone()),
+                    Fate::Apply => items.push(it.into_owned()),
                     Fate::Superseded => {}
                     Fate::Forgotten => forgotten += 1,
                 }

@@ -100,6 +100,20 @@ impl Item {
         }
     }
 
+    /// The item as the follower gets it: its path through the state identity map.
+    pub fn mapped(&self, map: &crate::nifi::identity::IdentityMap) -> Self {
+        let mut it = self.clone();
+        if let std::borrow::Cow::Owned(p) = map.map_path(self.path()) {
+            match &mut it {
+                Item::Create { path, .. }
+                | Item::Delete { path }
+                | Item::SetData { path, .. }
+                | Item::SetAcl { path, .. } => *path = p,
+            }
+        }
+        it
+    }
+
     /// Copies the node data out of the client's frame. Decoded requests slice the frame
     /// (zero-copy), and the frame shares the connection's read buffer: a queued 200-byte
     /// `setData` would otherwise pin that whole buffer.
