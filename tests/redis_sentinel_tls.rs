@@ -1,7 +1,8 @@
 //! `rediss+sentinel://`: three sentinels on TLS ports only, a master and its replica on TLS
 //! (`tls-replication yes`, client certificates required everywhere), certificates made at
 //! test time. The sidecar finds the master over TLS, verifies every server against its own
-//! address (the sentinels' IPs from the URL, the master's IP as the sentinels return it),
+//! address (the sentinels' `localhost` from the URL, the master's IP as the sentinels return
+//! it),
 //! follows a `SENTINEL FAILOVER` mid-workload, and the follower converges with `/verify` at
 //! zero. A wrong CA and a master certificate without the IP the sentinels name are reported
 //! in `/status`, for the backend and for its sentinel set.
@@ -11,7 +12,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::sentinel::{
-    hosts, role, wait_replica_known, wait_replica_synced, Nifi, SentinelProc, TlsFiles, TlsRedis,
+    hosts_named, role, wait_replica_known, wait_replica_synced, Nifi, SentinelProc, TlsFiles,
+    TlsRedis,
 };
 use common::tls::Ca;
 use common::*;
@@ -36,18 +38,23 @@ async fn sentinel_proxy(
 async fn tls_sentinels_are_followed_through_a_failover() {
     let t0 = Instant::now();
     let ca = Ca::new("sentinel test CA");
-    // Only an IP SAN: the master is verified against the IP the sentinels name.
+    // The servers' certificates carry only an IP SAN: they are verified against the IP the
+    // sentinels name. The sentinels' carry only `localhost`, the name the URL gives them.
     let files = TlsFiles::new(&ca, &["127.0.0.1"]);
+    let sentinel_files = TlsFiles::new(&ca, &["localhost"]);
     let master = TlsRedis::start(&files, None);
     let replica = TlsRedis::start(&files, Some(master.tls_port));
     let follower = RedisServer::start();
     let sentinels: Vec<SentinelProc> = (0..3)
-        .map(|_| SentinelProc::start_tls(master.tls_port, &files))
+        .map(|_| SentinelProc::start_tls(master.tls_port, &sentinel_files))
         .collect();
     // Replication runs over TLS too: the replica's first sync is done before the failover.
     wait_replica_synced(&replica.server).await;
     wait_replica_known(&sentinels, replica.tls_port).await;
-    let url = format!("rediss+sentinel://{}/mymaster", hosts(&sentinels));
+    let url = format!(
+        "rediss+sentinel://{}/mymaster",
+        hosts_named(&sentinels, "localhost")
+    );
     let proxy = sentinel_proxy(&master, Some(&follower), url, files.client_settings()).await;
     let s = proxy.status().await;
     let l = &s["redis"]["leader"];
