@@ -5,7 +5,8 @@
 //! it),
 //! follows a `SENTINEL FAILOVER` mid-workload, and the follower converges with `/verify` at
 //! zero. A wrong CA and a master certificate without the IP the sentinels name are reported
-//! in `/status`, for the backend and for its sentinel set.
+//! in `/status`, for the backend and for its sentinel set. A follower behind TLS sentinels is
+//! found and mirrored to.
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -210,4 +211,30 @@ async fn tls_failures_to_the_sentinels_and_their_master_are_named() {
     let mut m = master.server.conn().await;
     let v: Option<String> = m.get("nifi/k").await.expect("GET");
     assert_eq!(v.as_deref(), Some("v"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_sentinel_managed_follower_is_mirrored_to() {
+    let ca = Ca::new("sentinel test CA");
+    let files = TlsFiles::new(&ca, &["127.0.0.1"]);
+    let leader = RedisServer::start();
+    let follower = TlsRedis::start(&files, None);
+    let sentinel = SentinelProc::start_tls(follower.tls_port, &files);
+    let url = format!("rediss+sentinel://{}/mymaster", sentinel.addr());
+    let tls = files.client_settings();
+    let proxy = Proxy::start_with(&leader, Some(&follower.server), move |c| {
+        let r = c.redis.as_mut().expect("[redis]");
+        r.follower = Some(url);
+        r.follower_tls = Some(tls);
+    })
+    .await;
+    let f = proxy.status().await["redis"]["follower"].clone();
+    assert_eq!(f["address"], follower.tls_addr(), "{f}");
+    assert_eq!(f["tls"], true, "{f}");
+    let mut c = proxy.conn().await;
+    let _: () = c.set("nifi/f", "1").await.expect("SET");
+    proxy.drained().await;
+    let mut fc = follower.server.conn().await;
+    let v: Option<String> = fc.get("nifi/f").await.expect("GET");
+    assert_eq!(v.as_deref(), Some("1"));
 }
