@@ -5,212 +5,27 @@
 //! end equal to the new master with `/verify` at zero.
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::sentinel::{hosts, role, wait_replica_known, wait_replica_synced, Nifi, SentinelProc};
 use common::*;
 use redis::AsyncCommands;
 use serde_json::Value;
 
-struct SentinelProc {
-    port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl SentinelProc {
-    fn start(master_port: u16) -> SentinelProc {
-        Self::start_with(master_port, "")
-    }
-
-    /// `extra`: more sentinel.conf lines.
-    fn start_with(master_port: u16, extra: &str) -> SentinelProc {
-        for _ in 0..5 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let port = free_port();
-            // Sentinel rewrites its config file: one per sentinel, in its own directory.
-            let conf = dir.path().join("sentinel.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
-                     sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
-                     sentinel down-after-milliseconds mymaster 1000\n\
-                     sentinel failover-timeout mymaster 5000\n{extra}",
-                    dir.path().display()
-                ),
-            )
-            .expect("write sentinel.conf");
-            let mut child = Command::new("redis-server")
-                .arg(&conf)
-                .arg("--sentinel")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server --sentinel");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break; // port taken?
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return SentinelProc {
-                        port,
-                        child,
-                        _dir: dir,
-                    };
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("could not start a sentinel");
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-}
-
-impl Drop for SentinelProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A reply's strings, depth first.
-fn flat(r: &Resp) -> Vec<String> {
-    match r {
-        Resp::Array(a) => a.iter().flat_map(flat).collect(),
-        other => other.text().into_iter().collect(),
-    }
-}
-
-async fn role(s: &RedisServer) -> String {
-    let mut c = s.conn().await;
-    let r: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.expect("ROLE");
-    match r.first() {
-        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        other => format!("{other:?}"),
-    }
-}
-
-/// NiFi's replace (WATCH, GET, MULTI, GETSET, EXEC) in a loop per task; errors are counted
-/// with the time they happened, and the task reconnects.
-struct Nifi {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<(Instant, String)>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Nifi {
-    fn start(url: &str, tasks: usize) -> Nifi {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let tasks = (0..tasks)
-            .map(|t| {
-                let (url, stop, ok, errors) =
-                    (url.to_string(), stop.clone(), ok.clone(), errors.clone());
-                tokio::spawn(async move {
-                    let mut conn = None;
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        i += 1;
-                        if conn.is_none() {
-                            match tokio::time::timeout(Duration::from_secs(2), async {
-                                redis::Client::open(url.as_str())?
-                                    .get_multiplexed_async_connection()
-                                    .await
-                            })
-                            .await
-                            {
-                                Ok(Ok(c)) => conn = Some(c),
-                                other => {
-                                    let e = format!("connect: {other:?}");
-                                    errors.lock().unwrap().push((Instant::now(), e));
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                    continue;
-                                }
-                            }
-                        }
-                        let Some(c) = conn.as_mut() else { continue };
-                        let key = format!("nifi/components/c{}", (i + t as u64) % 8);
-                        let r = tokio::time::timeout(Duration::from_secs(3), async {
-                            common::workload::nifi_replace(c, &key, t, i).await?;
-                            // And a plain write of a key only this op writes.
-                            c.set::<_, _, ()>(format!("nifi/plain/{t}/{i}"), i).await
-                        })
-                        .await;
-                        match r {
-                            Ok(Ok(())) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            other => {
-                                let e = format!("{other:?}");
-                                errors.lock().unwrap().push((Instant::now(), e));
-                                conn = None;
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                        }
-                    }
-                })
-            })
-            .collect();
-        Nifi {
-            stop,
-            ok,
-            errors,
-            tasks,
-        }
-    }
-
-    async fn stop(self) -> (u64, Vec<(Instant, String)>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
-        }
-        let errors = std::mem::take(&mut *self.errors.lock().unwrap());
-        (self.ok.load(Ordering::Relaxed), errors)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_a_sentinel_failover() {
     let t0 = Instant::now();
-    let master = RedisServer::start();
+    // The replica's first full sync starts at once (default: after 5 s).
+    let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]);
     let mport = master.port.to_string();
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &mport]);
+    wait_replica_synced(&replica).await;
     let follower = RedisServer::start();
     let sentinels: Vec<SentinelProc> = (0..3).map(|_| SentinelProc::start(master.port)).collect();
     // Every sentinel knows the replica (needed for a failover) and the others.
-    for s in &sentinels {
-        eventually(Duration::from_secs(20), || async {
-            let mut c = Raw::connect(s.addr()).await;
-            let r = c.cmd(&["SENTINEL", "REPLICAS", "mymaster"]).await;
-            let text = flat(&r).join(" ");
-            if text.contains(&format!("port {}", replica.port)) && text.contains("flags slave ") {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        })
-        .await;
-    }
-    let url = format!(
-        "redis+sentinel://{}/mymaster",
-        sentinels
-            .iter()
-            .map(|s| s.addr().to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    wait_replica_known(&sentinels, replica.port).await;
+    let url = format!("redis+sentinel://{}/mymaster", hosts(&sentinels));
     let proxy = Proxy::start_with(&master, Some(&follower), |c| {
         let r = c.redis.as_mut().expect("[redis]");
         r.leader = url.clone();
@@ -241,8 +56,9 @@ async fn writes_follow_a_sentinel_failover() {
     let mut watching = Raw::connect(proxy.addr()).await;
     assert!(!watching.cmd(&["WATCH", "nifi/pinned"]).await.is_error());
     let failover_at = Instant::now();
-    let mut s1 = Raw::connect(sentinels[0].addr()).await;
-    let r = s1.cmd(&["SENTINEL", "FAILOVER", "mymaster"]).await;
+    let r = sentinels[0]
+        .cmd(&["SENTINEL", "FAILOVER", "mymaster"])
+        .await;
     assert!(!r.is_error(), "SENTINEL FAILOVER: {r:?}");
     eventually(Duration::from_secs(20), || async {
         let s = proxy.status().await;

@@ -13,13 +13,13 @@ pub struct RedisBackend {
     pub username: Option<String>,
     pub password: Option<String>,
     pub db: u32,
-    /// Set for `redis+sentinel://`: the master is found and followed through Sentinel
+    /// Set for `redis[s]+sentinel://`: the master is found and followed through Sentinel
     /// (`crate::redis::sentinel`); `address` is then only a label.
     pub sentinel: Option<std::sync::Arc<crate::redis::sentinel::Sentinel>>,
     /// `rediss://`: the TLS client config (built from `[redis.leader_tls]` or
     /// `[redis.follower_tls]` by validation; `parse` leaves it `None` and sets `wants_tls`).
     pub tls: Option<crate::tls::ClientTls>,
-    /// The URL's scheme was `rediss://`.
+    /// The URL's scheme was `rediss://` or `rediss+sentinel://`.
     pub wants_tls: bool,
 }
 
@@ -39,7 +39,7 @@ impl fmt::Debug for RedisBackend {
 impl RedisBackend {
     /// Parses `redis[s]://[user:pass@]host:port[/db]`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if s.starts_with("redis+sentinel://") {
+        if s.starts_with("redis+sentinel://") || s.starts_with("rediss+sentinel://") {
             return crate::redis::sentinel::parse(s);
         }
         let url = url::Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;

@@ -364,8 +364,6 @@ impl Config {
     }
 }
 
-/// Builds the TLS client config of a `rediss://` backend from its `<key>_tls` table (every
-/// file problem reported against its key path); refuses a table for a plain `redis://` URL.
 /// An ensemble's servers, with TLS to each when `settings` is set.
 fn zk_with_tls(
     list: Vec<String>,
@@ -383,6 +381,9 @@ fn zk_with_tls(
     }
 }
 
+/// Builds the TLS client config of a `rediss://` or `rediss+sentinel://` backend from its
+/// `<key>_tls` table (every file problem reported against its key path); refuses a table for
+/// a plain URL.
 fn with_tls(
     mut b: RedisBackend,
     settings: Option<&crate::tls::ClientTlsSettings>,
@@ -393,14 +394,23 @@ fn with_tls(
         if settings.is_some() {
             err(
                 &format!("{key}_tls"),
-                format!("set but {key} is not a rediss:// URL"),
+                format!("set but {key} is not a rediss:// or rediss+sentinel:// URL"),
             );
             return Err(());
         }
         return Ok(b);
     }
     let defaults = crate::tls::ClientTlsSettings::default();
-    match crate::tls::ClientTls::new(settings.unwrap_or(&defaults), &b.address) {
+    // A Sentinel set's `address` is only a label: the first sentinel stands for the set
+    // (each server is verified against its own host, `ClientTls::for_address`).
+    let first = b
+        .sentinel
+        .as_ref()
+        .and_then(|s| s.sentinels.first().cloned());
+    match crate::tls::ClientTls::new(
+        settings.unwrap_or(&defaults),
+        first.as_deref().unwrap_or(&b.address),
+    ) {
         Ok(t) => {
             b.tls = Some(t);
             Ok(b)
@@ -532,6 +542,26 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(errs[0].path, "redis.leader_sentinel_username");
+    }
+
+    #[test]
+    fn a_tls_sentinel_url_takes_the_roles_tls_table() {
+        let r = Config::from_toml(
+            "[redis]\nleader = \"rediss+sentinel://s1.example:26380,10.0.0.2:26380/m\"\n\
+             [redis.leader_tls]\nverify_hostname = true\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let l = r.redis.unwrap().leader;
+        assert!(l.wants_tls && l.tls.is_some() && l.sentinel.is_some());
+        let errs = Config::from_toml(
+            "[redis]\nleader = \"redis+sentinel://127.0.0.1:1/m\"\n[redis.leader_tls]\n",
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert_eq!(errs[0].path, "redis.leader_tls");
     }
 
     #[test]

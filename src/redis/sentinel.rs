@@ -1,4 +1,5 @@
-//! Sentinel-managed backends: `redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster[/db]`.
+//! Sentinel-managed backends: `redis+sentinel://[user:pass@]s1:26379,s2:26379/mymaster[/db]`
+//! (`rediss+sentinel://` for TLS, below).
 //!
 //! **Where the master is.** A sentinel-managed [`RedisBackend`] carries an
 //! `Arc<`[`Sentinel`]`>`: the sentinel set, the master's name, the sentinels' own credentials
@@ -55,9 +56,16 @@
 //! promoted replica that holds nothing over the follower. A sentinel-managed follower that
 //! switches is marked out of sync the same way.
 //!
-//! **TLS.** Sentinel connections use the same connect path as every backend connection;
-//! when `rediss://` support lands, `rediss+sentinel://` is meant to follow it. Until then
-//! only plain TCP is accepted.
+//! **TLS.** `rediss+sentinel://` is TLS to the sentinels *and* to the servers they name, as
+//! Redis deploys it (`tls-port` on every sentinel and server, `tls-replication yes`): one
+//! `[redis.leader_tls]` (or `follower_tls`) table, one CA, client certificate and rotation for
+//! all of them. Each connection is verified against its own server's name
+//! ([`crate::tls::ClientTls::for_address`]): a sentinel against its host in the URL, the
+//! master against the address the sentinels return — usually an IP, so the certificate
+//! needs that IP among its SANs — unless `server_name` is set, which then holds for every
+//! server. A failed handshake (unknown CA, hostname mismatch, …) is explained like any
+//! backend's TLS error, in the log, `/status` (`error` of the backend and of its `sentinel`)
+//! and `statemirror_tls_errors_total`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,6 +82,7 @@ use super::backend::{encode_cmd, BackendError, Conn};
 use super::mirror::RedisOp;
 use crate::config::RedisBackend;
 use crate::replication::queue::{MirrorQueue, MirrorView};
+use crate::tls::ClientTls;
 
 /// How often the watcher asks the sentinels again, whatever the subscription says.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -96,6 +105,8 @@ pub struct Sentinel {
     switches: AtomicU64,
     /// Wakes the watcher: a connection found the master demoted.
     suspect: Notify,
+    /// Why the last lookup found no master (`None` once one did): `/status` and the log.
+    last_error: Mutex<Option<String>>,
 }
 
 impl PartialEq for Sentinel {
@@ -128,6 +139,7 @@ impl Sentinel {
             generation: watch::channel(0).0,
             switches: AtomicU64::new(0),
             suspect: Notify::new(),
+            last_error: Mutex::new(None),
         }
     }
 
@@ -177,29 +189,57 @@ impl Sentinel {
             "sentinels": self.sentinels,
             "master": self.current(),
             "switches": self.switches(),
+            "error": self.last_error(),
         })
     }
 
-    fn sentinel_backend(&self, addr: &str) -> RedisBackend {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records a lookup's outcome; a new reason is logged once (the poll repeats it every
+    /// second). The texts hold addresses and explained TLS errors, never credentials.
+    fn note_lookup(&self, role: &str, error: Option<&str>) {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_deref() == error {
+            return;
+        }
+        if let Some(e) = error {
+            tracing::warn!(role, master = %self.master, error = e, "sentinel: no master found");
+        }
+        *last = error.map(str::to_string);
+    }
+
+    /// A connection to one sentinel: its own credentials, and the backend's TLS settings
+    /// verified against the sentinel's host.
+    fn sentinel_backend(&self, addr: &str, tls: Option<&ClientTls>) -> RedisBackend {
         RedisBackend {
             address: addr.to_string(),
             username: self.username.clone(),
             password: self.password.clone(),
             db: 0,
             sentinel: None,
-            // Sentinels over TLS are not supported yet (README "Sentinel").
-            tls: None,
-            wants_tls: false,
+            tls: tls.map(|t| t.for_address(addr)),
+            wants_tls: tls.is_some(),
         }
     }
 }
 
-/// Parses `redis+sentinel://[user:pass@]host:port,host:port/master[/db]` (port 26379 when
-/// omitted). The user and password are the master's.
+/// Parses `redis[s]+sentinel://[user:pass@]host:port,host:port/master[/db]` (port 26379
+/// when omitted). The user and password are the master's. `rediss+sentinel://` wants TLS
+/// (validation builds it from the role's `_tls` table, as for `rediss://`).
 pub fn parse(s: &str) -> Result<RedisBackend, String> {
-    let rest = s
-        .strip_prefix("redis+sentinel://")
-        .ok_or("scheme must be redis+sentinel://")?;
+    let (rest, wants_tls) = match s.strip_prefix("rediss+sentinel://") {
+        Some(r) => (r, true),
+        None => (
+            s.strip_prefix("redis+sentinel://")
+                .ok_or("scheme must be redis+sentinel:// or rediss+sentinel://")?,
+            false,
+        ),
+    };
     let (auth, rest) = match rest.rsplit_once('@') {
         Some((a, r)) => (Some(a), r),
         None => (None, rest),
@@ -258,7 +298,7 @@ pub fn parse(s: &str) -> Result<RedisBackend, String> {
         db,
         sentinel: Some(Arc::new(Sentinel::new(sentinels, master.to_string()))),
         tls: None,
-        wants_tls: false,
+        wants_tls,
     })
 }
 
@@ -298,7 +338,8 @@ impl RedisBackend {
         self.sentinel.as_ref().map(|s| s.status())
     }
 
-    /// The same credentials and database, at a fixed address.
+    /// The same credentials, database and TLS settings, at a fixed address (its TLS
+    /// verified against that address's host unless `server_name` is set).
     pub(crate) fn at(&self, address: &str) -> RedisBackend {
         RedisBackend {
             address: address.to_string(),
@@ -306,7 +347,7 @@ impl RedisBackend {
             password: self.password.clone(),
             db: self.db,
             sentinel: None,
-            tls: self.tls.clone(),
+            tls: self.tls.as_ref().map(|t| t.for_address(address)),
             wants_tls: self.wants_tls,
         }
     }
@@ -371,7 +412,7 @@ async fn discover(
     let mut answers: Vec<(u64, String)> = Vec::new();
     let mut errors = Vec::new();
     for addr in &s.sentinels {
-        match ask(s, addr, timeout).await {
+        match ask(s, addr, b.tls.as_ref(), timeout).await {
             Ok(a) => answers.push(a),
             Err(e) => errors.push(format!("{addr}: {e}")),
         }
@@ -389,21 +430,29 @@ async fn discover(
         match verify(b, &candidate, timeout).await {
             Ok(()) => {
                 s.set_master(&candidate, epoch, role_name);
+                s.note_lookup(role_name, None);
                 return Ok(candidate);
             }
             Err(e) => errors.push(e),
         }
     }
-    Err(format!(
+    let e = format!(
         "no sentinel named a live master {}: {}",
         s.master,
         errors.join("; ")
-    ))
+    );
+    s.note_lookup(role_name, Some(&e));
+    Err(e)
 }
 
 /// One sentinel's `(config-epoch, master address)`.
-async fn ask(s: &Sentinel, sentinel: &str, timeout: Duration) -> Result<(u64, String), String> {
-    let mut c = Conn::connect_direct(&s.sentinel_backend(sentinel), timeout)
+async fn ask(
+    s: &Sentinel,
+    sentinel: &str,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<(u64, String), String> {
+    let mut c = Conn::connect_direct(&s.sentinel_backend(sentinel, tls), timeout)
         .await
         .map_err(|e| e.to_string())?;
     let mut out = BytesMut::new();
@@ -505,7 +554,7 @@ pub fn spawn_watcher(
             if sub.is_none() {
                 let addr = &s.sentinels[next % s.sentinels.len()];
                 next = next.wrapping_add(1);
-                match subscribe(&s, addr, timeout).await {
+                match subscribe(&s, addr, b.tls.as_ref(), timeout).await {
                     Ok(c) => sub = Some(c),
                     Err(e) => {
                         tracing::debug!(role = role_name, sentinel = %addr, error = %e, "sentinel subscription failed")
@@ -543,8 +592,13 @@ pub fn spawn_watcher(
     });
 }
 
-async fn subscribe(s: &Sentinel, addr: &str, timeout: Duration) -> Result<Conn, BackendError> {
-    let mut c = Conn::connect_direct(&s.sentinel_backend(addr), timeout).await?;
+async fn subscribe(
+    s: &Sentinel,
+    addr: &str,
+    tls: Option<&ClientTls>,
+    timeout: Duration,
+) -> Result<Conn, BackendError> {
+    let mut c = Conn::connect_direct(&s.sentinel_backend(addr, tls), timeout).await?;
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"SUBSCRIBE", b"+switch-master"]);
     let r = tokio::time::timeout(timeout, c.roundtrip(&out, 1))
@@ -595,6 +649,11 @@ mod tests {
         assert!(parse("redis+sentinel://s1:26379/").is_err());
         assert!(parse("redis+sentinel:///m").is_err());
         assert!(parse("redis+sentinel://s1:x/m").is_err());
+        assert!(!b.wants_tls);
+        let b = parse("rediss+sentinel://s1:26380,s2:26380/mymaster").unwrap();
+        assert!(b.wants_tls);
+        assert_eq!(b.sentinel.unwrap().sentinels, vec!["s1:26380", "s2:26380"]);
+        assert!(parse("redis+sentinels://s1/m").is_err());
     }
 
     #[test]

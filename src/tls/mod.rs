@@ -60,7 +60,10 @@ pub struct ClientTlsSettings {
     pub cert_file: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
     pub key_file: Option<PathBuf>,
-    /// Name to send (SNI) and to verify the certificate against. Default: the URL's host.
+    /// Name to send (SNI) and to verify the certificate against. Default: the URL's host;
+    /// for `rediss+sentinel://`, each server's own host: a sentinel's from the URL, the
+    /// master's (usually an IP: the certificate's IP SANs) as the sentinels name it. When
+    /// set, this one name is verified for every server of the backend.
     pub server_name: Option<String>,
     /// Check that the certificate is for `server_name`. Default true. `false` still checks
     /// the chain, and is logged at warn at every start.
@@ -380,9 +383,13 @@ impl ServerCertVerifier for NoHostname {
 pub struct ClientTls(Arc<ClientInner>);
 
 struct ClientInner {
-    server_name: ServerName<'static>,
+    /// The name to send and verify; an error for a host that is no name ([`ClientTls::for_address`]).
+    server_name: Result<ServerName<'static>, String>,
+    /// `server_name` was configured: it holds for every server these settings reach.
+    fixed_name: bool,
     verify_hostname: bool,
-    config: Reloading<ClientConfig>,
+    /// Shared by every server of one backend (a Sentinel set and the servers it names).
+    config: Arc<Reloading<ClientConfig>>,
 }
 
 impl fmt::Debug for ClientTls {
@@ -427,10 +434,30 @@ impl ClientTls {
             Box::new(move || build_client(&settings)),
         )?;
         Ok(Self(Arc::new(ClientInner {
-            server_name,
+            server_name: Ok(server_name),
+            fixed_name: s.server_name.is_some(),
             verify_hostname: s.verify_hostname,
-            config,
+            config: Arc::new(config),
         })))
+    }
+
+    /// The same settings and files (and their rotation) for another server, verified
+    /// against `address`'s host (a DNS name, or an IP address against the certificate's IP
+    /// SANs) unless `server_name` is set, which then holds for every server. For servers
+    /// only known at run time: the master a Sentinel names, each sentinel of a set.
+    pub fn for_address(&self, address: &str) -> ClientTls {
+        if self.0.fixed_name {
+            return self.clone();
+        }
+        let host = host_of(address);
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|e| format!("TLS: {host:?} is not a DNS name or an IP address ({e})"));
+        ClientTls(Arc::new(ClientInner {
+            server_name,
+            fixed_name: false,
+            verify_hostname: self.0.verify_hostname,
+            config: self.0.config.clone(),
+        }))
     }
 
     pub fn verify_hostname(&self) -> bool {
@@ -440,8 +467,9 @@ impl ClientTls {
     /// The TLS handshake over a connected (and tuned) socket, with the current config.
     /// On failure, the error's text is [`explain`]ed and counted under `peer`.
     pub async fn connect(&self, tcp: TcpStream, peer: &str) -> Result<Stream, String> {
+        let name = self.0.server_name.clone()?;
         let connector = tokio_rustls::TlsConnector::from(self.0.config.current());
-        match connector.connect(self.0.server_name.clone(), tcp).await {
+        match connector.connect(name, tcp).await {
             Ok(s) => Ok(Stream::Tls(Box::new(s.into()))),
             Err(e) => {
                 let (reason, msg) = explain_handshake(&e);
@@ -605,6 +633,28 @@ mod tests {
         assert_eq!(bare_name("plain"), "plain");
         assert_eq!(host_of("redis.example:6380"), "redis.example");
         assert_eq!(host_of("[::1]:6380"), "::1");
+    }
+
+    #[test]
+    fn other_servers_are_verified_against_their_own_host() {
+        let t = ClientTls::new(&ClientTlsSettings::default(), "s1.example:26379").unwrap();
+        let m = t.for_address("10.0.0.7:6379");
+        assert!(matches!(m.0.server_name, Ok(ServerName::IpAddress(_))));
+        assert!(
+            Arc::ptr_eq(&t.0.config, &m.0.config),
+            "one config, one rotation"
+        );
+        let v6 = t.for_address("[fd00::1]:6379");
+        assert!(matches!(v6.0.server_name, Ok(ServerName::IpAddress(_))));
+        let fixed = ClientTlsSettings {
+            server_name: Some("redis.example".into()),
+            ..Default::default()
+        };
+        let t = ClientTls::new(&fixed, "s1.example:26379").unwrap();
+        let m = t.for_address("10.0.0.7:6379");
+        assert!(
+            matches!(&m.0.server_name, Ok(ServerName::DnsName(d)) if d.as_ref() == "redis.example")
+        );
     }
 
     #[test]

@@ -915,6 +915,7 @@ impl Raw {
     }
 }
 pub mod fault;
+pub mod sentinel;
 pub mod tls;
 pub mod workload;
 pub mod zk;
