@@ -608,3 +608,78 @@ async fn restore_with_identity_puts_region1_backup_under_region2_ids() {
     let v: Option<String> = r2.get(outside_key()).await.unwrap();
     assert_eq!(v.as_deref(), Some("untouched"));
 }
+
+/// The same for ZooKeeper: region 1's backup restored into region 2's ensemble puts every
+/// component's znode under region 2's id; other znodes keep their paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_restore_with_identity_puts_region1_backup_under_region2_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = build_map(dir.path());
+    let (region1, region2) = tokio::join!(ZkServer::standalone(), ZkServer::standalone());
+    let c = zk_client(&region1.addr()).await;
+    for (t, comp) in COMPONENTS.iter().enumerate() {
+        let data = statemirror::nifi::encode_binary(&[("listing.timestamp", &t.to_string())]);
+        common::zk_workload::nifi_set_state(&c, &format!("/nifi/components/{}", comp.3), &data)
+            .await
+            .unwrap();
+    }
+    common::zk_workload::nifi_set_state(&c, "/outside/of/nifi", b"untouched")
+        .await
+        .unwrap();
+    let cfg = |leader: &str, name: &str| {
+        let p = dir.path().join(name);
+        let port = common::free_port();
+        std::fs::write(
+            &p,
+            format!("[zookeeper]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\n"),
+        )
+        .unwrap();
+        p
+    };
+    let (c1, c2) = (
+        cfg(&region1.addr(), "r1.toml"),
+        cfg(&region2.addr(), "r2.toml"),
+    );
+    let backup = dir.path().join("r1.smbackup");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (code, out, err) = cli(&[
+        "backup",
+        "--config",
+        &s(&c1),
+        "--out",
+        &s(&backup),
+        "--allow-live",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&[
+        "restore",
+        "--config",
+        &s(&c2),
+        "--in",
+        &s(&backup),
+        "--to",
+        "leader",
+        "--identity",
+        &s(&file),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let rep: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["renamed_by_identity_map"], 4, "{rep}");
+    assert_eq!(rep["differences"], 0, "{rep}");
+    let r2 = zk_client(&region2.addr()).await;
+    for (t, comp) in COMPONENTS.iter().enumerate() {
+        let (data, _) = r2
+            .get_data(&format!("/nifi/components/{}", comp.4))
+            .await
+            .unwrap();
+        let want = statemirror::nifi::encode_binary(&[("listing.timestamp", &t.to_string())]);
+        assert_eq!(data, want, "{} under its region 2 id", comp.0);
+        assert!(r2
+            .check_stat(&format!("/nifi/components/{}", comp.3))
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let (data, _) = r2.get_data("/outside/of/nifi").await.unwrap();
+    assert_eq!(data, b"untouched");
+}
