@@ -193,21 +193,11 @@ impl ReplySide {
         }
     }
 
-    /// Takes every batch the request side has queued (and lets it queue no more): each
-    /// stands for requests that may have reached the backend.
-    pub(super) fn collect_queued(&mut self) {
-        self.rx.close();
-        while let Ok(b) = self.rx.try_recv() {
-            self.pending.extend(b);
-        }
-    }
-
     /// Ends the session: answers every request still owed with `err` (or nothing), and
     /// mirrors their writes since they may have run: keys are copied (harmless if it did
     /// not run); a keyless write cannot be replayed on a guess (a `FLUSHALL` that never ran
     /// would wipe the follower), so it leaves the follower out of sync (a resync repairs).
     pub(super) fn teardown(&mut self, err: Option<&'static [u8]>) {
-        self.collect_queued();
         let mut items = SmallVec::new();
         let (mut keyless, mut exec_owed) = (false, false);
         let owed = std::mem::take(&mut self.unconfirmed);
