@@ -57,7 +57,6 @@ mod request;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::tls::Stream;
 use bytes::BytesMut;
@@ -175,7 +174,6 @@ pub async fn serve(
         leader_up,
         close_when_safe,
         master_switch: master,
-        read_at: Instant::now(),
     };
     let io = conn::Io {
         client_r,

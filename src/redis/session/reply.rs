@@ -4,7 +4,6 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
@@ -16,8 +15,6 @@ use crate::redis::resp;
 use crate::redis::server::Shared;
 
 pub(super) struct ReplySide {
-    /// When the backend read being processed completed (one clock read per read).
-    pub(super) read_at: Instant,
     pub(super) shared: Arc<Shared>,
     pub(super) route: Route,
     pub(super) flags: Arc<Flags>,
@@ -92,7 +89,6 @@ impl ReplySide {
     pub(super) fn on_backend_data(&mut self) {
         // Every reply in `rbuf` answers a request whose entry was queued before the request
         // was written (same task: no entry can be missing).
-        self.read_at = Instant::now();
         loop {
             if self.raw_mode {
                 let all = self.rbuf.split();
@@ -191,7 +187,7 @@ impl ReplySide {
                 self.shared
                     .metrics
                     .leader_latency
-                    .record(self.read_at.saturating_duration_since(t).as_secs_f64());
+                    .record(t.elapsed().as_secs_f64());
             }
         }
         match p.action {
