@@ -27,7 +27,26 @@ use crate::tls::stream::{ReadHalf, WriteHalf};
 const BACKEND_OUT_HIGH: usize = 1024 * 1024;
 /// Reply bytes not yet written to the client, past which the backend is not read.
 const CLIENT_OUT_HIGH: usize = 1024 * 1024;
-const READ_CHUNK: usize = 16 * 1024;
+/// Read sizes: small at first, so an idle connection holds little, doubled while reads fill
+/// the buffer (a large value or a deep pipeline), up to the largest.
+const READ_FIRST: usize = 1024;
+const READ_MOST: usize = 64 * 1024;
+
+/// The next read's size for one socket (see [`READ_FIRST`]).
+struct ReadSize(usize);
+
+impl ReadSize {
+    fn reserve(&self, buf: &mut BytesMut) {
+        buf.reserve(self.0);
+    }
+
+    /// A read of `n` bytes happened.
+    fn read(&mut self, n: usize) {
+        if n >= self.0 && self.0 < READ_MOST {
+            self.0 *= 2;
+        }
+    }
+}
 
 pub(super) struct Io {
     pub(super) client_r: ReadHalf,
@@ -55,8 +74,9 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
     let flags = req.flags.clone();
     let idle = Duration::from_millis(shared.cfg.client_idle_timeout_ms);
     let write_timeout = Duration::from_millis(shared.cfg.client_write_timeout_ms);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut to_backend = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
+    let mut to_backend = BytesMut::new();
+    let (mut client_read, mut backend_read) = (ReadSize(READ_FIRST), ReadSize(READ_FIRST));
     let mut partial = None;
     let mut state = Requests::Open;
     // Set when `buf` may already hold whole requests (after a refused SYNC).
@@ -145,16 +165,19 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
         } && to_backend.len() < BACKEND_OUT_HIGH;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
         if read_client {
-            buf.reserve(READ_CHUNK);
+            client_read.reserve(&mut buf);
         }
         if read_backend {
-            rep.rbuf.reserve(READ_CHUNK);
+            backend_read.reserve(&mut rep.rbuf);
         }
         let idle_armed = state == Requests::Open && read_client && !idle.is_zero();
         tokio::select! {
             biased;
             r = io.backend_r.read_buf(&mut rep.rbuf), if read_backend => match r {
-                Ok(n) if n > 0 => rep.on_backend_data(),
+                Ok(n) if n > 0 => {
+                    backend_read.read(n);
+                    rep.on_backend_data();
+                }
                 _ => {
                     rep.drain_ready();
                     let clean = rep.pending.is_empty();
@@ -186,6 +209,7 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
             },
             r = io.client_r.read_buf(&mut buf), if read_client => match r {
                 Ok(n) if n > 0 => {
+                    client_read.read(n);
                     last_read = Instant::now();
                     match state {
                         Requests::Pipe => {

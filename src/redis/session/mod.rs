@@ -161,8 +161,9 @@ pub async fn serve(
         route,
         flags,
         pending: VecDeque::new(),
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        out: BytesMut::with_capacity(16 * 1024),
+        // Grown as needed (see `conn::ReadSize`): an idle connection holds little.
+        rbuf: BytesMut::new(),
+        out: BytesMut::new(),
         db: 0,
         in_multi: false,
         tx: Vec::new(),

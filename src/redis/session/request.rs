@@ -9,7 +9,9 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
+use super::pending::{
+    local, Action, Effect, ExecEffect, Expect, Pending, TxItem, TxWrite, WriteEffect,
+};
 use super::{Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, UNSUPPORTED};
 use crate::metrics::Route;
 use crate::redis::command::{
@@ -153,11 +155,11 @@ impl RequestSide {
                 if select {
                     self.db_unknown();
                 }
-                effect = Effect::Exec {
+                effect = Effect::Exec(Box::new(ExecEffect {
                     _ticket: ticket,
                     reg,
                     select,
-                };
+                }));
             }
             Special::Discard => {
                 self.in_multi = false;
@@ -262,11 +264,11 @@ impl RequestSide {
                             ),
                             _ => self.tx_wild = true,
                         }
-                        effect = Effect::Queued(TxItem::Write {
+                        effect = Effect::Queued(TxItem::Write(Box::new(TxWrite {
                             raw: frame_if_needed(&target, &req),
                             target,
                             known,
-                        });
+                        })));
                     }
                     Err(reject) => {
                         self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
@@ -298,13 +300,13 @@ impl RequestSide {
                             ),
                             _ => self.register(SmallVec::new(), true),
                         };
-                        effect = Effect::Write {
+                        effect = Effect::Write(Box::new(WriteEffect {
                             raw: frame_if_needed(&target, &req),
                             target,
                             known,
                             reg,
                             _ticket: ticket,
-                        };
+                        }));
                     }
                     Err(reject) => {
                         self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
