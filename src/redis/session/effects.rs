@@ -237,15 +237,14 @@ impl ReplySide {
         let tx = std::mem::take(&mut self.tx);
         if exec_owed {
             for item in tx {
-                match item {
-                    TxItem::Write(w) => match *w {
+                if let TxItem::Write(w) = item {
+                    match *w {
                         TxWrite {
                             target: WriteTarget::Keyless,
                             ..
                         } => keyless = true,
                         TxWrite { target, raw, .. } => push_items(&mut items, self.db, target, raw),
-                    },
-                    _ => {}
+                    }
                 }
             }
         }
