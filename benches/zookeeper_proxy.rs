@@ -3,8 +3,14 @@
 //!
 //! ```text
 //! cargo bench --bench zookeeper_proxy
-//! BENCH_REPEAT=1 BENCH_ZK_OPS=300 cargo bench --bench zookeeper_proxy   # quick
+//! BENCH_QUICK=1 cargo bench --bench zookeeper_proxy   # fewer ops per run
 //! ```
+//!
+//! Each run writes `benches/results/zookeeper-proxy-<date>[-<BENCH_LABEL>].md` (date, machine,
+//! versions, the tables), and also reports CPU per op per process (utime + stime from
+//! `/proc/<pid>/stat` over each phase: the proxy, the leader ZooKeeper, and with mirroring on
+//! the follower ZooKeeper, read after the mirror drained) and, at the end, `GET /verify` of
+//! the mirrored target.
 //!
 //! Every server runs in its own process: standalone ZooKeeper 3.8 servers
 //! (`java ... ZooKeeperServerMain zoo.cfg`, Debian package `zookeeper`, installed by
@@ -17,7 +23,7 @@
 //! in three phases: `create` (persistent nodes with distinct paths under a fresh root),
 //! `setData` on those nodes (version -1), `getData` on them. Per phase: throughput (all
 //! sessions' ops / wall time) and latency percentiles (over every op). Runs are interleaved
-//! across targets (repeat, sessions, target) so drift on a shared machine hits every target
+//! across targets (repeat, sessions, target; the target order rotates per repeat) so drift on a shared machine hits every target
 //! alike; each cell reports the median over `BENCH_REPEAT` runs. After a run with mirroring on
 //! the benchmark waits for the mirror queue to drain and compares the number of children of
 //! the run's root on the leader and the follower. Each run's root is deleted afterwards
@@ -33,7 +39,8 @@
 //!   (default 500; 0 = none): JIT-compiles the JVM before anything is measured;
 //! - `BENCH_ZK_FORCE_SYNC`: `1` = `forceSync=yes` (fsync the transaction log before each
 //!   reply; default `no`, so disk speed does not drown the proxy's share);
-//! - `BENCH_REPEAT`: runs per cell, the median is reported (default 3);
+//! - `BENCH_REPEAT`: runs per cell, the median is reported (default 5);
+//! - `BENCH_QUICK`: `1` = 500 ops with 1 session, 150 with 16 (unless set explicitly);
 //! - `BENCH_TARGETS`: comma-separated subset of `direct,mirror-off,mirror-on`;
 //! - `BENCH_TIMEOUT_SECS`: give up on one phase after this long (default 300);
 //! - `STATEMIRROR_BIN`: use this binary instead of the one cargo built.
@@ -53,9 +60,10 @@ use std::time::{Duration, Instant};
 use zookeeper_client as zkc;
 
 use common::{
-    env_list, env_num, free_port, median, mirror_status, percentile, require_zookeeper_jars,
-    start_statemirror, statemirror_bin, zk_children, zk_connect, zk_persistent, zookeeper_config,
-    Guard, Mirror, ZkServer,
+    env_list, env_num, free_port, http_get, median, mirror_status, percentile,
+    record::{clock_ticks, cpu_ticks, Record},
+    require_zookeeper_jars, start_statemirror, statemirror_bin, zk_children, zk_connect,
+    zk_persistent, zookeeper_config, Guard, Mirror, ZkServer,
 };
 
 /// Deletes per `multi` when cleaning a run's root.
@@ -76,9 +84,9 @@ fn main() {
         .expect("temp dir");
     let root = dir.path();
 
-    println!("# statemirror ZooKeeper proxy benchmark\n");
-    println!(
-        "zookeeper-client 0.11: create (persistent), setData (version -1), getData on {} B \
+    let mut rec = Record::new("statemirror ZooKeeper proxy benchmark");
+    rec.line(&format!(
+        "- zookeeper-client 0.11: create (persistent), setData (version -1), getData on {} B \
          nodes; each session awaits every reply before its next request; {} session(s); {} ops \
          per session and phase with 1 session, {} with more; median of {} run(s); warm-up {} ops \
          x 4 sessions per target; forceSync={}; client on one thread; {} CPU(s) shared by every \
@@ -96,10 +104,10 @@ fn main() {
         settings.warmup,
         if settings.force_sync { "yes" } else { "no" },
         thread::available_parallelism().map_or(0, |n| n.get()),
-    );
+    ));
 
     let leader = ZkServer::start(root, "zk-leader", settings.force_sync);
-    println!("{}", leader.version());
+    rec.line(&format!("- {}", leader.version()));
     let follower = settings
         .wants("mirror-on")
         .then(|| ZkServer::start(root, "zk-follower", settings.force_sync));
@@ -119,6 +127,7 @@ fn main() {
             label: "ZooKeeper direct",
             port: leader.port,
             admin: None,
+            pid: None,
             _process: None,
         });
     }
@@ -132,6 +141,7 @@ fn main() {
                 label: "statemirror, mirroring off",
                 port: p.port,
                 admin: None,
+                pid: Some(p.guard.child.id()),
                 _process: Some(p.guard),
             });
         }
@@ -142,6 +152,7 @@ fn main() {
                 label: "statemirror, mirroring on",
                 port: p.port,
                 admin: Some(p.admin_port),
+                pid: Some(p.guard.child.id()),
                 _process: Some(p.guard),
             });
         }
@@ -153,14 +164,23 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let pids = [leader.pid(), follower.as_ref().map_or(0, |f| f.pid())];
     let outcome = rt.block_on(bench(
         &settings,
         &targets,
         leader.port,
         follower.as_ref().map(|f| f.port),
+        pids,
     ));
     drop(rt);
-    report(&settings, &targets, &outcome);
+    report(&mut rec, &settings, &targets, &outcome);
+    if let Some(a) = targets.iter().find_map(|t| t.admin) {
+        let body = http_get(a, "/verify?max=10").map_or_else(|e| e, |(c, b)| format!("{c} {b}"));
+        rec.line(&format!(
+            "\n## Mirroring on: `GET /verify` at the end\n\n```\n{body}\n```"
+        ));
+    }
+    rec.save("zookeeper-proxy");
     // Drop order: proxies (in `targets`), then the ZooKeeper servers, then the temp dir.
     drop(targets);
     drop(follower);
@@ -188,9 +208,12 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> Self {
-        let ops_1 = env_num("BENCH_ZK_OPS", 2000usize).max(1);
+        let quick = env_num("BENCH_QUICK", 0u8) != 0;
+        let ops_1 = env_num("BENCH_ZK_OPS", if quick { 500 } else { 2000usize }).max(1);
         let ops_16_default = if env::var_os("BENCH_ZK_OPS").is_some() {
             (ops_1 / 4).max(1)
+        } else if quick {
+            150
         } else {
             500
         };
@@ -212,7 +235,7 @@ impl Settings {
             data_bytes: env_num("BENCH_ZK_DATA_BYTES", 128usize),
             warmup: env_num("BENCH_ZK_WARMUP", 500usize),
             force_sync: env_num("BENCH_ZK_FORCE_SYNC", 0u8) != 0,
-            repeat: env_num("BENCH_REPEAT", 3usize).max(1),
+            repeat: env_num("BENCH_REPEAT", 5usize).max(1),
             targets: env_list("BENCH_TARGETS"),
             timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_SECS", 300u64)),
         }
@@ -243,6 +266,8 @@ struct Target {
     port: u16,
     /// Admin port of a statemirror with mirroring on.
     admin: Option<u16>,
+    /// The proxy's process.
+    pid: Option<u32>,
     _process: Option<Guard>,
 }
 
@@ -304,6 +329,8 @@ struct Sample {
     ops_per_sec: f64,
     p50_us: f64,
     p99_us: f64,
+    /// CPU µs per op: proxy, leader ZooKeeper, follower ZooKeeper (mirroring on).
+    cpu: [Option<f64>; 3],
 }
 
 /// After a run with mirroring on.
@@ -358,6 +385,7 @@ async fn bench(
     targets: &[Target],
     leader: u16,
     follower: Option<u16>,
+    [leader_pid, follower_pid]: [u32; 2],
 ) -> Outcome {
     let mut out = Outcome::default();
     // Direct sessions for checks and cleanup, never through a proxy.
@@ -370,16 +398,34 @@ async fn bench(
     let payload2 = Arc::new(vec![b'w'; settings.data_bytes]);
     let tag = std::process::id();
 
+    // The start-up resync of a mirrored target copies whatever the leader holds: let it end
+    // before anything runs, so it cannot copy another target's (unmirrored) nodes.
+    for a in targets.iter().filter_map(|t| t.admin) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !mirror_status(a, "zookeeper").in_sync && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     if settings.warmup > 0 {
         for t in targets {
             let started = Instant::now();
             let root = format!("/statemirror-bench-{tag}-{}-warmup", t.key);
-            let _ = run(settings, t, &root, 4, settings.warmup, &payload, &payload2).await;
+            let _ = run(
+                settings,
+                t,
+                &root,
+                4,
+                settings.warmup,
+                &payload,
+                &payload2,
+                [0, 0],
+            )
+            .await;
             if let Some(admin) = t.admin {
                 drain(admin, Duration::from_secs(60)).await;
             }
             delete_tree(&leader_admin, &root).await;
-            if let (Some(f), Some(_)) = (&follower_admin, t.admin) {
+            if let Some(f) = &follower_admin {
                 delete_tree(f, &root).await;
             }
             println!(
@@ -394,12 +440,23 @@ async fn bench(
     for rep in 1..=settings.repeat {
         for &sessions in &settings.sessions {
             let ops = settings.ops(sessions);
-            for (ti, t) in targets.iter().enumerate() {
+            for k in 0..targets.len() {
+                let ti = (k + rep) % targets.len();
+                let t = &targets[ti];
                 let root = format!("/statemirror-bench-{tag}-{}-s{sessions}-r{rep}", t.key);
                 let before = t.admin.map(|a| mirror_status(a, "zookeeper"));
                 let started = Instant::now();
-                let (samples, queue_after_writes) =
-                    run(settings, t, &root, sessions, ops, &payload, &payload2).await;
+                let (samples, queue_after_writes) = run(
+                    settings,
+                    t,
+                    &root,
+                    sessions,
+                    ops,
+                    &payload,
+                    &payload2,
+                    [leader_pid, follower_pid],
+                )
+                .await;
                 let mut line = format!(
                     "{:<28} {sessions:>2} session(s) x {ops} ops, run {rep}/{}:",
                     t.label, settings.repeat
@@ -459,6 +516,7 @@ async fn bench(
 /// One run against `target`: creates `root` (through the target), then the three phases
 /// with `sessions` sessions of `ops` requests each. Returns the samples and, with mirroring
 /// on, the mirror queue depth right after the write phases.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     settings: &Settings,
     target: &Target,
@@ -467,7 +525,16 @@ async fn run(
     ops: usize,
     payload: &Arc<Vec<u8>>,
     payload2: &Arc<Vec<u8>>,
+    [leader_pid, follower_pid]: [u32; 2],
 ) -> (Vec<(Op, Sample)>, u64) {
+    let pids = [
+        target.pid,
+        (leader_pid != 0).then_some(leader_pid),
+        target
+            .admin
+            .and((follower_pid != 0).then_some(follower_pid)),
+    ];
+    let ticks = clock_ticks();
     let mut clients = Vec::with_capacity(sessions);
     for _ in 0..sessions {
         clients.push(zk_connect(target.port).await);
@@ -479,13 +546,25 @@ async fn run(
     let mut samples = Vec::new();
     let mut queue_after_writes = 0;
     for op in Op::ALL {
-        if op == Op::GetData {
+        let data = if op == Op::SetData { payload2 } else { payload };
+        let before = pids.map(|p| p.map(cpu_ticks));
+        let mut s = phase(settings, target, op, &clients, root, ops, data).await;
+        if op != Op::GetData {
+            // The follower's work (and the mirror's) for this phase's writes.
             if let Some(admin) = target.admin {
-                queue_after_writes = mirror_status(admin, "zookeeper").queue_depth;
+                if op == Op::SetData {
+                    queue_after_writes = mirror_status(admin, "zookeeper").queue_depth;
+                }
+                drain(admin, Duration::from_secs(60)).await;
             }
         }
-        let data = if op == Op::SetData { payload2 } else { payload };
-        let s = phase(settings, target, op, &clients, root, ops, data).await;
+        let after = pids.map(|p| p.map(cpu_ticks));
+        let n = (ops * sessions) as f64;
+        for i in 0..3 {
+            if let (Some(b), Some(a)) = (before[i], after[i]) {
+                s.cpu[i] = Some(a.saturating_sub(b) as f64 / ticks * 1e6 / n);
+            }
+        }
         samples.push((op, s));
     }
     (samples, queue_after_writes)
@@ -565,6 +644,7 @@ async fn phase(
         ops_per_sec: lat.len() as f64 / elapsed,
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
+        cpu: [None; 3],
     }
 }
 
@@ -608,69 +688,117 @@ async fn drain(admin: u16, limit: Duration) -> (Mirror, Duration) {
 // Report
 // ---------------------------------------------------------------------------------------
 
-fn report(settings: &Settings, targets: &[Target], out: &Outcome) {
+fn report(rec: &mut Record, settings: &Settings, targets: &[Target], out: &Outcome) {
     let direct = targets.iter().position(|t| t.key == "direct");
-    let med = |v: &[Sample], f: fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
-    println!(
-        "\n## Results (median of {}; latency per request in µs)\n",
+    let med =
+        |v: &[Sample], f: &dyn Fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+    let med_opt = |v: &[Sample], i: usize| {
+        let xs: Vec<f64> = v.iter().filter_map(|s| s.cpu[i]).collect();
+        (!xs.is_empty()).then(|| median(&xs))
+    };
+    let fmt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.1}"));
+    rec.line(&format!(
+        "\n## Results (median of {}; latency per request in µs; CPU µs per op from /proc)\n",
         settings.repeat
-    );
-    println!("| op | sessions | target | ops/s | ratio to direct | p50 µs | p99 µs | added p50 vs direct (µs) |");
-    println!("|---|---:|---|---:|---:|---:|---:|---:|");
+    ));
+    let mut rows = Vec::new();
     for ((op, sessions, ti), v) in &out.results {
-        let ops = med(v, |s| s.ops_per_sec);
-        let p50 = med(v, |s| s.p50_us);
-        let p99 = med(v, |s| s.p99_us);
+        let ops = med(v, &|s| s.ops_per_sec);
+        let p50 = med(v, &|s| s.p50_us);
+        let p99 = med(v, &|s| s.p99_us);
         let base = direct
             .filter(|d| d != ti)
             .and_then(|d| out.results.get(&(*op, *sessions, d)));
         let (ratio, added) = match base {
             Some(b) => {
-                let bops = med(b, |s| s.ops_per_sec);
+                let bops = med(b, &|s| s.ops_per_sec);
                 let ratio = if bops > 0.0 {
                     format!("{:.2}", ops / bops)
                 } else {
                     "n/a".into()
                 };
-                (ratio, format!("{:+.0}", p50 - med(b, |s| s.p50_us)))
+                (ratio, format!("{:+.0}", p50 - med(b, &|s| s.p50_us)))
             }
             None if Some(*ti) == direct => ("1.00".into(), "0".into()),
             None => ("n/a".into(), "n/a".into()),
         };
-        println!(
-            "| {op} | {sessions} | {} | {ops:.0} | {ratio} | {p50:.0} | {p99:.0} | {added} |",
-            targets[*ti].label
-        );
+        rows.push(vec![
+            op.to_string(),
+            sessions.to_string(),
+            targets[*ti].label.to_string(),
+            format!("{ops:.0}"),
+            ratio,
+            format!("{p50:.0}"),
+            format!("{p99:.0}"),
+            added,
+            fmt(med_opt(v, 0)),
+            fmt(med_opt(v, 1)),
+            fmt(med_opt(v, 2)),
+        ]);
     }
+    rec.table(
+        &[
+            "op",
+            "sessions",
+            "target",
+            "ops/s",
+            "ratio to direct",
+            "p50 µs",
+            "p99 µs",
+            "added p50 vs direct µs",
+            "proxy CPU µs/op",
+            "leader ZooKeeper CPU µs/op",
+            "follower ZooKeeper CPU µs/op",
+        ],
+        &rows,
+    );
 
     if !out.mirror_rows.is_empty() {
-        println!("\n## Mirror (statemirror, mirroring on), after each run\n");
-        println!(
-            "| sessions | run | writes | queue after writes | mirrored writes | drained in | queue depth | in sync | dropped | failures | leader children | follower children | same |"
+        rec.line("\n## Mirror (statemirror, mirroring on), after each run\n");
+        let rows: Vec<Vec<String>> = out
+            .mirror_rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.sessions.to_string(),
+                    r.rep.to_string(),
+                    r.writes.to_string(),
+                    r.queue_after_writes.to_string(),
+                    r.mirrored.to_string(),
+                    format!("{:.2} s", r.drain.as_secs_f64()),
+                    r.queue_depth.to_string(),
+                    r.in_sync.to_string(),
+                    r.dropped.to_string(),
+                    r.failures.to_string(),
+                    r.leader_children.to_string(),
+                    r.follower_children.to_string(),
+                    if r.matches() { "yes" } else { "NO" }.to_string(),
+                ]
+            })
+            .collect();
+        rec.table(
+            &[
+                "sessions",
+                "run",
+                "writes",
+                "queue after writes",
+                "mirrored writes",
+                "drained in",
+                "queue depth",
+                "in sync",
+                "dropped",
+                "failures",
+                "leader children",
+                "follower children",
+                "same",
+            ],
+            &rows,
         );
-        println!("|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---|");
-        for r in &out.mirror_rows {
-            println!(
-                "| {} | {} | {} | {} | {} | {:.2} s | {} | {} | {} | {} | {} | {} | {} |",
-                r.sessions,
-                r.rep,
-                r.writes,
-                r.queue_after_writes,
-                r.mirrored,
-                r.drain.as_secs_f64(),
-                r.queue_depth,
-                r.in_sync,
-                r.dropped,
-                r.failures,
-                r.leader_children,
-                r.follower_children,
-                if r.matches() { "yes" } else { "NO" }
-            );
-        }
-        println!(
+        rec.line(
             "\n`writes` = the run's root plus one create and one setData per node; `queue after \
-             writes` is the mirror backlog when the setData phase ended; `drained in` is the wait \
-             after the getData phase."
+             writes` is the mirror backlog when the setData phase ended (each write phase's \
+             backlog is drained before the next phase, so each phase's CPU includes its \
+             mirroring); `drained in` is the wait after the getData phase.",
         );
     }
 }

@@ -94,7 +94,7 @@ fn describe() {
     describe_histogram!(
         LEADER_LATENCY,
         Unit::Seconds,
-        "Round trip of a client request through the leader backend."
+        "Round trip of a client request through the leader backend (Redis: one request in 16 per connection is timed)."
     );
     describe_gauge!(
         BACKEND_UP,

@@ -5,6 +5,8 @@
 //! Each bench compiles its own copy and uses only part of it.
 #![allow(dead_code)]
 
+pub mod record;
+
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
@@ -712,6 +714,10 @@ impl ZkServer {
             }
         }
         panic!("ZooKeeper ({name}) did not start: {last}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self._guard.child.id()
     }
 
     /// The `Zookeeper version:` line of `srvr`.

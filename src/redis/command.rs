@@ -11,6 +11,7 @@
 //! (`COMMAND GETKEYS`).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
@@ -72,7 +73,7 @@ pub struct CommandInfo {
     pub step: i32,
     pub special: Special,
     /// `CLIENT`, `CONFIG`, `XGROUP`…: the subcommand decides.
-    pub subcommands: Option<HashMap<Box<[u8]>, CommandInfo>>,
+    pub subcommands: Option<Names>,
     /// Writes whose whole effect is in the request (see [`known_effect`]).
     pub known: Option<KnownCmd>,
 }
@@ -261,8 +262,35 @@ pub enum Source {
     Fallback,
 }
 
+/// Command names (lowercase) to what the proxy knows of them. Hashed with FNV-1a rather
+/// than SipHash: every request looks its name up, names are a few bytes, and the keys are the
+/// leader's own command table (clients only look up, they cannot add colliding entries).
+pub type Names = HashMap<Box<[u8]>, CommandInfo, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, 64 bits.
+#[derive(Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
 pub struct CommandTable {
-    map: HashMap<Box<[u8]>, CommandInfo>,
+    map: Names,
     pub source: Source,
     unknown: CommandInfo,
 }
@@ -301,7 +329,7 @@ impl CommandTable {
         let BytesFrame::Array(cmds) = frame else {
             return None;
         };
-        let mut map = HashMap::with_capacity(cmds.len());
+        let mut map = Names::with_capacity_and_hasher(cmds.len(), Default::default());
         for c in cmds {
             if let Some((name, info)) = parse_entry(c) {
                 map.insert(name, info);
@@ -321,7 +349,7 @@ impl CommandTable {
 
     /// The built-in table used until the leader answers `COMMAND`.
     pub fn fallback() -> Self {
-        let mut map = HashMap::new();
+        let mut map = Names::default();
         for (names, kind) in [
             (FALLBACK_READS, Kind::Read),
             (FALLBACK_ADMIN, Kind::Admin),
@@ -390,7 +418,7 @@ impl CommandTable {
             ("script", "script|debug", Special::Unsupported, Kind::Admin),
         ] {
             if let Some(c) = self.map.get_mut(container.as_bytes()) {
-                let subs = c.subcommands.get_or_insert_with(HashMap::new);
+                let subs = c.subcommands.get_or_insert_with(Names::default);
                 subs.entry(sub.as_bytes().into())
                     .or_insert_with(|| CommandInfo::simple(kind))
                     .special = special;
@@ -510,11 +538,9 @@ fn parse_entry(f: &BytesFrame) -> Option<(Box<[u8]>, CommandInfo)> {
         Kind::Read
     };
     let subcommands = match e.get(9) {
-        Some(BytesFrame::Array(subs)) if !subs.is_empty() => Some(
-            subs.iter()
-                .filter_map(parse_entry)
-                .collect::<HashMap<_, _>>(),
-        ),
+        Some(BytesFrame::Array(subs)) if !subs.is_empty() => {
+            Some(subs.iter().filter_map(parse_entry).collect::<Names>())
+        }
         _ => None,
     };
     let special = SPECIALS

@@ -1,78 +1,88 @@
-//! The request side's reads from the client: with the idle timeout, and as a raw pipe.
+//! The session loop's building blocks that touch tokio directly: writes that return on any
+//! progress (so one `select!` can move both directions), and a watch whose waiter stays
+//! registered across loop iterations.
 
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 
-use crate::tls::stream::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWrite;
+use tokio::sync::watch;
 
-use super::Flags;
-
-pub(super) enum ReadOutcome {
-    Data,
-    Eof,
-    Idle,
-}
-
-pub(super) async fn read_with_idle(
-    client: &mut OwnedReadHalf,
-    buf: &mut BytesMut,
-    idle: Duration,
-    flags: &Flags,
-) -> ReadOutcome {
-    loop {
-        let r = if idle.is_zero() {
-            client.read_buf(buf).await
-        } else {
-            match tokio::time::timeout(idle, client.read_buf(buf)).await {
-                Ok(r) => r,
-                Err(_) => {
-                    if flags.owed.load(Ordering::Acquire) == 0
-                        && !flags.subscribed.load(Ordering::Acquire)
-                    {
-                        return ReadOutcome::Idle;
-                    }
-                    continue;
+/// Writes what `out` holds (consuming it) until the socket would block or `out` is empty
+/// and flushed. Completes once some bytes went out (or the flush finished), so the loop can
+/// take note of progress; pending while none can. `unflushed`: written but not yet flushed
+/// (TLS keeps the tail of a record until then).
+pub(super) async fn write_some<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    out: &mut BytesMut,
+    unflushed: &mut bool,
+) -> io::Result<()> {
+    std::future::poll_fn(|cx| {
+        let mut progressed = false;
+        while !out.is_empty() {
+            match Pin::new(&mut *w).poll_write(cx, out) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    out.advance(n);
+                    progressed = true;
+                    *unflushed = true;
                 }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if progressed => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
             }
-        };
-        return match r {
-            Ok(0) | Err(_) => ReadOutcome::Eof,
-            Ok(_) => ReadOutcome::Data,
-        };
-    }
+        }
+        match Pin::new(&mut *w).poll_flush(cx) {
+            Poll::Ready(r) => {
+                *unflushed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending if progressed => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
-/// After `SYNC`/`PSYNC`: client bytes (`buf` first) go to the backend as they are — a
-/// replica's `REPLCONF ACK`s get no reply, and nothing on this connection is a request the
-/// proxy models or mirrors. Returns the backend's write half, like the request side.
-pub(super) async fn pipe(
-    mut client: OwnedReadHalf,
-    mut backend: OwnedWriteHalf,
-    mut buf: BytesMut,
-    stop: &CancellationToken,
-    closing: &CancellationToken,
-) -> OwnedWriteHalf {
-    loop {
-        if !buf.is_empty() {
-            if crate::tls::stream::write_flush(&mut backend, &buf)
-                .await
-                .is_err()
-            {
-                return backend;
-            }
-            buf.clear();
+type Changed<T> = Pin<Box<dyn Future<Output = (watch::Receiver<T>, bool)> + Send>>;
+
+/// A `watch::Receiver` whose `changed()` waiter lives across `select!` iterations (created
+/// once per change, not once per poll).
+pub(super) struct Watch<T> {
+    rx: Option<watch::Receiver<T>>,
+    waiting: Option<Changed<T>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Watch<T> {
+    pub(super) fn new(rx: Option<watch::Receiver<T>>) -> Self {
+        Watch { rx, waiting: None }
+    }
+
+    /// False once there is nothing to watch (none, or its sender is gone).
+    pub(super) fn active(&self) -> bool {
+        self.rx.is_some() || self.waiting.is_some()
+    }
+
+    /// The new value after a change; `None` when the sender is gone (then inactive).
+    pub(super) async fn changed(&mut self) -> Option<T> {
+        if self.waiting.is_none() {
+            let mut rx = self.rx.take()?;
+            self.waiting = Some(Box::pin(async move {
+                let ok = rx.changed().await.is_ok();
+                (rx, ok)
+            }));
         }
-        buf.reserve(16 * 1024);
-        tokio::select! {
-            _ = stop.cancelled() => return backend,
-            _ = closing.cancelled() => return backend,
-            r = client.read_buf(&mut buf) => match r {
-                Ok(0) | Err(_) => return backend,
-                Ok(_) => {}
-            },
+        let waiting = self.waiting.as_mut()?;
+        let (mut rx, ok) = waiting.await;
+        self.waiting = None;
+        if !ok {
+            return None;
         }
+        let v = rx.borrow_and_update().clone();
+        self.rx = Some(rx);
+        Some(v)
     }
 }

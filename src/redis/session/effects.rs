@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::pending::{Action, Effect, Expect, TxItem};
+use super::pending::{Action, Effect, ExecEffect, Expect, TxItem, TxWrite, WriteEffect};
 use super::reply::ReplySide;
 use crate::metrics::Route;
 use crate::redis::command::{Expiry, KnownEffect, WriteTarget};
@@ -31,16 +31,17 @@ impl ReplySide {
         let ok = reply.is_none_or(|r| !resp::is_error(r));
         match effect {
             Effect::None => {}
-            Effect::Write {
-                target,
-                raw,
-                known,
-                reg,
-                ..
-            } => {
+            Effect::Write(w) => {
                 if !ok {
                     return;
                 }
+                let WriteEffect {
+                    target,
+                    raw,
+                    known,
+                    reg,
+                    ..
+                } = *w;
                 let db = self.db;
                 match reg {
                     // Queue under the tracker's lock (see `Registration::finish_with`).
@@ -73,7 +74,8 @@ impl ReplySide {
                     self.tx.push(item);
                 }
             }
-            Effect::Exec { reg, select, .. } => {
+            Effect::Exec(e) => {
+                let ExecEffect { reg, select, .. } = *e;
                 self.in_multi = false;
                 let tx = std::mem::take(&mut self.tx);
                 let Some(reply) = reply else {
@@ -143,11 +145,13 @@ impl ReplySide {
         for item in tx {
             match item {
                 TxItem::Select(db) => self.db = db,
-                TxItem::Write {
-                    target: WriteTarget::Keyless,
-                    ..
-                } => unknown = true,
-                TxItem::Write { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                TxItem::Write(w) => match *w {
+                    TxWrite {
+                        target: WriteTarget::Keyless,
+                        ..
+                    } => unknown = true,
+                    TxWrite { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                },
                 TxItem::Other => {}
             }
         }
@@ -175,7 +179,8 @@ impl ReplySide {
             let ran = result.is_some_and(|r| !resp::is_error(r));
             match item {
                 TxItem::Select(db) if ran => self.db = db,
-                TxItem::Write { target, raw, known } if ran => {
+                TxItem::Write(w) if ran => {
+                    let TxWrite { target, raw, known } = *w;
                     push_write(&mut items, self.db, target, raw, known, exact, result)
                 }
                 _ => {}
@@ -193,21 +198,11 @@ impl ReplySide {
         }
     }
 
-    /// Takes every batch the request side has queued (and lets it queue no more): each
-    /// stands for requests that may have reached the backend.
-    pub(super) fn collect_queued(&mut self) {
-        self.rx.close();
-        while let Ok(b) = self.rx.try_recv() {
-            self.pending.extend(b);
-        }
-    }
-
     /// Ends the session: answers every request still owed with `err` (or nothing), and
     /// mirrors their writes since they may have run: keys are copied (harmless if it did
     /// not run); a keyless write cannot be replayed on a guess (a `FLUSHALL` that never ran
     /// would wipe the follower), so it leaves the follower out of sync (a resync repairs).
     pub(super) fn teardown(&mut self, err: Option<&'static [u8]>) {
-        self.collect_queued();
         let mut items = SmallVec::new();
         let (mut keyless, mut exec_owed) = (false, false);
         let owed = std::mem::take(&mut self.unconfirmed);
@@ -227,12 +222,14 @@ impl ReplySide {
                 _ => {}
             }
             match p.effect {
-                Effect::Write {
-                    target: WriteTarget::Keyless,
-                    ..
-                } => keyless = true,
-                Effect::Write { target, raw, .. } => push_items(&mut items, self.db, target, raw),
-                Effect::Exec { .. } => exec_owed = true,
+                Effect::Write(w) => match *w {
+                    WriteEffect {
+                        target: WriteTarget::Keyless,
+                        ..
+                    } => keyless = true,
+                    WriteEffect { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                },
+                Effect::Exec(_) => exec_owed = true,
                 _ => {}
             }
         }
@@ -240,15 +237,14 @@ impl ReplySide {
         let tx = std::mem::take(&mut self.tx);
         if exec_owed {
             for item in tx {
-                match item {
-                    TxItem::Write {
-                        target: WriteTarget::Keyless,
-                        ..
-                    } => keyless = true,
-                    TxItem::Write { target, raw, .. } => {
-                        push_items(&mut items, self.db, target, raw)
+                if let TxItem::Write(w) = item {
+                    match *w {
+                        TxWrite {
+                            target: WriteTarget::Keyless,
+                            ..
+                        } => keyless = true,
+                        TxWrite { target, raw, .. } => push_items(&mut items, self.db, target, raw),
                     }
-                    _ => {}
                 }
             }
         }

@@ -2,12 +2,12 @@
 //! while the leader is down) for its whole life, so `AUTH`, `SELECT`, `WATCH`/`MULTI`,
 //! pub/sub and blocking commands behave exactly as against Redis.
 //!
-//! Two tasks per connection:
-//! - the **request side** reads client bytes, cuts them into requests, classifies each one,
-//!   and either forwards its exact bytes or answers it locally (a frozen write, a write
-//!   while the follower serves). For every request it hands the reply side a [`Pending`]
-//!   entry *before* the bytes go out, so the reply side always knows what comes next;
-//! - the **reply side** reads backend replies and matches them to the entries in order.
+//! One task per connection (`conn`: a loop over whichever socket can move), in two halves:
+//! - the **request side** cuts client bytes into requests, classifies each one, and either
+//!   forwards its exact bytes or answers it locally (a frozen write, a write while the
+//!   follower serves). For every request it queues a [`Pending`] entry *before* the bytes
+//!   go out, so the reply side always knows what comes next;
+//! - the **reply side** matches backend replies to the entries in order.
 //!   Local answers wait in the same queue, so replies keep request order even when some are
 //!   made up here. Pub/sub messages and RESP3 pushes are out of band and go straight
 //!   through. When a write's reply is not an error, its mirror op is queued — a `MULTI`
@@ -48,6 +48,7 @@
 //! and its reconnect lands on the follower.
 
 mod client_io;
+mod conn;
 mod effects;
 mod pending;
 mod reply;
@@ -56,17 +57,13 @@ mod request;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::tls::Stream;
 use bytes::BytesMut;
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::server::Shared;
 use crate::metrics::Route;
-use pending::Pending;
 use reply::ReplySide;
 use request::RequestSide;
 
@@ -81,21 +78,19 @@ pub(super) const UNSUPPORTED: &[u8] =
     b"-ERR statemirror: SCRIPT DEBUG (the Lua debugger) is not supported through the proxy\r\n";
 pub(super) const LEADER_LOST: &[u8] = b"-ERR statemirror: leader connection lost before the reply; the command may or may not have run\r\n";
 
+/// What the two halves tell each other (one task: plain loads and stores, never contended).
 #[derive(Default)]
 pub(super) struct Flags {
     pub(super) owed: AtomicUsize,
     pub(super) subscribed: AtomicBool,
-    /// Woken when `owed` falls below [`MAX_OWED`] (the request side may read again).
-    pub(super) room: tokio::sync::Notify,
     /// The database the replies say the connection is on, and how many db-changing
     /// requests (`SELECT`, `RESET`, an `EXEC` with `SELECT`) the reply side has resolved:
     /// the request side knows its database again once all it sent are resolved.
     pub(super) db: AtomicU32,
     pub(super) db_resolved: AtomicU64,
     /// How the backend answered a `SYNC`/`PSYNC` (`SYNC_*`), for the request side waiting
-    /// to know whether the connection became a pipe; `sync_decided` wakes it.
+    /// to know whether the connection became a pipe.
     pub(super) sync: AtomicU8,
-    pub(super) sync_decided: tokio::sync::Notify,
     /// Between `WATCH` and `EXEC`/`DISCARD`/`UNWATCH`/`RESET` (as sent): not a safe point.
     pub(super) watching: AtomicBool,
 }
@@ -107,7 +102,6 @@ pub(super) const SYNC_REFUSED: u8 = 2;
 impl Flags {
     pub(super) fn sync_verdict(&self, v: u8) {
         self.sync.store(v, Ordering::Release);
-        self.sync_decided.notify_one();
     }
 }
 
@@ -120,9 +114,7 @@ pub(super) const MAX_OWED: usize = 1024;
 impl Flags {
     /// One owed reply was answered (or given up).
     pub(super) fn pay(&self) {
-        if self.owed.fetch_sub(1, Ordering::AcqRel) == MAX_OWED {
-            self.room.notify_one();
-        }
+        self.owed.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -136,16 +128,12 @@ pub async fn serve(
 ) {
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
-    let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
-    let stop = CancellationToken::new();
     let flags = Arc::new(Flags::default());
     let table = shared.table();
     let requests = RequestSide {
         shared: shared.clone(),
         table,
         route,
-        tx,
-        stop: stop.clone(),
         flags: flags.clone(),
         in_multi: false,
         tx_writes: false,
@@ -159,6 +147,7 @@ pub async fn serve(
         tx_keys: SmallVec::new(),
         tx_wild: false,
         tx_select: false,
+        sampled: 0,
     };
     // Follower-served: close once the leader is back. Leader-served: close once it is
     // declared down, if the client has somewhere else to go.
@@ -170,12 +159,11 @@ pub async fn serve(
     let replies = ReplySide {
         shared,
         route,
-        rx,
-        stop: stop.clone(),
         flags,
         pending: VecDeque::new(),
-        rbuf: BytesMut::with_capacity(16 * 1024),
-        out: BytesMut::with_capacity(16 * 1024),
+        // Grown as needed (see `conn::ReadSize`): an idle connection holds little.
+        rbuf: BytesMut::new(),
+        out: BytesMut::new(),
         db: 0,
         in_multi: false,
         tx: Vec::new(),
@@ -187,14 +175,12 @@ pub async fn serve(
         leader_up,
         close_when_safe,
         master_switch: master,
-        read_at: Instant::now(),
     };
-    let req_task = tokio::spawn(requests.run(client_r, backend_w));
-    let leader_down = replies.run(client_w, backend_r).await;
-    stop.cancel();
-    if leader_down {
-        // Its write to a silent leader may never finish; nothing it holds matters now.
-        req_task.abort();
-    }
-    let _ = req_task.await;
+    let io = conn::Io {
+        client_r,
+        client_w,
+        backend_r,
+        backend_w,
+    };
+    conn::run(requests, replies, io).await;
 }

@@ -8,7 +8,8 @@ use crate::redis::command::{KnownEffect, SubKind, WriteTarget};
 use crate::redis::inflight::Registration;
 use crate::replication::freeze::WriteTicket;
 
-/// What the reply side must do for one request.
+/// What the reply side must do for one request. Kept small (the large effects are boxed):
+/// every request in flight holds one, and an idle connection keeps the queue's capacity.
 pub(super) struct Pending {
     pub(super) expect: Expect,
     pub(super) action: Action,
@@ -45,26 +46,12 @@ pub(super) enum Action {
 
 pub(super) enum Effect {
     None,
-    Write {
-        target: WriteTarget,
-        raw: Bytes,
-        /// The whole effect, when the request carries it (`SET k v`).
-        known: Option<KnownEffect>,
-        /// Keys registered as in flight, with the database the request side expected
-        /// (`None`: unknown, a `SELECT` was still unanswered; never mirrored exactly).
-        reg: Option<(Registration, Option<u32>)>,
-        _ticket: Option<WriteTicket>,
-    },
+    Write(Box<WriteEffect>),
     /// `None`: an argument Redis will refuse.
     Select(Option<u32>),
     Queued(TxItem),
     Multi,
-    Exec {
-        _ticket: Option<WriteTicket>,
-        reg: Option<(Registration, Option<u32>)>,
-        /// The transaction has a `SELECT`: mirror by key copy, and the db may change.
-        select: bool,
-    },
+    Exec(Box<ExecEffect>),
     Discard,
     Reset,
     Hello,
@@ -78,23 +65,39 @@ pub(super) enum Effect {
 impl Effect {
     /// Does the request side wait for this one's reply to know its database again?
     pub(super) fn changes_db(&self) -> bool {
-        matches!(
-            self,
-            Effect::Select(_) | Effect::Reset | Effect::Exec { select: true, .. }
-        )
+        matches!(self, Effect::Select(_) | Effect::Reset)
+            || matches!(self, Effect::Exec(e) if e.select)
     }
 }
 
-// Short-lived (one per command of an open MULTI); boxing would cost an allocation each.
-#[allow(clippy::large_enum_variant)]
+pub(super) struct WriteEffect {
+    pub(super) target: WriteTarget,
+    pub(super) raw: Bytes,
+    /// The whole effect, when the request carries it (`SET k v`).
+    pub(super) known: Option<KnownEffect>,
+    /// Keys registered as in flight, with the database the request side expected
+    /// (`None`: unknown, a `SELECT` was still unanswered; never mirrored exactly).
+    pub(super) reg: Option<(Registration, Option<u32>)>,
+    pub(super) _ticket: Option<WriteTicket>,
+}
+
+pub(super) struct ExecEffect {
+    pub(super) _ticket: Option<WriteTicket>,
+    pub(super) reg: Option<(Registration, Option<u32>)>,
+    /// The transaction has a `SELECT`: mirror by key copy, and the db may change.
+    pub(super) select: bool,
+}
+
 pub(super) enum TxItem {
-    Write {
-        target: WriteTarget,
-        raw: Bytes,
-        known: Option<KnownEffect>,
-    },
+    Write(Box<TxWrite>),
     Select(u32),
     Other,
+}
+
+pub(super) struct TxWrite {
+    pub(super) target: WriteTarget,
+    pub(super) raw: Bytes,
+    pub(super) known: Option<KnownEffect>,
 }
 
 pub(super) fn local(action: Action) -> Pending {

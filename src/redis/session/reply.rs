@@ -1,16 +1,12 @@
-//! The reply side: matches backend replies to pending requests in order, relays them,
-//! and decides when the connection ends.
+//! The reply side: matches backend replies to pending requests in order and relays them
+//! (the session's loop, `conn`, decides when the connection ends).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use crate::tls::stream::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::watch;
 
 use super::pending::{Action, Effect, Expect, Pending, TxItem};
 use super::{Flags, LEADER_LOST};
@@ -19,12 +15,8 @@ use crate::redis::resp;
 use crate::redis::server::Shared;
 
 pub(super) struct ReplySide {
-    /// When the backend read being processed completed (one clock read per read).
-    pub(super) read_at: Instant,
     pub(super) shared: Arc<Shared>,
     pub(super) route: Route,
-    pub(super) rx: mpsc::Receiver<Vec<Pending>>,
-    pub(super) stop: CancellationToken,
     pub(super) flags: Arc<Flags>,
     pub(super) pending: VecDeque<Pending>,
     pub(super) rbuf: BytesMut,
@@ -41,145 +33,14 @@ pub(super) struct ReplySide {
     /// After `MONITOR`: everything from the backend goes straight to the client.
     pub(super) raw_mode: bool,
     pub(super) close_after_flush: bool,
+    /// Taken by the session's loop, which watches it.
     pub(super) leader_up: Option<watch::Receiver<bool>>,
     pub(super) close_when_safe: bool,
     /// Fires when Sentinel switched the master this session is pinned to.
     pub(super) master_switch: Option<watch::Receiver<u64>>,
 }
 
-pub(super) enum Wake {
-    Requests(Option<Vec<Pending>>),
-    Backend(std::io::Result<usize>),
-    LeaderChanged,
-    MasterSwitched(bool),
-    Stop,
-    LingerOver,
-}
-
 impl ReplySide {
-    /// True when it ended because the leader serving it was declared down.
-    pub(super) async fn run(
-        mut self,
-        mut client: OwnedWriteHalf,
-        mut backend: OwnedReadHalf,
-    ) -> bool {
-        let write_timeout = Duration::from_millis(self.shared.cfg.client_write_timeout_ms);
-        let mut requests_open = true;
-        let mut client_ok = true;
-        // Once the client is gone, wait this long for replies still owed (their writes must
-        // be mirrored), then give up on them (a blocking pop may never answer).
-        let mut linger: Option<tokio::time::Instant> = None;
-        loop {
-            self.drain_ready();
-            if !self.out.is_empty() {
-                if client_ok {
-                    match tokio::time::timeout(
-                        write_timeout,
-                        crate::tls::stream::write_flush(&mut client, &self.out),
-                    )
-                    .await
-                    {
-                        Ok(Ok(())) => {}
-                        Ok(Err(_)) => client_ok = false,
-                        Err(_) => {
-                            self.shared.metrics.client_error("slow_client");
-                            tracing::debug!("client stopped reading its replies; closing");
-                            client_ok = false;
-                        }
-                    }
-                    if !client_ok {
-                        self.stop.cancel();
-                    }
-                }
-                self.out.clear();
-            }
-            if self.close_after_flush {
-                self.teardown(None);
-                return false;
-            }
-            if !requests_open || !client_ok {
-                // Batches still in the channel were (or are being) sent to the backend.
-                self.collect_queued();
-                if self.pending.is_empty() {
-                    self.teardown(None);
-                    return false;
-                }
-                linger.get_or_insert_with(|| tokio::time::Instant::now() + write_timeout);
-            }
-            if self.close_when_safe && self.at_safe_point() {
-                tracing::debug!(route = ?self.route, "closing the connection at a safe point (leader back, or master switched)");
-                return false;
-            }
-            if self.route == Route::Leader && self.leader_up.as_ref().is_some_and(|w| !*w.borrow())
-            {
-                tracing::debug!("leader declared down; closing leader-served connection");
-                self.drain_ready();
-                self.teardown(Some(LEADER_LOST));
-                if client_ok && !self.out.is_empty() {
-                    let _ = tokio::time::timeout(
-                        write_timeout,
-                        crate::tls::stream::write_flush(&mut client, &self.out),
-                    )
-                    .await;
-                }
-                return true;
-            }
-            let wake = {
-                let leader_up = &mut self.leader_up;
-                let master_switch = &mut self.master_switch;
-                let stop = &self.stop;
-                let rx = &mut self.rx;
-                let rbuf = &mut self.rbuf;
-                rbuf.reserve(16 * 1024);
-                tokio::select! {
-                    biased;
-                    r = rx.recv(), if requests_open => Wake::Requests(r),
-                    r = backend.read_buf(rbuf) => Wake::Backend(r),
-                    _ = async { match leader_up { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => Wake::LeaderChanged,
-                    r = async { match master_switch { Some(w) => w.changed().await.is_ok(), None => std::future::pending().await } } => Wake::MasterSwitched(r),
-                    _ = stop.cancelled(), if client_ok && requests_open => Wake::Stop,
-                    _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => Wake::LingerOver,
-                }
-            };
-            match wake {
-                Wake::Requests(Some(b)) => self.pending.extend(b),
-                Wake::Requests(None) => requests_open = false,
-                Wake::Stop => requests_open = false,
-                Wake::LingerOver => {
-                    self.teardown(None);
-                    return false;
-                }
-                Wake::Backend(Ok(0)) | Wake::Backend(Err(_)) => {
-                    self.drain_ready();
-                    let clean = self.pending.is_empty();
-                    self.teardown(Some(LEADER_LOST));
-                    if client_ok && !self.out.is_empty() {
-                        let _ = tokio::time::timeout(
-                            write_timeout,
-                            crate::tls::stream::write_flush(&mut client, &self.out),
-                        )
-                        .await;
-                    }
-                    if !clean {
-                        tracing::debug!(route = ?self.route, "backend connection lost with requests in flight");
-                    }
-                    return false;
-                }
-                Wake::Backend(Ok(_)) => self.on_backend_data(),
-                Wake::MasterSwitched(true) => self.close_when_safe = true,
-                Wake::MasterSwitched(false) => self.master_switch = None,
-                Wake::LeaderChanged => {
-                    // (Leader-served: a flip to down is acted on at the top of the loop.)
-                    if self.route == Route::Follower
-                        && self.leader_up.as_ref().is_some_and(|w| *w.borrow())
-                    {
-                        self.close_when_safe = true;
-                    }
-                }
-            }
-        }
-    }
-
     pub(super) fn at_safe_point(&self) -> bool {
         self.pending.is_empty()
             && self.unconfirmed.is_empty()
@@ -226,14 +87,8 @@ impl ReplySide {
     }
 
     pub(super) fn on_backend_data(&mut self) {
-        // Every reply in `rbuf` answers a request whose entry was sent before the request
-        // was written, but this task may have polled the channel just before that entry
-        // arrived (preempted between the two polls). Take what is there now, so no reply is
-        // ever matched against a missing entry (which would shift every later one).
-        while let Ok(b) = self.rx.try_recv() {
-            self.pending.extend(b);
-        }
-        self.read_at = Instant::now();
+        // Every reply in `rbuf` answers a request whose entry was queued before the request
+        // was written (same task: no entry can be missing).
         loop {
             if self.raw_mode {
                 let all = self.rbuf.split();
@@ -332,7 +187,7 @@ impl ReplySide {
                 self.shared
                     .metrics
                     .leader_latency
-                    .record(self.read_at.saturating_duration_since(t).as_secs_f64());
+                    .record(t.elapsed().as_secs_f64());
             }
         }
         match p.action {

@@ -1,29 +1,25 @@
 //! The request side: reads client bytes, cuts them into requests, classifies each one,
 //! and forwards it or answers it locally, handing the reply side a `Pending` first.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::tls::stream::{ReadHalf as OwnedReadHalf, WriteHalf as OwnedWriteHalf};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use super::client_io::{pipe, read_with_idle, ReadOutcome};
-use super::pending::{local, Action, Effect, Expect, Pending, TxItem};
-use super::{
-    Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, MAX_OWED, SYNC_RAW,
-    SYNC_REFUSED, SYNC_UNDECIDED, UNSUPPORTED,
+use super::pending::{
+    local, Action, Effect, ExecEffect, Expect, Pending, TxItem, TxWrite, WriteEffect,
 };
+use super::{Flags, EXECABORT_FROZEN, EXECABORT_LEADER_DOWN, FROZEN, LEADER_DOWN, UNSUPPORTED};
 use crate::metrics::Route;
 use crate::redis::command::{
-    known_effect, parse_u32, script_is_read_only, write_target, CommandTable, Kind, Source,
-    Special, SubKind, WriteTarget,
+    known_effect, parse_u32, script_is_read_only, write_target, CommandTable, Kind, Special,
+    SubKind, WriteTarget,
 };
 use crate::redis::inflight::Registration;
-use crate::redis::resp::{parse_request_from, Request};
+use crate::redis::resp::Request;
 use crate::redis::server::Shared;
 use crate::replication::freeze::WriteTicket;
 
@@ -31,8 +27,6 @@ pub(super) struct RequestSide {
     pub(super) shared: Arc<Shared>,
     pub(super) table: Arc<CommandTable>,
     pub(super) route: Route,
-    pub(super) tx: mpsc::Sender<Vec<Pending>>,
-    pub(super) stop: CancellationToken,
     pub(super) flags: Arc<Flags>,
     pub(super) in_multi: bool,
     pub(super) tx_writes: bool,
@@ -56,7 +50,13 @@ pub(super) struct RequestSide {
     /// The open `MULTI` writes keys the proxy cannot see, or changes database.
     pub(super) tx_wild: bool,
     pub(super) tx_select: bool,
+    /// Counts forwarded requests: one in [`LATENCY_SAMPLE`] is timed for the histogram.
+    pub(super) sampled: u32,
 }
+
+/// One request in this many (per connection) feeds the leader latency histogram: a
+/// distribution needs no more, and each sample costs a shared-memory update.
+pub(super) const LATENCY_SAMPLE: u32 = 16;
 
 /// How the request side goes on after a request.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,136 +69,18 @@ pub(super) enum End {
 
 /// `CLIENT REPLY ON` answers even under `OFF` or a pending `SKIP`: the one request the proxy
 /// can add whose reply proves every earlier one ran. The client's mode is restored after it.
-const FENCE: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n";
-const RESTORE_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n";
-const RESTORE_SKIP: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
+pub(super) const FENCE: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n";
+pub(super) const RESTORE_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n";
+pub(super) const RESTORE_SKIP: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
 
 impl RequestSide {
-    /// Returns the backend's write half instead of dropping it: closing it would make the
-    /// server drop the replies still owed, and their writes must still be mirrored. The
-    /// reply side decides when the connection ends.
-    pub(super) async fn run(
-        mut self,
-        mut client: OwnedReadHalf,
-        mut backend: OwnedWriteHalf,
-    ) -> OwnedWriteHalf {
-        let lim = self.shared.limits;
-        let idle = Duration::from_millis(self.shared.cfg.client_idle_timeout_ms);
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut out = BytesMut::with_capacity(16 * 1024);
-        let mut partial = None;
-        // Set when `buf` may already hold whole requests (after a refused SYNC).
-        let mut parse_first = false;
-        loop {
-            while self.flags.owed.load(Ordering::Acquire) >= MAX_OWED {
-                let room = self.flags.room.notified();
-                if self.flags.owed.load(Ordering::Acquire) < MAX_OWED {
-                    break;
-                }
-                tokio::select! {
-                    _ = self.stop.cancelled() => return backend,
-                    _ = self.shared.closing.cancelled() => return backend,
-                    _ = room => {}
-                }
-            }
-            buf.reserve(16 * 1024);
-            let read = if std::mem::take(&mut parse_first) {
-                ReadOutcome::Data
-            } else {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return backend,
-                    // Shutdown: like a client EOF (the reply side answers what is owed).
-                    _ = self.shared.closing.cancelled() => return backend,
-                    r = read_with_idle(&mut client, &mut buf, idle, &self.flags) => r,
-                }
-            };
-            match read {
-                ReadOutcome::Data => {}
-                ReadOutcome::Eof => return backend,
-                ReadOutcome::Idle => {
-                    self.shared.metrics.client_error("idle_timeout");
-                    tracing::debug!("closing idle client connection");
-                    self.stop.cancel();
-                    return backend;
-                }
-            }
-            // A session that started before the leader answered `COMMAND` moves to its table.
-            if self.table.source == Source::Fallback {
-                self.table = self.shared.table();
-            }
-            let mut batch = Vec::new();
-            let now = Instant::now();
-            let mut fatal = false;
-            let mut end = None;
-            loop {
-                match parse_request_from(&mut buf, &lim, &mut partial) {
-                    Ok(Some(req)) => {
-                        end = self.handle(req, now, &mut batch, &mut out);
-                        if end.is_some() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.shared.metrics.client_error(e.metric_reason());
-                        tracing::debug!(error = ?e, "bad request from client; closing");
-                        batch.push(local(Action::LocalThenClose(e.reply())));
-                        fatal = true;
-                        break;
-                    }
-                }
-            }
-            if std::mem::take(&mut self.need_fence) && end.is_none() {
-                out.extend_from_slice(FENCE);
-                if self.reply_off {
-                    out.extend_from_slice(RESTORE_OFF);
-                } else if self.skip_next {
-                    out.extend_from_slice(RESTORE_SKIP);
-                }
-                batch.push(Pending {
-                    expect: Expect::One,
-                    action: Action::Replace(b""),
-                    effect: Effect::None,
-                    sent: None,
-                });
-            }
-            self.flags.owed.fetch_add(batch.len(), Ordering::AcqRel);
-            if !batch.is_empty() && self.tx.send(batch).await.is_err() {
-                return backend;
-            }
-            if !out.is_empty() {
-                if crate::tls::stream::write_flush(&mut backend, &out)
-                    .await
-                    .is_err()
-                {
-                    return backend; // the reply side sees the backend go and answers what is owed
-                }
-                out.clear();
-            }
-            match end {
-                _ if fatal => return backend,
-                Some(End::Quit) => return backend,
-                // Only once the backend accepted it: a refused SYNC must not turn the
-                // connection into an unmirrored, unfrozen pipe.
-                Some(End::Raw) => match self.sync_verdict().await {
-                    Some(true) => {
-                        return pipe(client, backend, buf, &self.stop, &self.shared.closing).await
-                    }
-                    Some(false) => parse_first = true,
-                    None => return backend,
-                },
-                None => {}
-            }
-        }
-    }
-
     /// `now`: when the read that carried this request completed (one clock read per batch).
     /// Returns how to go on when nothing after this request may be handled as usual.
     pub(super) fn handle(
         &mut self,
         req: Request,
         now: Instant,
-        batch: &mut Vec<Pending>,
+        batch: &mut VecDeque<Pending>,
         out: &mut BytesMut,
     ) -> Option<End> {
         if !self.db_known {
@@ -273,11 +155,11 @@ impl RequestSide {
                 if select {
                     self.db_unknown();
                 }
-                effect = Effect::Exec {
+                effect = Effect::Exec(Box::new(ExecEffect {
                     _ticket: ticket,
                     reg,
                     select,
-                };
+                }));
             }
             Special::Discard => {
                 self.in_multi = false;
@@ -346,7 +228,7 @@ impl RequestSide {
             }
             Special::Unsupported => {
                 if !matches!(expect, Expect::Nothing) {
-                    batch.push(local(Action::Local(Bytes::from_static(UNSUPPORTED))));
+                    batch.push_back(local(Action::Local(Bytes::from_static(UNSUPPORTED))));
                 }
                 return None;
             }
@@ -382,17 +264,17 @@ impl RequestSide {
                             ),
                             _ => self.tx_wild = true,
                         }
-                        effect = Effect::Queued(TxItem::Write {
+                        effect = Effect::Queued(TxItem::Write(Box::new(TxWrite {
                             raw: frame_if_needed(&target, &req),
                             target,
                             known,
-                        });
+                        })));
                     }
                     Err(reject) => {
                         self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
                         self.tx_poisoned = Some(execabort_for(reject));
                         if !matches!(expect, Expect::Nothing) {
-                            batch.push(local(Action::Local(Bytes::from_static(reject))));
+                            batch.push_back(local(Action::Local(Bytes::from_static(reject))));
                         }
                         return None;
                     }
@@ -418,18 +300,18 @@ impl RequestSide {
                             ),
                             _ => self.register(SmallVec::new(), true),
                         };
-                        effect = Effect::Write {
+                        effect = Effect::Write(Box::new(WriteEffect {
                             raw: frame_if_needed(&target, &req),
                             target,
                             known,
                             reg,
                             _ticket: ticket,
-                        };
+                        }));
                     }
                     Err(reject) => {
                         self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
                         if !matches!(expect, Expect::Nothing) {
-                            batch.push(local(Action::Local(Bytes::from_static(reject))));
+                            batch.push_back(local(Action::Local(Bytes::from_static(reject))));
                         }
                         return None;
                     }
@@ -458,11 +340,12 @@ impl RequestSide {
         } else {
             out.extend_from_slice(&req.raw);
         }
-        batch.push(Pending {
+        self.sampled = self.sampled.wrapping_add(1);
+        batch.push_back(Pending {
             expect,
             action: Action::Forward,
             effect,
-            sent: Some(now),
+            sent: (self.sampled % LATENCY_SAMPLE == 1).then_some(now),
         });
         end
     }
@@ -485,24 +368,6 @@ impl RequestSide {
             return;
         };
         self.flags.watching.store(watching, Ordering::Release);
-    }
-
-    /// Waits for the reply side to see how the backend answered a `SYNC`/`PSYNC`: `true` when
-    /// the replication stream started, `false` when refused (`None`: the session ends).
-    async fn sync_verdict(&self) -> Option<bool> {
-        loop {
-            let decided = self.flags.sync_decided.notified();
-            match self.flags.sync.swap(SYNC_UNDECIDED, Ordering::AcqRel) {
-                SYNC_RAW => return Some(true),
-                SYNC_REFUSED => return Some(false),
-                _ => {}
-            }
-            tokio::select! {
-                _ = self.stop.cancelled() => return None,
-                _ = self.shared.closing.cancelled() => return None,
-                _ = decided => {}
-            }
-        }
     }
 
     /// A db-changing request was sent: the database is unknown until its reply is seen.
@@ -546,7 +411,7 @@ impl RequestSide {
         cmd: &'static [u8],
         reply: &'static [u8],
         expect: Expect,
-        batch: &mut Vec<Pending>,
+        batch: &mut VecDeque<Pending>,
         out: &mut BytesMut,
     ) {
         out.extend_from_slice(cmd);
@@ -557,7 +422,7 @@ impl RequestSide {
         } else {
             (Expect::One, Action::Replace(reply))
         };
-        batch.push(Pending {
+        batch.push_back(Pending {
             expect,
             action,
             effect: Effect::Discard,

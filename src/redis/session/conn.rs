@@ -1,0 +1,342 @@
+//! The session's one task: a loop that waits on whichever of the client and the backend can
+//! move, in either direction, and on the few signals that end a session. Requests go from
+//! the client's read buffer to the backend's out buffer, replies from the backend's read
+//! buffer to the client's; no channel or other task sits between them, nothing is awaited
+//! to completion except at the very end, and no timer or waiter is registered per request:
+//! the idle timer is one `Sleep` re-armed only when it fires, the signals are futures pinned
+//! once, and the slow-client deadline is only polled while replies wait for the client.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use super::client_io::{write_some, Watch};
+use super::pending::{local, Action, Expect, Pending};
+use super::reply::ReplySide;
+use super::request::{End, RequestSide, FENCE, RESTORE_OFF, RESTORE_SKIP};
+use super::{LEADER_LOST, MAX_OWED, SYNC_RAW, SYNC_REFUSED, SYNC_UNDECIDED};
+use crate::metrics::Route;
+use crate::redis::resp::parse_request_from;
+use crate::tls::stream::{ReadHalf, WriteHalf};
+
+/// Requests bytes read but not yet written to the backend, past which the client is not
+/// read: a backend that stops reading holds bounded memory (and TCP pushes back).
+const BACKEND_OUT_HIGH: usize = 1024 * 1024;
+/// Reply bytes not yet written to the client, past which the backend is not read.
+const CLIENT_OUT_HIGH: usize = 1024 * 1024;
+/// Read sizes: small at first, so an idle connection holds little, doubled while reads fill
+/// the buffer (a large value or a deep pipeline), up to the largest.
+const READ_FIRST: usize = 1024;
+const READ_MOST: usize = 64 * 1024;
+
+/// The next read's size for one socket (see [`READ_FIRST`]).
+struct ReadSize(usize);
+
+impl ReadSize {
+    fn reserve(&self, buf: &mut BytesMut) {
+        buf.reserve(self.0);
+    }
+
+    /// A read of `n` bytes happened.
+    fn read(&mut self, n: usize) {
+        if n >= self.0 && self.0 < READ_MOST {
+            self.0 *= 2;
+        }
+    }
+}
+
+pub(super) struct Io {
+    pub(super) client_r: ReadHalf,
+    pub(super) client_w: WriteHalf,
+    pub(super) backend_r: ReadHalf,
+    pub(super) backend_w: WriteHalf,
+}
+
+/// Where the request half stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Requests {
+    /// Requests are read, cut and forwarded.
+    Open,
+    /// A `SYNC`/`PSYNC` was sent: nothing more is read until its reply says whether the
+    /// connection became a pipe (what is buffered stays there).
+    AwaitingSync,
+    /// `SYNC` accepted: client bytes go to the backend as they are.
+    Pipe,
+    /// No more requests: client EOF, `QUIT`, a bad request, idle, shutdown, slow client.
+    Closed,
+}
+
+pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
+    let shared = req.shared.clone();
+    let flags = req.flags.clone();
+    let idle = Duration::from_millis(shared.cfg.client_idle_timeout_ms);
+    let write_timeout = Duration::from_millis(shared.cfg.client_write_timeout_ms);
+    let mut buf = BytesMut::new();
+    let mut to_backend = BytesMut::new();
+    let (mut client_read, mut backend_read) = (ReadSize(READ_FIRST), ReadSize(READ_FIRST));
+    let mut partial = None;
+    let mut state = Requests::Open;
+    // Set when `buf` may already hold whole requests (after a refused SYNC).
+    let mut parse_first = false;
+    let mut client_ok = true;
+    let mut backend_ok = true;
+    // TLS may hold written bytes until flushed.
+    let (mut client_unflushed, mut backend_unflushed) = (false, false);
+    let mut linger: Option<Instant> = None;
+    let mut stall: Option<Instant> = None;
+    let mut last_read = Instant::now();
+    let idle_timer = tokio::time::sleep(if idle.is_zero() {
+        Duration::from_secs(86_400)
+    } else {
+        idle
+    });
+    tokio::pin!(idle_timer);
+    let closing = shared.closing.clone().cancelled_owned();
+    tokio::pin!(closing);
+    let mut leader_up_now = rep.leader_up.as_ref().is_none_or(|w| *w.borrow());
+    let mut leader_watch = Watch::new(rep.leader_up.take());
+    let mut master_watch = Watch::new(rep.master_switch.take());
+    loop {
+        if state == Requests::AwaitingSync {
+            match flags.sync.swap(SYNC_UNDECIDED, Ordering::AcqRel) {
+                SYNC_RAW => {
+                    state = Requests::Pipe;
+                    to_backend.extend_from_slice(&buf);
+                    buf.clear();
+                }
+                SYNC_REFUSED => {
+                    state = Requests::Open;
+                    parse_first = true;
+                }
+                _ => {}
+            }
+        }
+        if std::mem::take(&mut parse_first) {
+            if let Some(end) = requests(
+                &mut req,
+                &mut rep,
+                &mut buf,
+                &mut partial,
+                &mut to_backend,
+                Instant::now(),
+            ) {
+                state = end;
+            }
+        }
+        rep.drain_ready();
+        if !client_ok {
+            rep.out.clear();
+        }
+        // What ends the session is decided once the replies so far are written.
+        if (rep.out.is_empty() && !client_unflushed) || !client_ok {
+            stall = None;
+            if rep.close_after_flush {
+                rep.teardown(None);
+                return;
+            }
+            if state == Requests::Closed || !client_ok {
+                if rep.pending.is_empty() && (to_backend.is_empty() || !backend_ok) {
+                    rep.teardown(None);
+                    return;
+                }
+                linger.get_or_insert_with(|| Instant::now() + write_timeout);
+            }
+            if rep.close_when_safe && rep.at_safe_point() {
+                tracing::debug!(route = ?rep.route, "closing the connection at a safe point (leader back, or master switched)");
+                return;
+            }
+        } else if stall.is_none() {
+            stall = Some(Instant::now() + write_timeout);
+        }
+        if rep.route == Route::Leader && !leader_up_now {
+            tracing::debug!("leader declared down; closing leader-served connection");
+            rep.drain_ready();
+            rep.teardown(Some(LEADER_LOST));
+            finish_writes(&mut io.client_w, &rep.out, client_ok, write_timeout).await;
+            return;
+        }
+        let read_client = match state {
+            Requests::Open => flags.owed.load(Ordering::Acquire) < MAX_OWED,
+            Requests::Pipe => true,
+            Requests::AwaitingSync | Requests::Closed => false,
+        } && to_backend.len() < BACKEND_OUT_HIGH;
+        let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
+        if read_client {
+            client_read.reserve(&mut buf);
+        }
+        if read_backend {
+            backend_read.reserve(&mut rep.rbuf);
+        }
+        let idle_armed = state == Requests::Open && read_client && !idle.is_zero();
+        tokio::select! {
+            biased;
+            r = io.backend_r.read_buf(&mut rep.rbuf), if read_backend => match r {
+                Ok(n) if n > 0 => {
+                    backend_read.read(n);
+                    rep.on_backend_data();
+                }
+                _ => {
+                    rep.drain_ready();
+                    let clean = rep.pending.is_empty();
+                    rep.teardown(Some(LEADER_LOST));
+                    finish_writes(&mut io.client_w, &rep.out, client_ok, write_timeout).await;
+                    if !clean {
+                        tracing::debug!(route = ?rep.route, "backend connection lost with requests in flight");
+                    }
+                    return;
+                }
+            },
+            r = write_some(&mut io.client_w, &mut rep.out, &mut client_unflushed),
+                if client_ok && (!rep.out.is_empty() || client_unflushed) => match r {
+                // Progress: the client reads, however slowly.
+                Ok(()) => stall = None,
+                Err(_) => {
+                    client_ok = false;
+                    state = Requests::Closed;
+                }
+            },
+            r = write_some(&mut io.backend_w, &mut to_backend, &mut backend_unflushed),
+                if backend_ok && (!to_backend.is_empty() || backend_unflushed) => {
+                if r.is_err() {
+                    // The backend read sees it go and answers what is owed.
+                    backend_ok = false;
+                    to_backend.clear();
+                    state = Requests::Closed;
+                }
+            },
+            r = io.client_r.read_buf(&mut buf), if read_client => match r {
+                Ok(n) if n > 0 => {
+                    client_read.read(n);
+                    last_read = Instant::now();
+                    match state {
+                        Requests::Pipe => {
+                            to_backend.extend_from_slice(&buf);
+                            buf.clear();
+                        }
+                        _ => if let Some(end) = requests(&mut req, &mut rep, &mut buf, &mut partial, &mut to_backend, last_read) {
+                            state = end;
+                        }
+                    }
+                }
+                _ => state = Requests::Closed,
+            },
+            _ = &mut idle_timer, if idle_armed => {
+                let quiet = last_read + idle;
+                let now = Instant::now();
+                if quiet > now {
+                    idle_timer.as_mut().reset(quiet);
+                } else if flags.owed.load(Ordering::Acquire) == 0
+                    && !flags.subscribed.load(Ordering::Acquire)
+                {
+                    shared.metrics.client_error("idle_timeout");
+                    tracing::debug!("closing idle client connection");
+                    state = Requests::Closed;
+                } else {
+                    idle_timer.as_mut().reset(now + idle);
+                }
+            },
+            // Shutdown: like a client EOF (what is owed is still answered).
+            _ = &mut closing, if state != Requests::Closed => state = Requests::Closed,
+            up = leader_watch.changed(), if leader_watch.active() => {
+                if let Some(up) = up {
+                    leader_up_now = up;
+                    // (Leader-served: a flip to down is acted on at the top of the loop.)
+                    if rep.route == Route::Follower && up {
+                        rep.close_when_safe = true;
+                    }
+                }
+            },
+            switched = master_watch.changed(), if master_watch.active() => {
+                if switched.is_some() {
+                    rep.close_when_safe = true;
+                }
+            },
+            // (Lazy: a disabled branch's future is still built, and a `Sleep` is not free.)
+            _ = async { if let Some(d) = linger { tokio::time::sleep_until(d).await } }, if linger.is_some() => {
+                rep.teardown(None);
+                return;
+            },
+            _ = async { if let Some(d) = stall { tokio::time::sleep_until(d).await } }, if stall.is_some() && client_ok => {
+                shared.metrics.client_error("slow_client");
+                tracing::debug!("client stopped reading its replies; closing");
+                client_ok = false;
+                state = Requests::Closed;
+            },
+        }
+    }
+}
+
+/// Cuts `buf` into requests and handles each (its bytes to `to_backend`, its entry to the
+/// reply side's queue before anything is written). Returns the request half's new state
+/// when it changes.
+fn requests(
+    req: &mut RequestSide,
+    rep: &mut ReplySide,
+    buf: &mut BytesMut,
+    partial: &mut Option<crate::redis::resp::Progress>,
+    out: &mut BytesMut,
+    read_at: Instant,
+) -> Option<Requests> {
+    // A session that started before the leader answered `COMMAND` moves to its table.
+    if req.table.source == crate::redis::command::Source::Fallback {
+        req.table = req.shared.table();
+    }
+    let lim = req.shared.limits;
+    let now = read_at.into_std();
+    let before = rep.pending.len();
+    let mut fatal = false;
+    let mut end = None;
+    loop {
+        match parse_request_from(buf, &lim, partial) {
+            Ok(Some(r)) => {
+                end = req.handle(r, now, &mut rep.pending, out);
+                if end.is_some() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                req.shared.metrics.client_error(e.metric_reason());
+                tracing::debug!(error = ?e, "bad request from client; closing");
+                rep.pending
+                    .push_back(local(Action::LocalThenClose(e.reply())));
+                fatal = true;
+                break;
+            }
+        }
+    }
+    if std::mem::take(&mut req.need_fence) && end.is_none() {
+        out.extend_from_slice(FENCE);
+        if req.reply_off {
+            out.extend_from_slice(RESTORE_OFF);
+        } else if req.skip_next {
+            out.extend_from_slice(RESTORE_SKIP);
+        }
+        rep.pending.push_back(Pending {
+            expect: Expect::One,
+            action: Action::Replace(b""),
+            effect: super::pending::Effect::None,
+            sent: None,
+        });
+    }
+    let added = rep.pending.len() - before;
+    req.flags.owed.fetch_add(added, Ordering::AcqRel);
+    match end {
+        _ if fatal => Some(Requests::Closed),
+        Some(End::Quit) => Some(Requests::Closed),
+        // Only once the backend accepted it: a refused SYNC must not turn the connection
+        // into an unmirrored, unfrozen pipe.
+        Some(End::Raw) => Some(Requests::AwaitingSync),
+        None => None,
+    }
+}
+
+/// The last replies (error lines for what was owed), bounded by the write timeout.
+async fn finish_writes(client: &mut WriteHalf, out: &[u8], client_ok: bool, limit: Duration) {
+    if client_ok && !out.is_empty() {
+        let _ = tokio::time::timeout(limit, crate::tls::stream::write_flush(client, out)).await;
+    }
+}
