@@ -830,13 +830,20 @@ pub async fn zkcli_env(
 /// results land on either stream: `get` data and `ls` on stdout; `Created /a` and errors
 /// such as `Node does not exist: /a` on stderr.
 pub fn zkcli_lines(stdout: &str, stderr: &str) -> Vec<String> {
+    let banner = |l: &str| {
+        l.starts_with("Connecting to ")
+            || l == "WATCHER::"
+            || (l.starts_with("WatchedEvent state:") && l.ends_with(" type:None path:null"))
+    };
+    let lines: Vec<&str> = stdout.lines().collect();
     let mut out = Vec::new();
     let mut after_banner = false;
-    for l in stdout.lines() {
-        let banner = l.starts_with("Connecting to ")
-            || l == "WATCHER::"
-            || (l.starts_with("WatchedEvent state:") && l.ends_with(" type:None path:null"));
-        if banner || (after_banner && l.is_empty()) {
+    for (i, l) in lines.iter().enumerate() {
+        // The watcher thread prints its banner (`\nWATCHER::\n\nWatchedEvent …`) whenever the
+        // session connects: on a loaded machine after the command's own output, so the
+        // blank line before a banner is the banner's too.
+        let before_banner = l.is_empty() && lines.get(i + 1).is_some_and(|n| banner(n));
+        if banner(l) || before_banner || (after_banner && l.is_empty()) {
             after_banner = true;
             continue;
         }
