@@ -35,9 +35,10 @@ if [ "$#" -gt 0 ]; then
 fi
 
 # Known slow binaries (seconds measured on the 2-core CI machine) go first.
-slow_first=(disaster far_follower zookeeper_faults cluster_restart cluster_converge
-    zookeeper_follower_ensemble leader_blackhole redis_failover zookeeper_failover
-    cluster_freeze redis_sentinel backup)
+slow_first=(disaster far_follower zookeeper_faults zookeeper_resync cluster_restart
+    zookeeper_proxy redis_resync cluster_converge cluster_freeze zookeeper_fidelity
+    zookeeper_follower_ensemble migrate_online zookeeper_listener_tls redis_failover
+    redis_sentinel leader_blackhole zookeeper_failover backup)
 rank() {
     local name i
     name=$(basename "$1" | sed 's/-[0-9a-f]*$//')
