@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::tls::Ca;
+use common::tls::{tls_client, Ca};
 use common::*;
 use redis::AsyncCommands;
 use statemirror::tls::{ClientTlsSettings, ServerTlsSettings};
@@ -347,42 +347,6 @@ async fn rotation_mid_workload_keeps_established_sessions() {
         "failures: {}",
         failures.load(Ordering::Relaxed)
     );
-}
-
-/// A TLS client of the proxy's listener (`cert` for mutual TLS).
-async fn tls_client(
-    addr: std::net::SocketAddr,
-    ca_file: &Path,
-    cert: Option<(&Path, &Path)>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca_file).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("add");
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
-    let cfg = match cert {
-        Some((c, k)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(c)
-                    .expect("cert")
-                    .map(|c| c.expect("cert"))
-                    .collect(),
-                PrivateKeyDer::from_pem_file(k).expect("key"),
-            )
-            .expect("client cert"),
-        None => b.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp)
-        .await
 }
 
 async fn tls_cmd<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

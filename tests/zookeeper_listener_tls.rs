@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use common::tls::Ca;
+use common::tls::{tls_client as tls, Ca};
 use common::zk::{zk_client, zkcli_env, zkcli_lines, zkcli_tls_flags, ZkProxy, ZkServer};
 use common::{eventually, metric};
 use statemirror::tls::ServerTlsSettings;
@@ -26,44 +26,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, text).expect("write");
     p
-}
-
-/// A TLS client of the listener, trusting `ca_file` (`cert`: key + cert for mutual TLS).
-async fn tls(
-    addr: std::net::SocketAddr,
-    ca_file: &Path,
-    cert: Option<(&Path, &Path)>,
-) -> std::io::Result<Tls> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca_file).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("add");
-    }
-    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots);
-    let cfg = match cert {
-        Some((c, k)) => b
-            .with_client_auth_cert(
-                CertificateDer::pem_file_iter(c)
-                    .expect("cert")
-                    .map(|c| c.expect("cert"))
-                    .collect(),
-                PrivateKeyDer::from_pem_file(k).expect("key"),
-            )
-            .expect("client cert"),
-        None => b.with_no_client_auth(),
-    };
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let connect = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(ServerName::try_from("localhost").expect("name"), tcp);
-    tokio::time::timeout(Duration::from_secs(10), connect)
-        .await
-        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
 
 /// A four-letter word over TLS: the whole answer.

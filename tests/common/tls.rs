@@ -34,3 +34,44 @@ impl Ca {
         (cert.pem(), key.serialize_pem())
     }
 }
+
+/// A TLS client of a statemirror listener at `addr`, trusting `ca_file` and verifying the
+/// name `localhost` (`cert`: certificate + key files for mutual TLS). The handshake is
+/// bounded (10 s).
+#[allow(dead_code)]
+pub async fn tls_client(
+    addr: std::net::SocketAddr,
+    ca_file: &std::path::Path,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_file).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add");
+    }
+    let b = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots);
+    let cfg = match cert {
+        Some((c, k)) => b
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(c)
+                    .expect("cert")
+                    .map(|c| c.expect("cert"))
+                    .collect(),
+                PrivateKeyDer::from_pem_file(k).expect("key"),
+            )
+            .expect("client cert"),
+        None => b.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connect = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp);
+    tokio::time::timeout(std::time::Duration::from_secs(10), connect)
+        .await
+        .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
