@@ -556,43 +556,7 @@ async fn restore_with_identity_puts_region1_backup_under_region2_ids() {
             .unwrap();
     }
     let _: () = c.set(outside_key(), "untouched").await.unwrap();
-    let cfg = |leader: &str, name: &str| {
-        let p = dir.path().join(name);
-        let port = common::free_port();
-        std::fs::write(
-            &p,
-            format!("[redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\n"),
-        )
-        .unwrap();
-        p
-    };
-    let (c1, c2) = (
-        cfg(&region1.url(), "r1.toml"),
-        cfg(&region2.url(), "r2.toml"),
-    );
-    let backup = dir.path().join("r1.smbackup");
-    let (code, out, err) = cli(&[
-        "backup",
-        "--config",
-        c1.to_str().unwrap(),
-        "--out",
-        backup.to_str().unwrap(),
-        "--allow-live",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = cli(&[
-        "restore",
-        "--config",
-        c2.to_str().unwrap(),
-        "--in",
-        backup.to_str().unwrap(),
-        "--to",
-        "leader",
-        "--identity",
-        file.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let rep: Value = serde_json::from_str(&out).unwrap();
+    let rep = backup_and_restore(dir.path(), "redis", &region1.url(), &region2.url(), &file);
     assert_eq!(rep["renamed_by_identity_map"], 4, "{rep}");
     assert_eq!(rep["differences"], 0, "{rep}");
     let mut r2 = region2.conn().await;
@@ -626,44 +590,13 @@ async fn zookeeper_restore_with_identity_puts_region1_backup_under_region2_ids()
     common::zk_workload::nifi_set_state(&c, "/outside/of/nifi", b"untouched")
         .await
         .unwrap();
-    let cfg = |leader: &str, name: &str| {
-        let p = dir.path().join(name);
-        let port = common::free_port();
-        std::fs::write(
-            &p,
-            format!("[zookeeper]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\n"),
-        )
-        .unwrap();
-        p
-    };
-    let (c1, c2) = (
-        cfg(&region1.addr(), "r1.toml"),
-        cfg(&region2.addr(), "r2.toml"),
+    let rep = backup_and_restore(
+        dir.path(),
+        "zookeeper",
+        &region1.addr(),
+        &region2.addr(),
+        &file,
     );
-    let backup = dir.path().join("r1.smbackup");
-    let s = |p: &Path| p.to_str().unwrap().to_string();
-    let (code, out, err) = cli(&[
-        "backup",
-        "--config",
-        &s(&c1),
-        "--out",
-        &s(&backup),
-        "--allow-live",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = cli(&[
-        "restore",
-        "--config",
-        &s(&c2),
-        "--in",
-        &s(&backup),
-        "--to",
-        "leader",
-        "--identity",
-        &s(&file),
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let rep: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rep["renamed_by_identity_map"], 4, "{rep}");
     assert_eq!(rep["differences"], 0, "{rep}");
     let r2 = zk_client(&region2.addr()).await;
@@ -682,4 +615,44 @@ async fn zookeeper_restore_with_identity_puts_region1_backup_under_region2_ids()
     }
     let (data, _) = r2.get_data("/outside/of/nifi").await.unwrap();
     assert_eq!(data, b"untouched");
+}
+
+/// `statemirror backup` of region 1's backend (`[section] leader = region1`), then
+/// `restore --to leader --identity map` into region 2's: the restore's JSON report.
+fn backup_and_restore(
+    dir: &Path,
+    section: &str,
+    region1: &str,
+    region2: &str,
+    map: &Path,
+) -> Value {
+    let cfg = |leader: &str, name: &str| {
+        let p = dir.join(name);
+        let port = common::free_port();
+        std::fs::write(
+            &p,
+            format!("[{section}]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{leader}\"\n"),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (c1, c2) = (cfg(region1, "r1.toml"), cfg(region2, "r2.toml"));
+    let backup = dir.join("r1.smbackup");
+    let backup = backup.to_str().unwrap();
+    let (code, out, err) = cli(&["backup", "--config", &c1, "--out", backup, "--allow-live"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let map = map.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "restore",
+        "--config",
+        &c2,
+        "--in",
+        backup,
+        "--to",
+        "leader",
+        "--identity",
+        map,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap()
 }
