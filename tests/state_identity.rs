@@ -212,26 +212,7 @@ async fn redis_region2_finds_region1_state_under_its_own_ids() {
     assert_converged_without_repair(|| proxy.status(), "redis").await;
 
     // `identity list` sees state on both sides.
-    let cfg = dir.path().join("sidecar.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[redis]\nleader = \"{}\"\nfollower = \"{}\"\n[identity]\nfile = \"{}\"\n",
-            leader.url(),
-            follower.url(),
-            file.display()
-        ),
-    )
-    .unwrap();
-    let (code, out, err) = cli(&[
-        "identity",
-        "list",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let rows: Value = serde_json::from_str(&out).unwrap();
+    let rows = identity_list(dir.path(), "redis", &leader.url(), &follower.url(), &file);
     assert_eq!(rows.as_array().unwrap().len(), 4);
     for r in rows.as_array().unwrap() {
         assert_eq!(r["state_on_leader"]["redis"], true, "{r}");
@@ -386,26 +367,13 @@ async fn zookeeper_region2_finds_region1_state_under_its_own_ids() {
     assert_converged_without_repair(|| proxy.status(), "zookeeper").await;
 
     // `identity list` looks under <root>/components on both ensembles.
-    let cfg = dir.path().join("sidecar.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[zookeeper]\nleader = \"{}\"\nfollower = \"{}\"\n[identity]\nfile = \"{}\"\n",
-            leader.addr(),
-            follower.addr(),
-            file.display()
-        ),
-    )
-    .unwrap();
-    let (code, out, err) = cli(&[
-        "identity",
-        "list",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{out}{err}");
-    let rows: Value = serde_json::from_str(&out).unwrap();
+    let rows = identity_list(
+        dir.path(),
+        "zookeeper",
+        &leader.addr(),
+        &follower.addr(),
+        &file,
+    );
     for r in rows.as_array().unwrap() {
         assert_eq!(r["state_on_leader"]["zookeeper"], true, "{r}");
         assert_eq!(r["state_on_follower"]["zookeeper"], true, "{r}");
@@ -652,6 +620,29 @@ fn backup_and_restore(
         "leader",
         "--identity",
         map,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
+/// `statemirror identity list --json` with a `[section]` sidecar config over `leader` and
+/// `follower` and the map `file`: the rows.
+fn identity_list(dir: &Path, section: &str, leader: &str, follower: &str, file: &Path) -> Value {
+    let cfg = dir.join("sidecar.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[{section}]\nleader = \"{leader}\"\nfollower = \"{follower}\"\n[identity]\nfile = \"{}\"\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = cli(&[
+        "identity",
+        "list",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--json",
     ]);
     assert_eq!(code, 0, "{out}{err}");
     serde_json::from_str(&out).unwrap()
