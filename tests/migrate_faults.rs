@@ -469,10 +469,51 @@ async fn redis_leader_back_empty_deletes_nothing_at_the_destination() {
     leader.restart();
     eprintln!("leader restarted empty with: {dirty}");
     // The copier had time to read every dirty component from the empty leader.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let m = status().await;
     let left = z.list_children("/nifi/components").await.unwrap().len();
     eprintln!("after: {left} components at the destination; migration {m}");
     assert_eq!(left, BEFORE, "deleted at the destination: {m}");
     assert_eq!(m["in_sync"], false, "{m}");
+}
+
+/// The ZooKeeper side of the above: the leader comes back with an empty data directory
+/// (its history went back). Nothing is deleted at the destination; the migration halts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zookeeper_leader_back_empty_deletes_nothing_at_the_destination() {
+    let _g = SERIAL.lock().await;
+    let mut leader = ZkServer::standalone().await;
+    let follower = ZkServer::standalone().await;
+    let dest = RedisServer::start();
+    seed(&leader).await;
+    let relay = FaultRelay::start(&dest.addr());
+    relay.set(Fault::Latency(Duration::from_millis(100)));
+    let proxy = start_sidecar_to(&leader, &follower, format!("redis://{}", relay.addr())).await;
+    eventually(Duration::from_secs(30), || async {
+        let m = migration(&proxy).await;
+        if m["in_sync"] == true {
+            Ok(())
+        } else {
+            Err(format!("the full copy at start: {m}"))
+        }
+    })
+    .await;
+    let c = zk_client(&proxy.connect_string()).await;
+    for i in 0..BEFORE {
+        let path = format!("/nifi/components/before-{i}");
+        c.set_data(&path, &state(2000 + i as u64), None)
+            .await
+            .unwrap();
+    }
+    drop(c);
+    let dirty = migration(&proxy).await;
+    leader.restart_empty().await;
+    eprintln!("leader restarted empty with: {dirty}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = migration(&proxy).await;
+    let left = dest_ids(&dest).await.len();
+    eprintln!("after: {left} components at the destination; migration {m}");
+    assert_eq!(left, BEFORE, "deleted at the destination: {m}");
+    assert_eq!(m["in_sync"], false, "{m}");
+    assert!(m["halted"].is_string(), "{m}");
 }
