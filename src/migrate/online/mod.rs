@@ -21,8 +21,17 @@
 //! and the sidecar is idle it copies them all once more (the *settle pass*): reads made
 //! after the freeze see the final state and land after that sidecar's own older copies.
 //! `migrate verify` under the freeze is the proof (README runbook).
+//!
+//! Faults: every leader read is checked against the leader's identity before it is written
+//! ([`guard`]): after a leader restart (it may have lost data) the migration halts instead
+//! of deleting or rolling back the destination. A component whose copy failed is retried
+//! every few seconds. Stopping the sidecar cancels a copy in flight.
 
+pub mod guard;
+mod run;
 pub mod tap;
+
+pub use run::{spawn, Copier};
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,10 +41,8 @@ use std::time::{Duration, Instant};
 use metrics::{counter, gauge};
 use serde_json::json;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::copy::{self, IdMap, Totals, BATCH};
-use super::provider::Provider;
+use super::copy::Totals;
 use crate::replication::freeze::Freeze;
 
 pub const METRIC_DIRTY: &str = "statemirror_migration_dirty";
@@ -58,6 +65,9 @@ pub struct Migration {
     last_error: Mutex<Option<String>>,
     last_full: Mutex<Option<serde_json::Value>>,
     full_done: AtomicBool,
+    /// Why the migration stopped copying for good (the leader may have lost data): set
+    /// once, cleared only by restarting the sidecar (README runbook).
+    halted: Mutex<Option<String>>,
     /// Called when the migration becomes idle (the queue's drained waiters recheck).
     on_idle: OnceLock<Arc<dyn Fn() + Send + Sync>>,
     /// The sidecar's write freeze: the settle pass runs once it is frozen.
@@ -69,14 +79,30 @@ struct Dirty {
     set: BTreeSet<String>,
     /// A full copy is owed (at start, after an overflow, after an unknown write).
     full: bool,
-    /// Components being copied now.
+    /// Components being copied now, and since when (`/status` shows a hung destination
+    /// as a copy that has lasted long, before the provider's 30 s timeout reports it).
     in_flight: usize,
+    since: Option<Instant>,
     /// Components whose last copy failed (a destination that refuses them).
     failing: HashSet<String>,
     /// Components copied since the last settle pass, and whether there were too many.
     written: HashSet<String>,
     settle_all: bool,
+    /// When the failing components were last put back in the dirty set.
+    retried: Option<Instant>,
 }
+
+impl Dirty {
+    fn set_in_flight(&mut self, n: usize) {
+        self.in_flight = n;
+        self.since = (n > 0).then(Instant::now);
+    }
+}
+
+/// How often components whose last copy failed are copied again. A per-component failure
+/// can be transient (a destination out of memory, a leader still loading its data): without
+/// a retry such a component stayed stale, and `in_sync` false, until NiFi wrote it again.
+const RETRY_FAILING: Duration = Duration::from_secs(3);
 
 impl Migration {
     pub fn new(
@@ -100,6 +126,7 @@ impl Migration {
             last_error: Mutex::new(None),
             last_full: Mutex::new(None),
             full_done: AtomicBool::new(false),
+            halted: Mutex::new(None),
             on_idle: OnceLock::new(),
             freeze: OnceLock::new(),
         })
@@ -136,7 +163,31 @@ impl Migration {
         st.set.is_empty() && st.in_flight == 0
     }
 
+    /// Stops copying for good: what the leader holds now must not reach the destination.
+    pub fn halt(&self, why: &str) {
+        let mut h = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        if h.is_none() {
+            tracing::error!(
+                reason = why,
+                "online migration halted: nothing more is copied"
+            );
+            *h = Some(why.to_string());
+            drop(h);
+            self.error(why);
+        }
+    }
+
+    fn is_halted(&self) -> bool {
+        self.halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     pub fn in_sync(&self) -> bool {
+        if self.is_halted() {
+            return false;
+        }
         let frozen = self.frozen();
         let st = self.lock();
         st.set.is_empty()
@@ -186,20 +237,28 @@ impl Migration {
 
     /// The `/status` object (the destination is shown without secrets).
     pub fn status(&self) -> serde_json::Value {
-        let (dirty, in_flight, full, failing) = {
+        let (dirty, in_flight, full, failing, since) = {
             let st = self.lock();
-            (st.set.len(), st.in_flight, st.full, st.failing.len())
+            (
+                st.set.len(),
+                st.in_flight,
+                st.full,
+                st.failing.len(),
+                st.since,
+            )
         };
         json!({
             "destination": self.destination,
             "dirty": dirty,
             "copying": in_flight,
+            "copying_seconds": since.map_or(0, |t| t.elapsed().as_secs()),
             "full_copy_pending": full,
             "failing_components": failing,
             "copied_total": self.copied.load(Ordering::Relaxed),
             "errors": self.errors.load(Ordering::Relaxed),
             "last_error": *self.last_error.lock().unwrap_or_else(|p| p.into_inner()),
             "last_full_copy": *self.last_full.lock().unwrap_or_else(|p| p.into_inner()),
+            "halted": *self.halted.lock().unwrap_or_else(|p| p.into_inner()),
             "in_sync": self.in_sync(),
         })
     }
@@ -214,8 +273,25 @@ impl Migration {
                 None => break,
             }
         }
-        st.in_flight = out.len();
+        st.set_in_flight(out.len());
         out
+    }
+
+    /// Puts the failing components back in the dirty set, at most every [`RETRY_FAILING`].
+    /// False when there was nothing to retry yet.
+    fn retry_failing(&self) -> bool {
+        let mut st = self.lock();
+        if st.failing.is_empty() || st.retried.is_some_and(|t| t.elapsed() < RETRY_FAILING) {
+            return false;
+        }
+        st.retried = Some(Instant::now());
+        if st.set.len() + st.failing.len() > self.max_dirty {
+            st.full = true;
+        } else {
+            let ids: Vec<String> = st.failing.iter().cloned().collect();
+            st.set.extend(ids);
+        }
+        true
     }
 
     /// Records a batch's outcome; on a backend error the batch is dirty again. `record`:
@@ -223,7 +299,7 @@ impl Migration {
     fn settle(&self, ids: Vec<String>, r: Result<Totals, String>, record: bool) {
         {
             let mut st = self.lock();
-            st.in_flight = 0;
+            st.set_in_flight(0);
             match &r {
                 Ok(t) => {
                     for id in &ids {
@@ -255,182 +331,6 @@ impl Migration {
         }
         self.publish();
     }
-}
-
-/// Copies `ids` from the leader to the destination.
-async fn copy_now(
-    from: &mut Provider,
-    to: &mut Provider,
-    ids: &[String],
-    map: &IdMap,
-) -> Result<Totals, String> {
-    let mut t = Totals::default();
-    copy::copy_ids(from, to, ids, map, &mut t).await?;
-    Ok(t)
-}
-
-/// Serves the dirty set: one batch. False when there was nothing to do.
-async fn serve_dirty(m: &Migration, from: &mut Provider, to: &mut Provider, map: &IdMap) -> bool {
-    let ids = m.take(BATCH);
-    if ids.is_empty() {
-        m.publish();
-        return false;
-    }
-    let r = copy_now(from, to, &ids, map).await;
-    let failed = r.is_err();
-    m.settle(ids, r, true);
-    if failed {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    true
-}
-
-/// One full copy: every component either side holds, `pace` per second, the dirty set
-/// served between pages so live writes do not wait for it.
-async fn full_copy(
-    m: &Migration,
-    from: &mut Provider,
-    to: &mut Provider,
-    map: &IdMap,
-    stop: &CancellationToken,
-    record: bool,
-) -> Result<serde_json::Value, String> {
-    let started = Instant::now();
-    let mut ids: BTreeSet<String> = from.list().await?.into_iter().collect();
-    // Destination-only components: copied as "absent on the leader" = deleted. Without an
-    // identity map the ids are the same on both sides.
-    ids.extend(to.list().await?);
-    let ids: Vec<String> = ids.into_iter().collect();
-    let mut totals = Totals::default();
-    for page in ids.chunks(BATCH) {
-        if stop.is_cancelled() {
-            return Err("stopped".into());
-        }
-        let t0 = Instant::now();
-        {
-            m.lock().in_flight = page.len();
-        }
-        let r = copy_now(from, to, page, map).await;
-        let page_ids = page.to_vec();
-        match r {
-            Ok(t) => {
-                totals.components += t.components;
-                totals.deleted += t.deleted;
-                totals.entries += t.entries;
-                totals.failed += t.failed;
-                m.settle(page_ids, Ok(t), record);
-            }
-            Err(e) => {
-                m.lock().in_flight = 0;
-                return Err(e);
-            }
-        }
-        while serve_dirty(m, from, to, map).await {}
-        let want = Duration::from_secs_f64(page.len() as f64 / m.pace as f64);
-        if let Some(rest) = want.checked_sub(t0.elapsed()) {
-            tokio::time::sleep(rest).await;
-        }
-    }
-    Ok(json!({
-        "components": totals.components,
-        "deleted": totals.deleted,
-        "entries": totals.entries,
-        "failed": totals.failed,
-        "seconds": started.elapsed().as_secs_f64(),
-    }))
-}
-
-/// Once frozen and idle: copies again every component copied since the last settle pass
-/// (all of them after an overflow). False when there was nothing to settle.
-async fn settle_pass(
-    m: &Migration,
-    from: &mut Provider,
-    to: &mut Provider,
-    map: &IdMap,
-    stop: &CancellationToken,
-) -> bool {
-    let (ids, all) = {
-        let mut st = m.lock();
-        let all = std::mem::take(&mut st.settle_all);
-        (std::mem::take(&mut st.written), all)
-    };
-    let n = ids.len();
-    if all {
-        if let Err(e) = full_copy(m, from, to, map, stop, false).await {
-            m.error(&format!("settle pass: {e}"));
-            m.lock().settle_all = true;
-        }
-    } else if ids.is_empty() {
-        return false;
-    } else {
-        let ids: Vec<String> = ids.into_iter().collect();
-        for chunk in ids.chunks(BATCH) {
-            m.lock().in_flight = chunk.len();
-            // A failed batch is dirty again: copied (and remembered) like any other.
-            let r = copy_now(from, to, chunk, map).await;
-            m.settle(chunk.to_vec(), r, false);
-        }
-    }
-    tracing::info!(
-        all,
-        components = n,
-        "online migration: settle pass done (writes are frozen)"
-    );
-    m.publish();
-    true
-}
-
-/// Runs the migration until `stop`.
-pub fn spawn(m: Arc<Migration>, mut from: Provider, mut to: Provider, stop: CancellationToken) {
-    let map = copy::identity();
-    tokio::spawn(async move {
-        tracing::info!(destination = %m.destination, "online migration started: a full copy runs first");
-        loop {
-            if stop.is_cancelled() {
-                return;
-            }
-            let full = std::mem::take(&mut m.lock().full);
-            if full {
-                counter!(METRIC_FULL_COPIES, "protocol" => m.source).increment(1);
-                match full_copy(&m, &mut from, &mut to, &map, &stop, true).await {
-                    Ok(v) => {
-                        tracing::info!(result = %v, "online migration: full copy done");
-                        *m.last_full.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
-                        m.full_done.store(true, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "online migration: full copy failed; retrying");
-                        *m.last_full.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(json!({ "error": e }));
-                        m.error(&format!("full copy: {e}"));
-                        m.lock().full = true;
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                        }
-                    }
-                }
-                m.publish();
-                continue;
-            }
-            if serve_dirty(&m, &mut from, &mut to, &map).await {
-                continue;
-            }
-            if m.frozen() && settle_pass(&m, &mut from, &mut to, &map, &stop).await {
-                continue;
-            }
-            let woken = m.wake.notified();
-            if !m.is_idle() || m.lock().full {
-                continue;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = woken => {}
-                // Periodic wake: publishes gauges, and notices a freeze (the settle pass).
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    });
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Migration;
+use super::guard::LeaderGuard;
+use super::{Copier, Migration};
 use crate::config::{Config, RedisBackend, RedisConfig, ResolvedZk, Secret, ZooKeeperConfig};
 use crate::migrate::provider::Provider;
 use crate::migrate::redis::RedisProvider;
@@ -43,10 +44,12 @@ pub fn redis_components(m: &Migration, db: u32, prefix: &str, op: &RedisOp) {
 }
 
 /// The components a ZooKeeper write changed: znodes `<root>/components/<id>`. A history
-/// reset (the leader went back in time) asks for a full copy.
+/// reset (the leader went back in time) halts the migration ([`super::guard`]).
 pub fn zk_components(m: &Migration, dir: &str, op: &ZkOp) {
     if op.is_history_reset() {
-        m.mark_all();
+        // Not a full copy: that would copy (and delete) from a leader that went back in
+        // time. The follower mirror gives up on such a leader too.
+        m.halt("the leader's history went back (a history reset): it may have lost data, so nothing more is copied from it");
         return;
     }
     for item in &op.items {
@@ -108,8 +111,12 @@ pub fn attach_redis(
     }));
     wire_idle(&m, q);
     m.set_freeze(freeze);
-    let from = Provider::Redis(RedisProvider::new(leader.clone(), prefix, timeout));
-    super::spawn(m.clone(), from, Provider::new(&to, timeout, auth), stop);
+    let c = Copier {
+        from: Provider::Redis(RedisProvider::new(leader.clone(), prefix, timeout)),
+        to: Provider::new(&to, timeout, auth),
+        guard: LeaderGuard::redis(leader.clone(), timeout),
+    };
+    super::spawn(m.clone(), c, stop);
     Some(m)
 }
 
@@ -137,13 +144,17 @@ pub fn attach_zk(
     q.set_tap(Arc::new(move |op: &ZkOp| zk_components(&tm, &dir, op)));
     wire_idle(&m, q);
     m.set_freeze(freeze);
-    let from = Provider::ZooKeeper(ZkProvider::new(
-        r.leader.clone(),
-        root,
-        r.follower_auth.clone(),
-        timeout,
-    ));
-    super::spawn(m.clone(), from, Provider::new(&to, timeout, auth), stop);
+    let c = Copier {
+        from: Provider::ZooKeeper(ZkProvider::new(
+            r.leader.clone(),
+            root,
+            r.follower_auth.clone(),
+            timeout,
+        )),
+        to: Provider::new(&to, timeout, auth),
+        guard: LeaderGuard::zookeeper(r.leader.clone(), r.follower_auth.clone(), timeout),
+    };
+    super::spawn(m.clone(), c, stop);
     Some(m)
 }
 
