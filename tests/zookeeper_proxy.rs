@@ -1010,6 +1010,20 @@ async fn standalone_check_is_answered_locally() {
         GetDataResponse::from_bytes(&body).unwrap().data.as_deref(),
         Some(&b"c"[..])
     );
+    // A lone check, nothing in flight: answered without waiting for a server reply.
+    let mut out = BytesMut::new();
+    RawZk::request(
+        &mut out,
+        4,
+        op::CHECK,
+        &CheckVersionRequest {
+            path: "/".into(),
+            version: -1,
+        },
+    );
+    raw.write(&out).await;
+    let (h, _) = raw.reply().await.expect("lone check reply");
+    assert_eq!((h.xid, h.err), (4, err::UNIMPLEMENTED));
 
     // The server is healthy: it answers srvr, and new sessions read and write.
     assert!(four_letter(&leader.addr(), "srvr")

@@ -12,9 +12,11 @@
 //! relayed to a leader server are closed (a silent server would hold the client until its
 //! session expired), so clients reconnect onto the follower.
 //!
-//! After the handshake, as for Redis, two tasks: the request side reads frames, answers
+//! After the handshake, two tasks: the request side reads frames (decoding only their
+//! header; a mirrored write's body is copied and decoded when its reply comes), answers
 //! some itself (a standalone `check`, which corrupts 3.8.0 servers, gets UNIMPLEMENTED; a
-//! write while frozen gets NOTREADONLY) and forwards the rest as received; the reply side
+//! write while frozen gets NOTREADONLY) and forwards the rest as received, queueing an entry
+//! per request that wakes the reply side only when it must act by itself (`owed`); the reply side
 //! matches every reply to the head of the pending queue by xid — the Java client treats an
 //! out-of-order xid as a lost connection — so made-up replies wait their turn behind
 //! replies still in flight; they are stamped when sent, with the newest zxid sent on the
@@ -62,7 +64,6 @@ use crate::tls::stream::{
     WriteHalf as ClientWrite,
 };
 use crate::tls::Stream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{encode_frame, next_frame};
@@ -98,8 +99,16 @@ struct Pending {
     /// The request of a forwarded write (to build its mirror op from the reply).
     write: Option<(i32, Bytes)>,
     _ticket: Option<WriteTicket>,
-    sent: Instant,
+    /// When it was forwarded, for one request in [`LATENCY_SAMPLE`] (the latency histogram).
+    sent: Option<Instant>,
 }
+
+/// One forwarded request in this many is timed for the latency histogram: the distribution
+/// needs no more, and each sample costs a shared-memory update.
+const LATENCY_SAMPLE: u32 = 16;
+
+mod owed;
+use owed::{CloseOnDrop, Owed};
 
 pub async fn serve(shared: Arc<ZkShared>, mut client: Stream) {
     let mut first4 = [0u8; 4];
@@ -244,19 +253,20 @@ async fn relay(
     let server = backend.peer_addr().ok();
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
-    let (tx, rx) = mpsc::channel::<Vec<Pending>>(64);
+    let owed = Arc::new(Owed::new());
     let stop = CancellationToken::new();
     let req = tokio::spawn(requests(
         shared.clone(),
         client_r,
         backend_w,
-        tx,
+        owed.clone(),
         stop.clone(),
         mode,
     ));
     let side = ReplySide {
         shared,
-        rx,
+        owed,
+        spare: Vec::new(),
         stop: stop.clone(),
         mode,
         write_timeout,
@@ -275,10 +285,14 @@ async fn requests(
     shared: Arc<ZkShared>,
     mut client: ClientRead,
     mut backend: BackendWrite,
-    tx: mpsc::Sender<Vec<Pending>>,
+    owed: Arc<Owed<Pending>>,
     stop: CancellationToken,
     mode: Mode,
 ) -> BackendWrite {
+    // The reply side learns the requests ended however this task does (aborted included).
+    let _close = CloseOnDrop(owed.clone());
+    let mut sampled: u32 = 0;
+    let mut batch = Vec::new();
     let max = shared.cfg.max_frame_bytes;
     let mirroring = shared.mirror.is_some() && matches!(mode, Mode::Leader { .. });
     let (route, follower) = match mode {
@@ -298,7 +312,8 @@ async fn requests(
         if !matches!(n, Ok(n) if n > 0) {
             return backend;
         }
-        let mut batch = Vec::new();
+        // Whether the reply side must look at the batch now (it holds a reply made here).
+        let mut wake = false;
         let mut fatal = false;
         loop {
             let frame = match next_frame(&mut buf, max) {
@@ -317,19 +332,19 @@ async fn requests(
                 break;
             };
             let m = &shared.metrics;
-            let now = Instant::now();
             let answer = |e: i32| Pending {
                 xid: h.xid,
                 op: h.op,
                 local: Some(e),
                 write: None,
                 _ticket: None,
-                sent: now,
+                sent: None,
             };
             if h.op == op::CHECK {
                 // Never forwarded: a standalone check corrupts ZooKeeper 3.8.0's log.
                 m.requests[1][Route::Rejected as usize].increment(1);
                 batch.push(answer(err::UNIMPLEMENTED));
+                wake = true;
                 continue;
             }
             let mut ticket = None;
@@ -348,10 +363,13 @@ async fn requests(
                 if refused {
                     m.requests[1][Route::Rejected as usize].increment(1);
                     batch.push(answer(err::NOT_READ_ONLY));
+                    wake = true;
                     continue;
                 }
                 if mirroring {
-                    write = Some((h.op, frame.slice(8..)));
+                    // Queued until the reply: owns its bytes (not a slice of the read buffer,
+                    // which it would keep from being reused).
+                    write = Some((h.op, Bytes::copy_from_slice(&frame[8..])));
                 }
                 m.requests[1][route as usize].increment(1);
             } else {
@@ -368,18 +386,18 @@ async fn requests(
             let frame = rewritten.unwrap_or(frame);
             out.put_u32(frame.len() as u32);
             out.put_slice(&frame);
+            sampled = sampled.wrapping_add(1);
             batch.push(Pending {
                 xid: h.xid,
                 op: h.op,
                 local: None,
                 write,
                 _ticket: ticket,
-                sent: now,
+                sent: (sampled % LATENCY_SAMPLE == 1).then(Instant::now),
             });
         }
-        if !batch.is_empty() && tx.send(batch).await.is_err() {
-            return backend;
-        }
+        // Queued before the requests are forwarded: every reply finds its entry.
+        let full = !batch.is_empty() && owed.push(&mut batch, wake);
         if !out.is_empty() {
             if write_flush(&mut backend, &out).await.is_err() {
                 return backend;
@@ -390,13 +408,22 @@ async fn requests(
             stop.cancel();
             return backend;
         }
+        if full {
+            tokio::select! {
+                _ = stop.cancelled() => return backend,
+                _ = shared.closing.cancelled() => return backend,
+                _ = owed.room() => {}
+            }
+        }
     }
 }
 
 /// The reply side of one connection.
 struct ReplySide {
     shared: Arc<ZkShared>,
-    rx: mpsc::Receiver<Vec<Pending>>,
+    owed: Arc<Owed<Pending>>,
+    /// Swapped with the queue's vector on every take (see `Owed::take`).
+    spare: Vec<Pending>,
     stop: CancellationToken,
     mode: Mode,
     /// A client that takes longer than this to take a write of replies is dropped.
@@ -408,10 +435,9 @@ struct ReplySide {
 impl ReplySide {
     /// Entries for requests already forwarded: the request side queues them before it
     /// forwards, so after this every reply the server may still send has its entry.
-    fn drain(&mut self, pending: &mut VecDeque<Pending>) {
-        while let Ok(b) = self.rx.try_recv() {
-            pending.extend(b);
-        }
+    /// True once no more will come.
+    fn drain(&mut self, pending: &mut VecDeque<Pending>) -> bool {
+        self.owed.take(&mut self.spare, pending)
     }
 
     /// True when it ended because the leader ensemble serving it was declared down.
@@ -452,6 +478,7 @@ impl ReplySide {
         // False once a write to the client failed or timed out: the client is dropped, but the
         // replies it is owed are still read, so the writes they acknowledge are mirrored.
         let mut client_ok = true;
+        let owed = self.owed.clone();
         let leader_lost = 'conn: loop {
             // Made-up replies go out as soon as everything before them has.
             flush_local(&mut pending, &mut out, last_zxid);
@@ -476,7 +503,9 @@ impl ReplySide {
                 out.clear();
             }
             if !requests_open || !client_ok {
-                self.drain(&mut pending);
+                if self.drain(&mut pending) {
+                    requests_open = false;
+                }
                 if pending.is_empty() {
                     break false;
                 }
@@ -486,7 +515,9 @@ impl ReplySide {
             }
             if close_when_idle {
                 // A request forwarded just now must get its reply before the close.
-                self.drain(&mut pending);
+                if self.drain(&mut pending) {
+                    requests_open = false;
+                }
                 if pending.is_empty() {
                     tracing::debug!("leader ensemble is back; closing follower-served connection");
                     break false;
@@ -499,10 +530,13 @@ impl ReplySide {
             rbuf.reserve(16 * 1024);
             tokio::select! {
                 biased;
-                b = self.rx.recv(), if requests_open => match b {
-                    Some(b) => pending.extend(b),
-                    None => requests_open = false,
-                },
+                // Only replies made here and the end of the requests wake this: the rest is
+                // taken when the server replies.
+                _ = owed.wake.notified(), if requests_open => {
+                    if self.drain(&mut pending) {
+                        requests_open = false;
+                    }
+                }
                 _ = self.stop.cancelled(), if requests_open && client_ok => requests_open = false,
                 _ = async { match linger { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break false,
                 _ = async { match leader_up.as_mut() { Some(w) => w.changed().await.ok(), None => std::future::pending().await } } => {
@@ -514,9 +548,11 @@ impl ReplySide {
                     if !matches!(r, Ok(n) if n > 0) {
                         break false;
                     }
-                    // Entries for these replies were sent before their requests (see Redis's
-                    // session for the race this closes).
-                    self.drain(&mut pending);
+                    // Entries for these replies were queued before their requests were
+                    // forwarded (see Redis's session for the race this closes).
+                    if self.drain(&mut pending) {
+                        requests_open = false;
+                    }
                     loop {
                         let frame = match next_frame(&mut rbuf, max) {
                             Ok(Some(f)) => f,
@@ -539,9 +575,13 @@ impl ReplySide {
                                         // queued: the writer must know if history restarted.
                                         shared.leader_zxid(self.server, h.zxid, true).await;
                                     }
-                                    conn_zxid = Some(conn_zxid.unwrap_or(0).max(h.zxid));
+                                    // The shared maximum only when this connection's grew (not
+                                    // once per reply).
+                                    if conn_zxid.is_none_or(|z| h.zxid > z) {
+                                        conn_zxid = Some(h.zxid);
+                                        shared.max_zxid.fetch_max(h.zxid, Ordering::AcqRel);
+                                    }
                                     last_zxid = last_zxid.max(h.zxid);
-                                    shared.max_zxid.fetch_max(h.zxid, Ordering::AcqRel);
                                 }
                                 frame
                             }
@@ -564,7 +604,9 @@ impl ReplySide {
                                 );
                                 break 'conn false;
                             };
-                            shared.metrics.leader_latency.record(p.sent.elapsed().as_secs_f64());
+                            if let Some(sent) = p.sent {
+                                shared.metrics.leader_latency.record(sent.elapsed().as_secs_f64());
+                            }
                             if p.op == op::CLOSE_SESSION && h.err == 0 {
                                 if let (Some(eph), Some(s)) = (&shared.ephemerals, session) {
                                     eph.end(s, h.zxid.max(shared.max_zxid.load(Ordering::Acquire)));
@@ -585,6 +627,8 @@ impl ReplySide {
         if let Some(z) = conn_zxid {
             shared.leader_zxid(self.server, z, false).await;
         }
+        // Entries not taken yet are requests in flight too.
+        self.drain(&mut pending);
         end(&shared, pending);
         leader_lost
     }
