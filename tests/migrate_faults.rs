@@ -69,20 +69,25 @@ async fn migration(p: &ZkProxy) -> serde_json::Value {
     s["zookeeper"]["migration"].clone()
 }
 
+/// Waits (at most `secs`) for the sidecar's migration to be in sync; `what` names the wait.
+async fn until_in_sync(p: &ZkProxy, secs: u64, what: &str) {
+    eventually(Duration::from_secs(secs), || async {
+        let m = migration(p).await;
+        if m["in_sync"] == true {
+            Ok(())
+        } else {
+            Err(format!("{what}: {m}"))
+        }
+    })
+    .await;
+}
+
 /// Freezes (the freeze waits for the migration), waits for `in_sync`, verifies zero
 /// differences, and resumes.
 async fn freeze_verify_resume(p: &ZkProxy, leader: &ZkServer, dest: &RedisServer) {
     let (code, body) = p.http("PUT", "/maintenance", None).await;
     assert_eq!(code, 200, "{body}");
-    eventually(Duration::from_secs(60), || async {
-        let m = migration(p).await;
-        if m["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(format!("migration not in sync: {m}"))
-        }
-    })
-    .await;
+    until_in_sync(p, 60, "migration not in sync").await;
     let o = verify(leader, dest).await;
     assert_eq!(o.code, 0, "{}", o.text);
     let (code, body) = p.http("DELETE", "/maintenance", None).await;
@@ -198,15 +203,7 @@ async fn hung_destination_never_stalls_nifi_and_drains_after() {
     let dest = RedisServer::start();
     seed(&leader).await;
     let proxy = start_sidecar(&leader, &follower, &dest).await;
-    eventually(Duration::from_secs(30), || async {
-        let m = migration(&proxy).await;
-        if m["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(format!("the full copy at start: {m}"))
-        }
-    })
-    .await;
+    until_in_sync(&proxy, 30, "the full copy at start").await;
 
     let w = Writer::start(proxy.connect_string());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -292,15 +289,7 @@ async fn leader_killed_mid_write_deletes_nothing_at_the_destination() {
     relay.set(Fault::Latency(Duration::from_millis(100)));
     let far = format!("redis://{}", relay.addr());
     let proxy = start_sidecar_to(&leader, &follower, far).await;
-    eventually(Duration::from_secs(30), || async {
-        let m = migration(&proxy).await;
-        if m["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(format!("the full copy at start: {m}"))
-        }
-    })
-    .await;
+    until_in_sync(&proxy, 30, "the full copy at start").await;
     let w = Writer::start(proxy.connect_string());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = dest_ids(&dest).await;
@@ -355,15 +344,7 @@ async fn components_refused_by_a_full_destination_are_copied_again() {
     let dest = RedisServer::start();
     seed(&leader).await;
     let proxy = start_sidecar(&leader, &follower, &dest).await;
-    eventually(Duration::from_secs(30), || async {
-        let m = migration(&proxy).await;
-        if m["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(format!("the full copy at start: {m}"))
-        }
-    })
-    .await;
+    until_in_sync(&proxy, 30, "the full copy at start").await;
     let mut d = dest.conn().await;
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
@@ -395,15 +376,7 @@ async fn components_refused_by_a_full_destination_are_copied_again() {
         .await
         .unwrap();
     // No NiFi write from here on: the migration alone must catch up.
-    eventually(Duration::from_secs(20), || async {
-        let m = migration(&proxy).await;
-        if m["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(format!("refused components not copied again: {m}"))
-        }
-    })
-    .await;
+    until_in_sync(&proxy, 20, "refused components not copied again").await;
     freeze_verify_resume(&proxy, &leader, &dest).await;
 }
 
@@ -489,15 +462,7 @@ async fn zookeeper_leader_back_empty_deletes_nothing_at_the_destination() {
     let relay = FaultRelay::start(&dest.addr());
     relay.set(Fault::Latency(Duration::from_millis(100)));
     let proxy = start_sidecar_to(&leader, &follower, format!("redis://{}", relay.addr())).await;
-    eventually(Duration::from_secs(30), || async {
-        let m = migration(&proxy).await;
-        if m["in_sync"] == true {
-            Ok(())
-        } else {
-            Err(format!("the full copy at start: {m}"))
-        }
-    })
-    .await;
+    until_in_sync(&proxy, 30, "the full copy at start").await;
     let c = zk_client(&proxy.connect_string()).await;
     for i in 0..BEFORE {
         let path = format!("/nifi/components/before-{i}");
