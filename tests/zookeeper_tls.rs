@@ -145,17 +145,7 @@ async fn writes_reach_a_tls_follower_and_a_wrong_ca_is_reported() {
         z.follower_tls = Some(trust(&other_file));
     })
     .await;
-    let why = eventually(Duration::from_secs(15), || async {
-        let st = bad.status().await;
-        let f = &st["zookeeper"]["follower"];
-        match (f["up"] == false, f["error"].as_str()) {
-            (true, Some(e)) => Ok(e.to_string()),
-            _ => Err(format!("{f}")),
-        }
-    })
-    .await;
-    assert!(why.contains(&follower_tls), "{why}");
-    assert!(why.contains("TLS"), "{why}");
+    assert_follower_down_for_tls(&bad, &follower_tls).await;
     drop(leader2);
 }
 
@@ -204,17 +194,7 @@ async fn mutual_tls_with_a_client_certificate_and_a_clear_error_without() {
         z.follower_tls = Some(trust(&ca_file));
     })
     .await;
-    let why = eventually(Duration::from_secs(15), || async {
-        let st = bad.status().await;
-        let f = &st["zookeeper"]["follower"];
-        match (f["up"] == false, f["error"].as_str()) {
-            (true, Some(e)) => Ok(e.to_string()),
-            _ => Err(format!("{f}")),
-        }
-    })
-    .await;
-    assert!(why.contains(&follower_tls), "{why}");
-    assert!(why.contains("TLS"), "{why}");
+    assert_follower_down_for_tls(&bad, &follower_tls).await;
     drop(leader);
 }
 
@@ -310,4 +290,19 @@ fn connect_request() -> Vec<u8> {
     let mut out = bytes::BytesMut::new();
     statemirror::zookeeper::frame::write_frame(&mut out, &req.to_bytes());
     out.to_vec()
+}
+
+/// `proxy`'s follower is down and `/status` says why: the server's address and a TLS reason.
+async fn assert_follower_down_for_tls(proxy: &ZkProxy, server: &str) {
+    let why = eventually(Duration::from_secs(15), || async {
+        let st = proxy.status().await;
+        let f = &st["zookeeper"]["follower"];
+        match (f["up"] == false, f["error"].as_str()) {
+            (true, Some(e)) => Ok(e.to_string()),
+            _ => Err(format!("{f}")),
+        }
+    })
+    .await;
+    assert!(why.contains(server), "{why}");
+    assert!(why.contains("TLS"), "{why}");
 }
