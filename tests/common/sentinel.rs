@@ -389,4 +389,32 @@ impl Nifi {
         let errors = std::mem::take(&mut *self.errors.lock().unwrap());
         (self.ok.load(Ordering::Relaxed), errors)
     }
+
+    /// Runs `run_for` more after a switch the proxy saw at `switched_at`, then stops and
+    /// checks that writes went on (more than 20 after the switch) and that every error
+    /// fell within 2 s of the switch. Returns the errors (timed from `failover_at` in the log).
+    pub async fn stop_after_switch(
+        self,
+        run_for: Duration,
+        failover_at: Instant,
+        switched_at: Instant,
+    ) -> Vec<(Instant, String)> {
+        let at_switch = self.ok.load(Ordering::Relaxed);
+        tokio::time::sleep(run_for).await;
+        let (ok, errors) = self.stop().await;
+        assert!(
+            ok > at_switch + 20,
+            "writes go on after the switch ({at_switch} → {ok})"
+        );
+        let window_end = switched_at + Duration::from_secs(2);
+        let late: Vec<_> = errors.iter().filter(|(t, _)| *t > window_end).collect();
+        eprintln!(
+            "{ok} ok, {} errors, the last {:?} after SENTINEL FAILOVER: {:?}",
+            errors.len(),
+            errors.iter().map(|(t, _)| *t - failover_at).max(),
+            errors.iter().map(|(_, e)| e).take(5).collect::<Vec<_>>()
+        );
+        assert!(late.is_empty(), "errors after the switch window: {late:?}");
+        errors
+    }
 }
