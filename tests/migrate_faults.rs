@@ -69,6 +69,37 @@ async fn migration(p: &ZkProxy) -> serde_json::Value {
     s["zookeeper"]["migration"].clone()
 }
 
+/// A seeded ZooKeeper leader and follower, a Redis destination 100 ms away (through a
+/// relay), and a sidecar migrating to it whose full copy at start is done.
+struct Far {
+    leader: ZkServer,
+    follower: ZkServer,
+    dest: RedisServer,
+    relay: FaultRelay,
+    proxy: ZkProxy,
+}
+
+impl Far {
+    async fn start() -> Far {
+        let leader = ZkServer::standalone().await;
+        let follower = ZkServer::standalone().await;
+        let dest = RedisServer::start();
+        seed(&leader).await;
+        let relay = FaultRelay::start(&dest.addr());
+        relay.set(Fault::Latency(Duration::from_millis(100)));
+        let far = format!("redis://{}", relay.addr());
+        let proxy = start_sidecar_to(&leader, &follower, far).await;
+        until_in_sync(&proxy, 30, "the full copy at start").await;
+        Far {
+            leader,
+            follower,
+            dest,
+            relay,
+            proxy,
+        }
+    }
+}
+
 /// Waits (at most `secs`) for the sidecar's migration to be in sync; `what` names the wait.
 async fn until_in_sync(p: &ZkProxy, secs: u64, what: &str) {
     eventually(Duration::from_secs(secs), || async {
@@ -280,16 +311,15 @@ async fn sidecar_restarted_with_dirty_components_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_mid_write_deletes_nothing_at_the_destination() {
     let _g = SERIAL.lock().await;
-    let mut leader = ZkServer::standalone().await;
-    let follower = ZkServer::standalone().await;
-    let dest = RedisServer::start();
-    seed(&leader).await;
     // A far destination: copies are slow, so components are dirty when the leader dies.
-    let relay = FaultRelay::start(&dest.addr());
-    relay.set(Fault::Latency(Duration::from_millis(100)));
-    let far = format!("redis://{}", relay.addr());
-    let proxy = start_sidecar_to(&leader, &follower, far).await;
-    until_in_sync(&proxy, 30, "the full copy at start").await;
+    // (Named bindings, not `_`: the follower and relay must live to the end.)
+    let Far {
+        mut leader,
+        follower: _follower,
+        dest,
+        relay: _relay,
+        proxy,
+    } = Far::start().await;
     let w = Writer::start(proxy.connect_string());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = dest_ids(&dest).await;
@@ -455,14 +485,15 @@ async fn redis_leader_back_empty_deletes_nothing_at_the_destination() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zookeeper_leader_back_empty_deletes_nothing_at_the_destination() {
     let _g = SERIAL.lock().await;
-    let mut leader = ZkServer::standalone().await;
-    let follower = ZkServer::standalone().await;
-    let dest = RedisServer::start();
-    seed(&leader).await;
-    let relay = FaultRelay::start(&dest.addr());
-    relay.set(Fault::Latency(Duration::from_millis(100)));
-    let proxy = start_sidecar_to(&leader, &follower, format!("redis://{}", relay.addr())).await;
-    until_in_sync(&proxy, 30, "the full copy at start").await;
+    // A far destination: copies are slow, so components are dirty when the leader dies.
+    // (Named bindings, not `_`: the follower and relay must live to the end.)
+    let Far {
+        mut leader,
+        follower: _follower,
+        dest,
+        relay: _relay,
+        proxy,
+    } = Far::start().await;
     let c = zk_client(&proxy.connect_string()).await;
     for i in 0..BEFORE {
         let path = format!("/nifi/components/before-{i}");
