@@ -284,6 +284,25 @@ async fn redis_three_sidecars_racing_on_nifi_entries_converge() {
 /// restarted leader lacks it) and is flagged instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_no_repair_from_a_leader_that_restarted_empty() {
+    no_repair_after_leader_restart(RestartWhen::CheckRunning).await;
+}
+
+/// The same with the restart before the check's first contact with the leader (the write
+/// is still on its way to the far follower): the check knows the leader's `run_id` from
+/// its start (`Repairer::prime`), not from its first round, which would take the
+/// restarted leader for the original.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_no_repair_when_the_leader_restarted_before_the_check() {
+    no_repair_after_leader_restart(RestartWhen::MirrorInFlight).await;
+}
+
+#[derive(PartialEq)]
+enum RestartWhen {
+    CheckRunning,
+    MirrorInFlight,
+}
+
+async fn no_repair_after_leader_restart(when: RestartWhen) {
     let _g = SERIAL.lock().await;
     let mut leader = RedisServer::start();
     let follower = RedisServer::start();
@@ -294,17 +313,31 @@ async fn redis_no_repair_from_a_leader_that_restarted_empty() {
     far.set(Fault::Latency(Duration::from_millis(700)));
     let mut c = client(&node.url).await;
     nifi_write(&mut c, &key(1), "precious").await;
-    // The writer's round trip (1.4 s), then the check's follower read (1.4 s more).
-    eventually(Duration::from_secs(20), || async {
-        let s = node.status().await;
-        if s["redis"]["converge"]["running"] == true {
-            Ok(())
-        } else {
-            Err(s["redis"]["converge"].to_string())
-        }
-    })
-    .await;
+    if when == RestartWhen::CheckRunning {
+        // The writer's round trip (1.4 s), then the check's follower read (1.4 s more).
+        eventually(Duration::from_secs(20), || async {
+            let s = node.status().await;
+            if s["redis"]["converge"]["running"] == true {
+                Ok(())
+            } else {
+                Err(s["redis"]["converge"].to_string())
+            }
+        })
+        .await;
+    }
     leader.restart();
+    if when == RestartWhen::MirrorInFlight {
+        // The write reaches the follower only now, and the check runs after it.
+        eventually(Duration::from_secs(20), || async {
+            let s = node.status().await;
+            if s["redis"]["mirror"]["queue_depth"] == 0 {
+                Ok(())
+            } else {
+                Err(s["redis"]["mirror"].to_string())
+            }
+        })
+        .await;
+    }
     far.set(Fault::Pass);
     // Long enough for several check rounds and the generation check.
     tokio::time::sleep(Duration::from_secs(6)).await;

@@ -89,6 +89,37 @@ impl RedisRepairer {
         Ok(round)
     }
 
+    /// Connects to the leader if needed. `Some(reason)` when it is not the server it was
+    /// when first connected (a new `run_id`): it may have lost data.
+    async fn ensure_leader(&mut self) -> Result<Option<String>, String> {
+        if self.leader_conn.as_ref().is_some_and(Conn::is_stale) {
+            self.leader_conn = None;
+        }
+        if self.leader_conn.is_some() {
+            return Ok(None);
+        }
+        let gen = self.leader.master_generation();
+        let switched = std::mem::replace(&mut self.leader_master_gen, gen) != gen;
+        let mut c = Conn::connect(&self.leader, self.timeout)
+            .await
+            .map_err(|e| format!("leader: {e}"))?;
+        let id = leader_run_id(&mut c)
+            .await
+            .map_err(|e| format!("leader: {e}"))?;
+        self.leader_conn = Some(c);
+        let changed = self.leader_run_id.as_ref().is_some_and(|old| *old != id);
+        self.leader_run_id = Some(id);
+        // After a Sentinel switch, too: the new master may lack the old one's last writes;
+        // giving up marks the follower out of sync and a resync reconciles.
+        Ok(changed.then(|| {
+            if switched {
+                "Sentinel switched the leader's master (new run_id)".into()
+            } else {
+                "the leader restarted (new run_id)".into()
+            }
+        }))
+    }
+
     async fn check_db(
         &mut self,
         db: u32,
@@ -101,31 +132,9 @@ impl RedisRepairer {
                 .map_err(|e| format!("follower: {e}"))?;
             self.follower_conn = Some(c);
         }
-        if self.leader_conn.as_ref().is_some_and(Conn::is_stale) {
-            self.leader_conn = None;
-        }
-        if self.leader_conn.is_none() {
-            let gen = self.leader.master_generation();
-            let switched = std::mem::replace(&mut self.leader_master_gen, gen) != gen;
-            let mut c = Conn::connect(&self.leader, self.timeout)
-                .await
-                .map_err(|e| format!("leader: {e}"))?;
-            let id = leader_run_id(&mut c)
-                .await
-                .map_err(|e| format!("leader: {e}"))?;
-            self.leader_conn = Some(c);
-            if self.leader_run_id.as_ref().is_some_and(|old| *old != id) {
-                self.leader_run_id = Some(id);
-                // After a Sentinel switch, too: the new master may lack the old one's last
-                // writes; giving up marks the follower out of sync and a resync reconciles.
-                round.abandon = Some(if switched {
-                    "Sentinel switched the leader's master (new run_id)".into()
-                } else {
-                    "the leader restarted (new run_id)".into()
-                });
-                return Ok(());
-            }
-            self.leader_run_id = Some(id);
+        if let Some(why) = self.ensure_leader().await? {
+            round.abandon = Some(why);
+            return Ok(());
         }
         let (Some(f), Some(l)) = (self.follower_conn.as_mut(), self.leader_conn.as_mut()) else {
             return Err("no connection".into());
@@ -266,5 +275,15 @@ impl Repairer for RedisRepairer {
 
     fn repair(&mut self, keys: Vec<DbKey>) -> BoxFuture<'_, Result<Round<DbKey>, String>> {
         Box::pin(self.round(keys))
+    }
+
+    fn prime(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let r = self.ensure_leader().await.map(|_| ());
+            if r.is_err() {
+                self.leader_conn = None;
+            }
+            r
+        })
     }
 }

@@ -97,6 +97,10 @@ pub trait Repairer: Send + 'static {
     /// Heap bytes the key holds (for [`MAX_PENDING_BYTES`]).
     fn key_bytes(k: &Self::Key) -> usize;
     fn repair(&mut self, keys: Vec<Self::Key>) -> BoxFuture<'_, Result<Round<Self::Key>, String>>;
+    /// Reads what identifies the leader's data (Redis: its `run_id`; ZooKeeper: its zxid)
+    /// before any key is noted: a check compares against it, so a leader that restarted
+    /// empty between a write and the check's first contact with it is still caught.
+    fn prime(&mut self) -> BoxFuture<'_, Result<(), String>>;
 }
 
 /// The keys this sidecar changed on the follower and has not checked yet.
@@ -105,6 +109,11 @@ pub struct Touched<K> {
     overflowed: AtomicBool,
     /// A round is running (its keys are out of the set).
     busy: AtomicBool,
+    /// The repairer has read the leader's identity ([`Repairer::prime`]); until then a
+    /// restart of the leader after a noted write could not be told, so keys noted before
+    /// are given up (`noted_unprimed`) rather than repaired from a leader of unknown past.
+    primed: AtomicBool,
+    noted_unprimed: AtomicBool,
     wake: Notify,
     key_bytes: fn(&K) -> usize,
     checked: AtomicU64,
@@ -122,6 +131,8 @@ impl<K: Eq + Hash + Clone> Touched<K> {
             set: Mutex::new((HashSet::new(), 0)),
             overflowed: AtomicBool::new(false),
             busy: AtomicBool::new(false),
+            primed: AtomicBool::new(false),
+            noted_unprimed: AtomicBool::new(false),
             wake: Notify::new(),
             key_bytes,
             checked: AtomicU64::new(0),
@@ -140,6 +151,9 @@ impl<K: Eq + Hash + Clone> Touched<K> {
         let mut any = false;
         {
             let mut g = lock(&self.set);
+            if !self.primed.load(Ordering::Acquire) {
+                self.noted_unprimed.store(true, Ordering::Release);
+            }
             let (set, bytes) = &mut *g;
             for k in keys {
                 any = true;
@@ -229,6 +243,23 @@ pub fn spawn<R: Repairer>(
         let t = touched;
         let mut failures = 0u32;
         loop {
+            if !t.primed.load(Ordering::Acquire) {
+                let r = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = tokio::time::timeout(ROUND_TIMEOUT, repairer.prime()) => r,
+                };
+                match r.unwrap_or_else(|_| Err("reading the leader's identity timed out".into())) {
+                    Ok(()) => t.primed.store(true, Ordering::Release),
+                    Err(e) => {
+                        *lock(&t.last_error) = Some(e);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
             if t.pending() == 0 && !t.overflowed.load(Ordering::Acquire) {
                 // Waiters for "drained" count the checks too (`drained_also_when`).
                 mirror.changed().notify_waiters();
@@ -267,8 +298,23 @@ pub fn spawn<R: Repairer>(
                 continue;
             }
             let back = keys.clone();
-            let r = tokio::time::timeout(ROUND_TIMEOUT, repairer.repair(keys)).await;
-            let r = r.unwrap_or_else(|_| Err("a check round timed out".into()));
+            let r = if t.noted_unprimed.swap(false, Ordering::AcqRel) {
+                Ok(Round {
+                    checked: 0,
+                    repaired: 0,
+                    conflicts: 0,
+                    retry: Vec::new(),
+                    refused: Vec::new(),
+                    abandon: Some(
+                        "they were written before the check could read the leader's identity \
+                         (it may have restarted since)"
+                            .into(),
+                    ),
+                })
+            } else {
+                let r = tokio::time::timeout(ROUND_TIMEOUT, repairer.repair(keys)).await;
+                r.unwrap_or_else(|_| Err("a check round timed out".into()))
+            };
             match r {
                 Ok(round) if round.abandon.is_some() => {
                     let n = t.pending() + back.len();

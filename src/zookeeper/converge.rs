@@ -153,4 +153,11 @@ impl Repairer for ZkRepairer {
     fn repair(&mut self, keys: Vec<String>) -> BoxFuture<'_, Result<Round<String>, String>> {
         Box::pin(self.round(keys))
     }
+
+    fn prime(&mut self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.leader_zxid = self.leader_zxid.max(self.leader.sync().await?);
+            Ok(())
+        })
+    }
 }
