@@ -31,6 +31,18 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Everything the (exited or killed) child printed.
+fn output(child: &mut KillOnDrop) -> String {
+    let mut out = String::new();
+    if let Some(mut s) = child.0.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = child.0.stderr.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    out
+}
+
 async fn run_and_collect(format: &str, leader_password: LeaderPassword) {
     let leader = RedisServer::start_with(&["--requirepass", PASSWORD]);
     let follower = RedisServer::start_with(&["--requirepass", PASSWORD]);
@@ -89,13 +101,25 @@ async fn run_and_collect(format: &str, leader_password: LeaderPassword) {
             .await
         }
     };
-    eventually(Duration::from_secs(20), || async {
-        match get("/readyz").await {
-            Ok((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
+    // Ready, or exited (then its output says why).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((200, _)) = get("/readyz").await {
+            break;
         }
-    })
-    .await;
+        if let Ok(Some(code)) = child.0.try_wait() {
+            panic!("statemirror exited ({code}): {}", output(&mut child));
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready within 20 s: {}",
+            {
+                let _ = child.0.kill();
+                output(&mut child)
+            }
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Traffic: a wrong password (logged failure paths), then real writes that get mirrored.
     let bad = redis::Client::open(format!("redis://:wrong@127.0.0.1:{listen}"))
@@ -142,13 +166,7 @@ async fn run_and_collect(format: &str, leader_password: LeaderPassword) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.0.kill();
-    let mut out = String::new();
-    if let Some(mut s) = child.0.stdout.take() {
-        let _ = s.read_to_string(&mut out);
-    }
-    if let Some(mut s) = child.0.stderr.take() {
-        let _ = s.read_to_string(&mut out);
-    }
+    let out = output(&mut child);
     assert!(out.contains("redis sidecar ready"), "logs captured: {out}");
     for (what, text) in [("logs", &out), ("/status", &status), ("/metrics", &metrics)] {
         assert!(!text.contains(PASSWORD), "password in {what}: {text}");

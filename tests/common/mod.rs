@@ -118,11 +118,28 @@ impl Drop for Frozen {
     }
 }
 
+/// A loopback port nothing listens on now, below the kernel's ephemeral range
+/// (32768–60999): a port the kernel hands out for `:0` can be taken a moment later as the
+/// source port of any outgoing connection, and test binaries run three at a time, so a
+/// server told to listen there failed now and then. Each process walks its own sequence
+/// (started from its pid) and checks the port by binding it; what remains is a race with
+/// another test process choosing the very same port within the same moment.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + n.wrapping_mul(31)) % SPAN;
+        if let Ok(port) = u16::try_from(port) {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    panic!("no free loopback port below the ephemeral range")
 }
 
 /// A real redis-server on 127.0.0.1, SIGKILLed on drop.
