@@ -2,7 +2,6 @@
 //! the follower while the leader is down), keeps both backends health-checked, and owns the
 //! command table and the mirror queue every session shares.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,7 +33,7 @@ use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
 use crate::replication::verify::VerifyState;
 use crate::replication::worker;
-use crate::sidecar::{serving, Sidecar};
+use crate::sidecar::{Protocol, Running};
 
 /// What every session of this sidecar shares.
 pub struct Shared {
@@ -73,62 +72,38 @@ impl Shared {
 }
 
 /// A running Redis sidecar.
-pub struct RedisSidecar {
-    pub shared: Arc<Shared>,
-    pub local_addr: SocketAddr,
-    pub resync: Option<Arc<Resync>>,
-    pub verify: Option<Arc<VerifyState>>,
-    /// The cross-sidecar check (`[cluster]`).
-    pub converge: Option<Arc<Touched<DbKey>>>,
-    /// The online migration (`[migration]`), when it names this sidecar.
-    pub migration: Option<Arc<crate::migrate::online::Migration>>,
-}
+pub type RedisSidecar = Running<Shared, DbKey>;
 
-impl Sidecar for RedisSidecar {
-    fn protocol(&self) -> &'static str {
-        "redis"
-    }
+impl Protocol for Shared {
+    const NAME: &'static str = "redis";
 
     fn mirror(&self) -> Option<Arc<dyn MirrorView>> {
-        self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
-    }
-
-    fn resync(&self) -> Option<Arc<Resync>> {
-        self.resync.clone()
-    }
-
-    fn verify(&self) -> Option<Arc<VerifyState>> {
-        self.verify.clone()
+        self.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
     fn health(&self) -> (&Health, Option<&Health>) {
-        (
-            &self.shared.leader_health,
-            self.shared.follower_health.as_ref(),
-        )
+        (&self.leader_health, self.follower_health.as_ref())
     }
 
-    fn status(&self) -> serde_json::Value {
-        let s = &self.shared;
+    fn status(&self) -> serde_json::Map<String, serde_json::Value> {
         let backend = |b: &RedisBackend, h: &Health| json!({ "address": b.shown_address(), "db": b.db, "up": h.is_up(), "tls": b.wants_tls, "error": h.last_error(), "sentinel": b.sentinel_status() });
-        json!({
-            "listen": self.local_addr.to_string(),
-            "listen_tls": s.listen_tls.is_some(),
-            "leader": backend(&s.leader, &s.leader_health),
-            "follower": match (&s.follower, &s.follower_health) {
+        let v = json!({
+            "listen_tls": self.listen_tls.is_some(),
+            "leader": backend(&self.leader, &self.leader_health),
+            "follower": match (&self.follower, &self.follower_health) {
                 (Some(b), Some(h)) => backend(b, h),
                 _ => serde_json::Value::Null,
             },
-            "serving": serving(&s.leader_health, s.follower_health.as_ref()),
             "connections": {
-                "leader": s.served[0].load(Ordering::Relaxed),
-                "follower": s.served[1].load(Ordering::Relaxed),
+                "leader": self.served[0].load(Ordering::Relaxed),
+                "follower": self.served[1].load(Ordering::Relaxed),
             },
-            "command_table": match s.table().source { Source::Leader => "leader", Source::Fallback => "fallback" },
-            "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
-            "converge": self.converge.as_ref().map(|t| t.status()),
-            "migration": self.migration.as_ref().map(|m| m.status()),
-        })
+            "command_table": match self.table().source { Source::Leader => "leader", Source::Fallback => "fallback" },
+        });
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
     }
 }
 

@@ -33,7 +33,7 @@ use crate::replication::queue::{MirrorQueue, MirrorView, QueueLimits};
 use crate::replication::resync::{self, Resync};
 use crate::replication::verify::VerifyState;
 use crate::replication::worker;
-use crate::sidecar::{serving, Sidecar};
+use crate::sidecar::{Protocol, Running};
 use crate::tls::Stream;
 
 pub struct ZkShared {
@@ -336,54 +336,30 @@ impl ZkShared {
     }
 }
 
-pub struct ZkSidecar {
-    pub shared: Arc<ZkShared>,
-    pub local_addr: SocketAddr,
-    pub resync: Option<Arc<Resync>>,
-    pub verify: Option<Arc<VerifyState>>,
-    /// The cross-sidecar check (`[cluster]`).
-    pub converge: Option<Arc<Touched<String>>>,
-    /// The online migration (`[migration]`), when it names this sidecar.
-    pub migration: Option<Arc<crate::migrate::online::Migration>>,
-}
+/// A running ZooKeeper sidecar.
+pub type ZkSidecar = Running<ZkShared, String>;
 
-impl Sidecar for ZkSidecar {
-    fn protocol(&self) -> &'static str {
-        "zookeeper"
-    }
+impl Protocol for ZkShared {
+    const NAME: &'static str = "zookeeper";
 
     fn mirror(&self) -> Option<Arc<dyn MirrorView>> {
-        self.shared.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
-    }
-
-    fn resync(&self) -> Option<Arc<Resync>> {
-        self.resync.clone()
-    }
-
-    fn verify(&self) -> Option<Arc<VerifyState>> {
-        self.verify.clone()
+        self.mirror.clone().map(|q| q as Arc<dyn MirrorView>)
     }
 
     fn health(&self) -> (&Health, Option<&Health>) {
-        (
-            &self.shared.leader_health,
-            self.shared.follower_health.as_ref(),
-        )
+        (&self.leader_health, self.follower_health.as_ref())
     }
 
-    fn status(&self) -> serde_json::Value {
-        let s = &self.shared;
-        json!({
-            "listen": self.local_addr.to_string(),
-            "listen_tls": s.listen_tls.is_some(),
+    fn status(&self) -> serde_json::Map<String, serde_json::Value> {
+        let v = json!({
+            "listen_tls": self.listen_tls.is_some(),
             "leader": {
-                "servers": s.leader,
-                "up": s.leader_health.is_up(),
-                "tls": s.leader.is_tls(),
-                "error": s.leader_health.last_error(),
+                "servers": self.leader,
+                "up": self.leader_health.is_up(),
+                "tls": self.leader.is_tls(),
+                "error": self.leader_health.last_error(),
             },
-            "serving": serving(&s.leader_health, s.follower_health.as_ref()),
-            "follower": match (&s.follower, &s.follower_health) {
+            "follower": match (&self.follower, &self.follower_health) {
                 (Some(f), Some(h)) => json!({
                     "servers": f,
                     "up": h.is_up(),
@@ -392,10 +368,11 @@ impl Sidecar for ZkSidecar {
                 }),
                 _ => serde_json::Value::Null,
             },
-            "mirror": s.mirror.as_ref().map(|q| serde_json::to_value(q.status()).unwrap_or_default()),
-            "converge": self.converge.as_ref().map(|t| t.status()),
-            "migration": self.migration.as_ref().map(|m| m.status()),
-        })
+        });
+        match v {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        }
     }
 }
 
