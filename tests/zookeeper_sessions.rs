@@ -22,6 +22,8 @@ const SESSIONS: usize = 32;
 const ROUNDS: usize = 20;
 /// Requests per round (see `round`).
 const PER_ROUND: usize = 5;
+/// Reads each session sends one at a time at the end.
+const SEQUENTIAL: i32 = 3;
 
 fn node(i: usize, k: usize) -> String {
     format!("/s/n{i}-{k}")
@@ -61,7 +63,8 @@ fn round(out: &mut BytesMut, i: usize, k: usize) {
 }
 
 /// Session `i`: everything pipelined in a few writes, then every frame read and checked.
-async fn session(proxy: std::net::SocketAddr, i: usize) {
+/// Returned open: the counters must be exact before any connection ends.
+async fn session(proxy: std::net::SocketAddr, i: usize) -> RawZk {
     let (mut raw, _) = RawZk::handshake(proxy, 0, Bytes::from_static(&[0; 16]), 0, false, 30_000)
         .await
         .expect("session");
@@ -110,6 +113,20 @@ async fn session(proxy: std::net::SocketAddr, i: usize) {
         notifications, ROUNDS,
         "session {i}: one notification per watch"
     );
+    // Then a few reads one at a time, as most clients do.
+    for x in 0..SEQUENTIAL {
+        let mut out = BytesMut::new();
+        let get = GetDataRequest {
+            path: node(i, 0),
+            watch: false,
+        };
+        let xid = (total + 1) as i32 + x;
+        RawZk::request(&mut out, xid, op::GET_DATA, &get);
+        raw.write(&out).await;
+        let (h, _) = raw.reply().await.expect("getData reply");
+        assert_eq!((h.xid, h.err), (xid, err::OK), "session {i}");
+    }
+    raw
 }
 
 fn metric(text: &str, labels: &[(&str, &str)]) -> f64 {
@@ -145,21 +162,30 @@ async fn many_sessions_interleaved_get_every_reply_in_order_and_exact_counts() {
     let tasks: Vec<_> = (0..SESSIONS)
         .map(|i| tokio::spawn(session(proxy.addr(), i)))
         .collect();
+    let mut open = Vec::new();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(120), t)
-            .await
-            .expect("sessions finished")
-            .expect("session task");
+        open.push(
+            tokio::time::timeout(Duration::from_secs(120), t)
+                .await
+                .expect("sessions finished")
+                .expect("session task"),
+        );
     }
 
-    // Read right after the last replies: the counters were flushed before they went out.
+    // Read right after the last replies, every connection still open: the counters were
+    // flushed before the replies went out.
     let after = proxy.metrics().await;
     let delta = |labels: &[(&str, &str)]| metric(&after, labels) - metric(&before, labels);
     let n = (SESSIONS * ROUNDS) as f64;
     let leader_route = ("route", "leader");
-    assert_eq!(delta(&[zk, ("kind", "read"), leader_route]), 2.0 * n);
+    let sequential = (SESSIONS as i32 * SEQUENTIAL) as f64;
+    assert_eq!(
+        delta(&[zk, ("kind", "read"), leader_route]),
+        2.0 * n + sequential
+    );
     assert_eq!(delta(&[zk, ("kind", "write"), leader_route]), 2.0 * n);
     assert_eq!(delta(&[zk, ("kind", "write"), ("route", "rejected")]), n);
+    drop(open);
 
     proxy.drained().await;
     let nodes = assert_same_tree(&leader.addr(), &follower.addr()).await;
