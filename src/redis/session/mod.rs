@@ -50,9 +50,13 @@
 mod client_io;
 mod conn;
 mod effects;
+mod mux;
 mod pending;
 mod reply;
 mod request;
+mod upstream;
+
+pub use upstream::Pool;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -128,6 +132,42 @@ pub async fn serve(
 ) {
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
+    let (requests, replies) = sides(shared, route, master);
+    let io = conn::Io {
+        client_r,
+        client_w,
+        backend_r: Some(backend_r),
+        backend_w: Some(backend_w),
+    };
+    conn::run(requests, replies, io, None).await;
+}
+
+/// A multiplexed session (`[redis] multiplex`): served by the leader on a shared
+/// connection, pinned to one of its own when it needs one (see `mux`).
+pub async fn serve_shared(
+    shared: Arc<Shared>,
+    client: Stream,
+    master: Option<tokio::sync::watch::Receiver<u64>>,
+) {
+    let Some(mux) = mux::Mux::new(&shared) else {
+        return;
+    };
+    let (client_r, client_w) = client.into_split();
+    let (requests, replies) = sides(shared, Route::Leader, master);
+    let io = conn::Io {
+        client_r,
+        client_w,
+        backend_r: None,
+        backend_w: None,
+    };
+    conn::run(requests, replies, io, Some(mux)).await;
+}
+
+fn sides(
+    shared: Arc<Shared>,
+    route: Route,
+    master: Option<tokio::sync::watch::Receiver<u64>>,
+) -> (RequestSide, ReplySide) {
     let flags = Arc::new(Flags::default());
     let table = shared.table();
     let requests = RequestSide {
@@ -148,6 +188,7 @@ pub async fn serve(
         tx_wild: false,
         tx_select: false,
         sampled: 0,
+        frames: 0,
     };
     // Follower-served: close once the leader is back. Leader-served: close once it is
     // declared down, if the client has somewhere else to go.
@@ -176,11 +217,5 @@ pub async fn serve(
         close_when_safe,
         master_switch: master,
     };
-    let io = conn::Io {
-        client_r,
-        client_w,
-        backend_r,
-        backend_w,
-    };
-    conn::run(requests, replies, io).await;
+    (requests, replies)
 }
