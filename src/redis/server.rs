@@ -355,11 +355,15 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
         return;
     };
     // Multiplexed: no connection of its own while the leader is up (see `session::upstream`).
-    if shared.mux.is_some() && shared.leader_health.is_up() {
+    let mux = match shared.mux.is_some() && shared.leader_health.is_up() {
+        true => session::Mux::join(&shared).await,
+        false => None,
+    };
+    if let Some(mux) = mux {
         let idx = Route::Leader as usize;
         shared.metrics.connections.increment(1.0);
         shared.served[idx].fetch_add(1, Ordering::Relaxed);
-        session::serve_shared(shared.clone(), sock, to_leader).await;
+        session::serve_shared(shared.clone(), sock, mux, to_leader).await;
         shared.served[idx].fetch_sub(1, Ordering::Relaxed);
         shared.metrics.connections.decrement(1.0);
         return;

@@ -56,6 +56,7 @@ mod reply;
 mod request;
 mod upstream;
 
+pub use mux::Mux;
 pub use upstream::Pool;
 
 use std::collections::VecDeque;
@@ -147,11 +148,9 @@ pub async fn serve(
 pub async fn serve_shared(
     shared: Arc<Shared>,
     client: Stream,
+    mux: Mux,
     master: Option<tokio::sync::watch::Receiver<u64>>,
 ) {
-    let Some(mux) = mux::Mux::new(&shared) else {
-        return;
-    };
     let (client_r, client_w) = client.into_split();
     let (requests, replies) = sides(shared, Route::Leader, master);
     let io = conn::Io {

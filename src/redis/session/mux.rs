@@ -90,7 +90,7 @@ pub(super) fn need(table: &CommandTable, req: &Request) -> Need {
 }
 
 /// A multiplexed session's sharing state.
-pub(super) struct Mux {
+pub struct Mux {
     /// Which pool slot this client uses (one shared connection at a time: its replies
     /// keep their order).
     slot: usize,
@@ -104,13 +104,20 @@ pub(super) struct Mux {
 }
 
 impl Mux {
-    pub(super) fn new(shared: &Arc<Shared>) -> Option<Self> {
+    /// A new client's place on a shared connection, once that connection is open (`None`:
+    /// not multiplexing, or the leader did not take the connection: the caller picks a
+    /// backend as for any client, the follower while the leader is down).
+    pub async fn join(shared: &Arc<Shared>) -> Option<Self> {
         let pool = shared.mux.as_ref()?;
         let slot = pool.pick();
+        let up = pool.get(slot, shared);
+        if !up.opened().await {
+            return None;
+        }
         Some(Mux {
             slot,
             inbox: Arc::default(),
-            up: Some(pool.get(slot, shared)),
+            up: Some(up),
             sticky: false,
             held: None,
         })

@@ -87,6 +87,15 @@ impl Inbox {
 pub(super) struct Upstream {
     state: Mutex<UpState>,
     wake: Notify,
+    /// Connecting, then up, then down (see [`Upstream::opened`]).
+    status: tokio::sync::watch::Sender<Status>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Connecting,
+    Up,
+    Down,
 }
 
 #[derive(Default)]
@@ -121,12 +130,22 @@ impl Upstream {
         true
     }
 
+    /// Waits for the connect's outcome: true once connected (false: it failed or ended).
+    pub(super) async fn opened(&self) -> bool {
+        let mut rx = self.status.subscribe();
+        matches!(
+            rx.wait_for(|s| *s != Status::Connecting).await.map(|s| *s),
+            Ok(Status::Up)
+        )
+    }
+
     fn is_dead(&self) -> bool {
         lock(&self.state).dead
     }
 
     /// Ends this connection: every reply still owed is lost, later sends are refused.
     fn fail(&self) {
+        self.status.send_replace(Status::Down);
         let mut s = lock(&self.state);
         s.dead = true;
         s.out = BytesMut::new();
@@ -211,6 +230,7 @@ impl Pool {
         let u = Arc::new(Upstream {
             state: Mutex::new(UpState::default()),
             wake: Notify::new(),
+            status: tokio::sync::watch::channel(Status::Connecting).0,
         });
         tokio::spawn(run(u.clone(), shared.clone()));
         *s = Some(u.clone());
@@ -233,6 +253,7 @@ async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
             return;
         }
     };
+    up.status.send_replace(Status::Up);
     let (mut r, mut w) = stream.into_split();
     let mut rbuf = BytesMut::with_capacity(READ_SIZE);
     let mut wbuf = BytesMut::new();
