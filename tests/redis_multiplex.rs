@@ -260,10 +260,9 @@ async fn blpop_pins_and_does_not_block_others() {
     follower_equal(&leader, &follower, &proxy).await;
 }
 
-/// `SUBSCRIBE` pins and the subscriber gets what is published; `CLIENT REPLY OFF` pins and
-/// its writes still run and are mirrored.
+/// `SUBSCRIBE` pins and the subscriber gets what is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn subscribe_and_client_reply_off_pin() {
+async fn subscribe_pins_and_gets_messages() {
     let _m = metrics_shared().await;
     let (leader, follower, proxy) = setup(1).await;
     let mut sub = Raw::connect(proxy.addr()).await;
@@ -278,11 +277,31 @@ async fn subscribe_and_client_reply_off_pin() {
     let mut publisher = Raw::connect(proxy.addr()).await;
     assert_eq!(int(&publisher.cmd(&["PUBLISH", "news", "hello"]).await), 1);
     assert_eq!(sub.read().await, Resp::bulks(&["message", "news", "hello"]));
+    follower_equal(&leader, &follower, &proxy).await;
+}
 
+/// `CLIENT REPLY OFF` pins: its writes still run, are mirrored, and the client's replies
+/// resume with `CLIENT REPLY ON`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_reply_off_pins() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let mut other = Raw::connect(proxy.addr()).await;
     let mut quiet = Raw::connect(proxy.addr()).await;
     quiet.send(&["CLIENT", "REPLY", "OFF"]).await;
     quiet.send(&["SET", "quiet:a", "1"]).await;
     quiet.send(&["SET", "quiet:b", "2"]).await;
+    // Once they ran, a client sharing meanwhile still gets its replies (the reply mode is
+    // the quiet client's connection's, not the shared one's).
+    eventually(WAIT, || async {
+        let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
+        match d.cmd(&["GET", "quiet:b"]).await {
+            Resp::Bulk(b) if b == b"2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(other.cmd(&["GET", "quiet:a"]).await, Resp::bulk("1"));
     assert_eq!(
         quiet.cmd(&["CLIENT", "REPLY", "ON"]).await,
         Resp::Simple("OK".into())
