@@ -70,6 +70,11 @@ enum Requests {
     /// Multiplexed: a request needs a connection of its own; nothing more is read until
     /// the replies owed on the shared one are in and the pinned one is open.
     AwaitingPin,
+    /// Multiplexed, pinned: the client holds nothing the shared connection lacks and its
+    /// next request needs no pin: back to sharing once the pinned connection is flushed.
+    /// (Lazily, at such a request rather than at the first safe point: a client running
+    /// transaction after transaction keeps its connection instead of reopening it for each.)
+    AwaitingUnpin,
     /// No more requests: client EOF, `QUIT`, a bad request, idle, shutdown, slow client.
     Closed,
 }
@@ -167,17 +172,14 @@ pub(super) async fn run(
                 m.send(&shared, &mut to_backend, frames);
             }
         } else if let Some(m) = mux.as_mut() {
-            if !req.db_known {
-                req.sync_db();
-            }
-            if may_unpin(m, &req, &rep, state == Requests::Open)
-                && to_backend.is_empty()
-                && !backend_unflushed
-            {
+            if state == Requests::AwaitingUnpin && to_backend.is_empty() && !backend_unflushed {
                 // Back to sharing: the pinned connection holds nothing the client needs.
                 (io.backend_r, io.backend_w) = (None, None);
                 rep.rbuf = BytesMut::new();
                 m.unpin(&shared);
+                state = Requests::Open;
+                parse_first = true;
+                continue;
             }
         }
         rep.drain_ready();
@@ -215,7 +217,10 @@ pub(super) async fn run(
         let read_client = match state {
             Requests::Open => flags.owed.load(Ordering::Acquire) < MAX_OWED,
             Requests::Pipe => true,
-            Requests::AwaitingSync | Requests::AwaitingPin | Requests::Closed => false,
+            Requests::AwaitingSync
+            | Requests::AwaitingPin
+            | Requests::AwaitingUnpin
+            | Requests::Closed => false,
         } && to_backend.len() < BACKEND_OUT_HIGH;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
         if read_client {
@@ -352,7 +357,7 @@ fn requests(
     let before = rep.pending.len();
     let mut fatal = false;
     let mut end = None;
-    let mut pin = false;
+    let (mut pin, mut unpin) = (false, false);
     // The request that asked for the pin goes first on the pinned connection.
     if let Some(r) = mux.as_deref_mut().and_then(|m| m.held.take()) {
         end = req.handle(r, now, &mut rep.pending, out);
@@ -362,6 +367,18 @@ fn requests(
             Ok(Some(r)) => {
                 if let Some(m) = mux.as_deref_mut().filter(|m| !m.sticky || m.sharing()) {
                     match need(&req.table, &r) {
+                        Need::Share
+                            if !m.sharing() && out.is_empty() && {
+                                if !req.db_known {
+                                    req.sync_db();
+                                }
+                                may_unpin(m, req, rep, true)
+                            } =>
+                        {
+                            m.held = Some(r);
+                            unpin = true;
+                            break;
+                        }
                         Need::Share => {}
                         Need::Quit if m.sharing() => {
                             rep.pending.push_back(local(Action::LocalThenClose(
@@ -423,6 +440,7 @@ fn requests(
     match end {
         _ if fatal => Some(Requests::Closed),
         _ if pin => Some(Requests::AwaitingPin),
+        _ if unpin => Some(Requests::AwaitingUnpin),
         Some(End::Quit) => Some(Requests::Closed),
         // Only once the backend accepted it: a refused SYNC must not turn the connection
         // into an unmirrored, unfrozen pipe.

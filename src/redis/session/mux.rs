@@ -9,7 +9,8 @@
 //! the request half stops, the replies it owes on the shared connection come back, then it
 //! opens its own leader connection and goes on exactly like a non-multiplexed session.
 //! A *transient* pin (`WATCH`/`MULTI`, blocking commands, pub/sub, `SELECT`) ends at the
-//! next safe point with database 0; a *sticky* one (`AUTH`, `HELLO 3`, `CLIENT SETNAME`,
+//! first request that needs no pin, sent at a safe point in database 0 (so a client running
+//! one transaction after another keeps its connection); a *sticky* one (`AUTH`, `HELLO 3`, `CLIENT SETNAME`,
 //! `RESET`, `MONITOR`, …: state the proxy does not track) lasts until the client leaves.
 //! The pinned connection is closed when the pin ends, never shared.
 
