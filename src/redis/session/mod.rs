@@ -2,6 +2,11 @@
 //! while the leader is down) for its whole life, so `AUTH`, `SELECT`, `WATCH`/`MULTI`,
 //! pub/sub and blocking commands behave exactly as against Redis.
 //!
+//! With `[redis] multiplex` a leader-served client instead starts on a shared leader
+//! connection (`upstream`: many clients' requests per write) and is pinned to one of its
+//! own only for what needs it (`mux`); the halves below are the same either way, only
+//! where the backend's bytes go and come from differs.
+//!
 //! One task per connection (`conn`: a loop over whichever socket can move), in two halves:
 //! - the **request side** cuts client bytes into requests, classifies each one, and either
 //!   forwards its exact bytes or answers it locally (a frozen write, a write while the
