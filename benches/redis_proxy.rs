@@ -7,9 +7,9 @@
 //! BENCH_LABEL=after cargo bench --bench redis_proxy    # redis-proxy-<date>-after.md
 //! ```
 //!
-//! Targets (default: the first four): `direct` (redis-server), `mirror-off` and `mirror-on`
-//! (statemirror without and with a follower), `twemproxy` (nutcracker, one server
-//! connection, when installed); on request (`BENCH_TARGETS`) also `mirror-cluster`
+//! Targets (default: the first five): `direct` (redis-server), `mirror-off` and `mirror-on`
+//! (statemirror without and with a follower), `mux-on` (as `mirror-on` with `[redis]
+//! multiplex`), `twemproxy` (nutcracker, one server connection, when installed); on request (`BENCH_TARGETS`) also `mirror-cluster`
 //! (`[cluster]` convergence check on), `direct-tls`, `tls-follower` and `tls-client`.
 //!
 //! Tests, each run on every target one after the other, in an order that rotates every
@@ -55,7 +55,7 @@ use common::{
 use targets::{Certs, Statemirror, Target, Tools, Twemproxy};
 
 const RANDOM_KEYSPACE: u32 = 100_000;
-const DEFAULT_TARGETS: &[&str] = &["direct", "mirror-off", "mirror-on", "twemproxy"];
+const DEFAULT_TARGETS: &[&str] = &["direct", "mirror-off", "mirror-on", "mux-on", "twemproxy"];
 
 #[derive(Clone, Copy)]
 enum Load {
@@ -342,7 +342,7 @@ fn start_targets(
     let bin = statemirror_bin();
     for key in &s.targets {
         let sm = |name, f, tls, cluster| {
-            Statemirror::start(root, name, &bin, leader.port, f, tls, cluster)
+            Statemirror::start(root, name, &bin, leader.port, f, tls, cluster, false)
         };
         let t = match key.as_str() {
             "direct" => Target::new("direct", "Redis direct", leader.port),
@@ -355,6 +355,15 @@ fn start_targets(
             "mirror-on" => {
                 let p = sm("mirror-on", Some((follower.port, false)), None, false);
                 Target::new("mirror-on", "statemirror, mirroring on", p.port).statemirror(p, true)
+            }
+            // Multiplexed, mirroring on (db 0, like `mirror-on`). There is no multiplexed
+            // mirroring-off target: it would have to use db 1 (see `Target::db`), and a
+            // `SELECT 1` pins the client to a connection of its own.
+            "mux-on" => {
+                let f = Some((follower.port, false));
+                let p = Statemirror::start(root, "mux-on", &bin, leader.port, f, None, false, true);
+                Target::new("mux-on", "statemirror multiplexed, mirroring on", p.port)
+                    .statemirror(p, true)
             }
             "mirror-cluster" => {
                 let p = sm("mirror-cluster", Some((follower.port, false)), None, true);

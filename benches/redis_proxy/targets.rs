@@ -107,7 +107,8 @@ pub struct Statemirror {
 
 impl Statemirror {
     /// Starts the binary with `config/redis.toml`, re-pointed at these ports; `tls`: the
-    /// follower over `rediss://` and/or clients over TLS.
+    /// follower over `rediss://` and/or clients over TLS; `multiplex`: `[redis] multiplex`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         root: &Path,
         name: &str,
@@ -116,12 +117,14 @@ impl Statemirror {
         follower: Option<(u16, bool)>,
         tls: Option<(&Certs, bool)>,
         cluster: bool,
+        multiplex: bool,
     ) -> Self {
         let port = free_port();
         let admin_port = free_port();
         let mut cfg = redis_config(port, admin_port, leader, follower.map(|f| f.0));
         let path = |p: &Path| toml::Value::from(p.display().to_string());
         if let Some(toml::Value::Table(r)) = cfg.get_mut("redis") {
+            r.insert("multiplex".into(), multiplex.into());
             if let (Some((f, true)), Some((certs, _))) = (follower, tls) {
                 r.insert("follower".into(), format!("rediss://127.0.0.1:{f}").into());
                 let mut t = toml::Table::new();

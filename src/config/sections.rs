@@ -124,6 +124,13 @@ pub struct RedisConfig {
     /// TLS on the client listener: `cert_file`, `key_file`, `client_ca_file` (clients
     /// must then present a certificate). Default: none (plain).
     pub listen_tls: Option<crate::tls::ServerTlsSettings>,
+    /// Clients share a few leader connections: their requests are coalesced into one write
+    /// and the replies handed back in order; a client is pinned to a connection of its own
+    /// for what needs one (`WATCH`/`MULTI`, blocking commands, pub/sub, `AUTH`, …; README
+    /// "Multiplexing"). Default false.
+    pub multiplex: bool,
+    /// Shared leader connections with `multiplex` (0 = one per core). Default 0.
+    pub multiplex_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -162,6 +169,8 @@ impl Default for RedisConfig {
             leader_tls: None,
             follower_tls: None,
             listen_tls: None,
+            multiplex: false,
+            multiplex_connections: 0,
         }
     }
 }

@@ -201,6 +201,12 @@ impl Config {
                     err(key, "must be at least 1".into());
                 }
             }
+            if rc.multiplex_connections > 256 {
+                err(
+                    "redis.multiplex_connections",
+                    "must be at most 256 (0 = one per core)".into(),
+                );
+            }
             if let (Ok(listen), Ok(leader), Ok(follower), Ok(listen_tls)) =
                 (listen, leader, follower, listen_tls)
             {

@@ -57,6 +57,8 @@ pub struct Shared {
     pub listen_tls: Option<ServerTls>,
     /// The state identity map: reads served by the follower ask for the mapped keys.
     pub identity: crate::nifi::identity_live::SharedIdentity,
+    /// `[redis] multiplex`: the shared leader connections.
+    pub mux: Option<session::Pool>,
 }
 
 impl Shared {
@@ -165,6 +167,9 @@ pub async fn start(
         closing: shutdown.clone(),
         listen_tls: r.listen_tls.clone(),
         identity: r.identity.clone(),
+        mux: cfg
+            .multiplex
+            .then(|| session::Pool::new(cfg.multiplex_connections)),
     });
     // Sentinel-managed backends: follow their master (see `sentinel`).
     let m = shared.mirror.clone();
@@ -324,6 +329,20 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
     let Some(mut sock) = crate::listener::client_stream(tls, sock, &shared.metrics).await else {
         return;
     };
+    // Multiplexed: no connection of its own while the leader is up (see `session::upstream`).
+    let mux = match shared.mux.is_some() && shared.leader_health.is_up() {
+        true => session::Mux::join(&shared).await,
+        false => None,
+    };
+    if let Some(mux) = mux {
+        let idx = Route::Leader as usize;
+        shared.metrics.connections.increment(1.0);
+        shared.served[idx].fetch_add(1, Ordering::Relaxed);
+        session::serve_shared(shared.clone(), sock, mux, to_leader).await;
+        shared.served[idx].fetch_sub(1, Ordering::Relaxed);
+        shared.metrics.connections.decrement(1.0);
+        return;
+    }
     let Some((backend, route)) = pick_backend(&shared).await else {
         let _ = sock
             .write_all(
@@ -367,6 +386,22 @@ async fn connect_to(b: &RedisBackend, timeout: Duration) -> Result<Stream, Conne
     match b.resolve_address(timeout).await {
         Ok(address) => connect(&b.at(&address), timeout).await,
         Err(e) => Err(ConnectError::Refused(e)),
+    }
+}
+
+/// A connection to the leader for a multiplexed session (shared, or pinned on demand),
+/// its failure counted as health evidence like any other.
+pub(super) async fn connect_leader(shared: &Shared) -> Result<Stream, String> {
+    let timeout = Duration::from_millis(shared.cfg.connect_timeout_ms);
+    match connect_to(&shared.leader, timeout).await {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            record_connect_failure(&shared.leader_health, &e);
+            Err(match e {
+                ConnectError::Refused(why) => why,
+                ConnectError::TimedOut => "connect timed out".into(),
+            })
+        }
     }
 }
 

@@ -345,6 +345,14 @@ impl BinProxy {
     }
 
     pub async fn start(config: &std::path::Path, admin: &str, url: &str) -> BinProxy {
+        if multiplex_mode() {
+            // The env switch reaches the binary's config too (see `multiplex_mode`).
+            let text = std::fs::read_to_string(config).expect("read config");
+            if !text.contains("multiplex") {
+                let text = text.replacen("[redis]\n", "[redis]\nmultiplex = true\n", 1);
+                std::fs::write(config, text).expect("write config");
+            }
+        }
         let child = Command::new(env!("CARGO_BIN_EXE_statemirror"))
             .args(["run", "--config"])
             .arg(config)
@@ -472,6 +480,7 @@ impl Proxy {
         r.connect_timeout_ms = 500;
         cfg.replication.retry_max_backoff_ms = 500;
         cfg.replication.apply_timeout_ms = 2000;
+        r.multiplex = multiplex_mode();
         tweak(&mut cfg);
         let resolved = cfg.validate().unwrap_or_else(|e| panic!("config: {e:?}"));
         statemirror::telemetry::init(&resolved.config.log);
@@ -555,6 +564,12 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.app.abort();
     }
+}
+
+/// `STATEMIRROR_TEST_MULTIPLEX=1`: every Redis sidecar the harness starts multiplexes
+/// (`scripts/test.sh` runs the Redis tests in both modes).
+pub fn multiplex_mode() -> bool {
+    std::env::var("STATEMIRROR_TEST_MULTIPLEX").is_ok_and(|v| v == "1")
 }
 
 pub fn example_config(name: &str) -> Config {

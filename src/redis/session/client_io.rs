@@ -8,8 +8,10 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
+
+use crate::tls::stream::{ReadHalf, WriteHalf};
 
 /// Writes what `out` holds (consuming it) until the socket would block or `out` is empty
 /// and flushed. Completes once some bytes went out (or the flush finished), so the loop can
@@ -84,5 +86,29 @@ impl<T: Clone + Send + Sync + 'static> Watch<T> {
         let v = rx.borrow_and_update().clone();
         self.rx = Some(rx);
         Some(v)
+    }
+}
+
+/// A read on the backend, when the session has a connection of its own (pending forever
+/// while a multiplexed session shares).
+pub(super) async fn read_opt(
+    r: Option<&mut ReadHalf>,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    match r {
+        Some(r) => r.read_buf(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A write to the backend, as [`read_opt`].
+pub(super) async fn write_opt(
+    w: Option<&mut WriteHalf>,
+    out: &mut BytesMut,
+    unflushed: &mut bool,
+) -> std::io::Result<()> {
+    match w {
+        Some(w) => write_some(w, out, unflushed).await,
+        None => std::future::pending().await,
     }
 }

@@ -9,11 +9,12 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::client_io::{write_some, Watch};
+use super::client_io::{read_opt, write_opt, write_some, Watch};
+use super::mux::{inbox_ready, may_unpin, need, Mux, Need};
 use super::pending::{local, Action, Expect, Pending};
 use super::reply::ReplySide;
 use super::request::{End, RequestSide, FENCE, RESTORE_OFF, RESTORE_SKIP};
@@ -48,11 +49,12 @@ impl ReadSize {
     }
 }
 
+/// The backend halves are `None` while a multiplexed session shares (see `mux`).
 pub(super) struct Io {
     pub(super) client_r: ReadHalf,
     pub(super) client_w: WriteHalf,
-    pub(super) backend_r: ReadHalf,
-    pub(super) backend_w: WriteHalf,
+    pub(super) backend_r: Option<ReadHalf>,
+    pub(super) backend_w: Option<WriteHalf>,
 }
 
 /// Where the request half stands.
@@ -65,11 +67,24 @@ enum Requests {
     AwaitingSync,
     /// `SYNC` accepted: client bytes go to the backend as they are.
     Pipe,
+    /// Multiplexed: a request needs a connection of its own; nothing more is read until
+    /// the replies owed on the shared one are in and the pinned one is open.
+    AwaitingPin,
+    /// Multiplexed, pinned: the client holds nothing the shared connection lacks and its
+    /// next request needs no pin: back to sharing once the pinned connection is flushed.
+    /// (Lazily, at such a request rather than at the first safe point: a client running
+    /// transaction after transaction keeps its connection instead of reopening it for each.)
+    AwaitingUnpin,
     /// No more requests: client EOF, `QUIT`, a bad request, idle, shutdown, slow client.
     Closed,
 }
 
-pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
+pub(super) async fn run(
+    mut req: RequestSide,
+    mut rep: ReplySide,
+    mut io: Io,
+    mut mux: Option<Mux>,
+) {
     let shared = req.shared.clone();
     let flags = req.flags.clone();
     let idle = Duration::from_millis(shared.cfg.client_idle_timeout_ms);
@@ -114,6 +129,30 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
                 _ => {}
             }
         }
+        if state == Requests::AwaitingPin && rep.pending.is_empty() && rep.unconfirmed.is_empty() {
+            if let Some(m) = mux.as_mut() {
+                match crate::redis::server::connect_leader(&shared).await {
+                    Ok(s) => {
+                        let (r, w) = s.into_split();
+                        (io.backend_r, io.backend_w) = (Some(r), Some(w));
+                        (backend_ok, backend_unflushed) = (true, false);
+                        backend_read = ReadSize(READ_FIRST);
+                        m.pin();
+                        state = Requests::Open;
+                        parse_first = true;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not open a pinned leader connection");
+                        m.held = None;
+                        rep.pending.push_back(local(Action::LocalThenClose(
+                            bytes::Bytes::from_static(PIN_FAILED),
+                        )));
+                        flags.owed.fetch_add(1, Ordering::AcqRel);
+                        state = Requests::Closed;
+                    }
+                }
+            }
+        }
         if std::mem::take(&mut parse_first) {
             if let Some(end) = requests(
                 &mut req,
@@ -122,8 +161,25 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
                 &mut partial,
                 &mut to_backend,
                 Instant::now(),
+                mux.as_mut(),
             ) {
                 state = end;
+            }
+        }
+        if let Some(m) = mux.as_mut().filter(|m| m.sharing()) {
+            if !to_backend.is_empty() {
+                let frames = std::mem::take(&mut req.frames);
+                m.send(&shared, &mut to_backend, frames);
+            }
+        } else if let Some(m) = mux.as_mut() {
+            if state == Requests::AwaitingUnpin && to_backend.is_empty() && !backend_unflushed {
+                // Back to sharing: the pinned connection holds nothing the client needs.
+                (io.backend_r, io.backend_w) = (None, None);
+                rep.rbuf = BytesMut::new();
+                m.unpin(&shared);
+                state = Requests::Open;
+                parse_first = true;
+                continue;
             }
         }
         rep.drain_ready();
@@ -161,19 +217,23 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
         let read_client = match state {
             Requests::Open => flags.owed.load(Ordering::Acquire) < MAX_OWED,
             Requests::Pipe => true,
-            Requests::AwaitingSync | Requests::Closed => false,
+            Requests::AwaitingSync
+            | Requests::AwaitingPin
+            | Requests::AwaitingUnpin
+            | Requests::Closed => false,
         } && to_backend.len() < BACKEND_OUT_HIGH;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
         if read_client {
             client_read.reserve(&mut buf);
         }
-        if read_backend {
+        let own = io.backend_r.is_some();
+        if read_backend && own {
             backend_read.reserve(&mut rep.rbuf);
         }
         let idle_armed = state == Requests::Open && read_client && !idle.is_zero();
         tokio::select! {
             biased;
-            r = io.backend_r.read_buf(&mut rep.rbuf), if read_backend => match r {
+            r = read_opt(io.backend_r.as_mut(), &mut rep.rbuf), if read_backend && own => match r {
                 Ok(n) if n > 0 => {
                     backend_read.read(n);
                     rep.on_backend_data();
@@ -198,8 +258,13 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
                     state = Requests::Closed;
                 }
             },
-            r = write_some(&mut io.backend_w, &mut to_backend, &mut backend_unflushed),
-                if backend_ok && (!to_backend.is_empty() || backend_unflushed) => {
+            _ = inbox_ready(mux.as_ref()), if read_backend && mux.is_some() => {
+                if let Some(m) = &mux {
+                    m.receive(&mut rep);
+                }
+            },
+            r = write_opt(io.backend_w.as_mut(), &mut to_backend, &mut backend_unflushed),
+                if backend_ok && own && (!to_backend.is_empty() || backend_unflushed) => {
                 if r.is_err() {
                     // The backend read sees it go and answers what is owed.
                     backend_ok = false;
@@ -216,7 +281,7 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
                             to_backend.extend_from_slice(&buf);
                             buf.clear();
                         }
-                        _ => if let Some(end) = requests(&mut req, &mut rep, &mut buf, &mut partial, &mut to_backend, last_read) {
+                        _ => if let Some(end) = requests(&mut req, &mut rep, &mut buf, &mut partial, &mut to_backend, last_read, mux.as_mut()) {
                             state = end;
                         }
                     }
@@ -250,7 +315,8 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
                 }
             },
             switched = master_watch.changed(), if master_watch.active() => {
-                if switched.is_some() {
+                // (Sharing: the shared connection follows the switch itself.)
+                if switched.is_some() && !mux.as_ref().is_some_and(Mux::sharing) {
                     rep.close_when_safe = true;
                 }
             },
@@ -272,6 +338,7 @@ pub(super) async fn run(mut req: RequestSide, mut rep: ReplySide, mut io: Io) {
 /// Cuts `buf` into requests and handles each (its bytes to `to_backend`, its entry to the
 /// reply side's queue before anything is written). Returns the request half's new state
 /// when it changes.
+#[allow(clippy::too_many_arguments)]
 fn requests(
     req: &mut RequestSide,
     rep: &mut ReplySide,
@@ -279,6 +346,7 @@ fn requests(
     partial: &mut Option<crate::redis::resp::Progress>,
     out: &mut BytesMut,
     read_at: Instant,
+    mut mux: Option<&mut Mux>,
 ) -> Option<Requests> {
     // A session that started before the leader answered `COMMAND` moves to its table.
     if req.table.source == crate::redis::command::Source::Fallback {
@@ -289,13 +357,48 @@ fn requests(
     let before = rep.pending.len();
     let mut fatal = false;
     let mut end = None;
-    loop {
+    let (mut pin, mut unpin) = (false, false);
+    // The request that asked for the pin goes first on the pinned connection.
+    if let Some(r) = mux.as_deref_mut().and_then(|m| m.held.take()) {
+        end = req.handle(r, now, &mut rep.pending, out);
+    }
+    while end.is_none() {
         match parse_request_from(buf, &lim, partial) {
             Ok(Some(r)) => {
-                end = req.handle(r, now, &mut rep.pending, out);
-                if end.is_some() {
-                    break;
+                if let Some(m) = mux.as_deref_mut().filter(|m| !m.sticky || m.sharing()) {
+                    match need(&req.table, &r) {
+                        Need::Share
+                            if !m.sharing() && out.is_empty() && {
+                                if !req.db_known {
+                                    req.sync_db();
+                                }
+                                may_unpin(m, req, rep, true)
+                            } =>
+                        {
+                            m.held = Some(r);
+                            unpin = true;
+                            break;
+                        }
+                        Need::Share => {}
+                        Need::Quit if m.sharing() => {
+                            rep.pending.push_back(local(Action::LocalThenClose(
+                                Bytes::from_static(b"+OK\r\n"),
+                            )));
+                            end = Some(End::Quit);
+                            break;
+                        }
+                        Need::Quit => {}
+                        n => {
+                            m.sticky |= n == Need::Sticky;
+                            if m.sharing() {
+                                m.held = Some(r);
+                                pin = true;
+                                break;
+                            }
+                        }
+                    }
                 }
+                end = req.handle(r, now, &mut rep.pending, out);
             }
             Ok(None) => break,
             Err(e) => {
@@ -324,8 +427,20 @@ fn requests(
     }
     let added = rep.pending.len() - before;
     req.flags.owed.fetch_add(added, Ordering::AcqRel);
+    if mux.is_some_and(|m| m.sharing()) {
+        // Every request forwarded while sharing has exactly one reply (what has more, or
+        // none, pins): the shared connection hands back this many frames.
+        req.frames += rep
+            .pending
+            .iter()
+            .skip(before)
+            .filter(|p| matches!(p.expect, Expect::One))
+            .count();
+    }
     match end {
         _ if fatal => Some(Requests::Closed),
+        _ if pin => Some(Requests::AwaitingPin),
+        _ if unpin => Some(Requests::AwaitingUnpin),
         Some(End::Quit) => Some(Requests::Closed),
         // Only once the backend accepted it: a refused SYNC must not turn the connection
         // into an unmirrored, unfrozen pipe.
@@ -333,6 +448,11 @@ fn requests(
         None => None,
     }
 }
+
+/// A pinned connection could not be opened: the client is closed (what it sent after the
+/// request that needed it must not run on a shared connection instead).
+const PIN_FAILED: &[u8] =
+    b"-ERR statemirror: could not open a leader connection for this client\r\n";
 
 /// The last replies (error lines for what was owed), bounded by the write timeout.
 async fn finish_writes(client: &mut WriteHalf, out: &[u8], client_ok: bool, limit: Duration) {

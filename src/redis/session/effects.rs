@@ -255,6 +255,53 @@ impl ReplySide {
     }
 }
 
+impl ReplySide {
+    /// A shared leader connection ended (multiplexing): the next `n` replies owed will not
+    /// come. Those requests are answered with `LEADER_LOST` and their writes mirrored as
+    /// may-have-run, as [`teardown`](Self::teardown) does, but the client stays connected.
+    pub(super) fn fail_owed(&mut self, mut n: usize) {
+        let mut items = SmallVec::new();
+        let mut keyless = false;
+        while n > 0 {
+            self.drain_ready();
+            // (A local answer that closes the connection comes next: nothing more owed.)
+            if self
+                .pending
+                .front()
+                .is_none_or(|p| matches!(p.expect, Expect::Nothing))
+            {
+                break;
+            }
+            let Some(p) = self.pending.pop_front() else {
+                break;
+            };
+            n -= 1;
+            self.flags.pay();
+            self.out.extend_from_slice(super::LEADER_LOST);
+            let resolves = p.effect.changes_db();
+            if let Effect::Write(w) = p.effect {
+                match *w {
+                    WriteEffect {
+                        target: WriteTarget::Keyless,
+                        ..
+                    } => keyless = true,
+                    WriteEffect { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                }
+            }
+            if resolves {
+                // A shared connection stays in database 0, and so does the next one.
+                self.flags.db.store(self.db, Ordering::Release);
+                self.flags.db_resolved.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        self.drain_ready();
+        self.mirror(items);
+        if keyless {
+            self.out_of_sync("a keyless write (FLUSHALL, FUNCTION…) was in flight when its shared leader connection ended; it may or may not have run");
+        }
+    }
+}
+
 /// The mirror items for one acknowledged write: its own effect when the request carries it
 /// and it ran uncontended (`exact`), else copies of its keys. A known write whose reply
 /// says it changed nothing (`SET … NX` that lost) needs nothing.

@@ -2,6 +2,11 @@
 //! while the leader is down) for its whole life, so `AUTH`, `SELECT`, `WATCH`/`MULTI`,
 //! pub/sub and blocking commands behave exactly as against Redis.
 //!
+//! With `[redis] multiplex` a leader-served client instead starts on a shared leader
+//! connection (`upstream`: many clients' requests per write) and is pinned to one of its
+//! own only for what needs it (`mux`); the halves below are the same either way, only
+//! where the backend's bytes go and come from differs.
+//!
 //! One task per connection (`conn`: a loop over whichever socket can move), in two halves:
 //! - the **request side** cuts client bytes into requests, classifies each one, and either
 //!   forwards its exact bytes or answers it locally (a frozen write, a write while the
@@ -50,9 +55,14 @@
 mod client_io;
 mod conn;
 mod effects;
+mod mux;
 mod pending;
 mod reply;
 mod request;
+mod upstream;
+
+pub use mux::Mux;
+pub use upstream::Pool;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -128,6 +138,40 @@ pub async fn serve(
 ) {
     let (client_r, client_w) = client.into_split();
     let (backend_r, backend_w) = backend.into_split();
+    let (requests, replies) = sides(shared, route, master);
+    let io = conn::Io {
+        client_r,
+        client_w,
+        backend_r: Some(backend_r),
+        backend_w: Some(backend_w),
+    };
+    conn::run(requests, replies, io, None).await;
+}
+
+/// A multiplexed session (`[redis] multiplex`): served by the leader on a shared
+/// connection, pinned to one of its own when it needs one (see `mux`).
+pub async fn serve_shared(
+    shared: Arc<Shared>,
+    client: Stream,
+    mux: Mux,
+    master: Option<tokio::sync::watch::Receiver<u64>>,
+) {
+    let (client_r, client_w) = client.into_split();
+    let (requests, replies) = sides(shared, Route::Leader, master);
+    let io = conn::Io {
+        client_r,
+        client_w,
+        backend_r: None,
+        backend_w: None,
+    };
+    conn::run(requests, replies, io, Some(mux)).await;
+}
+
+fn sides(
+    shared: Arc<Shared>,
+    route: Route,
+    master: Option<tokio::sync::watch::Receiver<u64>>,
+) -> (RequestSide, ReplySide) {
     let flags = Arc::new(Flags::default());
     let table = shared.table();
     let requests = RequestSide {
@@ -148,6 +192,7 @@ pub async fn serve(
         tx_wild: false,
         tx_select: false,
         sampled: 0,
+        frames: 0,
     };
     // Follower-served: close once the leader is back. Leader-served: close once it is
     // declared down, if the client has somewhere else to go.
@@ -176,11 +221,5 @@ pub async fn serve(
         close_when_safe,
         master_switch: master,
     };
-    let io = conn::Io {
-        client_r,
-        client_w,
-        backend_r,
-        backend_w,
-    };
-    conn::run(requests, replies, io).await;
+    (requests, replies)
 }

@@ -52,6 +52,8 @@ pub(super) struct RequestSide {
     pub(super) tx_select: bool,
     /// Counts forwarded requests: one in [`LATENCY_SAMPLE`] is timed for the histogram.
     pub(super) sampled: u32,
+    /// Multiplexed, sharing: replies expected for what is in the out buffer.
+    pub(super) frames: usize,
 }
 
 /// One request in this many (per connection) feeds the leader latency histogram: a
@@ -377,7 +379,7 @@ impl RequestSide {
     }
 
     /// Learns the database from the reply side once it resolved every db-changing request.
-    fn sync_db(&mut self) {
+    pub(super) fn sync_db(&mut self) {
         if self.flags.db_resolved.load(Ordering::Acquire) == self.db_changes {
             self.db = self.flags.db.load(Ordering::Acquire);
             self.db_known = true;

@@ -1,0 +1,385 @@
+//! `[redis] multiplex`: many clients on a few shared leader connections, against real
+//! redis-servers. Replies stay correct and in order per client; what needs a connection of
+//! its own (WATCH/MULTI, SELECT, BLPOP, SUBSCRIBE, CLIENT REPLY) pins and comes back;
+//! a shared connection killed on the leader fails only the requests in flight on it; the
+//! follower ends equal to the leader.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// Upper bound for any single wait in these tests.
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn setup(shared_connections: usize) -> (RedisServer, RedisServer, Proxy) {
+    let leader = RedisServer::start();
+    let follower = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, Some(&follower), |c| {
+        let r = c.redis.as_mut().expect("[redis]");
+        r.multiplex = true;
+        r.multiplex_connections = shared_connections;
+    })
+    .await;
+    (leader, follower, proxy)
+}
+
+/// Client connections the leader has, this direct one left out.
+async fn leader_clients(leader: &RedisServer) -> usize {
+    let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
+    let list = d
+        .cmd(&["CLIENT", "LIST"])
+        .await
+        .text()
+        .expect("CLIENT LIST");
+    list.lines().filter(|l| !l.is_empty()).count() - 1
+}
+
+fn int(r: &Resp) -> i64 {
+    match r {
+        Resp::Int(n) => *n,
+        other => panic!("not an integer: {other:?}"),
+    }
+}
+
+/// The follower holds what the leader holds, and verify agrees.
+async fn follower_equal(leader: &RedisServer, follower: &RedisServer, proxy: &Proxy) {
+    proxy.drained().await;
+    assert_same_data(leader, follower).await;
+    assert_verify_zero(&proxy.admin(), "redis").await;
+}
+
+/// 50 clients interleave SET/GET: every reply is the client's own, in order, while the
+/// leader sees a few connections rather than 50; the follower ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_clients_share_few_connections_replies_in_order() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(2).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(Raw::connect(proxy.addr()).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for round in 0..40 {
+                let (k, v) = (format!("mux:{i}:{}", round % 5), format!("{i}-{round}"));
+                assert_eq!(c.cmd(&["SET", &k, &v]).await, Resp::Simple("OK".into()));
+                assert_eq!(c.cmd(&["GET", &k]).await, Resp::bulk(&v), "client {i}");
+                assert_eq!(
+                    int(&c.cmd(&["INCR", &format!("mux:n:{i}")]).await),
+                    round + 1
+                );
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.expect("client task"));
+    }
+    // All 50 still connected: 2 shared connections plus the sidecar's own (health check,
+    // mirror reads), far fewer than the clients.
+    let n = leader_clients(&leader).await;
+    assert!(n < 10, "{n} leader connections for 50 multiplexed clients");
+    follower_equal(&leader, &follower, &proxy).await;
+    drop(clients);
+}
+
+/// Pipelines of 100 from 20 clients at once: each gets its 100 replies, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelines_of_100_from_many_clients_in_order() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(2).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let addr = proxy.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(addr).await;
+            let key = format!("pipe:{i}");
+            let mut batch = Vec::new();
+            for j in 0..100 {
+                if j % 2 == 0 {
+                    batch.extend(encode(&[b"INCR", key.as_bytes()]));
+                } else {
+                    batch.extend(encode(&[b"ECHO", format!("{i}:{j}").as_bytes()]));
+                }
+            }
+            for _ in 0..3 {
+                c.write(&batch).await;
+            }
+            for round in 0..3 {
+                for j in 0..100i64 {
+                    let r = c.read().await;
+                    if j % 2 == 0 {
+                        assert_eq!(int(&r), round * 50 + j / 2 + 1, "client {i}");
+                    } else {
+                        assert_eq!(r, Resp::bulk(format!("{i}:{j}")), "client {i}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// NiFi's replace (WATCH, GET, MULTI, GETSET, EXEC) from 8 clients racing on one key: the
+/// transactions pin, lost races retry, no increment is lost, the follower ends equal, and
+/// each client is back on the shared connection afterwards (`CLIENT ID` says which).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nifi_sequence_under_contention_pins_and_returns_to_sharing() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let key = "nifi/components/0a1b2c3d-0187-1000-9c1f-5e0d1b2c3d4e";
+    let mut setup_c = Raw::connect(proxy.addr()).await;
+    assert_eq!(
+        setup_c.cmd(&["SET", key, "0"]).await,
+        Resp::Simple("OK".into())
+    );
+    let shared_id = int(&setup_c.cmd(&["CLIENT", "ID"]).await);
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let addr = proxy.addr();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(addr).await;
+            let mut done = 0;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while done < 10 {
+                assert!(tokio::time::Instant::now() < deadline, "client {i} starved");
+                assert_eq!(c.cmd(&["WATCH", key]).await, Resp::Simple("OK".into()));
+                let cur: i64 = c
+                    .cmd(&["GET", key])
+                    .await
+                    .text()
+                    .expect("value")
+                    .parse()
+                    .expect("number");
+                assert_eq!(c.cmd(&["MULTI"]).await, Resp::Simple("OK".into()));
+                let next = (cur + 1).to_string();
+                assert_eq!(
+                    c.cmd(&["GETSET", key, &next]).await,
+                    Resp::Simple("QUEUED".into())
+                );
+                match c.cmd(&["EXEC"]).await {
+                    Resp::Array(r) => {
+                        assert_eq!(r, vec![Resp::bulk(cur.to_string())]);
+                        done += 1;
+                    }
+                    Resp::Nil => {} // lost the race: WATCH fired
+                    other => panic!("EXEC: {other:?}"),
+                }
+            }
+            // Back at a safe point in db 0: shared again, and working.
+            assert_eq!(
+                int(&c.cmd(&["CLIENT", "ID"]).await),
+                shared_id,
+                "client {i} shares again"
+            );
+            assert_eq!(
+                c.cmd(&["SET", &format!("after:{i}"), "x"]).await,
+                Resp::Simple("OK".into())
+            );
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client task");
+    }
+    assert_eq!(setup_c.cmd(&["GET", key]).await, Resp::bulk("80"));
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// `SELECT 3` pins; the `SET` after it lands in db 3 on both sides; `SELECT 0` brings the
+/// client back to sharing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn select_pins_and_writes_land_in_that_database() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let mut other = Raw::connect(proxy.addr()).await;
+    let shared_id = int(&other.cmd(&["CLIENT", "ID"]).await);
+    let mut c = Raw::connect(proxy.addr()).await;
+    assert_eq!(c.cmd(&["SELECT", "3"]).await, Resp::Simple("OK".into()));
+    assert_eq!(
+        c.cmd(&["SET", "in3", "v3"]).await,
+        Resp::Simple("OK".into())
+    );
+    assert_ne!(int(&c.cmd(&["CLIENT", "ID"]).await), shared_id);
+    // A sharing client is still in db 0.
+    assert_eq!(other.cmd(&["GET", "in3"]).await, Resp::Nil);
+    assert_eq!(c.cmd(&["SELECT", "0"]).await, Resp::Simple("OK".into()));
+    assert_eq!(int(&c.cmd(&["CLIENT", "ID"]).await), shared_id);
+    assert_eq!(
+        c.cmd(&["SET", "in0", "v0"]).await,
+        Resp::Simple("OK".into())
+    );
+    proxy.drained().await;
+    for (server, who) in [(&leader, "leader"), (&follower, "follower")] {
+        let mut d = Raw::connect(server.addr().parse().expect("addr")).await;
+        assert_eq!(d.cmd(&["SELECT", "3"]).await, Resp::Simple("OK".into()));
+        assert_eq!(d.cmd(&["GET", "in3"]).await, Resp::bulk("v3"), "{who} db 3");
+        assert_eq!(d.cmd(&["GET", "in0"]).await, Resp::Nil, "{who} db 3");
+        assert_eq!(d.cmd(&["SELECT", "0"]).await, Resp::Simple("OK".into()));
+        assert_eq!(d.cmd(&["GET", "in0"]).await, Resp::bulk("v0"), "{who} db 0");
+    }
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// A `BLPOP` pins: the clients sharing the connection are not held behind it, and it gets
+/// the element pushed later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blpop_pins_and_does_not_block_others() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let mut blocked = Raw::connect(proxy.addr()).await;
+    blocked.send(&["BLPOP", "queue", "0"]).await;
+    let waiter = tokio::spawn(async move {
+        let r = blocked.read_within(Duration::from_secs(30)).await;
+        (blocked, r)
+    });
+    for i in 0..10 {
+        let mut c = Raw::connect(proxy.addr()).await;
+        let k = format!("free:{i}");
+        assert_eq!(c.cmd(&["SET", &k, "v"]).await, Resp::Simple("OK".into()));
+        assert_eq!(c.cmd(&["GET", &k]).await, Resp::bulk("v"));
+    }
+    assert!(
+        !waiter.is_finished(),
+        "BLPOP returned before anything was pushed"
+    );
+    let mut pusher = Raw::connect(proxy.addr()).await;
+    assert_eq!(int(&pusher.cmd(&["RPUSH", "queue", "job"]).await), 1);
+    let (mut blocked, r) = waiter.await.expect("waiter");
+    assert_eq!(r, Ok(Resp::bulks(&["queue", "job"])));
+    // And it goes on (back to sharing).
+    assert_eq!(
+        blocked.cmd(&["SET", "after", "1"]).await,
+        Resp::Simple("OK".into())
+    );
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// `SUBSCRIBE` pins and the subscriber gets what is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subscribe_pins_and_gets_messages() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let mut sub = Raw::connect(proxy.addr()).await;
+    assert_eq!(
+        sub.cmd(&["SUBSCRIBE", "news"]).await,
+        Resp::Array(vec![
+            Resp::bulk("subscribe"),
+            Resp::bulk("news"),
+            Resp::Int(1)
+        ])
+    );
+    let mut publisher = Raw::connect(proxy.addr()).await;
+    assert_eq!(int(&publisher.cmd(&["PUBLISH", "news", "hello"]).await), 1);
+    assert_eq!(sub.read().await, Resp::bulks(&["message", "news", "hello"]));
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// `CLIENT REPLY OFF` pins: its writes still run, are mirrored, and the client's replies
+/// resume with `CLIENT REPLY ON`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn client_reply_off_pins() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let mut other = Raw::connect(proxy.addr()).await;
+    let mut quiet = Raw::connect(proxy.addr()).await;
+    quiet.send(&["CLIENT", "REPLY", "OFF"]).await;
+    quiet.send(&["SET", "quiet:a", "1"]).await;
+    quiet.send(&["SET", "quiet:b", "2"]).await;
+    // Once they ran, a client sharing meanwhile still gets its replies (the reply mode is
+    // the quiet client's connection's, not the shared one's).
+    eventually(WAIT, || async {
+        let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
+        match d.cmd(&["GET", "quiet:b"]).await {
+            Resp::Bulk(b) if b == b"2" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(other.cmd(&["GET", "quiet:a"]).await, Resp::bulk("1"));
+    assert_eq!(
+        quiet.cmd(&["CLIENT", "REPLY", "ON"]).await,
+        Resp::Simple("OK".into())
+    );
+    assert_eq!(quiet.cmd(&["GET", "quiet:b"]).await, Resp::bulk("2"));
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// `CLIENT KILL` of the shared connection on the leader while two clients have requests
+/// in flight on it (held by `CLIENT PAUSE WRITE`): those two get the lost-connection
+/// error, a third sharing client with nothing in flight sees nothing, and all three go on
+/// over a new shared connection. The write that never ran leaves the follower equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_shared_connection_fails_only_what_was_in_flight() {
+    let _m = metrics_shared().await;
+    let (leader, follower, proxy) = setup(1).await;
+    let (mut a, mut b, mut idle) = (
+        Raw::connect(proxy.addr()).await,
+        Raw::connect(proxy.addr()).await,
+        Raw::connect(proxy.addr()).await,
+    );
+    let shared_id = int(&a.cmd(&["CLIENT", "ID"]).await);
+    assert_eq!(int(&idle.cmd(&["CLIENT", "ID"]).await), shared_id);
+    let mut direct = Raw::connect(leader.addr().parse().expect("addr")).await;
+    assert_eq!(
+        direct.cmd(&["CLIENT", "PAUSE", "5000", "WRITE"]).await,
+        Resp::Simple("OK".into())
+    );
+    // The SET reaches the leader and waits behind the pause (`flags=b`); then the GET is
+    // queued unread behind it (the query buffer holds it).
+    a.send(&["SET", "never", "ran"]).await;
+    paused_on_leader(&leader, shared_id, false).await;
+    b.send(&["GET", "anything"]).await;
+    paused_on_leader(&leader, shared_id, true).await;
+    assert_eq!(
+        int(&direct
+            .cmd(&["CLIENT", "KILL", "ID", &shared_id.to_string()])
+            .await),
+        1
+    );
+    assert_eq!(
+        direct.cmd(&["CLIENT", "UNPAUSE"]).await,
+        Resp::Simple("OK".into())
+    );
+    for (c, who) in [(&mut a, "a"), (&mut b, "b")] {
+        match c.read().await {
+            Resp::Error(e) => assert!(e.contains("leader connection lost"), "{who}: {e}"),
+            other => panic!("{who}: {other:?}"),
+        }
+    }
+    for (c, who) in [(&mut a, "a"), (&mut b, "b"), (&mut idle, "idle")] {
+        assert_eq!(
+            c.cmd(&["SET", &format!("after:{who}"), "1"]).await,
+            Resp::Simple("OK".into()),
+            "{who}"
+        );
+        assert_ne!(int(&c.cmd(&["CLIENT", "ID"]).await), shared_id, "{who}");
+    }
+    assert_eq!(a.cmd(&["GET", "never"]).await, Resp::Nil);
+    follower_equal(&leader, &follower, &proxy).await;
+}
+
+/// Waits until connection `id` on the leader is blocked by a pause (and, with `queued`,
+/// has more requests unread behind the blocked one).
+async fn paused_on_leader(leader: &RedisServer, id: i64, queued: bool) {
+    let id = id.to_string();
+    eventually(WAIT, || async {
+        let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
+        let line = d
+            .cmd(&["CLIENT", "LIST", "ID", &id])
+            .await
+            .text()
+            .unwrap_or_default();
+        if line.contains("flags=b") && (!queued || !line.contains(" qbuf=0 ")) {
+            Ok(())
+        } else {
+            Err(line)
+        }
+    })
+    .await
+}
