@@ -30,6 +30,7 @@ pub mod nifi;
 pub mod redis;
 pub mod replication;
 pub mod resolve;
+mod session_io;
 pub mod sidecar;
 pub mod telemetry;
 pub mod tls;

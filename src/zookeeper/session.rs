@@ -70,7 +70,6 @@ use super::server::{LeaderConnect, ZkShared};
 
 mod acked;
 mod conn;
-mod io;
 mod reply;
 mod request;
 mod state;

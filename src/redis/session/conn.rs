@@ -21,33 +21,8 @@ use super::request::{End, RequestSide, FENCE, RESTORE_OFF, RESTORE_SKIP};
 use super::{LEADER_LOST, MAX_OWED, SYNC_RAW, SYNC_REFUSED, SYNC_UNDECIDED};
 use crate::metrics::Route;
 use crate::redis::resp::parse_request_from;
+use crate::session_io::{ReadSize, BACKEND_OUT_HIGH, CLIENT_OUT_HIGH};
 use crate::tls::stream::{ReadHalf, WriteHalf};
-
-/// Requests bytes read but not yet written to the backend, past which the client is not
-/// read: a backend that stops reading holds bounded memory (and TCP pushes back).
-const BACKEND_OUT_HIGH: usize = 1024 * 1024;
-/// Reply bytes not yet written to the client, past which the backend is not read.
-const CLIENT_OUT_HIGH: usize = 1024 * 1024;
-/// Read sizes: small at first, so an idle connection holds little, doubled while reads fill
-/// the buffer (a large value or a deep pipeline), up to the largest.
-const READ_FIRST: usize = 1024;
-const READ_MOST: usize = 64 * 1024;
-
-/// The next read's size for one socket (see [`READ_FIRST`]).
-struct ReadSize(usize);
-
-impl ReadSize {
-    fn reserve(&self, buf: &mut BytesMut) {
-        buf.reserve(self.0);
-    }
-
-    /// A read of `n` bytes happened.
-    fn read(&mut self, n: usize) {
-        if n >= self.0 && self.0 < READ_MOST {
-            self.0 *= 2;
-        }
-    }
-}
 
 /// The backend halves are `None` while a multiplexed session shares (see `mux`).
 pub(super) struct Io {
@@ -91,7 +66,7 @@ pub(super) async fn run(
     let write_timeout = Duration::from_millis(shared.cfg.client_write_timeout_ms);
     let mut buf = BytesMut::new();
     let mut to_backend = BytesMut::new();
-    let (mut client_read, mut backend_read) = (ReadSize(READ_FIRST), ReadSize(READ_FIRST));
+    let (mut client_read, mut backend_read) = (ReadSize::default(), ReadSize::default());
     let mut partial = None;
     let mut state = Requests::Open;
     // Set when `buf` may already hold whole requests (after a refused SYNC).
@@ -136,7 +111,7 @@ pub(super) async fn run(
                         let (r, w) = s.into_split();
                         (io.backend_r, io.backend_w) = (Some(r), Some(w));
                         (backend_ok, backend_unflushed) = (true, false);
-                        backend_read = ReadSize(READ_FIRST);
+                        backend_read = ReadSize::default();
                         m.pin();
                         state = Requests::Open;
                         parse_first = true;
@@ -224,11 +199,11 @@ pub(super) async fn run(
         } && to_backend.len() < BACKEND_OUT_HIGH;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
         if read_client {
-            client_read.reserve(&mut buf);
+            client_read.reserve(&mut buf, 0);
         }
         let own = io.backend_r.is_some();
         if read_backend && own {
-            backend_read.reserve(&mut rep.rbuf);
+            backend_read.reserve(&mut rep.rbuf, 0);
         }
         let idle_armed = state == Requests::Open && read_client && !idle.is_zero();
         tokio::select! {

@@ -58,6 +58,12 @@ fn mirror_op(
 ) -> Result<Option<ZkOp>, String> {
     let bad =
         |what: &str| format!("its {what} does not decode (a path or ACL id that is not UTF-8?)");
+    // The ephemeral owner of the node a setData/setACL changed, from the reply's stat.
+    let stat_owner = |resp: &Bytes| {
+        StatResponse::from_bytes(resp)
+            .map(|r| r.stat.ephemeral_owner)
+            .map_err(|_| bad("reply"))
+    };
     // Each item with the ephemeral owner of the node it changes (from the reply's stat; 0
     // for a persistent node): a setData or setACL of a client's ephemeral must not create a
     // persistent copy on the follower.
@@ -90,10 +96,7 @@ fn mirror_op(
         )),
         op::SET_DATA => {
             let r = SetDataRequest::from_bytes(req).map_err(|_| bad("request"))?;
-            let owner = StatResponse::from_bytes(resp)
-                .map_err(|_| bad("reply"))?
-                .stat
-                .ephemeral_owner;
+            let owner = stat_owner(resp)?;
             let item = Item::SetData {
                 path: r.path,
                 data: r.data,
@@ -102,10 +105,7 @@ fn mirror_op(
         }
         op::SET_ACL => {
             let r = SetAclRequest::from_bytes(req).map_err(|_| bad("request"))?;
-            let owner = StatResponse::from_bytes(resp)
-                .map_err(|_| bad("reply"))?
-                .stat
-                .ephemeral_owner;
+            let owner = stat_owner(resp)?;
             let item = Item::SetAcl {
                 path: r.path,
                 acl: r.acl,

@@ -12,45 +12,27 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::io::{write_some, Watch};
 use super::reply::Replies;
 use super::state::Session;
 use super::Mode;
+use crate::session_io::{
+    write_some, ReadSize, Watch, BACKEND_OUT_HIGH, CLIENT_OUT_HIGH, READ_MOST,
+};
 use crate::tls::stream::WriteHalf;
 use crate::tls::Stream;
 
 /// How long replies still owed are awaited after the client left.
 const LINGER: Duration = Duration::from_secs(10);
-/// Request bytes not yet written to the server, past which the client is not read: a server
-/// that stops reading holds bounded memory (and TCP pushes back).
-const BACKEND_OUT_HIGH: usize = 1024 * 1024;
-/// Reply bytes not yet written to the client, past which the server is not read.
-const CLIENT_OUT_HIGH: usize = 1024 * 1024;
 /// Requests in flight past which the client is not read until replies come.
 const MAX_OWED: usize = 64 * 1024;
-/// Read sizes: small at first, so an idle connection holds little, doubled while reads fill
-/// the buffer, up to the largest.
-const READ_FIRST: usize = 1024;
-const READ_MOST: usize = 64 * 1024;
 
-/// The next read's size for one socket (see [`READ_FIRST`]).
-struct ReadSize(usize);
-
-impl ReadSize {
-    /// Room for the next read, and for the rest of a frame already begun.
-    fn reserve(&self, buf: &mut BytesMut) {
-        let begun = buf
-            .first_chunk::<4>()
-            .and_then(|p| usize::try_from(i32::from_be_bytes(*p)).ok())
-            .map_or(0, |len| (4 + len).saturating_sub(buf.len()));
-        buf.reserve(self.0.max(begun.min(16 * READ_MOST)));
-    }
-
-    fn read(&mut self, n: usize) {
-        if n >= self.0 && self.0 < READ_MOST {
-            self.0 *= 2;
-        }
-    }
+/// Bytes still missing of the frame `buf` begins (its 4-byte length is read), at most a
+/// megabyte ahead: room reserved for it at once saves regrowing the buffer.
+fn frame_rest(buf: &BytesMut) -> usize {
+    buf.first_chunk::<4>()
+        .and_then(|p| usize::try_from(i32::from_be_bytes(*p)).ok())
+        .map_or(0, |len| (4 + len).saturating_sub(buf.len()))
+        .min(16 * READ_MOST)
 }
 
 /// Why the loop ended.
@@ -69,7 +51,7 @@ pub(super) async fn run(mut s: Session, client: Stream, backend: Stream, write_t
     let mut to_backend = BytesMut::new();
     let mut rbuf = BytesMut::new();
     let mut out = BytesMut::new();
-    let (mut client_read, mut backend_read) = (ReadSize(READ_FIRST), ReadSize(READ_FIRST));
+    let (mut client_read, mut backend_read) = (ReadSize::default(), ReadSize::default());
     let mut requests_open = true;
     // False once a write to the client failed or timed out: the client is dropped, but the
     // replies it is owed are still read, so the writes they acknowledge are mirrored.
@@ -123,10 +105,12 @@ pub(super) async fn run(mut s: Session, client: Stream, backend: Stream, write_t
             requests_open && s.pending.len() < MAX_OWED && to_backend.len() < BACKEND_OUT_HIGH;
         let read_backend = out.len() < CLIENT_OUT_HIGH || !client_ok;
         if read_client {
-            client_read.reserve(&mut buf);
+            let more = frame_rest(&buf);
+            client_read.reserve(&mut buf, more);
         }
         if read_backend {
-            backend_read.reserve(&mut rbuf);
+            let more = frame_rest(&rbuf);
+            backend_read.reserve(&mut rbuf, more);
         }
         tokio::select! {
             biased;

@@ -1,7 +1,6 @@
-//! The session loop's building blocks that touch tokio directly: writes that return on any
-//! progress (so one `select!` can move both directions), and a watch whose waiter stays
-//! registered across loop iterations. (The same as Redis's `redis::session::client_io`,
-//! which is private to that protocol.)
+//! What both protocols' one-task session loops build on, where they touch tokio directly:
+//! writes that return on any progress (so one `select!` can move both directions), and a
+//! watch whose waiter stays registered across loop iterations.
 
 use std::future::Future;
 use std::io;
@@ -12,11 +11,44 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWrite;
 use tokio::sync::watch;
 
+/// Request bytes not yet written to the backend, past which the client is not read: a
+/// backend that stops reading holds bounded memory (and TCP pushes back).
+pub(crate) const BACKEND_OUT_HIGH: usize = 1024 * 1024;
+/// Reply bytes not yet written to the client, past which the backend is not read.
+pub(crate) const CLIENT_OUT_HIGH: usize = 1024 * 1024;
+/// Read sizes: small at first, so an idle connection holds little, doubled while reads fill
+/// the buffer (a large value or a deep pipeline), up to the largest.
+const READ_FIRST: usize = 1024;
+pub(crate) const READ_MOST: usize = 64 * 1024;
+
+/// The next read's size for one socket (see [`READ_FIRST`]).
+pub(crate) struct ReadSize(usize);
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize(READ_FIRST)
+    }
+}
+
+impl ReadSize {
+    /// Room for the next read, and for `more` bytes a frame already begun still needs.
+    pub(crate) fn reserve(&self, buf: &mut BytesMut, more: usize) {
+        buf.reserve(self.0.max(more));
+    }
+
+    /// A read of `n` bytes happened.
+    pub(crate) fn read(&mut self, n: usize) {
+        if n >= self.0 && self.0 < READ_MOST {
+            self.0 *= 2;
+        }
+    }
+}
+
 /// Writes what `out` holds (consuming it) until the socket would block or `out` is empty
 /// and flushed. Completes once some bytes went out (or the flush finished), so the loop can
 /// take note of progress; pending while none can. `unflushed`: written but not yet flushed
 /// (TLS keeps the tail of a record until then).
-pub(super) async fn write_some<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_some<W: AsyncWrite + Unpin>(
     w: &mut W,
     out: &mut BytesMut,
     unflushed: &mut bool,
@@ -52,23 +84,23 @@ type Changed<T> = Pin<Box<dyn Future<Output = (watch::Receiver<T>, bool)> + Send
 
 /// A `watch::Receiver` whose `changed()` waiter lives across `select!` iterations (created
 /// once per change, not once per poll).
-pub(super) struct Watch<T> {
+pub(crate) struct Watch<T> {
     rx: Option<watch::Receiver<T>>,
     waiting: Option<Changed<T>>,
 }
 
 impl<T: Clone + Send + Sync + 'static> Watch<T> {
-    pub(super) fn new(rx: Option<watch::Receiver<T>>) -> Self {
+    pub(crate) fn new(rx: Option<watch::Receiver<T>>) -> Self {
         Watch { rx, waiting: None }
     }
 
     /// False once there is nothing to watch (none, or its sender is gone).
-    pub(super) fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.rx.is_some() || self.waiting.is_some()
     }
 
     /// The new value after a change; `None` when the sender is gone (then inactive).
-    pub(super) async fn changed(&mut self) -> Option<T> {
+    pub(crate) async fn changed(&mut self) -> Option<T> {
         if self.waiting.is_none() {
             let mut rx = self.rx.take()?;
             self.waiting = Some(Box::pin(async move {
