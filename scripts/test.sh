@@ -55,11 +55,12 @@ image_start=$SECONDS
 step "tests" run_tests
 # The Redis binaries that exercise the session again, every Redis sidecar multiplexed
 # (`[redis] multiplex = true`: tests/common `multiplex_mode`). Left out, to keep CI short:
-# the slow multi-sidecar and long-fault binaries (disaster, redis_resync, cluster_*,
-# migrate*, far_follower, backup, redis_sentinel_tls), whose sessions are the same code.
+# the three slowest (disaster, far_follower, cluster_restart: 130, 120 and 50 s), which pass
+# multiplexed too (`STATEMIRROR_TEST_MULTIPLEX=1 scripts/run-test-binaries.sh disaster …`).
 mux_tests=(redis_smoke redis_protocol redis_protocol_errors redis_bad_input redis_fidelity
     redis_acl redis_failover redis_multiplex redis_sentinel fuzz_through_proxy coverage_gaps
-    leader_blackhole tls state_identity)
+    leader_blackhole tls state_identity redis_sentinel_tls redis_resync cluster_converge
+    cluster_freeze backup migrate_online migrate_faults admin_security prometheus_fleet)
 run_mux_tests() {
     STATEMIRROR_TEST_MULTIPLEX=1 scripts/run-test-binaries.sh "${mux_tests[@]}" 2>&1 |
         tee -a "$test_log"

@@ -8,7 +8,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::sentinel::{hosts, role, wait_replica_known, wait_replica_synced, Nifi, SentinelProc};
+use common::sentinel::{
+    hosts, idle_session_after_switch, role, wait_replica_known, wait_replica_synced, Nifi,
+    SentinelProc,
+};
 use common::*;
 use redis::AsyncCommands;
 use serde_json::Value;
@@ -79,22 +82,7 @@ async fn writes_follow_a_sentinel_failover() {
     // The idle session is closed at once; the watching one only once its WATCH is over.
     // Multiplexed (`multiplex_mode`), the idle one shares a connection that follows the
     // switch itself: it stays, and its writes reach the new master.
-    if multiplex_mode() {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let r = idle.cmd(&["SET", "nifi/idle", "after-switch"]).await;
-            if r.text().as_deref() == Some("OK") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "idle shared session: {r:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    } else {
-        assert!(
-            idle.closed_within(Duration::from_secs(2)).await,
-            "idle session closed"
-        );
-    }
+    idle_session_after_switch(&mut idle, "nifi/idle").await;
     assert!(
         !watching.closed_within(Duration::from_millis(300)).await,
         "not closed between WATCH and EXEC"

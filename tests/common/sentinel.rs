@@ -418,3 +418,29 @@ impl Nifi {
         errors
     }
 }
+
+/// An idle session after a master switch: pinned (the default), it is closed (its reconnect
+/// finds the new master); multiplexed, it shares a connection that follows the switch
+/// itself, so it stays and its next write reaches the new master (after at most the
+/// switch's `LEADER_LOST` errors).
+pub async fn idle_session_after_switch(idle: &mut super::Raw, key: &str) {
+    if super::multiplex_mode() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let r = idle.cmd(&["SET", key, "after-switch"]).await;
+            if r.text().as_deref() == Some("OK") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "idle shared session: {r:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    } else {
+        assert!(
+            idle.closed_within(std::time::Duration::from_secs(2)).await,
+            "the idle session on the old master is closed"
+        );
+    }
+}
