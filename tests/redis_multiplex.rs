@@ -383,3 +383,65 @@ async fn paused_on_leader(leader: &RedisServer, id: i64, queued: bool) {
     })
     .await
 }
+
+/// A leader that stops reading (`SIGSTOP`) while a client pipelines 40 MiB of `SET`s: the
+/// shared connection's unsent bytes are bounded as a connection of one's own is (the
+/// client is no longer read past `BACKEND_OUT_HIGH`), so the client's writes stall instead
+/// of the proxy taking all 40 MiB into memory; after `SIGCONT` every `SET` is answered.
+/// (No follower: with one, the leader declared down would close the client meanwhile.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_that_stops_reading_stalls_clients_not_proxy_memory() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _m = metrics_shared().await;
+    let leader = RedisServer::start();
+    let proxy = Proxy::start_with(&leader, None, |c| {
+        let r = c.redis.as_mut().expect("[redis]");
+        r.multiplex = true;
+        r.multiplex_connections = 1;
+    })
+    .await;
+    let mut warm = Raw::connect(proxy.addr()).await;
+    assert_eq!(warm.cmd(&["PING"]).await, Resp::Simple("PONG".into()));
+    const N: usize = 640;
+    let value = "v".repeat(64 * 1024);
+    let mut pipeline = Vec::new();
+    for i in 0..N {
+        let key = format!("big{i}");
+        pipeline.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    let (mut r, mut w) = stream.into_split();
+    let frozen = Frozen::new(leader.pid());
+    let writer = tokio::spawn(async move {
+        w.write_all(&pipeline).await.expect("write");
+        w
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !writer.is_finished(),
+        "the proxy took 40 MiB of requests while the leader read nothing"
+    );
+    drop(frozen);
+    let _w = tokio::time::timeout(Duration::from_secs(60), writer)
+        .await
+        .expect("writes finish once the leader reads")
+        .expect("writer");
+    let want = b"+OK\r\n".repeat(N);
+    let mut got = vec![0u8; want.len()];
+    tokio::time::timeout(Duration::from_secs(30), r.read_exact(&mut got))
+        .await
+        .expect("replies in time")
+        .expect("replies");
+    assert_eq!(got, want, "every SET answered OK, in order");
+    let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
+    assert_eq!(d.cmd(&["DBSIZE"]).await, Resp::Int(N as i64));
+}

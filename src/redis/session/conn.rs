@@ -24,6 +24,9 @@ use crate::redis::resp::parse_request_from;
 use crate::session_io::{ReadSize, BACKEND_OUT_HIGH, CLIENT_OUT_HIGH};
 use crate::tls::stream::{ReadHalf, WriteHalf};
 
+/// How often a client held back by a backlogged shared connection looks again.
+const BACKLOG_TICK: Duration = Duration::from_millis(10);
+
 /// The backend halves are `None` while a multiplexed session shares (see `mux`).
 pub(super) struct Io {
     pub(super) client_r: ReadHalf,
@@ -197,6 +200,10 @@ pub(super) async fn run(
             | Requests::AwaitingUnpin
             | Requests::Closed => false,
         } && to_backend.len() < BACKEND_OUT_HIGH;
+        // Sharing, the bound is the shared connection's: no waiter is registered for its
+        // drain (one per client per iteration), a short tick looks again instead.
+        let backlogged = read_client && mux.as_ref().is_some_and(|m| m.backlogged());
+        let read_client = read_client && !backlogged;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
         if read_client {
             client_read.reserve(&mut buf, 0);
@@ -233,6 +240,7 @@ pub(super) async fn run(
                     state = Requests::Closed;
                 }
             },
+            _ = tokio::time::sleep(BACKLOG_TICK), if backlogged => {},
             _ = inbox_ready(mux.as_ref()), if read_backend && mux.is_some() => {
                 if let Some(m) = &mux {
                     m.receive(&mut rep);

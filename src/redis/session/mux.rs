@@ -128,6 +128,15 @@ impl Mux {
         self.up.is_some()
     }
 
+    /// The shared connection has more unsent bytes than a connection of its own may: the
+    /// client is not read until the task takes them (a leader that stops reading must not
+    /// make the proxy hold every client's requests).
+    pub(super) fn backlogged(&self) -> bool {
+        self.up
+            .as_ref()
+            .is_some_and(|u| u.pending_out() >= crate::session_io::BACKEND_OUT_HIGH)
+    }
+
     /// Leaves sharing (the caller opens the pinned connection).
     pub(super) fn pin(&mut self) {
         self.up = None;

@@ -86,6 +86,10 @@ impl Inbox {
 /// One shared leader connection (see the module notes).
 pub(super) struct Upstream {
     state: Mutex<UpState>,
+    /// Bytes queued and not yet taken by the task (`UpState::out`), readable without the
+    /// lock: clients stop reading requests while it is past `BACKEND_OUT_HIGH`, so a
+    /// leader that stops reading holds bounded memory here too (see `Mux::backlogged`).
+    pending_out: AtomicUsize,
     wake: Notify,
     /// Connecting, then up, then down (see [`Upstream::opened`]).
     status: tokio::sync::watch::Sender<Status>,
@@ -117,6 +121,7 @@ impl Upstream {
         let wake = s.out.is_empty();
         s.out.extend_from_slice(bytes);
         bytes.clear();
+        self.pending_out.store(s.out.len(), Ordering::Relaxed);
         if frames > 0 {
             match s.fifo.back_mut() {
                 Some((i, n)) if Arc::ptr_eq(i, inbox) => *n += frames,
@@ -139,6 +144,11 @@ impl Upstream {
         )
     }
 
+    /// Bytes clients queued that the task has not taken yet.
+    pub(super) fn pending_out(&self) -> usize {
+        self.pending_out.load(Ordering::Relaxed)
+    }
+
     fn is_dead(&self) -> bool {
         lock(&self.state).dead
     }
@@ -149,6 +159,7 @@ impl Upstream {
         let mut s = lock(&self.state);
         s.dead = true;
         s.out = BytesMut::new();
+        self.pending_out.store(0, Ordering::Relaxed);
         for (inbox, n) in std::mem::take(&mut s.fifo) {
             inbox.lose(n);
         }
@@ -229,6 +240,7 @@ impl Pool {
         }
         let u = Arc::new(Upstream {
             state: Mutex::new(UpState::default()),
+            pending_out: AtomicUsize::new(0),
             wake: Notify::new(),
             status: tokio::sync::watch::channel(Status::Connecting).0,
         });
@@ -266,6 +278,7 @@ async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
             // Take what accumulated (swap: both buffers keep their capacity).
             let mut s = lock(&up.state);
             std::mem::swap(&mut s.out, &mut wbuf);
+            up.pending_out.store(0, Ordering::Relaxed);
         }
         if shutting && wbuf.is_empty() && up.idle() {
             break "shutdown";
