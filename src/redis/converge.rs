@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use redis_protocol::resp2::types::BytesFrame;
 
 use super::backend::{encode_cmd, error_text, Conn};
-use super::mirror::leader_run_id;
+use super::mirror::{LeaderChange, LeaderSeen};
 use super::resync::select;
 use super::verify::{dump_all, parse_dumped, Dumped};
 use crate::config::RedisBackend;
@@ -32,11 +32,9 @@ pub struct RedisRepairer {
     timeout: Duration,
     leader_conn: Option<Conn>,
     follower_conn: Option<Conn>,
-    /// The leader's `run_id` when first connected: a new one means it restarted (maybe
-    /// empty, maybe from an old backup), and nothing may be repaired from it.
-    leader_run_id: Option<String>,
-    /// The leader's Sentinel generation when `leader_run_id` was read.
-    leader_master_gen: u64,
+    /// The leader as first connected: a new `run_id` means it restarted (maybe empty, maybe
+    /// from an old backup) or Sentinel switched it, and nothing may be repaired from it.
+    leader_seen: LeaderSeen,
     /// Keys checked are the leader's; the follower's are `map_key` of them.
     identity: crate::nifi::identity_live::SharedIdentity,
     nifi_prefix: String,
@@ -50,8 +48,7 @@ impl RedisRepairer {
             timeout,
             leader_conn: None,
             follower_conn: None,
-            leader_run_id: None,
-            leader_master_gen: 0,
+            leader_seen: LeaderSeen::default(),
             identity: Default::default(),
             nifi_prefix: String::new(),
         }
@@ -98,25 +95,17 @@ impl RedisRepairer {
         if self.leader_conn.is_some() {
             return Ok(None);
         }
-        let gen = self.leader.master_generation();
-        let switched = std::mem::replace(&mut self.leader_master_gen, gen) != gen;
-        let mut c = Conn::connect(&self.leader, self.timeout)
-            .await
-            .map_err(|e| format!("leader: {e}"))?;
-        let id = leader_run_id(&mut c)
+        let (c, change) = self
+            .leader_seen
+            .connect(&self.leader, self.timeout)
             .await
             .map_err(|e| format!("leader: {e}"))?;
         self.leader_conn = Some(c);
-        let changed = self.leader_run_id.as_ref().is_some_and(|old| *old != id);
-        self.leader_run_id = Some(id);
         // After a Sentinel switch, too: the new master may lack the old one's last writes;
         // giving up marks the follower out of sync and a resync reconciles.
-        Ok(changed.then(|| {
-            if switched {
-                "Sentinel switched the leader's master (new run_id)".into()
-            } else {
-                "the leader restarted (new run_id)".into()
-            }
+        Ok(change.map(|c| match c {
+            LeaderChange::Switched => "Sentinel switched the leader's master (new run_id)".into(),
+            LeaderChange::Restarted => "the leader restarted (new run_id)".into(),
         }))
     }
 

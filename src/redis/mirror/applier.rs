@@ -27,13 +27,11 @@ pub struct RedisApplier {
     pub(super) follower_conn: Option<Conn>,
     /// Redis < 7 has no PEXPIRETIME; then PTTL plus the local clock is used.
     pub(super) use_pttl: bool,
-    /// The leader's `run_id` when last connected: a new one means it restarted.
-    pub(super) leader_run_id: Option<String>,
+    /// The leader as last connected (a new `run_id`: restarted, or another server after a
+    /// Sentinel switch).
+    pub(super) leader_seen: LeaderSeen,
     /// The same for the follower.
     pub(super) follower_run_id: Option<String>,
-    /// The leader's Sentinel generation when last connected: a new `run_id` after a switch
-    /// is another server, not a restart (see `redis::sentinel`).
-    pub(super) leader_master_gen: u64,
     /// Set while a batch is being applied: if it is still set when the next one starts, the
     /// worker's timeout cancelled the last one mid-pipeline and replies may be unread.
     pub(super) dirty: bool,
@@ -87,9 +85,8 @@ impl RedisApplier {
             leader_conn: None,
             follower_conn: None,
             use_pttl: false,
-            leader_run_id: None,
+            leader_seen: LeaderSeen::default(),
             follower_run_id: None,
-            leader_master_gen: 0,
             dirty: false,
             queue,
             follower_dbs: Default::default(),
@@ -131,28 +128,24 @@ impl RedisApplier {
             self.leader_conn = None;
         }
         if self.leader_conn.is_none() {
-            let gen = self.leader.master_generation();
-            let mut c = Conn::connect(&self.leader, self.connect_timeout)
+            let (mut c, change) = self
+                .leader_seen
+                .connect(&self.leader, self.connect_timeout)
                 .await
                 .map_err(|e| ApplyError::new(LEADER_UNAVAILABLE, e.to_string()))?;
-            let run_id = leader_run_id(&mut c)
-                .await
-                .map_err(|e| ApplyError::new(LEADER_UNAVAILABLE, e.to_string()))?;
-            let previous = self.leader_run_id.replace(run_id.clone());
             c.track_progress(self.progress.clone());
             self.leader_conn = Some(c);
-            let switched = std::mem::replace(&mut self.leader_master_gen, gen) != gen;
-            if previous.is_some_and(|p| p != run_id) {
-                if switched {
-                    // The promoted replica may lack the old master's last acknowledged
-                    // writes, which the follower already has: a resync reconciles.
-                    self.queue.sync().mark_out_of_sync_expected(
-                        "Sentinel switched the leader's master: the new master may lack the \
-                         last writes the old one acknowledged (asynchronous replication)",
-                    );
-                } else {
-                    return Err(ApplyError::new(LEADER_RESTARTED, "leader run_id changed"));
+            match change {
+                // The promoted replica may lack the old master's last acknowledged writes,
+                // which the follower already has: a resync reconciles.
+                Some(LeaderChange::Switched) => self.queue.sync().mark_out_of_sync_expected(
+                    "Sentinel switched the leader's master: the new master may lack the \
+                     last writes the old one acknowledged (asynchronous replication)",
+                ),
+                Some(LeaderChange::Restarted) => {
+                    return Err(ApplyError::new(LEADER_RESTARTED, "leader run_id changed"))
                 }
+                None => {}
             }
         }
         self.leader_conn
@@ -406,8 +399,7 @@ async fn client_id(c: &mut Conn) -> Option<i64> {
     }
 }
 
-/// `run_id` from `INFO server` (of either backend).
-/// The server's `run_id` (`INFO server`): a new one means it restarted.
+/// The server's `run_id` (`INFO server`, of either backend): a new one means it restarted.
 pub(crate) async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> {
     let mut out = BytesMut::new();
     encode_cmd(&mut out, &[b"INFO", b"server"]);
@@ -421,4 +413,46 @@ pub(crate) async fn leader_run_id(c: &mut Conn) -> Result<String, BackendError> 
         .find_map(|l| l.strip_prefix("run_id:"))
         .map(|s| s.trim().to_string())
         .ok_or_else(|| BackendError::Protocol("INFO server has no run_id".into()))
+}
+
+/// How the leader changed since the last connection of whoever holds a [`LeaderSeen`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LeaderChange {
+    /// A new `run_id` on the same server: it restarted, and may have lost data.
+    Restarted,
+    /// A new `run_id` after a Sentinel switch: another server, which may lack the old
+    /// master's last writes (see `redis::sentinel`).
+    Switched,
+}
+
+/// The leader as last connected: its `run_id` and Sentinel generation (the mirror writer's
+/// and the cross-sidecar check's leader links each keep one).
+#[derive(Default)]
+pub(crate) struct LeaderSeen {
+    run_id: Option<String>,
+    master_gen: u64,
+}
+
+impl LeaderSeen {
+    /// Connects to the leader, reads its `run_id`, and says how it changed since the last
+    /// connection (`None` the first time, or when it is the same process).
+    pub(crate) async fn connect(
+        &mut self,
+        b: &RedisBackend,
+        timeout: Duration,
+    ) -> Result<(Conn, Option<LeaderChange>), BackendError> {
+        let gen = b.master_generation();
+        let mut c = Conn::connect(b, timeout).await?;
+        let run_id = leader_run_id(&mut c).await?;
+        let previous = self.run_id.replace(run_id.clone());
+        let switched = std::mem::replace(&mut self.master_gen, gen) != gen;
+        let change = previous
+            .is_some_and(|p| p != run_id)
+            .then_some(if switched {
+                LeaderChange::Switched
+            } else {
+                LeaderChange::Restarted
+            });
+        Ok((c, change))
+    }
 }

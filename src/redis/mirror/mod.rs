@@ -56,8 +56,8 @@ mod applier;
 mod read;
 mod write;
 
-pub(crate) use applier::leader_run_id;
 pub use applier::RedisApplier;
+pub(crate) use applier::{leader_run_id, LeaderChange, LeaderSeen};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
