@@ -59,7 +59,9 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         metrics.connections_total.increment(1);
-        let task = handle(sock);
+        // Boxed: an async block awaiting a future it captured keeps room for it twice (the
+        // capture and the awaited copy), which doubled every idle client's memory.
+        let task = Box::pin(handle(sock));
         tokio::spawn(async move {
             let _permit = permit;
             task.await;

@@ -8,8 +8,10 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::sync::watch;
+
+use crate::tls::stream::ReadHalf;
 
 /// Request bytes not yet written to the backend, past which the client is not read: a
 /// backend that stops reading holds bounded memory (and TCP pushes back).
@@ -118,4 +120,95 @@ impl<T: Clone + Send + Sync + 'static> Watch<T> {
         self.rx = Some(rx);
         Some(v)
     }
+}
+
+/// Buffers that grew for a large value are given back once empty, past this: an idle
+/// connection keeps no room for the largest request or reply it ever carried.
+const KEEP_EMPTY: usize = 16 * 1024;
+
+/// Frees `buf` if it is empty and grew past [`KEEP_EMPTY`] (small ones are kept: no
+/// allocation per request).
+pub(crate) fn shrink_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > KEEP_EMPTY {
+        *buf = BytesMut::new();
+    }
+}
+
+/// What a client read produced: bytes in the connection's own buffer, or only the news that
+/// the socket is readable (see [`read_or_ready`]).
+pub(crate) enum ClientRead {
+    Read(usize),
+    Ready,
+}
+
+/// A client read. `lazy` (nothing buffered, plain TCP): waits only for readability, and the
+/// caller reads into the thread's scratch buffer ([`read_scratch`]), so a connection that is
+/// waiting holds no read buffer of its own: an idle client costs its task, not a buffer.
+/// (TLS reads through rustls, which has no readiness API: its clients keep their buffer.)
+pub(crate) async fn read_or_ready(
+    r: &mut ReadHalf,
+    buf: &mut BytesMut,
+    lazy: bool,
+) -> io::Result<ClientRead> {
+    match r {
+        ReadHalf::Plain(p) if lazy => p.readable().await.map(|()| ClientRead::Ready),
+        _ => r.read_buf(buf).await.map(ClientRead::Read),
+    }
+}
+
+/// Whether [`read_or_ready`] may wait lazily on this half.
+pub(crate) fn lazy_capable(r: &ReadHalf) -> bool {
+    matches!(r, ReadHalf::Plain(_))
+}
+
+thread_local! {
+    /// One read buffer per worker thread, lent to whichever connection became readable.
+    static SCRATCH: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
+}
+
+/// What [`read_scratch`] found.
+pub(crate) enum Scratch<R> {
+    /// `n` bytes were read and handed to the caller's function, which returned this.
+    Read(R),
+    /// A spurious wake-up: nothing to read after all.
+    Nothing,
+    /// End of stream.
+    Eof,
+}
+
+/// After [`ClientRead::Ready`]: reads what the socket holds into the thread's scratch buffer
+/// and lends it out as `buf` (which must be empty) for the call to `f`; what `f` leaves
+/// unconsumed (the start of a frame) is copied into a buffer of the connection's own.
+/// Whatever `f` keeps must own its bytes (a slice would pin the scratch allocation).
+pub(crate) fn read_scratch<R>(
+    r: &ReadHalf,
+    buf: &mut BytesMut,
+    f: impl FnOnce(&mut BytesMut) -> R,
+) -> io::Result<Scratch<R>> {
+    let ReadHalf::Plain(p) = r else {
+        return Ok(Scratch::Nothing);
+    };
+    let mut scratch = SCRATCH.with(|c| c.take());
+    // Reclaims the whole allocation when nothing refers to it any more (the last loan's
+    // requests are gone); otherwise allocates anew, as a growing own buffer would.
+    scratch.reserve(READ_MOST);
+    let read = p.try_read_buf(&mut scratch);
+    if !matches!(read, Ok(n) if n > 0) {
+        SCRATCH.with(|c| c.set(scratch));
+        return match read {
+            Ok(_) => Ok(Scratch::Eof),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Scratch::Nothing),
+            Err(e) => Err(e),
+        };
+    }
+    // `buf` is empty; an allocation it still has (from a frame that spanned reads) goes.
+    drop(std::mem::replace(buf, scratch));
+    let out = f(buf);
+    let own = match buf.is_empty() {
+        true => BytesMut::new(),
+        false => BytesMut::from(&buf[..]),
+    };
+    buf.clear();
+    SCRATCH.with(|c| c.set(std::mem::replace(buf, own)));
+    Ok(Scratch::Read(out))
 }

@@ -139,6 +139,14 @@ impl Request {
     pub fn raw_owned(&self) -> Bytes {
         Bytes::copy_from_slice(&self.raw)
     }
+
+    /// The same request with bytes of its own, for one kept past the read buffer's turn.
+    pub fn into_owned(self) -> Request {
+        Request {
+            raw: self.raw_owned(),
+            ..self
+        }
+    }
 }
 
 pub struct Args<'a> {

@@ -318,13 +318,7 @@ async fn fetch_table(b: &RedisBackend, timeout: Duration) -> Result<CommandTable
 
 async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
     // Taken before connecting: a Sentinel switch from now on closes the session.
-    let [to_leader, to_follower] = [
-        shared.leader.watch_master(),
-        shared
-            .follower
-            .as_ref()
-            .and_then(RedisBackend::watch_master),
-    ];
+    let to_leader = shared.leader.watch_master();
     let tls = shared.listen_tls.as_ref();
     let Some(mut sock) = crate::listener::client_stream(tls, sock, &shared.metrics).await else {
         return;
@@ -343,6 +337,11 @@ async fn handle_client(shared: Arc<Shared>, sock: TcpStream) {
         shared.metrics.connections.decrement(1.0);
         return;
     }
+    // (Here, not above: a multiplexed session's task keeps no room for it.)
+    let to_follower = shared
+        .follower
+        .as_ref()
+        .and_then(RedisBackend::watch_master);
     let Some((backend, route)) = pick_backend(&shared).await else {
         let _ = sock
             .write_all(

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::client_io::{read_opt, write_opt, write_some, Watch};
@@ -21,7 +20,10 @@ use super::request::{End, RequestSide, FENCE, RESTORE_OFF, RESTORE_SKIP};
 use super::{LEADER_LOST, MAX_OWED, SYNC_RAW, SYNC_REFUSED, SYNC_UNDECIDED};
 use crate::metrics::Route;
 use crate::redis::resp::parse_request_from;
-use crate::session_io::{ReadSize, BACKEND_OUT_HIGH, CLIENT_OUT_HIGH};
+use crate::session_io::{
+    lazy_capable, read_or_ready, read_scratch, shrink_if_empty, ClientRead, ReadSize, Scratch,
+    BACKEND_OUT_HIGH, CLIENT_OUT_HIGH,
+};
 use crate::tls::stream::{ReadHalf, WriteHalf};
 
 /// How often a client held back by a backlogged shared connection looks again.
@@ -109,7 +111,9 @@ pub(super) async fn run(
         }
         if state == Requests::AwaitingPin && rep.pending.is_empty() && rep.unconfirmed.is_empty() {
             if let Some(m) = mux.as_mut() {
-                match crate::redis::server::connect_leader(&shared).await {
+                // Boxed: a connect (Sentinel lookup, TLS handshake) is a large future, and every
+                // session's task would carry its room while idle.
+                match Box::pin(crate::redis::server::connect_leader(&shared)).await {
                     Ok(s) => {
                         let (r, w) = s.into_split();
                         (io.backend_r, io.backend_w) = (Some(r), Some(w));
@@ -148,6 +152,7 @@ pub(super) async fn run(
             if !to_backend.is_empty() {
                 let frames = std::mem::take(&mut req.frames);
                 m.send(&shared, &mut to_backend, frames);
+                shrink_if_empty(&mut to_backend);
             }
         } else if let Some(m) = mux.as_mut() {
             if state == Requests::AwaitingUnpin && to_backend.is_empty() && !backend_unflushed {
@@ -189,7 +194,13 @@ pub(super) async fn run(
             tracing::debug!("leader declared down; closing leader-served connection");
             rep.drain_ready();
             rep.teardown(Some(LEADER_LOST));
-            finish_writes(&mut io.client_w, &rep.out, client_ok, write_timeout).await;
+            Box::pin(finish_writes(
+                &mut io.client_w,
+                &rep.out,
+                client_ok,
+                write_timeout,
+            ))
+            .await;
             return;
         }
         let read_client = match state {
@@ -205,7 +216,10 @@ pub(super) async fn run(
         let backlogged = read_client && mux.as_ref().is_some_and(|m| m.backlogged());
         let read_client = read_client && !backlogged;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
-        if read_client {
+        // Nothing buffered: wait for readability only and read into the thread's buffer,
+        // so a waiting connection holds none (`session_io::read_scratch`).
+        let lazy = state == Requests::Open && buf.is_empty() && lazy_capable(&io.client_r);
+        if read_client && !lazy {
             client_read.reserve(&mut buf, 0);
         }
         let own = io.backend_r.is_some();
@@ -213,18 +227,27 @@ pub(super) async fn run(
             backend_read.reserve(&mut rep.rbuf, 0);
         }
         let idle_armed = state == Requests::Open && read_client && !idle.is_zero();
+        let soonest = [
+            linger,
+            stall.filter(|_| client_ok),
+            backlogged.then(|| Instant::now() + BACKLOG_TICK),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         tokio::select! {
             biased;
             r = read_opt(io.backend_r.as_mut(), &mut rep.rbuf), if read_backend && own => match r {
                 Ok(n) if n > 0 => {
                     backend_read.read(n);
                     rep.on_backend_data();
+                    shrink_if_empty(&mut rep.rbuf);
                 }
                 _ => {
                     rep.drain_ready();
                     let clean = rep.pending.is_empty();
                     rep.teardown(Some(LEADER_LOST));
-                    finish_writes(&mut io.client_w, &rep.out, client_ok, write_timeout).await;
+                    Box::pin(finish_writes(&mut io.client_w, &rep.out, client_ok, write_timeout)).await;
                     if !clean {
                         tracing::debug!(route = ?rep.route, "backend connection lost with requests in flight");
                     }
@@ -234,20 +257,24 @@ pub(super) async fn run(
             r = write_some(&mut io.client_w, &mut rep.out, &mut client_unflushed),
                 if client_ok && (!rep.out.is_empty() || client_unflushed) => match r {
                 // Progress: the client reads, however slowly.
-                Ok(()) => stall = None,
+                Ok(()) => {
+                    stall = None;
+                    shrink_if_empty(&mut rep.out);
+                }
                 Err(_) => {
                     client_ok = false;
                     state = Requests::Closed;
                 }
             },
-            _ = tokio::time::sleep(BACKLOG_TICK), if backlogged => {},
             _ = inbox_ready(mux.as_ref()), if read_backend && mux.is_some() => {
                 if let Some(m) = &mux {
                     m.receive(&mut rep);
+                    shrink_if_empty(&mut rep.rbuf);
                 }
             },
             r = write_opt(io.backend_w.as_mut(), &mut to_backend, &mut backend_unflushed),
                 if backend_ok && own && (!to_backend.is_empty() || backend_unflushed) => {
+                shrink_if_empty(&mut to_backend);
                 if r.is_err() {
                     // The backend read sees it go and answers what is owed.
                     backend_ok = false;
@@ -255,8 +282,8 @@ pub(super) async fn run(
                     state = Requests::Closed;
                 }
             },
-            r = io.client_r.read_buf(&mut buf), if read_client => match r {
-                Ok(n) if n > 0 => {
+            r = read_or_ready(&mut io.client_r, &mut buf, lazy), if read_client => match r {
+                Ok(ClientRead::Read(n)) if n > 0 => {
                     client_read.read(n);
                     last_read = Instant::now();
                     match state {
@@ -267,6 +294,26 @@ pub(super) async fn run(
                         _ => if let Some(end) = requests(&mut req, &mut rep, &mut buf, &mut partial, &mut to_backend, last_read, mux.as_mut()) {
                             state = end;
                         }
+                    }
+                    if buf.is_empty() && lazy_capable(&io.client_r) {
+                        // The next read borrows the thread's buffer (see `read_scratch`).
+                        buf = BytesMut::new();
+                    }
+                }
+                Ok(ClientRead::Ready) => {
+                    let now = Instant::now();
+                    let got = read_scratch(&io.client_r, &mut buf, |buf| {
+                        requests(&mut req, &mut rep, buf, &mut partial, &mut to_backend, now, mux.as_mut())
+                    });
+                    match got {
+                        Ok(Scratch::Read(end)) => {
+                            last_read = now;
+                            if let Some(end) = end {
+                                state = end;
+                            }
+                        }
+                        Ok(Scratch::Nothing) => {}
+                        Ok(Scratch::Eof) | Err(_) => state = Requests::Closed,
                     }
                 }
                 _ => state = Requests::Closed,
@@ -303,16 +350,21 @@ pub(super) async fn run(
                     rep.close_when_safe = true;
                 }
             },
-            // (Lazy: a disabled branch's future is still built, and a `Sleep` is not free.)
-            _ = async { if let Some(d) = linger { tokio::time::sleep_until(d).await } }, if linger.is_some() => {
-                rep.teardown(None);
-                return;
-            },
-            _ = async { if let Some(d) = stall { tokio::time::sleep_until(d).await } }, if stall.is_some() && client_ok => {
-                shared.metrics.client_error("slow_client");
-                tracing::debug!("client stopped reading its replies; closing");
-                client_ok = false;
-                state = Requests::Closed;
+            // The rarer deadlines share one timer, built lazily (a disabled branch's future
+            // is still built, and each `Sleep` would be room in every idle session's task).
+            _ = async { if let Some(d) = soonest { tokio::time::sleep_until(d).await } }, if soonest.is_some() => {
+                let now = Instant::now();
+                if linger.is_some_and(|d| d <= now) {
+                    rep.teardown(None);
+                    return;
+                }
+                if client_ok && stall.is_some_and(|d| d <= now) {
+                    shared.metrics.client_error("slow_client");
+                    tracing::debug!("client stopped reading its replies; closing");
+                    client_ok = false;
+                    state = Requests::Closed;
+                }
+                // (Backlogged: the loop looks again.)
             },
         }
     }
@@ -358,7 +410,7 @@ fn requests(
                                 may_unpin(m, req, rep, true)
                             } =>
                         {
-                            m.held = Some(r);
+                            m.held = Some(r.into_owned());
                             unpin = true;
                             break;
                         }
@@ -374,7 +426,7 @@ fn requests(
                         n => {
                             m.sticky |= n == Need::Sticky;
                             if m.sharing() {
-                                m.held = Some(r);
+                                m.held = Some(r.into_owned());
                                 pin = true;
                                 break;
                             }

@@ -79,6 +79,7 @@ impl Inbox {
         let mut q = lock(&self.q);
         into.extend_from_slice(&q.data);
         q.data.clear();
+        crate::session_io::shrink_if_empty(&mut q.data);
         std::mem::take(&mut q.lost)
     }
 }
