@@ -134,73 +134,65 @@ pub(crate) fn shrink_if_empty(buf: &mut BytesMut) {
     }
 }
 
-/// What a client read produced: bytes in the connection's own buffer, or only the news that
-/// the socket is readable (see [`read_or_ready`]).
+/// What a client read produced: bytes in the connection's own buffer, or (nothing was
+/// buffered) the thread's scratch buffer holding them, lent out (see [`read_from_client`]).
 pub(crate) enum ClientRead {
     Read(usize),
-    Ready,
+    Scratch(BytesMut),
 }
 
-/// A client read. `lazy` (nothing buffered, plain TCP): waits only for readability, and the
-/// caller reads into the thread's scratch buffer ([`read_scratch`]), so a connection that is
-/// waiting holds no read buffer of its own: an idle client costs its task, not a buffer.
-/// (TLS reads through rustls, which has no readiness API: its clients keep their buffer.)
-pub(crate) async fn read_or_ready(
+/// A client read. `lazy` (nothing buffered, plain TCP): reads into the thread's scratch
+/// buffer, taken only while the socket has bytes, so a waiting connection holds no read
+/// buffer of its own: an idle client costs its task, not a buffer. Give the scratch
+/// buffer back with [`lend_scratch`]. (TLS reads through rustls and its own buffers: its
+/// clients keep theirs.)
+pub(crate) async fn read_from_client(
     r: &mut ReadHalf,
     buf: &mut BytesMut,
     lazy: bool,
 ) -> io::Result<ClientRead> {
     match r {
-        ReadHalf::Plain(p) if lazy => p.readable().await.map(|()| ClientRead::Ready),
+        ReadHalf::Plain(p) if lazy => {
+            std::future::poll_fn(|cx| {
+                let mut scratch = SCRATCH.with(|c| c.take());
+                // Reclaims the whole allocation when nothing refers to it any more (the
+                // last loan's requests are gone); otherwise allocates anew.
+                scratch.reserve(READ_MOST);
+                // (`poll_read`, not readiness + `try_read`: a short read clears the
+                // readiness, so no extra read ends in `EAGAIN`.)
+                match tokio_util::io::poll_read_buf(Pin::new(&mut *p), cx, &mut scratch) {
+                    Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(ClientRead::Scratch(scratch))),
+                    other => {
+                        SCRATCH.with(|c| c.set(scratch));
+                        other.map_ok(|_| ClientRead::Read(0))
+                    }
+                }
+            })
+            .await
+        }
         _ => r.read_buf(buf).await.map(ClientRead::Read),
     }
 }
 
-/// Whether [`read_or_ready`] may wait lazily on this half.
+/// Whether [`read_from_client`] may read lazily on this half.
 pub(crate) fn lazy_capable(r: &ReadHalf) -> bool {
     matches!(r, ReadHalf::Plain(_))
 }
 
 thread_local! {
-    /// One read buffer per worker thread, lent to whichever connection became readable.
+    /// One read buffer per worker thread, lent to whichever connection has bytes to read.
     static SCRATCH: std::cell::Cell<BytesMut> = std::cell::Cell::new(BytesMut::new());
 }
 
-/// What [`read_scratch`] found.
-pub(crate) enum Scratch<R> {
-    /// `n` bytes were read and handed to the caller's function, which returned this.
-    Read(R),
-    /// A spurious wake-up: nothing to read after all.
-    Nothing,
-    /// End of stream.
-    Eof,
-}
-
-/// After [`ClientRead::Ready`]: reads what the socket holds into the thread's scratch buffer
-/// and lends it out as `buf` (which must be empty) for the call to `f`; what `f` leaves
-/// unconsumed (the start of a frame) is copied into a buffer of the connection's own.
-/// Whatever `f` keeps must own its bytes (a slice would pin the scratch allocation).
-pub(crate) fn read_scratch<R>(
-    r: &ReadHalf,
+/// Lends `scratch` (from [`ClientRead::Scratch`]) as `buf`, which must be empty, for the
+/// call to `f`, then gives it back to the thread; what `f` left unconsumed (the start of a
+/// frame) is copied into a buffer of the connection's own. Whatever `f` keeps must own its
+/// bytes (a slice would pin the scratch allocation).
+pub(crate) fn lend_scratch<R>(
+    scratch: BytesMut,
     buf: &mut BytesMut,
     f: impl FnOnce(&mut BytesMut) -> R,
-) -> io::Result<Scratch<R>> {
-    let ReadHalf::Plain(p) = r else {
-        return Ok(Scratch::Nothing);
-    };
-    let mut scratch = SCRATCH.with(|c| c.take());
-    // Reclaims the whole allocation when nothing refers to it any more (the last loan's
-    // requests are gone); otherwise allocates anew, as a growing own buffer would.
-    scratch.reserve(READ_MOST);
-    let read = p.try_read_buf(&mut scratch);
-    if !matches!(read, Ok(n) if n > 0) {
-        SCRATCH.with(|c| c.set(scratch));
-        return match read {
-            Ok(_) => Ok(Scratch::Eof),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Scratch::Nothing),
-            Err(e) => Err(e),
-        };
-    }
+) -> R {
     // `buf` is empty; an allocation it still has (from a frame that spanned reads) goes.
     drop(std::mem::replace(buf, scratch));
     let out = f(buf);
@@ -208,7 +200,8 @@ pub(crate) fn read_scratch<R>(
         true => BytesMut::new(),
         false => BytesMut::from(&buf[..]),
     };
-    buf.clear();
-    SCRATCH.with(|c| c.set(std::mem::replace(buf, own)));
-    Ok(Scratch::Read(out))
+    let mut scratch = std::mem::replace(buf, own);
+    scratch.clear();
+    SCRATCH.with(|c| c.set(scratch));
+    out
 }

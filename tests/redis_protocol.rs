@@ -897,3 +897,62 @@ async fn racing_overwrites_of_hot_keys_converge() {
         }
     }
 }
+
+/// Requests cut at odd places — inside a length, between CR and LF, inside a 300 KiB value
+/// that spans many reads, several requests and a half in one write — arrive whole and in
+/// order, and are mirrored. A connection with nothing buffered reads into its worker's
+/// shared buffer and keeps only an unfinished frame's bytes (`session_io::read_from_client`):
+/// this is the path where a frame straddles that hand-over.
+#[tokio::test]
+async fn requests_cut_anywhere_across_reads_arrive_whole() {
+    let _metrics = metrics_shared().await;
+    let (leader, follower, proxy) = setup().await;
+    let big: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut stream = Vec::new();
+    let mut expect = 0;
+    for i in 0..20 {
+        let key = format!("cut:{i}");
+        let value = format!("value-{i}-{}", "x".repeat(i * 37));
+        stream.extend_from_slice(&encode(&[b"SET", key.as_bytes(), value.as_bytes()]));
+        stream.extend_from_slice(&encode(&[b"GET", key.as_bytes()]));
+        expect += 2;
+    }
+    stream.extend_from_slice(&encode(&[b"SET", b"cut:big", &big]));
+    stream.extend_from_slice(&encode(&[b"GET", b"cut:big"]));
+    stream.extend_from_slice(&encode(&[b"PING"]));
+    expect += 3;
+
+    let mut raw = Raw::connect(proxy.addr()).await;
+    // Chunk sizes cycle through 1..=7 bytes, then larger ones; a pause after each chunk
+    // lets the proxy read it on its own.
+    let sizes = [1usize, 2, 3, 5, 7, 11, 4096, 70_000];
+    let (mut at, mut k) = (0, 0);
+    let started = std::time::Instant::now();
+    while at < stream.len() {
+        let n = sizes[k % sizes.len()].min(stream.len() - at);
+        raw.write(&stream[at..at + n]).await;
+        at += n;
+        k += 1;
+        if k % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "sending took too long"
+        );
+    }
+    let mut replies = Vec::new();
+    for _ in 0..expect {
+        replies.push(raw.read().await);
+    }
+    for i in 0..20 {
+        assert_eq!(replies[2 * i].text().as_deref(), Some("OK"), "SET cut:{i}");
+        let value = format!("value-{i}-{}", "x".repeat(i * 37));
+        assert_eq!(replies[2 * i + 1], Resp::bulk(&value), "GET cut:{i}");
+    }
+    assert_eq!(replies[40].text().as_deref(), Some("OK"), "SET cut:big");
+    assert_eq!(replies[41], Resp::bulk(&big), "GET cut:big");
+    assert_eq!(replies[42].text().as_deref(), Some("PONG"));
+    proxy.drained().await;
+    assert_eq!(assert_same_data(&leader, &follower).await, 21);
+}

@@ -21,7 +21,7 @@ use super::{LEADER_LOST, MAX_OWED, SYNC_RAW, SYNC_REFUSED, SYNC_UNDECIDED};
 use crate::metrics::Route;
 use crate::redis::resp::parse_request_from;
 use crate::session_io::{
-    lazy_capable, read_or_ready, read_scratch, shrink_if_empty, ClientRead, ReadSize, Scratch,
+    lazy_capable, lend_scratch, read_from_client, shrink_if_empty, ClientRead, ReadSize,
     BACKEND_OUT_HIGH, CLIENT_OUT_HIGH,
 };
 use crate::tls::stream::{ReadHalf, WriteHalf};
@@ -216,8 +216,8 @@ pub(super) async fn run(
         let backlogged = read_client && mux.as_ref().is_some_and(|m| m.backlogged());
         let read_client = read_client && !backlogged;
         let read_backend = rep.out.len() < CLIENT_OUT_HIGH || !client_ok;
-        // Nothing buffered: wait for readability only and read into the thread's buffer,
-        // so a waiting connection holds none (`session_io::read_scratch`).
+        // Nothing buffered: read into the thread's buffer, taken only once bytes are there,
+        // so a waiting connection holds none (`session_io::read_from_client`).
         let lazy = state == Requests::Open && buf.is_empty() && lazy_capable(&io.client_r);
         if read_client && !lazy {
             client_read.reserve(&mut buf, 0);
@@ -282,7 +282,7 @@ pub(super) async fn run(
                     state = Requests::Closed;
                 }
             },
-            r = read_or_ready(&mut io.client_r, &mut buf, lazy), if read_client => match r {
+            r = read_from_client(&mut io.client_r, &mut buf, lazy), if read_client => match r {
                 Ok(ClientRead::Read(n)) if n > 0 => {
                     client_read.read(n);
                     last_read = Instant::now();
@@ -296,24 +296,17 @@ pub(super) async fn run(
                         }
                     }
                     if buf.is_empty() && lazy_capable(&io.client_r) {
-                        // The next read borrows the thread's buffer (see `read_scratch`).
+                        // The next read borrows the thread's buffer (see `read_from_client`).
                         buf = BytesMut::new();
                     }
                 }
-                Ok(ClientRead::Ready) => {
-                    let now = Instant::now();
-                    let got = read_scratch(&io.client_r, &mut buf, |buf| {
-                        requests(&mut req, &mut rep, buf, &mut partial, &mut to_backend, now, mux.as_mut())
+                Ok(ClientRead::Scratch(scratch)) => {
+                    last_read = Instant::now();
+                    let end = lend_scratch(scratch, &mut buf, |buf| {
+                        requests(&mut req, &mut rep, buf, &mut partial, &mut to_backend, last_read, mux.as_mut())
                     });
-                    match got {
-                        Ok(Scratch::Read(end)) => {
-                            last_read = now;
-                            if let Some(end) = end {
-                                state = end;
-                            }
-                        }
-                        Ok(Scratch::Nothing) => {}
-                        Ok(Scratch::Eof) | Err(_) => state = Requests::Closed,
+                    if let Some(end) = end {
+                        state = end;
                     }
                 }
                 _ => state = Requests::Closed,
