@@ -302,7 +302,12 @@ async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
                     break "write failed";
                 }
             },
-            _ = up.wake.notified(), if wbuf.is_empty() && !unflushed => {},
+            _ = up.wake.notified(), if wbuf.is_empty() && !unflushed => {
+                // Let the other clients that are ready append theirs first (a yield runs
+                // after the runtime's next look at the sockets): one write, and one read
+                // on the server, then carry the requests of many clients.
+                tokio::task::yield_now().await;
+            },
             _ = &mut closing, if !shutting => shutting = true,
             // Tick while shutting down, to see the FIFO drain.
             _ = tokio::time::sleep(Duration::from_millis(50)), if shutting => {},
