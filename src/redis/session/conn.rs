@@ -89,7 +89,9 @@ pub(super) async fn run(
         idle
     });
     tokio::pin!(idle_timer);
-    let closing = shared.closing.clone().cancelled_owned();
+    // A child token: its own node (lock and notify). A clone shares the one node of the
+    // whole process, whose lock every session's every poll of the loop would take.
+    let closing = shared.closing.child_token().cancelled_owned();
     tokio::pin!(closing);
     let mut leader_up_now = rep.leader_up.as_ref().is_none_or(|w| *w.borrow());
     let mut leader_watch = Watch::new(rep.leader_up.take());

@@ -271,7 +271,9 @@ async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
     let mut rbuf = BytesMut::with_capacity(READ_SIZE);
     let mut wbuf = BytesMut::new();
     let mut unflushed = false;
-    let closing = shared.closing.clone().cancelled_owned();
+    // A child token: its own node (lock and notify). A clone shares the one node of the
+    // whole process, whose lock every session's every poll of the loop would take.
+    let closing = shared.closing.child_token().cancelled_owned();
     tokio::pin!(closing);
     let mut shutting = false;
     let why = loop {

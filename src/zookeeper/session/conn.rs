@@ -60,7 +60,9 @@ pub(super) async fn run(mut s: Session, client: Stream, backend: Stream, write_t
     let (mut client_unflushed, mut backend_unflushed) = (false, false);
     let mut linger: Option<Instant> = None;
     let mut stall: Option<Instant> = None;
-    let closing = shared.closing.clone().cancelled_owned();
+    // A child token: its own node (lock and notify). A clone shares the one node of the
+    // whole process, whose lock every session's every poll of the loop would take.
+    let closing = shared.closing.child_token().cancelled_owned();
     tokio::pin!(closing);
     // Follower-served: closed once the leader ensemble is back, at the next moment nothing
     // is in flight. Leader-served with a follower to go to: closed at once when the leader
