@@ -168,6 +168,10 @@ pub(super) async fn run(
             }
         }
         rep.drain_ready();
+        // Counted before the replies that answer them go out (see `counts`).
+        if req.counts.due(rep.pending.is_empty()) {
+            req.counts.flush(&shared.metrics);
+        }
         if !client_ok {
             rep.out.clear();
         }

@@ -54,6 +54,7 @@
 
 mod client_io;
 mod conn;
+mod counts;
 mod effects;
 mod mux;
 mod pending;
@@ -193,6 +194,7 @@ fn sides(
         tx_select: false,
         sampled: 0,
         frames: 0,
+        counts: Default::default(),
     };
     // Follower-served: close once the leader is back. Leader-served: close once it is
     // declared down, if the client has somewhere else to go.

@@ -54,6 +54,7 @@ pub(super) struct RequestSide {
     pub(super) sampled: u32,
     /// Multiplexed, sharing: replies expected for what is in the out buffer.
     pub(super) frames: usize,
+    pub(super) counts: super::counts::Counts,
 }
 
 /// One request in this many (per connection) feeds the leader latency histogram: a
@@ -74,6 +75,13 @@ pub(super) enum End {
 pub(super) const FENCE: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n";
 pub(super) const RESTORE_OFF: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n";
 pub(super) const RESTORE_SKIP: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n";
+
+/// What a session counted and did not flush yet goes out when it ends, on every path.
+impl Drop for RequestSide {
+    fn drop(&mut self) {
+        self.counts.flush(&self.shared.metrics);
+    }
+}
 
 impl RequestSide {
     /// `now`: when the read that carried this request completed (one clock read per batch).
@@ -129,18 +137,18 @@ impl RequestSide {
                 let mut ticket = None;
                 let abort = match self.tx_poisoned.take() {
                     Some(why) => Some(why),
-                    None if std::mem::take(&mut self.tx_writes) => match self
-                        .write_permission(false)
-                    {
-                        Ok(t) => {
-                            ticket = t;
-                            None
+                    None if std::mem::take(&mut self.tx_writes) => {
+                        match self.write_permission(false) {
+                            Ok(t) => {
+                                ticket = t;
+                                None
+                            }
+                            Err(reject) => {
+                                self.counts.add(1, Route::Rejected);
+                                Some(execabort_for(reject))
+                            }
                         }
-                        Err(reject) => {
-                            self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
-                            Some(execabort_for(reject))
-                        }
-                    },
+                    }
                     None => None,
                 };
                 if let Some(why) = abort {
@@ -273,7 +281,7 @@ impl RequestSide {
                         })));
                     }
                     Err(reject) => {
-                        self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
+                        self.counts.add(1, Route::Rejected);
                         self.tx_poisoned = Some(execabort_for(reject));
                         if !matches!(expect, Expect::Nothing) {
                             batch.push_back(local(Action::Local(Bytes::from_static(reject))));
@@ -311,7 +319,7 @@ impl RequestSide {
                         }));
                     }
                     Err(reject) => {
-                        self.shared.metrics.requests[1][Route::Rejected as usize].increment(1);
+                        self.counts.add(1, Route::Rejected);
                         if !matches!(expect, Expect::Nothing) {
                             batch.push_back(local(Action::Local(Bytes::from_static(reject))));
                         }
@@ -331,7 +339,7 @@ impl RequestSide {
         {
             self.need_fence = true;
         }
-        self.shared.metrics.requests[kind_idx][self.route as usize].increment(1);
+        self.counts.add(kind_idx, self.route);
         if self.route == Route::Follower && self.shared.identity.is_configured() {
             // Region 1's ids, asked of the follower: the state identity map's names.
             let map = self.shared.identity.current();
