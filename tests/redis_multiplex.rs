@@ -445,3 +445,48 @@ async fn a_leader_that_stops_reading_stalls_clients_not_proxy_memory() {
     let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
     assert_eq!(d.cmd(&["DBSIZE"]).await, Resp::Int(N as i64));
 }
+
+/// A leader declared down (frozen until its health checks fail) ends the shared
+/// connections when a follower can serve: none stays open to what may be a black hole, and
+/// once the leader is back new clients share a fresh connection, not the one that went
+/// silent with requests in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_declared_down_ends_its_shared_connections() {
+    let _m = metrics_shared().await;
+    let (leader, _follower, proxy) = setup(1).await;
+    let mut a = Raw::connect(proxy.addr()).await;
+    let old = int(&a.cmd(&["CLIENT", "ID"]).await);
+    let leader_up = |up: bool| {
+        let proxy = &proxy;
+        async move {
+            eventually(WAIT, || async {
+                let s = proxy.status().await;
+                match s["redis"]["leader"]["up"].as_bool() {
+                    Some(u) if u == up => Ok(()),
+                    _ => Err(s.to_string()),
+                }
+            })
+            .await
+        }
+    };
+    let frozen = Frozen::new(leader.pid());
+    leader_up(false).await;
+    drop(frozen);
+    leader_up(true).await;
+    let old_id = old.to_string();
+    eventually(WAIT, || async {
+        let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
+        let line = d.cmd(&["CLIENT", "LIST", "ID", &old_id]).await;
+        match line.text() {
+            Some(t) if t.trim().is_empty() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let mut b = Raw::connect(proxy.addr()).await;
+    assert_eq!(
+        b.cmd(&["SET", "after", "1"]).await,
+        Resp::Simple("OK".into())
+    );
+    assert_ne!(int(&b.cmd(&["CLIENT", "ID"]).await), old);
+}

@@ -258,6 +258,15 @@ const READ_SIZE: usize = 64 * 1024;
 /// until the connection ends.
 async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
     let mut master = Watch::new(shared.leader.watch_master());
+    // With a follower to serve its clients, a leader declared down ends the connection:
+    // its sharing clients are closed then anyway, and a connection left open to a black
+    // hole would take the requests of the next clients once the leader is back.
+    let mut health = Watch::new(
+        shared
+            .follower
+            .is_some()
+            .then(|| shared.leader_health.subscribe()),
+    );
     let stream = match crate::redis::server::connect_leader(&shared).await {
         Ok(s) => s,
         Err(e) => {
@@ -313,6 +322,11 @@ async fn run(up: Arc<Upstream>, shared: Arc<Shared>) {
             _ = &mut closing, if !shutting => shutting = true,
             // Tick while shutting down, to see the FIFO drain.
             _ = tokio::time::sleep(Duration::from_millis(50)), if shutting => {},
+            up = health.changed(), if health.active() => {
+                if up == Some(false) {
+                    break "the leader was declared down";
+                }
+            },
             switched = master.changed(), if master.active() => {
                 if switched.is_some() {
                     break "Sentinel switched the master";
