@@ -255,13 +255,29 @@ async fn redis_a_write_the_follower_refuses_is_skipped_and_the_rest_flows() {
         "refused {refused_before} -> {refused_now}"
     );
     // A resync copies everything it can and names what it could not.
+    // The refusal made the follower out of sync, so an automatic resync may have run while
+    // the 1,000 SETs were still being written: wait it out, then count completed runs, so
+    // the run judged below is one that started after the request (all writes done).
+    let completed = |s: &serde_json::Value| {
+        s["redis"]["resync"]["resyncs_by_outcome"]["completed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = eventually(Duration::from_secs(30), || async {
+        let s = proxy.status().await;
+        s["redis"]["resync"]["current"]
+            .is_null()
+            .then(|| completed(&s))
+            .ok_or(format!("{}", s["redis"]["resync"]))
+    })
+    .await;
     let (code, body) = proxy.http("POST", "/resync", None).await;
     assert!(code == 202 || code == 200 || code == 409, "{code} {body}");
     eventually(Duration::from_secs(30), || async {
         let s = proxy.status().await;
         let r = &s["redis"]["resync"];
         // Completed: a run the request restarted (outcome "restarted") is not the end.
-        (r["current"].is_null() && r["last"]["outcome"] == "completed")
+        (r["current"].is_null() && completed(&s) > before && r["last"]["outcome"] == "completed")
             .then_some(())
             .ok_or(format!("{r}"))
     })

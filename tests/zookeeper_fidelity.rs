@@ -288,6 +288,13 @@ async fn a_leader_that_starts_a_new_zxid_history_is_still_mirrored() {
         let c = zk_client(&proxy.connect_string()).await;
         match c.create("/h", b"new", &persistent()).await {
             Ok(_) => Ok(c),
+            // An earlier attempt ran but lost its reply (the leader was declared down again
+            // while its health settled, closing the session): the empty leader's `/h` can
+            // only be that attempt's.
+            Err(zkc::Error::NodeExists) => match c.get_data("/h").await {
+                Ok((d, _)) if d == b"new" => Ok(c),
+                other => Err(format!("/h exists on the new leader: {other:?}")),
+            },
             Err(e) => Err(format!("create on the new leader: {e}")),
         }
     })
@@ -397,11 +404,12 @@ async fn a_client_that_stops_reading_is_dropped_and_its_writes_mirrored() {
     c.create("/w", b"before", &persistent()).await.expect("w");
 
     // Far more replies than the sockets between them hold, then a write; never read. The
-    // session timeout (6 s) leaves the proxy time to collect the 30 MB of owed replies after
+    // session timeout (12 s) leaves the proxy time to collect the 30 MB of owed replies after
     // it drops the client (at 2/3 of it) and before the leader expires the session, even on a
-    // loaded machine; were the session to expire first, the write would be flagged instead.
+    // loaded machine; were the session to expire first, the write would be flagged instead
+    // (6 s, a 2 s margin, was once too little with three test binaries on two cores).
     let (mut raw, resp) =
-        RawZk::handshake(proxy.addr(), 0, Bytes::from(vec![0; 16]), 0, false, 6000)
+        RawZk::handshake(proxy.addr(), 0, Bytes::from(vec![0; 16]), 0, false, 12000)
             .await
             .expect("session");
     assert!(resp.time_out > 0);
@@ -436,6 +444,16 @@ async fn a_client_that_stops_reading_is_dropped_and_its_writes_mirrored() {
         raw
     });
 
+    // The write reached the leader (the proxy reads requests while replies pile up; a
+    // freeze before it was read would refuse it, rightly, and prove nothing here).
+    let leader_addr = leader.addr();
+    eventually(Duration::from_secs(30), || async {
+        match data(&leader_addr, "/w").await.as_deref() {
+            Some(b"after") => Ok(()),
+            other => Err(format!("leader /w: {other:?}")),
+        }
+    })
+    .await;
     // The write's reply is owed to a client that will not take it: the proxy drops that
     // client, collects the reply, mirrors the write, and a freeze finds no write in flight.
     eventually(Duration::from_secs(30), || async {
