@@ -301,8 +301,9 @@ pub(super) async fn run(
                             state = end;
                         }
                     }
-                    if buf.is_empty() && lazy_capable(&io.client_r) {
-                        // The next read borrows the thread's buffer (see `read_from_client`).
+                    if state == Requests::Open && buf.is_empty() && lazy_capable(&io.client_r) {
+                        // The next read borrows the thread's buffer (see `read_from_client`;
+                        // a pipe keeps its own: it reads on, not lazily).
                         buf = BytesMut::new();
                     }
                 }
