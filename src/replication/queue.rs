@@ -231,6 +231,15 @@ pub struct QueueLimits {
     pub bulk_per_batch: usize,
 }
 
+/// What [`MirrorQueue::push_all`] did with one op.
+enum Pushed {
+    Queued,
+    /// An equal copy is already waiting.
+    Merged,
+    /// The queue was full: this many ops (this one included) were discarded.
+    Overflowed(u64),
+}
+
 struct Waiting<Op> {
     op: Op,
     enqueued: Instant,
@@ -238,7 +247,7 @@ struct Waiting<Op> {
 
 struct Inner<Op: MirrorOp> {
     waiting: VecDeque<Waiting<Op>>,
-    waiting_keys: HashSet<Op::Key>,
+    waiting_keys: HashSet<Op::Key, foldhash::fast::RandomState>,
     waiting_bytes: usize,
     /// The batch the writer holds: count, bytes, enqueue time of its oldest op.
     in_flight: usize,
@@ -353,7 +362,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
         let q = Arc::new(Self {
             inner: Mutex::new(Inner {
                 waiting: VecDeque::new(),
-                waiting_keys: HashSet::new(),
+                waiting_keys: HashSet::default(),
                 waiting_bytes: 0,
                 in_flight: 0,
                 in_flight_bytes: 0,
@@ -422,25 +431,29 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
     /// Queues an acknowledged write. Never waits. On overflow everything waiting is
     /// discarded (this op included) and the follower is marked out of sync.
     pub fn push(&self, op: Op) {
-        if let Some(tap) = self.tap.get() {
-            tap(&op);
-        }
-        let key = op.coalesce_key();
-        let cost = Self::cost(&op);
-        let mut inner = lock(&self.inner);
-        if let Some(k) = &key {
-            if inner.waiting_keys.contains(k) {
-                return;
+        self.push_all(std::iter::once(op));
+    }
+
+    /// Queues acknowledged writes in order, under one lock (a session that read several
+    /// replies at once queues their writes together); each is handled as by [`Self::push`].
+    pub fn push_all(&self, ops: impl IntoIterator<Item = Op>) {
+        let mut dropped = 0u64;
+        let mut queued = false;
+        let now = Instant::now();
+        {
+            let mut inner = lock(&self.inner);
+            for op in ops {
+                if let Some(tap) = self.tap.get() {
+                    tap(&op);
+                }
+                match self.push_locked(&mut inner, op, now) {
+                    Pushed::Queued => queued = true,
+                    Pushed::Merged => {}
+                    Pushed::Overflowed(n) => dropped += n,
+                }
             }
         }
-        let total_ops = inner.waiting.len() + inner.in_flight + 1;
-        let total_bytes = inner.waiting_bytes + inner.in_flight_bytes + cost;
-        if total_ops > self.limits.max_ops || total_bytes > self.limits.max_bytes {
-            let dropped = inner.waiting.len() as u64 + 1;
-            inner.waiting.clear();
-            inner.waiting_keys.clear();
-            inner.waiting_bytes = 0;
-            drop(inner);
+        if dropped > 0 {
             self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
             self.stats.dropped_c.increment(dropped);
             self.sync.mark_out_of_sync(format!(
@@ -448,27 +461,48 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 self.limits.max_ops, self.limits.max_bytes
             ));
             self.changed.notify_waiters();
-            return;
         }
-        match op.barrier() {
-            Barrier::None => {}
-            Barrier::Keys(keys) => {
-                for k in &keys {
-                    inner.waiting_keys.remove(k);
-                }
+        if queued {
+            self.wake.notify_one();
+        }
+    }
+
+    fn push_locked(&self, inner: &mut Inner<Op>, op: Op, now: Instant) -> Pushed {
+        let key = op.coalesce_key();
+        if let Some(k) = &key {
+            if inner.waiting_keys.contains(k) {
+                return Pushed::Merged;
             }
-            Barrier::All => inner.waiting_keys.clear(),
+        }
+        let cost = Self::cost(&op);
+        let total_ops = inner.waiting.len() + inner.in_flight + 1;
+        let total_bytes = inner.waiting_bytes + inner.in_flight_bytes + cost;
+        if total_ops > self.limits.max_ops || total_bytes > self.limits.max_bytes {
+            let dropped = inner.waiting.len() as u64 + 1;
+            inner.waiting.clear();
+            inner.waiting_keys.clear();
+            inner.waiting_bytes = 0;
+            return Pushed::Overflowed(dropped);
+        }
+        // Only a queue holding mergeable copies has anything to fence (the usual case has
+        // none, and computing the barrier allocates).
+        if !inner.waiting_keys.is_empty() {
+            match op.barrier() {
+                Barrier::None => {}
+                Barrier::Keys(keys) => {
+                    for k in &keys {
+                        inner.waiting_keys.remove(k);
+                    }
+                }
+                Barrier::All => inner.waiting_keys.clear(),
+            }
         }
         if let Some(k) = key {
             inner.waiting_keys.insert(k);
         }
         inner.waiting_bytes += cost;
-        inner.waiting.push_back(Waiting {
-            op,
-            enqueued: Instant::now(),
-        });
-        drop(inner);
-        self.wake.notify_one();
+        inner.waiting.push_back(Waiting { op, enqueued: now });
+        Pushed::Queued
     }
 
     /// Waits for work and takes up to `max` ops / `max_bytes` bytes (always at least one op),
@@ -614,7 +648,7 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
                 }
                 keep
             });
-            let keys: HashSet<Op::Key> = inner
+            let keys: HashSet<Op::Key, foldhash::fast::RandomState> = inner
                 .waiting
                 .iter()
                 .filter_map(|w| w.op.coalesce_key())

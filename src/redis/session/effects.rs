@@ -29,34 +29,28 @@ impl ReplySide {
 
     fn apply(&mut self, effect: Effect, reply: Option<&[u8]>) {
         let ok = reply.is_none_or(|r| !resp::is_error(r));
+        if !matches!(effect, Effect::Write(_) | Effect::None) {
+            // Anything else may queue mirror ops: the writes before it go first.
+            self.flush_finished();
+        }
         match effect {
             Effect::None => {}
             Effect::Write(w) => {
                 if !ok {
                     return;
                 }
-                let WriteEffect {
-                    target,
-                    raw,
-                    known,
-                    reg,
-                    ..
-                } = *w;
-                let db = self.db;
-                match reg {
-                    // Queue under the tracker's lock (see `Registration::finish_with`).
-                    Some((r, expected_db)) => r.finish_with(|contended| {
-                        let exact = !contended && expected_db == Some(db);
-                        let mut items = SmallVec::new();
-                        push_write(&mut items, db, target, raw, known, exact, reply);
-                        self.mirror(items);
-                    }),
-                    None => {
-                        let mut items = SmallVec::new();
-                        push_write(&mut items, db, target, raw, known, false, reply);
-                        self.mirror(items);
-                    }
+                let ran = Ran::of(w.known.as_ref(), reply);
+                if w.reg.is_some() {
+                    // Released and queued with the other writes of this read (`finished`).
+                    self.finished.push(w, self.db, ran);
+                    return;
                 }
+                let WriteEffect {
+                    target, raw, known, ..
+                } = *w;
+                let mut items = SmallVec::new();
+                push_write(&mut items, self.db, target, raw, known, false, ran);
+                self.mirror(items);
             }
             Effect::Select(db) => {
                 if let (true, Some(db)) = (ok, db) {
@@ -181,7 +175,8 @@ impl ReplySide {
                 TxItem::Select(db) if ran => self.db = db,
                 TxItem::Write(w) if ran => {
                     let TxWrite { target, raw, known } = *w;
-                    push_write(&mut items, self.db, target, raw, known, exact, result)
+                    let ran = Ran::of(known.as_ref(), result);
+                    push_write(&mut items, self.db, target, raw, known, exact, ran)
                 }
                 _ => {}
             }
@@ -203,6 +198,7 @@ impl ReplySide {
     /// not run); a keyless write cannot be replayed on a guess (a `FLUSHALL` that never ran
     /// would wipe the follower), so it leaves the follower out of sync (a resync repairs).
     pub(super) fn teardown(&mut self, err: Option<&'static [u8]>) {
+        self.flush_finished();
         let mut items = SmallVec::new();
         let (mut keyless, mut exec_owed) = (false, false);
         let owed = std::mem::take(&mut self.unconfirmed);
@@ -260,6 +256,7 @@ impl ReplySide {
     /// come. Those requests are answered with `LEADER_LOST` and their writes mirrored as
     /// may-have-run, as [`teardown`](Self::teardown) does, but the client stays connected.
     pub(super) fn fail_owed(&mut self, mut n: usize) {
+        self.flush_finished();
         let mut items = SmallVec::new();
         let mut keyless = false;
         while n > 0 {
@@ -302,9 +299,29 @@ impl ReplySide {
     }
 }
 
+/// What a successful write's reply says it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ran {
+    /// It ran; its reply was suppressed (`CLIENT REPLY OFF|SKIP`).
+    Suppressed,
+    Applied,
+    /// A known write whose reply says it changed nothing (`SET … NX` that lost).
+    NoChange,
+}
+
+impl Ran {
+    pub(super) fn of(known: Option<&KnownEffect>, reply: Option<&[u8]>) -> Ran {
+        match (known, reply) {
+            (_, None) => Ran::Suppressed,
+            (Some(KnownEffect::Put { applied, .. }), Some(r)) if !applied.check(r) => Ran::NoChange,
+            _ => Ran::Applied,
+        }
+    }
+}
+
 /// The mirror items for one acknowledged write: its own effect when the request carries it
 /// and it ran uncontended (`exact`), else copies of its keys. A known write whose reply
-/// says it changed nothing (`SET … NX` that lost) needs nothing.
+/// says it changed nothing needs nothing.
 pub(super) fn push_write(
     items: &mut SmallVec<[Item; 1]>,
     db: u32,
@@ -312,11 +329,11 @@ pub(super) fn push_write(
     raw: Bytes,
     known: Option<KnownEffect>,
     exact: bool,
-    reply: Option<&[u8]>,
+    ran: Ran,
 ) {
-    match (known, reply) {
-        (Some(KnownEffect::Put { applied, .. }), Some(r)) if !applied.check(r) => {}
-        (Some(KnownEffect::Put { pairs, expiry, .. }), Some(_)) if exact => {
+    match (known, ran) {
+        (Some(KnownEffect::Put { .. }), Ran::NoChange) => {}
+        (Some(KnownEffect::Put { pairs, expiry, .. }), Ran::Applied) if exact => {
             let expire_at_ms = match expiry {
                 Expiry::None => None,
                 Expiry::AtMs(t) => Some(t),
@@ -331,7 +348,7 @@ pub(super) fn push_write(
                 });
             }
         }
-        (Some(KnownEffect::Delete(keys)), Some(_)) if exact => {
+        (Some(KnownEffect::Delete(keys)), Ran::Applied) if exact => {
             for key in keys {
                 items.push(Item::Delete { db, key });
             }

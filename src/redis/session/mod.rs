@@ -56,6 +56,7 @@ mod client_io;
 mod conn;
 mod counts;
 mod effects;
+mod finished;
 mod mux;
 mod pending;
 mod reply;
@@ -222,6 +223,7 @@ fn sides(
         leader_up,
         close_when_safe,
         master_switch: master,
+        finished: Default::default(),
     };
     (requests, replies)
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::watch;
 
+use super::finished::FinishedWrites;
 use super::pending::{Action, Effect, Expect, Pending, TxItem};
 use super::{Flags, LEADER_LOST};
 use crate::metrics::Route;
@@ -38,6 +39,16 @@ pub(super) struct ReplySide {
     pub(super) close_when_safe: bool,
     /// Fires when Sentinel switched the master this session is pinned to.
     pub(super) master_switch: Option<watch::Receiver<u64>>,
+    /// Writes answered but not yet released and queued (see `finished`).
+    pub(super) finished: FinishedWrites,
+}
+
+impl Drop for ReplySide {
+    fn drop(&mut self) {
+        // Every path flushes before it returns; this is the backstop that keeps an
+        // acknowledged write from leaving unmirrored.
+        self.flush_finished();
+    }
 }
 
 impl ReplySide {
@@ -87,6 +98,11 @@ impl ReplySide {
     }
 
     pub(super) fn on_backend_data(&mut self) {
+        self.read_replies();
+        self.flush_finished();
+    }
+
+    fn read_replies(&mut self) {
         // Every reply in `rbuf` answers a request whose entry was queued before the request
         // was written (same task: no entry can be missing).
         loop {

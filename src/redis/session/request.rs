@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use smallvec::SmallVec;
 
 use super::pending::{
     local, Action, Effect, ExecEffect, Expect, Pending, TxItem, TxWrite, WriteEffect,
@@ -18,7 +17,7 @@ use crate::redis::command::{
     known_effect, parse_u32, script_is_read_only, write_target, CommandTable, Kind, Special,
     SubKind, WriteTarget,
 };
-use crate::redis::inflight::Registration;
+use crate::redis::inflight::{InFlight, KeyIds, Registration};
 use crate::redis::resp::Request;
 use crate::redis::server::Shared;
 use crate::replication::freeze::WriteTicket;
@@ -46,7 +45,7 @@ pub(super) struct RequestSide {
     /// OFF|SKIP`): end the batch with a fence so the reply side learns when it ran.
     pub(super) need_fence: bool,
     /// Keys of the writes queued in the open `MULTI` (registered at `EXEC`).
-    pub(super) tx_keys: SmallVec<[(u32, Bytes); 2]>,
+    pub(super) tx_keys: KeyIds,
     /// The open `MULTI` writes keys the proxy cannot see, or changes database.
     pub(super) tx_wild: bool,
     pub(super) tx_select: bool,
@@ -160,7 +159,7 @@ impl RequestSide {
                 // key copy (a SELECT in it): other writes to its keys must see it in flight.
                 let select = self.tx_select;
                 let keys = std::mem::take(&mut self.tx_keys);
-                let reg = self.register(keys, self.tx_wild || select);
+                let reg = self.register(|_| keys, self.tx_wild || select);
                 self.reset_tx();
                 if select {
                     self.db_unknown();
@@ -268,10 +267,14 @@ impl RequestSide {
                     Ok(_) => {
                         self.tx_writes = true;
                         match &target {
-                            WriteTarget::Keys(keys) if self.db_known => self.tx_keys.extend(
-                                keys.iter()
-                                    .map(|k| (k.db.unwrap_or(self.db), k.key.clone())),
-                            ),
+                            WriteTarget::Keys(keys) if self.db_known => {
+                                if let Some(t) = &self.shared.in_flight {
+                                    self.tx_keys.extend(
+                                        keys.iter()
+                                            .map(|k| t.key_id(k.db.unwrap_or(self.db), &k.key)),
+                                    );
+                                }
+                            }
                             _ => self.tx_wild = true,
                         }
                         effect = Effect::Queued(TxItem::Write(Box::new(TxWrite {
@@ -296,19 +299,23 @@ impl RequestSide {
                     Ok(ticket) => {
                         let reg = match &target {
                             WriteTarget::Keys(keys) if self.db_known => self.register(
-                                keys.iter()
-                                    .map(|k| (k.db.unwrap_or(self.db), k.key.clone()))
-                                    .collect(),
+                                |t| {
+                                    keys.iter()
+                                        .map(|k| t.key_id(k.db.unwrap_or(self.db), &k.key))
+                                        .collect()
+                                },
                                 false,
                             ),
                             // Database unknown: only keys with their own database are sure.
                             WriteTarget::Keys(keys) => self.register(
-                                keys.iter()
-                                    .filter_map(|k| Some((k.db?, k.key.clone())))
-                                    .collect(),
+                                |t| {
+                                    keys.iter()
+                                        .filter_map(|k| Some(t.key_id(k.db?, &k.key)))
+                                        .collect()
+                                },
                                 true,
                             ),
-                            _ => self.register(SmallVec::new(), true),
+                            _ => self.register(|_| KeyIds::new(), true),
                         };
                         effect = Effect::Write(Box::new(WriteEffect {
                             raw: frame_if_needed(&target, &req),
@@ -405,12 +412,12 @@ impl RequestSide {
     /// Registers a write's keys as in flight (when mirroring), with the expected database.
     pub(super) fn register(
         &self,
-        keys: SmallVec<[(u32, Bytes); 2]>,
+        keys: impl FnOnce(&InFlight) -> KeyIds,
         wild: bool,
     ) -> Option<(Registration, Option<u32>)> {
         let tracker = self.shared.in_flight.as_ref()?;
         Some((
-            tracker.register(keys, wild),
+            tracker.register(keys(tracker), wild),
             self.db_known.then_some(self.db),
         ))
     }
