@@ -61,6 +61,8 @@ pub struct Registration {
     /// A wildcard was in flight when this one started.
     overlapped_wild: bool,
     epoch: u64,
+    /// Counted in the tracker (see [`InFlight::prepare`]).
+    active: bool,
     done: bool,
 }
 
@@ -72,29 +74,31 @@ impl InFlight {
 
     /// Registers a write of `keys` (plus a wildcard when some of its keys are unknown).
     pub fn register(self: &Arc<Self>, keys: KeyIds, wild: bool) -> Registration {
-        let (overlapped_wild, epoch) = {
-            let mut st = lock(&self.state);
-            for &k in &keys {
-                let e = st.keys.entry(k).or_default();
-                if e.in_flight > 0 {
-                    e.contended = true;
-                }
-                e.in_flight += 1;
-            }
-            let overlapped = st.wild_in_flight > 0;
-            if wild {
-                st.wild_in_flight += 1;
-                st.wild_epoch += 1;
-            }
-            (overlapped, st.wild_epoch)
-        };
+        let mut reg = self.prepare(keys, wild);
+        self.registering().activate(&mut reg);
+        reg
+    }
+
+    /// A registration not counted yet: a session prepares one per write it parses and
+    /// counts those of one read together ([`Registering`]), before any of them is sent.
+    /// Dropped before that, it never existed.
+    pub fn prepare(self: &Arc<Self>, keys: KeyIds, wild: bool) -> Registration {
         Registration {
             tracker: self.clone(),
             keys,
             wild,
-            overlapped_wild,
-            epoch,
+            overlapped_wild: false,
+            epoch: 0,
+            active: false,
             done: false,
+        }
+    }
+
+    /// Takes the tracker's lock to count prepared registrations.
+    pub fn registering(&self) -> Registering<'_> {
+        Registering {
+            st: lock(&self.state),
+            tracker: self,
         }
     }
 
@@ -131,7 +135,10 @@ impl Registration {
     }
 
     fn release_locked(&mut self, st: &mut State) -> bool {
-        if self.done {
+        if self.done || !self.active {
+            // Never counted (its request was never sent): nothing to release, and no
+            // verdict either way, so the safe one.
+            self.done = true;
             return true;
         }
         self.done = true;
@@ -169,9 +176,40 @@ impl Finishing<'_> {
     }
 }
 
+/// The tracker's lock, held while a session counts the writes of one read.
+pub struct Registering<'a> {
+    st: MutexGuard<'a, State>,
+    tracker: &'a InFlight,
+}
+
+impl Registering<'_> {
+    /// Counts `reg` (of this tracker) as in flight from now on.
+    pub fn activate(&mut self, reg: &mut Registration) {
+        debug_assert!(std::ptr::eq(Arc::as_ptr(&reg.tracker), self.tracker));
+        if reg.active || reg.done {
+            return;
+        }
+        let st = &mut *self.st;
+        for &k in &reg.keys {
+            let e = st.keys.entry(k).or_default();
+            if e.in_flight > 0 {
+                e.contended = true;
+            }
+            e.in_flight += 1;
+        }
+        reg.overlapped_wild = st.wild_in_flight > 0;
+        if reg.wild {
+            st.wild_in_flight += 1;
+            st.wild_epoch += 1;
+        }
+        reg.epoch = st.wild_epoch;
+        reg.active = true;
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done && self.active {
             let tracker = self.tracker.clone();
             let mut st = lock(&tracker.state);
             self.release_locked(&mut st);
@@ -222,6 +260,32 @@ mod tests {
         // Sequential writes are not.
         let c = t.register(keys(&t, "k"), false);
         assert!(!c.finish());
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn a_prepared_registration_counts_only_once_activated() {
+        let t = Arc::new(InFlight::default());
+        let a = t.prepare(keys(&t, "k"), false);
+        let b = t.register(keys(&t, "k"), false);
+        assert!(!b.finish(), "a was not in flight yet");
+        drop(a); // never activated: releases nothing
+        assert_eq!(t.len(), 0);
+        let mut c = t.prepare(keys(&t, "k"), false);
+        let mut d = t.prepare(keys(&t, "k"), false);
+        {
+            let mut r = t.registering();
+            r.activate(&mut c);
+            r.activate(&mut d);
+        }
+        assert!(
+            c.finish() && d.finish(),
+            "activated together, both in flight"
+        );
+        assert!(
+            t.prepare(keys(&t, "x"), false).finish(),
+            "no verdict without a count"
+        );
         assert_eq!(t.len(), 0);
     }
 

@@ -460,6 +460,20 @@ fn requests(
             sent: None,
         });
     }
+    // The writes of this read count as in flight from here, before their bytes are sent:
+    // one taking of the registry's lock for all of them.
+    if let Some(tracker) = &req.shared.in_flight {
+        let mut regs = rep
+            .pending
+            .iter_mut()
+            .skip(before)
+            .filter_map(|p| p.effect.registration_mut())
+            .peekable();
+        if regs.peek().is_some() {
+            let mut registering = tracker.registering();
+            regs.for_each(|r| registering.activate(r));
+        }
+    }
     let added = rep.pending.len() - before;
     req.flags.owed.fetch_add(added, Ordering::AcqRel);
     if mux.is_some_and(|m| m.sharing()) {

@@ -63,6 +63,15 @@ pub(super) enum Effect {
 }
 
 impl Effect {
+    /// The write's in-flight registration, if it has one.
+    pub(super) fn registration_mut(&mut self) -> Option<&mut Registration> {
+        match self {
+            Effect::Write(w) => w.reg.as_mut().map(|(r, _)| r),
+            Effect::Exec(e) => e.reg.as_mut().map(|(r, _)| r),
+            _ => None,
+        }
+    }
+
     /// Does the request side wait for this one's reply to know its database again?
     pub(super) fn changes_db(&self) -> bool {
         matches!(self, Effect::Select(_) | Effect::Reset)

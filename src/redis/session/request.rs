@@ -409,7 +409,8 @@ impl RequestSide {
         self.tx_select = false;
     }
 
-    /// Registers a write's keys as in flight (when mirroring), with the expected database.
+    /// Prepares a write's in-flight registration (when mirroring), with the expected
+    /// database.
     pub(super) fn register(
         &self,
         keys: impl FnOnce(&InFlight) -> KeyIds,
@@ -417,7 +418,8 @@ impl RequestSide {
     ) -> Option<(Registration, Option<u32>)> {
         let tracker = self.shared.in_flight.as_ref()?;
         Some((
-            tracker.register(keys(tracker), wild),
+            // Counted with the rest of its read, before any is sent (`conn::requests`).
+            tracker.prepare(keys(tracker), wild),
             self.db_known.then_some(self.db),
         ))
     }
