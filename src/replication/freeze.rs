@@ -35,6 +35,9 @@ pub struct Freeze {
     lease_until: AtomicU64,
     since: Mutex<Option<SystemTime>>,
     released: Notify,
+    /// Callers inside [`Freeze::writes_settled`]: only then does the last ticket out wake
+    /// anyone (`Notify::notify_waiters` takes a lock, and most writes are the last out).
+    settling: AtomicUsize,
     gauge: Gauge,
 }
 
@@ -43,7 +46,7 @@ pub struct WriteTicket(Arc<Freeze>);
 
 impl Drop for WriteTicket {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, SeqCst) == 1 {
+        if self.0.in_flight.fetch_sub(1, SeqCst) == 1 && self.0.settling.load(SeqCst) > 0 {
             self.0.released.notify_waiters();
         }
     }
@@ -60,6 +63,7 @@ impl Freeze {
             lease_until: AtomicU64::new(u64::MAX),
             since: Mutex::new(None),
             released: Notify::new(),
+            settling: AtomicUsize::new(0),
             gauge,
         })
     }
@@ -141,6 +145,16 @@ impl Freeze {
     /// Waits (without freezing) until no write is in flight; false on timeout. At shutdown,
     /// after sessions stopped reading, this is "every write answered and queued".
     pub async fn writes_settled(&self, timeout: Duration) -> bool {
+        // Counted before the first check (SeqCst on both sides): a ticket released after
+        // that check sees the count and wakes the `notified` made before it.
+        struct Settling<'a>(&'a AtomicUsize);
+        impl Drop for Settling<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        self.settling.fetch_add(1, SeqCst);
+        let _settling = Settling(&self.settling);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.released.notified();
@@ -184,9 +198,19 @@ mod tests {
         );
         assert!(f.begin_write().is_none(), "frozen: new writes are refused");
         let f2 = f.clone();
-        let h = tokio::spawn(async move { f2.freeze(Duration::from_secs(5)).await });
+        let h = tokio::spawn(async move { f2.freeze(Duration::from_secs(120)).await });
+        // The freeze is waiting; the last write out must wake it (not its timeout).
+        for _ in 0..500 {
+            if f.settling.load(SeqCst) > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(f.settling.load(SeqCst), 1);
         drop(t);
-        assert!(h.await.unwrap());
+        let settled = tokio::time::timeout(Duration::from_secs(30), h).await;
+        assert!(matches!(settled, Ok(Ok(true))), "woken by the last write");
+        assert_eq!(f.settling.load(SeqCst), 0);
         f.unfreeze();
         assert!(f.begin_write().is_some());
     }
