@@ -9,12 +9,6 @@ use statemirror::admin::client;
 use statemirror::backup;
 use statemirror::config::{read_secret, Config};
 
-// mimalloc, not the C library's malloc: the request path allocates a few small buffers per
-// request on two threads, and glibc's arenas spent ~15% of the proxy's user time on them
-// at pipeline 16 (perf, `benches/redis_proxy.rs`).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Exit code for a bad config or bad arguments (sysexits EX_USAGE / EX_CONFIG style).
 const EXIT_CONFIG: u8 = 64;
 /// Exit code when the admin API cannot be reached (EX_UNAVAILABLE).
