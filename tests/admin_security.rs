@@ -263,18 +263,10 @@ fn a_non_loopback_listener_without_a_token_file_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_finds_the_generated_token() {
     let leader = RedisServer::start();
-    let (port, admin_port) = (free_port(), free_port());
-    let cfg = tempfile::NamedTempFile::new().expect("temp");
-    std::fs::write(
-        cfg.path(),
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n\
-             [redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{}\"\n",
-            leader.url()
-        ),
-    )
-    .expect("config");
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let (cfg, admin, port) = binary_config(&format!(
+        "[redis]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\n",
+        leader.url()
+    ));
     let mut p = BinProxy::start(cfg.path(), &admin, &format!("redis://127.0.0.1:{port}")).await;
     // Written right after the listener is bound (its port may be 0 in a config).
     let file = eventually(Duration::from_secs(5), || async {

@@ -25,20 +25,11 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A config file for the real binary: one protocol section, fast retries.
 fn bin_config(section: &str, extra: &str) -> (tempfile::NamedTempFile, String, u16) {
-    let (port, admin_port) = (free_port(), free_port());
-    let cfg = tempfile::NamedTempFile::new().expect("temp");
-    std::fs::write(
-        cfg.path(),
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n\
-             {}\n\
-             [replication]\nretry_initial_backoff_ms = 20\nretry_max_backoff_ms = 300\n\
-             apply_timeout_ms = 5000\n{extra}",
-            section.replace("{port}", &port.to_string())
-        ),
-    )
-    .expect("write config");
-    (cfg, format!("http://127.0.0.1:{admin_port}"), port)
+    binary_config(&format!(
+        "{section}\n\
+         [replication]\nretry_initial_backoff_ms = 20\nretry_max_backoff_ms = 300\n\
+         apply_timeout_ms = 5000\n{extra}"
+    ))
 }
 
 /// `SIGTERM`s the sidecar and lets the stalled follower link through 1.5 s later, so the

@@ -40,43 +40,25 @@ async fn idle_clients(addr: &str, n: usize) -> Vec<TcpStream> {
     out
 }
 
-async fn leader_clients(leader: &RedisServer) -> usize {
-    let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
-    let list = d
-        .cmd(&["CLIENT", "LIST"])
-        .await
-        .text()
-        .expect("CLIENT LIST");
-    list.lines().filter(|l| !l.is_empty()).count() - 1
-}
-
 /// Starts the binary in one mode, opens the clients, returns (bytes per client, leader
 /// connections added per client).
 async fn measure(multiplex: bool) -> (u64, f64) {
     let leader = RedisServer::start();
     let follower = RedisServer::start();
-    let (port, admin_port) = (free_port(), free_port());
-    let cfg = tempfile::NamedTempFile::new().expect("temp");
-    std::fs::write(
-        cfg.path(),
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n\
-             [redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{}\"\nfollower = \"{}\"\n\
-             multiplex = {multiplex}\n",
-            leader.url(),
-            follower.url()
-        ),
-    )
-    .expect("config");
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let (cfg, admin, port) = binary_config(&format!(
+        "[redis]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\nfollower = \"{}\"\n\
+         multiplex = {multiplex}\n",
+        leader.url(),
+        follower.url()
+    ));
     let addr = format!("127.0.0.1:{port}");
     let proxy = BinProxy::start(cfg.path(), &admin, &format!("redis://{addr}")).await;
     let _warm = idle_clients(&addr, WARM_UP).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (rss0, conns0) = (proxy.rss_bytes(), leader_clients(&leader).await);
+    let (rss0, conns0) = (proxy.rss_bytes(), redis_clients(&leader).await);
     let clients = idle_clients(&addr, CLIENTS).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (rss1, conns1) = (proxy.rss_bytes(), leader_clients(&leader).await);
+    let (rss1, conns1) = (proxy.rss_bytes(), redis_clients(&leader).await);
     drop(clients);
     let per_client = rss1.saturating_sub(rss0) / CLIENTS as u64;
     let conns = conns1.saturating_sub(conns0) as f64 / CLIENTS as f64;

@@ -24,17 +24,6 @@ async fn setup(shared_connections: usize) -> (RedisServer, RedisServer, Proxy) {
     (leader, follower, proxy)
 }
 
-/// Client connections the leader has, this direct one left out.
-async fn leader_clients(leader: &RedisServer) -> usize {
-    let mut d = Raw::connect(leader.addr().parse().expect("addr")).await;
-    let list = d
-        .cmd(&["CLIENT", "LIST"])
-        .await
-        .text()
-        .expect("CLIENT LIST");
-    list.lines().filter(|l| !l.is_empty()).count() - 1
-}
-
 fn int(r: &Resp) -> i64 {
     match r {
         Resp::Int(n) => *n,
@@ -80,7 +69,7 @@ async fn many_clients_share_few_connections_replies_in_order() {
     }
     // All 50 still connected: 2 shared connections plus the sidecar's own (health check,
     // mirror reads), far fewer than the clients.
-    let n = leader_clients(&leader).await;
+    let n = redis_clients(&leader).await;
     assert!(n < 10, "{n} leader connections for 50 multiplexed clients");
     follower_equal(&leader, &follower, &proxy).await;
     drop(clients);

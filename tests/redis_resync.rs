@@ -230,22 +230,14 @@ async fn sidecar_killed_with_writes_queued_resyncs_after_restart() {
     let leader = RedisServer::start();
     let follower = RedisServer::start();
     let relay = FaultRelay::start(&follower.addr());
-    let (port, admin_port) = (free_port(), free_port());
-    let cfg = tempfile::NamedTempFile::new().expect("temp");
-    std::fs::write(
-        cfg.path(),
-        format!(
-            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n\
-             [redis]\nlisten = \"127.0.0.1:{port}\"\nleader = \"{}\"\nfollower = \"redis://{}\"\n\
-             health_interval_ms = 200\nconnect_timeout_ms = 500\n\
-             [replication]\nretry_max_backoff_ms = 300\napply_timeout_ms = 1000\n\
-             [resync]\nmax_keys_per_second = 0\nretry_interval_ms = 300\n",
-            leader.url(),
-            relay.addr()
-        ),
-    )
-    .expect("write config");
-    let admin = format!("http://127.0.0.1:{admin_port}");
+    let (cfg, admin, port) = binary_config(&format!(
+        "[redis]\nlisten = \"127.0.0.1:{{port}}\"\nleader = \"{}\"\nfollower = \"redis://{}\"\n\
+         health_interval_ms = 200\nconnect_timeout_ms = 500\n\
+         [replication]\nretry_max_backoff_ms = 300\napply_timeout_ms = 1000\n\
+         [resync]\nmax_keys_per_second = 0\nretry_interval_ms = 300\n",
+        leader.url(),
+        relay.addr()
+    ));
     let url = format!("redis://127.0.0.1:{port}");
     let mut p = BinProxy::start(cfg.path(), &admin, &url).await;
     let w = Workload::start(&p.url, "k:", 4);

@@ -118,6 +118,34 @@ impl Drop for Frozen {
     }
 }
 
+/// A config file for the real binary: `[admin]` on a free port and `[log]` at `warn`, then
+/// `sections`, where `{port}` becomes a free port for the client listener. Returns the file
+/// (removed when dropped), the admin URL and that port.
+pub fn binary_config(sections: &str) -> (tempfile::NamedTempFile, String, u16) {
+    let (port, admin_port) = (free_port(), free_port());
+    let cfg = tempfile::NamedTempFile::new().expect("temp");
+    std::fs::write(
+        cfg.path(),
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n[log]\nlevel = \"warn\"\n{}",
+            sections.replace("{port}", &port.to_string())
+        ),
+    )
+    .expect("write config");
+    (cfg, format!("http://127.0.0.1:{admin_port}"), port)
+}
+
+/// Client connections `server` has, the one this asks on left out.
+pub async fn redis_clients(server: &RedisServer) -> usize {
+    let mut d = Raw::connect(server.addr().parse().expect("addr")).await;
+    let list = d
+        .cmd(&["CLIENT", "LIST"])
+        .await
+        .text()
+        .expect("CLIENT LIST");
+    list.lines().filter(|l| !l.is_empty()).count() - 1
+}
+
 /// A loopback port nothing listens on now, below the kernel's ephemeral range
 /// (32768–60999): a port the kernel hands out for `:0` can be taken a moment later as the
 /// source port of any outgoing connection, and test binaries run three at a time, so a
