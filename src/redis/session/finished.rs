@@ -21,6 +21,9 @@ use crate::metrics::Route;
 use crate::redis::mirror::RedisOp;
 use crate::replication::freeze::WriteTicket;
 
+/// Entries the reused vectors keep room for between reads.
+const KEEP_CAPACITY: usize = 64;
+
 /// One successful write, its reply read.
 struct Finished {
     write: Box<WriteEffect>,
@@ -86,7 +89,13 @@ impl ReplySide {
             }
         }
         tickets.clear();
-        self.finished.writes = writes;
-        self.finished.tickets = tickets;
+        // Kept for the next read, unless a long pipeline grew them: an idle client keeps
+        // no room for the largest batch it ever sent.
+        if writes.capacity() <= KEEP_CAPACITY {
+            self.finished.writes = writes;
+        }
+        if tickets.capacity() <= KEEP_CAPACITY {
+            self.finished.tickets = tickets;
+        }
     }
 }
