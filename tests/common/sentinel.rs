@@ -301,12 +301,24 @@ pub fn hosts_named(sentinels: &[SentinelProc], host: &str) -> String {
         .join(",")
 }
 
+/// `s`'s role (`master`, `slave`), or the error that kept it from answering: Sentinel kills
+/// an instance's client connections while it reconfigures it, so a caller polling through a
+/// failover sees an error now and then and asks again.
 pub async fn role(s: &RedisServer) -> String {
-    let mut c = s.conn().await;
-    let r: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.expect("ROLE");
-    match r.first() {
-        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        other => format!("{other:?}"),
+    let asked = async {
+        let mut c = redis::Client::open(s.url())?
+            .get_multiplexed_async_connection()
+            .await?;
+        redis::cmd("ROLE")
+            .query_async::<Vec<redis::Value>>(&mut c)
+            .await
+    };
+    match asked.await {
+        Ok(r) => match r.first() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => format!("{other:?}"),
+        },
+        Err(e) => format!("error: {e}"),
     }
 }
 
