@@ -610,15 +610,17 @@ impl<Op: MirrorOp> MirrorQueue<Op> {
     /// the follower marked out of sync, so a resync (and verify) deal with that key.
     pub fn refused(&self, reason: &'static str, what: &str) {
         let protocol = self.stats.protocol;
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
         let public = super::public::summary(reason, what);
-        counter!(m::MIRROR_REFUSED_TOTAL, "protocol" => protocol, "reason" => reason).increment(1);
         tracing::debug!(protocol, reason, what, "follower refused a write; skipped");
         self.sync.mark_refused_detail(
             format!("the follower refused a write for good: {public} (the log names it)"),
             what,
         );
+        // The reason first, then the count (released): a status that shows the count shows
+        // the reason too.
         *lock(&self.stats.last_refused) = Some(public);
+        self.stats.refused.fetch_add(1, Ordering::Release);
+        counter!(m::MIRROR_REFUSED_TOTAL, "protocol" => protocol, "reason" => reason).increment(1);
     }
 
     /// Writes given up outside the queue (e.g. key copies whose leader was lost).
@@ -733,7 +735,7 @@ impl<Op: MirrorOp> MirrorView for MirrorQueue<Op> {
             last_error: lock(&self.stats.last_error).clone(),
             deferred_copies: self.deferred.load(Ordering::Relaxed),
             leader_data_loss: self.sync.leader_data_loss(),
-            refused_writes: self.stats.refused.load(Ordering::Relaxed),
+            refused_writes: self.stats.refused.load(Ordering::Acquire),
             last_refused: lock(&self.stats.last_refused).clone(),
         }
     }
