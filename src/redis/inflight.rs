@@ -72,7 +72,10 @@ impl InFlight {
         self.seed.hash_one((db, key))
     }
 
-    /// Registers a write of `keys` (plus a wildcard when some of its keys are unknown).
+    /// Registers a write of `keys` (plus a wildcard when some of its keys are unknown) at
+    /// once: [`Self::prepare`] and [`Registering::activate`] in one (sessions use the two
+    /// steps, to count a whole read's writes under one lock).
+    #[cfg(test)]
     pub fn register(self: &Arc<Self>, keys: KeyIds, wild: bool) -> Registration {
         let mut reg = self.prepare(keys, wild);
         self.registering().activate(&mut reg);

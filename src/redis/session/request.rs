@@ -159,7 +159,7 @@ impl RequestSide {
                 // key copy (a SELECT in it): other writes to its keys must see it in flight.
                 let select = self.tx_select;
                 let keys = std::mem::take(&mut self.tx_keys);
-                let reg = self.register(|_| keys, self.tx_wild || select);
+                let reg = self.prepare_registration(|_| keys, self.tx_wild || select);
                 self.reset_tx();
                 if select {
                     self.db_unknown();
@@ -298,7 +298,7 @@ impl RequestSide {
                 match self.write_permission(false) {
                     Ok(ticket) => {
                         let reg = match &target {
-                            WriteTarget::Keys(keys) if self.db_known => self.register(
+                            WriteTarget::Keys(keys) if self.db_known => self.prepare_registration(
                                 |t| {
                                     keys.iter()
                                         .map(|k| t.key_id(k.db.unwrap_or(self.db), &k.key))
@@ -307,7 +307,7 @@ impl RequestSide {
                                 false,
                             ),
                             // Database unknown: only keys with their own database are sure.
-                            WriteTarget::Keys(keys) => self.register(
+                            WriteTarget::Keys(keys) => self.prepare_registration(
                                 |t| {
                                     keys.iter()
                                         .filter_map(|k| Some(t.key_id(k.db?, &k.key)))
@@ -315,7 +315,7 @@ impl RequestSide {
                                 },
                                 true,
                             ),
-                            _ => self.register(|_| KeyIds::new(), true),
+                            _ => self.prepare_registration(|_| KeyIds::new(), true),
                         };
                         effect = Effect::Write(Box::new(WriteEffect {
                             raw: frame_if_needed(&target, &req),
@@ -411,7 +411,7 @@ impl RequestSide {
 
     /// Prepares a write's in-flight registration (when mirroring), with the expected
     /// database.
-    pub(super) fn register(
+    pub(super) fn prepare_registration(
         &self,
         keys: impl FnOnce(&InFlight) -> KeyIds,
         wild: bool,
