@@ -73,17 +73,17 @@ impl InFlight {
     }
 
     /// Registers a write of `keys` (plus a wildcard when some of its keys are unknown) at
-    /// once: [`Self::prepare`] and [`Registering::activate`] in one (sessions use the two
+    /// once: [`Self::prepare`] and [`Held::activate`] in one (sessions use the two
     /// steps, to count a whole read's writes under one lock).
     #[cfg(test)]
     pub fn register(self: &Arc<Self>, keys: KeyIds, wild: bool) -> Registration {
         let mut reg = self.prepare(keys, wild);
-        self.registering().activate(&mut reg);
+        self.hold().activate(&mut reg);
         reg
     }
 
     /// A registration not counted yet: a session prepares one per write it parses and
-    /// counts those of one read together ([`Registering`]), before any of them is sent.
+    /// counts those of one read together ([`Held::activate`]), before any of them is sent.
     /// Dropped before that, it never existed.
     pub fn prepare(self: &Arc<Self>, keys: KeyIds, wild: bool) -> Registration {
         Registration {
@@ -97,18 +97,10 @@ impl InFlight {
         }
     }
 
-    /// Takes the tracker's lock to count prepared registrations.
-    pub fn registering(&self) -> Registering<'_> {
-        Registering {
-            st: lock(&self.state),
-            tracker: self,
-        }
-    }
-
-    /// Takes the tracker's lock to release several registrations at once (see
-    /// [`Finishing`]).
-    pub fn finishing(&self) -> Finishing<'_> {
-        Finishing {
+    /// Takes the tracker's lock, to count or release several registrations under it (see
+    /// [`Held`]).
+    pub fn hold(&self) -> Held<'_> {
+        Held {
             st: lock(&self.state),
             tracker: self,
         }
@@ -125,10 +117,10 @@ impl Registration {
     /// overlapped this one — *under the tracker's lock*. The caller queues its mirror op in
     /// `f`: a write that registers after this one is released is then queued after it, so
     /// the queue order of uncontended writes is the order Redis ran them in.
-    pub fn finish_with<R>(mut self, f: impl FnOnce(bool) -> R) -> R {
+    pub fn finish_with<R>(self, f: impl FnOnce(bool) -> R) -> R {
         let tracker = self.tracker.clone();
-        let mut st = lock(&tracker.state);
-        let contended = self.release_locked(&mut st);
+        let mut held = tracker.hold();
+        let contended = held.finish(self);
         f(contended)
     }
 
@@ -163,29 +155,16 @@ impl Registration {
     }
 }
 
-/// The tracker's lock, held while a session releases the writes of the replies it read
-/// at once and queues their mirror ops: what [`Registration::finish_with`] does for one,
-/// for many, with one lock (each write still gets its own contention verdict).
-pub struct Finishing<'a> {
+/// The tracker's lock, held by a session for a whole read: to count the writes of one read
+/// of requests before any is sent ([`Held::activate`]), or to release the writes answered by
+/// one read of replies and queue their mirror ops under it ([`Held::finish`]; what
+/// [`Registration::finish_with`] does for one). Each write still gets its own verdict.
+pub struct Held<'a> {
     st: MutexGuard<'a, State>,
     tracker: &'a InFlight,
 }
 
-impl Finishing<'_> {
-    /// Releases `reg` (of this tracker); true when another write overlapped it.
-    pub fn finish(&mut self, mut reg: Registration) -> bool {
-        debug_assert!(std::ptr::eq(Arc::as_ptr(&reg.tracker), self.tracker));
-        reg.release_locked(&mut self.st)
-    }
-}
-
-/// The tracker's lock, held while a session counts the writes of one read.
-pub struct Registering<'a> {
-    st: MutexGuard<'a, State>,
-    tracker: &'a InFlight,
-}
-
-impl Registering<'_> {
+impl Held<'_> {
     /// Counts `reg` (of this tracker) as in flight from now on.
     pub fn activate(&mut self, reg: &mut Registration) {
         debug_assert!(std::ptr::eq(Arc::as_ptr(&reg.tracker), self.tracker));
@@ -207,6 +186,12 @@ impl Registering<'_> {
         }
         reg.epoch = st.wild_epoch;
         reg.active = true;
+    }
+
+    /// Releases `reg` (of this tracker); true when another write overlapped it.
+    pub fn finish(&mut self, mut reg: Registration) -> bool {
+        debug_assert!(std::ptr::eq(Arc::as_ptr(&reg.tracker), self.tracker));
+        reg.release_locked(&mut self.st)
     }
 }
 
@@ -277,7 +262,7 @@ mod tests {
         let mut c = t.prepare(keys(&t, "k"), false);
         let mut d = t.prepare(keys(&t, "k"), false);
         {
-            let mut r = t.registering();
+            let mut r = t.hold();
             r.activate(&mut c);
             r.activate(&mut d);
         }
@@ -298,7 +283,7 @@ mod tests {
         let a = t.register(keys(&t, "k"), false);
         let b = t.register(keys(&t, "k"), false);
         let c = t.register(keys(&t, "x"), false);
-        let mut fin = t.finishing();
+        let mut fin = t.hold();
         assert!(fin.finish(a));
         assert!(fin.finish(b));
         assert!(!fin.finish(c));

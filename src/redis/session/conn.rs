@@ -470,7 +470,7 @@ fn requests(
             .filter_map(|p| p.effect.registration_mut())
             .peekable();
         if regs.peek().is_some() {
-            let mut registering = tracker.registering();
+            let mut registering = tracker.hold();
             regs.for_each(|r| registering.activate(r));
         }
     }

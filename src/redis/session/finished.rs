@@ -62,7 +62,7 @@ impl ReplySide {
         {
             // Held while queueing (see the module comment); a write without a
             // registration is not deferred, but is handled alike if it ever is.
-            let mut fin = self.shared.in_flight.as_ref().map(|t| t.finishing());
+            let mut fin = self.shared.in_flight.as_ref().map(|t| t.hold());
             let ops = writes.drain(..).filter_map(|f| {
                 let Finished { write, db, ran } = f;
                 let WriteEffect {
