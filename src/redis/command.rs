@@ -137,11 +137,11 @@ impl Applied {
 /// `SET … NX GET`, unparseable options): those are mirrored by key copy.
 pub fn known_effect(cmd: KnownCmd, req: &Request) -> Option<KnownEffect> {
     let args: SmallVec<[&[u8]; 8]> = req.args().collect();
-    let b = |a: &[u8]| req.arg_owned(a);
     let num = |a: &&[u8]| std::str::from_utf8(a).ok()?.parse::<i64>().ok();
-    let put = |pairs, expiry, applied| {
+    let put = |k: &[u8], v: &[u8], expiry, applied| {
+        let mut kv = owned_together::<2>([k, v]).into_iter();
         Some(KnownEffect::Put {
-            pairs,
+            pairs: smallvec::smallvec![(kv.next()?, kv.next()?)],
             expiry,
             applied,
         })
@@ -175,18 +175,10 @@ pub fn known_effect(cmd: KnownCmd, req: &Request) -> Option<KnownEffect> {
                 (false, true) => Applied::Always,
                 _ => Applied::IfOk,
             };
-            put(smallvec::smallvec![(b(k), b(v))], expiry, applied)
+            put(k, v, expiry, applied)
         }
-        KnownCmd::GetSet => put(
-            smallvec::smallvec![(b(args.get(1)?), b(args.get(2)?))],
-            Expiry::None,
-            Applied::Always,
-        ),
-        KnownCmd::SetNx => put(
-            smallvec::smallvec![(b(args.get(1)?), b(args.get(2)?))],
-            Expiry::None,
-            Applied::IfOne,
-        ),
+        KnownCmd::GetSet => put(args.get(1)?, args.get(2)?, Expiry::None, Applied::Always),
+        KnownCmd::SetNx => put(args.get(1)?, args.get(2)?, Expiry::None, Applied::IfOne),
         KnownCmd::SetEx | KnownCmd::PSetEx => {
             let n = num(args.get(2)?)?;
             let ms = if cmd == KnownCmd::SetEx {
@@ -194,36 +186,95 @@ pub fn known_effect(cmd: KnownCmd, req: &Request) -> Option<KnownEffect> {
             } else {
                 n
             };
-            put(
-                smallvec::smallvec![(b(args.get(1)?), b(args.get(3)?))],
-                Expiry::InMs(ms),
-                Applied::IfOk,
-            )
+            put(args.get(1)?, args.get(3)?, Expiry::InMs(ms), Applied::IfOk)
         }
         KnownCmd::MSet | KnownCmd::MSetNx => {
             if args.len() < 3 || args.len() % 2 == 0 {
                 return None;
             }
-            let pairs = args[1..].chunks(2).map(|p| (b(p[0]), b(p[1]))).collect();
+            let mut owned = owned_together::<16>(args[1..].iter().copied()).into_iter();
+            let mut pairs = SmallVec::new();
+            while let (Some(k), Some(v)) = (owned.next(), owned.next()) {
+                pairs.push((k, v));
+            }
             let applied = if cmd == KnownCmd::MSet {
                 Applied::IfOk
             } else {
                 Applied::IfOne
             };
-            put(pairs, Expiry::None, applied)
+            Some(KnownEffect::Put {
+                pairs,
+                expiry: Expiry::None,
+                applied,
+            })
         }
         KnownCmd::Del => {
             if args.len() < 2 {
                 return None;
             }
             Some(KnownEffect::Delete(
-                args[1..].iter().map(|k| b(k)).collect(),
+                owned_together::<2>(args[1..].iter().copied())
+                    .into_iter()
+                    .collect(),
             ))
         }
     }
 }
 
+impl KnownEffect {
+    /// The keys it writes as a write target, sharing its copies (a clone each, no copy):
+    /// for a command whose keys sit where its table entry says ([`CommandInfo::plain_keys`])
+    /// the same keys [`write_target`] reads from the request.
+    pub fn target(&self) -> WriteTarget {
+        let key = |k: &Bytes| KeyRef {
+            db: None,
+            key: k.clone(),
+        };
+        WriteTarget::Keys(match self {
+            KnownEffect::Put { pairs, .. } => pairs.iter().map(|(k, _)| key(k)).collect(),
+            KnownEffect::Delete(keys) => keys.iter().map(key).collect(),
+        })
+    }
+}
+
+/// Copies a known write's keys and values out of the read buffer (what outlives a request
+/// never keeps a slice of it) into **one** allocation, each part a slice of it: one
+/// allocation and the shared header the first slice makes, instead of one per part, and
+/// every later clone of a part (its write target, the mirror op, the queue's fence) is a
+/// reference count. Nothing but the write's own effect may keep such a part: a copy of a
+/// key alone copies it out again (see the session's `push_items`), or it would keep the
+/// values alive while counted as the key.
+fn owned_together<'a, const N: usize>(
+    parts: impl IntoIterator<Item = &'a [u8]> + Clone,
+) -> SmallVec<[Bytes; N]>
+where
+    [Bytes; N]: smallvec::Array<Item = Bytes>,
+{
+    let len = parts.clone().into_iter().map(<[u8]>::len).sum();
+    let mut buf = Vec::with_capacity(len);
+    let mut ends: SmallVec<[usize; N]> = SmallVec::new();
+    for p in parts.clone() {
+        buf.extend_from_slice(p);
+        ends.push(buf.len());
+    }
+    let buf = Bytes::from(buf);
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let part = buf.slice(start..end);
+            start = end;
+            part
+        })
+        .collect()
+}
+
 impl CommandInfo {
+    /// Its keys are where `first_key`/`last_key`/`step` say, and nothing else is touched:
+    /// a known write's target can then be taken from its effect.
+    pub fn plain_keys(&self) -> bool {
+        !self.movable && self.first_key > 0 && matches!(self.special, Special::None)
+    }
+
     fn simple(kind: Kind) -> Self {
         Self {
             kind,
@@ -782,6 +833,74 @@ mod tests {
                 && !Applied::IfOne.check(b":0\r\n")
                 && !Applied::IfOk.check(b"$-1\r\n")
         );
+    }
+
+    /// A known write's target comes from its effect (no second copy of its keys); it must
+    /// name exactly the keys the table's key positions give, for every known command.
+    #[test]
+    fn a_known_writes_target_is_its_tables_keys() {
+        let spec = |first, last, step| CommandInfo {
+            first_key: first,
+            last_key: last,
+            step,
+            movable: false,
+            ..CommandInfo::simple(Kind::Write)
+        };
+        let cases: &[(&[&str], KnownCmd, CommandInfo)] = &[
+            (&["SET", "a", "1", "PX", "5"], KnownCmd::Set, spec(1, 1, 1)),
+            (&["GETSET", "a", "1"], KnownCmd::GetSet, spec(1, 1, 1)),
+            (&["SETNX", "a", "1"], KnownCmd::SetNx, spec(1, 1, 1)),
+            (&["SETEX", "a", "9", "1"], KnownCmd::SetEx, spec(1, 1, 1)),
+            (&["PSETEX", "a", "9", "1"], KnownCmd::PSetEx, spec(1, 1, 1)),
+            (
+                &["MSET", "a", "1", "b", "2", "c", "3"],
+                KnownCmd::MSet,
+                spec(1, -1, 2),
+            ),
+            (
+                &["MSETNX", "a", "1", "b", "2"],
+                KnownCmd::MSetNx,
+                spec(1, -1, 2),
+            ),
+            (&["DEL", "a", "b", "c"], KnownCmd::Del, spec(1, -1, 1)),
+        ];
+        for (args, cmd, info) in cases {
+            let r = req(args);
+            let known = known_effect(*cmd, &r).unwrap();
+            assert!(info.plain_keys());
+            assert_eq!(
+                keys(known.target()),
+                keys(write_target(info, &r)),
+                "{args:?}"
+            );
+        }
+    }
+
+    /// Its keys and values are one allocation of their own: adjacent, and outside the
+    /// request's bytes (which share the connection's read buffer).
+    #[test]
+    fn a_known_writes_parts_are_copied_out_together() {
+        let r = req(&["MSET", "key1", "value1", "k2", "v2"]);
+        let Some(KnownEffect::Put { pairs, .. }) = known_effect(KnownCmd::MSet, &r) else {
+            panic!()
+        };
+        let raw = r.raw.as_ptr_range();
+        let mut end = None;
+        for (k, v) in &pairs {
+            for part in [k, v] {
+                assert!(!raw.contains(&part.as_ptr()));
+                if let Some(end) = end {
+                    assert_eq!(part.as_ptr(), end, "parts are adjacent in one buffer");
+                }
+                end = Some(part.as_ptr_range().end);
+            }
+        }
+        assert_eq!((&pairs[1].0[..], &pairs[1].1[..]), (&b"k2"[..], &b"v2"[..]));
+        let Some(KnownEffect::Delete(keys)) = known_effect(KnownCmd::Del, &req(&["DEL", "x", ""]))
+        else {
+            panic!()
+        };
+        assert_eq!((&keys[0][..], &keys[1][..]), (&b"x"[..], &b""[..]));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge, Counter, Gauge};
 use serde::Serialize;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::metrics as m;
@@ -56,7 +57,8 @@ pub fn heap_alloc(len: usize) -> usize {
 
 pub enum Barrier<K> {
     None,
-    Keys(Vec<K>),
+    /// Inline for up to two keys: computed for every push while copies wait.
+    Keys(SmallVec<[K; 2]>),
     /// Every key (e.g. a replayed `FLUSHDB`).
     All,
 }
@@ -823,7 +825,7 @@ mod tests {
             self.1
         }
         fn barrier(&self) -> Barrier<u32> {
-            Barrier::Keys(self.2.clone())
+            Barrier::Keys(self.2.iter().copied().collect())
         }
     }
 

@@ -121,7 +121,7 @@ impl MirrorOp for RedisOp {
     /// the key at a point in time and a replay (`FLUSHDB`) fixes everything, so nothing may
     /// merge across them.
     fn barrier(&self) -> Barrier<(u32, Bytes)> {
-        let mut keys = Vec::new();
+        let mut keys = SmallVec::new();
         for it in &self.items {
             match it {
                 Item::Put { db, key, .. } | Item::Delete { db, key } => {

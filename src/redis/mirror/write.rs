@@ -237,13 +237,12 @@ impl RedisApplier {
         let mut refused: Vec<(usize, &'static str, String)> = Vec::new();
         let mut it = replies.into_iter();
         for (i, (n, wrap)) in shape.into_iter().enumerate() {
-            let op_replies: Vec<BytesFrame> = it.by_ref().take(n).collect();
             let mut errors: Vec<String> = Vec::new();
-            for r in &op_replies {
-                if let Some(e) = error_text(r) {
+            for r in it.by_ref().take(n) {
+                if let Some(e) = error_text(&r) {
                     errors.push(e);
                 }
-                if let (true, BytesFrame::Array(inner)) = (wrap, r) {
+                if let (true, BytesFrame::Array(inner)) = (wrap, &r) {
                     errors.extend(inner.iter().filter_map(error_text));
                 }
             }

@@ -144,7 +144,9 @@ impl ReplySide {
                         target: WriteTarget::Keyless,
                         ..
                     } => unknown = true,
-                    TxWrite { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                    TxWrite { target, raw, known } => {
+                        push_items(&mut items, self.db, target, raw, known.is_some())
+                    }
                 },
                 TxItem::Other => {}
             }
@@ -223,7 +225,9 @@ impl ReplySide {
                         target: WriteTarget::Keyless,
                         ..
                     } => keyless = true,
-                    WriteEffect { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                    WriteEffect {
+                        target, raw, known, ..
+                    } => push_items(&mut items, self.db, target, raw, known.is_some()),
                 },
                 Effect::Exec(_) => exec_owed = true,
                 _ => {}
@@ -239,7 +243,9 @@ impl ReplySide {
                             target: WriteTarget::Keyless,
                             ..
                         } => keyless = true,
-                        TxWrite { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                        TxWrite { target, raw, known } => {
+                            push_items(&mut items, self.db, target, raw, known.is_some())
+                        }
                     }
                 }
             }
@@ -282,7 +288,9 @@ impl ReplySide {
                         target: WriteTarget::Keyless,
                         ..
                     } => keyless = true,
-                    WriteEffect { target, raw, .. } => push_items(&mut items, self.db, target, raw),
+                    WriteEffect {
+                        target, raw, known, ..
+                    } => push_items(&mut items, self.db, target, raw, known.is_some()),
                 }
             }
             if resolves {
@@ -353,7 +361,7 @@ pub(super) fn push_write(
                 items.push(Item::Delete { db, key });
             }
         }
-        _ => push_items(items, db, target, raw),
+        (known, _) => push_items(items, db, target, raw, known.is_some()),
     }
 }
 
@@ -364,22 +372,77 @@ pub(super) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Copies of a write's keys (or what replaces them). `known`: the write carried its
+/// effect, so its keys are slices of the one allocation that also holds its values
+/// (`command::owned_together`); a queued copy then gets the key copied out, or it would
+/// keep the values alive while the queue counted only the key.
 pub(super) fn push_items(
     items: &mut SmallVec<[Item; 1]>,
     db: u32,
     target: WriteTarget,
     raw: Bytes,
+    known: bool,
 ) {
     match target {
         WriteTarget::Keys(keys) => {
             for k in keys {
                 items.push(Item::Copy {
                     db: k.db.unwrap_or(db),
-                    key: k.key,
+                    key: if known {
+                        Bytes::copy_from_slice(&k.key)
+                    } else {
+                        k.key
+                    },
                 });
             }
         }
         WriteTarget::AskLeader => items.push(Item::KeysOf { db, cmd: raw }),
         WriteTarget::Keyless => items.push(Item::Replay { db, cmd: raw }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+
+    use super::*;
+    use crate::redis::command::{known_effect, KnownCmd};
+
+    /// A contended known write is mirrored as a copy of its key. Its key shares one
+    /// allocation with its value (`command::owned_together`): the queued copy must hold a
+    /// key of its own, or a 1 MiB value would stay alive while the queue counted the key.
+    #[test]
+    fn a_copy_of_a_known_writes_key_does_not_keep_its_value() {
+        let frame = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nvalue\r\n";
+        let lim = resp::Limits {
+            max_request_bytes: 1 << 20,
+            max_args: 10,
+        };
+        let req = resp::parse_request(&mut BytesMut::from(&frame[..]), &lim)
+            .unwrap()
+            .unwrap();
+        let known = known_effect(KnownCmd::Set, &req).unwrap();
+        let KnownEffect::Put { pairs, .. } = &known else {
+            panic!()
+        };
+        let value = pairs[0].1.as_ptr_range();
+        let shared_key = pairs[0].0.as_ptr_range();
+        assert_eq!(shared_key.end, value.start, "key and value share a buffer");
+        let mut items = SmallVec::new();
+        let target = known.target();
+        push_write(
+            &mut items,
+            0,
+            target,
+            Bytes::new(),
+            Some(known),
+            false,
+            Ran::Applied,
+        );
+        let [Item::Copy { key, .. }] = items.as_slice() else {
+            panic!("{items:?}")
+        };
+        assert_eq!(&key[..], b"k");
+        assert_ne!(key.as_ptr(), shared_key.start, "the copy's key is its own");
     }
 }

@@ -104,11 +104,15 @@ impl RequestSide {
                 Special::Eval if script_is_read_only(&req) => Kind::Read,
                 _ => info.kind,
             };
-            let target = (kind == Kind::Write).then(|| write_target(info, &req));
             let known = match info.known {
                 Some(k) if tracking => known_effect(k, &req),
                 _ => None,
             };
+            // A known write's keys are already copied out: its target shares them.
+            let target = (kind == Kind::Write).then(|| match &known {
+                Some(k) if info.plain_keys() => k.target(),
+                _ => write_target(info, &req),
+            });
             (kind, info.special, target, known)
         };
         let mut end = None;
