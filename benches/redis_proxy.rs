@@ -17,7 +17,9 @@
 //! within one run: `redis-benchmark -c 50` SET and GET at pipeline 1 and 16, SET with
 //! `-r 100000` random keys (every write mirrored, none coalesced), and the NiFi mix (16
 //! connections, each `WATCH`/`GET`/`MULTI`/`GETSET`/`EXEC` as separate round trips: the pinned,
-//! transactional path; twemproxy cannot run it). One warm-up round first (a tenth of the
+//! transactional path; twemproxy cannot run it), and the same with NiFi's `getState` `GET`
+//! before each replace (a multiplexed client then shares between transactions and pins again
+//! at each `WATCH`). One warm-up round first (a tenth of the
 //! requests, not recorded), then `BENCH_ROUNDS` rounds; tables show medians.
 //!
 //! Per run it also reads utime + stime of each process (`/proc/<pid>/stat`: the proxy, the
@@ -30,7 +32,9 @@
 //! Environment: `BENCH_ROUNDS` (default 5), `BENCH_REQUESTS` (per run at pipeline 1, default
 //! 100000; quick 20000), `BENCH_REQUESTS_P16` (default 5 x that), `BENCH_CLIENTS` (default
 //! 50), `BENCH_NIFI_CLIENTS` (default 16), `BENCH_NIFI_OPS` (per client, default 300; quick
-//! 100), `BENCH_IDLE_CLIENTS` (default 1000), `BENCH_TARGETS`, `BENCH_LABEL` (suffix of the
+//! 100), `BENCH_IDLE_CLIENTS` (default 1000), `BENCH_TARGETS`, `BENCH_TESTS` (only the
+//! tests whose name contains one of these comma-separated words, for an experiment; a
+//! recorded run has them all), `BENCH_LABEL` (suffix of the
 //! results file), `BENCH_TIMEOUT_SECS` (one run, default 120), `STATEMIRROR_BIN`.
 //!
 //! Every process is killed when the benchmark ends, also on panic (drop guards). Under
@@ -60,7 +64,8 @@ const DEFAULT_TARGETS: &[&str] = &["direct", "mirror-off", "mirror-on", "mux-on"
 #[derive(Clone, Copy)]
 enum Load {
     Bench(&'static str, Option<u32>),
-    Nifi,
+    /// `true`: with NiFi's `getState` `GET` before each replace.
+    Nifi(bool),
 }
 
 #[derive(Clone, Copy)]
@@ -98,7 +103,12 @@ const TESTS: &[Test] = &[
     },
     Test {
         name: "NiFi mix",
-        load: Load::Nifi,
+        load: Load::Nifi(false),
+        pipeline: 1,
+    },
+    Test {
+        name: "NiFi getState + mix",
+        load: Load::Nifi(true),
         pipeline: 1,
     },
 ];
@@ -112,6 +122,8 @@ struct Settings {
     nifi_ops: usize,
     idle_clients: usize,
     targets: Vec<String>,
+    /// Only the tests whose name contains one of these (all when empty).
+    tests: Vec<String>,
     timeout: Duration,
 }
 
@@ -129,6 +141,7 @@ impl Settings {
             idle_clients: env_num("BENCH_IDLE_CLIENTS", 1000usize),
             targets: env_list("BENCH_TARGETS")
                 .unwrap_or_else(|| DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()),
+            tests: env_list("BENCH_TESTS").unwrap_or_default(),
             timeout: Duration::from_secs(env_num("BENCH_TIMEOUT_SECS", 120u64)),
         }
     }
@@ -140,7 +153,7 @@ impl Settings {
     /// Requests of one run of `test` (`scale`: the warm-up's fraction).
     fn requests(&self, test: &Test, scale: f64) -> u64 {
         let n = match (test.load, test.pipeline) {
-            (Load::Nifi, _) => return self.nifi_requests(scale),
+            (Load::Nifi(get), _) => return self.nifi_requests(scale, get),
             (_, 1) => self.requests_p1,
             _ => self.requests_p16,
         };
@@ -151,8 +164,9 @@ impl Settings {
         ((self.nifi_ops as f64 * scale) as usize).max(5)
     }
 
-    fn nifi_requests(&self, scale: f64) -> u64 {
-        (self.nifi_clients * self.nifi_ops(scale)) as u64 * drive::NIFI_REQUESTS_PER_OP
+    fn nifi_requests(&self, scale: f64, get_state: bool) -> u64 {
+        let per_op = drive::NIFI_REQUESTS_PER_OP + u64::from(get_state);
+        (self.nifi_clients * self.nifi_ops(scale)) as u64 * per_op
     }
 }
 
@@ -244,7 +258,10 @@ fn main() {
             for k in 0..n {
                 let ti = (k + round) % n;
                 let t = &targets[ti];
-                if matches!(test.load, Load::Nifi) && !t.transactions {
+                if matches!(test.load, Load::Nifi(_)) && !t.transactions {
+                    continue;
+                }
+                if !s.tests.is_empty() && !s.tests.iter().any(|n| test.name.contains(n.as_str())) {
                     continue;
                 }
                 let requests = s.requests(test, scale);
@@ -262,7 +279,9 @@ fn main() {
                         test.pipeline,
                         s.timeout,
                     ),
-                    Load::Nifi => drive::nifi_mix(t, s.nifi_clients, s.nifi_ops(scale), round),
+                    Load::Nifi(get) => {
+                        drive::nifi_mix(t, s.nifi_clients, s.nifi_ops(scale), round, get)
+                    }
                 };
                 let drain = t.admin.map(|a| wait_drained(a).as_secs_f64());
                 let after = pids(t).map(|p| p.map(cpu_ticks));

@@ -12,6 +12,7 @@ pub const CLIENT_CONNECTIONS: &str = "statemirror_client_connections";
 pub const CLIENT_CONNECTIONS_TOTAL: &str = "statemirror_client_connections_total";
 pub const CLIENT_ERRORS_TOTAL: &str = "statemirror_client_errors_total";
 pub const REQUESTS_TOTAL: &str = "statemirror_requests_total";
+pub const PINS_TOTAL: &str = "statemirror_redis_pins_total";
 pub const LEADER_LATENCY: &str = "statemirror_leader_request_duration_seconds";
 pub const BACKEND_UP: &str = "statemirror_backend_up";
 pub const QUEUE_DEPTH: &str = "statemirror_mirror_queue_depth";
@@ -139,6 +140,10 @@ fn describe() {
     );
     describe_gauge!(MAINTENANCE, "1 while writes are frozen for maintenance.");
     describe_counter!(
+        PINS_TOTAL,
+        "Multiplexed Redis clients pinned to a connection of their own, by where it came from (spare/new)."
+    );
+    describe_counter!(
         REJECTED_WRITES_TOTAL,
         "Writes answered with an error by statemirror itself, by reason."
     );
@@ -222,6 +227,11 @@ impl ProtocolMetrics {
             rejected_maintenance: counter!(REJECTED_WRITES_TOTAL, "protocol" => protocol, "reason" => "maintenance"),
             rejected_leader_unavailable: counter!(REJECTED_WRITES_TOTAL, "protocol" => protocol, "reason" => "leader_unavailable"),
         }
+    }
+
+    /// A multiplexed client pinned: `connection` is `spare` (a warm one was taken) or `new`.
+    pub fn pinned(&self, connection: &'static str) {
+        counter!(PINS_TOTAL, "connection" => connection).increment(1);
     }
 
     pub fn client_error(&self, reason: &'static str) {

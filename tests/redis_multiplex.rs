@@ -479,3 +479,92 @@ async fn a_leader_declared_down_ends_its_shared_connections() {
     );
     assert_ne!(int(&b.cmd(&["CLIENT", "ID"]).await), old);
 }
+
+/// Connections the leader has accepted so far (`INFO stats`).
+async fn leader_connections(leader: &RedisServer) -> i64 {
+    let mut c = leader.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut c)
+        .await
+        .expect("INFO stats");
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received")
+}
+
+/// NiFi's state update on one pooled connection: `GET` (getState, shared), then
+/// `WATCH`/`GET`/`MULTI`/`GETSET`/`EXEC` (pinned). Returns the value it replaced.
+async fn nifi_update(c: &mut Raw, key: &str, next: &str) -> Resp {
+    let before = c.cmd(&["GET", key]).await;
+    assert_eq!(c.cmd(&["WATCH", key]).await, Resp::Simple("OK".into()));
+    assert_eq!(c.cmd(&["GET", key]).await, before);
+    assert_eq!(c.cmd(&["MULTI"]).await, Resp::Simple("OK".into()));
+    assert_eq!(
+        c.cmd(&["GETSET", key, next]).await,
+        Resp::Simple("QUEUED".into())
+    );
+    match c.cmd(&["EXEC"]).await {
+        Resp::Array(r) if r.len() == 1 => r[0].clone(),
+        other => panic!("EXEC: {other:?}"),
+    }
+}
+
+/// The getState `GET` between NiFi's replaces sends the client back to sharing, and each
+/// `WATCH` pins it again: the pins reuse a warm connection (`multiplex_spare_connections`)
+/// instead of opening one each, so 30 updates cost the leader no new connection. A spare
+/// whose leader was restarted meanwhile is not used (its EOF is seen first): the next
+/// update still succeeds. The follower ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nifi_updates_reuse_a_spare_connection_and_skip_a_dead_one() {
+    let _m = metrics_shared().await;
+    let (mut leader, follower, proxy) = setup(1).await;
+    let key = "nifi/components/spare";
+    let mut c = Raw::connect(proxy.addr()).await;
+    let shared_id = int(&c.cmd(&["CLIENT", "ID"]).await);
+    assert_eq!(nifi_update(&mut c, key, "0").await, Resp::Nil);
+    let opened = leader_connections(&leader).await;
+    for n in 1..=30 {
+        let prev = (n - 1).to_string();
+        assert_eq!(
+            nifi_update(&mut c, key, &n.to_string()).await,
+            Resp::bulk(&prev)
+        );
+    }
+    // (The one more is this check's own connection.)
+    assert_eq!(
+        leader_connections(&leader).await,
+        opened + 1,
+        "pins reused the spare"
+    );
+    assert_eq!(
+        int(&c.cmd(&["CLIENT", "ID"]).await),
+        shared_id,
+        "shares again"
+    );
+    assert!(
+        proxy
+            .metric("statemirror_redis_pins_total", &[("connection", "spare")])
+            .await
+            >= 30.0
+    );
+    follower_equal(&leader, &follower, &proxy).await;
+
+    // The leader restarts (empty) on its port; the client is still connected.
+    leader.restart();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // The shared connection died with the old leader: its first request may be lost.
+        match c.cmd(&["PING"]).await {
+            Resp::Simple(s) if s == "PONG" => break,
+            other => assert!(
+                tokio::time::Instant::now() < deadline,
+                "proxy never reached the restarted leader: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(nifi_update(&mut c, key, "after").await, Resp::Nil);
+    assert_eq!(c.cmd(&["GET", key]).await, Resp::bulk("after"));
+}

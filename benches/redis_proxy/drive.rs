@@ -95,14 +95,16 @@ fn parse_csv(out: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Requests per op of the NiFi mix.
+/// Requests per op of the NiFi mix (one more with `get_state`).
 pub const NIFI_REQUESTS_PER_OP: u64 = 5;
 
 /// What NiFi's Redis state provider does to replace a component's state, as round trips:
-/// `WATCH k`, `GET k`, `MULTI`, `GETSET k v` (queued), `EXEC`. `clients` connections, each
-/// `ops` times on its own 64 keys (so no `WATCH` fires). Returns req/s; panics on any
-/// unexpected reply.
-pub fn nifi_mix(target: &Target, clients: usize, ops: usize, round: usize) -> f64 {
+/// `WATCH k`, `GET k`, `MULTI`, `GETSET k v` (queued), `EXEC`; with `get_state`, a plain
+/// `GET k` first (NiFi's `getState`, which runs on the same pooled connections: a
+/// multiplexed client then goes back to sharing between transactions, and pins again at the
+/// next `WATCH`). `clients` connections, each `ops` times on its own 64 keys (so no `WATCH`
+/// fires). Returns req/s; panics on any unexpected reply.
+pub fn nifi_mix(target: &Target, clients: usize, ops: usize, round: usize, get_state: bool) -> f64 {
     let start = Arc::new(Barrier::new(clients + 1));
     let workers: Vec<_> = (0..clients)
         .map(|c| {
@@ -128,6 +130,9 @@ pub fn nifi_mix(target: &Target, clients: usize, ops: usize, round: usize) -> f6
                         }
                         got
                     };
+                    if get_state {
+                        expect(r.call(&[b"GET", k]), "getState GET");
+                    }
                     expect(r.call(&[b"WATCH", k]), "WATCH");
                     expect(r.call(&[b"GET", k]), "GET");
                     expect(r.call(&[b"MULTI"]), "MULTI");
@@ -146,7 +151,8 @@ pub fn nifi_mix(target: &Target, clients: usize, ops: usize, round: usize) -> f6
         w.join().expect("NiFi mix client panicked");
     }
     let secs = t0.elapsed().as_secs_f64();
-    (clients * ops) as f64 * NIFI_REQUESTS_PER_OP as f64 / secs
+    let per_op = NIFI_REQUESTS_PER_OP + u64::from(get_state);
+    (clients * ops) as f64 * per_op as f64 / secs
 }
 
 /// Opens `n` connections to `port`, each answering one `PING` (so the proxy has set up

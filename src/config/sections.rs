@@ -131,6 +131,10 @@ pub struct RedisConfig {
     pub multiplex: bool,
     /// Shared leader connections with `multiplex` (0 = one per core). Default 0.
     pub multiplex_connections: usize,
+    /// With `multiplex`: dedicated leader connections kept open after a pin ends, for the
+    /// next pin (NiFi pins at every state update; 0 = each pin opens and closes its own).
+    /// Default 8.
+    pub multiplex_spare_connections: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -171,6 +175,7 @@ impl Default for RedisConfig {
             listen_tls: None,
             multiplex: false,
             multiplex_connections: 0,
+            multiplex_spare_connections: 8,
         }
     }
 }

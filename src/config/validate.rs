@@ -207,6 +207,12 @@ impl Config {
                     "must be at most 256 (0 = one per core)".into(),
                 );
             }
+            if rc.multiplex_spare_connections > 1024 {
+                err(
+                    "redis.multiplex_spare_connections",
+                    "must be at most 1024 (0 = none kept)".into(),
+                );
+            }
             if let (Ok(listen), Ok(leader), Ok(follower), Ok(listen_tls)) =
                 (listen, leader, follower, listen_tls)
             {

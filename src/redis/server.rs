@@ -167,9 +167,9 @@ pub async fn start(
         closing: shutdown.clone(),
         listen_tls: r.listen_tls.clone(),
         identity: r.identity.clone(),
-        mux: cfg
-            .multiplex
-            .then(|| session::Pool::new(cfg.multiplex_connections)),
+        mux: cfg.multiplex.then(|| {
+            session::Pool::new(cfg.multiplex_connections, cfg.multiplex_spare_connections)
+        }),
     });
     // Sentinel-managed backends: follow their master (see `sentinel`).
     let m = shared.mirror.clone();

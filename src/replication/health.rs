@@ -3,7 +3,7 @@
 //! up/down state and the loop that runs a probe.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,6 +17,9 @@ pub struct Health {
     pub address: String,
     up: watch::Sender<bool>,
     failures: AtomicU32,
+    /// Times it went down: what was opened before a bump may point at a server that
+    /// restarted or vanished since.
+    downs: AtomicU64,
     failures_before_down: u32,
     gauge: Gauge,
     /// Why the last check or connect failed; cleared by a success (`/status` shows it).
@@ -37,6 +40,7 @@ impl Health {
             address,
             up: watch::channel(true).0,
             failures: AtomicU32::new(0),
+            downs: AtomicU64::new(0),
             failures_before_down,
             gauge,
             last_error: Mutex::new(None),
@@ -45,6 +49,11 @@ impl Health {
 
     pub fn is_up(&self) -> bool {
         *self.up.borrow()
+    }
+
+    /// How many times it has gone down so far.
+    pub fn downs(&self) -> u64 {
+        self.downs.load(Ordering::Acquire)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<bool> {
@@ -93,6 +102,9 @@ impl Health {
             changed
         });
         if changed {
+            if !up {
+                self.downs.fetch_add(1, Ordering::AcqRel);
+            }
             self.gauge.set(if up { 1.0 } else { 0.0 });
             if up {
                 tracing::info!(role = self.role, address = %self.address, "backend is up");

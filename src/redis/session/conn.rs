@@ -17,6 +17,7 @@ use super::mux::{inbox_ready, may_unpin, need, Mux, Need};
 use super::pending::{local, Action, Expect, Pending};
 use super::reply::ReplySide;
 use super::request::{End, RequestSide, FENCE, RESTORE_OFF, RESTORE_SKIP};
+use super::spare::Epoch;
 use super::{LEADER_LOST, MAX_OWED, SYNC_RAW, SYNC_REFUSED, SYNC_UNDECIDED};
 use crate::metrics::Route;
 use crate::redis::resp::parse_request_from;
@@ -78,6 +79,8 @@ pub(super) async fn run(
     let mut parse_first = false;
     let mut client_ok = true;
     let mut backend_ok = true;
+    // What the pinned connection was opened (or taken) under (`spare`).
+    let mut pin_epoch: Epoch = (0, 0);
     // TLS may hold written bytes until flushed.
     let (mut client_unflushed, mut backend_unflushed) = (false, false);
     let mut linger: Option<Instant> = None;
@@ -113,11 +116,21 @@ pub(super) async fn run(
         }
         if state == Requests::AwaitingPin && rep.pending.is_empty() && rep.unconfirmed.is_empty() {
             if let Some(m) = mux.as_mut() {
+                pin_epoch = leader_epoch(&shared);
+                let spare = shared.mux.as_ref().and_then(|p| p.spares.take(pin_epoch));
                 // Boxed: a connect (Sentinel lookup, TLS handshake) is a large future, and every
                 // session's task would carry its room while idle.
-                match Box::pin(crate::redis::server::connect_leader(&shared)).await {
-                    Ok(s) => {
-                        let (r, w) = s.into_split();
+                shared
+                    .metrics
+                    .pinned(if spare.is_some() { "spare" } else { "new" });
+                let opened = match spare {
+                    Some(halves) => Ok(halves),
+                    None => Box::pin(crate::redis::server::connect_leader(&shared))
+                        .await
+                        .map(crate::tls::Stream::into_split),
+                };
+                match opened {
+                    Ok((r, w)) => {
                         (io.backend_r, io.backend_w) = (Some(r), Some(w));
                         (backend_ok, backend_unflushed) = (true, false);
                         backend_read = ReadSize::default();
@@ -158,8 +171,15 @@ pub(super) async fn run(
             }
         } else if let Some(m) = mux.as_mut() {
             if state == Requests::AwaitingUnpin && to_backend.is_empty() && !backend_unflushed {
-                // Back to sharing: the pinned connection holds nothing the client needs.
-                (io.backend_r, io.backend_w) = (None, None);
+                // Back to sharing: the pinned connection holds nothing the client needs,
+                // and is in the state a new one starts in: kept for the next pin
+                // (`spare`), unless the leader is down or switched since.
+                let (r, w) = (io.backend_r.take(), io.backend_w.take());
+                if let (Some(r), Some(w), Some(pool)) = (r, w, shared.mux.as_ref()) {
+                    if shared.leader_health.is_up() && leader_epoch(&shared) == pin_epoch {
+                        pool.spares.put(r, w, pin_epoch);
+                    }
+                }
                 rep.rbuf = BytesMut::new();
                 m.unpin(&shared);
                 state = Requests::Open;
@@ -508,4 +528,12 @@ async fn finish_writes(client: &mut WriteHalf, out: &[u8], client_ok: bool, limi
     if client_ok && !out.is_empty() {
         let _ = tokio::time::timeout(limit, crate::tls::stream::write_flush(client, out)).await;
     }
+}
+
+/// The leader's [`Epoch`] now: its master generation and how often it went down.
+fn leader_epoch(shared: &crate::redis::server::Shared) -> Epoch {
+    (
+        shared.leader.master_generation(),
+        shared.leader_health.downs(),
+    )
 }

@@ -61,6 +61,7 @@ mod mux;
 mod pending;
 mod reply;
 mod request;
+mod spare;
 mod upstream;
 
 pub use mux::Mux;

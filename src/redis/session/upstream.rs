@@ -32,6 +32,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Notify;
 
 use super::client_io::{write_some, Watch};
+use super::spare::Spares;
 use crate::redis::resp;
 use crate::redis::server::Shared;
 
@@ -213,10 +214,12 @@ impl Upstream {
 pub struct Pool {
     slots: Vec<Mutex<Option<Arc<Upstream>>>>,
     next: AtomicUsize,
+    /// Warm dedicated connections for the next pin (`multiplex_spare_connections`).
+    pub(super) spares: Spares,
 }
 
 impl Pool {
-    pub fn new(connections: usize) -> Self {
+    pub fn new(connections: usize, spares: usize) -> Self {
         let n = if connections == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -225,6 +228,7 @@ impl Pool {
         Pool {
             slots: (0..n).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            spares: Spares::new(spares),
         }
     }
 
