@@ -70,16 +70,37 @@ impl Spares {
 
     /// Keeps a connection in the state a new one starts in for the next pin; closes it
     /// when the pool is full.
+    /// Also closes the spares that waited past [`SPARE_IDLE`]: with fewer pins at a time
+    /// than spares, the oldest are never taken (the newest go first) and would hold leader
+    /// connections for good.
     pub fn put(&self, r: ReadHalf, w: WriteHalf, epoch: Epoch) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.max {
-            idle.push(Spare {
-                r,
-                w,
-                since: Instant::now(),
-                epoch,
-            });
-        }
+        let stale: Vec<Spare> = {
+            let mut idle = lock(&self.idle);
+            let mut stale = Vec::new();
+            let mut i = 0;
+            while i < idle.len() {
+                if idle[i].since.elapsed() >= SPARE_IDLE {
+                    stale.push(idle.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            if idle.len() < self.max {
+                idle.push(Spare {
+                    r,
+                    w,
+                    since: Instant::now(),
+                    epoch,
+                });
+            }
+            stale
+        };
+        drop(stale); // closed outside the lock
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.idle).len()
     }
 }
 
@@ -98,7 +119,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
@@ -156,5 +177,32 @@ mod tests {
         assert!(spares.take((0, 0)).is_some());
         assert!(spares.take((0, 0)).is_some());
         assert!(spares.take((0, 0)).is_none());
+    }
+
+    /// One that waited past `SPARE_IDLE` is closed at the next return of another, even
+    /// though nobody takes it (the newest are taken first).
+    #[tokio::test]
+    async fn an_old_spare_is_closed_when_another_is_returned() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let spares = Spares::new(4);
+        let ((r, w), mut old_server) = pair(&l).await;
+        let since = Instant::now()
+            .checked_sub(SPARE_IDLE)
+            .expect("the clock is past SPARE_IDLE");
+        lock(&spares.idle).push(Spare {
+            r,
+            w,
+            since,
+            epoch: (0, 0),
+        });
+        let ((r, w), _server) = pair(&l).await;
+        spares.put(r, w, (0, 0));
+        assert_eq!(spares.len(), 1);
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), old_server.read(&mut byte))
+            .await
+            .expect("closed in time")
+            .expect("read");
+        assert_eq!(n, 0, "the old spare's connection was closed");
     }
 }
