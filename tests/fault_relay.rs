@@ -24,16 +24,10 @@ fn sock(relay: &FaultRelay) -> SocketAddr {
 }
 
 async fn connected_clients(server: &RedisServer) -> i64 {
-    let mut c = server.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("clients")
-        .query_async(&mut c)
+    redis_info(server, "clients", "connected_clients")
         .await
-        .expect("INFO clients");
-    info.lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no connected_clients in {info:?}"))
+        .and_then(|v| v.parse().ok())
+        .expect("connected_clients")
 }
 
 /// Reads once from a connection that should have been closed: `Ok` with what ended it

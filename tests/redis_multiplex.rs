@@ -482,15 +482,9 @@ async fn a_leader_declared_down_ends_its_shared_connections() {
 
 /// Connections the leader has accepted so far (`INFO stats`).
 async fn leader_connections(leader: &RedisServer) -> i64 {
-    let mut c = leader.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("stats")
-        .query_async(&mut c)
+    redis_info(leader, "stats", "total_connections_received")
         .await
-        .expect("INFO stats");
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_connections_received:"))
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.parse().ok())
         .expect("total_connections_received")
 }
 

@@ -146,6 +146,21 @@ pub async fn redis_clients(server: &RedisServer) -> usize {
     list.lines().filter(|l| !l.is_empty()).count() - 1
 }
 
+/// One field of a section of `INFO` on `server` (`redis_info(s, "stats",
+/// "total_connections_received")`), asked on a connection of its own.
+pub async fn redis_info(server: &RedisServer, section: &str, field: &str) -> Option<String> {
+    let mut c = server.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg(section)
+        .query_async(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("INFO {section}: {e}"));
+    let prefix = format!("{field}:");
+    info.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|v| v.trim().to_string())
+}
+
 /// A loopback port nothing listens on now, below the kernel's ephemeral range
 /// (32768–60999): a port the kernel hands out for `:0` can be taken a moment later as the
 /// source port of any outgoing connection, and test binaries run three at a time, so a
