@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::replication::queue::lock;
 use crate::tls::stream::{ReadHalf, WriteHalf};
 
 /// A spare older than this is closed rather than used: a leader's `timeout` may have
@@ -111,10 +112,6 @@ fn quiet(r: &mut ReadHalf) -> bool {
     let mut buf = ReadBuf::new(&mut byte);
     let mut cx = Context::from_waker(Waker::noop());
     matches!(Pin::new(r).poll_read(&mut cx, &mut buf), Poll::Pending)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

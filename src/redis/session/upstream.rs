@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -35,10 +35,7 @@ use super::client_io::{write_some, Watch};
 use super::spare::Spares;
 use crate::redis::resp;
 use crate::redis::server::Shared;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::replication::queue::lock;
 
 /// Where an upstream leaves one client's replies.
 #[derive(Default)]
